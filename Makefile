@@ -1,0 +1,80 @@
+# Two commands matter: `make demo` (the main job end to end) and `make test` (the whole suite, as CI runs it).
+# Everything else is a step of those two. See README.md.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STACK := $(PY) -m stack
+WHEELHOUSE ?= $(HOME)/.cache/mlops-airflow/wheels
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv tools stack-up stack-down stack-status lint test test-unit test-integration demo serve \
+        tail-metrics bench lock clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(INSTALLED): requirements.txt constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 ($(PYTHON)) is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	@# The package index here sends no cache headers, so pip's own cache keeps nothing: keep the wheels ourselves.
+	mkdir -p $(WHEELHOUSE)
+	$(VENV)/bin/pip download -q -r requirements.txt -c constraints.txt -d $(WHEELHOUSE)
+	$(VENV)/bin/pip install -q --no-index --find-links $(WHEELHOUSE) -r requirements.txt -c constraints.txt
+	$(VENV)/bin/pip check
+	touch $@
+
+venv: $(INSTALLED) ## create .venv from requirements.txt + constraints.txt (wheels cached in ~/.cache/mlops-airflow)
+
+tools: venv ## fetch the S3 server (go install) and the Kafka/Spark jars (Maven Central), cached
+	$(STACK) tools
+
+stack-up: tools ## start S3 server, Kafka, MLflow; migrate the Airflow home (idempotent)
+	$(STACK) up
+
+stack-down: ## stop everything stack-up started
+	@if [ -x $(PY) ]; then $(STACK) down; fi
+
+stack-status: venv ## health of each local service
+	$(STACK) status
+
+lint: venv ## ruff (with Airflow's AIR rules) and mypy
+	$(VENV)/bin/ruff check ml plugins dags stack tests bench
+	$(VENV)/bin/mypy ml plugins stack
+
+test: venv lint stack-up ## the whole suite against the real local stack (what CI runs)
+	@rc=0; $(STACK) run -- $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+
+test-unit: venv ## fast unit tests only (no services)
+	$(STACK) run -- $(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: stack-up ## integration tests against the running stack (leaves it up)
+	$(STACK) run -- $(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+demo: stack-up ## the main job end to end on this machine
+	$(STACK) run -- $(PY) -m ml demo
+
+serve: stack-up ## the prediction service on http://127.0.0.1:8000 (gunicorn)
+	$(STACK) run -- $(VENV)/bin/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 4 'ml.serve:create_app()'
+
+tail-metrics: venv ## follow the training-metrics topic in the terminal
+	$(STACK) run -- $(PY) -m ml events tail mlops.training.metrics.v1
+
+bench: stack-up ## ratio benchmarks B1-B7, JSON into bench/results/
+	$(STACK) run -- $(PY) -m bench
+
+lock: ## re-resolve requirements.txt into constraints.txt (in a scratch venv)
+	rm -rf /tmp/mlops-lock && $(PYTHON) -m venv /tmp/mlops-lock
+	/tmp/mlops-lock/bin/pip install -q -r requirements.txt
+	{ echo "# Full resolution of requirements.txt (Python 3.11, Linux x86_64), like Airflow's constraint files."; \
+	  echo "# Regenerate with \`make lock\` after changing requirements.txt."; \
+	  /tmp/mlops-lock/bin/pip freeze --all | grep -v -E '^(pip|wheel)=='; } > constraints.txt
+
+clean: stack-down ## remove the stack's data and the venv
+	rm -rf .stack $(VENV)

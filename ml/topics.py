@@ -1,0 +1,20 @@
+"""Kafka topics of the pipeline: versioned names with their partitions and retention (the one place they are set)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    schema: str  # the JSON Schema file in ml/schemas/ that every message's envelope names
+    partitions: int
+    retention_ms: int
+
+
+DAY_MS = 24 * 3600 * 1000
+TRAINING_METRICS = Topic("mlops.training.metrics.v1", "training_metrics.v1", partitions=3, retention_ms=7 * DAY_MS)
+PIPELINE_EVENTS = Topic("mlops.pipeline.events.v1", "pipeline_event.v1", partitions=1, retention_ms=30 * DAY_MS)
+MODEL_PROMOTED = Topic("mlops.model.promoted.v1", "model_promoted.v1", partitions=1, retention_ms=365 * DAY_MS)
+ALL_TOPICS: tuple[Topic, ...] = (TRAINING_METRICS, PIPELINE_EVENTS, MODEL_PROMOTED)

@@ -1,0 +1,62 @@
+"""The project's Airflow home (`.stack/airflow`): a migrated metadata database and connections to the local stack.
+
+Connections are built from the same environment as everything else, so pointing the stack at a real cluster
+(`AWS_ENDPOINT_URL`, `SPARK_MASTER`, `KAFKA_BOOTSTRAP_SERVERS`, `MLFLOW_TRACKING_URI`) changes them too.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from stack.config import REPO_ROOT, StackPaths
+from stack.services import StackError
+
+
+def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Airflow connections for the configured endpoints, in `airflow connections import` JSON form."""
+    master = env["SPARK_MASTER"]
+    spark_host, _, spark_port = master.rpartition(":") if master.startswith("spark://") else (master, "", "")
+    return {
+        "aws_default": {
+            "conn_type": "aws",
+            "login": env["AWS_ACCESS_KEY_ID"],
+            "password": env["AWS_SECRET_ACCESS_KEY"],
+            "extra": json.dumps({"endpoint_url": env["AWS_ENDPOINT_URL"], "region_name": env["AWS_DEFAULT_REGION"]}),
+        },
+        "spark_default": {
+            "conn_type": "spark",
+            "host": spark_host,
+            "port": int(spark_port) if spark_port else None,
+            "extra": json.dumps({"spark-binary": "spark-submit", "deploy-mode": "client"}),
+        },
+        "kafka_default": {
+            "conn_type": "kafka",
+            "extra": json.dumps({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]}),
+        },
+        "mlflow_default": {"conn_type": "http", "host": env["MLFLOW_TRACKING_URI"]},
+    }
+
+
+def _airflow(args: list[str], env: dict[str, str]) -> None:
+    airflow = str(REPO_ROOT / ".venv" / "bin" / "airflow")
+    result = subprocess.run([airflow, *args], env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise StackError(f"`airflow {' '.join(args)}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+
+
+def prepare_airflow_home(paths: StackPaths, env: dict[str, str]) -> str:
+    """Migrate the metadata database and (re)import the stack's connections; idempotent."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    _airflow(["db", "migrate"], env)
+    connections_file = paths.run / "airflow-connections.json"
+    connections_file.parent.mkdir(parents=True, exist_ok=True)
+    connections_file.write_text(json.dumps(connections_from_environment(env), indent=2))
+    connections_file.chmod(0o600)
+    try:
+        _airflow(["connections", "import", "--overwrite", str(connections_file)], env)
+    finally:
+        connections_file.unlink(missing_ok=True)  # it holds the S3 secret
+    return f"airflow home: {env['AIRFLOW_HOME']} migrated, connections imported"
