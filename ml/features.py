@@ -1,0 +1,136 @@
+"""The feature spec: everything needed to turn a raw row into the model's input exactly as Spark did in training.
+
+Spark's preprocessing job fits it on the training split and writes it as `feature_spec.json` beside the Parquet
+splits; training reads its column lists; serving applies `FeatureSpec.transform` to raw request rows. The transform:
+  numeric column x   -> (x_or_training_median - mean) / std     (std 0 -> 1; non-finite -> the median)
+  categorical col c  -> one-hot over the training categories, plus `c=__other__` for unseen, rare or missing values
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+OTHER = "__other__"
+LABEL_COLUMN = "label"
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NumericFeature:
+    name: str
+    fill: float  # the training median, used for missing and non-finite values
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class CategoricalFeature:
+    name: str
+    categories: list[str]  # the kept training categories (most frequent first, capped)
+
+    def columns(self) -> list[str]:
+        return [f"{self.name}={value}" for value in [*self.categories, OTHER]]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    dataset: str
+    snapshot_id: str
+    task: str  # "classification" or "regression"
+    target: str
+    numeric: list[NumericFeature]
+    categorical: list[CategoricalFeature]
+    classes: list[str] | None = None  # classification: label i is classes[i] (the target's values as strings)
+    rows: dict[str, int] = field(default_factory=dict)  # rows kept per split
+    dropped: dict[str, int] = field(default_factory=dict)  # rows removed, by reason
+    version: int = SPEC_VERSION
+
+    @property
+    def feature_columns(self) -> list[str]:
+        """The model's input columns, in order (the Parquet splits hold these plus `label`)."""
+        return [f.name for f in self.numeric] + [c for f in self.categorical for c in f.columns()]
+
+    @property
+    def input_columns(self) -> list[str]:
+        """The raw columns a request row must carry."""
+        return [f.name for f in self.numeric] + [f.name for f in self.categorical]
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.classes) if self.task == "classification" and self.classes else 1
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["feature_columns"] = self.feature_columns
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSpec:
+        if data.get("version") != SPEC_VERSION:
+            raise ValueError(f"feature spec version {data.get('version')!r} is not {SPEC_VERSION}")
+        return cls(
+            dataset=data["dataset"],
+            snapshot_id=data["snapshot_id"],
+            task=data["task"],
+            target=data["target"],
+            numeric=[NumericFeature(**f) for f in data["numeric"]],
+            categorical=[CategoricalFeature(**f) for f in data["categorical"]],
+            classes=data.get("classes"),
+            rows=dict(data.get("rows", {})),
+            dropped=dict(data.get("dropped", {})),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(text))
+
+    def transform(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Raw rows (by column name) -> float32 matrix in `feature_columns` order. Raises ValueError naming the row
+        and column of a value that is neither missing nor a number for a numeric column."""
+        matrix = np.zeros((len(records), len(self.feature_columns)), dtype=np.float32)
+        for row_index, record in enumerate(records):
+            matrix[row_index] = self._transform_one(record, row_index)
+        return matrix
+
+    def _transform_one(self, record: Mapping[str, Any], row_index: int) -> list[float]:
+        values: list[float] = []
+        for feature in self.numeric:
+            x = _to_float(record.get(feature.name), feature.name, row_index)
+            if x is None or not math.isfinite(x):
+                x = feature.fill
+            values.append((x - feature.mean) / (feature.std or 1.0))
+        for cat in self.categorical:
+            raw = record.get(cat.name)
+            value = None if raw is None else normalise_category(raw)
+            hot = value if value in cat.categories else OTHER
+            values.extend(1.0 if hot == option else 0.0 for option in [*cat.categories, OTHER])
+        return values
+
+    def decode_labels(self, indices: Iterable[int]) -> list[str]:
+        if not self.classes:
+            raise ValueError("decode_labels is for classification specs")
+        return [self.classes[i] for i in indices]
+
+
+def normalise_category(value: Any) -> str:
+    """How a categorical value is keyed, in Spark and in Python alike: its trimmed string form."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+def _to_float(value: Any, column: str, row_index: int) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"row {row_index}, column {column!r}: expected a number, got a boolean")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"row {row_index}, column {column!r}: expected a number, got {value!r}") from None

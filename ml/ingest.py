@@ -1,0 +1,317 @@
+"""Ingest: snapshot raw CSV/Parquet objects from S3 into the lake, keyed by a content hash, after validating them.
+
+The snapshot id is a hash of the source objects' names, ETags and sizes, so unchanged input gives the same id and
+copies nothing. Objects are copied server-side; `manifest.json` is written last and marks the snapshot complete; on
+any failure the partial snapshot is deleted, so no later run can mistake it for a good one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ml.settings import Settings
+from ml.storage import (
+    DataError,
+    S3Uri,
+    delete_prefix,
+    exists,
+    latest_snapshot_uri,
+    list_keys,
+    read_json,
+    s3_client,
+    snapshot_uri,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+MAX_CLASSES = 100
+MANIFEST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    raw_uri: str
+    dataset: str
+    target: str
+    task: str | None = None  # inferred from the target when None
+    max_bad_share: float = 0.01  # share of unparseable values a numeric column may have (they become missing)
+    allow_schema_drift: bool = False
+
+
+@dataclass
+class IngestResult:
+    dataset: str
+    snapshot_id: str
+    snapshot_uri: str
+    manifest_uri: str
+    rows: int
+    task: str
+    target: str
+    created: bool  # False when the same content was already snapshotted
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _format_of(key: str) -> str | None:
+    return next((fmt for suffix, fmt in SUPPORTED.items() if key.lower().endswith(suffix)), None)
+
+
+def source_objects(raw: S3Uri, client: Any) -> list[dict[str, Any]]:
+    """The CSV/Parquet objects at a key or under a prefix, sorted by key."""
+    prefix = raw.key.rstrip("/") + "/"
+    listed = [
+        obj
+        for obj in list_keys(raw, client)
+        if not raw.key or obj["Key"] in (raw.key,) or obj["Key"].startswith(prefix)
+    ]
+    objects = [obj for obj in listed if _format_of(obj["Key"]) and obj["Size"] > 0]
+    empty = [obj["Key"] for obj in listed if _format_of(obj["Key"]) and obj["Size"] == 0]
+    if empty:
+        raise DataError(f"s3://{raw.bucket}/{empty[0]}: the file is empty (0 bytes)")
+    if not objects:
+        raise DataError(f"{raw}: no CSV or Parquet object found (looked for {', '.join(SUPPORTED)})")
+    return sorted(objects, key=lambda obj: obj["Key"])
+
+
+def content_hash(raw: S3Uri, objects: list[dict[str, Any]]) -> str:
+    """A stable id for the objects' content: their names relative to the source, ETags and sizes."""
+    digest = hashlib.sha256()
+    for obj in objects:
+        relative = obj["Key"][len(raw.key) :].lstrip("/") or obj["Key"].rsplit("/", 1)[-1]
+        digest.update(f"{relative}\0{obj['ETag'].strip(chr(34))}\0{obj['Size']}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def read_table(body: bytes, fmt: str, where: str) -> Any:
+    """Parse one object with pyarrow; errors name the object."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        if fmt == "parquet":
+            return pq.read_table(io.BytesIO(body))
+        return pacsv.read_csv(
+            pa.py_buffer(body),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+        )
+    except (pa.ArrowInvalid, OSError) as error:
+        kind = "Parquet" if fmt == "parquet" else "CSV"
+        raise DataError(f"{where}: not a readable {kind} file ({error})") from None
+
+
+def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str, str], list[str]]:
+    """Classify each column as numeric or categorical; string columns that are mostly numbers are numeric with the
+    rest treated as missing, unless more than `max_bad_share` of them are not numbers (an error naming the column)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kinds: dict[str, str] = {}
+    warnings: list[str] = []
+    for name in table.column_names:
+        column = table.column(name)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
+            kinds[name] = "numeric"
+            continue
+        if pa.types.is_null(column.type) or column.null_count == len(column):
+            kinds[name] = "empty"
+            continue
+        strings = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column
+        present = pc.drop_null(strings)
+        numbers = [_parse_number(v) for v in present.to_pylist()]
+        parsed = sum(1 for v in numbers if v is not None)
+        if parsed and len(present) - parsed <= max_bad_share * len(present):
+            kinds[name] = "numeric"
+            if parsed < len(present):
+                bad = next(v for v, n in zip(present.to_pylist(), numbers, strict=True) if n is None)
+                warnings.append(f"{where}: column {name!r}: {len(present) - parsed} non-numeric value(s) such as "
+                                f"{bad!r} are treated as missing")  # fmt: skip
+        elif parsed > len(present) / 2:
+            bad = next(v for v, n in zip(present.to_pylist(), numbers, strict=True) if n is None)
+            raise DataError(
+                f"{where}: column {name!r} is numeric but {len(present) - parsed} of {len(present)} values are not "
+                f"numbers (e.g. {bad!r}), over the allowed share {max_bad_share:.1%}"
+            )
+        else:
+            kinds[name] = "categorical"
+    return kinds, warnings
+
+
+def _parse_number(value: str) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def infer_task(table: Any, target: str) -> str:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = table.column(target)
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return "classification"
+    distinct = pc.unique(pc.drop_null(column))
+    integral = all(float(v).is_integer() for v in distinct.to_pylist() if v is not None and math.isfinite(v))
+    return "classification" if integral and len(distinct) <= 20 else "regression"
+
+
+def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[str, str], str, int, list[str]]:
+    """Check every object and their agreement; return (column kinds, task, rows, warnings)."""
+    import pyarrow.compute as pc
+
+    kinds: dict[str, str] | None = None
+    warnings: list[str] = []
+    rows = 0
+    for where, table in tables:
+        if table.num_rows == 0:
+            raise DataError(f"{where}: no data rows (header only or empty)")
+        if len(table.column_names) == 1 and any(sep in table.column_names[0] for sep in (";", "\t", "|")):
+            raise DataError(
+                f"{where}: only one column {table.column_names[0][:80]!r} was found; the file looks delimited by "
+                "something other than ',' (CSV must be comma-separated)"
+            )
+        if config.target not in table.column_names:
+            raise DataError(
+                f"{where}: target column {config.target!r} is missing (columns: {', '.join(table.column_names)})"
+            )
+        if table.column(config.target).null_count == table.num_rows:
+            raise DataError(f"{where}: target column {config.target!r} has no values")
+        file_kinds, file_warnings = column_kinds(table, where, config.max_bad_share)
+        warnings += file_warnings
+        if kinds is None:
+            kinds = file_kinds
+        elif set(file_kinds) != set(kinds):
+            raise DataError(f"{where}: columns differ from the other files: {sorted(set(file_kinds) ^ set(kinds))}")
+        else:
+            # A column that is empty in one file takes its kind from the others.
+            kinds = {name: kinds[name] if file_kinds[name] == "empty" else file_kinds[name] for name in kinds}
+        rows += table.num_rows
+    assert kinds is not None
+    for name, kind in kinds.items():
+        if kind == "empty":
+            if name == config.target:
+                raise DataError(f"target column {config.target!r} has no values")
+            warnings.append(f"column {name!r} has no values in any file and is dropped from the features")
+    task = config.task or infer_task(tables[0][1], config.target)
+    if task not in ("classification", "regression"):
+        raise DataError(f"task must be classification or regression, not {task!r}")
+    if task == "regression" and kinds[config.target] != "numeric":
+        raise DataError(f"target column {config.target!r} is not numeric, so the task cannot be regression")
+    if task == "classification":
+        classes = set()
+        for _, table in tables:
+            classes |= {str(v) for v in pc.unique(pc.drop_null(table.column(config.target))).to_pylist()}
+        if len(classes) < 2:
+            raise DataError(f"target column {config.target!r} has a single class {sorted(classes)}: nothing to learn")
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"target column {config.target!r} has {len(classes)} classes (> {MAX_CLASSES}); "
+                            "is it a regression target? pass --task regression")  # fmt: skip
+    return kinds, task, rows, warnings
+
+
+def check_drift(dataset: str, kinds: dict[str, str], config: IngestConfig, client: Any) -> list[str]:
+    """Compare the columns with the dataset's previous snapshot; a lost or retyped column is an error."""
+    pointer = latest_snapshot_uri(dataset)
+    if not exists(pointer, client):
+        return []
+    previous = read_json(pointer, client)
+    before: dict[str, str] = previous["columns"]
+    problems = [f"column {name!r} disappeared" for name in before if name not in kinds]
+    problems += [
+        f"column {name!r} changed from {before[name]} to {kinds[name]}"
+        for name in before
+        if name in kinds and "empty" not in (before[name], kinds[name]) and before[name] != kinds[name]
+    ]
+    added = [f"new column {name!r}" for name in kinds if name not in before]
+    if problems and not config.allow_schema_drift:
+        raise DataError(
+            f"schema drift against snapshot {previous['snapshot_id']} of {dataset!r}: {'; '.join(problems)} "
+            "(pass --allow-schema-drift to accept it)"
+        )
+    return [f"schema drift against snapshot {previous['snapshot_id']}: {p}" for p in problems + added]
+
+
+def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResult:
+    """Validate the raw objects and snapshot them into the lake (idempotent)."""
+    settings = settings or Settings.from_env()
+    client = s3_client(settings)
+    raw = S3Uri.parse(config.raw_uri)
+    objects = source_objects(raw, client)
+    snapshot_id = content_hash(raw, objects)
+    target_root = snapshot_uri(config.dataset, snapshot_id, settings)
+    manifest_uri = target_root.join("manifest.json")
+    if exists(manifest_uri, client):
+        manifest = read_json(manifest_uri, client)
+        log.info("snapshot %s of %s already exists: nothing copied", snapshot_id, config.dataset)
+        return IngestResult(
+            config.dataset, snapshot_id, str(target_root), str(manifest_uri), manifest["rows"],
+            manifest["task"], manifest["target"], created=False, warnings=manifest["warnings"],
+        )  # fmt: skip
+
+    tables = []
+    for obj in objects:
+        where = f"s3://{raw.bucket}/{obj['Key']}"
+        body = client.get_object(Bucket=raw.bucket, Key=obj["Key"])["Body"].read()
+        tables.append((where, read_table(body, _format_of(obj["Key"]) or "csv", where)))
+    kinds, task, rows, warnings = validate(tables, config)
+    warnings += check_drift(config.dataset, kinds, config, client)
+    for warning in warnings:
+        log.warning(warning)
+
+    copied = []
+    try:
+        for index, obj in enumerate(objects):
+            fmt = _format_of(obj["Key"]) or "csv"
+            suffix = next(s for s in SUPPORTED if obj["Key"].lower().endswith(s))
+            destination = target_root.join("data", f"part-{index:05d}{suffix}")
+            client.copy_object(Bucket=destination.bucket, Key=destination.key,
+                               CopySource={"Bucket": raw.bucket, "Key": obj["Key"]})  # fmt: skip
+            copied.append({"source": f"s3://{raw.bucket}/{obj['Key']}", "etag": obj["ETag"].strip('"'),
+                           "size": obj["Size"], "format": fmt, "snapshot_uri": str(destination)})  # fmt: skip
+        manifest = {
+            "version": MANIFEST_VERSION, "dataset": config.dataset, "snapshot_id": snapshot_id,
+            "source_uri": str(raw), "objects": copied, "rows": rows, "target": config.target, "task": task,
+            "columns": {name: kind for name, kind in kinds.items()}, "warnings": warnings,
+            "max_bad_share": config.max_bad_share,
+        }  # fmt: skip
+        write_json(manifest_uri, manifest, client)
+        pointer = {"snapshot_id": snapshot_id, "columns": manifest["columns"], "manifest": str(manifest_uri)}
+        write_json(latest_snapshot_uri(config.dataset, settings), pointer, client)
+    except BaseException:
+        removed = delete_prefix(target_root, client)
+        log.error("ingest failed; removed %d partial object(s) under %s", removed, target_root)
+        raise
+    log.info("snapshot %s of %s: %d object(s), %d rows, task %s", snapshot_id, config.dataset, len(objects), rows, task)
+    return IngestResult(config.dataset, snapshot_id, str(target_root), str(manifest_uri), rows, task, config.target,
+                        created=True, warnings=warnings)  # fmt: skip
+
+
+def _cli(args: argparse.Namespace) -> dict[str, Any]:
+    config = IngestConfig(
+        raw_uri=args.raw_uri, dataset=args.dataset, target=args.target, task=args.task,
+        max_bad_share=args.max_bad_share, allow_schema_drift=args.allow_schema_drift,
+    )  # fmt: skip
+    return ingest(config).to_dict()
+
+
+def register_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser("ingest", help="validate raw CSV/Parquet in S3 and snapshot it into the lake")
+    parser.add_argument("--raw-uri", required=True, help="s3://bucket/key or s3://bucket/prefix/")
+    parser.add_argument("--dataset", required=True, help="dataset name (lake prefix, Hive table, model name)")
+    parser.add_argument("--target", required=True, help="the column to predict")
+    parser.add_argument("--task", choices=["classification", "regression"], help="default: inferred from the target")
+    parser.add_argument("--max-bad-share", type=float, default=0.01,
+                        help="share of non-numeric values tolerated in a numeric column (default 0.01)")  # fmt: skip
+    parser.add_argument("--allow-schema-drift", action="store_true", help="accept lost or retyped columns")
+    parser.set_defaults(handler=_cli)
