@@ -49,12 +49,15 @@ class S3Uri:
 
 def s3_client(settings: Settings | None = None) -> Any:
     """A boto3 S3 client for the configured endpoint (credentials from the environment / AWS config)."""
+    import os
+
     settings = settings or Settings.from_env()
-    return _cached_client(settings.s3_endpoint_url, settings.aws_region)
+    # Keyed by the access key too: an Airflow task may switch connections within one process.
+    return _cached_client(settings.s3_endpoint_url, settings.aws_region, os.environ.get("AWS_ACCESS_KEY_ID"))
 
 
 @lru_cache(maxsize=4)
-def _cached_client(endpoint_url: str | None, region: str) -> Any:
+def _cached_client(endpoint_url: str | None, region: str, access_key: str | None) -> Any:
     import boto3
     from botocore.config import Config
 

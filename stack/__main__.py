@@ -7,7 +7,7 @@ import os
 import sys
 
 from stack.config import apply_stack_environment, stack_paths
-from stack.services import SERVICES, StackError
+from stack.services import AIRFLOW, ALL_SERVICES, SERVICES, StackError
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -29,13 +29,15 @@ def _up(args: argparse.Namespace) -> int:
             print(f"{'':8} topics created: {created or 'none (all exist)'}")
     if not args.no_airflow:
         print(prepare_airflow_home(paths, env))
+    if args.airflow:
+        print(f"{AIRFLOW.name:8} {AIRFLOW.start(paths, env):16} {AIRFLOW.url}", flush=True)
     print(f"stack is up; data, logs and pids are in {paths.root}")
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     paths = stack_paths()
-    for service in reversed(SERVICES):
+    for service in reversed(ALL_SERVICES):
         print(f"{service.name:8} {service.stop(paths)}")
     return 0
 
@@ -44,10 +46,11 @@ def _status(args: argparse.Namespace) -> int:
     env = apply_stack_environment()
     paths = stack_paths()
     all_ok = True
-    for service in SERVICES:
+    for service in ALL_SERVICES:
         pid = service.running_pid(paths)
         healthy = pid is not None and service.is_healthy(env)
-        all_ok &= healthy
+        if service in SERVICES or pid is not None:  # Airflow only counts when it was started
+            all_ok &= healthy
         state = "healthy" if healthy else ("unhealthy" if pid else "stopped")
         print(f"{service.name:8} {state:10} pid={pid or '-':<8} {service.url}  log: {service.log_file(paths)}")
     return 0 if all_ok else 1
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
     up = sub.add_parser("up", help="fetch what is missing, start every service, wait until healthy (idempotent)")
     up.add_argument("--no-airflow", action="store_true", help="skip migrating the Airflow home")
+    up.add_argument("--airflow", action="store_true", help="also start `airflow standalone` (web UI on :8080)")
     up.set_defaults(func=_up)
     sub.add_parser("down", help="stop exactly what `up` started and free its ports").set_defaults(func=_down)
     sub.add_parser("status", help="health of each service (exit 1 unless all are healthy)").set_defaults(func=_status)

@@ -59,4 +59,6 @@ def prepare_airflow_home(paths: StackPaths, env: dict[str, str]) -> str:
         _airflow(["connections", "import", "--overwrite", str(connections_file)], env)
     finally:
         connections_file.unlink(missing_ok=True)  # it holds the S3 secret
+    # One Spark job at a time may hold the embedded Hive (Derby) metastore.
+    _airflow(["pools", "set", "spark_metastore", "1", "Spark jobs that write the Hive metastore"], env)
     return f"airflow home: {env['AIRFLOW_HOME']} migrated, connections imported"

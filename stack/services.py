@@ -367,5 +367,30 @@ MLFLOW = Service(
     url="http://127.0.0.1:5000",
 )
 
-# Start order matters: MLflow writes artifacts into the S3 server.
+# --- Airflow: `airflow standalone` (API server + web UI, scheduler, dag-processor, triggerer) ---------------------
+
+
+def _airflow_healthy(env: dict[str, str]) -> bool:
+    import json
+
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:8080/api/v2/monitor/health", timeout=2) as response:
+            health = json.loads(response.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    components = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+    return all(health.get(name, {}).get("status") == "healthy" for name in components)
+
+
+AIRFLOW = Service(
+    name="airflow",
+    port=8080,
+    command=lambda paths, env: [str(REPO_ROOT / ".venv" / "bin" / "airflow"), "standalone"],
+    is_healthy=_airflow_healthy,
+    start_timeout_s=180,
+    url="http://127.0.0.1:8080 (login: admin, password in .stack/airflow/simple_auth_manager_passwords.json.generated)",
+)
+
+# Start order matters: MLflow writes artifacts into the S3 server. Airflow is started on demand (`up --airflow`).
 SERVICES: tuple[Service, ...] = (S3, KAFKA, MLFLOW)
+ALL_SERVICES: tuple[Service, ...] = (*SERVICES, AIRFLOW)

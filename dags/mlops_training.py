@@ -1,0 +1,146 @@
+"""mlops_training: S3 ingest -> Spark preprocessing -> Ray Tune over PyTorch -> registration -> Kafka.
+
+Runs daily and whenever new raw data lands (the `raw_data` asset, see dags/raw_data_watch.py), and on demand from the
+web UI, `airflow dags trigger mlops_training --conf '{...}'` or the REST API. This file only wires tasks: the work is
+in `ml/`, the Airflow glue in `plugins/mlops_airflow/`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+
+from mlops_airflow import callbacks
+from mlops_airflow.assets import RAW_DATA
+from mlops_airflow.operators import (
+    FeaturePreprocessOperator,
+    IngestOperator,
+    PublishRunSummaryOperator,
+    RayTuneOperator,
+    RegisterModelOperator,
+    SkipIfModelExistsOperator,
+)
+
+SNAPSHOT = "{{ ti.xcom_pull(task_ids='ingest_raw_data')['snapshot_id'] }}"
+
+default_args = {
+    "owner": "mlops",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=20),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+    "on_execute_callback": callbacks.task_started,
+    "on_success_callback": callbacks.task_succeeded,
+    "on_failure_callback": callbacks.task_failed,
+}
+
+params = {
+    "raw_uri": Param("s3://raw/penguins/", type="string", pattern=r"^s3a?://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+                     description="Raw CSV/Parquet object or prefix in S3"),
+    "dataset": Param("penguins", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,62}$",
+                     description="Dataset name: lake prefix, Hive table, registered model"),
+    "target": Param("species", type="string", minLength=1, description="Column to predict"),
+    "task": Param("classification", enum=["classification", "regression"]),
+    "search_space": Param(None, type=["null", "object", "string"],
+                          description="Search space as JSON (or a path to a JSON/YAML file); null: the default"),
+    "num_samples": Param(8, type="integer", minimum=1, maximum=500, description="Trials to run"),
+    "max_concurrent_trials": Param(2, type="integer", minimum=1, maximum=64),
+    "max_epochs": Param(30, type="integer", minimum=1, maximum=1000),
+    "promotion_metric": Param(None, type=["null", "string"], description="null: the task's default metric"),
+    "promotion_margin": Param(0.0, type="number", minimum=0, description="How much better the challenger must be"),
+    "allow_backfill_promotion": Param(False, type="boolean", description="Let a backfill move the champion alias"),
+    "force_retrain": Param(False, type="boolean", description="Train even if a model exists for this data and code"),
+}  # fmt: skip
+
+
+@dag(
+    dag_id="mlops_training",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=RAW_DATA),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=2,
+    default_args=default_args,
+    params=params,
+    render_template_as_native_obj=True,  # templated params and XComs reach operators as dicts/ints, not strings
+    tags=["mlops", "spark", "ray", "mlflow", "kafka"],
+    on_success_callback=callbacks.run_succeeded,
+    on_failure_callback=callbacks.run_failed,
+    doc_md=__doc__,
+)
+def mlops_training() -> None:
+    @task(retries=0)
+    def validate_params(**context: object) -> dict[str, object]:
+        """Fail at once, with a clear message, on params that the schema alone cannot check."""
+        from ml.tune import resolve_search_space
+
+        p = context["params"]  # type: ignore[index]
+        space = resolve_search_space(p["search_space"])  # type: ignore[index]
+        if p["max_concurrent_trials"] > p["num_samples"]:  # type: ignore[index]
+            raise ValueError("max_concurrent_trials cannot exceed num_samples")
+        return {"dataset": p["dataset"], "search_space_keys": sorted(space)}  # type: ignore[index]
+
+    wait_for_raw_data = S3KeySensor(
+        task_id="wait_for_raw_data",
+        bucket_key="{{ params.raw_uri.rstrip('/') }}*",
+        wildcard_match=True,
+        aws_conn_id="aws_default",
+        deferrable=True,
+        poke_interval=30,
+        timeout=6 * 3600,
+    )
+    ingest_raw_data = IngestOperator(
+        task_id="ingest_raw_data",
+        raw_uri="{{ params.raw_uri }}",
+        dataset="{{ params.dataset }}",
+        target="{{ params.target }}",
+        ml_task="{{ params.task }}",
+    )
+    check_for_existing_model = SkipIfModelExistsOperator(
+        task_id="check_for_existing_model",
+        dataset="{{ params.dataset }}",
+        snapshot_id=SNAPSHOT,
+        ml_task="{{ params.task }}",
+        force="{{ params.force_retrain }}",
+        train_task_id="preprocess_with_spark",
+        reuse_task_id="reuse_existing_model",
+    )
+    preprocess_with_spark = FeaturePreprocessOperator(
+        task_id="preprocess_with_spark",
+        dataset="{{ params.dataset }}",
+        snapshot_id=SNAPSHOT,
+        conn_id="spark_default",
+        driver_memory="2g",
+        pool="spark_metastore",  # one Hive (Derby) metastore writer at a time
+    )
+    tune_models = RayTuneOperator(
+        task_id="tune_models",
+        dataset="{{ params.dataset }}",
+        snapshot_id=SNAPSHOT,
+        search_space="{{ params.search_space }}",
+        num_samples="{{ params.num_samples }}",
+        max_concurrent_trials="{{ params.max_concurrent_trials }}",
+        max_epochs="{{ params.max_epochs }}",
+        execution_timeout=timedelta(hours=4),
+    )
+    register_best_model = RegisterModelOperator(
+        task_id="register_best_model",
+        search_result="{{ ti.xcom_pull(task_ids='tune_models') }}",
+        metric="{{ params.promotion_metric }}",
+        margin="{{ params.promotion_margin }}",
+        allow_backfill_promotion="{{ params.allow_backfill_promotion }}",
+    )
+    reuse_existing_model = EmptyOperator(task_id="reuse_existing_model")
+    publish_run_summary = PublishRunSummaryOperator(
+        task_id="publish_run_summary",
+        trigger_rule="none_failed_min_one_success",
+    )
+
+    validate_params() >> wait_for_raw_data >> ingest_raw_data >> check_for_existing_model
+    check_for_existing_model >> preprocess_with_spark >> tune_models >> register_best_model >> publish_run_summary
+    check_for_existing_model >> reuse_existing_model >> publish_run_summary
+
+
+mlops_training()
