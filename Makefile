@@ -12,8 +12,10 @@ STACK := $(PY) -m stack
 WHEELHOUSE ?= $(HOME)/.cache/mlops-airflow/wheels
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
+MODEL ?= penguins-classification
 
-.PHONY: help venv tools stack-up stack-down stack-status lint test test-unit test-integration demo serve \
+.PHONY: help venv tools airflow-up stack-up stack-down stack-status lint test test-unit test-integration demo serve \
         tail-metrics bench lock clean
 
 help: ## list the targets
@@ -38,6 +40,9 @@ tools: venv ## fetch the S3 server (go install) and the Kafka/Spark jars (Maven 
 stack-up: tools ## start S3 server, Kafka, MLflow; migrate the Airflow home (idempotent)
 	$(STACK) up
 
+airflow-up: tools ## stack-up plus `airflow standalone` (web UI on http://127.0.0.1:8080)
+	$(STACK) up --airflow
+
 stack-down: ## stop everything stack-up started
 	@if [ -x $(PY) ]; then $(STACK) down; fi
 
@@ -57,11 +62,12 @@ test-unit: venv ## fast unit tests only (no services)
 test-integration: stack-up ## integration tests against the running stack (leaves it up)
 	$(STACK) run -- $(PY) -m pytest -m integration $(PYTEST_ARGS)
 
-demo: stack-up ## the main job end to end on this machine
-	$(STACK) run -- $(PY) -m ml demo
+demo: tools ## the main job end to end on this machine: stack + Airflow up, demo data in, DAG run via REST
+	$(STACK) up --airflow
+	$(STACK) run -- $(PY) -m stack.demo $(DEMO_ARGS)
 
-serve: stack-up ## the prediction service on http://127.0.0.1:8000 (gunicorn)
-	$(STACK) run -- $(VENV)/bin/gunicorn --bind 127.0.0.1:8000 --workers 1 --threads 4 'ml.serve:create_app()'
+serve: stack-up ## the prediction service for MODEL's champion on http://127.0.0.1:8000 (gunicorn)
+	$(STACK) run -- $(PY) -m ml serve --model $(MODEL)
 
 tail-metrics: venv ## follow the training-metrics topic in the terminal
 	$(STACK) run -- $(PY) -m ml events tail mlops.training.metrics.v1

@@ -4,13 +4,15 @@ non-zero with a clear message on failure."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
 import sys
 from typing import Any
 
-# Each module adds its sub-commands in `register_cli(subparsers)`, setting `handler=fn(args) -> dict | None`.
+# Each module adds its sub-commands in `register_cli(subparsers)`, setting `handler=fn(args) -> dict | None` (and
+# `writes_stdout=True` for a command whose stdout is its output).
 # Heavy imports stay inside the handlers, so `--help` is fast.
 STAGE_MODULES = (
     "ml.datasets",
@@ -52,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        result: Any = args.handler(args)
+        # Libraries print progress to stdout (Ray Tune's tables, MLflow's run links): keep stdout for the JSON result,
+        # except for commands whose output is their stdout (`events tail`).
+        writes_stdout = getattr(args, "writes_stdout", False)
+        with contextlib.nullcontext() if writes_stdout else contextlib.redirect_stdout(sys.stderr):
+            result: Any = args.handler(args)
     except (ValueError, LookupError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1

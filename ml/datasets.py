@@ -13,7 +13,7 @@ import pandas as pd
 from ml.settings import Settings
 from ml.storage import S3Uri, s3_client
 
-# name -> (loader description, default target, task)
+# name -> (description, default target)
 SHIPPED = {
     "penguins": ("palmerpenguins: 344 penguins, 3 species, numeric and categorical columns, missing values", "species"),
     "cars": ("vega_datasets: 406 cars, numeric and categorical columns, missing values", "Miles_per_Gallon"),

@@ -2,14 +2,16 @@
 
 Spark's preprocessing job fits it on the training split and writes it as `feature_spec.json` beside the Parquet
 splits; training reads its column lists; serving applies `FeatureSpec.transform` to raw request rows. The transform:
-  numeric column x   -> (x_or_training_median - mean) / std     (std 0 -> 1; non-finite -> the median)
+  numeric column x   -> (x_or_fill - mean) / std     (std 0 -> 1; missing and non-finite x -> fill, the training mean)
   categorical col c  -> one-hot over the training categories, plus `c=__other__` for unseen, rare or missing values
+Categorical values are keyed by `normalise_category`, which the Spark job mirrors with built-in expressions.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,11 +22,21 @@ OTHER = "__other__"
 LABEL_COLUMN = "label"
 SPEC_VERSION = 1
 
+# A plain decimal number (after trimming whitespace): what counts as a number in a numeric column, in the ingest check
+# and in the Spark job alike (Spark's own cast also takes "3D", "1f" or hex, which would silently turn into numbers).
+NUMBER_PATTERN = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
+# Spellings of non-finite numbers: a numeric column's missing values, not bad values.
+NON_FINITE_WORDS = frozenset(f"{sign}{word}" for sign in ("", "+", "-") for word in ("inf", "infinity", "nan"))
+# An integral decimal written with a fraction ("3.0", "3."): the same category as "3".
+INTEGRAL_DECIMAL_PATTERN = r"^([+-]?[0-9]+)\.0*$"
+# Boolean spellings (those pyarrow reads as booleans): one category each, as Spark writes a boolean as a string.
+BOOLEAN_SPELLINGS = {"True": "true", "TRUE": "true", "False": "false", "FALSE": "false"}
+
 
 @dataclass(frozen=True)
 class NumericFeature:
     name: str
-    fill: float  # the training median, used for missing and non-finite values
+    fill: float  # the training mean, used for missing and non-finite values
     mean: float
     std: float
 
@@ -119,10 +131,15 @@ class FeatureSpec:
 
 
 def normalise_category(value: Any) -> str:
-    """How a categorical value is keyed, in Spark and in Python alike: its trimmed string form."""
-    if isinstance(value, float) and value.is_integer():
+    """How a categorical value is keyed, in Spark and in Python alike: its string form with spaces trimmed (Spark's
+    `trim` removes spaces only), booleans (and `True`, `FALSE`...) as `true`/`false`, and an integral decimal such as
+    `3.0` as `3`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         value = int(value)
-    return str(value).strip()
+    text = str(value).strip(" ")
+    return BOOLEAN_SPELLINGS.get(text) or re.sub(INTEGRAL_DECIMAL_PATTERN, r"\1", text)
 
 
 def _to_float(value: Any, column: str, row_index: int) -> float | None:
@@ -130,6 +147,9 @@ def _to_float(value: Any, column: str, row_index: int) -> float | None:
         return None
     if isinstance(value, bool):
         raise ValueError(f"row {row_index}, column {column!r}: expected a number, got a boolean")
+    if isinstance(value, str) and not (re.match(NUMBER_PATTERN, value) or value.strip().lower() in NON_FINITE_WORDS):
+        # Only what the Spark job reads as a number (Python's float() also takes "1_000" and other digits).
+        raise ValueError(f"row {row_index}, column {column!r}: expected a number, got {value!r}")
     try:
         return float(value)
     except (TypeError, ValueError):

@@ -1,20 +1,28 @@
 """Ingest: snapshot raw CSV/Parquet objects from S3 into the lake, keyed by a content hash, after validating them.
 
-The snapshot id is a hash of the source objects' names, ETags and sizes, so unchanged input gives the same id and
-copies nothing. Objects are copied server-side; `manifest.json` is written last and marks the snapshot complete; on
+The snapshot id is a hash of the source objects' names, ETags and sizes and of the target (and task, when given), so
+unchanged input gives the same id and copies nothing, while the same files ingested for another target get their own
+snapshot. Objects are copied server-side; `manifest.json` is written last and marks the snapshot complete; on
 any failure the partial snapshot is deleted, so no later run can mistake it for a good one.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import io
 import logging
 import math
+import re
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ml.features import NON_FINITE_WORDS, NUMBER_PATTERN
 from ml.settings import Settings
 from ml.storage import (
     DataError,
@@ -34,6 +42,15 @@ log = logging.getLogger(__name__)
 SUPPORTED = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
 MAX_CLASSES = 100
 MANIFEST_VERSION = 1
+READ_THREADS = 2  # objects read and parsed at once (pyarrow parses with threads of its own too)
+COPY_THREADS = 8  # server-side copies at once
+_SINGLE_COPY_LIMIT = 5 * 1024**3  # S3 refuses a CopyObject of a larger object
+
+
+def _copy_config() -> Any:
+    from boto3.s3.transfer import TransferConfig
+
+    return TransferConfig(multipart_threshold=_SINGLE_COPY_LIMIT, multipart_chunksize=512 * 1024**2)
 
 
 @dataclass(frozen=True)
@@ -83,9 +100,12 @@ def source_objects(raw: S3Uri, client: Any) -> list[dict[str, Any]]:
     return sorted(objects, key=lambda obj: obj["Key"])
 
 
-def content_hash(raw: S3Uri, objects: list[dict[str, Any]]) -> str:
-    """A stable id for the objects' content: their names relative to the source, ETags and sizes."""
+def content_hash(raw: S3Uri, objects: list[dict[str, Any]], target: str = "", task: str | None = None) -> str:
+    """A stable id for the objects' content (their names relative to the source, ETags and sizes) and for what the
+    snapshot is for (the target, and the task when one is given rather than inferred)."""
     digest = hashlib.sha256()
+    if target or task:
+        digest.update(f"target\0{target}\0task\0{task or ''}\n".encode())
     for obj in objects:
         relative = obj["Key"][len(raw.key) :].lstrip("/") or obj["Key"].rsplit("/", 1)[-1]
         digest.update(f"{relative}\0{obj['ETag'].strip(chr(34))}\0{obj['Size']}\n".encode())
@@ -98,16 +118,26 @@ def read_table(body: bytes, fmt: str, where: str) -> Any:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    kind = "Parquet" if fmt == "parquet" else "CSV"
     try:
         if fmt == "parquet":
             return pq.read_table(io.BytesIO(body))
-        return pacsv.read_csv(
+        if where.lower().endswith(".gz"):
+            body = gzip.decompress(body)
+        table = pacsv.read_csv(
             pa.py_buffer(body),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
-    except (pa.ArrowInvalid, OSError) as error:
-        kind = "Parquet" if fmt == "parquet" else "CSV"
+    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as error:
         raise DataError(f"{where}: not a readable {kind} file ({error})") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{where}: not a readable {kind} file: not UTF-8 text ({error})") from None
+    # pyarrow keeps values that are not valid UTF-8 as bytes; Spark would read them as mangled text.
+    binary = [field.name for field in table.schema if pa.types.is_binary(field.type)]
+    if binary:
+        raise DataError(f"{where}: not a readable {kind} file: column {binary[0]!r} holds values that are not "
+                        "UTF-8 text")  # fmt: skip
+    return table
 
 
 def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str, str], list[str]]:
@@ -120,24 +150,28 @@ def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str
     warnings: list[str] = []
     for name in table.column_names:
         column = table.column(name)
+        if pa.types.is_null(column.type) or column.null_count == len(column) or _all_nan(column):
+            kinds[name] = "empty"
+            continue
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_decimal(column.type):
             kinds[name] = "numeric"
             continue
-        if pa.types.is_null(column.type) or column.null_count == len(column):
-            kinds[name] = "empty"
-            continue
-        strings = pc.cast(column, pa.string()) if not pa.types.is_string(column.type) else column
+        strings = pc.cast(column, pa.large_string())
         present = pc.drop_null(strings)
-        numbers = [_parse_number(v) for v in present.to_pylist()]
-        parsed = sum(1 for v in numbers if v is not None)
+        # Vectorised (a Python loop over every value took seconds per million rows): what `_parse_number` accepts.
+        is_number = pc.or_(
+            pc.match_substring_regex(present, NUMBER_PATTERN),
+            pc.is_in(pc.utf8_lower(pc.utf8_trim_whitespace(present)), value_set=pa.array(sorted(NON_FINITE_WORDS))),
+        )
+        parsed = int(pc.sum(is_number).as_py() or 0)
+        if parsed < len(present):
+            bad = pc.filter(present, pc.invert(is_number))[0].as_py()
         if parsed and len(present) - parsed <= max_bad_share * len(present):
             kinds[name] = "numeric"
             if parsed < len(present):
-                bad = next(v for v, n in zip(present.to_pylist(), numbers, strict=True) if n is None)
                 warnings.append(f"{where}: column {name!r}: {len(present) - parsed} non-numeric value(s) such as "
                                 f"{bad!r} are treated as missing")  # fmt: skip
         elif parsed > len(present) / 2:
-            bad = next(v for v, n in zip(present.to_pylist(), numbers, strict=True) if n is None)
             raise DataError(
                 f"{where}: column {name!r} is numeric but {len(present) - parsed} of {len(present)} values are not "
                 f"numbers (e.g. {bad!r}), over the allowed share {max_bad_share:.1%}"
@@ -147,11 +181,24 @@ def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str
     return kinds, warnings
 
 
+_NUMBER = re.compile(NUMBER_PATTERN)
+
+
 def _parse_number(value: str) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
+    """A plain decimal number, or a spelling of inf/nan (missing values); None for anything else (as in Spark)."""
+    if not isinstance(value, str) or not (_NUMBER.match(value) or value.strip().lower() in NON_FINITE_WORDS):
         return None
+    return float(value)
+
+
+def _all_nan(column: Any) -> bool:
+    """A floating column whose every value is null or NaN: no value at all."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_floating(column.type):
+        return False
+    return bool(pc.all(pc.fill_null(pc.is_nan(column), True)).as_py())
 
 
 def infer_task(table: Any, target: str) -> str:
@@ -170,7 +217,9 @@ def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[
     """Check every object and their agreement; return (column kinds, task, rows, warnings)."""
     import pyarrow.compute as pc
 
+    source = config.raw_uri  # errors about the objects together name the source
     kinds: dict[str, str] | None = None
+    kind_seen_in: dict[str, str] = {}
     warnings: list[str] = []
     rows = 0
     for where, table in tables:
@@ -190,33 +239,43 @@ def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[
         file_kinds, file_warnings = column_kinds(table, where, config.max_bad_share)
         warnings += file_warnings
         if kinds is None:
-            kinds = file_kinds
+            kinds = dict(file_kinds)
         elif set(file_kinds) != set(kinds):
             raise DataError(f"{where}: columns differ from the other files: {sorted(set(file_kinds) ^ set(kinds))}")
         else:
-            # A column that is empty in one file takes its kind from the others.
-            kinds = {name: kinds[name] if file_kinds[name] == "empty" else file_kinds[name] for name in kinds}
+            for name, kind in file_kinds.items():
+                # A column that is empty in one file takes its kind from the others.
+                if kind == "empty":
+                    continue
+                if kinds[name] not in ("empty", kind):
+                    raise DataError(f"{where}: column {name!r} is {kind} here but {kinds[name]} in "
+                                    f"{kind_seen_in[name]}")  # fmt: skip
+                kinds[name] = kind
+        for name, kind in file_kinds.items():
+            if kind != "empty":
+                kind_seen_in.setdefault(name, where)
         rows += table.num_rows
     assert kinds is not None
     for name, kind in kinds.items():
         if kind == "empty":
             if name == config.target:
-                raise DataError(f"target column {config.target!r} has no values")
-            warnings.append(f"column {name!r} has no values in any file and is dropped from the features")
+                raise DataError(f"{source}: target column {config.target!r} has no values")
+            warnings.append(f"{source}: column {name!r} has no values in any file and is dropped from the features")
     task = config.task or infer_task(tables[0][1], config.target)
     if task not in ("classification", "regression"):
         raise DataError(f"task must be classification or regression, not {task!r}")
     if task == "regression" and kinds[config.target] != "numeric":
-        raise DataError(f"target column {config.target!r} is not numeric, so the task cannot be regression")
+        raise DataError(f"{source}: target column {config.target!r} is not numeric, so the task cannot be regression")
     if task == "classification":
         classes = set()
         for _, table in tables:
             classes |= {str(v) for v in pc.unique(pc.drop_null(table.column(config.target))).to_pylist()}
         if len(classes) < 2:
-            raise DataError(f"target column {config.target!r} has a single class {sorted(classes)}: nothing to learn")
+            raise DataError(f"{source}: target column {config.target!r} has a single class {sorted(classes)}: "
+                            "nothing to learn")  # fmt: skip
         if len(classes) > MAX_CLASSES:
-            raise DataError(f"target column {config.target!r} has {len(classes)} classes (> {MAX_CLASSES}); "
-                            "is it a regression target? pass --task regression")  # fmt: skip
+            raise DataError(f"{source}: target column {config.target!r} has {len(classes)} classes "
+                            f"(> {MAX_CLASSES}); is it a regression target? pass --task regression")  # fmt: skip
     return kinds, task, rows, warnings
 
 
@@ -227,7 +286,8 @@ def check_drift(dataset: str, kinds: dict[str, str], config: IngestConfig, clien
         return []
     previous = read_json(pointer, client)
     before: dict[str, str] = previous["columns"]
-    problems = [f"column {name!r} disappeared" for name in before if name not in kinds]
+    # A column that had no values was never a feature: losing it is no drift.
+    problems = [f"column {name!r} disappeared" for name in before if name not in kinds and before[name] != "empty"]
     problems += [
         f"column {name!r} changed from {before[name]} to {kinds[name]}"
         for name in before
@@ -236,10 +296,31 @@ def check_drift(dataset: str, kinds: dict[str, str], config: IngestConfig, clien
     added = [f"new column {name!r}" for name in kinds if name not in before]
     if problems and not config.allow_schema_drift:
         raise DataError(
-            f"schema drift against snapshot {previous['snapshot_id']} of {dataset!r}: {'; '.join(problems)} "
+            f"{config.raw_uri}: schema drift against snapshot {previous['snapshot_id']} of {dataset!r}: "
+            f"{'; '.join(problems)} "
             "(pass --allow-schema-drift to accept it)"
         )
     return [f"schema drift against snapshot {previous['snapshot_id']}: {p}" for p in problems + added]
+
+
+def _read_object(client: Any, bucket: str, obj: dict[str, Any]) -> tuple[str, Any]:
+    """(URI, pyarrow table) of one listed object, exactly the listed version (its ETag)."""
+    where = f"s3://{bucket}/{obj['Key']}"
+    with _changed_object_is_an_error(where):
+        body = client.get_object(Bucket=bucket, Key=obj["Key"], IfMatch=obj["ETag"])["Body"].read()
+    return where, read_table(body, _format_of(obj["Key"]) or "csv", where)
+
+
+@contextmanager
+def _changed_object_is_an_error(where: str) -> Iterator[None]:
+    from botocore.exceptions import ClientError
+
+    try:
+        yield
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+            raise RuntimeError(f"{where} changed while it was being ingested; run the ingest again") from None
+        raise
 
 
 def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResult:
@@ -248,7 +329,7 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
     client = s3_client(settings)
     raw = S3Uri.parse(config.raw_uri)
     objects = source_objects(raw, client)
-    snapshot_id = content_hash(raw, objects)
+    snapshot_id = content_hash(raw, objects, config.target, config.task)
     target_root = snapshot_uri(config.dataset, snapshot_id, settings)
     manifest_uri = target_root.join("manifest.json")
     if exists(manifest_uri, client):
@@ -259,26 +340,35 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
             manifest["task"], manifest["target"], created=False, warnings=manifest["warnings"],
         )  # fmt: skip
 
-    tables = []
-    for obj in objects:
-        where = f"s3://{raw.bucket}/{obj['Key']}"
-        body = client.get_object(Bucket=raw.bucket, Key=obj["Key"])["Body"].read()
-        tables.append((where, read_table(body, _format_of(obj["Key"]) or "csv", where)))
+    # Objects are read (and copied below) a few at a time; errors still name the first bad object in key order.
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects))) as pool:
+        tables = list(pool.map(lambda obj: _read_object(client, raw.bucket, obj), objects))
     kinds, task, rows, warnings = validate(tables, config)
     warnings += check_drift(config.dataset, kinds, config, client)
     for warning in warnings:
         log.warning(warning)
 
-    copied = []
+    def copy(index: int) -> dict[str, Any]:
+        obj, table = objects[index], tables[index][1]
+        suffix = next(s for s in SUPPORTED if obj["Key"].lower().endswith(s))
+        destination = target_root.join("data", f"part-{index:05d}{suffix}")
+        # A managed copy: server-side, multipart above 5 GB (where one CopyObject is refused), and only of the
+        # version that was listed, hashed and validated.
+        with _changed_object_is_an_error(f"s3://{raw.bucket}/{obj['Key']}"):
+            client.copy({"Bucket": raw.bucket, "Key": obj["Key"]}, destination.bucket, destination.key,
+                        ExtraArgs={"CopySourceIfMatch": obj["ETag"]}, Config=_copy_config())  # fmt: skip
+        # Each object's own columns (and Parquet types): the Spark job reads CSV files by header, not position.
+        return {"source": f"s3://{raw.bucket}/{obj['Key']}", "etag": obj["ETag"].strip('"'), "size": obj["Size"],
+                "format": _format_of(obj["Key"]) or "csv", "snapshot_uri": str(destination),
+                "columns": table.column_names, "types": [str(t) for t in table.schema.types]}  # fmt: skip
+
     try:
-        for index, obj in enumerate(objects):
-            fmt = _format_of(obj["Key"]) or "csv"
-            suffix = next(s for s in SUPPORTED if obj["Key"].lower().endswith(s))
-            destination = target_root.join("data", f"part-{index:05d}{suffix}")
-            client.copy_object(Bucket=destination.bucket, Key=destination.key,
-                               CopySource={"Bucket": raw.bucket, "Key": obj["Key"]})  # fmt: skip
-            copied.append({"source": f"s3://{raw.bucket}/{obj['Key']}", "etag": obj["ETag"].strip('"'),
-                           "size": obj["Size"], "format": fmt, "snapshot_uri": str(destination)})  # fmt: skip
+        pool = ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(objects)))
+        try:
+            copied = list(pool.map(copy, range(len(objects))))
+        finally:
+            # Wait for copies in flight, so that none lands after the clean-up below.
+            pool.shutdown(wait=True, cancel_futures=True)
         manifest = {
             "version": MANIFEST_VERSION, "dataset": config.dataset, "snapshot_id": snapshot_id,
             "source_uri": str(raw), "objects": copied, "rows": rows, "target": config.target, "task": task,

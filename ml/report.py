@@ -27,8 +27,9 @@ def collect_trials(tracking_uri: str, dag_run_id: str) -> tuple[dict[str, Any] |
     client = MlflowClient(tracking_uri=tracking_uri)
     escaped = dag_run_id.replace("'", "\\'")
     experiments = [e.experiment_id for e in client.search_experiments()]
-    parents = client.search_runs(experiments, f"tags.dag_run_id = '{escaped}' and tags.mlops_role = 'search'",
-                                 max_results=1, order_by=["attributes.start_time DESC"])  # fmt: skip
+    # The search's parent run, as ml.tune tags it.
+    query = f"tags.`mlops.dag_run_id` = '{escaped}' and tags.`mlops.kind` = 'tune_search'"
+    parents = client.search_runs(experiments, query, max_results=1, order_by=["attributes.start_time DESC"])
     if not parents:
         return None, []
     parent = parents[0]

@@ -1,7 +1,8 @@
 """The Spark preprocessing application (`spark-submit ml/spark_preprocess.py --dataset D --snapshot S`).
 
-Reads a snapshot through s3a, cleans it (types, non-finite values, blank strings, duplicates, rows without a target),
-splits it deterministically by a hash of each row's content (stable across re-runs and partitionings), fits the
+Reads a snapshot through s3a (CSV by header, RFC 4180 quoting, as the ingest check read it), cleans it (types,
+non-finite values, blank strings and the usual null spellings, duplicates, rows without a target) in one scan of the
+input, splits it deterministically by a hash of each row's content (stable across re-runs and partitionings), fits the
 transform on the training split only (means/stds of numerics, frequent categories), writes the Parquet splits and
 `feature_spec.json` (last: it marks the features complete), and registers the splits as partitions of a Hive table.
 Only built-in column expressions run on executors, so executors need nothing from this package.
@@ -16,7 +17,15 @@ import re
 import sys
 from typing import Any
 
-from ml.features import LABEL_COLUMN, CategoricalFeature, FeatureSpec, NumericFeature
+from ml.features import (
+    BOOLEAN_SPELLINGS,
+    INTEGRAL_DECIMAL_PATTERN,
+    LABEL_COLUMN,
+    NUMBER_PATTERN,
+    CategoricalFeature,
+    FeatureSpec,
+    NumericFeature,
+)
 from ml.storage import DataError, S3Uri, exists, features_uri, read_json, s3_client, snapshot_uri
 
 log = logging.getLogger("ml.spark_preprocess")
@@ -24,6 +33,9 @@ log = logging.getLogger("ml.spark_preprocess")
 SPLITS = ("train", "validation", "test")
 HIVE_DATABASE = "mlops"
 RESULT_MARKER = "PREPROCESS_RESULT "
+# Strings that mean "no value" (pyarrow's CSV defaults, which the ingest check used): missing, never a category.
+NULL_TOKENS = ("#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA",
+               "NULL", "NaN", "n/a", "nan", "null")  # fmt: skip
 
 
 def hive_table_name(dataset: str) -> str:
@@ -69,44 +81,81 @@ def preprocess(
     numeric = [name for name, kind in kinds.items() if kind == "numeric" and name != target]
     categorical = [name for name, kind in kinds.items() if kind == "categorical" and name != target]
 
-    # Read every snapshot object; CSV columns arrive as strings and are cast below.
+    # Read every snapshot object. Spark would apply the first CSV file's header to all files by position, so files
+    # are read in groups of the same header (and, for Parquet, the same types) and unioned by name.
+    groups: dict[tuple[Any, ...], list[str]] = {}
+    for obj in manifest["objects"]:
+        signature = tuple(obj.get("columns") or ()), tuple(obj.get("types") or ()) if obj["format"] == "parquet" else ()
+        groups.setdefault((obj["format"], *signature), []).append(S3Uri.parse(obj["snapshot_uri"]).s3a)
     frames = []
-    for fmt in ("csv", "parquet"):
-        paths = [S3Uri.parse(obj["snapshot_uri"]).s3a for obj in manifest["objects"] if obj["format"] == fmt]
-        if not paths:
-            continue
-        reader = spark.read.option("header", True).option("mode", "PERMISSIVE") if fmt == "csv" else spark.read
-        frame = reader.csv(paths) if fmt == "csv" else reader.parquet(paths)
+    for (fmt, *_), paths in sorted(groups.items(), key=lambda item: item[1][0]):
+        if fmt == "csv":
+            # CSV columns arrive as strings and are cast below; `""` inside quotes is a quote, as in pyarrow.
+            frame = spark.read.options(header=True, mode="PERMISSIVE", escape='"').csv(paths)
+        else:
+            frame = spark.read.parquet(*paths)
         frames.append(frame.select(*[F.col(_quote(name)) for name in kinds]))
+    # A column typed differently in different files (CSV strings, Parquet numbers or booleans) is read as strings
+    # everywhere, and cleaned below like CSV.
+    mixed = {name for name in kinds if len({dict(frame.dtypes)[name] for frame in frames}) > 1}
+    if mixed:
+        frames = [
+            frame.select(*[F.col(_quote(n)).cast("string").alias(n) if n in mixed else F.col(_quote(n)) for n in kinds])
+            for frame in frames
+        ]
     raw = frames[0]
     for frame in frames[1:]:
-        raw = raw.unionByName(frame, allowMissingColumns=True)
+        raw = raw.unionByName(frame)
+    types = dict(raw.dtypes)
 
-    # Clean: numbers as doubles (unparseable and non-finite -> null), categories as trimmed strings (blank -> null).
-    def as_number(name: str) -> Any:
+    # Clean: numbers as doubles (anything but a plain decimal number, and non-finite values -> null), categories as
+    # strings keyed like `normalise_category` (blank and null spellings -> null).
+    # Two projections, so that each parsed value is computed once and then only referenced (nesting the expressions
+    # made Spark evaluate copies of the regular expressions: it cost more than the whole scan).
+    def parse_number(name: str) -> Any:
         value = F.expr(f"try_cast({_quote(name)} as double)")
+        return F.when(F.col(_quote(name)).rlike(NUMBER_PATTERN), value) if types[name] == "string" else value
+
+    def parse_category(name: str) -> Any:
+        column = F.col(_quote(name))
+        text = F.trim(column.cast("string"))
+        if types[name] in ("float", "double"):
+            # 3.0 is category "3", as in Python (the bound keeps the cast exact and clear of overflow).
+            integral = (F.abs(column) < 1e15) & (column == F.floor(column))
+            text = F.when(integral, column.cast("bigint").cast("string")).otherwise(text)
+        # "3.0" and "3" are the same category, as in `normalise_category`.
+        return F.regexp_replace(text, INTEGRAL_DECIMAL_PATTERN, "$1")
+
+    def clean_number(name: str) -> Any:
+        value = F.col(_quote(name))
         return F.when(F.isnan(value) | (F.abs(value) == float("inf")), None).otherwise(value)
 
-    def as_category(name: str) -> Any:
-        text = F.trim(F.col(_quote(name)).cast("string"))
-        number = F.expr(f"try_cast({_quote(name)} as double)")
-        # 3.0 and "3" are the same category, as in FeatureSpec.transform.
-        text = F.when(number.isNotNull() & (number == F.floor(number)), number.cast("bigint").cast("string")).otherwise(
-            text
-        )
-        return F.when(text == "", None).otherwise(text)
+    def clean_category(name: str) -> Any:
+        text = F.col(_quote(name))
+        cleaned = F.when((text == "") | text.isin(*NULL_TOKENS), None)
+        for key in sorted(set(BOOLEAN_SPELLINGS.values())):  # "True" and "true" are one category
+            cleaned = cleaned.when(text.isin(*[s for s, k in BOOLEAN_SPELLINGS.items() if k == key]), F.lit(key))
+        return cleaned.otherwise(text)
 
-    target_expr = as_number(target) if task == "regression" else as_category(target)
-    cleaned = raw.select(
-        *[as_number(name).alias(name) for name in numeric],
-        *[as_category(name).alias(name) for name in categorical],
-        target_expr.alias("__target"),
+    regression = task == "regression"
+    parsed = raw.select(
+        *[parse_number(name).alias(name) for name in numeric],
+        *[parse_category(name).alias(name) for name in categorical],
+        (parse_number(target) if regression else parse_category(target)).alias("__target"),
+    )
+    cleaned = parsed.select(
+        *[clean_number(name).alias(name) for name in numeric],
+        *[clean_category(name).alias(name) for name in categorical],
+        (clean_number("__target") if regression else clean_category("__target")).alias("__target"),
     )
     rows_in = manifest["rows"]
-    with_target = cleaned.where(F.col("__target").isNotNull())
-    deduplicated = with_target.dropDuplicates()
+    # One scan of the input: drop rows without a target and duplicates (counting the copies of each distinct row).
+    value_columns = [F.col(_quote(c)) for c in cleaned.columns]
+    deduplicated = (
+        cleaned.where(F.col("__target").isNotNull()).groupBy(*value_columns).agg(F.count(F.lit(1)).alias("__copies"))
+    )
     # Deterministic split: a hash of the row's content, independent of partitioning and order.
-    bucket = F.pmod(F.xxhash64(*[F.col(_quote(c)) for c in deduplicated.columns], F.lit(seed)), F.lit(10_000))
+    bucket = F.pmod(F.xxhash64(*value_columns, F.lit(seed)), F.lit(10_000))
     train_edge, validation_edge = int(split_shares[0] * 10_000), int(sum(split_shares) * 10_000)
     split = (
         F.when(bucket < train_edge, "train")
@@ -114,10 +163,14 @@ def preprocess(
         .otherwise("test")
         .alias("split")
     )
-    prepared = deduplicated.select("*", split).persist()
-    counts = {row["split"]: row["count"] for row in prepared.groupBy("split").count().collect()}
+    prepared = deduplicated.select(*value_columns, split, "__copies").persist()
+    totals = prepared.groupBy("split").agg(F.count(F.lit(1)).alias("rows"), F.sum("__copies").alias("copies"))
+    counts, with_target = {}, 0
+    for row in totals.collect():
+        counts[row["split"]] = int(row["rows"])
+        with_target += int(row["copies"])
     rows_kept = sum(counts.values())
-    without_target = rows_in - with_target.count()
+    without_target = rows_in - with_target
     log.info("read %d rows: %d without target, %d duplicates, %s", rows_in, without_target,
              rows_in - without_target - rows_kept, counts)  # fmt: skip
     if counts.get("train", 0) == 0:
@@ -133,8 +186,9 @@ def preprocess(
     for i, name in enumerate(numeric):
         mean = stats[f"mean_{i}"] if stats is not None else None
         std = stats[f"std_{i}"] if stats is not None else None
-        mean = float(mean) if mean is not None else 0.0
-        std = float(std) if std else 1.0
+        # 12 significant digits: a re-run on another partitioning (another summation order) gives the same spec.
+        mean = _stable(mean) if mean is not None else 0.0
+        std = _stable(std) if std else 1.0
         # Missing values take the training mean, i.e. 0 after standardising.
         numeric_features.append(NumericFeature(name=name, fill=mean, mean=mean, std=std))
     categorical_features = []
@@ -162,8 +216,8 @@ def preprocess(
         columns.append(((value - F.lit(feature.mean)) / F.lit(feature.std)).cast("float").alias(feature.name))
     for cat in categorical_features:
         known = F.col(_quote(cat.name)).isin(cat.categories) if cat.categories else F.lit(False)
-        for value, column in zip(cat.categories, cat.columns(), strict=False):
-            columns.append(F.when(F.col(_quote(cat.name)) == value, 1.0).otherwise(0.0).cast("float").alias(column))
+        for category, column in zip(cat.categories, cat.columns(), strict=False):
+            columns.append(F.when(F.col(_quote(cat.name)) == category, 1.0).otherwise(0.0).cast("float").alias(column))
         columns.append(F.when(known, 0.0).otherwise(1.0).cast("float").alias(cat.columns()[-1]))
     if classes is not None:
         label = (F.array_position(F.array(*[F.lit(c) for c in classes]), F.col("__target")) - 1).cast("int")
@@ -183,6 +237,10 @@ def preprocess(
                       ContentType="application/json")  # fmt: skip
     _register_hive_table(spark, table, spec, out)
     return _summary(spec, out, spec_uri, table, skipped=False)
+
+
+def _stable(value: float) -> float:
+    return float(f"{float(value):.12g}")
 
 
 def _register_hive_table(spark: Any, table: str, spec: FeatureSpec, out: S3Uri) -> None:

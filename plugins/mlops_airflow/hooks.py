@@ -50,7 +50,7 @@ class MlflowHook(BaseHook):
         """The newest version of a registered model whose tags include all of `tags`, if any."""
         from mlflow.exceptions import MlflowException
 
-        query = " and ".join([f"name = '{model_name}'", *[f"tags.{k} = '{v}'" for k, v in tags.items()]])
+        query = " and ".join([f"name = '{model_name}'", *[f"tags.`{k}` = '{v}'" for k, v in tags.items()]])
         try:
             versions = self.client.search_model_versions(query, order_by=["version_number DESC"], max_results=1)
         except MlflowException:

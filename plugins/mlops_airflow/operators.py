@@ -160,11 +160,13 @@ class RayTuneOperator(_PipelineOperator):
         self.cpus_per_trial = cpus_per_trial
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ml.tune import SearchConfig, run_search
+        from ml.tune import SearchConfig, resolve_search_space, run_search
 
         run_id = context["run_id"]
-        config = SearchConfig.create(
-            dataset=self.dataset, snapshot_id=self.snapshot_id, run_name=run_id, search_space=self.search_space,
+        # The run id names the search: a retried task resumes it from S3 instead of starting over.
+        config = SearchConfig(
+            dataset=str(self.dataset), snapshot_id=str(self.snapshot_id), run_name=run_id,
+            search_space=resolve_search_space(self.search_space),
             num_samples=int(self.num_samples), max_concurrent_trials=int(self.max_concurrent_trials),
             max_epochs=int(self.max_epochs), cpus_per_trial=self.cpus_per_trial, dag_run_id=run_id,
         )  # fmt: skip
@@ -199,16 +201,17 @@ class RegisterModelOperator(_PipelineOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from ml.evaluate import evaluate_best
         from ml.lineage import code_version
-        from ml.registry import register_and_gate
+        from ml.registry import register_and_promote
 
         dag_run = context["dag_run"]
         is_backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
         with environment(self.pipeline_environment()):
             evaluation = evaluate_best(self.search_result)
-            decision = register_and_gate(
+            decision = register_and_promote(
                 evaluation, dag_id=self.dag_id, dag_run_id=context["run_id"], code_version=code_version(),
                 metric=self.metric or None, margin=float(self.margin), is_backfill=is_backfill,
                 allow_backfill_promotion=str(self.allow_backfill_promotion).lower() in ("true", "1"),
+                task_id=self.task_id,
             )  # fmt: skip
         return {"evaluation": evaluation, **decision}
 
@@ -275,9 +278,9 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
             log.info("force_retrain is set: training even if a model exists")
             return self.train_task_id
         name = registered_model_name(self.dataset, self.ml_task)
-        version = MlflowHook(self.mlflow_conn_id).find_model_version(
-            name, {"data_snapshot_id": self.snapshot_id, "code_version": code_version()}
-        )
+        wanted = {"snapshot_id": str(self.snapshot_id), "code_version": code_version(),
+                  "mlops.registration": "complete"}  # fmt: skip
+        version = MlflowHook(self.mlflow_conn_id).find_model_version(name, wanted)
         if version is None:
             log.info("no version of %s for snapshot %s and code %s: training", name, self.snapshot_id, code_version())
             return self.train_task_id

@@ -1,0 +1,122 @@
+"""B4: our Parquet -> training samples/s / a tensor-slicing reference loop's samples/s; target >= 0.8.
+
+Ours: `ml.data.read_split` reads the train split's Parquet parts from the local S3 server into numpy (once), then
+`ml.data.TensorBatches` shuffles and slices batches for E epochs; the read is counted in our time. The reference
+starts from tensors already in memory and, per batch, gathers a random index slice (`X[perm[i:i+bs]]`). Both feed
+the same consumer: an MLP training step (what "training samples/s" means), and separately a bare touch of the batch
+(loader only).
+
+    python -m stack run -- .venv/bin/python -m bench.b4_loader_throughput [--rows 200000] [--features 32] [--epochs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def _consumers(width: int, classes: int) -> dict[str, Callable[[Any, Any], None]]:
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.ReLU(), torch.nn.Linear(64, classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def train_step(xb: Any, yb: Any) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(xb), yb).backward()
+        optimizer.step()
+
+    def touch(xb: Any, yb: Any) -> None:
+        float(xb[0, 0]) + int(yb[0])
+
+    return {"train_step": train_step, "loader_only": touch}
+
+
+def _consume(batches: Iterable[tuple[Any, Any]], consumer: Callable[[Any, Any], None]) -> int:
+    rows = 0
+    for xb, yb in batches:
+        consumer(xb, yb)
+        rows += xb.shape[0]
+    return rows
+
+
+def ours(features: Any, epochs: int, batch_size: int,
+         consumer: Callable[[Any, Any], None]) -> tuple[float, float, int]:  # fmt: skip
+    import torch
+
+    from ml.data import TensorBatches, read_split, to_tensors
+
+    started = time.perf_counter()
+    split = read_split(features.uri, "train", features.spec)
+    X, y = to_tensors(split)
+    read_s = time.perf_counter() - started
+    batches = TensorBatches(X, y, batch_size, generator=torch.Generator().manual_seed(0))
+    rows = sum(_consume(batches, consumer) for _ in range(epochs))
+    return time.perf_counter() - started, read_s, rows
+
+
+def reference(X: Any, y: Any, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]) -> tuple[float, int]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    started = time.perf_counter()
+    rows = 0
+    for _ in range(epochs):
+        perm = torch.randperm(X.shape[0], generator=generator)
+        for start in range(0, X.shape[0], batch_size):
+            index = perm[start : start + batch_size]
+            xb, yb = X[index], y[index]
+            consumer(xb, yb)
+            rows += xb.shape[0]
+    return time.perf_counter() - started, rows
+
+
+def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int = 256) -> dict[str, Any]:
+    import torch
+
+    from tests.support.synthetic_features import write_synthetic_features
+
+    torch.set_num_threads(1)  # one trial's share of a node; also keeps the comparison stable on a busy machine
+    data = write_synthetic_features("classification", 3, rows={"train": rows, "validation": 10, "test": 10},
+                                    num_numeric=features - 3, parts=4)  # fmt: skip
+    try:
+        train = data.splits["train"]
+        X, y = torch.from_numpy(train.X.copy()), torch.from_numpy(train.y.copy())
+        results: dict[str, Any] = {}
+        for name in ("loader_only", "train_step"):
+            consumer = _consumers(X.shape[1], 3)[name]
+            ours_s, read_s, ours_rows = ours(data, epochs, batch_size, consumer)
+            consumer = _consumers(X.shape[1], 3)[name]
+            ref_s, ref_rows = reference(X, y, epochs, batch_size, consumer)
+            results[name] = {"ours_samples_per_s": ours_rows / ours_s, "reference_samples_per_s": ref_rows / ref_s,
+                             "ratio": (ours_rows / ours_s) / (ref_rows / ref_s), "ours_s": ours_s,
+                             "ours_parquet_read_s": read_s, "reference_s": ref_s,
+                             "ratio_without_read": (ours_rows / (ours_s - read_s)) / (ref_rows / ref_s)}  # fmt: skip
+    finally:
+        data.cleanup()
+    return {"benchmark": "B4 loader throughput", "ratio": results["train_step"]["ratio"], "target": ">= 0.8",
+            "rows": rows, "features": X.shape[1], "epochs": epochs, "batch_size": batch_size, **results}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=200000)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=256)
+    args = parser.parse_args(argv)
+    print(json.dumps(run(args.rows, args.features, args.epochs, args.batch_size), indent=2))
+
+
+if __name__ == "__main__":
+    main()

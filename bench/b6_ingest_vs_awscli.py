@@ -1,0 +1,141 @@
+"""B6: our S3 ingest MB/s / the AWS CLI's MB/s on the same server and the same objects.
+
+Ours is `ml.ingest.ingest` on a prefix of CSV objects: list, read and validate every object, copy it into the lake
+(server-side), write the manifest. The baseline is `aws s3 cp --recursive` of the same prefix into the lake
+(server-side copies, what the snapshot needs) and, as a second reference, `aws s3 cp --recursive` to a local folder
+(reading every byte, as validation must). Where the AWS CLI is missing, the baseline is boto3's managed copy
+(s3transfer) with a thread pool, and the JSON says so.
+
+    python -m stack run -- .venv/bin/python -m bench.b6_ingest_vs_awscli [--files 8] [--mb-per-file 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import subprocess
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ratio, report, timed
+
+AWS_CLI_CANDIDATES = ("aws", "/root/.pyenv/shims/aws")
+
+
+def find_aws_cli() -> tuple[str | None, str | None]:
+    """The AWS CLI's path and version, or (None, None) where it is not installed (or does not run)."""
+    for candidate in AWS_CLI_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            try:
+                completed = subprocess.run([found, "--version"], capture_output=True, check=True, timeout=60, text=True)
+            except (OSError, subprocess.SubprocessError):
+                continue
+            return found, (completed.stdout or completed.stderr).strip()
+    return None, None
+
+
+def make_objects(client: Any, bucket: str, files: int, mb_per_file: int) -> tuple[str, int]:
+    """N CSV objects of about the given size under one prefix (reused when already there); returns prefix, bytes."""
+    from ml.datasets import synthetic
+
+    prefix = f"bench/b6/{files}x{mb_per_file}mb/"
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    if len(listed) == files:
+        return prefix, sum(obj["Size"] for obj in listed)
+    rows = max(1000, mb_per_file * 1024 * 1024 // 160)  # ~160 bytes per synthetic row
+    body = synthetic(rows, seed=6).to_csv(index=False).encode()
+    for index in range(files):
+        client.upload_fileobj(io.BytesIO(body), bucket, f"{prefix}part-{index:03d}.csv")
+    return prefix, files * len(body)
+
+
+def run_cli(aws: str, *args: str) -> None:
+    env = {**os.environ}
+    command = [aws, "s3", "cp", "--recursive", "--only-show-errors", *args]
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        command += ["--endpoint-url", os.environ["AWS_ENDPOINT_URL"]]
+    subprocess.run(command, check=True, env=env, timeout=3600)
+
+
+def boto3_copy_all(client: Any, bucket: str, prefix: str, destination_bucket: str, destination_prefix: str) -> None:
+    """The fallback baseline: s3transfer managed copies, ten at a time (as the AWS CLI does by default)."""
+    from ml.storage import S3Uri, list_keys
+
+    keys = [obj["Key"] for obj in list_keys(S3Uri(bucket, prefix), client)]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        list(pool.map(lambda key: client.copy({"Bucket": bucket, "Key": key}, destination_bucket,
+                                              destination_prefix + key[len(prefix):]), keys))  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--mb-per-file", type=int, default=32)
+    args = parser.parse_args(argv)
+
+    from ml.ingest import IngestConfig, ingest
+    from ml.settings import Settings
+    from ml.storage import S3Uri, delete_prefix, s3_client
+
+    settings = Settings.from_env()
+    client = s3_client(settings)
+    raw_bucket, lake_bucket = settings.raw_bucket, settings.lake_bucket
+    prefix, total_bytes = make_objects(client, raw_bucket, args.files, args.mb_per_file)
+    megabytes = total_bytes / 1e6
+    run = uuid.uuid4().hex[:8]
+    dataset = f"bench_b6_{run}"
+    cli_prefix = f"bench/b6-cli/{run}/"
+    aws, aws_version = find_aws_cli()
+    try:
+        ingested, ours_seconds = timed(lambda: ingest(IngestConfig(f"s3://{raw_bucket}/{prefix}", dataset, "target")))
+        assert ingested.created
+        if aws:
+            _, copy_seconds = timed(lambda: run_cli(aws, f"s3://{raw_bucket}/{prefix}", f"s3://{lake_bucket}/{cli_prefix}"))
+            with tempfile.TemporaryDirectory(prefix="b6-") as folder:
+                _, download_seconds = timed(lambda: run_cli(aws, f"s3://{raw_bucket}/{prefix}", folder))
+            baseline = "aws s3 cp --recursive (s3 -> s3, server-side copies)"
+        else:
+            _, copy_seconds = timed(lambda: boto3_copy_all(client, raw_bucket, prefix, lake_bucket, cli_prefix))
+            download_seconds = None
+            baseline = "boto3 managed copy (s3transfer), 10 threads: the AWS CLI is not installed here"
+    finally:
+        delete_prefix(S3Uri(lake_bucket, f"datasets/{dataset}/"), client)
+        delete_prefix(S3Uri(lake_bucket, cli_prefix), client)
+
+    ours_rate = megabytes / ours_seconds
+    copy_rate = megabytes / copy_seconds
+    result = {
+        "name": "B6 our S3 ingest MB/s / the AWS CLI's MB/s (same server, same objects)",
+        "ratio": ratio(ours_rate, copy_rate),
+        "baseline": baseline,
+        "aws_cli": aws,
+        "aws_cli_version": aws_version,
+        "aws_cli_found": aws is not None,
+        "objects": args.files,
+        "megabytes": round(megabytes, 1),
+        "rows": ingested.rows,
+        "ours": {"seconds": round(ours_seconds, 2), "mb_per_second": round(ours_rate, 1),
+                 "does": "list, read + parse + validate every object, server-side copy, manifest"},
+        "aws_cli_copy": {"seconds": round(copy_seconds, 2), "mb_per_second": round(copy_rate, 1)},
+        "aws_cli_download": None if download_seconds is None else {
+            "seconds": round(download_seconds, 2), "mb_per_second": round(megabytes / download_seconds, 1),
+            "ratio_ours_to_it": ratio(ours_rate, megabytes / download_seconds),
+        },
+        "s3_endpoint": settings.s3_endpoint_url,
+    }  # fmt: skip
+    return report("b6_ingest_vs_awscli", result, packages=("boto3", "botocore", "pyarrow"))
+
+
+if __name__ == "__main__":
+    main()

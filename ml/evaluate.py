@@ -1,0 +1,179 @@
+"""Score the search's best checkpoint on the untouched test split, next to a trivial baseline.
+
+`evaluate_best(search_result) -> dict` downloads the best checkpoint from S3, predicts the test split, computes the
+task's metrics, and computes the same metrics for a baseline fitted on the training labels only (the majority class
+with the training class frequencies as probabilities, or the training mean). The returned JSON is what model
+registration consumes; it is also written beside the search (`evaluation.json` in the tune folder) and its metrics
+are logged into the search's MLflow parent run (`test_*`, `baseline_test_*`).
+
+The primary metric follows the search objective: `val_X` -> `X`, except that the training loss maps to the task's
+own loss metric (classification `log_loss`, regression `rmse`), so that the gate compares interpretable numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ml.models import CLASSIFICATION, base_metric_name, compute_metrics, higher_is_better
+from ml.settings import Settings
+from ml.storage import S3Uri, list_keys, s3_client, write_json
+from ml.train import json_safe
+
+log = logging.getLogger(__name__)
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def primary_metric(task: str, objective: str) -> str:
+    """The test metric that stands for the search objective (see the module docstring)."""
+    base = base_metric_name(objective)
+    if base == "loss":
+        return "log_loss" if task == CLASSIFICATION else "rmse"
+    return base
+
+
+def download_checkpoint(uri: str | S3Uri, directory: str | Path) -> Path:
+    """Copy every object under a checkpoint prefix into `directory` (flat: checkpoints hold a few small files)."""
+    prefix = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
+    client = s3_client()
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    root = prefix.key.rstrip("/") + "/"
+    copied = 0
+    for obj in list_keys(S3Uri(prefix.bucket, root), client):
+        relative = obj["Key"][len(root) :]
+        if not relative or relative.endswith("/"):
+            continue  # folder markers
+        destination = target / relative
+        if target.resolve() not in destination.resolve().parents:
+            raise ValueError(f"{prefix}: object key {obj['Key']!r} escapes the checkpoint folder")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(prefix.bucket, obj["Key"], str(destination))
+        copied += 1
+    if copied == 0:
+        raise LookupError(f"{prefix}: checkpoint not found (no objects under it)")
+    return target
+
+
+def baseline_predictions(task: str, train_y: np.ndarray, rows: int,
+                         num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+    """A trivial model fitted on the training labels: (predictions, probabilities or None) for `rows` rows."""
+    if task == CLASSIFICATION:
+        k = int(num_classes or (int(train_y.max()) + 1 if len(train_y) else 1))
+        counts = np.bincount(train_y.astype(np.int64), minlength=k).astype(np.float64)
+        priors = counts / counts.sum() if counts.sum() else np.full(k, 1.0 / k)
+        return np.full(rows, int(np.argmax(counts))), np.tile(priors, (rows, 1))
+    mean = float(np.mean(train_y, dtype=np.float64)) if len(train_y) else 0.0
+    return np.full(rows, mean), None
+
+
+def evaluate_best(search_result: Any, *, log_to_mlflow: bool = True, write_result: bool = True) -> dict[str, Any]:
+    """Evaluate a SearchResult (object, dict, JSON file path or s3:// URI) on the test split; returns the JSON dict."""
+    from ml.data import load_feature_spec, read_split
+    from ml.models import load_model, predict
+    from ml.storage import arrow_filesystem
+    from ml.tune import load_search_result
+
+    started = time.perf_counter()
+    result = load_search_result(search_result)
+    features = S3Uri.parse(result.features_uri)
+    spec = load_feature_spec(features)
+    if spec.task != result.task:
+        raise ValueError(f"{features}: the feature spec's task {spec.task!r} differs from the search's {result.task!r}")
+
+    with tempfile.TemporaryDirectory(prefix="best-ckpt-") as directory:
+        download_checkpoint(result.best_checkpoint_uri, directory)
+        model = load_model(directory)
+
+    fs = arrow_filesystem()
+    test = read_split(features, "test", spec, filesystem=fs)
+    train = read_split(features, "train", spec, filesystem=fs, labels_only=True)
+    if test.rows == 0:
+        raise ValueError(f"{features}: the test split is empty")
+    num_classes = spec.num_outputs if spec.task == CLASSIFICATION else None
+
+    predictions, probabilities = predict(model, test.X)
+    test_metrics = compute_metrics(spec.task, test.y, predictions, probabilities, num_classes=num_classes)
+    base_predictions, base_probabilities = baseline_predictions(spec.task, train.y, test.rows, num_classes)
+    baseline_metrics = compute_metrics(spec.task, test.y, base_predictions, base_probabilities,
+                                       num_classes=num_classes)  # fmt: skip
+
+    metric = primary_metric(spec.task, result.metric)
+    evaluation = json_safe({
+        "dataset": result.dataset,
+        "snapshot_id": result.snapshot_id,
+        "task": spec.task,
+        "metric": metric,
+        "higher_is_better": higher_is_better(metric),
+        "test_metrics": test_metrics,
+        "baseline_test_metrics": baseline_metrics,
+        "validation_metrics": result.best_validation_metrics,
+        "params": result.best_params,
+        "checkpoint_uri": result.best_checkpoint_uri,
+        "features_uri": result.features_uri,
+        "feature_spec_uri": result.feature_spec_uri,
+        "search_space_hash": result.search_space_hash,
+        "mlflow_parent_run_id": result.mlflow_parent_run_id,
+        "num_trials": result.num_trials,
+        "test_rows": test.rows,
+        "run_name": result.run_name,
+        "dag_run_id": result.dag_run_id,
+        "best_trial_id": result.best_trial_id,
+        "classes": spec.classes,
+    })  # fmt: skip
+    log.info("test %s=%s (baseline %s) on %d rows for %s/%s in %.1fs", metric, test_metrics.get(metric),
+             baseline_metrics.get(metric), test.rows, result.dataset, result.snapshot_id,
+             time.perf_counter() - started)  # fmt: skip
+
+    if write_result:
+        write_json(S3Uri.parse(result.experiment_uri).join(EVALUATION_FILE), evaluation)
+    if log_to_mlflow and result.mlflow_parent_run_id:
+        _log_to_parent_run(result.mlflow_parent_run_id, evaluation)
+    return evaluation
+
+
+def _log_to_parent_run(run_id: str, evaluation: Mapping[str, Any]) -> None:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=Settings.from_env().mlflow_tracking_uri)
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"test_{k}", float(v), now, 0) for k, v in evaluation["test_metrics"].items() if v is not None]
+    metrics += [Metric(f"baseline_test_{k}", float(v), now, 0)
+                for k, v in evaluation["baseline_test_metrics"].items() if v is not None]  # fmt: skip
+    client.log_batch(run_id, metrics=metrics)
+    client.log_dict(run_id, dict(evaluation), EVALUATION_FILE)
+
+
+def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
+    from ml.tune import stored_search_result
+
+    if args.search_result:
+        source: Any = args.search_result
+    elif args.dataset and args.snapshot and args.run_name:
+        source = stored_search_result(args.dataset, args.snapshot, args.run_name)
+    else:
+        raise ValueError("give --search-result, or --dataset, --snapshot and --run-name of a completed search")
+    return evaluate_best(source, log_to_mlflow=not args.no_mlflow)
+
+
+def register_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score the best checkpoint of a search on the test split",
+        description="Load the best checkpoint of a search, score the untouched test split and a trivial baseline; "
+                    "prints the evaluation JSON that model registration consumes.",
+    )  # fmt: skip
+    parser.add_argument("--search-result", help="SearchResult JSON: a file or an s3:// URI")
+    parser.add_argument("--dataset", help="with --snapshot and --run-name: the stored result of that search")
+    parser.add_argument("--snapshot")
+    parser.add_argument("--run-name")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log the test metrics to MLflow")
+    parser.set_defaults(handler=_evaluate_command)

@@ -1,0 +1,134 @@
+"""`make demo`: the main job end to end on this machine, through Airflow's REST API as a user would drive it.
+
+Uploads the demo dataset to the raw bucket, unpauses and triggers `mlops_training`, shows progress while it runs, and
+prints a summary with where to look. Assumes `python -m stack up --airflow` ran (the Makefile does it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from stack.config import apply_stack_environment, stack_paths
+
+AIRFLOW = "http://127.0.0.1:8080"
+DAG_ID = "mlops_training"
+
+
+class AirflowApi:
+    """The few REST calls the demo needs (JWT from /auth/token, then Bearer)."""
+
+    def __init__(self, base_url: str, username: str, password: str) -> None:
+        self.base_url = base_url
+        body = json.dumps({"username": username, "password": password}).encode()
+        token = self._call("POST", "/auth/token", body, {"Content-Type": "application/json"})["access_token"]
+        self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def _call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+        request = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers or {})  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - local API server
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as error:
+            raise RuntimeError(f"{method} {path}: HTTP {error.code}: {error.read().decode()[:500]}") from None
+
+    def request(self, method: str, path: str, payload: Any = None) -> Any:
+        body = json.dumps(payload).encode() if payload is not None else None
+        return self._call(method, path, body, self.headers)
+
+    def xcom(self, run_id: str, task_id: str) -> Any:
+        from urllib.parse import quote
+
+        path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}/taskInstances/{task_id}/xcomEntries/return_value"
+        try:
+            return self.request("GET", path).get("value")
+        except RuntimeError:
+            return None
+
+
+def admin_password() -> str:
+    path = stack_paths().airflow_home / "simple_auth_manager_passwords.json.generated"
+    return str(json.loads(path.read_text())["admin"])
+
+
+def wait_for_dag(api: AirflowApi, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            api.request("GET", f"/api/v2/dags/{DAG_ID}")
+            return
+        except RuntimeError:
+            time.sleep(2)
+    raise RuntimeError(f"{DAG_ID} did not appear in Airflow within {timeout_s:.0f} s (see .stack/logs/airflow.log)")
+
+
+def trigger_and_follow(api: AirflowApi, conf: dict[str, Any], timeout_s: float) -> tuple[str, str]:
+    """Trigger a run and print each task's state changes until the run ends; returns (run_id, state)."""
+    from urllib.parse import quote
+
+    api.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
+    run = api.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    run_id = run["dag_run_id"]
+    print(f"triggered {DAG_ID} run {run_id}", flush=True)
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    state = run["state"]
+    while time.monotonic() < deadline:
+        tis = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}/taskInstances")["task_instances"]
+        for ti in sorted(tis, key=lambda t: t.get("start_date") or "9999"):
+            if ti["state"] and seen.get(ti["task_id"]) != ti["state"]:
+                seen[ti["task_id"]] = ti["state"]
+                print(f"  {time.strftime('%H:%M:%S')}  {ti['task_id']:28} {ti['state']}", flush=True)
+        state = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}")["state"]
+        if state in ("success", "failed"):
+            return run_id, state
+        time.sleep(3)
+    raise RuntimeError(f"run {run_id} did not finish within {timeout_s:.0f} s; it is still visible at {AIRFLOW}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__)
+    parser.add_argument("--dataset", default="penguins", help="shipped dataset to upload: penguins or cars")
+    parser.add_argument("--target", default=None, help="default: the dataset's documented target")
+    parser.add_argument("--task", default=None, choices=["classification", "regression"])
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--timeout-s", type=float, default=1800)
+    args = parser.parse_args(argv)
+    apply_stack_environment()
+
+    from ml.datasets import SHIPPED, load_shipped, upload_frame
+    from ml.storage import S3Uri
+
+    target = args.target or SHIPPED[args.dataset][1]
+    task = args.task or ("regression" if args.dataset == "cars" and target == "Miles_per_Gallon" else "classification")
+    uploaded = upload_frame(load_shipped(args.dataset), S3Uri("raw", f"{args.dataset}/{args.dataset}.csv"))
+    print(f"uploaded {uploaded['rows']} rows of {args.dataset} to {uploaded['uri']}")
+
+    api = AirflowApi(AIRFLOW, "admin", admin_password())
+    wait_for_dag(api)
+    conf = {"raw_uri": f"s3://raw/{args.dataset}/", "dataset": args.dataset, "target": target, "task": task,
+            "num_samples": args.num_samples, "max_epochs": args.max_epochs}  # fmt: skip
+    run_id, state = trigger_and_follow(api, conf, args.timeout_s)
+    summary = api.xcom(run_id, "publish_run_summary")
+    print(f"\nrun {run_id}: {state}")
+    if summary:
+        print(json.dumps(summary, indent=2, default=str))
+    print(f"""
+Where to look:
+  Airflow UI        {AIRFLOW}  (user admin, password {admin_password()})
+  tuning report     {AIRFLOW}/mlops/tuning-report?run_id={run_id}
+  MLflow            http://127.0.0.1:5000  (experiment {args.dataset}, model {args.dataset}-{task})
+  object store      http://127.0.0.1:9001  (versitygw console; keys in .stack/credentials.json)
+  Kafka events      make tail-metrics   /   python -m ml events tail mlops.pipeline.events.v1 --from-beginning
+  predictions       make serve, then POST http://127.0.0.1:8000/predict""")
+    return 0 if state == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""mlops_training end to end under a real Airflow (scheduler, triggerer, API server) against the real local stack.
+
+One triggered run on a dataset the project never saw (a fresh name), then every effect is checked where it lives:
+the snapshot and features in S3, the Hive table, nested trial runs in MLflow, the registered version with lineage and
+the champion alias, schema-valid events in Kafka, and the tuning report page. A second run on unchanged data must
+take the skip path.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from stack.demo import AIRFLOW, DAG_ID, AirflowApi, admin_password, trigger_and_follow, wait_for_dag
+
+pytestmark = pytest.mark.e2e
+
+NUM_SAMPLES = 2
+MAX_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def airflow_api(s3_service: None, kafka_service: None, mlflow_service: None) -> Iterator[AirflowApi]:
+    """A running `airflow standalone`: started here unless it already runs, and stopped again if started here."""
+    from stack.config import stack_environment, stack_paths
+    from stack.services import AIRFLOW as AIRFLOW_SERVICE
+
+    paths, env = stack_paths(), stack_environment()
+    started_here = AIRFLOW_SERVICE.running_pid(paths) is None
+    AIRFLOW_SERVICE.start(paths, env)
+    api = AirflowApi(AIRFLOW, "admin", admin_password())
+    wait_for_dag(api)
+    yield api
+    if started_here:
+        AIRFLOW_SERVICE.stop(paths)
+
+
+@pytest.fixture(scope="module")
+def first_run(airflow_api: AirflowApi) -> dict[str, Any]:
+    """Upload a copy of the penguins data under a new dataset name and run the DAG once on it."""
+    from ml.datasets import load_shipped, upload_frame
+    from ml.storage import S3Uri
+
+    dataset = f"e2e_{uuid.uuid4().hex[:8]}"
+    upload_frame(load_shipped("penguins"), S3Uri("raw", f"e2e/{dataset}/penguins.csv"))
+    conf = {"raw_uri": f"s3://raw/e2e/{dataset}/", "dataset": dataset, "target": "species",
+            "task": "classification", "num_samples": NUM_SAMPLES, "max_concurrent_trials": 2,
+            "max_epochs": MAX_EPOCHS}  # fmt: skip
+    run_id, state = trigger_and_follow(airflow_api, conf, timeout_s=1500)
+    return {"dataset": dataset, "conf": conf, "run_id": run_id, "state": state}
+
+
+def _task_states(api: AirflowApi, run_id: str) -> dict[str, str]:
+    tis = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}/taskInstances")["task_instances"]
+    return {ti["task_id"]: ti["state"] for ti in tis}
+
+
+def test_run_succeeds_through_the_training_branch(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
+    states = _task_states(airflow_api, first_run["run_id"])
+    assert first_run["state"] == "success", states
+    assert states["preprocess_with_spark"] == "success"
+    assert states["tune_models"] == "success"
+    assert states["register_best_model"] == "success"
+    assert states["reuse_existing_model"] == "skipped"
+
+
+def test_snapshot_features_and_hive_table(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
+    from ml.features import FeatureSpec
+    from ml.spark_preprocess import hive_table_name
+    from ml.storage import exists, features_uri, list_keys, read_json, s3_client, snapshot_uri
+
+    ingest = airflow_api.xcom(first_run["run_id"], "ingest_raw_data")
+    snapshot_id = ingest["snapshot_id"]
+    manifest = read_json(snapshot_uri(first_run["dataset"], snapshot_id).join("manifest.json"))
+    assert manifest["rows"] == 344 and manifest["target"] == "species"
+    out = features_uri(first_run["dataset"], snapshot_id)
+    body = s3_client().get_object(Bucket=out.bucket, Key=out.join("feature_spec.json").key)["Body"].read()
+    spec = FeatureSpec.from_json(body)
+    for split in ("train", "validation", "test"):
+        assert any(obj["Key"].endswith(".parquet") for obj in list_keys(out.join(split)))
+    assert exists(out.join("feature_spec.json"))
+
+    from pyspark.sql import SparkSession
+
+    from ml.sparkconf import spark_conf
+
+    builder = SparkSession.builder.master("local[1]").appName("e2e-hive-check")
+    for key, value in spark_conf().items():
+        builder = builder.config(key, value)
+    spark = builder.enableHiveSupport().getOrCreate()
+    try:
+        table = hive_table_name(first_run["dataset"])
+        count = spark.sql(f"SELECT count(*) FROM {table} WHERE snapshot_id = '{snapshot_id}'").first()[0]
+    finally:
+        spark.stop()
+    assert count == sum(spec.rows.values()) > 300
+
+
+def test_mlflow_has_nested_trials_and_a_champion_with_lineage(airflow_api: AirflowApi,
+                                                              first_run: dict[str, Any]) -> None:  # fmt: skip
+    from mlflow import MlflowClient
+
+    from ml.lineage import code_version
+    from ml.registry import registered_model_name
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(first_run["dataset"])
+    parents = client.search_runs([experiment.experiment_id], f"tags.`mlops.dag_run_id` = '{first_run['run_id']}'")
+    parent = next(run for run in parents if "mlflow.parentRunId" not in run.data.tags)
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == NUM_SAMPLES
+    for child in children:
+        assert child.data.params, "each trial logs its hyper-parameters"
+        val_metric = next(k for k in child.data.metrics if k.startswith("val_"))
+        history = client.get_metric_history(child.info.run_id, val_metric)
+        assert 1 <= len(history) <= MAX_EPOCHS
+
+    name = registered_model_name(first_run["dataset"], "classification")
+    champion = client.get_model_version_by_alias(name, "champion")
+    tags = champion.tags
+    ingest = airflow_api.xcom(first_run["run_id"], "ingest_raw_data")
+    assert tags["snapshot_id"] == ingest["snapshot_id"]
+    assert tags["dag_run_id"] == first_run["run_id"]
+    assert tags["dag_id"] == DAG_ID
+    assert tags["code_version"] == code_version()
+    assert tags["feature_spec_uri"].endswith("feature_spec.json")
+    assert tags["search_space_hash"]
+    registered = airflow_api.xcom(first_run["run_id"], "register_best_model")
+    assert str(registered["version"]) == str(champion.version)
+    # The tuned model beats the majority-class baseline on the untouched test split.
+    evaluation = registered["evaluation"]
+    assert evaluation["test_metrics"]["accuracy"] > evaluation["baseline_test_metrics"]["accuracy"] + 0.2
+
+
+def _consume_all(topic: str) -> list[tuple[str, dict[str, Any]]]:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", auto_offset_reset="earliest",
+                             group_id=f"e2e-{uuid.uuid4().hex[:8]}", consumer_timeout_ms=5000)  # fmt: skip
+    try:
+        return [(record.key.decode() if record.key else "", json.loads(record.value)) for record in consumer]
+    finally:
+        consumer.close()
+
+
+def test_kafka_topics_carry_schema_valid_events(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
+    from ml.events import validate_envelope
+    from ml.topics import MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS
+
+    run_id = first_run["run_id"]
+    metrics = [(k, m) for k, m in _consume_all(TRAINING_METRICS.name) if m.get("dag_run_id") == run_id]
+    for _, message in metrics:
+        validate_envelope(message, TRAINING_METRICS)
+    trials = {m["payload"]["trial_id"] for _, m in metrics}
+    assert len(trials) == NUM_SAMPLES
+    # One key per trial-epoch (a re-delivery would repeat a key, never invent one), epochs counted from 1 per trial.
+    epochs = {(m["payload"]["trial_id"], m["payload"]["epoch"]) for _, m in metrics}
+    assert len({key for key, _ in metrics}) == len(epochs)
+    for trial in trials:
+        seen = sorted(epoch for t, epoch in epochs if t == trial)
+        assert seen == list(range(1, len(seen) + 1)) and len(seen) <= MAX_EPOCHS, (trial, seen)
+
+    events = [m for _, m in _consume_all(PIPELINE_EVENTS.name) if m.get("dag_run_id") == run_id]
+    for message in events:
+        validate_envelope(message, PIPELINE_EVENTS)
+    kinds = {(m["payload"]["event"], m["payload"]["task_id"]) for m in events}
+    assert ("task_succeeded", "tune_models") in kinds
+    assert ("run_summary", "publish_run_summary") in kinds
+    assert any(event == "run_succeeded" for event, _ in kinds)
+
+    promoted = [m for _, m in _consume_all(MODEL_PROMOTED.name) if m.get("dag_run_id") == run_id]
+    assert promoted, "the first model of a dataset becomes champion, and that is published"
+    validate_envelope(promoted[0], MODEL_PROMOTED)
+    assert promoted[0]["payload"]["alias"] == "champion"
+
+
+def test_tuning_report_page_lists_the_trials(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
+    import urllib.request
+
+    url = f"{AIRFLOW}/mlops/tuning-report?run_id={quote(first_run['run_id'])}"
+    with urllib.request.urlopen(url, timeout=30) as response:
+        page = response.read().decode()
+    assert page.count("<tr>") == NUM_SAMPLES + 1  # header + one row per trial
+    assert "<svg" in page and "Learning curves" in page
+
+
+def test_second_run_on_unchanged_data_takes_the_skip_path(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
+    run_id, state = trigger_and_follow(airflow_api, first_run["conf"], timeout_s=600)
+    states = _task_states(airflow_api, run_id)
+    assert state == "success", states
+    assert states["reuse_existing_model"] == "success"
+    for skipped in ("preprocess_with_spark", "tune_models", "register_best_model"):
+        assert states[skipped] == "skipped", states
+    summary = airflow_api.xcom(run_id, "publish_run_summary")
+    assert summary["outcome"] == "reused_existing_model"

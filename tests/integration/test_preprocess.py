@@ -1,0 +1,430 @@
+"""The Spark preprocessing job against the real S3 server, through spark-submit, on datasets it never saw.
+
+Spark is expensive here (two cores shared by everyone), so one module-scoped fixture does all the Spark work once:
+  1. ingests four datasets (a hand-made one with a string target, a regression one, a multi-class one with an integer
+     target, and the shipped `cars` data);
+  2. `spark-submit`s the job for the hand-made dataset exactly as `python -m ml preprocess` does, and keeps its splits;
+  3. runs one more Spark process (a SparkSession built from `ml.sparkconf.spark_conf()` with Hive support, in a child
+     process so that the Derby metastore is free again afterwards) that reruns the hand-made dataset (unchanged, then
+     forced), preprocesses the other three, and answers `SELECT count(*)` on each Hive table.
+The tests then check the outputs with pandas and with `FeatureSpec.transform` in plain Python.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from ml.datasets import load_shipped, synthetic
+from ml.features import LABEL_COLUMN, OTHER, FeatureSpec, normalise_category
+from ml.ingest import IngestConfig, IngestResult, _parse_number, ingest
+from ml.preprocess import application_env, run_preprocess
+from ml.spark_preprocess import SPLITS, hive_table_name
+from ml.storage import S3Uri, arrow_filesystem, delete_prefix, features_uri, lake, s3_client
+
+pytestmark = pytest.mark.integration
+
+NOVEL_ROWS = 3000
+
+# The second Spark process: the job function with a session built the way tests and benchmarks build one.
+BATCH_JOB = textwrap.dedent(
+    """
+    import json, sys
+    from pyspark.sql import SparkSession
+    from ml.sparkconf import spark_conf
+    from ml.spark_preprocess import hive_table_name, preprocess
+
+    plan = json.loads(sys.argv[1])
+    builder = SparkSession.builder.master("local[2]").appName("test-preprocess").config("spark.driver.memory", "1g")
+    for key, value in spark_conf().items():
+        builder = builder.config(key, value)
+    spark = builder.enableHiveSupport().getOrCreate()
+    result = {"runs": [], "hive": {}}
+    try:
+        for run in plan["runs"]:
+            result["runs"].append(preprocess(spark, run["dataset"], run["snapshot_id"], force=run["force"]))
+        for dataset, snapshot_id in plan["hive"]:
+            table = hive_table_name(dataset)
+            where = f"WHERE snapshot_id = '{snapshot_id}'"
+            total = spark.sql(f"SELECT count(*) FROM {table} {where}").first()[0]
+            by_split = spark.sql(f"SELECT split, count(*) AS n FROM {table} {where} GROUP BY split").collect()
+            result["hive"][dataset] = {"total": total, **{row["split"]: row["n"] for row in by_split}}
+            spark.sql(f"DROP TABLE {table}")  # external: the data stays in S3; keeps the test metastore small
+    finally:
+        spark.stop()
+    print("BATCH_RESULT " + json.dumps(result), flush=True)
+    """
+)
+
+
+@dataclass
+class Prepared:
+    """One dataset after ingest and preprocessing."""
+
+    raw: pd.DataFrame  # what was uploaded, all files together
+    ingested: IngestResult
+    summary: dict[str, Any] = field(default_factory=dict)
+    spec: FeatureSpec | None = None
+    splits: dict[str, pd.DataFrame] = field(default_factory=dict)
+    hive: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Runs:
+    novel: Prepared
+    novel_first_splits: dict[str, pd.DataFrame]
+    novel_first_spec_json: str
+    novel_rerun: dict[str, Any]
+    regression: Prepared
+    multiclass: Prepared
+    cars: Prepared
+
+
+# The hand-made dataset
+
+
+def novel_frame(rows: int = NOVEL_ROWS, seed: int = 7) -> pd.DataFrame:
+    """Loan decisions: a unique id (so output rows can be joined back to raw rows), a numeric column with missing,
+    infinite and unparseable values, categoricals with missing, rare, padded and number-like values, a boolean, an
+    all-empty column, and a string target with missing values."""
+    rng = np.random.default_rng(seed)
+    income = rng.normal(50_000, 15_000, rows).round(2)
+    cities = rng.choice(["Paris", "Lyon", "Nice", "Lille", " Nantes ", "Brest", "Metz", "Tulle"], rows,
+                        p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.049, 0.001])  # fmt: skip
+    codes = rng.choice(["A1", "B2", "C3", "D4", "007", "3.0", "3"], rows, p=[0.25, 0.2, 0.2, 0.15, 0.08, 0.06, 0.06])
+    score = (income - 50_000) / 15_000 + (cities == "Paris") * 0.8 - (codes == "A1") * 0.7 + rng.normal(0, 0.6, rows)
+    outcome = np.where(score > 0.6, "approved", np.where(score < -0.6, "rejected", "pending")).astype(object)
+    frame = pd.DataFrame({
+        "applicant_id": np.arange(100_000, 100_000 + rows),
+        "income": income.astype(object),
+        "city": cities.astype(object),
+        "code": codes.astype(object),
+        "verified": rng.random(rows) < 0.4,
+        "notes": [None] * rows,
+        "outcome": outcome,
+    })  # fmt: skip
+    frame.loc[rng.random(rows) < 0.05, "income"] = None
+    frame.loc[rng.random(rows) < 0.05, "city"] = None
+    frame.loc[[10, 11, 12], "income"] = ["inf", "-inf", "NaN"]
+    frame.loc[13, "income"] = "unknown"  # under the 1% threshold: a warning, then missing
+    frame.loc[20:49, "outcome"] = None  # no target: dropped
+    frame.loc[50:59, "outcome"] = "NA"  # the usual spelling of a missing value: dropped too
+    return frame
+
+
+def upload_novel(prefix: str) -> pd.DataFrame:
+    """Three files: CSV, CSV with the columns in another order, Parquet; plus 20 exact duplicate rows."""
+    frame = novel_frame()
+    duplicates = frame.iloc[100:120]
+    first = pd.concat([frame.iloc[:1500], duplicates])
+    second = frame.iloc[1500:2400][list(reversed(frame.columns))]
+    third = frame.iloc[2400:].copy()
+    third["income"] = pd.to_numeric(third["income"], errors="coerce")  # typed, as Parquet from a real pipeline
+    client = s3_client()
+    client.put_object(Bucket="raw", Key=f"{prefix}/part-1.csv", Body=first.to_csv(index=False).encode())
+    client.put_object(Bucket="raw", Key=f"{prefix}/part-2.csv", Body=second.to_csv(index=False).encode())
+    buffer = io.BytesIO()
+    third.to_parquet(buffer, index=False)
+    client.put_object(Bucket="raw", Key=f"{prefix}/part-3.parquet", Body=buffer.getvalue())
+    # The rows as a client would send them: strings from the CSV files (empty -> None), typed values from Parquet.
+    rows: list[dict[str, Any]] = []
+    for part in ("part-1.csv", "part-2.csv"):
+        text = client.get_object(Bucket="raw", Key=f"{prefix}/{part}")["Body"].read().decode()
+        records = csv.DictReader(io.StringIO(text))
+        rows += [{k: (v if v != "" else None) for k, v in record.items()} for record in records]
+    rows += third.astype(object).where(third.notna(), None).to_dict("records")
+    raw = pd.DataFrame(rows, columns=frame.columns)
+    raw["applicant_id"] = raw["applicant_id"].astype(np.int64)
+    return raw
+
+
+def multiclass_frame(rows: int = 2000, seed: int = 3) -> pd.DataFrame:
+    base = synthetic(rows, numeric=4, categorical=1, seed=seed, task="regression")
+    base["target"] = pd.cut(base["target"], bins=4, labels=False).astype(int) + 1  # classes 1..4, integers
+    return base
+
+
+def read_splits(dataset: str, snapshot_id: str) -> dict[str, pd.DataFrame]:
+    root = features_uri(dataset, snapshot_id)
+    filesystem = arrow_filesystem()
+    return {
+        name: pq.read_table(f"{root.bucket}/{root.key}/{name}", filesystem=filesystem).to_pandas() for name in SPLITS
+    }
+
+
+def read_spec(dataset: str, snapshot_id: str) -> tuple[FeatureSpec, str]:
+    uri = features_uri(dataset, snapshot_id).join("feature_spec.json")
+    text = s3_client().get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode()
+    return FeatureSpec.from_json(text), text
+
+
+def run_batch(plan: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    script = workdir / "batch_job.py"
+    script.write_text(BATCH_JOB)
+    env = {**os.environ, **application_env()}
+    completed = subprocess.run(
+        [sys.executable, str(script), json.dumps(plan)], capture_output=True, text=True, env=env, timeout=600
+    )
+    marker = [line for line in completed.stdout.splitlines() if line.startswith("BATCH_RESULT ")]
+    assert completed.returncode == 0 and marker, completed.stderr[-6000:] + completed.stdout[-2000:]
+    result: dict[str, Any] = json.loads(marker[-1][len("BATCH_RESULT ") :])
+    return result
+
+
+@pytest.fixture(scope="module")
+def runs(s3_service: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
+    tag = uuid.uuid4().hex[:8]
+    names = {kind: f"it_{kind}_{tag}" for kind in ("novel", "regression", "multiclass", "cars")}
+    prefix = f"tests/preprocess-{tag}"
+    client = s3_client()
+    try:
+        novel_raw = upload_novel(f"{prefix}/novel")
+        prepared: dict[str, Prepared] = {
+            "novel": Prepared(novel_raw, ingest(IngestConfig(f"s3://raw/{prefix}/novel/", names["novel"], "outcome")))
+        }
+        others = {
+            "regression": (synthetic(2500, numeric=5, categorical=2, seed=11, task="regression"), "target"),
+            "multiclass": (multiclass_frame(), "target"),
+            "cars": (load_shipped("cars"), "Miles_per_Gallon"),
+        }
+        for kind, (frame, target) in others.items():
+            key = f"{prefix}/{kind}/data.parquet" if kind == "regression" else f"{prefix}/{kind}/data.csv"
+            body = io.BytesIO()
+            frame.to_parquet(body, index=False) if key.endswith(".parquet") else body.write(
+                frame.to_csv(index=False).encode()
+            )
+            client.put_object(Bucket="raw", Key=key, Body=body.getvalue())
+            prepared[kind] = Prepared(frame, ingest(IngestConfig(f"s3://raw/{key}", names[kind], target)))
+
+        novel = prepared["novel"]
+        # The real path: spark-submit of ml/spark_preprocess.py, as `python -m ml preprocess` and Airflow run it.
+        novel.summary = run_preprocess(names["novel"], novel.ingested.snapshot_id, master="local[2]")
+        first_splits = read_splits(names["novel"], novel.ingested.snapshot_id)
+        _, first_spec_json = read_spec(names["novel"], novel.ingested.snapshot_id)
+
+        def run(kind: str, force: bool = False) -> dict[str, Any]:
+            return {"dataset": names[kind], "snapshot_id": prepared[kind].ingested.snapshot_id, "force": force}
+
+        plan = {
+            "runs": [run("novel"), run("novel", force=True), *[run(kind) for kind in others]],
+            "hive": [[names[k], p.ingested.snapshot_id] for k, p in prepared.items()],
+        }
+        batch = run_batch(plan, tmp_path_factory.mktemp("spark"))
+        for kind, p in prepared.items():
+            p.spec, _ = read_spec(names[kind], p.ingested.snapshot_id)
+            p.splits = read_splits(names[kind], p.ingested.snapshot_id)
+            p.hive = batch["hive"][names[kind]]
+        for summary, kind in zip(batch["runs"][2:], others, strict=True):
+            prepared[kind].summary = summary
+        yield Runs(
+            novel=novel, novel_first_splits=first_splits, novel_first_spec_json=first_spec_json,
+            novel_rerun={"unchanged": batch["runs"][0], "forced": batch["runs"][1]},
+            regression=prepared["regression"], multiclass=prepared["multiclass"], cars=prepared["cars"],
+        )  # fmt: skip
+    finally:
+        delete_prefix(S3Uri("raw", prefix + "/"))
+        for name in names.values():
+            delete_prefix(S3Uri(lake().bucket, f"datasets/{name}/"))
+
+
+# Helpers on the novel dataset's raw rows
+
+
+def numeric_or_none(value: Any) -> float | None:
+    """How the job reads a raw numeric value: plain numbers; anything else (blank, inf, nan, junk) is missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    number = float(value) if isinstance(value, int | float) else _parse_number(str(value))
+    return number if number is not None and math.isfinite(number) else None
+
+
+def kept_rows(raw: pd.DataFrame) -> pd.DataFrame:
+    """The raw rows the job keeps: a target, and one of each set of duplicates (here: by the unique id)."""
+    with_target = raw[raw["outcome"].notna() & (raw["outcome"] != "NA")]
+    return with_target.drop_duplicates("applicant_id").set_index("applicant_id", drop=False)
+
+
+def recover_ids(spec: FeatureSpec, frame: pd.DataFrame) -> np.ndarray:
+    """Undo the standardisation of the unique id column: joins output rows back to raw rows."""
+    feature = next(f for f in spec.numeric if f.name == "applicant_id")
+    return np.rint(frame["applicant_id"].to_numpy(np.float64) * feature.std + feature.mean).astype(np.int64)
+
+
+# The hand-made dataset: string target, categoricals, missing values, several files
+
+
+def test_ingest_noted_what_it_will_drop(runs: Runs) -> None:
+    warnings = runs.novel.ingested.warnings
+    assert any("'notes'" in w and "dropped" in w for w in warnings)
+    assert any("'income'" in w and "'unknown'" in w for w in warnings)
+    assert runs.novel.ingested.task == "classification" and runs.novel.ingested.rows == NOVEL_ROWS + 20
+
+
+def test_splits_hold_the_spec_columns_and_label(runs: Runs) -> None:
+    spec = runs.novel.spec
+    assert spec is not None and spec.task == "classification" and spec.target == "outcome"
+    assert [f.name for f in spec.numeric] == ["applicant_id", "income"]
+    assert [f.name for f in spec.categorical] == ["city", "code", "verified"]
+    assert spec.classes == ["approved", "pending", "rejected"]
+    for name, frame in runs.novel.splits.items():
+        assert list(frame.columns) == [*spec.feature_columns, LABEL_COLUMN], name
+        assert all(frame[c].dtype == np.float32 for c in spec.feature_columns)
+        assert set(frame[LABEL_COLUMN].unique()) <= {0, 1, 2}
+        assert np.isfinite(frame[spec.feature_columns].to_numpy()).all()
+    # categoricals: padded and number-like values are keyed as in Python; rare values still kept (no cap reached)
+    city, code, verified = spec.categorical
+    assert "Nantes" in city.categories and " Nantes " not in city.categories
+    assert sorted(code.categories) == ["007", "3", "A1", "B2", "C3", "D4"]
+    assert sorted(verified.categories) == ["false", "true"]
+
+
+def test_rows_kept_and_dropped(runs: Runs) -> None:
+    spec, summary = runs.novel.spec, runs.novel.summary
+    assert spec is not None
+    kept = kept_rows(runs.novel.raw)
+    assert sum(spec.rows.values()) == len(kept)
+    assert spec.dropped == {"without_target": 40, "duplicates": 20}
+    assert {name: len(frame) for name, frame in runs.novel.splits.items()} == spec.rows
+    assert summary["rows"] == spec.rows and summary["skipped"] is False
+    assert summary["hive_table"] == hive_table_name(spec.dataset) == f"mlops.{spec.dataset}_features"
+    # about 80/10/10
+    assert 0.75 < spec.rows["train"] / len(kept) < 0.85
+    # every kept row is in exactly one split
+    ids = np.concatenate([recover_ids(spec, frame) for frame in runs.novel.splits.values()])
+    assert sorted(ids.tolist()) == sorted(kept.index.tolist())
+
+
+def test_hive_table_counts_the_snapshot(runs: Runs) -> None:
+    spec = runs.novel.spec
+    assert spec is not None
+    assert runs.novel.hive == {"total": sum(spec.rows.values()), **spec.rows}
+
+
+def test_rerun_is_skipped_and_forced_rerun_is_identical(runs: Runs) -> None:
+    assert runs.novel_rerun["unchanged"]["skipped"] is True
+    assert runs.novel_rerun["forced"]["skipped"] is False
+    _, spec_json = read_spec(runs.novel.ingested.dataset, runs.novel.ingested.snapshot_id)
+    assert spec_json == runs.novel_first_spec_json
+    for name in SPLITS:
+        first, second = runs.novel_first_splits[name], runs.novel.splits[name]
+        columns = list(first.columns)
+        sort = lambda frame: frame.sort_values(columns).reset_index(drop=True)  # noqa: E731
+        pd.testing.assert_frame_equal(sort(first), sort(second), check_exact=True)
+
+
+def test_statistics_are_fitted_on_train_only(runs: Runs) -> None:
+    spec = runs.novel.spec
+    assert spec is not None
+    raw = kept_rows(runs.novel.raw)
+    train_ids = recover_ids(spec, runs.novel.splits["train"])
+    train = raw.loc[train_ids]
+    for feature in spec.numeric:
+        values = pd.Series([numeric_or_none(v) for v in train[feature.name]], dtype="float64").dropna()
+        assert feature.mean == pytest.approx(values.mean(), rel=1e-9)
+        assert feature.std == pytest.approx(values.std(ddof=0), rel=1e-9)
+        assert feature.fill == pytest.approx(values.mean(), rel=1e-9)
+        everything = pd.Series([numeric_or_none(v) for v in raw[feature.name]], dtype="float64").dropna()
+        assert feature.mean != everything.mean()
+    # The standardised training column: mean 0 and std 1 (the id has no missing values).
+    train_ids_column = runs.novel.splits["train"]["applicant_id"].astype(np.float64)
+    assert abs(train_ids_column.mean()) < 1e-4 and train_ids_column.std(ddof=0) == pytest.approx(1.0, abs=1e-4)
+    # Missing income was filled with the training mean: 0 after standardising; present values have mean 0, std 1.
+    income = runs.novel.splits["train"]["income"].astype(np.float64)
+    present = train["income"].map(numeric_or_none).notna().to_numpy()
+    assert (income[~present] == 0.0).all() and (~present).sum() > 50
+    assert abs(income[present].mean()) < 1e-4 and income[present].std(ddof=0) == pytest.approx(1.0, abs=1e-4)
+    # Categories come from the training rows: their order is the training frequency.
+    city = spec.categorical[0]
+    counts = Counter(normalise_category(v) for v in train["city"] if v is not None)
+    assert city.categories == sorted(counts, key=lambda c: (-counts[c], c))
+
+
+def test_spec_transform_reproduces_spark_output(runs: Runs) -> None:
+    spec = runs.novel.spec
+    assert spec is not None
+    raw = kept_rows(runs.novel.raw)
+    for name, frame in runs.novel.splits.items():
+        ids = recover_ids(spec, frame)
+        records = []
+        for record in raw.loc[ids].to_dict("records"):
+            # Spark reads unparseable numbers as missing; serving refuses them: give Python what Spark saw.
+            record["income"] = numeric_or_none(record["income"])
+            records.append(record)
+        expected = spec.transform(records)
+        np.testing.assert_allclose(frame[spec.feature_columns].to_numpy(), expected, rtol=1e-6, atol=1e-6,
+                                   err_msg=name)  # fmt: skip
+        labels = spec.decode_labels(frame[LABEL_COLUMN].tolist())
+        assert labels == raw.loc[ids, "outcome"].tolist()
+    # inf, -inf, NaN and junk in a numeric column are missing: the training mean, 0 after standardising
+    everything = pd.concat(runs.novel.splits.values())
+    special = everything[np.isin(recover_ids(spec, everything), [100_010, 100_011, 100_012, 100_013])]
+    assert len(special) == 4 and (special["income"] == 0.0).all()
+    # a missing city is `city=__other__`
+    missing_city = raw.index[raw["city"].isna()]
+    hot = everything[np.isin(recover_ids(spec, everything), missing_city)][f"city={OTHER}"]
+    assert len(hot) == len(missing_city) and (hot == 1.0).all()
+
+
+# Other targets and a shipped dataset
+
+
+def test_regression_with_a_numeric_target(runs: Runs) -> None:
+    prepared = runs.regression
+    spec = prepared.spec
+    assert spec is not None and spec.task == "regression" and spec.classes is None and spec.num_outputs == 1
+    assert sum(spec.rows.values()) == len(prepared.raw) and spec.dropped == {"without_target": 0, "duplicates": 0}
+    assert prepared.hive == {"total": len(prepared.raw), **spec.rows}
+    labels = pd.concat(prepared.splits.values())[LABEL_COLUMN]
+    assert labels.dtype == np.float64
+    np.testing.assert_allclose(np.sort(labels.to_numpy()), np.sort(prepared.raw["target"].to_numpy()))
+    train = prepared.splits["train"]
+    for feature in spec.numeric:
+        # 5% missing values are filled with the mean (0): the std of the whole column is a little under 1
+        assert abs(train[feature.name].astype(np.float64).mean()) < 1e-4
+        assert 0.9 < train[feature.name].astype(np.float64).std(ddof=0) <= 1.0 + 1e-4
+
+
+def test_multiclass_with_an_integer_target(runs: Runs) -> None:
+    prepared = runs.multiclass
+    spec = prepared.spec
+    assert spec is not None and spec.task == "classification"
+    assert spec.classes == ["1", "2", "3", "4"] and spec.num_outputs == 4
+    assert prepared.hive["total"] == len(prepared.raw) == sum(spec.rows.values())
+    labels = pd.concat(prepared.splits.values())[LABEL_COLUMN]
+    assert labels.dtype == np.int32
+    decoded = Counter(int(c) for c in spec.decode_labels(labels.tolist()))
+    assert decoded == Counter(prepared.raw["target"].tolist())
+
+
+def test_shipped_cars_dataset(runs: Runs) -> None:
+    prepared = runs.cars
+    spec = prepared.spec
+    assert spec is not None and spec.task == "regression" and spec.target == "Miles_per_Gallon"
+    # (the manifest keeps columns sorted by name, so the features come in that order)
+    assert [f.name for f in spec.numeric] == ["Acceleration", "Cylinders", "Displacement", "Horsepower",
+                                              "Weight_in_lbs", "Year"]  # fmt: skip
+    assert [(f.name, sorted(f.categories)) for f in spec.categorical] == [("Origin", ["Europe", "Japan", "USA"])]
+    without_target = int(prepared.raw["Miles_per_Gallon"].isna().sum())
+    kept = len(prepared.raw) - without_target - spec.dropped["duplicates"]
+    assert spec.dropped["without_target"] == without_target == 8
+    assert sum(spec.rows.values()) == kept and prepared.hive["total"] == kept
+    everything = pd.concat(prepared.splits.values())
+    assert np.isfinite(everything[spec.feature_columns].to_numpy()).all()
+    assert prepared.summary["num_features"] == len(spec.feature_columns) == 6 + 4
