@@ -210,8 +210,10 @@ def test_a_completed_search_is_not_run_again(searched: tuple, classification_fea
     assert time.perf_counter() - started < min(5.0, first_elapsed / 2)
     assert again.to_dict() == result.to_dict()
     changed = load_search_space(SMALL_SPACE) | {"hidden_size": {"type": "choice", "values": [8, 16]}}
-    with pytest.raises(ValueError, match="search space"):
+    with pytest.raises(ValueError, match="search_space_hash"):
         run_search(_config(classification_features, result.run_name, search_space=changed))
+    with pytest.raises(ValueError, match="num_samples"):
+        run_search(_config(classification_features, result.run_name, num_samples=5))
 
 
 def test_evaluation_beats_the_majority_baseline(searched: tuple) -> None:
