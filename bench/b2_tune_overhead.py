@@ -27,11 +27,10 @@ if str(REPO) not in sys.path:
 def trial_times(experiment_uri: str) -> list[float]:
     from ray.tune import ExperimentAnalysis
 
-    from ml.storage import S3Uri
-    from ml.tune import tune_filesystem
+    from ml.storage import S3Uri, arrow_filesystem
 
     uri = S3Uri.parse(experiment_uri)
-    analysis = ExperimentAnalysis(f"{uri.bucket}/{uri.key}", storage_filesystem=tune_filesystem())
+    analysis = ExperimentAnalysis(f"{uri.bucket}/{uri.key}", storage_filesystem=arrow_filesystem(embed_keys=False))
     return [float(trial.last_result.get("time_total_s", 0.0)) for trial in analysis.trials]
 
 

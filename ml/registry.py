@@ -293,14 +293,6 @@ def load_evaluation(location: str) -> dict[str, Any]:
     return data
 
 
-def code_version() -> str:
-    """The lineage code version: `ml.lineage.code_version()`, a hash of the `ml` package's source (the same value the
-    DAG uses to recognise an already-trained model), with or without git."""
-    from ml.lineage import code_version as source_hash
-
-    return source_hash()
-
-
 def git_sha() -> str:
     """The git commit of this checkout (`MLOPS_GIT_SHA` wins, e.g. baked into an image), "-dirty" when tracked files
     changed; "unknown" without git."""

@@ -69,8 +69,10 @@ def _cached_client(endpoint_url: str | None, region: str, access_key: str | None
     )
 
 
-def arrow_filesystem(settings: Settings | None = None) -> Any:
-    """A pyarrow S3 filesystem on the configured endpoint, for reading Parquet without a copy."""
+def arrow_filesystem(settings: Settings | None = None, *, embed_keys: bool = True) -> Any:
+    """A pyarrow S3 filesystem on the configured endpoint, for reading Parquet without a copy. With
+    `embed_keys=False` it takes credentials from the standard AWS chain when used: for a filesystem that gets pickled
+    into stored state (Ray Tune's), so that no secret lands in S3."""
     import os
 
     from pyarrow import fs
@@ -80,7 +82,7 @@ def arrow_filesystem(settings: Settings | None = None) -> Any:
     if settings.s3_endpoint_url:
         scheme, _, host = settings.s3_endpoint_url.partition("://")
         kwargs.update(endpoint_override=host, scheme=scheme)
-    if os.environ.get("AWS_ACCESS_KEY_ID"):
+    if embed_keys and os.environ.get("AWS_ACCESS_KEY_ID"):
         kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
     return fs.S3FileSystem(**kwargs)
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from ml.models import ACTIVATIONS, NORMS, metric_mode, metric_names
 from ml.settings import Settings
-from ml.storage import S3Uri, exists, features_uri, read_json, tune_uri, write_json
+from ml.storage import S3Uri, arrow_filesystem, exists, features_uri, read_json, tune_uri, write_json
 from ml.train import DEFAULT_METRIC, HPARAMS, json_safe, trial_params
 
 log = logging.getLogger(__name__)
@@ -689,23 +689,6 @@ def trial_name(trial: Any) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def tune_filesystem(settings: Settings | None = None) -> Any:
-    """A pyarrow S3 filesystem for Tune's storage that carries no access keys.
-
-    Tune pickles its storage filesystem into `tuner.pkl` and the experiment state in S3; `ml.storage.arrow_filesystem`
-    embeds the keys when they are set in the environment, so Tune gets one that takes them from the standard AWS
-    chain (environment, config files, instance role) wherever it runs.
-    """
-    from pyarrow import fs
-
-    settings = settings or Settings.from_env()
-    kwargs: dict[str, Any] = {"region": settings.aws_region}
-    if settings.s3_endpoint_url:
-        scheme, _, host = settings.s3_endpoint_url.partition("://")
-        kwargs.update(endpoint_override=host, scheme=scheme)
-    return fs.S3FileSystem(**kwargs)
-
-
 def ensure_ray(settings: Settings | None = None) -> bool:
     """Connect to RAY_ADDRESS when set, else start a local Ray; True when this call started it (caller shuts down)."""
     import ray
@@ -748,7 +731,8 @@ def run_search(config: SearchConfig, *, callbacks: Sequence[Any] = ()) -> Search
     # Per-epoch checkpoints of fast trials trigger Tune's forced state snapshots often; B2 measures their cost, and the
     # warning would flood task logs, so it is off unless the environment sets it.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    filesystem = tune_filesystem(settings)
+    # Tune pickles its filesystem into the experiment state in S3: no keys inside.
+    filesystem = arrow_filesystem(settings, embed_keys=False)
     experiment_path = f"{experiment.bucket}/{experiment.key}"
     restoring = _restorable(experiment_path, filesystem)
     _check_manifest(experiment, manifest, restoring)

@@ -18,9 +18,10 @@ def _publish(context: Any, event: str, details: dict[str, Any] | None = None) ->
     dag_id = context["dag"].dag_id if context.get("dag") else getattr(ti, "dag_id", "unknown")
     task_id = getattr(ti, "task_id", None) if event.startswith("task_") else None
     run_id = context.get("run_id")
-    payload = {"dag_id": dag_id, "task_id": task_id, "event": event, "details": details or {}}
+    details = dict(details or {})
     if ti is not None and event.startswith("task_"):
-        payload["details"] = {**payload["details"], "try_number": getattr(ti, "try_number", None)}
+        details["try_number"] = getattr(ti, "try_number", None)
+    payload = {"dag_id": dag_id, "task_id": task_id, "event": event, "details": details}
     try:
         KafkaEventsHook().publish(PIPELINE_EVENTS, payload, pipeline_event_key(dag_id, run_id, task_id, event), run_id)
     except (EventPublishError, ValueError, OSError) as error:

@@ -100,7 +100,7 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         self.snapshot_id = snapshot_id
         self.aws_conn_id = aws_conn_id
 
-    def execute(self, context: Any) -> dict[str, Any]:
+    def execute(self, context: Any) -> dict[str, Any]:  # type: ignore[override]  # the parent returns None
         from ml.features import FeatureSpec
         from ml.preprocess import application_args, application_env
         from ml.sparkconf import spark_conf

@@ -298,7 +298,7 @@ def test_interrupted_search_resumes_without_rerunning_trials(
     from mlflow import MlflowClient
 
     from ml.evaluate import evaluate_best
-    from ml.tune import tune_filesystem
+    from ml.storage import arrow_filesystem
 
     run_name = f"resume-{uuid.uuid4().hex[:8]}"
     config = _config(regression_features, run_name)
@@ -310,7 +310,8 @@ def test_interrupted_search_resumes_without_rerunning_trials(
     first_done = {trial for phase, trial in COMPLETED if phase == 1}
     assert len(first_done) >= 2
     experiment = S3Uri.parse(str(config.experiment_uri))
-    assert tune.Tuner.can_restore(f"{experiment.bucket}/{experiment.key}", storage_filesystem=tune_filesystem())
+    keyless = arrow_filesystem(embed_keys=False)
+    assert tune.Tuner.can_restore(f"{experiment.bucket}/{experiment.key}", storage_filesystem=keyless)
     assert not exists(experiment.join("search_result.json"))
 
     STATE["phase"] = 2
@@ -353,16 +354,17 @@ def test_a_bad_feature_folder_fails_clearly(ray_cluster: None, s3_service: None)
 
 
 def test_a_run_killed_before_its_first_snapshot_starts_over(s3_client: Any, unique_prefix: str) -> None:
-    from ml.tune import _restorable, tune_filesystem
+    from ml.storage import arrow_filesystem
+    from ml.tune import _restorable
 
     path = f"lake/{unique_prefix}/run"
     s3_client.put_object(Bucket="lake", Key=f"{unique_prefix}/run/tuner.pkl", Body=b"not restorable alone")
     try:
-        assert tune.Tuner.can_restore(path, storage_filesystem=tune_filesystem())
-        assert not _restorable(path, tune_filesystem())
+        assert tune.Tuner.can_restore(path, storage_filesystem=arrow_filesystem(embed_keys=False))
+        assert not _restorable(path, arrow_filesystem(embed_keys=False))
         s3_client.put_object(Bucket="lake", Key=f"{unique_prefix}/run/experiment_state-2026-01-01_00-00-00.json",
                              Body=b"{}")  # fmt: skip
-        assert _restorable(path, tune_filesystem())
+        assert _restorable(path, arrow_filesystem(embed_keys=False))
     finally:
         from ml.storage import delete_prefix
 
