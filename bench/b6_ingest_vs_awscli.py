@@ -3,8 +3,8 @@
 Ours is `ml.ingest.ingest` on a prefix of CSV objects: list, read and validate every object, copy it into the lake
 (server-side), write the manifest. The baseline is `aws s3 cp --recursive` of the same prefix into the lake
 (server-side copies, what the snapshot needs) and, as a second reference, `aws s3 cp --recursive` to a local folder
-(reading every byte, as validation must). Where the AWS CLI is missing, the baseline is boto3's managed copy
-(s3transfer) with a thread pool, and the JSON says so.
+(reading every byte, as validation must). Rounds interleave the three; medians are compared. Where the AWS CLI is
+missing, the baseline is boto3's managed copy (s3transfer) with a thread pool, and the JSON says so.
 
     python -m stack run -- .venv/bin/python -m bench.b6_ingest_vs_awscli [--files 8] [--mb-per-file 32]
 """
@@ -15,10 +15,12 @@ import argparse
 import io
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--mb-per-file", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are compared")
     args = parser.parse_args(argv)
 
     from ml.ingest import IngestConfig, ingest
@@ -93,26 +96,33 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     raw_bucket, lake_bucket = settings.raw_bucket, settings.lake_bucket
     prefix, total_bytes = make_objects(client, raw_bucket, args.files, args.mb_per_file)
     megabytes = total_bytes / 1e6
-    run = uuid.uuid4().hex[:8]
-    dataset = f"bench_b6_{run}"
-    cli_prefix = f"bench/b6-cli/{run}/"
     aws, aws_version = find_aws_cli()
-    try:
-        ingested, ours_seconds = timed(lambda: ingest(IngestConfig(f"s3://{raw_bucket}/{prefix}", dataset, "target")))
-        assert ingested.created
-        if aws:
-            _, copy_seconds = timed(lambda: run_cli(aws, f"s3://{raw_bucket}/{prefix}", f"s3://{lake_bucket}/{cli_prefix}"))
-            with tempfile.TemporaryDirectory(prefix="b6-") as folder:
-                _, download_seconds = timed(lambda: run_cli(aws, f"s3://{raw_bucket}/{prefix}", folder))
-            baseline = "aws s3 cp --recursive (s3 -> s3, server-side copies)"
-        else:
-            _, copy_seconds = timed(lambda: boto3_copy_all(client, raw_bucket, prefix, lake_bucket, cli_prefix))
-            download_seconds = None
-            baseline = "boto3 managed copy (s3transfer), 10 threads: the AWS CLI is not installed here"
-    finally:
-        delete_prefix(S3Uri(lake_bucket, f"datasets/{dataset}/"), client)
-        delete_prefix(S3Uri(lake_bucket, cli_prefix), client)
-
+    ours: list[float] = []
+    copies: list[float] = []
+    downloads: list[float] = []
+    # Rounds interleave the three, so that a busy moment on a shared machine does not land on one side only.
+    for _ in range(args.repeat):
+        run = uuid.uuid4().hex[:8]
+        dataset, cli_prefix = f"bench_b6_{run}", f"bench/b6-cli/{run}/"
+        try:
+            config = IngestConfig(f"s3://{raw_bucket}/{prefix}", dataset, "target")
+            ingested, seconds = timed(partial(ingest, config))
+            assert ingested.created
+            ours.append(seconds)
+            if aws:
+                source = f"s3://{raw_bucket}/{prefix}"
+                copies.append(timed(partial(run_cli, aws, source, f"s3://{lake_bucket}/{cli_prefix}"))[1])
+                with tempfile.TemporaryDirectory(prefix="b6-") as folder:
+                    downloads.append(timed(partial(run_cli, aws, source, folder))[1])
+            else:
+                copies.append(timed(partial(boto3_copy_all, client, raw_bucket, prefix, lake_bucket, cli_prefix))[1])
+        finally:
+            delete_prefix(S3Uri(lake_bucket, f"datasets/{dataset}/"), client)
+            delete_prefix(S3Uri(lake_bucket, cli_prefix), client)
+    baseline = ("aws s3 cp --recursive (s3 -> s3, server-side copies)" if aws else
+                "boto3 managed copy (s3transfer), 10 threads: the AWS CLI is not installed here")  # fmt: skip
+    ours_seconds, copy_seconds = statistics.median(ours), statistics.median(copies)
+    download_seconds = statistics.median(downloads) if downloads else None
     ours_rate = megabytes / ours_seconds
     copy_rate = megabytes / copy_seconds
     result = {
@@ -125,12 +135,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "objects": args.files,
         "megabytes": round(megabytes, 1),
         "rows": ingested.rows,
+        "rounds": args.repeat,
         "ours": {"seconds": round(ours_seconds, 2), "mb_per_second": round(ours_rate, 1),
+                 "all_seconds": [round(x, 2) for x in ours],
                  "does": "list, read + parse + validate every object, server-side copy, manifest"},
-        "aws_cli_copy": {"seconds": round(copy_seconds, 2), "mb_per_second": round(copy_rate, 1)},
+        "baseline_copy": {"seconds": round(copy_seconds, 2), "mb_per_second": round(copy_rate, 1),
+                         "all_seconds": [round(x, 2) for x in copies]},
         "aws_cli_download": None if download_seconds is None else {
             "seconds": round(download_seconds, 2), "mb_per_second": round(megabytes / download_seconds, 1),
             "ratio_ours_to_it": ratio(ours_rate, megabytes / download_seconds),
+            "all_seconds": [round(x, 2) for x in downloads],
         },
         "s3_endpoint": settings.s3_endpoint_url,
     }  # fmt: skip

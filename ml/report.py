@@ -71,11 +71,14 @@ def learning_curves_svg(trials: list[TrialRecord], metric: str, width: int = 640
     ys = _scale(values, height - pad, pad)
     parts, index = [], 0
     for n, (trial, points) in enumerate(series):
-        coords = " ".join(f"{xs[index + i]:.1f},{ys[index + i]:.1f}" for i in range(len(points)))
+        xy = [(xs[index + i], ys[index + i]) for i in range(len(points))]
         index += len(points)
         color = PALETTE[n % len(PALETTE)]
+        coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}">'
                      f"<title>{html.escape(trial.name)}</title></polyline>")  # fmt: skip
+        # Markers too: a trial that ASHA stopped after one epoch is a single point.
+        parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in xy)
     low, high = min(values), max(values)
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '

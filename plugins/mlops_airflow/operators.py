@@ -126,7 +126,11 @@ class TuningReportLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         from urllib.parse import quote
 
-        return f"/mlops/tuning-report?dag_id={quote(ti_key.dag_id)}&run_id={quote(ti_key.run_id)}"
+        from airflow.configuration import conf
+
+        # Absolute: the UI renders extra links as external links.
+        base = conf.get("api", "base_url", fallback="") or "http://127.0.0.1:8080"
+        return f"{base.rstrip('/')}/mlops/tuning-report?dag_id={quote(ti_key.dag_id)}&run_id={quote(ti_key.run_id)}"
 
 
 class RayTuneOperator(_PipelineOperator):

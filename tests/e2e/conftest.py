@@ -1,0 +1,45 @@
+"""Fixtures of the end-to-end tests: one running Airflow and one DAG run shared by every e2e test of the session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stack.demo import AIRFLOW, AirflowApi, admin_password, trigger_and_follow, wait_for_dag
+
+NUM_SAMPLES = 2
+MAX_EPOCHS = 3
+
+
+@pytest.fixture(scope="session")
+def airflow_api(s3_service: None, kafka_service: None, mlflow_service: None) -> Iterator[AirflowApi]:
+    """A running `airflow standalone`: started here unless it already runs, and stopped again if started here."""
+    from stack.config import stack_environment, stack_paths
+    from stack.services import AIRFLOW as AIRFLOW_SERVICE
+
+    paths, env = stack_paths(), stack_environment()
+    started_here = AIRFLOW_SERVICE.running_pid(paths) is None
+    AIRFLOW_SERVICE.start(paths, env)
+    api = AirflowApi(AIRFLOW, "admin", admin_password())
+    wait_for_dag(api)
+    yield api
+    if started_here:
+        AIRFLOW_SERVICE.stop(paths)
+
+
+@pytest.fixture(scope="session")
+def first_run(airflow_api: AirflowApi) -> dict[str, Any]:
+    """Upload a copy of the penguins data under a new dataset name and run the DAG once on it."""
+    from ml.datasets import load_shipped, upload_frame
+    from ml.storage import S3Uri
+
+    dataset = f"e2e_{uuid.uuid4().hex[:8]}"
+    upload_frame(load_shipped("penguins"), S3Uri("raw", f"e2e/{dataset}/penguins.csv"))
+    conf = {"raw_uri": f"s3://raw/e2e/{dataset}/", "dataset": dataset, "target": "species",
+            "task": "classification", "num_samples": NUM_SAMPLES, "max_concurrent_trials": 2,
+            "max_epochs": MAX_EPOCHS}  # fmt: skip
+    run_id, state = trigger_and_follow(airflow_api, conf, timeout_s=1500)
+    return {"dataset": dataset, "conf": conf, "run_id": run_id, "state": state}
