@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 MODEL ?= penguins-classification
 
-.PHONY: help venv tools airflow-up stack-up stack-down stack-status lint test test-unit test-integration demo serve \
+.PHONY: help venv tools browser airflow-up stack-up stack-down stack-status lint test test-unit test-integration demo serve \
         tail-metrics bench lock clean
 
 help: ## list the targets
@@ -53,7 +53,13 @@ lint: venv ## ruff (with Airflow's AIR rules) and mypy
 	$(VENV)/bin/ruff check ml plugins dags stack tests bench
 	$(VENV)/bin/mypy ml plugins stack
 
-test: venv lint stack-up ## the whole suite against the real local stack (what CI runs)
+browser: ## headless Chromium + chromedriver from Debian's packages, for the UI test (needs root or sudo)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
+	fi
+
+test: venv lint browser stack-up ## the whole suite against the real local stack (what CI runs)
 	@rc=0; $(STACK) run -- $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
 
 test-unit: venv ## fast unit tests only (no services)
