@@ -1,0 +1,96 @@
+"""`python -m ml run-all`: the whole pipeline in one process, without Airflow (same stage functions, same order).
+
+Useful to try a dataset quickly, and the baseline of benchmark B7 (the DAG's wall time under Airflow against this).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def run_pipeline(
+    raw_uri: str,
+    dataset: str,
+    target: str,
+    *,
+    task: str | None = None,
+    run_name: str,
+    search_space: Any = None,
+    num_samples: int = 8,
+    max_concurrent_trials: int = 2,
+    max_epochs: int = 30,
+    margin: float = 0.0,
+    register: bool = True,
+) -> dict[str, Any]:
+    """ingest -> preprocess (spark-submit) -> tune -> evaluate -> register + gate; a summary with stage times."""
+    from ml.evaluate import evaluate_best
+    from ml.ingest import IngestConfig, ingest
+    from ml.lineage import code_version
+    from ml.preprocess import run_preprocess
+    from ml.registry import register_and_promote
+    from ml.tune import SearchConfig, resolve_search_space, run_search
+
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, started: float) -> None:
+        timings[stage] = round(time.perf_counter() - started, 2)
+        log.info("stage %s done in %.1f s", stage, timings[stage])
+
+    started = time.perf_counter()
+    snapshot = ingest(IngestConfig(raw_uri, dataset, target, task=task))
+    timed("ingest", started)
+    started = time.perf_counter()
+    features = run_preprocess(dataset, snapshot.snapshot_id)
+    timed("preprocess", started)
+    started = time.perf_counter()
+    config = SearchConfig(
+        dataset=dataset, snapshot_id=snapshot.snapshot_id, run_name=run_name,
+        search_space=resolve_search_space(search_space), num_samples=num_samples,
+        max_concurrent_trials=max_concurrent_trials, max_epochs=max_epochs, dag_run_id=run_name,
+    )  # fmt: skip
+    search = run_search(config)
+    timed("tune", started)
+    started = time.perf_counter()
+    evaluation = evaluate_best(search.to_dict())
+    timed("evaluate", started)
+    model: dict[str, Any] | None = None
+    if register:
+        started = time.perf_counter()
+        model = register_and_promote(evaluation, dag_id="ml.pipeline", dag_run_id=run_name,
+                                     code_version=code_version(), margin=margin)  # fmt: skip
+        timed("register", started)
+    return {
+        "dataset": dataset, "snapshot_id": snapshot.snapshot_id, "rows": features["rows"],
+        "best_params": search.best_params, "num_trials": search.num_trials,
+        "test_metrics": evaluation["test_metrics"], "baseline_test_metrics": evaluation["baseline_test_metrics"],
+        "model": model, "timings_s": timings, "total_s": round(sum(timings.values()), 2),
+    }  # fmt: skip
+
+
+def _cli(args: argparse.Namespace) -> dict[str, Any]:
+    return run_pipeline(
+        args.raw_uri, args.dataset, args.target, task=args.task, run_name=args.run_name,
+        search_space=args.search_space, num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
+        max_epochs=args.max_epochs, margin=args.margin, register=not args.no_register,
+    )  # fmt: skip
+
+
+def register_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser("run-all", help="every stage in one process, without Airflow")
+    parser.add_argument("--raw-uri", required=True)
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--task", choices=["classification", "regression"])
+    parser.add_argument("--run-name", required=True, help="names the search (resume key) and the registration")
+    parser.add_argument("--search-space", default=None, help="JSON, a shipped space's name, or a file")
+    parser.add_argument("--num-samples", type=int, default=8)
+    parser.add_argument("--max-concurrent", type=int, default=2)
+    parser.add_argument("--max-epochs", type=int, default=30)
+    parser.add_argument("--margin", type=float, default=0.0, help="promotion margin")
+    parser.add_argument("--no-register", action="store_true", help="stop after evaluation")
+    parser.set_defaults(handler=_cli)
