@@ -77,7 +77,7 @@ def machine_info(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, Any]
              if line.startswith("model name")), None)  # fmt: skip
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in packages:
         try:
             versions[package] = metadata.version(package)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -136,7 +137,10 @@ def test_json_round_trip() -> None:
     again = FeatureSpec.from_json(text)
     assert again == spec
     assert again.feature_columns == spec.feature_columns
-    records = [{"x": 4, "flat": None, "colour": "blue", "size": "7"}, {"x": "nan", "colour": "red"}]
+    records: list[dict[str, Any]] = [
+        {"x": 4, "flat": None, "colour": "blue", "size": "7"},
+        {"x": "nan", "colour": "red"},
+    ]
     np.testing.assert_array_equal(again.transform(records), spec.transform(records))
     regression = make_spec(task="regression", classes=None, categorical=[])
     assert FeatureSpec.from_json(regression.to_json()) == regression
