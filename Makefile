@@ -49,9 +49,40 @@ stack-down: ## stop everything stack-up started
 stack-status: venv ## health of each local service
 	$(STACK) status
 
-lint: venv ## ruff (with Airflow's AIR rules) and mypy
+lint: venv ## ruff (with Airflow's AIR rules), mypy, and a dependency audit (pip-audit -> .stack/pip-audit.json)
 	$(VENV)/bin/ruff check ml plugins dags stack tests bench
 	$(VENV)/bin/mypy ml plugins stack
+	@# Dependency audit of what .venv has installed, by pip-audit from its own small venv (.venv-tools; never .venv).
+	@# Known vulnerabilities fail the build unless security/pip-audit-ignore.txt lists their ID with a reason. When the
+	@# vulnerability service (PyPI's JSON API) cannot be reached, pip-audit skips every package and still says "No known
+	@# vulnerabilities found": that is reported as an audit NOT performed, without failing the build, never as a pass.
+	@mkdir -p .stack; rm -f .stack/pip-audit.json; : > .stack/pip-audit.log; \
+	if [ ! -x .venv-tools/bin/pip-audit ]; then \
+	  { $(PYTHON) -m venv .venv-tools && .venv-tools/bin/pip install -q pip-audit==2.10.1; } >>.stack/pip-audit.log 2>&1 \
+	  || { rm -rf .venv-tools; echo "pip-audit could not be installed (.stack/pip-audit.log): audit NOT performed"; exit 0; }; \
+	fi; \
+	unexplained=$$(sed -e 's/#.*//' security/pip-audit-ignore.txt | awk 'NF == 1 {print $$1}'); \
+	if [ -n "$$unexplained" ]; then echo "security/pip-audit-ignore.txt: no reason given for $$unexplained"; exit 1; fi; \
+	ignores=$$(sed -e 's/#.*//' security/pip-audit-ignore.txt | awk 'NF > 1 {printf "--ignore-vuln %s ", $$1}'); \
+	.venv-tools/bin/pip-audit --path $(VENV)/lib/python3.11/site-packages --progress-spinner off --format json \
+	  --output .stack/pip-audit.json $$ignores >>.stack/pip-audit.log 2>&1 || true; \
+	audited=$$( { grep -o '"vulns"' .stack/pip-audit.json 2>/dev/null || true; } | wc -l); \
+	skipped=$$( { grep -o '"skip_reason"' .stack/pip-audit.json 2>/dev/null || true; } | wc -l); \
+	if [ "$$audited" -eq 0 ]; then \
+	  why=$$( { grep -o '"skip_reason": "[^"]*"' .stack/pip-audit.json 2>/dev/null \
+	            || tail -n 1 .stack/pip-audit.log; } | sed -n 1p | cut -c1-160); \
+	  echo "pip-audit could not reach the vulnerability service: audit NOT performed ($$skipped packages skipped," \
+	       "e.g. $$why; see .stack/pip-audit.log)"; \
+	  exit 0; \
+	fi; \
+	$(PY) -c 'import json, sys; deps = json.load(open(sys.argv[1]))["dependencies"]; \
+	  found = [(d["name"], d["version"], v["id"], ", ".join(v["fix_versions"]) or "no fixed version") \
+	           for d in deps for v in d.get("vulns", [])]; \
+	  skipped = [d["name"] for d in deps if "skip_reason" in d]; \
+	  print(f"pip-audit: {len(deps) - len(skipped)} packages audited, {len(found)} known vulnerabilities not in " \
+	        f"security/pip-audit-ignore.txt" + (f"; NOT audited: {skipped}" if skipped else "")); \
+	  [print(f"  {name} {version}  {vuln}  fixed in: {fix}") for name, version, vuln, fix in found]; \
+	  sys.exit(1 if found else 0)' .stack/pip-audit.json
 
 browser: ## headless Chromium + chromedriver from Debian's packages, for the UI test (needs root or sudo)
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \

@@ -313,11 +313,15 @@ class EventPublisher:
             enable_idempotence=True,  # retries cannot duplicate or reorder a partition's messages
             retries=2**31 - 1,
             delivery_timeout_ms=self.delivery_timeout_ms,
-            request_timeout_ms=min(10000, self.delivery_timeout_ms),
+            # kafka-python refuses delivery_timeout_ms < linger_ms + request_timeout_ms (then no producer is ever made)
+            request_timeout_ms=min(10000, self.delivery_timeout_ms - self.linger_ms),
             linger_ms=self.linger_ms,
             batch_size=64 * 1024,
             max_block_ms=self.max_block_ms,
             bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+            # The client's own reconnect back-off grows to 30 s by default: after a long outage it would find the
+            # broker back only that late, past close()'s deadline. Cap it like ours.
+            reconnect_backoff_max_ms=int(self.reconnect_backoff_s[1] * 1000),
             value_serializer=JsonSerializer(),
         )
 
@@ -327,9 +331,9 @@ class EventPublisher:
         try:
             while True:
                 with self._cond:
-                    while not self._buffer and not self._closing and not self._abandon:
-                        self._cond.wait()
-                    if self._abandon or (self._closing and not self._buffer):
+                    while not self._buffer and not self._abandon and not self._done_closing():
+                        self._cond.wait(max(self._deadline - time.monotonic(), 0.0) if self._closing else None)
+                    if self._abandon or (not self._buffer and self._done_closing()):
                         break
                 if producer is None:
                     try:
@@ -354,6 +358,12 @@ class EventPublisher:
         finally:
             if producer is not None:
                 _close_quietly(producer, timeout=max(min(self._deadline - time.monotonic(), 5.0), 0.0))
+
+    def _done_closing(self) -> bool:
+        """Caller holds the lock. Closing ends when nothing is in flight or the close deadline passed. Not earlier:
+        a message in flight while the broker is away times out and comes back to the buffer (see _on_failed), and it
+        must be sent again if the broker returns before the deadline, not left behind by a flush that returned."""
+        return self._closing and (self._in_flight == 0 or time.monotonic() >= self._deadline)
 
     def _send_batch(self, producer: Any) -> bool:
         """Hand up to `batch_messages` buffered messages to the producer; False if sending raised."""

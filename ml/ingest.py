@@ -379,8 +379,16 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
         pointer = {"snapshot_id": snapshot_id, "columns": manifest["columns"], "manifest": str(manifest_uri)}
         write_json(latest_snapshot_uri(config.dataset, settings), pointer, client)
     except BaseException:
-        removed = delete_prefix(target_root, client)
-        log.error("ingest failed; removed %d partial object(s) under %s", removed, target_root)
+        # The clean-up must not replace the error that matters: when the S3 server itself went away, deleting fails
+        # too, and the caller would see a listing error instead of the failed copy. Without a manifest the partial
+        # objects are never trusted, and a re-run overwrites them (same keys).
+        try:
+            removed = delete_prefix(target_root, client)
+            log.error("ingest failed; removed %d partial object(s) under %s", removed, target_root)
+        except Exception as cleanup_error:
+            log.error("ingest failed, and removing the partial snapshot under %s failed too (%s); it has no "
+                      "manifest, so no run uses it, and the next ingest overwrites it", target_root,
+                      cleanup_error)  # fmt: skip
         raise
     log.info("snapshot %s of %s: %d object(s), %d rows, task %s", snapshot_id, config.dataset, len(objects), rows, task)
     return IngestResult(config.dataset, snapshot_id, str(target_root), str(manifest_uri), rows, task, config.target,

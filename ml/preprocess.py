@@ -69,6 +69,7 @@ def run_preprocess(dataset: str, snapshot_id: str, *, master: str | None = None,
     log.info("spark-submit %s for %s snapshot %s", APPLICATION.name, dataset, snapshot_id)
     # spark-submit sends the Python driver's stdout and stderr to its stdout: pass the log on, keep the result line.
     results = []
+    reasons = []  # the job's own `error: ...` lines (bad input): the exception carries them, not only the log
     env = {**os.environ, **application_env()}
     with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
         assert process.stdout is not None
@@ -76,10 +77,13 @@ def run_preprocess(dataset: str, snapshot_id: str, *, master: str | None = None,
             if line.startswith(RESULT_MARKER):
                 results.append(line[len(RESULT_MARKER) :])
             else:
+                if line.startswith("error: "):
+                    reasons.append(line[len("error: ") :].strip())
                 sys.stderr.write(line)
     if process.returncode != 0 or not results:
+        reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
         raise RuntimeError(f"Spark preprocessing of {dataset} snapshot {snapshot_id} failed "
-                           f"(spark-submit exit code {process.returncode}); see the Spark log above")  # fmt: skip
+                           f"(spark-submit exit code {process.returncode}){reason}")  # fmt: skip
     result: dict[str, Any] = json.loads(results[-1])
     return result
 

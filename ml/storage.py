@@ -61,7 +61,9 @@ def _cached_client(endpoint_url: str | None, region: str, access_key: str | None
     import boto3
     from botocore.config import Config
 
-    return boto3.client(
+    # A session of its own: boto3's default session resolves credentials once per process and keeps them, so a client
+    # made for new keys in the environment (another connection) would still sign with the first ones.
+    return boto3.session.Session().client(
         "s3",
         endpoint_url=endpoint_url,
         region_name=region,

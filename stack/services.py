@@ -67,6 +67,7 @@ class Service:
                     )
             paths.logs.mkdir(parents=True, exist_ok=True)
             paths.run.mkdir(parents=True, exist_ok=True)
+            env = dict(env)  # what prepare() adds is for this service's process only
             self.prepare(paths, env)
             log = self.log_file(paths).open("ab")
             process = subprocess.Popen(
@@ -175,8 +176,6 @@ def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         "--webui", "127.0.0.1:9001",
         "--webui-no-tls",
         "--webui-gateways", "http://127.0.0.1:9000",
-        "--access", env["AWS_ACCESS_KEY_ID"],
-        "--secret", env["AWS_SECRET_ACCESS_KEY"],
         "--region", env["AWS_DEFAULT_REGION"],
         "--quiet",
         "posix",
@@ -187,6 +186,9 @@ def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
 
 
 def _s3_prepare(paths: StackPaths, env: dict[str, str]) -> None:
+    # The root keys go through the environment: a command line is readable by every local user.
+    env["ROOT_ACCESS_KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
+    env["ROOT_SECRET_ACCESS_KEY"] = env["AWS_SECRET_ACCESS_KEY"]
     if not paths.versitygw.exists():
         raise StackError(f"s3: {paths.versitygw} is missing; run `make tools` (needs Go) first")
     for sub in ("buckets", "versions", "meta"):

@@ -1,0 +1,403 @@
+"""Faults against real processes: a Kafka broker that goes away during a search, an S3 server that crashes during an
+ingest, a Spark job that fails, an MLflow server that cannot be reached at registration.
+
+The servers that are stopped and restarted are PRIVATE copies (tests/support/private_services.py: a second broker and a
+second S3 gateway on free ports of 127.0.0.1, data under tmp_path); the shared stack (S3 :9000, Kafka :9092, MLflow
+:5000) is never stopped here, and is used read-only-ish (a synthetic features folder, a missing snapshot). Every wait
+is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray import tune
+
+from tests.support.private_services import PrivateServer, S3Keys, free_port, private_kafka, private_s3
+
+pytestmark = pytest.mark.integration
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Kafka broker stopped during tuning
+# --------------------------------------------------------------------------------------------------------------------
+
+# Tune pickles callbacks into the experiment (tuner.pkl in S3): the callback below keeps its live state here instead.
+OUTAGE: dict[str, Any] = {}
+RESTART_DELAY_S = 14.0  # after the last trial: longer than the shortened delivery timeout below, well within close()'s
+
+
+@pytest.fixture(scope="module")
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
+    from stack.init_resources import create_topics
+
+    broker = private_kafka(tmp_path_factory.mktemp("kafka"))
+    broker.start()
+    try:
+        create_topics(bootstrap(broker))  # the pipeline's topics, with their partitions, as `make stack-up` makes them
+        yield broker
+    finally:
+        broker.stop()
+
+
+def bootstrap(server: PrivateServer) -> str:
+    return f"127.0.0.1:{server.service.port}"
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    import tempfile
+
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:  # short: Ray's socket paths are long
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+def topic_messages(servers: str, topic: str, timeout_s: float = 20.0, expect: int = 0) -> list[Any]:
+    """Every record of `topic` on `servers` (all partitions, from the beginning): until `expect` are read and no more
+    come for 2 s, or `timeout_s`."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, consumer_timeout_ms=2000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        assert partitions, f"topic {topic} is missing on {servers}"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = list(consumer)  # until 2 s without a record
+            records.extend(batch)
+            if not batch and len(records) >= expect:
+                break
+        return records
+    finally:
+        consumer.close()
+
+
+def topic_size(servers: str, topic: str) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
+    try:
+        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        return sum(consumer.end_offsets(partitions).values()) if partitions else 0
+    finally:
+        consumer.close()
+
+
+class BrokerOutage(tune.Callback):
+    """Records every trial-epoch key the search produces; stops the broker as soon as the first message is on it;
+    restarts it RESTART_DELAY_S after the last trial finished, i.e. while the metrics callback's publisher is being
+    closed at the end of the experiment (its close waits up to 30 s for what is buffered)."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from ml.tune import result_epoch
+
+        OUTAGE["expected"].append(f"{OUTAGE['run_name']}:{trial.trial_id}:{result_epoch(result)}")
+        if OUTAGE["phase"] == "up":
+            return
+        if OUTAGE["phase"] == "before":
+            from stack.services import wait_until
+
+            servers, topic = OUTAGE["bootstrap"], OUTAGE["topic"]
+            if not wait_until(lambda: topic_size(servers, topic) > 0, 20.0, interval_s=0.3):
+                OUTAGE["errors"].append("the first trial-epoch message never reached the broker")
+            OUTAGE["delivered_before_stop"] = topic_size(servers, topic)
+            OUTAGE["server"].stop()
+            OUTAGE.update(phase="down", stopped_at=time.monotonic())
+        else:
+            OUTAGE["published_while_down"] += 1
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial_done()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._trial_done()
+
+    def _trial_done(self) -> None:
+        OUTAGE["finished"] += 1
+        if OUTAGE["finished"] == OUTAGE["num_samples"] and OUTAGE["phase"] == "down":
+            OUTAGE["restarter"] = threading.Thread(target=_restart_later, name="broker-restart", daemon=True)
+            OUTAGE["restarter"].start()
+
+
+def _restart_later() -> None:
+    time.sleep(RESTART_DELAY_S)
+    try:
+        OUTAGE["server"].start()
+        OUTAGE.update(phase="up", restarted_at=time.monotonic())
+    except Exception as error:  # reported by the test
+        OUTAGE["errors"].append(f"restart failed: {error!r}")
+
+
+def test_metrics_survive_a_broker_outage_during_the_search(
+    ray_local: None, private_broker: PrivateServer, s3_service: None, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The broker stops after the first epoch's message and comes back only after training is over, while the search
+    closes its publisher: every trial-epoch key must still reach Kafka (at least once), none dropped."""
+    from ml.events import EventPublisher, PublishStats
+    from ml.topics import TRAINING_METRICS
+    from ml.tune import SearchConfig, load_search_space, run_search
+    from tests.support.synthetic_features import write_synthetic_features
+
+    servers = bootstrap(private_broker)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)  # read by the search's metrics callback in setup()
+    # Shortened (a class attribute meant for that) so that messages handed to the client before the outage time out
+    # and are requeued while the publisher is closing: the path a long real outage takes with the 30 s default.
+    monkeypatch.setattr(EventPublisher, "delivery_timeout_ms", 12000)
+    monkeypatch.setattr(EventPublisher, "reconnect_backoff_s", (0.2, 2.0))  # the broker is found soon after it is back
+    caplog.set_level(logging.INFO, logger="ml.tune")
+    caplog.set_level(logging.INFO, logger="ml.events")
+
+    features = write_synthetic_features("classification", 2, rows={"train": 300, "validation": 100, "test": 100})
+    run_name = f"fault-{uuid.uuid4().hex[:8]}"
+    config = SearchConfig(
+        dataset=features.dataset, snapshot_id=features.snapshot_id, run_name=run_name,
+        search_space=load_search_space(Path(__file__).resolve().parents[2] / "ml" / "search_spaces" / "small.json"),
+        num_samples=4, max_concurrent_trials=2, max_epochs=4, patience=4, seed=3, dag_run_id=f"manual__{run_name}",
+        track_mlflow=False, publish_metrics=True,
+    )  # fmt: skip
+    OUTAGE.clear()
+    OUTAGE.update(server=private_broker, bootstrap=servers, topic=TRAINING_METRICS.name, run_name=run_name,
+                  num_samples=config.num_samples, phase="before", expected=[], errors=[], finished=0,
+                  published_while_down=0)  # fmt: skip
+    started = time.monotonic()
+    try:
+        result = run_search(config, callbacks=[BrokerOutage()])
+        search_done = time.monotonic()
+    finally:
+        if OUTAGE.get("restarter") is not None:
+            OUTAGE["restarter"].join(timeout=120)
+        features.cleanup()
+    if not private_broker.healthy():  # whatever happened, the broker is up for the reading below
+        private_broker.start()
+    records = topic_messages(servers, TRAINING_METRICS.name, expect=len(OUTAGE["expected"]))
+
+    assert not OUTAGE["errors"], OUTAGE["errors"]
+    assert result.num_trials == 4 and result.num_errored == 0
+    assert OUTAGE["phase"] == "up" and OUTAGE["published_while_down"] >= 1, OUTAGE
+    down_s = OUTAGE["restarted_at"] - OUTAGE["stopped_at"]
+    assert down_s > 12, "the outage must outlast the delivery timeout, so that in-flight messages time out"
+    assert OUTAGE["restarted_at"] < search_done, "the broker came back only after the publisher had given up"
+
+    expected = Counter(OUTAGE["expected"])
+    assert max(expected.values()) == 1, "Tune reported a trial-epoch twice"
+    keys = Counter(record.key.decode() for record in records if record.key.decode().startswith(f"{run_name}:"))
+    missing = sorted(set(expected) - set(keys))
+    unexpected = sorted(set(keys) - set(expected))
+    duplicates = {key: count for key, count in keys.items() if count > 1}
+    stats = [r.args[0] for r in caplog.records if r.getMessage().startswith("training metrics to Kafka:")]
+    print(f"\nbroker down {down_s:.1f}s ({OUTAGE['published_while_down']} epochs published meanwhile, "
+          f"{OUTAGE['delivered_before_stop']} delivered before); search {search_done - started:.1f}s; "
+          f"{len(expected)} keys expected, {sum(keys.values())} messages read, {len(duplicates)} duplicated "
+          f"{duplicates}; publisher {stats}")  # fmt: skip
+    assert not missing, f"{len(missing)} of {len(expected)} trial-epoch keys never reached Kafka: {missing}"
+    assert not unexpected, unexpected
+    # Re-deliveries are allowed (keys make them recognisable) but must be the same event, not a new one.
+    by_key: dict[str, set[str]] = {}
+    for record in records:
+        envelope = json.loads(record.value)
+        by_key.setdefault(record.key.decode(), set()).add(envelope["event_id"])
+        assert envelope["dag_run_id"] == f"manual__{run_name}"
+    assert all(len(ids) == 1 for ids in by_key.values()), "a re-delivery carried a different event id"
+    assert len(stats) == 1 and isinstance(stats[0], PublishStats), "the metrics callback did not close its publisher"
+    assert (stats[0].dropped, stats[0].failed, stats[0].pending) == (0, 0, 0), stats[0]
+    assert stats[0].delivered >= len(expected)
+    assert stats[0].sent > stats[0].delivered, "no delivery timed out: the requeue path was not exercised"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# S3 server crashing in the middle of an ingest
+# --------------------------------------------------------------------------------------------------------------------
+
+CSV_PARTS = 4
+
+
+@pytest.fixture
+def private_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PrivateServer, S3Keys]]:
+    """A private S3 gateway with raw and lake buckets, and this test's environment pointing boto3 (through
+    ml.storage) at it."""
+    import boto3
+
+    from ml.storage import _cached_client
+
+    gateway, keys = private_s3(tmp_path / "s3")
+    gateway.start()
+    try:
+        endpoint = gateway.service.url
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys.secret_key)
+        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+        monkeypatch.setenv("MLOPS_RAW_BUCKET", "raw")
+        monkeypatch.setenv("MLOPS_LAKE_BUCKET", "lake")
+        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=keys.access_key,
+                              aws_secret_access_key=keys.secret_key, region_name="us-east-1")  # fmt: skip
+        for bucket in ("raw", "lake"):
+            client.create_bucket(Bucket=bucket)
+        yield gateway, keys
+    finally:
+        gateway.stop()
+        _cached_client.cache_clear()  # no client of this test's endpoint stays cached for later tests
+
+
+def _csv_part(index: int, rows: int = 40) -> bytes:
+    lines = ["x1,x2,color,target"]
+    for row in range(rows):
+        x1 = (row * 7 + index * 3) % 11 - 5
+        lines.append(f"{x1},{(row % 5) * 0.5},{('red', 'green', 'blue')[row % 3]},{'yes' if x1 > 0 else 'no'}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def test_ingest_fails_cleanly_when_the_s3_server_crashes_and_succeeds_after_restart(
+    private_gateway: tuple[PrivateServer, S3Keys], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from ml.ingest import IngestConfig, content_hash, ingest, source_objects
+    from ml.storage import S3Uri, exists, latest_snapshot_uri, list_keys, s3_client, snapshot_uri
+
+    gateway, _ = private_gateway
+    client = s3_client()  # the cached client ingest() will use (same endpoint and key)
+    assert client.meta.endpoint_url == gateway.service.url
+    for index in range(CSV_PARTS):
+        client.put_object(Bucket="raw", Key=f"cars/part-{index}.csv", Body=_csv_part(index))
+    config = IngestConfig(raw_uri="s3://raw/cars/", dataset="cars", target="target", task="classification")
+    snapshot_id = content_hash(S3Uri.parse(config.raw_uri), source_objects(S3Uri.parse(config.raw_uri), client),
+                               config.target, config.task)  # fmt: skip
+    root = snapshot_uri("cars", snapshot_id)
+
+    # The first server-side copy completes, then the server crashes (SIGKILL) before the others start.
+    original_copy = client.copy
+    lock, crashed = threading.Lock(), threading.Event()
+    calls: list[str] = []
+
+    def copy_then_crash(source: dict[str, str], *args: Any, **kwargs: Any) -> Any:
+        with lock:
+            first = not calls
+            calls.append(source["Key"])
+        if not first:
+            crashed.wait(30)
+            return original_copy(source, *args, **kwargs)
+        try:
+            return original_copy(source, *args, **kwargs)
+        finally:
+            gateway.kill()
+            crashed.set()
+
+    monkeypatch.setattr(client, "copy", copy_then_crash)
+    started = time.monotonic()
+    with pytest.raises((BotoCoreError, ClientError, OSError)) as failure:
+        ingest(config)
+    failed_after = time.monotonic() - started
+    monkeypatch.setattr(client, "copy", original_copy)
+    print(f"\ningest failed after {failed_after:.1f}s with {type(failure.value).__name__}: {failure.value}")
+    assert crashed.is_set() and len(calls) == CSV_PARTS
+    assert failed_after < 120
+    # A clear error: the failed copy, naming the server and the object (not a secondary error of the clean-up,
+    # which cannot reach the server either).
+    message = str(failure.value)
+    assert gateway.service.url.removeprefix("http://") in message and "Could not connect" in message, message
+    assert "/raw/cars/part-" in message or "/data/part-" in message, f"not the copy's error: {message}"
+
+    gateway.start()  # the same data folder and keys: the raw objects (and their ETags) are still there
+    assert not exists(root.join("manifest.json")), "a failed ingest left a manifest: a later run would trust it"
+    assert not exists(latest_snapshot_uri("cars")), "a failed ingest moved the dataset's latest pointer"
+    leftovers = [obj["Key"] for obj in list_keys(root)]
+    print(f"left under {root} by the failed ingest (no manifest, so never trusted): {leftovers}")
+
+    again = ingest(config)
+    assert again.created and again.snapshot_id == snapshot_id and again.rows == CSV_PARTS * 40
+    manifest = json.loads(client.get_object(Bucket=root.bucket, Key=root.join("manifest.json").key)["Body"].read())
+    assert [obj["source"] for obj in manifest["objects"]] == [f"s3://raw/cars/part-{i}.csv" for i in range(CSV_PARTS)]
+    data_keys = sorted(obj["Key"] for obj in list_keys(root.join("data")))
+    assert data_keys == sorted(S3Uri.parse(obj["snapshot_uri"]).key for obj in manifest["objects"])
+    assert ingest(config).created is False  # and a third run recognises the complete snapshot
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A Spark job that fails
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_preprocessing_a_missing_snapshot_fails_clearly_and_writes_nothing(
+    s3_service: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from ml.preprocess import run_preprocess
+    from ml.storage import features_uri, list_keys
+
+    dataset, snapshot = f"missing-{uuid.uuid4().hex[:8]}", "0123456789abcdef"
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"Spark preprocessing of {dataset} snapshot {snapshot} failed") as failure:
+        run_preprocess(dataset, snapshot, driver_memory="512m")
+    elapsed = time.monotonic() - started
+    spark_log = capfd.readouterr().err
+    print(f"\nspark-submit failed after {elapsed:.1f}s: {failure.value}")
+    assert "does not exist" in str(failure.value) and "run ingest first" in str(failure.value), failure.value
+    assert "manifest.json does not exist" in spark_log  # the job's own message is in the forwarded log too
+    assert not list_keys(features_uri(dataset, snapshot)), "a failed job left features (or a feature_spec.json)"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# MLflow unreachable at registration
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_registration_with_mlflow_unreachable_fails_fast_and_registers_nothing(
+    mlflow_service: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    from ml.registry import register_model, registered_model_name
+    from tests.support.stand_in_model import make_checkpoint, make_spec
+
+    real_uri = mlflow.get_tracking_uri()
+    closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    # Guard: if something in this process pinned a tracking URI (mlflow.set_tracking_uri), the variable would not
+    # apply and the call below would reach the real server.
+    assert mlflow.get_tracking_uri() == closed and mlflow.get_registry_uri() == closed
+
+    dataset = f"fault-{uuid.uuid4().hex[:8]}"
+    spec = make_spec("classification", dataset=dataset)
+    (tmp_path / "feature_spec.json").write_text(spec.to_json())
+    evaluation = {
+        "dataset": dataset, "snapshot_id": spec.snapshot_id, "task": "classification", "metric": "accuracy",
+        "test_metrics": {"accuracy": 0.9}, "checkpoint_uri": str(make_checkpoint(tmp_path / "checkpoint", spec)),
+        "feature_spec_uri": str(tmp_path / "feature_spec.json"),
+    }  # fmt: skip
+    run_id = f"manual__{dataset}"
+    started = time.monotonic()
+    with pytest.raises(Exception) as failure:
+        register_model(evaluation, dag_id="mlops_training", dag_run_id=run_id, publish_events=False)
+    elapsed = time.monotonic() - started
+    print(f"\nregistration failed after {elapsed:.1f}s: {type(failure.value).__name__}: {failure.value}")
+    assert elapsed < 30, f"took {elapsed:.0f}s to give up on an unreachable MLflow"
+    assert closed.removeprefix("http://") in str(failure.value), "the error should name the MLflow endpoint"
+
+    real = MlflowClient(tracking_uri=real_uri, registry_uri=real_uri)
+    name = registered_model_name(dataset, "classification")
+    assert not real.search_registered_models(filter_string=f"name = '{name}'")
+    assert not real.search_model_versions(f"tags.dag_run_id = '{run_id}'")
+    assert real.get_experiment_by_name(dataset) is None

@@ -1,0 +1,221 @@
+"""Private copies of the stack's servers for fault tests: an S3 gateway and a Kafka broker that a test may kill, stop
+and restart without touching the shared stack that other tests use (127.0.0.1:9000, :9092, never stopped here).
+
+Each private server is a `stack.services.Service` (the same process machinery as `make stack-up`: own process group,
+pid file, log file, health check) on free ports of 127.0.0.1, with its data, logs and pid files under a folder of
+its own (a pytest tmp_path). It uses the stack's binaries (`.stack/bin/versitygw`, the Kafka classpath of
+`make tools`) read-only. `PrivateServer.kill()` is a crash (SIGKILL to the group); `stop()` a clean shutdown;
+`start()` after either restarts it on the same ports with the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from stack.config import StackPaths, stack_paths
+from stack.services import (
+    KAFKA_LOG4J,
+    KAFKA_PROPERTIES,
+    Service,
+    StackError,
+    _group_alive,
+    _java,
+    _kafka_random_uuid,
+    http_ok,
+    port_in_use,
+    wait_until,
+)
+
+SHARED_PORTS = frozenset({5000, 8000, 8080, 9000, 9001, 9092, 9093})  # the shared stack's: never ours
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now (the kernel's pick), never one of the shared stack's."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in SHARED_PORTS:
+            return port
+
+
+@dataclass
+class PrivateServer:
+    """A Service with its own StackPaths and environment; start/stop/kill bounded in time."""
+
+    service: Service
+    paths: StackPaths
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.service.port, *self.service.extra_ports)
+
+    def start(self) -> str:
+        self.paths.data.mkdir(parents=True, exist_ok=True)  # Service.start runs the process in paths.data
+        return self.service.start(self.paths, self.env)
+
+    def stop(self, timeout_s: float = 30.0) -> str:
+        """A clean shutdown (SIGTERM to the group, SIGKILL after `timeout_s`), like `Service.stop`, plus reaping: the
+        process is this test process's child, and an unreaped zombie would look alive to `Service.stop`."""
+        return self._end(signal.SIGTERM, timeout_s)
+
+    def kill(self) -> str:
+        """A crash: SIGKILL to the process group."""
+        return self._end(signal.SIGKILL, 10.0)
+
+    def _end(self, sig: signal.Signals, timeout_s: float) -> str:
+        pid = self.service.running_pid(self.paths)
+        self.service.pid_file(self.paths).unlink(missing_ok=True)
+        if pid is None:
+            return "not running"
+        _signal_group(pid, sig)
+        if not wait_until(lambda: not _alive_reaping(pid), timeout_s):
+            _signal_group(pid, signal.SIGKILL)
+            wait_until(lambda: not _alive_reaping(pid), 10.0)
+        for port in self.ports:
+            if not wait_until(lambda p=port: not port_in_use(p), 10.0):  # type: ignore[misc]
+                raise StackError(f"{self.service.name}: port {port} still open after the process ended")
+        return "stopped" if sig == signal.SIGTERM else "killed"
+
+    def healthy(self) -> bool:
+        return self.service.is_healthy(self.env)
+
+    def log_tail(self, lines: int = 40) -> str:
+        log = self.service.log_file(self.paths)
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+
+
+# --- S3: a second Versity S3 Gateway over its own posix folder --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class S3Keys:
+    access_key: str
+    secret_key: str
+
+
+def private_s3(root: Path, *, region: str = "us-east-1") -> tuple[PrivateServer, S3Keys]:
+    """A versitygw on a free port of 127.0.0.1 serving `root/data/s3`, with keys of its own.
+
+    Unlike the shared stack's command line (see stack/services.py) the root keys travel in the environment
+    (ROOT_ACCESS_KEY_ID / ROOT_SECRET_ACCESS_KEY, which versitygw reads), not in argv where `ps` shows them."""
+    binary = stack_paths().versitygw
+    if not binary.exists():
+        raise StackError(f"{binary} is missing; run `make tools` first")
+    port = free_port()
+    keys = S3Keys("fault-" + secrets.token_hex(6), secrets.token_urlsafe(30))
+    paths = StackPaths(root)
+
+    def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
+        s3 = paths.data / "s3"
+        return [str(binary), "--port", f"127.0.0.1:{port}", "--region", region, "--quiet",
+                "posix", "--versioning-dir", str(s3 / "versions"), "--sidecar", str(s3 / "meta"),
+                str(s3 / "buckets")]  # fmt: skip
+
+    def prepare(paths: StackPaths, env: dict[str, str]) -> None:
+        for sub in ("buckets", "versions", "meta"):
+            (paths.data / "s3" / sub).mkdir(parents=True, exist_ok=True)
+
+    service = Service(
+        name="private-s3", port=port, command=command, prepare=prepare,
+        is_healthy=lambda env: http_ok(f"http://127.0.0.1:{port}/", (200, 403)),
+        start_timeout_s=30, url=f"http://127.0.0.1:{port}",
+    )  # fmt: skip
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+           "ROOT_ACCESS_KEY_ID": keys.access_key, "ROOT_SECRET_ACCESS_KEY": keys.secret_key}  # fmt: skip
+    return PrivateServer(service, paths, env), keys
+
+
+# --- Kafka: a second single-node KRaft broker ------------------------------------------------------------------------
+
+
+def private_kafka(root: Path) -> PrivateServer:
+    """A Kafka broker+controller (the shared stack's properties, other ports) with its log dirs under `root`."""
+    classpath_file = stack_paths().kafka_classpath_file
+    if not classpath_file.exists():
+        raise StackError(f"{classpath_file} is missing; run `make tools` first")
+    classpath = classpath_file.read_text().strip()
+    broker, controller = free_port(), free_port()
+    while controller == broker:
+        controller = free_port()
+    properties_text = KAFKA_PROPERTIES.replace("127.0.0.1:9092", f"127.0.0.1:{broker}").replace(
+        "127.0.0.1:9093", f"127.0.0.1:{controller}"
+    )
+    if "9092" in properties_text or "9093" in properties_text:
+        raise StackError("private Kafka properties still name a shared port")  # the shared broker is never reused
+    paths = StackPaths(root)
+
+    def prepare(paths: StackPaths, env: dict[str, str]) -> None:
+        kafka_dir = paths.data / "kafka"
+        log_dirs = kafka_dir / "logs"
+        log_dirs.mkdir(parents=True, exist_ok=True)
+        properties = kafka_dir / "server.properties"
+        properties.write_text(properties_text.replace("{log_dirs}", str(log_dirs)))
+        (kafka_dir / "log4j2.yaml").write_text(KAFKA_LOG4J)
+        if (log_dirs / "meta.properties").exists():
+            return  # a restart keeps the formatted storage (and the messages)
+        result = subprocess.run(
+            [_java(), "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", _kafka_random_uuid(), "-c", str(properties)],
+            capture_output=True, text=True, env=env, check=False, timeout=120,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise StackError(f"private kafka: formatting {log_dirs} failed:\n{result.stdout}\n{result.stderr}")
+
+    def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
+        kafka_dir = paths.data / "kafka"
+        return [_java(), "-Xms128m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+                f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.yaml'}", f"-Dkafka.logs.dir={paths.logs}",
+                "-cp", classpath, "kafka.Kafka", str(kafka_dir / "server.properties")]  # fmt: skip
+
+    service = Service(
+        name="private-kafka", port=broker, extra_ports=(controller,), command=command, prepare=prepare,
+        is_healthy=lambda env: kafka_answers(f"127.0.0.1:{broker}"), start_timeout_s=120,
+        url=f"127.0.0.1:{broker}",
+    )  # fmt: skip
+    env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "JAVA_HOME", "LANG")}
+    return PrivateServer(service, paths, env)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _alive_reaping(pgid: int) -> bool:
+    """Whether the group still has a live process; reaps the leader if it is our exited child."""
+    try:
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child (or reaped already)
+    return _group_alive(pgid)
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """Whether the broker at `bootstrap` answers a metadata request (within ~3 s)."""
+    host, _, port = bootstrap.rpartition(":")
+    if not port_in_use(int(port), host):
+        return False
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    except (KafkaError, OSError, ValueError):
+        return False
+    try:
+        admin.list_topics()
+        return True
+    except (KafkaError, OSError, ValueError):
+        return False
+    finally:
+        admin.close()
