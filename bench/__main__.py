@@ -1,0 +1,149 @@
+"""`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B7 one after another and summarise them.
+
+Each benchmark runs as its own subprocess (`python -m bench.bN_...`, a fresh interpreter: no Spark JVM, Ray or Torch
+state carried from one into the next), with small settings under `--quick`. Each one's JSON ends up in
+`bench/results/<name>.json` (written by `bench.common.report`; for a benchmark that only prints its JSON, this runner
+saves what it printed through the same function). The summary (ratio, target, met or not, seconds, status per
+benchmark) is printed and written to `bench/results/summary.json`. Exit status 1 if any benchmark failed.
+
+    python -m stack run -- .venv/bin/python -m bench --quick              # minutes
+    python -m stack run -- .venv/bin/python -m bench --only B5,B7         # what DESIGN.md specifies, two of them
+    make bench                                                            # all of them, full size
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import REPO_ROOT, RESULTS_DIR, machine_info, report
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    id: str
+    name: str  # module bench.<name>, results file bench/results/<name>.json
+    quick: tuple[str, ...]  # arguments under --quick
+    full: tuple[str, ...] = ()  # arguments otherwise (the module's defaults are the full size)
+    secondary: str | None = None  # a second ratio in the result, with its own target
+
+
+BENCHMARKS = (
+    Benchmark("B1", "b1_asha_vs_grid", ("--rows", "5000", "--epochs", "9")),
+    Benchmark("B2", "b2_tune_overhead", ("--rows", "10000", "--trials", "4", "--epochs", "4")),
+    Benchmark("B3", "b3_spark_vs_pandas", ("--rows", "1000000")),
+    Benchmark("B4", "b4_loader_throughput", ("--rows", "50000", "--epochs", "2")),
+    Benchmark("B5", "b5_kafka_publisher", ("--messages", "5000", "--repeat", "1", "--rows", "40000", "--epochs", "3",
+                                            "--rounds", "2"), secondary="training_ratio"),
+    Benchmark("B6", "b6_ingest_vs_awscli", ("--files", "4", "--mb-per-file", "8", "--repeat", "1")),
+    Benchmark("B7", "b7_airflow_overhead", ("--pairs", "1")),
+)
+
+
+def meets(value: Any, target: Any) -> bool | None:
+    """Whether `value` meets the first bound written in `target` (">= 0.8 on 2 cores, ...", "<= 1.3"); None if
+    there is no value or no bound."""
+    found = re.search(r"(<=|>=)\s*([0-9.]+)", str(target or ""))
+    if value is None or not found:
+        return None
+    bound = float(found.group(2))
+    return bool(value <= bound) if found.group(1) == "<=" else bool(value >= bound)
+
+
+def last_json_object(text: str) -> dict[str, Any] | None:
+    """The last complete JSON object printed at the start of a line (what a benchmark prints at its end)."""
+    decoder = json.JSONDecoder()
+    found = None
+    for match in re.finditer(r"(?m)^\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found = value
+    return found
+
+
+def run_one(benchmark: Benchmark, quick: bool, timeout_s: float) -> dict[str, Any]:
+    path = RESULTS_DIR / f"{benchmark.name}.json"
+    before = path.stat().st_mtime if path.exists() else None
+    command = [sys.executable, "-m", f"bench.{benchmark.name}", *(benchmark.quick if quick else benchmark.full)]
+    print(f"== {benchmark.id}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    try:
+        # stderr (logs, progress) passes through; stdout is the benchmark's JSON.
+        completed = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s)
+        status = "ok" if completed.returncode == 0 else f"failed (exit {completed.returncode})"
+        stdout = completed.stdout
+    except subprocess.TimeoutExpired as error:
+        status = f"timed out after {timeout_s:.0f} s"
+        stdout = error.stdout.decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
+    seconds = round(time.perf_counter() - started, 1)
+    document = None
+    if path.exists() and path.stat().st_mtime != before:
+        document = json.loads(path.read_text())
+    elif status == "ok" and (printed := last_json_object(stdout)) is not None:
+        if "benchmark" in printed and "name" not in printed:  # report() names the file under "benchmark"
+            printed["name"] = printed.pop("benchmark")
+        with contextlib.redirect_stdout(io.StringIO()):  # report() prints; the runner prints only the summary
+            document = report(benchmark.name, printed)
+    elif status == "ok":
+        status = "failed (no JSON result)"
+    entry: dict[str, Any] = {"id": benchmark.id, "module": f"bench.{benchmark.name}", "status": status,
+                             "seconds": seconds, "arguments": command[3:]}  # fmt: skip
+    if document is not None:
+        entry.update(ratio=document.get("ratio"), target=document.get("target"),
+                     meets_target=meets(document.get("ratio"), document.get("target")),
+                     result_file=str(path.relative_to(REPO_ROOT)))  # fmt: skip
+        if benchmark.secondary:
+            value, target = document.get(benchmark.secondary), document.get(benchmark.secondary.replace(
+                "ratio", "target"))  # fmt: skip
+            entry[benchmark.secondary] = value
+            entry[benchmark.secondary.replace("ratio", "target")] = target
+            entry[benchmark.secondary.replace("ratio", "meets_target")] = meets(value, target)
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="small settings (minutes, not an hour)")
+    parser.add_argument("--only", default="", help="comma-separated ids, e.g. B1,B5 (default: all)")
+    parser.add_argument("--timeout-s", type=float, default=3600, help="per benchmark")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for benchmark in BENCHMARKS:
+            print(f"{benchmark.id}  bench.{benchmark.name}  quick: {' '.join(benchmark.quick) or '(defaults)'}")
+        return 0
+    wanted = {part.strip().upper() for part in args.only.split(",") if part.strip()}
+    unknown = wanted - {b.id for b in BENCHMARKS}
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(b.id for b in BENCHMARKS)}")
+    chosen = [b for b in BENCHMARKS if not wanted or b.id in wanted]
+    entries = [run_one(benchmark, args.quick, args.timeout_s) for benchmark in chosen]
+    machine = machine_info(())
+    summary = {
+        "quick": args.quick,
+        "benchmarks": entries,
+        "failed": [e["id"] for e in entries if e["status"] != "ok"],
+        "machine_short": f"{machine['usable_cores']} cores, {machine['memory_gib']} GiB, {machine['cpu_model']}",
+    }  # fmt: skip
+    report("summary", summary, packages=())
+    return 1 if summary["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
