@@ -306,14 +306,16 @@ def _kafka_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     ]  # fmt: skip
 
 
-def _kafka_healthy(env: dict[str, str]) -> bool:
-    if not port_in_use(9092):
+def kafka_answers(bootstrap: str) -> bool:
+    """Whether the broker at `bootstrap` (host:port) answers a metadata request (within ~3 s)."""
+    host, _, port = bootstrap.rpartition(":")
+    if not port_in_use(int(port), host):
         return False
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
-        admin = KafkaAdminClient(bootstrap_servers="127.0.0.1:9092", request_timeout_ms=3000)
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
     except (KafkaError, OSError, ValueError):
         return False
     try:
@@ -331,7 +333,7 @@ KAFKA = Service(
     extra_ports=(9093,),
     command=_kafka_command,
     prepare=_kafka_prepare,
-    is_healthy=_kafka_healthy,
+    is_healthy=lambda env: kafka_answers("127.0.0.1:9092"),
     start_timeout_s=90,
     url="127.0.0.1:9092 (PLAINTEXT)",
 )

@@ -77,3 +77,18 @@ def kafka_topic(kafka_service: None) -> Iterator[str]:
     finally:
         admin.delete_topics([name])
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A local Ray for one test module, with its own short temp dir (Ray's socket paths are long)."""
+    import tempfile
+
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()

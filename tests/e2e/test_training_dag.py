@@ -51,19 +51,10 @@ def test_snapshot_features_and_hive_table(airflow_api: AirflowApi, first_run: di
         assert any(obj["Key"].endswith(".parquet") for obj in list_keys(out.join(split)))
     assert exists(out.join("feature_spec.json"))
 
-    from pyspark.sql import SparkSession
+    from tests.support.hive import hive_scalar
 
-    from ml.sparkconf import spark_conf
-
-    builder = SparkSession.builder.master("local[1]").appName("e2e-hive-check")
-    for key, value in spark_conf().items():
-        builder = builder.config(key, value)
-    spark = builder.enableHiveSupport().getOrCreate()
-    try:
-        table = hive_table_name(first_run["dataset"])
-        count = spark.sql(f"SELECT count(*) FROM {table} WHERE snapshot_id = '{snapshot_id}'").first()[0]
-    finally:
-        spark.stop()
+    table = hive_table_name(first_run["dataset"])
+    count = int(hive_scalar(f"SELECT count(*) FROM {table} WHERE snapshot_id = '{snapshot_id}'"))
     assert count == sum(spec.rows.values()) > 300
 
 

@@ -53,20 +53,6 @@ def bootstrap(server: PrivateServer) -> str:
     return f"127.0.0.1:{server.service.port}"
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    import tempfile
-
-    import ray
-
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:  # short: Ray's socket paths are long
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
-
-
 def topic_messages(servers: str, topic: str, timeout_s: float = 20.0, expect: int = 0) -> list[Any]:
     """Every record of `topic` on `servers` (all partitions, from the beginning): until `expect` are read and no more
     come for 2 s, or `timeout_s`."""
@@ -147,7 +133,7 @@ def _restart_later() -> None:
 
 
 def test_metrics_survive_a_broker_outage_during_the_search(
-    ray_local: None, private_broker: PrivateServer, s3_service: None, monkeypatch: pytest.MonkeyPatch,
+    local_ray: None, private_broker: PrivateServer, s3_service: None, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:  # fmt: skip
     """The broker stops after the first epoch's message and comes back only after training is over, while the search

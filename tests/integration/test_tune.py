@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -30,18 +29,6 @@ SMALL_SPACE = Path(__file__).resolve().parents[2] / "ml" / "search_spaces" / "sm
 CONTRACT_KEYS = {"dataset", "snapshot_id", "task", "metric", "test_metrics", "baseline_test_metrics",
                  "validation_metrics", "params", "checkpoint_uri", "features_uri", "feature_spec_uri",
                  "search_space_hash", "mlflow_parent_run_id", "num_trials"}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[None]:
-    import ray
-
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:  # short: Ray's socket paths are long
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-        try:
-            yield
-        finally:
-            ray.shutdown()
 
 
 def _features(task: str, classes: int) -> Iterator[SyntheticFeatures]:
@@ -113,7 +100,7 @@ def classification_features(s3_service: None) -> Iterator[SyntheticFeatures]:
 
 
 @pytest.fixture(scope="module")
-def searched(ray_cluster: None, classification_features: SyntheticFeatures, mlflow_service: None,
+def searched(local_ray: None, classification_features: SyntheticFeatures, mlflow_service: None,
              kafka_service: None) -> tuple[SearchResult, list[tuple[str, dict]], float]:  # fmt: skip
     run_name = f"e2e-{uuid.uuid4().hex[:8]}"
     reader = MetricsTopicReader()
@@ -293,7 +280,7 @@ def regression_features(s3_service: None) -> Iterator[SyntheticFeatures]:
 
 
 def test_interrupted_search_resumes_without_rerunning_trials(
-    ray_cluster: None, regression_features: SyntheticFeatures, mlflow_service: None, kafka_service: None
+    local_ray: None, regression_features: SyntheticFeatures, mlflow_service: None, kafka_service: None
 ) -> None:
     from mlflow import MlflowClient
 
@@ -344,7 +331,7 @@ def test_interrupted_search_resumes_without_rerunning_trials(
     assert evaluation["test_metrics"]["r2"] > 0.7
 
 
-def test_a_bad_feature_folder_fails_clearly(ray_cluster: None, s3_service: None) -> None:
+def test_a_bad_feature_folder_fails_clearly(local_ray: None, s3_service: None) -> None:
     from ml.storage import DataError
 
     config = SearchConfig(dataset=f"missing-{uuid.uuid4().hex[:8]}", snapshot_id="nope", run_name="r",

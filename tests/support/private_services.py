@@ -28,6 +28,7 @@ from stack.services import (
     _java,
     _kafka_random_uuid,
     http_ok,
+    kafka_answers,
     port_in_use,
     wait_until,
 )
@@ -198,24 +199,3 @@ def _alive_reaping(pgid: int) -> bool:
     except ChildProcessError:
         pass  # not our child (or reaped already)
     return _group_alive(pgid)
-
-
-def kafka_answers(bootstrap: str) -> bool:
-    """Whether the broker at `bootstrap` answers a metadata request (within ~3 s)."""
-    host, _, port = bootstrap.rpartition(":")
-    if not port_in_use(int(port), host):
-        return False
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-    except (KafkaError, OSError, ValueError):
-        return False
-    try:
-        admin.list_topics()
-        return True
-    except (KafkaError, OSError, ValueError):
-        return False
-    finally:
-        admin.close()
