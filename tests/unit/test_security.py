@@ -137,8 +137,7 @@ def test_generated_stack_secrets_appear_in_no_repository_file_or_commit(reposito
         for user, password in json.loads(passwords.read_text()).items():
             if len(password) >= 8:
                 secrets_in_use[f"Airflow password of {user}"] = password
-    if not secrets_in_use:
-        pytest.skip("no local stack has been created here (.stack/credentials.json is absent)")
+    # Without a local stack here there are no generated secrets to look for; the key-format scan below still runs.
     leaks = [f"{name} in {relative}" for relative, text in repository_texts.items()
              for name, secret in secrets_in_use.items() if secret in text]  # fmt: skip
     assert leaks == []
