@@ -20,6 +20,11 @@ from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, environmen
 log = logging.getLogger(__name__)
 
 
+def _as_bool(value: Any) -> bool:
+    """A templated flag: a bool under native rendering, "True"/"true"/"1" as text."""
+    return str(value).lower() in ("true", "1")
+
+
 class _PipelineOperator(BaseOperator):
     """Shared connection handling: the environment `ml` needs, built from Airflow connections."""
 
@@ -214,7 +219,7 @@ class RegisterModelOperator(_PipelineOperator):
             decision = register_and_promote(
                 evaluation, dag_id=self.dag_id, dag_run_id=context["run_id"], code_version=code_version(),
                 metric=self.metric or None, margin=float(self.margin), is_backfill=is_backfill,
-                allow_backfill_promotion=str(self.allow_backfill_promotion).lower() in ("true", "1"),
+                allow_backfill_promotion=_as_bool(self.allow_backfill_promotion),
                 task_id=self.task_id,
             )  # fmt: skip
         return {"evaluation": evaluation, **decision}
@@ -278,7 +283,7 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
         from ml.lineage import code_version
         from ml.registry import registered_model_name
 
-        if str(self.force).lower() in ("true", "1"):
+        if _as_bool(self.force):
             log.info("force_retrain is set: training even if a model exists")
             return self.train_task_id
         name = registered_model_name(self.dataset, self.ml_task)
