@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 # Tune pickles callbacks into the experiment (tuner.pkl in S3): the callback below keeps its live state here instead.
 OUTAGE: dict[str, Any] = {}
-RESTART_DELAY_S = 14.0  # after the last trial: longer than the shortened delivery timeout below, well within close()'s
+RESTART_DELAY_S = 9.0  # after the last trial: longer than the shortened delivery timeout below, well within close()'s
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)  # read by the search's metrics callback in setup()
     # Shortened (a class attribute meant for that) so that messages handed to the client before the outage time out
     # and are requeued while the publisher is closing: the path a long real outage takes with the 30 s default.
-    monkeypatch.setattr(EventPublisher, "delivery_timeout_ms", 12000)
+    monkeypatch.setattr(EventPublisher, "delivery_timeout_ms", 8000)
     monkeypatch.setattr(EventPublisher, "reconnect_backoff_s", (0.2, 2.0))  # the broker is found soon after it is back
     caplog.set_level(logging.INFO, logger="ml.tune")
     caplog.set_level(logging.INFO, logger="ml.events")
