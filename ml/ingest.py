@@ -45,6 +45,9 @@ MANIFEST_VERSION = 1
 READ_THREADS = 2  # objects read and parsed at once (pyarrow parses with threads of its own too)
 COPY_THREADS = 8  # server-side copies at once
 _SINGLE_COPY_LIMIT = 5 * 1024**3  # S3 refuses a CopyObject of a larger object
+# The longest CSV row accepted (pyarrow's parse block; its default of 1 MiB refuses long texts). A longer row is
+# almost always a broken file (an unclosed quote swallows the rest of it), and Spark would hold it in one value.
+MAX_ROW_BYTES = 16 * 1024**2
 
 
 def _copy_config() -> Any:
@@ -126,9 +129,15 @@ def read_table(body: bytes, fmt: str, where: str) -> Any:
             body = gzip.decompress(body)
         table = pacsv.read_csv(
             pa.py_buffer(body),
+            read_options=pacsv.ReadOptions(block_size=MAX_ROW_BYTES),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
-    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as error:
+    except pa.ArrowInvalid as error:
+        if "straddling" in str(error):  # pyarrow's words for a row longer than its parse block
+            raise DataError(f"{where}: a row is longer than {MAX_ROW_BYTES // 1024**2} MiB, the limit for one CSV "
+                            "row (an unclosed quote, or a text that does not belong in a feature table)") from None
+        raise DataError(f"{where}: not a readable {kind} file ({error})") from None
+    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{where}: not a readable {kind} file ({error})") from None
     except UnicodeDecodeError as error:
         raise DataError(f"{where}: not a readable {kind} file: not UTF-8 text ({error})") from None
@@ -137,7 +146,24 @@ def read_table(body: bytes, fmt: str, where: str) -> Any:
     if binary:
         raise DataError(f"{where}: not a readable {kind} file: column {binary[0]!r} holds values that are not "
                         "UTF-8 text")  # fmt: skip
+    _refuse_multiline_values(table, where)
     return table
+
+
+def _refuse_multiline_values(table: Any, where: str) -> None:
+    """pyarrow accepts a line break inside quotes (and an unclosed quote, which swallows the rest of the file into
+    one value); Spark reads CSV one line per row and would split that value into broken rows: refuse it here."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for column in table.schema:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        broken = pc.match_substring_regex(table.column(column.name), r"[\r\n]")
+        if pc.any(broken).as_py():
+            row = pc.index(broken, True).as_py() + 1
+            raise DataError(f"{where}: column {column.name!r}, data row {row}: a value spans several lines (an "
+                            "unclosed quote, or a quoted text with line breaks); CSV rows must be one line each")
 
 
 def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str, str], list[str]]:

@@ -76,6 +76,12 @@ def preprocess(
         _register_hive_table(spark, table, spec, out)
         return _summary(spec, out, spec_uri, table, skipped=True)
 
+    if exists(spec_uri, client):
+        # Forced: the old spec goes first, so a run that dies while rewriting the splits leaves no spec beside them
+        # (a spec is what marks the features complete).
+        client.delete_object(Bucket=spec_uri.bucket, Key=spec_uri.key)
+        log.info("forced: removed %s before rewriting the features", spec_uri)
+
     target, task = manifest["target"], manifest["task"]
     kinds: dict[str, str] = {name: kind for name, kind in manifest["columns"].items() if kind != "empty"}
     numeric = [name for name, kind in kinds.items() if kind == "numeric" and name != target]

@@ -208,6 +208,10 @@ BAD_INPUTS: dict[str, tuple[dict[str, bytes], str]] = {
     "truncated_parquet": ({"data.parquet": _truncated_parquet()}, r"FILE: not a readable Parquet file"),
     "corrupt_parquet": ({"data.parquet": b"PAR1" + b"\0" * 64}, r"FILE: not a readable Parquet file"),
     "ragged_csv": ({"data.csv": b"x,target\n1,a\n2,b,extra\n"}, r"FILE: not a readable CSV file"),
+    "unclosed_quote": ({"data.csv": b'x,target\n1,"a\n2,b\n3,a\n'},
+                       r"FILE: column 'target', data row 1: a value spans several lines \(an unclosed quote"),
+    "line_break_in_a_quoted_value": ({"data.csv": b'x,target\n1,a\n2,"b\r\nc"\n3,a\n'},
+                                     r"FILE: column 'target', data row 2: a value spans several lines"),
     "not_utf8": ({"data.csv": b"x,target\n1,caf\xe9\n2,b\n"}, r"FILE: .*column 'target'.*not UTF-8"),
     "no_data_files": ({"notes.txt": b"hello"}, r"RAW: no CSV or Parquet object found"),
 }  # fmt: skip
@@ -222,6 +226,26 @@ def test_bad_input_is_refused_and_leaves_nothing(area: Area, case: str) -> None:
     with pytest.raises(DataError, match=expected):
         ingest(area.config())
     assert area.lake_listing() == []
+
+
+def test_a_100_mb_row_is_refused_by_name_and_leaves_nothing(area: Area) -> None:
+    # A single 100 MB field: one JVM string in Spark, useless as a feature; usually an unclosed quote upstream.
+    body = b"x,text,target\n1,short,a\n2," + b"y" * (100 * 1024**2) + b",b\n3,short,a\n"
+    source = area.put("huge-row.csv", body)
+    del body
+    limit = ml.ingest.MAX_ROW_BYTES // 1024**2
+    with pytest.raises(DataError, match=rf"{_re(source)}: a row is longer than {limit} MiB, the limit for one CSV row"):
+        ingest(area.config())
+    assert area.lake_listing() == []
+
+
+def test_a_row_under_the_limit_is_kept_whole(area: Area) -> None:
+    # Longer than pyarrow's default 1 MiB parse block, well under the limit: a long text is a value like any other.
+    text = "z" * (3 * 1024**2)
+    area.put("long-row.csv", f"x,text,target\n1,short,a\n2,{text},b\n3,short,a\n".encode())
+    result = ingest(area.config())
+    assert result.created and result.rows == 3
+    assert read_json(S3Uri.parse(result.manifest_uri))["columns"]["text"] == "categorical"
 
 
 def test_second_file_with_other_columns_is_refused(area: Area) -> None:

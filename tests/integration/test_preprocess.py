@@ -1,12 +1,13 @@
 """The Spark preprocessing job against the real S3 server, through spark-submit, on datasets it never saw.
 
 Spark is expensive here (two cores shared by everyone), so one module-scoped fixture does all the Spark work once:
-  1. ingests four datasets (a hand-made one with a string target, a regression one, a multi-class one with an integer
-     target, and the shipped `cars` data);
+  1. ingests five datasets (a hand-made one with a string target, a regression one, a multi-class one with an integer
+     target, the shipped `cars` data, and an awkward one: unicode column names with spaces and dots, a categorical
+     with a distinct value on every row, a column mixing numbers and words);
   2. `spark-submit`s the job for the hand-made dataset exactly as `python -m ml preprocess` does, and keeps its splits;
   3. runs one more Spark process (a SparkSession built from `ml.sparkconf.spark_conf()` with Hive support, in a child
      process so that the Derby metastore is free again afterwards) that reruns the hand-made dataset (unchanged, then
-     forced), preprocesses the other three, and answers `SELECT count(*)` on each Hive table.
+     forced), preprocesses the other four, and answers `SELECT count(*)` on each Hive table.
 The tests then check the outputs with pandas and with `FeatureSpec.transform` in plain Python.
 """
 
@@ -95,6 +96,7 @@ class Runs:
     regression: Prepared
     multiclass: Prepared
     cars: Prepared
+    awkward: Prepared
 
 
 # The hand-made dataset
@@ -161,6 +163,25 @@ def multiclass_frame(rows: int = 2000, seed: int = 3) -> pd.DataFrame:
     return base
 
 
+AWKWARD_TARGET = "Zielgröße"
+
+
+def awkward_frame(rows: int = 2000, seed: int = 5) -> pd.DataFrame:
+    """Unicode column names (spaces, a dot, CJK), unicode values, one id per row as a categorical (huge cardinality),
+    and a column where 40% of the values are numbers and the rest words (categorical, numbers kept as categories)."""
+    rng = np.random.default_rng(seed)
+    size = rng.normal(170, 10, rows).round(1)
+    city = rng.choice(["Zürich", "São Paulo", "Kraków", "東京"], rows)
+    mixed = np.where(rng.random(rows) < 0.4, rng.integers(0, 5, rows).astype(str), rng.choice(["low", "high"], rows))
+    return pd.DataFrame({
+        "Größe (cm)": size,
+        "città.nome": city,
+        "名前 id": [f"user-{i:05d}-é" for i in range(rows)],
+        "mixed": mixed,
+        AWKWARD_TARGET: np.where(size + (city == "Zürich") * 5 > 172, "ja", "nein"),
+    })  # fmt: skip
+
+
 def read_splits(dataset: str, snapshot_id: str) -> dict[str, pd.DataFrame]:
     root = features_uri(dataset, snapshot_id)
     filesystem = arrow_filesystem()
@@ -191,7 +212,7 @@ def run_batch(plan: dict[str, Any], workdir: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def runs(s3_service: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
     tag = uuid.uuid4().hex[:8]
-    names = {kind: f"it_{kind}_{tag}" for kind in ("novel", "regression", "multiclass", "cars")}
+    names = {kind: f"it_{kind}_{tag}" for kind in ("novel", "regression", "multiclass", "cars", "awkward")}
     prefix = f"tests/preprocess-{tag}"
     client = s3_client()
     try:
@@ -203,6 +224,7 @@ def runs(s3_service: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             "regression": (synthetic(2500, numeric=5, categorical=2, seed=11, task="regression"), "target"),
             "multiclass": (multiclass_frame(), "target"),
             "cars": (load_shipped("cars"), "Miles_per_Gallon"),
+            "awkward": (awkward_frame(), AWKWARD_TARGET),
         }
         for kind, (frame, target) in others.items():
             key = f"{prefix}/{kind}/data.parquet" if kind == "regression" else f"{prefix}/{kind}/data.csv"
@@ -237,6 +259,7 @@ def runs(s3_service: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             novel=novel, novel_first_splits=first_splits, novel_first_spec_json=first_spec_json,
             novel_rerun={"unchanged": batch["runs"][0], "forced": batch["runs"][1]},
             regression=prepared["regression"], multiclass=prepared["multiclass"], cars=prepared["cars"],
+            awkward=prepared["awkward"],
         )  # fmt: skip
     finally:
         delete_prefix(S3Uri("raw", prefix + "/"))
@@ -428,3 +451,27 @@ def test_shipped_cars_dataset(runs: Runs) -> None:
     everything = pd.concat(prepared.splits.values())
     assert np.isfinite(everything[spec.feature_columns].to_numpy()).all()
     assert prepared.summary["num_features"] == len(spec.feature_columns) == 6 + 4
+
+
+def test_unicode_names_huge_cardinality_and_mixed_types(runs: Runs) -> None:
+    awkward = runs.awkward
+    spec = awkward.spec
+    assert spec is not None and spec.target == AWKWARD_TARGET and spec.classes == ["ja", "nein"]
+    assert [f.name for f in spec.numeric] == ["Größe (cm)"]
+    by_name = {f.name: f for f in spec.categorical}
+    assert sorted(by_name) == sorted(["città.nome", "名前 id", "mixed"])
+    city, ids, mixed = by_name["città.nome"], by_name["名前 id"], by_name["mixed"]
+    assert sorted(city.categories) == sorted(["Zürich", "São Paulo", "Kraków", "東京"])
+    # One distinct value per row: capped at the job's max_categories (20), the rest share the "other" column.
+    assert len(ids.categories) == 20 and all(c.startswith("user-") and c.endswith("-é") for c in ids.categories)
+    other = ids.columns()[-1]
+    train = awkward.splits["train"]
+    assert train[other].sum() == spec.rows["train"] - 20
+    assert (awkward.splits["test"][other] == 1.0).all()  # every id is new outside the training split
+    # Numbers among words: a categorical whose categories keep the numbers as text.
+    assert sorted(mixed.categories) == ["0", "1", "2", "3", "4", "high", "low"]
+    for name, frame in awkward.splits.items():
+        assert list(frame.columns) == [*spec.feature_columns, LABEL_COLUMN], name
+        assert np.isfinite(frame[spec.feature_columns].to_numpy()).all()
+    assert sum(spec.rows.values()) == len(awkward.raw)
+    assert awkward.hive == {"total": len(awkward.raw), **spec.rows}
