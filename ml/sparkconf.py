@@ -31,6 +31,13 @@ def spark_conf(settings: Settings | None = None, shuffle_partitions: int | None 
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.endpoint.region": settings.aws_region,
         "spark.hadoop.fs.s3a.fast.upload": "true",
+        # Ride through an object-store blip of a few seconds, then fail: s3a's defaults (7 exponential retries of 5 SDK
+        # attempts) kept a job against a dead server busy for over 7 minutes, one operation after another, while
+        # Airflow's task retry is the recovery that restarts from a clean state.
+        "spark.hadoop.fs.s3a.retry.limit": "3",
+        "spark.hadoop.fs.s3a.retry.interval": "1s",
+        "spark.hadoop.fs.s3a.attempts.maximum": "2",
+        "spark.hadoop.fs.s3a.connection.establish.timeout": "5s",
         # Hive tables: a Derby metastore kept with the stack's data, warehouse in the lake bucket.
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": f"s3a://{settings.lake_bucket}/warehouse",
