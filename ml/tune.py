@@ -419,6 +419,8 @@ def default_publisher_factory(bootstrap_servers: str | None, dag_run_id: str | N
 class _KafkaMetricsLogic:
     """Publishes each trial-epoch result to ml.topics.TRAINING_METRICS (key `run_name:trial_id:epoch`)."""
 
+    close_timeout_s = 30.0  # how long the end of the search waits for buffered messages (a broker that is down)
+
     def __init__(self, run_name: str, *, dag_run_id: str | None = None, bootstrap_servers: str | None = None,
                  publisher_factory: Callable[[str | None, str | None], Any] | None = None) -> None:  # fmt: skip
         self.run_name = run_name
@@ -470,7 +472,7 @@ class _KafkaMetricsLogic:
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         if self._publisher is not None:
             try:
-                stats = self._publisher.close(timeout_s=30.0)
+                stats = self._publisher.close(timeout_s=self.close_timeout_s)
                 log.info("training metrics to Kafka: %s", stats)
             except Exception:
                 log.warning("closing the Kafka publisher failed", exc_info=True)
