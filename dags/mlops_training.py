@@ -7,7 +7,7 @@ in `ml/`, the Airflow glue in `plugins/mlops_airflow/`.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.standard.operators.empty import EmptyOperator
@@ -58,8 +58,11 @@ params = {
 
 @dag(
     dag_id="mlops_training",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC"), assets=RAW_DATA),
-    start_date=datetime(2026, 1, 1),
+    # No start date, no immediate run: unpausing the DAG waits for 03:00 UTC (or new raw data) instead of starting
+    # a run for the last missed slot, which would also hold one of the max_active_runs seats.
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=False), assets=RAW_DATA
+    ),
     catchup=False,
     max_active_runs=2,
     default_args=default_args,

@@ -67,28 +67,45 @@ def wait_for_dag(api: AirflowApi, timeout_s: float = 120) -> None:
     raise RuntimeError(f"{DAG_ID} did not appear in Airflow within {timeout_s:.0f} s (see .stack/logs/airflow.log)")
 
 
-def trigger_and_follow(api: AirflowApi, conf: dict[str, Any], timeout_s: float) -> tuple[str, str]:
-    """Trigger a run and print each task's state changes until the run ends; returns (run_id, state)."""
-    from urllib.parse import quote
-
+def trigger(api: AirflowApi, conf: dict[str, Any]) -> str:
+    """Unpause the DAG and trigger a run with `conf`; returns its run id."""
     api.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
     run = api.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
-    run_id = run["dag_run_id"]
+    run_id: str = run["dag_run_id"]
     print(f"triggered {DAG_ID} run {run_id}", flush=True)
-    seen: dict[str, str] = {}
+    return run_id
+
+
+def follow(api: AirflowApi, run_ids: list[str], timeout_s: float) -> dict[str, str]:
+    """Print each task's state changes of the given runs until all have ended; returns {run_id: state}."""
+    from urllib.parse import quote
+
+    seen: dict[tuple[str, str], str] = {}
+    ended: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
-    state = run["state"]
     while time.monotonic() < deadline:
-        tis = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}/taskInstances")["task_instances"]
-        for ti in sorted(tis, key=lambda t: t.get("start_date") or "9999"):
-            if ti["state"] and seen.get(ti["task_id"]) != ti["state"]:
-                seen[ti["task_id"]] = ti["state"]
-                print(f"  {time.strftime('%H:%M:%S')}  {ti['task_id']:28} {ti['state']}", flush=True)
-        state = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}")["state"]
-        if state in ("success", "failed"):
-            return run_id, state
+        for run_id in [r for r in run_ids if r not in ended]:
+            path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}"
+            tis = api.request("GET", f"{path}/taskInstances")["task_instances"]
+            for ti in sorted(tis, key=lambda t: t.get("start_date") or "9999"):
+                if ti["state"] and seen.get((run_id, ti["task_id"])) != ti["state"]:
+                    seen[(run_id, ti["task_id"])] = ti["state"]
+                    label = f"{run_id}  " if len(run_ids) > 1 else ""
+                    print(f"  {time.strftime('%H:%M:%S')}  {label}{ti['task_id']:28} {ti['state']}", flush=True)
+            state = api.request("GET", path)["state"]
+            if state in ("success", "failed"):
+                ended[run_id] = state
+        if len(ended) == len(run_ids):
+            return ended
         time.sleep(3)
-    raise RuntimeError(f"run {run_id} did not finish within {timeout_s:.0f} s; it is still visible at {AIRFLOW}")
+    running = [r for r in run_ids if r not in ended]
+    raise RuntimeError(f"runs {running} did not finish within {timeout_s:.0f} s; they are still visible at {AIRFLOW}")
+
+
+def trigger_and_follow(api: AirflowApi, conf: dict[str, Any], timeout_s: float) -> tuple[str, str]:
+    """Trigger a run and print each task's state changes until the run ends; returns (run_id, state)."""
+    run_id = trigger(api, conf)
+    return run_id, follow(api, [run_id], timeout_s)[run_id]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stack.demo import AIRFLOW, AirflowApi, admin_password, trigger_and_follow, wait_for_dag
+from stack.demo import AIRFLOW, AirflowApi, admin_password, follow, trigger, wait_for_dag
 
 NUM_SAMPLES = 2
 MAX_EPOCHS = 3
@@ -32,14 +32,20 @@ def airflow_api(s3_service: None, kafka_service: None, mlflow_service: None) -> 
 
 @pytest.fixture(scope="session")
 def first_run(airflow_api: AirflowApi) -> dict[str, Any]:
-    """Upload a copy of the penguins data under a new dataset name and run the DAG once on it."""
+    """Upload a copy of the penguins data under a new dataset name and run the DAG once on it; at the same moment,
+    a run on another new dataset (the shipped cars data, regression) under "other": two runs at once."""
     from ml.datasets import load_shipped, upload_frame
     from ml.storage import S3Uri
 
-    dataset = f"e2e_{uuid.uuid4().hex[:8]}"
+    dataset, other = f"e2e_{uuid.uuid4().hex[:8]}", f"e2e_cars_{uuid.uuid4().hex[:8]}"
     upload_frame(load_shipped("penguins"), S3Uri("raw", f"e2e/{dataset}/penguins.csv"))
+    upload_frame(load_shipped("cars"), S3Uri("raw", f"e2e/{other}/cars.csv"))
     conf = {"raw_uri": f"s3://raw/e2e/{dataset}/", "dataset": dataset, "target": "species",
             "task": "classification", "num_samples": NUM_SAMPLES, "max_concurrent_trials": 2,
             "max_epochs": MAX_EPOCHS}  # fmt: skip
-    run_id, state = trigger_and_follow(airflow_api, conf, timeout_s=1500)
-    return {"dataset": dataset, "conf": conf, "run_id": run_id, "state": state}
+    other_conf = {**conf, "raw_uri": f"s3://raw/e2e/{other}/", "dataset": other, "target": "Miles_per_Gallon",
+                  "task": "regression", "max_concurrent_trials": 1}  # fmt: skip
+    run_id, other_run_id = trigger(airflow_api, conf), trigger(airflow_api, other_conf)
+    states = follow(airflow_api, [run_id, other_run_id], timeout_s=1800)
+    return {"dataset": dataset, "conf": conf, "run_id": run_id, "state": states[run_id],
+            "other": {"dataset": other, "conf": other_conf, "run_id": other_run_id, "state": states[other_run_id]}}

@@ -3,7 +3,8 @@
 One triggered run on a dataset the project never saw (a fresh name), then every effect is checked where it lives:
 the snapshot and features in S3, the Hive table, nested trial runs in MLflow, the registered version with lineage and
 the champion alias, schema-valid events in Kafka, and the tuning report page. A second run on unchanged data must
-take the skip path.
+take the skip path. Concurrency: the first run shares its time with a run on another dataset (see conftest), and two
+runs triggered together on one new dataset must leave one consistent model and alias history.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import quote
 
 import pytest
 
-from stack.demo import AIRFLOW, DAG_ID, AirflowApi, trigger_and_follow
+from stack.demo import AIRFLOW, DAG_ID, AirflowApi, follow, trigger, trigger_and_follow
 from tests.e2e.conftest import MAX_EPOCHS, NUM_SAMPLES
 
 pytestmark = pytest.mark.e2e
@@ -155,3 +156,82 @@ def test_second_run_on_unchanged_data_takes_the_skip_path(airflow_api: AirflowAp
         assert states[skipped] == "skipped", states
     summary = airflow_api.xcom(run_id, "publish_run_summary")
     assert summary["outcome"] == "reused_existing_model"
+
+
+def _run_interval(api: AirflowApi, run_id: str) -> tuple[str, str]:
+    run = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}")
+    return run["start_date"], run["end_date"]
+
+
+def test_a_run_on_another_dataset_at_the_same_time_has_its_own_model(airflow_api: AirflowApi,
+                                                                      first_run: dict[str, Any]) -> None:  # fmt: skip
+    from mlflow import MlflowClient
+
+    from ml.registry import registered_model_name
+
+    other = first_run["other"]
+    states = _task_states(airflow_api, other["run_id"])
+    assert other["state"] == "success", states
+    assert states["register_best_model"] == "success"
+    (start, end), (other_start, other_end) = (_run_interval(airflow_api, r) for r in (first_run["run_id"],
+                                                                                     other["run_id"]))  # fmt: skip
+    assert start < other_end and other_start < end, "the two runs did not overlap"
+
+    client = MlflowClient()
+    for dataset, task, run_id in ((first_run["dataset"], "classification", first_run["run_id"]),
+                                  (other["dataset"], "regression", other["run_id"])):  # fmt: skip
+        champion = client.get_model_version_by_alias(registered_model_name(dataset, task), "champion")
+        assert champion.tags["dag_run_id"] == run_id and champion.tags["dataset"] == dataset
+        assert champion.tags["mlops.registration"] == "complete"
+        assert airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"] == champion.tags["snapshot_id"]
+    evaluation = airflow_api.xcom(other["run_id"], "register_best_model")["evaluation"]
+    assert evaluation["task"] == "regression" and evaluation["test_metrics"]["rmse"] > 0
+
+
+def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
+    airflow_api: AirflowApi, first_run: dict[str, Any]
+) -> None:
+    """Both runs ingest the same snapshot; the Spark pool and the features' spec let only one preprocess; each run
+    either registers its own version or reuses one; the champion is the best version, every alias points at a
+    complete version, and no run registered twice."""
+    from mlflow import MlflowClient
+
+    from ml.datasets import load_shipped, upload_frame
+    from ml.registry import REGISTRATION_TAG, registered_model_name
+    from ml.storage import S3Uri
+
+    dataset = f"e2e_same_{uuid.uuid4().hex[:8]}"
+    upload_frame(load_shipped("penguins"), S3Uri("raw", f"e2e/{dataset}/penguins.csv"))
+    conf = {**first_run["conf"], "raw_uri": f"s3://raw/e2e/{dataset}/", "dataset": dataset}
+    run_ids = [trigger(airflow_api, conf), trigger(airflow_api, conf)]
+    states = follow(airflow_api, run_ids, timeout_s=1800)
+    tasks = {run_id: _task_states(airflow_api, run_id) for run_id in run_ids}
+    assert set(states.values()) == {"success"}, tasks
+    snapshots = {airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"] for run_id in run_ids}
+    assert len(snapshots) == 1, "the same data gave two snapshots"
+
+    client = MlflowClient()
+    name = registered_model_name(dataset, "classification")
+    found = client.search_model_versions(f"name = '{name}'")
+    versions = {v.version: client.get_model_version(name, v.version) for v in found}
+    registered = [run_id for run_id in run_ids if tasks[run_id]["register_best_model"] == "success"]
+    assert registered, tasks
+    for run_id in run_ids:
+        if run_id not in registered:
+            assert tasks[run_id]["reuse_existing_model"] == "success", tasks[run_id]
+    assert sorted(v.tags["dag_run_id"] for v in versions.values()) == sorted(registered), "a run registered twice"
+    assert all(v.tags[REGISTRATION_TAG] == "complete" for v in versions.values())
+
+    champion = client.get_model_version_by_alias(name, "champion")
+    challenger = client.get_model_version_by_alias(name, "challenger")
+    assert champion.version in versions and challenger.version in versions
+    best = max(float(v.tags["test.accuracy"]) for v in versions.values())
+    assert float(champion.tags["test.accuracy"]) == best
+    # Each promotion replaced the champion of its moment: the promoted versions form one chain from the first.
+    replaced = {v.tags["gate.champion_version"]: version for version, v in versions.items()
+                if v.tags.get("gate.decision") in ("promoted", "first_model")}  # fmt: skip
+    chain, current = [], ""
+    while current in replaced:
+        current = replaced.pop(current)
+        chain.append(current)
+    assert not replaced and chain[-1] == champion.version, (chain, {k: v.tags for k, v in versions.items()})

@@ -42,6 +42,8 @@ def test_training_dag_wiring(dagbag) -> None:  # type: ignore[no-untyped-def]
         "publish_run_summary": [],
     }
     assert dag.catchup is False
+    # Unpausing must not start a run for the last missed 03:00 (it would wait on the default raw_uri for hours).
+    assert dag.start_date is None and "run_immediately=False" in repr(dag.timetable)
     assert set(dag.tags) >= {"mlops"}
     assert dag.task_dict["wait_for_raw_data"].deferrable is True  # type: ignore[attr-defined]
 
