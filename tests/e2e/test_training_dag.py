@@ -235,3 +235,37 @@ def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
         current = replaced.pop(current)
         chain.append(current)
     assert not replaced and chain[-1] == champion.version, (chain, {k: v.tags for k, v in versions.items()})
+
+
+def test_no_secret_in_task_logs_xcom_or_the_metadata_database(airflow_api: AirflowApi,
+                                                              first_run: dict[str, Any]) -> None:  # fmt: skip
+    """After the runs above: the S3 secret key and the Airflow admin password appear in no task log and in no table
+    of Airflow's metadata database (XCom, rendered template fields, run conf, triggers, audit log, ...; connections
+    are stored encrypted with the deployment's Fernet key)."""
+    import sqlite3
+
+    from stack.config import stack_paths
+    from stack.demo import admin_password
+
+    paths = stack_paths()
+    credentials = json.loads(paths.credentials_file.read_text())
+    secrets = {"S3 secret key": credentials["secret_key"], "Airflow admin password": admin_password()}
+    assert all(len(value) >= 8 for value in secrets.values())
+    home = paths.airflow_home
+    logs = [path for path in (home / "logs").rglob("*") if path.is_file()]
+    assert any(f"dag_id={DAG_ID}" in str(path) for path in logs), "no task log found to scan"
+    for path in logs:
+        text = path.read_bytes().decode(errors="replace")
+        for what, value in secrets.items():
+            assert value not in text, f"the {what} is in {path}"
+    database = sqlite3.connect(f"file:{home / 'airflow.db'}?mode=ro", uri=True)
+    try:
+        tables = [row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        assert {"xcom", "rendered_task_instance_fields", "dag_run"} <= set(tables)
+        for table in tables:
+            for row in database.execute(f'SELECT * FROM "{table}"'):  # table names from sqlite_master
+                text = " ".join(v.decode(errors="replace") if isinstance(v, bytes) else str(v) for v in row)
+                for what, value in secrets.items():
+                    assert value not in text, f"the {what} is in Airflow's {table} table"
+    finally:
+        database.close()
