@@ -119,5 +119,5 @@ lock: ## re-resolve requirements.txt into constraints.txt (in a scratch venv)
 	  echo "# Regenerate with \`make lock\` after changing requirements.txt."; \
 	  /tmp/mlops-lock/bin/pip freeze --all | grep -v -E '^(pip|wheel)=='; } > constraints.txt
 
-clean: stack-down ## remove the stack's data and the venv
-	rm -rf .stack $(VENV)
+clean: stack-down ## remove the stack's data and the venvs (project and audit tool)
+	rm -rf .stack $(VENV) .venv-tools
