@@ -7,6 +7,7 @@ Connections are built from the same environment as everything else, so pointing 
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -61,4 +62,21 @@ def prepare_airflow_home(paths: StackPaths, env: dict[str, str]) -> str:
         connections_file.unlink(missing_ok=True)  # it holds the S3 secret
     # One Spark job at a time may hold the embedded Hive (Derby) metastore.
     _airflow(["pools", "set", "spark_metastore", "1", "Spark jobs that write the Hive metastore"], env)
+    write_admin_password(Path(env["AIRFLOW_HOME"]))
     return f"airflow home: {env['AIRFLOW_HOME']} migrated, connections imported"
+
+
+SIMPLE_AUTH_FILE = "simple_auth_manager_passwords.json.generated"  # the simple auth manager's logins
+
+
+def write_admin_password(airflow_home: Path) -> Path:
+    """Generate the admin password into the simple auth manager's file, once, readable by the owner only.
+
+    Airflow generates it itself when the file lacks the user, and then prints it to its log; written here first,
+    it stays out of `.stack/logs/airflow.log`."""
+    path = airflow_home / SIMPLE_AUTH_FILE
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(json.dumps({"admin": secrets.token_urlsafe(16)}) + "\n")
+    path.chmod(0o600)
+    return path

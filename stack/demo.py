@@ -52,8 +52,9 @@ class AirflowApi:
 
 
 def admin_password() -> str:
-    path = stack_paths().airflow_home / "simple_auth_manager_passwords.json.generated"
-    return str(json.loads(path.read_text())["admin"])
+    from stack.airflow_home import SIMPLE_AUTH_FILE
+
+    return str(json.loads((stack_paths().airflow_home / SIMPLE_AUTH_FILE).read_text())["admin"])
 
 
 def wait_for_dag(api: AirflowApi, timeout_s: float = 120) -> None:

@@ -239,9 +239,9 @@ def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
 
 def test_no_secret_in_task_logs_xcom_or_the_metadata_database(airflow_api: AirflowApi,
                                                               first_run: dict[str, Any]) -> None:  # fmt: skip
-    """After the runs above: the S3 secret key and the Airflow admin password appear in no task log and in no table
-    of Airflow's metadata database (XCom, rendered template fields, run conf, triggers, audit log, ...; connections
-    are stored encrypted with the deployment's Fernet key)."""
+    """After the runs above: the S3 secret key and the Airflow admin password appear in no task log, in no service
+    log of the stack (Airflow's own output included), and in no table of Airflow's metadata database (XCom, rendered
+    template fields, run conf, triggers, audit log, ...; connections are stored encrypted with the Fernet key)."""
     import sqlite3
 
     from stack.config import stack_paths
@@ -252,7 +252,7 @@ def test_no_secret_in_task_logs_xcom_or_the_metadata_database(airflow_api: Airfl
     secrets = {"S3 secret key": credentials["secret_key"], "Airflow admin password": admin_password()}
     assert all(len(value) >= 8 for value in secrets.values())
     home = paths.airflow_home
-    logs = [path for path in (home / "logs").rglob("*") if path.is_file()]
+    logs = [path for folder in (home / "logs", paths.logs) for path in folder.rglob("*") if path.is_file()]
     assert any(f"dag_id={DAG_ID}" in str(path) for path in logs), "no task log found to scan"
     for path in logs:
         text = path.read_bytes().decode(errors="replace")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from stack.airflow_home import SIMPLE_AUTH_FILE, write_admin_password
 from stack.config import REPO_ROOT, StackPaths, stack_environment, stack_paths
 
 pytestmark = pytest.mark.unit
@@ -132,7 +133,7 @@ def test_generated_stack_secrets_appear_in_no_repository_file_or_commit(reposito
         credentials = json.loads(paths.credentials_file.read_text())
         secrets_in_use["S3 secret key"] = credentials["secret_key"]
         secrets_in_use["S3 access key"] = credentials["access_key"]
-    passwords = paths.airflow_home / "simple_auth_manager_passwords.json.generated"
+    passwords = paths.airflow_home / SIMPLE_AUTH_FILE
     if passwords.exists():
         for user, password in json.loads(passwords.read_text()).items():
             if len(password) >= 8:
@@ -145,6 +146,15 @@ def test_generated_stack_secrets_appear_in_no_repository_file_or_commit(reposito
                              capture_output=True, check=True, timeout=120).stdout  # fmt: skip
     assert [name for name, secret in secrets_in_use.items() if secret.encode() in history] == []
     assert not [name for name, pattern in KEY_FORMATS.items() if pattern.search(history.decode(errors="replace"))]
+
+
+def test_the_airflow_admin_password_is_generated_private_and_kept(tmp_path: Path) -> None:
+    # Written before Airflow starts, so that Airflow never generates one itself and prints it to its log.
+    path = write_admin_password(tmp_path)
+    password = json.loads(path.read_text())["admin"]
+    assert path.name == SIMPLE_AUTH_FILE and len(password) >= 16
+    assert path.stat().st_mode & 0o077 == 0, "the password file is readable by others"
+    assert json.loads(write_admin_password(tmp_path).read_text())["admin"] == password, "a second stack-up changed it"
 
 
 def test_compose_env_file_is_git_ignored() -> None:
