@@ -185,7 +185,8 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     down_s = OUTAGE["restarted_at"] - OUTAGE["stopped_at"]
     # The outage must outlast the delivery timeout, so that in-flight messages time out and are re-sent.
     assert down_s > EventPublisher.delivery_timeout_ms / 1000, "the outage was shorter than the delivery timeout"
-    assert OUTAGE["restarted_at"] < search_done, "the broker came back only after the publisher had given up"
+    # (Whether the publisher waited for the broker is checked below from its own stats: nothing failed, dropped or
+    # pending. Comparing clocks was racy: the flush can finish before the restart's health check returns.)
 
     expected = Counter(OUTAGE["expected"])
     assert max(expected.values()) == 1, "Tune reported a trial-epoch twice"
