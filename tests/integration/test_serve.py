@@ -1,5 +1,6 @@
 """The prediction service over HTTP against the real registry and Kafka: the champion's predictions equal the offline
-path, bad requests are 4xx JSON, a promotion event hot-reloads the new champion, and gunicorn runs the app factory."""
+path, bad requests are 4xx JSON, a promotion event hot-reloads the new champion, gunicorn runs the app factory, and a
+promotion under concurrent load fails no request."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -162,34 +165,99 @@ def test_serving_predicts_like_offline_refuses_bad_requests_and_hot_reloads(
         time.sleep(0.3)
 
 
-def test_gunicorn_runs_the_app_factory_from_the_command_line(registered: Callable[[str, str], dict[str, Any]],
-                                                             tmp_path: Path) -> None:  # fmt: skip
-    first = registered("medium", "gunicorn-1")
+@contextmanager
+def gunicorn_service(model_name: str, tmp_path: Path, threads: int = 2) -> Iterator[str]:
+    """`python -m ml serve` (gunicorn, one worker) on a free port of 127.0.0.1; yields its base URL once healthy."""
     port = free_port()
-    log_file = (tmp_path / "serve.log").open("w")
+    log_path = tmp_path / f"serve-{port}.log"
+    log_file = log_path.open("w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "ml", "serve", "--model", first["model_name"], "--port", str(port), "--threads", "2"],
+        [sys.executable, "-m", "ml", "serve", "--model", model_name, "--port", str(port), "--threads", str(threads)],
         stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 90
         while True:
             try:
-                status, health = http("GET", f"http://127.0.0.1:{port}/health")
+                http("GET", f"http://127.0.0.1:{port}/health")
                 break
             except (urllib.error.URLError, ConnectionError):
-                assert process.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+                assert process.poll() is None, log_path.read_text()[-3000:]
+                assert time.monotonic() < deadline, log_path.read_text()[-3000:]
                 time.sleep(0.5)
-        assert status == 200 and health["version"] == "1"
-        rows = raw_rows(5, seed=2)
-        status, body = http("POST", f"http://127.0.0.1:{port}/predict", {"rows": rows})
-        assert status == 200 and body["predictions"] == offline("medium", rows, tmp_path)[0]
+        yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the process group this test started: gunicorn and its worker
+        os.killpg(process.pid, signal.SIGTERM)  # the process group started here: gunicorn and its worker
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
         log_file.close()
+
+
+def test_gunicorn_runs_the_app_factory_from_the_command_line(registered: Callable[[str, str], dict[str, Any]],
+                                                             tmp_path: Path) -> None:  # fmt: skip
+    first = registered("medium", "gunicorn-1")
+    with gunicorn_service(first["model_name"], tmp_path) as url:
+        status, health = http("GET", f"{url}/health")
+        assert status == 200 and health["version"] == "1"
+        rows = raw_rows(5, seed=2)
+        status, body = http("POST", f"{url}/predict", {"rows": rows})
+        assert status == 200 and body["predictions"] == offline("medium", rows, tmp_path)[0]
+
+
+def test_a_promotion_under_concurrent_load_fails_no_request(registered: Callable[[str, str], dict[str, Any]],
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """8 clients post to gunicorn (4 threads) while a better model is promoted: every answer is a 200 from version 1
+    or 2, with that version's predictions, and no client sees version 1 again after it saw 2. Bounded: at most 6,000
+    requests or 120 s, to 127.0.0.1 only."""
+    first = registered("medium", "load-1")
+    rows = raw_rows(5, seed=4)
+    expected = {"1": offline("medium", rows, tmp_path)[0], "2": offline("good", rows, tmp_path)[0]}
+    clients, cap, deadline = 8, 6000, time.monotonic() + 120
+    answers: list[list[tuple[int, str | None, list[str] | None]]] = [[] for _ in range(clients)]
+    sent = iter(range(cap))  # shared budget of requests (next() on a range iterator is atomic under the GIL)
+    promoted, saw_new = threading.Event(), threading.Event()
+
+    def client(index: int) -> None:
+        # Until every client has seen version 2 after the promotion (or the budget or deadline is spent).
+        while next(sent, None) is not None and time.monotonic() < deadline:
+            try:
+                status, body = http("POST", f"{url}/predict", {"rows": rows})
+            except (urllib.error.URLError, ConnectionError) as error:
+                answers[index].append((0, repr(error), None))
+                continue
+            answers[index].append((status, body.get("version"), body.get("predictions")))
+            if promoted.is_set() and body.get("version") == "2":
+                saw_new.set()
+                if len(answers[index]) >= 10 and answers[index][-2][1] == "2":
+                    return
+            time.sleep(0.05)  # at most ~160 requests/s in all: the budget outlasts a slow reload on a busy machine
+
+    with gunicorn_service(first["model_name"], tmp_path, threads=4) as url:
+        threads = [threading.Thread(target=client, args=(i,), name=f"load-{i}") for i in range(clients)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        time.sleep(2)  # load first, then the promotion
+        second = registered("good", "load-2")
+        assert (second["decision"], second["champion"]) == ("promoted", "2")
+        promoted.set()
+        for thread in threads:
+            thread.join(120)
+        elapsed = time.monotonic() - started
+
+    flat = [answer for per_client in answers for answer in per_client]
+    print(f"\n{len(flat)} requests from {clients} clients in {elapsed:.1f}s ({len(flat) / elapsed:.0f}/s); "
+          f"versions {Counter(version for _, version, _ in flat)}")  # fmt: skip
+    failures = [answer for answer in flat if answer[0] != 200]
+    assert not failures, f"{len(failures)} of {len(flat)} requests failed, e.g. {failures[:3]}"
+    assert saw_new.is_set(), "no client saw the promoted version within the budget"
+    assert {version for _, version, _ in flat} == {"1", "2"}
+    for _, version, predictions in flat:
+        assert predictions == expected[str(version)], f"version {version} answered another model's predictions"
+    for per_client in answers:
+        versions = [version for _, version, _ in per_client]
+        if "2" in versions:
+            assert "1" not in versions[versions.index("2") :], f"a client went back to version 1: {versions}"
