@@ -37,7 +37,6 @@ def spark_conf(settings: Settings | None = None, shuffle_partitions: int | None 
         "spark.hadoop.fs.s3a.retry.limit": "3",
         "spark.hadoop.fs.s3a.retry.interval": "1s",
         "spark.hadoop.fs.s3a.attempts.maximum": "2",
-        "spark.hadoop.fs.s3a.connection.establish.timeout": "5s",
         # Hive tables: a Derby metastore kept with the stack's data, warehouse in the lake bucket.
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": f"s3a://{settings.lake_bucket}/warehouse",
