@@ -324,6 +324,9 @@ def tune_trainable(config: dict[str, Any], data: TrainingData) -> None:
     """Ray Tune function trainable: one trial. `data` arrives through `tune.with_parameters` (object store)."""
     from ray import tune
 
+    # Ray Train logs "Checkpoint successfully created" at INFO for every epoch; forwarded to the driver's stderr it
+    # shows as an ERROR line in an Airflow task log. Warnings and errors still come through.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     mean, std = target_stats(data.spec, data.train.y)
     model_config, train_config = configs_from_trial(config, data.spec, target_mean=mean, target_std=std)
 

@@ -700,6 +700,7 @@ def ensure_ray(settings: Settings | None = None) -> bool:
     if ray.is_initialized():
         return False
     settings = settings or Settings.from_env()
+    # (No ray.LoggingConfig: it also sets the driver's root logger, which silenced this module's INFO progress.)
     if settings.ray_address:
         log.info("connecting to the Ray cluster at %s", settings.ray_address)
         ray.init(address=settings.ray_address, log_to_driver=True)
@@ -707,6 +708,22 @@ def ensure_ray(settings: Settings | None = None) -> bool:
         log.info("starting a local Ray")
         ray.init(include_dashboard=False, log_to_driver=True)
     return True
+
+
+def route_library_logs() -> None:
+    """Send Ray's and Optuna's driver-side logs through the logging tree instead of their own stderr handlers.
+
+    Under Airflow every line written to stderr shows as an ERROR in the task log; through logging, the task log
+    keeps their levels (and a CLI run still prints them through the root handler)."""
+    import optuna
+
+    ray_logger = logging.getLogger("ray")
+    for handler in list(ray_logger.handlers):
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            ray_logger.removeHandler(handler)
+    ray_logger.propagate = True
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
 
 def run_search(config: SearchConfig, *, callbacks: Sequence[Any] = ()) -> SearchResult:
@@ -744,6 +761,7 @@ def run_search(config: SearchConfig, *, callbacks: Sequence[Any] = ()) -> Search
     parent_run_id = experiment_id = None
     if config.track_mlflow:
         experiment_id, parent_run_id = start_parent_run(config, spec, str(features), manifest, settings)
+    route_library_logs()
     started_ray = ensure_ray(settings)
     try:
         results = _fit(config, metric, mode, experiment_path, filesystem, restoring, parent_run_id, experiment_id,

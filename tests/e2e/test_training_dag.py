@@ -36,6 +36,21 @@ def test_run_succeeds_through_the_training_branch(airflow_api: AirflowApi, first
     assert states["reuse_existing_model"] == "skipped"
 
 
+def test_the_tune_task_log_shows_progress_and_no_error_lines(first_run: dict[str, Any]) -> None:
+    """What a user reads in the UI: per-trial progress at INFO, and no ERROR line from a search that went well (Ray's
+    and Optuna's logs keep their levels; Ray Train's per-epoch checkpoint notices are not forwarded)."""
+    from stack.config import stack_paths
+
+    folder = stack_paths().airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={first_run['run_id']}"
+    lines = [json.loads(line) for line in (folder / "task_id=tune_models" / "attempt=1.log").read_text().splitlines()
+             if line.startswith("{")]  # fmt: skip
+    events = [str(line.get("event", "")) for line in lines]
+    assert sum("finished after" in event for event in events) == NUM_SAMPLES, events
+    assert any(event.startswith("search ") and " done in " in event for event in events), events
+    errors = [line for line in lines if line.get("level") in ("error", "critical")]
+    assert not errors, errors[:5]
+
+
 def test_snapshot_features_and_hive_table(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
     from ml.features import FeatureSpec
     from ml.spark_preprocess import hive_table_name

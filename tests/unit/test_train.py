@@ -355,3 +355,30 @@ def test_primary_metric_follows_the_objective() -> None:
     assert primary_metric("classification", "val_loss") == "log_loss"
     assert primary_metric("regression", "val_loss") == "rmse"
     assert primary_metric("classification", "val_accuracy") == "accuracy"
+
+
+def test_ray_and_optuna_logs_go_through_the_logging_tree() -> None:
+    """Under Airflow a line on stderr is an ERROR in the task log: library logs must keep their levels instead."""
+    import logging
+
+    import optuna
+
+    from ml.tune import route_library_logs
+
+    ray_logger = logging.getLogger("ray")
+    before, propagated = list(ray_logger.handlers), ray_logger.propagate
+    ray_logger.addHandler(logging.StreamHandler())  # what `import ray` installs (an earlier search may have removed it)
+    ray_logger.propagate = False
+    route_library_logs()
+    try:
+        assert ray_logger.propagate and not any(
+            isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+            for h in ray_logger.handlers
+        )
+        optuna_logger = logging.getLogger("optuna")
+        assert optuna_logger.propagate and not optuna_logger.handlers
+    finally:
+        ray_logger.handlers[:] = before
+        ray_logger.propagate = propagated
+        optuna.logging.enable_default_handler()
+        optuna.logging.disable_propagation()
