@@ -892,11 +892,13 @@ def _summarise(results: Any, config: SearchConfig, spec: Any, metric: str, mode:
     if errored:
         log.warning("search %s: %d of %d trials failed", config.run_name, errored, total)
 
-    best = results.get_best_result(metric=metric, mode=mode, scope="all", filter_nan_and_inf=True)
-    candidates = [(ckpt, m) for ckpt, m in (best.best_checkpoints or []) if _finite(m.get(metric))]
+    # The best kept checkpoint of the trials that finished: an errored trial's scores (Ray's get_best_result ranks
+    # them too) and a killed attempt's scores without a kept checkpoint are no basis for a model.
+    candidates = [(trial, ckpt, m) for trial in results if trial.error is None
+                  for ckpt, m in (trial.best_checkpoints or []) if _finite(m.get(metric))]  # fmt: skip
     if not candidates:
-        raise RuntimeError(f"search {config.run_name}: the best trial has no checkpoint with a finite {metric}")
-    checkpoint, metrics = (max if mode == "max" else min)(candidates, key=lambda pair: pair[1][metric])
+        raise RuntimeError(f"search {config.run_name}: no finished trial has a checkpoint with a finite {metric}")
+    best, checkpoint, metrics = (max if mode == "max" else min)(candidates, key=lambda item: item[2][metric])
     return SearchResult(
         dataset=config.dataset, snapshot_id=config.snapshot_id, run_name=config.run_name, task=spec.task,
         metric=metric, mode=mode, best_trial_id=str(best.metrics.get("trial_id") or metrics.get("trial_id")),

@@ -266,10 +266,14 @@ def _kafka_prepare(paths: StackPaths, env: dict[str, str]) -> None:
 
 
 def _kafka_random_uuid() -> str:
-    # Kafka cluster ids are base64url-encoded 16-byte UUIDs without padding.
+    # Kafka cluster ids are base64url-encoded 16-byte UUIDs without padding. Like Kafka's Uuid.randomUuid, never one
+    # that starts with "-": the storage tool's argument parser takes it for an option (1 format in 64 failed).
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 KAFKA_LOG4J = """\

@@ -1,6 +1,6 @@
 """Faults against real processes: a Kafka broker that goes away during a search, an S3 server that crashes during an
-ingest and during a Spark job, a Spark job that fails, a Ray trial whose worker process is killed, an MLflow server
-that cannot be reached at registration.
+ingest and during a Spark job, a Spark job that fails, an MLflow server that cannot be reached at registration. (Ray
+trials whose worker process is killed: tests/integration/test_trial_failures.py.)
 
 The servers that are stopped and restarted are PRIVATE copies (tests/support/private_services.py: a second broker and a
 second S3 gateway on free ports of 127.0.0.1, data under tmp_path); the shared stack (S3 :9000, Kafka :9092, MLflow
@@ -402,121 +402,6 @@ def test_preprocessing_fails_cleanly_when_the_s3_server_crashes_mid_write_and_it
     spec = load_feature_spec(out)
     data = load_training_data(out, spec)
     assert (len(data.train.y), len(data.validation.y)) == (spec.rows["train"], spec.rows["validation"])
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# A Ray trial whose worker process is killed
-# --------------------------------------------------------------------------------------------------------------------
-
-# Live state of the callback below (Tune pickles callbacks into the experiment).
-KILLS: dict[str, Any] = {}
-
-
-class KillTrialWorker(tune.Callback):
-    """SIGKILLs the process that runs the first trial to report, when it reports epoch KILLS["at_epoch"]; in mode
-    "always", again at every later report of that trial. Records (trial, epoch, pid) of every result."""
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        import os
-        import signal
-
-        from ml.tune import result_epoch
-
-        epoch, pid = result_epoch(result), int(result["pid"])
-        KILLS["results"].append((trial.trial_id, epoch, pid))
-        target = KILLS.setdefault("target", trial.trial_id)
-        if trial.trial_id != target or epoch < KILLS["at_epoch"] or KILLS["mode"] == "off":
-            return
-        if KILLS["mode"] == "once" and KILLS["killed"]:
-            return
-        os.kill(pid, signal.SIGKILL)
-        KILLS["killed"].append((epoch, pid))
-
-
-def _kill_config(features: Any, run_name: str, **values: Any) -> Any:
-    from ml.tune import SearchConfig, load_search_space
-
-    space = load_search_space(Path(__file__).resolve().parents[2] / "ml" / "search_spaces" / "small.json")
-    # grace_period = max_epochs and patience = max_epochs: no trial stops early, so the chosen one lives to be killed.
-    settings = {"search_space": space, "max_epochs": 4, "grace_period": 4, "patience": 4, "seed": 5,
-                "dag_run_id": f"manual__{run_name}", "publish_metrics": False, **values}  # fmt: skip
-    return SearchConfig(dataset=features.dataset, snapshot_id=features.snapshot_id, run_name=run_name, **settings)
-
-
-@pytest.fixture
-def small_features(s3_service: None) -> Iterator[Any]:
-    from tests.support.synthetic_features import write_synthetic_features
-
-    features = write_synthetic_features("classification", 2, rows={"train": 300, "validation": 100, "test": 100})
-    yield features
-    features.cleanup()
-
-
-def test_a_trial_whose_worker_is_killed_once_is_retried_from_its_checkpoint(
-    local_ray: None, small_features: Any
-) -> None:
-    """Tune's FailureConfig(max_failures=1) (ml/tune.py): the trial restarts in a new process from its latest
-    registered checkpoint and the search completes with no errored trial."""
-    from ml.storage import exists
-    from ml.tune import run_search
-
-    config = _kill_config(small_features, f"kill-once-{uuid.uuid4().hex[:8]}", num_samples=2,
-                          max_concurrent_trials=2, track_mlflow=False)  # fmt: skip
-    KILLS.clear()
-    KILLS.update(mode="once", at_epoch=2, results=[], killed=[])
-    result = run_search(config, callbacks=[KillTrialWorker()])
-
-    assert len(KILLS["killed"]) == 1, KILLS
-    killed_epoch, killed_pid = KILLS["killed"][0]
-    target = [(epoch, pid) for trial, epoch, pid in KILLS["results"] if trial == KILLS["target"]]
-    after = target[target.index((killed_epoch, killed_pid)) + 1 :]
-    print(f"\ntrial {KILLS['target']} reported {target}; killed pid {killed_pid} at epoch {killed_epoch}")
-    assert after, "the killed trial never reported again"
-    assert all(pid != killed_pid for _, pid in after), "a result came from the killed process"
-    # Tune registers a result's checkpoint after the callbacks saw the result, so the kill (inside the callback) lands
-    # before the killed epoch's checkpoint counts: the retry resumes from the one before and re-runs that epoch. Not
-    # from scratch, and on to the last epoch. (A re-run epoch is published again under the same Kafka key.)
-    resumed_at = after[0][0]
-    assert 1 < resumed_at <= killed_epoch + 1, f"the retried trial started over instead of resuming: {target}"
-    assert [epoch for epoch, _ in after] == list(range(resumed_at, config.max_epochs + 1)), target
-    assert result.num_trials == 2 and result.num_errored == 0
-    assert exists(result.search_result_uri)
-
-
-def test_a_trial_killed_past_its_retries_fails_the_search_and_leaves_nothing_to_register(
-    local_ray: None, small_features: Any, mlflow_service: None
-) -> None:
-    """The only trial is killed at every report: it errors after its one retry, the search fails naming that, writes
-    no search_result.json (what registration reads: nothing can be registered) and marks its MLflow parent run
-    FAILED; the task's retry fails the same way."""
-    from mlflow import MlflowClient
-
-    from ml.storage import exists
-    from ml.tune import SEARCH_RESULT_FILE, run_search
-
-    run_name = f"kill-always-{uuid.uuid4().hex[:8]}"
-    config = _kill_config(small_features, run_name, num_samples=1, max_concurrent_trials=1, track_mlflow=True)
-    KILLS.clear()
-    KILLS.update(mode="always", at_epoch=2, results=[], killed=[])
-    with pytest.raises(RuntimeError, match=rf"search {run_name}: all 1 trials failed"):
-        run_search(config, callbacks=[KillTrialWorker()])
-    assert len(KILLS["killed"]) == 2, f"expected the first run and its one retry to be killed: {KILLS}"
-    leftover = config.experiment_uri.join(SEARCH_RESULT_FILE)
-    assert not exists(leftover), "a failed search left a result that registration would trust"
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(config.dataset)
-    parents = client.search_runs([experiment.experiment_id], f"tags.`mlops.dag_run_id` = '{config.dag_run_id}'")
-    assert [run.info.status for run in parents if "mlflow.parentRunId" not in run.data.tags] == ["FAILED"]
-
-    # The task's retry (same run name) restores the search; the errored trial is not run again (see ml/tune.py: Ray
-    # 2.60 cannot resume it soundly), so the retry fails the same way and still leaves nothing to register. A new
-    # DAG run (a new run name) starts a new search.
-    KILLS["mode"] = "off"
-    before = len(KILLS["results"])
-    with pytest.raises(RuntimeError, match=rf"search {run_name}: all 1 trials failed"):
-        run_search(config)
-    assert len(KILLS["results"]) == before, "the errored trial ran again"
-    assert not exists(leftover)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -344,3 +344,11 @@ def test_prediction_service_limits_body_size_and_rows_by_default(
     assert too_many.status_code == 413 and "too many rows" in too_many.json["error"]
     at_limit = post(json.dumps({"rows": [row] * DEFAULT_MAX_ROWS}).encode())
     assert at_limit.status_code == 200 and len(at_limit.json["predictions"]) == DEFAULT_MAX_ROWS
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
+    # kafka-storage's argument parser takes "-t -abc..." for an option: a fresh-clone run failed on one in 64 ids.
+    from stack.services import _kafka_random_uuid
+
+    ids = [_kafka_random_uuid() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
