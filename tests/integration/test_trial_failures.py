@@ -35,7 +35,7 @@ from ml.tune import (
     result_epoch,
     run_search,
 )
-from tests.support.synthetic_features import SyntheticFeatures, write_synthetic_features
+from tests.support.synthetic_features import SyntheticFeatures, delete_mlflow_experiment, write_synthetic_features
 
 pytestmark = [
     pytest.mark.integration,
@@ -118,16 +118,7 @@ def features(s3_service: None) -> Iterator[SyntheticFeatures]:
         yield made
     finally:
         made.cleanup()  # the features and every search under lake/tune/<dataset>
-        _delete_mlflow_experiment(made.dataset)
-
-
-def _delete_mlflow_experiment(name: str) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        client.delete_experiment(experiment.experiment_id)
+        delete_mlflow_experiment(made.dataset)
 
 
 def _config(features: SyntheticFeatures, prefix: str, **values: Any) -> SearchConfig:

@@ -21,7 +21,7 @@ from ray import tune
 
 from ml.storage import S3Uri, exists, list_keys, read_json
 from ml.tune import SearchConfig, SearchIncomplete, SearchResult, load_search_space, run_search
-from tests.support.synthetic_features import SyntheticFeatures, write_synthetic_features
+from tests.support.synthetic_features import SyntheticFeatures, delete_mlflow_experiment, write_synthetic_features
 
 pytestmark = pytest.mark.integration
 
@@ -37,16 +37,7 @@ def _features(task: str, classes: int) -> Iterator[SyntheticFeatures]:
         yield features
     finally:
         features.cleanup()
-        _delete_mlflow_experiment(features.dataset)
-
-
-def _delete_mlflow_experiment(name: str) -> None:
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        client.delete_experiment(experiment.experiment_id)
+        delete_mlflow_experiment(features.dataset)
 
 
 def _config(features: SyntheticFeatures, run_name: str, **overrides: Any) -> SearchConfig:

@@ -109,3 +109,13 @@ def write_synthetic_features(task: str = "classification", num_classes: int = 2,
     spec_uri = uri.join("feature_spec.json")
     client.put_object(Bucket=spec_uri.bucket, Key=spec_uri.key, Body=spec.to_json().encode())
     return SyntheticFeatures(dataset, snapshot_id, uri, spec, splits)
+
+
+def delete_mlflow_experiment(name: str) -> None:
+    """Remove a test's MLflow experiment (searches log to one named after the dataset), if it exists."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        client.delete_experiment(experiment.experiment_id)
