@@ -132,12 +132,10 @@ def read_table(body: bytes, fmt: str, where: str) -> Any:
             read_options=pacsv.ReadOptions(block_size=MAX_ROW_BYTES),
             convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
         )
-    except pa.ArrowInvalid as error:
+    except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as error:
         if "straddling" in str(error):  # pyarrow's words for a row longer than its parse block
             raise DataError(f"{where}: a row is longer than {MAX_ROW_BYTES // 1024**2} MiB, the limit for one CSV "
                             "row (an unclosed quote, or a text that does not belong in a feature table)") from None
-        raise DataError(f"{where}: not a readable {kind} file ({error})") from None
-    except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{where}: not a readable {kind} file ({error})") from None
     except UnicodeDecodeError as error:
         raise DataError(f"{where}: not a readable {kind} file: not UTF-8 text ({error})") from None

@@ -813,7 +813,7 @@ def _fit(
         log.info("resuming search %s from %s", config.run_name, experiment_path)
         # Errored trials (their FailureConfig retries used up) stay errored. Ray 2.60 offers no sound alternative
         # here: resume_errored ran such a trial for one more epoch and ended it as if complete, and restart_errored
-        # gave it a new id that OptunaSearch rejects (KeyError): both seen with the worker-kill tests of test_faults.
+        # gave it a new id that OptunaSearch rejects (KeyError); see tests/integration/test_trial_failures.py.
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
                                    param_space=param_space, storage_filesystem=filesystem)  # fmt: skip
         return tuner.fit()
