@@ -15,8 +15,8 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 MODEL ?= penguins-classification
 
-.PHONY: help venv tools browser airflow-up stack-up stack-down stack-status lint test test-unit test-integration demo serve \
-        tail-metrics bench lock clean
+.PHONY: help venv tools browser airflow-up stack-up stack-down stack-status format lint test test-unit test-integration demo \
+        serve tail-metrics bench lock clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -49,7 +49,8 @@ stack-down: ## stop everything stack-up started
 stack-status: venv ## health of each local service
 	$(STACK) status
 
-lint: venv ## ruff (with Airflow's AIR rules), mypy, and a dependency audit (pip-audit -> .stack/pip-audit.json)
+lint: venv ## ruff format + ruff check (with Airflow's AIR rules), mypy, and a dependency audit (pip-audit)
+	$(VENV)/bin/ruff format --check ml plugins dags stack tests bench
 	$(VENV)/bin/ruff check ml plugins dags stack tests bench
 	$(VENV)/bin/mypy ml plugins stack
 	@# Dependency audit of what .venv has installed, by pip-audit from its own small venv (.venv-tools; never .venv).
@@ -83,6 +84,9 @@ lint: venv ## ruff (with Airflow's AIR rules), mypy, and a dependency audit (pip
 	        f"security/pip-audit-ignore.txt" + (f"; NOT audited: {skipped}" if skipped else "")); \
 	  [print(f"  {name} {version}  {vuln}  fixed in: {fix}") for name, version, vuln, fix in found]; \
 	  sys.exit(1 if found else 0)' .stack/pip-audit.json
+
+format: venv ## apply the one formatter (ruff format) to the whole tree
+	$(VENV)/bin/ruff format ml plugins dags stack tests bench
 
 browser: ## headless Chromium + chromedriver from Debian's packages, for the UI test (needs root or sudo)
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \

@@ -45,8 +45,12 @@ BENCHMARKS = (
     Benchmark("B2", "b2_tune_overhead", ("--rows", "10000", "--trials", "4", "--epochs", "4")),
     Benchmark("B3", "b3_spark_vs_pandas", ("--rows", "1000000")),
     Benchmark("B4", "b4_loader_throughput", ("--rows", "50000", "--epochs", "2")),
-    Benchmark("B5", "b5_kafka_publisher", ("--messages", "5000", "--repeat", "1", "--rows", "40000", "--epochs", "3",
-                                            "--rounds", "2"), secondary="training_ratio"),
+    Benchmark(
+        "B5",
+        "b5_kafka_publisher",
+        ("--messages", "5000", "--repeat", "1", "--rows", "40000", "--epochs", "3", "--rounds", "2"),
+        secondary="training_ratio",
+    ),
     Benchmark("B6", "b6_ingest_vs_awscli", ("--files", "4", "--mb-per-file", "8", "--repeat", "1")),
     Benchmark("B7", "b7_airflow_overhead", ("--pairs", "1")),
 )
@@ -101,15 +105,25 @@ def run_one(benchmark: Benchmark, quick: bool, timeout_s: float) -> dict[str, An
             document = report(benchmark.name, printed)
     elif status == "ok":
         status = "failed (no JSON result)"
-    entry: dict[str, Any] = {"id": benchmark.id, "module": f"bench.{benchmark.name}", "status": status,
-                             "seconds": seconds, "arguments": command[3:]}  # fmt: skip
+    entry: dict[str, Any] = {
+        "id": benchmark.id,
+        "module": f"bench.{benchmark.name}",
+        "status": status,
+        "seconds": seconds,
+        "arguments": command[3:],
+    }
     if document is not None:
-        entry.update(ratio=document.get("ratio"), target=document.get("target"),
-                     meets_target=meets(document.get("ratio"), document.get("target")),
-                     result_file=str(path.relative_to(REPO_ROOT)))  # fmt: skip
+        entry.update(
+            ratio=document.get("ratio"),
+            target=document.get("target"),
+            meets_target=meets(document.get("ratio"), document.get("target")),
+            result_file=str(path.relative_to(REPO_ROOT)),
+        )
         if benchmark.secondary:
-            value, target = document.get(benchmark.secondary), document.get(benchmark.secondary.replace(
-                "ratio", "target"))  # fmt: skip
+            value, target = (
+                document.get(benchmark.secondary),
+                document.get(benchmark.secondary.replace("ratio", "target")),
+            )
             entry[benchmark.secondary] = value
             entry[benchmark.secondary.replace("ratio", "target")] = target
             entry[benchmark.secondary.replace("ratio", "meets_target")] = meets(value, target)
@@ -117,8 +131,9 @@ def run_one(benchmark: Benchmark, quick: bool, timeout_s: float) -> dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="small settings (minutes, not an hour)")
     parser.add_argument("--only", default="", help="comma-separated ids, e.g. B1,B5 (default: all)")
     parser.add_argument("--timeout-s", type=float, default=3600, help="per benchmark")
@@ -140,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmarks": entries,
         "failed": [e["id"] for e in entries if e["status"] != "ok"],
         "machine_short": f"{machine['usable_cores']} cores, {machine['memory_gib']} GiB, {machine['cpu_model']}",
-    }  # fmt: skip
+    }
     report("summary", summary, packages=())
     return 1 if summary["failed"] else 0
 

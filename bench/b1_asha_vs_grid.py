@@ -46,8 +46,9 @@ def _variants(seed: int) -> list[dict[str, Any]]:
     return variants
 
 
-def _search(data: Any, variants: list[dict[str, Any]], epochs: int, concurrency: int, asha: bool,
-            storage: str) -> tuple[float, list[tuple[float, float]]]:  # fmt: skip
+def _search(
+    data: Any, variants: list[dict[str, Any]], epochs: int, concurrency: int, asha: bool, storage: str
+) -> tuple[float, list[tuple[float, float]]]:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
@@ -58,18 +59,35 @@ def _search(data: Any, variants: list[dict[str, Any]], epochs: int, concurrency:
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
             arrivals.append((time.perf_counter() - started[0], float(result[METRIC])))
 
-    scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=3)
-                 if asha else FIFOScheduler())  # fmt: skip
+    scheduler = (
+        ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1, reduction_factor=3)
+        if asha
+        else FIFOScheduler()
+    )
     trainable = tune.with_resources(tune.with_parameters(grid_trainable, data=data), {"cpu": 1})
     tuner = tune.Tuner(
         trainable,
-        param_space={"variant": tune.grid_search(variants), "max_epochs": epochs, "patience": epochs,
-                     "metric": METRIC, "mode": "max", "seed": 0, "batch_size": 256, "threads": 1},
-        tune_config=tune.TuneConfig(metric=METRIC, mode="max", scheduler=scheduler,
-                                    max_concurrent_trials=concurrency, reuse_actors=True),
-        run_config=tune.RunConfig(name="asha" if asha else "grid", storage_path=storage, callbacks=[Arrivals()],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0),
-    )  # fmt: skip
+        param_space={
+            "variant": tune.grid_search(variants),
+            "max_epochs": epochs,
+            "patience": epochs,
+            "metric": METRIC,
+            "mode": "max",
+            "seed": 0,
+            "batch_size": 256,
+            "threads": 1,
+        },
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", scheduler=scheduler, max_concurrent_trials=concurrency, reuse_actors=True
+        ),
+        run_config=tune.RunConfig(
+            name="asha" if asha else "grid",
+            storage_path=storage,
+            callbacks=[Arrivals()],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            verbose=0,
+        ),
+    )
     started[0] = time.perf_counter()
     tuner.fit()
     return time.perf_counter() - started[0], arrivals
@@ -86,8 +104,10 @@ def run(rows: int = 20000, epochs: int = 27, concurrency: int = 2, seed: int = 0
     splits = make_arrays(spec, split_rows, seed=seed, noise=2.0)  # noisy: the configurations differ visibly
     data = TrainingData(spec, splits["train"], splits["validation"])
     variants = _variants(seed)
-    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir, \
-            tempfile.TemporaryDirectory(prefix="b1-") as storage:  # fmt: skip
+    with (
+        tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir,
+        tempfile.TemporaryDirectory(prefix="b1-") as storage,
+    ):
         ray.init(num_cpus=concurrency, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
         try:
             grid_s, grid_results = _search(data, variants, epochs, concurrency, asha=False, storage=storage)
@@ -99,13 +119,23 @@ def run(rows: int = 20000, epochs: int = 27, concurrency: int = 2, seed: int = 0
     asha_reach = next((t for t, score in asha_results if score >= bar), None)
     grid_reach = next((t for t, score in grid_results if score >= bar), None)
     return {
-        "benchmark": "B1 ASHA vs grid", "ratio": (asha_reach / grid_s) if asha_reach is not None else None,
-        "target": "<= 0.25", "grid_full_s": grid_s, "grid_best_val_accuracy": best, "bar": bar,
-        "asha_time_to_bar_s": asha_reach, "asha_full_s": asha_s,
+        "benchmark": "B1 ASHA vs grid",
+        "ratio": (asha_reach / grid_s) if asha_reach is not None else None,
+        "target": "<= 0.25",
+        "grid_full_s": grid_s,
+        "grid_best_val_accuracy": best,
+        "bar": bar,
+        "asha_time_to_bar_s": asha_reach,
+        "asha_full_s": asha_s,
         "asha_best_val_accuracy": max(score for _, score in asha_results),
-        "grid_time_to_bar_s": grid_reach, "configs": len(variants), "epochs": epochs, "concurrency": concurrency,
-        "grid_epochs_trained": len(grid_results), "asha_epochs_trained": len(asha_results), "train_rows": rows,
-    }  # fmt: skip
+        "grid_time_to_bar_s": grid_reach,
+        "configs": len(variants),
+        "epochs": epochs,
+        "concurrency": concurrency,
+        "grid_epochs_trained": len(grid_results),
+        "asha_epochs_trained": len(asha_results),
+        "train_rows": rows,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

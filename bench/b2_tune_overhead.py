@@ -34,8 +34,15 @@ def trial_times(experiment_uri: str) -> list[float]:
     return [float(trial.last_result.get("time_total_s", 0.0)) for trial in analysis.trials]
 
 
-def run(rows: int = 40000, trials: int = 8, concurrency: int = 2, epochs: int = 8, hidden: int = 256,
-        track: bool = True, keep: int | None = 2) -> dict[str, Any]:  # fmt: skip
+def run(
+    rows: int = 40000,
+    trials: int = 8,
+    concurrency: int = 2,
+    epochs: int = 8,
+    hidden: int = 256,
+    track: bool = True,
+    keep: int | None = 2,
+) -> dict[str, Any]:
     import ray
 
     from ml.tune import SearchConfig, run_search
@@ -44,18 +51,33 @@ def run(rows: int = 40000, trials: int = 8, concurrency: int = 2, epochs: int = 
     split_rows = {"train": rows, "validation": rows // 5, "test": rows // 5}
     features = write_synthetic_features("classification", 3, rows=split_rows, noise=1.0)
     # Fixed architecture and no early stopping: every trial does the same work, so the ratio measures overhead.
-    space = {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}, "hidden_size": hidden, "num_layers": 2,
-             "batch_size": 256, "norm": "none", "activation": "relu", "dropout": 0.0}  # fmt: skip
+    space = {
+        "lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+        "hidden_size": hidden,
+        "num_layers": 2,
+        "batch_size": 256,
+        "norm": "none",
+        "activation": "relu",
+        "dropout": 0.0,
+    }
     try:
         with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
             ray.init(num_cpus=concurrency, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
             try:
                 config = SearchConfig(
-                    dataset=features.dataset, snapshot_id=features.snapshot_id, run_name=f"b2-{uuid.uuid4().hex[:6]}",
-                    search_space=space, num_samples=trials, max_concurrent_trials=concurrency, max_epochs=epochs,
-                    patience=epochs, grace_period=epochs, track_mlflow=track, publish_metrics=track,
+                    dataset=features.dataset,
+                    snapshot_id=features.snapshot_id,
+                    run_name=f"b2-{uuid.uuid4().hex[:6]}",
+                    search_space=space,
+                    num_samples=trials,
+                    max_concurrent_trials=concurrency,
+                    max_epochs=epochs,
+                    patience=epochs,
+                    grace_period=epochs,
+                    track_mlflow=track,
+                    publish_metrics=track,
                     checkpoints_to_keep=keep,
-                )  # fmt: skip
+                )
                 started = time.perf_counter()
                 result = run_search(config)
                 wall = time.perf_counter() - started
@@ -68,10 +90,19 @@ def run(rows: int = 40000, trials: int = 8, concurrency: int = 2, epochs: int = 
             _delete_experiment(features.dataset)
     ideal = sum(times) / concurrency
     return {
-        "benchmark": "B2 tune overhead", "ratio": wall / ideal, "target": "<= 1.2", "wall_s": wall,
-        "sum_trial_s": sum(times), "trial_s": times, "concurrency": concurrency, "trials": trials, "epochs": epochs,
-        "train_rows": rows, "mlflow_and_kafka": track, "checkpoints_to_keep": keep,
-    }  # fmt: skip
+        "benchmark": "B2 tune overhead",
+        "ratio": wall / ideal,
+        "target": "<= 1.2",
+        "wall_s": wall,
+        "sum_trial_s": sum(times),
+        "trial_s": times,
+        "concurrency": concurrency,
+        "trials": trials,
+        "epochs": epochs,
+        "train_rows": rows,
+        "mlflow_and_kafka": track,
+        "checkpoints_to_keep": keep,
+    }
 
 
 def _delete_experiment(name: str) -> None:
@@ -93,8 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-tracking", action="store_true", help="without MLflow child runs and Kafka")
     parser.add_argument("--keep", type=int, default=2, help="checkpoints kept per trial (0: all)")
     args = parser.parse_args(argv)
-    result = run(args.rows, args.trials, args.concurrency, args.epochs, args.hidden, track=not args.no_tracking,
-                 keep=args.keep or None)
+    result = run(
+        args.rows,
+        args.trials,
+        args.concurrency,
+        args.epochs,
+        args.hidden,
+        track=not args.no_tracking,
+        keep=args.keep or None,
+    )
     print(json.dumps(result, indent=2))
 
 

@@ -70,8 +70,16 @@ def spark_session(master: str, driver_memory: str, metastore_dir: str) -> Any:
     return builder.enableHiveSupport().getOrCreate()
 
 
-def pandas_preprocess(client: Any, source: Any, out: Any, columns: dict[str, str], target: str, *,
-                      max_categories: int = 20, shares: tuple[float, float] = (0.8, 0.1)) -> dict[str, int]:
+def pandas_preprocess(
+    client: Any,
+    source: Any,
+    out: Any,
+    columns: dict[str, str],
+    target: str,
+    *,
+    max_categories: int = 20,
+    shares: tuple[float, float] = (0.8, 0.1),
+) -> dict[str, int]:
     """The same transforms in plain pandas; returns rows per split."""
     import numpy as np
     import pandas as pd
@@ -86,8 +94,9 @@ def pandas_preprocess(client: Any, source: Any, out: Any, columns: dict[str, str
         text = series.astype("string").str.strip()
         return text.mask(text == "")
 
-    cleaned = pd.DataFrame({c: pd.to_numeric(frame[c], errors="coerce").replace([np.inf, -np.inf], np.nan)
-                            for c in numeric})  # fmt: skip
+    cleaned = pd.DataFrame(
+        {c: pd.to_numeric(frame[c], errors="coerce").replace([np.inf, -np.inf], np.nan) for c in numeric}
+    )
     for c in categorical:
         cleaned[c] = category(frame[c])
     cleaned["__target"] = category(frame[target])
@@ -142,8 +151,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     client = s3_client(settings)
     key, size = make_input(args.rows, args.seed, client, settings.raw_bucket)
     dataset = f"bench_b3_{args.rows}"
-    ingested, ingest_seconds = timed(lambda: ingest(IngestConfig(f"s3://{settings.raw_bucket}/{key}", dataset,
-                                                                 "target")))  # fmt: skip
+    ingested, ingest_seconds = timed(
+        lambda: ingest(IngestConfig(f"s3://{settings.raw_bucket}/{key}", dataset, "target"))
+    )
     manifest = read_json(S3Uri.parse(ingested.manifest_uri))
     snapshot_object = S3Uri.parse(manifest["objects"][0]["snapshot_uri"])
 
@@ -157,8 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             spark.stop()
 
     pandas_out = lake(settings).join("bench", "b3-pandas", dataset)
-    pandas_rows, pandas_seconds = timed(lambda: pandas_preprocess(
-        client, snapshot_object, pandas_out, manifest["columns"], manifest["target"]))  # fmt: skip
+    pandas_rows, pandas_seconds = timed(
+        lambda: pandas_preprocess(client, snapshot_object, pandas_out, manifest["columns"], manifest["target"])
+    )
     if not args.keep:
         delete_prefix(features_uri(dataset, ingested.snapshot_id))
         delete_prefix(S3Uri(pandas_out.bucket, pandas_out.key + "/"))
@@ -171,16 +182,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "target": ">= 0.8 on 2 cores, >= 2 on 16 cores",
         "rows": args.rows,
         "csv_bytes": size,
-        "spark": {"master": args.master, "parallelism": cores, "driver_memory": args.driver_memory,
-                  "warm_seconds": round(warm_seconds, 2), "cold_seconds": round(cold_seconds, 2),
-                  "rows_per_second": round(spark_rate), "rows_kept": spark_kept, "splits": warm["rows"],
-                  "features": warm["num_features"], "first_run_rows": sum(cold["rows"].values())},
-        "pandas": {"seconds": round(pandas_seconds, 2), "rows_per_second": round(pandas_rate),
-                   "rows_kept": pandas_kept, "splits": pandas_rows, "read_csv_engine": "c (default)"},
+        "spark": {
+            "master": args.master,
+            "parallelism": cores,
+            "driver_memory": args.driver_memory,
+            "warm_seconds": round(warm_seconds, 2),
+            "cold_seconds": round(cold_seconds, 2),
+            "rows_per_second": round(spark_rate),
+            "rows_kept": spark_kept,
+            "splits": warm["rows"],
+            "features": warm["num_features"],
+            "first_run_rows": sum(cold["rows"].values()),
+        },
+        "pandas": {
+            "seconds": round(pandas_seconds, 2),
+            "rows_per_second": round(pandas_rate),
+            "rows_kept": pandas_kept,
+            "splits": pandas_rows,
+            "read_csv_engine": "c (default)",
+        },
         "same_rows_kept": spark_kept == pandas_kept,
         "ingest_seconds": round(ingest_seconds, 2),
         "ingest_created_snapshot": ingested.created,
-    }  # fmt: skip
+    }
     return report("b3_spark_vs_pandas", result)
 
 

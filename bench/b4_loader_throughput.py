@@ -50,8 +50,7 @@ def _consume(batches: Iterable[tuple[Any, Any]], consumer: Callable[[Any, Any], 
     return rows
 
 
-def ours(features: Any, epochs: int, batch_size: int,
-         consumer: Callable[[Any, Any], None]) -> tuple[float, float, int]:  # fmt: skip
+def ours(features: Any, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]) -> tuple[float, float, int]:
     import torch
 
     from ml.data import TensorBatches, read_split, to_tensors
@@ -87,8 +86,9 @@ def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int
     from tests.support.synthetic_features import write_synthetic_features
 
     torch.set_num_threads(1)  # one trial's share of a node; also keeps the comparison stable on a busy machine
-    data = write_synthetic_features("classification", 3, rows={"train": rows, "validation": 10, "test": 10},
-                                    num_numeric=features - 3, parts=4)  # fmt: skip
+    data = write_synthetic_features(
+        "classification", 3, rows={"train": rows, "validation": 10, "test": 10}, num_numeric=features - 3, parts=4
+    )
     try:
         train = data.splits["train"]
         X, y = torch.from_numpy(train.X.copy()), torch.from_numpy(train.y.copy())
@@ -98,14 +98,27 @@ def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int
             ours_s, read_s, ours_rows = ours(data, epochs, batch_size, consumer)
             consumer = _consumers(X.shape[1], 3)[name]
             ref_s, ref_rows = reference(X, y, epochs, batch_size, consumer)
-            results[name] = {"ours_samples_per_s": ours_rows / ours_s, "reference_samples_per_s": ref_rows / ref_s,
-                             "ratio": (ours_rows / ours_s) / (ref_rows / ref_s), "ours_s": ours_s,
-                             "ours_parquet_read_s": read_s, "reference_s": ref_s,
-                             "ratio_without_read": (ours_rows / (ours_s - read_s)) / (ref_rows / ref_s)}  # fmt: skip
+            results[name] = {
+                "ours_samples_per_s": ours_rows / ours_s,
+                "reference_samples_per_s": ref_rows / ref_s,
+                "ratio": (ours_rows / ours_s) / (ref_rows / ref_s),
+                "ours_s": ours_s,
+                "ours_parquet_read_s": read_s,
+                "reference_s": ref_s,
+                "ratio_without_read": (ours_rows / (ours_s - read_s)) / (ref_rows / ref_s),
+            }
     finally:
         data.cleanup()
-    return {"benchmark": "B4 loader throughput", "ratio": results["train_step"]["ratio"], "target": ">= 0.8",
-            "rows": rows, "features": X.shape[1], "epochs": epochs, "batch_size": batch_size, **results}  # fmt: skip
+    return {
+        "benchmark": "B4 loader throughput",
+        "ratio": results["train_step"]["ratio"],
+        "target": ">= 0.8",
+        "rows": rows,
+        "features": X.shape[1],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        **results,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,28 +50,51 @@ from bench.common import ensure_repo_on_path, ratio, report
 ensure_repo_on_path()  # tests.support (synthetic features) lives at the repository root
 
 SCHEMA = "training_metrics.v1"
-PARAMS = {"lr": 0.0031622776601683794, "hidden_size": 128, "num_layers": 2, "batch_size": 128, "norm": "batch",
-          "activation": "relu", "dropout": 0.1, "weight_decay": 0.0001}  # fmt: skip
+PARAMS = {
+    "lr": 0.0031622776601683794,
+    "hidden_size": 128,
+    "num_layers": 2,
+    "batch_size": 128,
+    "norm": "batch",
+    "activation": "relu",
+    "dropout": 0.1,
+    "weight_decay": 0.0001,
+}
 BARE_TUNED = {"enable_idempotence": True, "linger_ms": 20, "batch_size": 64 * 1024}
 
 
 def payload(epoch: int) -> dict[str, Any]:
     """A realistic training-metrics payload (what KafkaMetricsCallback sends for one trial-epoch)."""
     return {
-        "run_name": "bench-b5", "trial_id": "1a2b3c4d", "epoch": epoch,
-        "metrics": {"train_loss": 0.4123456789, "val_loss": 0.3876543211, "val_accuracy": 0.9123456789,
-                    "val_f1_macro": 0.9012345678, "val_precision_macro": 0.9087654321, "val_recall_macro": 0.8998765432,
-                    "epoch_time_s": 0.123456789, "time_total_s": 12.3456789},
+        "run_name": "bench-b5",
+        "trial_id": "1a2b3c4d",
+        "epoch": epoch,
+        "metrics": {
+            "train_loss": 0.4123456789,
+            "val_loss": 0.3876543211,
+            "val_accuracy": 0.9123456789,
+            "val_f1_macro": 0.9012345678,
+            "val_precision_macro": 0.9087654321,
+            "val_recall_macro": 0.8998765432,
+            "epoch_time_s": 0.123456789,
+            "time_total_s": 12.3456789,
+        },
         "params": PARAMS,
-    }  # fmt: skip
+    }
 
 
 def plain_envelope(epoch: int, topic: Any) -> dict[str, Any]:
     """The same envelope as ml.events.make_envelope, built the way a bare producer's caller would (no validation)."""
     from ml.events import producer_id, utc_now_iso
 
-    return {"schema": topic.schema, "event_id": str(uuid.uuid4()), "event_time": utc_now_iso(), "dag_run_id": None,
-            "producer": producer_id(), "payload": payload(epoch)}  # fmt: skip
+    return {
+        "schema": topic.schema,
+        "event_id": str(uuid.uuid4()),
+        "event_time": utc_now_iso(),
+        "dag_run_id": None,
+        "producer": producer_id(),
+        "payload": payload(epoch),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -135,8 +158,9 @@ class ToTopic:
     def __call__(self, servers: str | None, dag_run_id: str | None) -> TopicRedirect:
         from ml.events import EventPublisher
 
-        publisher = TopicRedirect(EventPublisher(servers, buffer_size=self.buffer_size, dag_run_id=dag_run_id),
-                                  self.topic)  # fmt: skip
+        publisher = TopicRedirect(
+            EventPublisher(servers, buffer_size=self.buffer_size, dag_run_id=dag_run_id), self.topic
+        )
         self.created.append(publisher)
         return publisher
 
@@ -168,16 +192,27 @@ def run_ours(servers: str, topic: Any, messages: int) -> dict[str, Any]:
         seconds = time.perf_counter() - started
     finally:
         stats = publisher.close(timeout_s=30)
-    return {"seconds": seconds, "caller_seconds": handed_over, "delivered": stats.delivered - 1,
-            "dropped": stats.dropped, "failed": stats.failed, "pending_at_close": stats.pending}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "caller_seconds": handed_over,
+        "delivered": stats.delivered - 1,
+        "dropped": stats.dropped,
+        "failed": stats.failed,
+        "pending_at_close": stats.pending,
+    }
 
 
 def run_bare(servers: str, topic: Any, messages: int, settings: dict[str, Any]) -> dict[str, Any]:
     from kafka import KafkaProducer
     from kafka.serializer import JsonSerializer
 
-    producer = KafkaProducer(bootstrap_servers=servers.split(","), client_id="bench-b5-bare", acks="all",
-                             value_serializer=JsonSerializer(), **settings)  # fmt: skip
+    producer = KafkaProducer(
+        bootstrap_servers=servers.split(","),
+        client_id="bench-b5-bare",
+        acks="all",
+        value_serializer=JsonSerializer(),
+        **settings,
+    )
     try:
         producer.send(topic.name, key=b"bench-b5:warmup:0", value=plain_envelope(0, topic)).get(timeout=30)
         acknowledged = [0]
@@ -212,10 +247,13 @@ def publisher_throughput(servers: str, topic: Any, messages: int, repeat: int) -
     def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         seconds = statistics.median(r["seconds"] for r in runs)
         caller = statistics.median(r["caller_seconds"] for r in runs)
-        out = {"msgs_per_s": round(messages / seconds), "seconds": round(seconds, 3),
-               "caller_us_per_msg": round(caller / messages * 1e6, 1),
-               "all_seconds": [round(r["seconds"], 3) for r in runs],
-               "delivered": [r["delivered"] for r in runs]}  # fmt: skip
+        out = {
+            "msgs_per_s": round(messages / seconds),
+            "seconds": round(seconds, 3),
+            "caller_us_per_msg": round(caller / messages * 1e6, 1),
+            "all_seconds": [round(r["seconds"], 3) for r in runs],
+            "delivered": [r["delivered"] for r in runs],
+        }
         for extra in ("dropped", "failed", "pending_at_close"):
             if extra in runs[0]:
                 out[extra] = sum(r[extra] for r in runs)
@@ -226,21 +264,23 @@ def publisher_throughput(servers: str, topic: Any, messages: int, repeat: int) -
     return {
         "ratio": ratio(results["ours"]["msgs_per_s"], results["bare"]["msgs_per_s"]),
         "ratio_to_bare_tuned": ratio(results["ours"]["msgs_per_s"], results["bare_tuned"]["msgs_per_s"]),
-        "messages": messages, "rounds": repeat, "envelope_bytes": envelope_bytes, **results,
+        "messages": messages,
+        "rounds": repeat,
+        "envelope_bytes": envelope_bytes,
+        **results,
         "ours_config": "EventPublisher: acks=all, idempotent, linger 20 ms, 64 kB batches, buffer N+10, "
-                       "envelope built + validated per message",
+        "envelope built + validated per message",
         "bare_config": "KafkaProducer(acks='all', JsonSerializer), kafka-python defaults (linger 0, 16 kB batches)",
         "bare_tuned_config": f"KafkaProducer(acks='all', JsonSerializer, {BARE_TUNED})",
         "all_delivered": all(d == messages for r in results.values() for d in r["delivered"]),
-    }  # fmt: skip
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # (b) training throughput with publishing on / off
 
 
-def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds: int,
-                        hidden: int) -> dict[str, Any]:  # fmt: skip
+def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds: int, hidden: int) -> dict[str, Any]:
     """In-process: train_model with a per-epoch report that publishes (on) or does nothing (off)."""
     from ml.models import ModelConfig
     from ml.train import TrainConfig, train_model
@@ -248,8 +288,9 @@ def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds
     from tests.support.synthetic_features import make_training_data
 
     data = make_training_data("classification", 3, rows={"train": rows, "validation": max(rows // 5, 10)})
-    model_config = ModelConfig(input_dim=len(data.spec.feature_columns), output_dim=3, task="classification",
-                               num_layers=2, hidden_size=hidden)  # fmt: skip
+    model_config = ModelConfig(
+        input_dim=len(data.spec.feature_columns), output_dim=3, task="classification", num_layers=2, hidden_size=hidden
+    )
     # patience = epochs: every run trains every epoch (same work on both sides)
     train_config = TrainConfig(lr=1e-3, batch_size=128, max_epochs=epochs, patience=epochs, seed=0, threads=1)
     factory = ToTopic(topic, buffer_size=10000)
@@ -272,7 +313,7 @@ def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds
     cpu: dict[str, float] = {"on": 0.0, "off": 0.0}  # process CPU seconds (every thread: training + publisher)
     train_model(data, model_config, TrainConfig(max_epochs=1, threads=1), report=silent)  # warm-up (imports, allocs)
     for round_ in range(rounds):
-        for side in (("on", "off") if round_ % 2 == 0 else ("off", "on")):  # ABBA: drift lands on both sides
+        for side in ("on", "off") if round_ % 2 == 0 else ("off", "on"):  # ABBA: drift lands on both sides
             began, began_cpu = time.perf_counter(), time.process_time()
             result = train_model(data, model_config, train_config, report=publishing if side == "on" else silent)
             seconds = time.perf_counter() - began
@@ -284,19 +325,27 @@ def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds
     final = factory.created[0].stats()
     on, off = statistics.median(samples["on"]), statistics.median(samples["off"])
     return {
-        "ratio": ratio(on, off), "train_rows": rows, "epochs_per_run": epochs, "rounds": rounds,
+        "ratio": ratio(on, off),
+        "train_rows": rows,
+        "epochs_per_run": epochs,
+        "rounds": rounds,
         "epoch_seconds_off": round(rows / off, 4),
-        "on_samples_per_s": round(on), "off_samples_per_s": round(off),
-        "on_all": [round(x) for x in samples["on"]], "off_all": [round(x) for x in samples["off"]],
+        "on_samples_per_s": round(on),
+        "off_samples_per_s": round(off),
+        "on_all": [round(x) for x in samples["on"]],
+        "off_all": [round(x) for x in samples["off"]],
         "events_published": published,
         "caller_us_per_publish": round(publish_seconds[0] / max(published, 1) * 1e6, 1),
         "extra_cpu_ms_per_event": round((cpu["on"] - cpu["off"]) / max(published, 1) * 1e3, 2),
-        "delivered": final.delivered, "dropped": final.dropped, "failed": final.failed,
-    }  # fmt: skip
+        "delivered": final.delivered,
+        "dropped": final.dropped,
+        "failed": final.failed,
+    }
 
 
-def tune_throughput(servers: str, topic: Any, rows: int, trials: int, epochs: int, rounds: int,
-                    hidden: int) -> dict[str, Any]:  # fmt: skip
+def tune_throughput(
+    servers: str, topic: Any, rows: int, trials: int, epochs: int, rounds: int, hidden: int
+) -> dict[str, Any]:
     """The same small run_search with Kafka metrics on vs off (MLflow off on both), wall time of each."""
     import ray
 
@@ -304,10 +353,18 @@ def tune_throughput(servers: str, topic: Any, rows: int, trials: int, epochs: in
     from ml.tune import KafkaMetricsCallback, SearchConfig, run_search
     from tests.support.synthetic_features import write_synthetic_features
 
-    features = write_synthetic_features("classification", 3, rows={"train": rows, "validation": rows // 5,
-                                                                    "test": rows // 5})  # fmt: skip
-    space = {"lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}, "hidden_size": hidden, "num_layers": 2,
-             "batch_size": 128, "norm": "none", "activation": "relu", "dropout": 0.0}  # fmt: skip
+    features = write_synthetic_features(
+        "classification", 3, rows={"train": rows, "validation": rows // 5, "test": rows // 5}
+    )
+    space = {
+        "lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+        "hidden_size": hidden,
+        "num_layers": 2,
+        "batch_size": 128,
+        "norm": "none",
+        "activation": "relu",
+        "dropout": 0.0,
+    }
     walls: dict[str, list[float]] = {"on": [], "off": []}
     trial_sums: dict[str, list[float]] = {"on": [], "off": []}
     factories: list[ToTopic] = []
@@ -316,23 +373,45 @@ def tune_throughput(servers: str, topic: Any, rows: int, trials: int, epochs: in
             ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
             try:
                 # Warm-up (not counted): starts Ray's worker processes and imports, which the first search would pay.
-                run_search(SearchConfig(dataset=features.dataset, snapshot_id=features.snapshot_id,
-                                        run_name=f"b5-warmup-{uuid.uuid4().hex[:6]}", search_space=space,
-                                        num_samples=2, max_concurrent_trials=2, max_epochs=1, track_mlflow=False,
-                                        publish_metrics=False, checkpoints_to_keep=1))  # fmt: skip
+                run_search(
+                    SearchConfig(
+                        dataset=features.dataset,
+                        snapshot_id=features.snapshot_id,
+                        run_name=f"b5-warmup-{uuid.uuid4().hex[:6]}",
+                        search_space=space,
+                        num_samples=2,
+                        max_concurrent_trials=2,
+                        max_epochs=1,
+                        track_mlflow=False,
+                        publish_metrics=False,
+                        checkpoints_to_keep=1,
+                    )
+                )
                 for round_ in range(rounds):
-                    for side in (("on", "off") if round_ % 2 == 0 else ("off", "on")):
+                    for side in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
                         callbacks = []
                         if side == "on":
                             factories.append(ToTopic(topic))
-                            callbacks.append(KafkaMetricsCallback("bench-b5-tune", bootstrap_servers=servers,
-                                                                  publisher_factory=factories[-1]))  # fmt: skip
+                            callbacks.append(
+                                KafkaMetricsCallback(
+                                    "bench-b5-tune", bootstrap_servers=servers, publisher_factory=factories[-1]
+                                )
+                            )
                         config = SearchConfig(
-                            dataset=features.dataset, snapshot_id=features.snapshot_id,
-                            run_name=f"b5-{side}-{uuid.uuid4().hex[:6]}", search_space=space, num_samples=trials,
-                            max_concurrent_trials=2, max_epochs=epochs, patience=epochs, grace_period=epochs,
-                            track_mlflow=False, publish_metrics=False, checkpoints_to_keep=1, seed=0,
-                        )  # fmt: skip
+                            dataset=features.dataset,
+                            snapshot_id=features.snapshot_id,
+                            run_name=f"b5-{side}-{uuid.uuid4().hex[:6]}",
+                            search_space=space,
+                            num_samples=trials,
+                            max_concurrent_trials=2,
+                            max_epochs=epochs,
+                            patience=epochs,
+                            grace_period=epochs,
+                            track_mlflow=False,
+                            publish_metrics=False,
+                            checkpoints_to_keep=1,
+                            seed=0,
+                        )
                         began = time.perf_counter()
                         result = run_search(config, callbacks=callbacks)
                         walls[side].append(time.perf_counter() - began)
@@ -346,13 +425,17 @@ def tune_throughput(servers: str, topic: Any, rows: int, trials: int, epochs: in
     return {
         "ratio": ratio(off, on),
         "method": "ml.tune.run_search (Ray Tune, S3 checkpoints, MLflow off) with KafkaMetricsCallback publishing "
-                  "every trial-epoch vs without; throughput = 1 / wall time; alternating rounds, medians",
-        "trials": trials, "epochs": epochs, "train_rows": rows, "rounds": rounds,
-        "on_wall_s": [round(x, 2) for x in walls["on"]], "off_wall_s": [round(x, 2) for x in walls["off"]],
+        "every trial-epoch vs without; throughput = 1 / wall time; alternating rounds, medians",
+        "trials": trials,
+        "epochs": epochs,
+        "train_rows": rows,
+        "rounds": rounds,
+        "on_wall_s": [round(x, 2) for x in walls["on"]],
+        "off_wall_s": [round(x, 2) for x in walls["off"]],
         "on_sum_trial_s": [round(x, 2) for x in trial_sums["on"]],
         "off_sum_trial_s": [round(x, 2) for x in trial_sums["off"]],
         "events_delivered": sum(delivered),
-    }  # fmt: skip
+    }
 
 
 def _ray_temp_dir() -> Any:
@@ -368,8 +451,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tune-rounds", type=int, default=0, help="(b) on/off pairs of whole searches (0: none)")
     parser.add_argument("--tune-rows", type=int, default=4000, help="(b) training rows of the searches")
     parser.add_argument("--tune-epochs", type=int, default=8, help="(b) epochs of each trial (no early stopping)")
-    parser.add_argument("--rows", default="40000,4000",
-                        help="(b) training rows per epoch, comma-separated; the first is the headline")
+    parser.add_argument(
+        "--rows", default="40000,4000", help="(b) training rows per epoch, comma-separated; the first is the headline"
+    )
     parser.add_argument("--epochs", type=int, default=10, help="(b, in process) epochs per training run")
     parser.add_argument("--rounds", type=int, default=6, help="(b, in process) on/off pairs (ABBA order)")
     parser.add_argument("--hidden", type=int, default=64, help="(b) hidden layer width")
@@ -382,36 +466,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     topic = create_topic(servers)
     try:
         publisher = publisher_throughput(servers, topic, args.messages, args.repeat)
-        in_process = [training_throughput(servers, topic, int(rows), args.epochs, args.rounds, args.hidden)
-                      for rows in args.rows.split(",")]  # fmt: skip
-        tune = (tune_throughput(servers, topic, args.tune_rows, 2, args.tune_epochs, args.tune_rounds, args.hidden)
-                if args.tune_rounds > 0 else None)  # fmt: skip
+        in_process = [
+            training_throughput(servers, topic, int(rows), args.epochs, args.rounds, args.hidden)
+            for rows in args.rows.split(",")
+        ]
+        tune = (
+            tune_throughput(servers, topic, args.tune_rows, 2, args.tune_epochs, args.tune_rounds, args.hidden)
+            if args.tune_rounds > 0
+            else None
+        )
     finally:
         deleted = delete_topic(servers, topic.name)
     result = {
         "name": "B5 our Kafka publisher msgs/s / a bare KafkaProducer's (same broker, topic, acks=all, payload); "
-                "training throughput with publishing on / off",
+        "training throughput with publishing on / off",
         "ratio": publisher["ratio"],
         "target": "none (DESIGN.md sets no bound on the publisher ratio; reported)",
         "training_ratio": in_process[0]["ratio"],
         "training_target": ">= 0.98",
         "training_ratio_method": f"ml.train.train_model, {in_process[0]['train_rows']} rows "
-                                 f"({in_process[0]['epoch_seconds_off']} s epochs), publisher in the training process,"
-                                 " per-epoch KafkaMetricsCallback vs none; see training_in_process",
+        f"({in_process[0]['epoch_seconds_off']} s epochs), publisher in the training process,"
+        " per-epoch KafkaMetricsCallback vs none; see training_in_process",
         "training_in_process_worst": min(r["ratio"] or 0.0 for r in in_process),
         "tune_search_ratio": tune["ratio"] if tune else None,
         "publisher": publisher,
         "tune_search": tune,
         "training_in_process": {
             "method": "ml.train.train_model in this process, per-epoch report calling KafkaMetricsCallback."
-                      "on_trial_result (EventPublisher to the throwaway topic) vs the same report without it; "
-                      "alternating rounds (ABBA), median samples/s. The publisher's threads share this process's "
-                      "GIL and cores with the training loop: an upper bound of the cost, largest for short epochs",
-            "hidden_size": args.hidden, "batch_size": 128, "runs": in_process,
+            "on_trial_result (EventPublisher to the throwaway topic) vs the same report without it; "
+            "alternating rounds (ABBA), median samples/s. The publisher's threads share this process's "
+            "GIL and cores with the training loop: an upper bound of the cost, largest for short epochs",
+            "hidden_size": args.hidden,
+            "batch_size": 128,
+            "runs": in_process,
         },
         "broker": servers,
         "topic": {"name": topic.name, "partitions": topic.partitions, "deleted_after": deleted},
-    }  # fmt: skip
+    }
     return report("b5_kafka_publisher", result, packages=("kafka-python", "torch", "ray", "jsonschema"))
 
 

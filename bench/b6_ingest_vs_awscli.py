@@ -76,8 +76,14 @@ def boto3_copy_all(client: Any, bucket: str, prefix: str, destination_bucket: st
 
     keys = [obj["Key"] for obj in list_keys(S3Uri(bucket, prefix), client)]
     with ThreadPoolExecutor(max_workers=10) as pool:
-        list(pool.map(lambda key: client.copy({"Bucket": bucket, "Key": key}, destination_bucket,
-                                              destination_prefix + key[len(prefix):]), keys))  # fmt: skip
+        list(
+            pool.map(
+                lambda key: client.copy(
+                    {"Bucket": bucket, "Key": key}, destination_bucket, destination_prefix + key[len(prefix) :]
+                ),
+                keys,
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -119,8 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             delete_prefix(S3Uri(lake_bucket, f"datasets/{dataset}/"), client)
             delete_prefix(S3Uri(lake_bucket, cli_prefix), client)
-    baseline = ("aws s3 cp --recursive (s3 -> s3, server-side copies)" if aws else
-                "boto3 managed copy (s3transfer), 10 threads: the AWS CLI is not installed here")  # fmt: skip
+    baseline = (
+        "aws s3 cp --recursive (s3 -> s3, server-side copies)"
+        if aws
+        else "boto3 managed copy (s3transfer), 10 threads: the AWS CLI is not installed here"
+    )
     ours_seconds, copy_seconds = statistics.median(ours), statistics.median(copies)
     download_seconds = statistics.median(downloads) if downloads else None
     ours_rate = megabytes / ours_seconds
@@ -136,18 +145,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "megabytes": round(megabytes, 1),
         "rows": ingested.rows,
         "rounds": args.repeat,
-        "ours": {"seconds": round(ours_seconds, 2), "mb_per_second": round(ours_rate, 1),
-                 "all_seconds": [round(x, 2) for x in ours],
-                 "does": "list, read + parse + validate every object, server-side copy, manifest"},
-        "baseline_copy": {"seconds": round(copy_seconds, 2), "mb_per_second": round(copy_rate, 1),
-                         "all_seconds": [round(x, 2) for x in copies]},
-        "aws_cli_download": None if download_seconds is None else {
-            "seconds": round(download_seconds, 2), "mb_per_second": round(megabytes / download_seconds, 1),
+        "ours": {
+            "seconds": round(ours_seconds, 2),
+            "mb_per_second": round(ours_rate, 1),
+            "all_seconds": [round(x, 2) for x in ours],
+            "does": "list, read + parse + validate every object, server-side copy, manifest",
+        },
+        "baseline_copy": {
+            "seconds": round(copy_seconds, 2),
+            "mb_per_second": round(copy_rate, 1),
+            "all_seconds": [round(x, 2) for x in copies],
+        },
+        "aws_cli_download": None
+        if download_seconds is None
+        else {
+            "seconds": round(download_seconds, 2),
+            "mb_per_second": round(megabytes / download_seconds, 1),
             "ratio_ours_to_it": ratio(ours_rate, megabytes / download_seconds),
             "all_seconds": [round(x, 2) for x in downloads],
         },
         "s3_endpoint": settings.s3_endpoint_url,
-    }  # fmt: skip
+    }
     return report("b6_ingest_vs_awscli", result, packages=("boto3", "botocore", "pyarrow"))
 
 

@@ -66,7 +66,8 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 def runs(api: Any, limit: int = 50) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = api.request(
-        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit={limit}&order_by=-run_after")["dag_runs"]  # fmt: skip
+        "GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit={limit}&order_by=-run_after"
+    )["dag_runs"]
     return found
 
 
@@ -101,12 +102,17 @@ def task_table(tis: list[dict[str, Any]], run_start: datetime) -> list[dict[str,
     ended_so_far = run_start
     for ti in sorted(tis, key=lambda t: t.get("start_date") or "9999"):
         start, end = _time(ti.get("start_date")), _time(ti.get("end_date"))
-        rows.append({
-            "task_id": ti["task_id"], "state": ti["state"], "try_number": ti.get("try_number"),
-            "start_offset_s": _seconds(run_start, start), "duration_s": _seconds(start, end),
-            "queued_to_start_s": _seconds(_time(ti.get("queued_when")), start),
-            "idle_gap_before_s": max(_seconds(ended_so_far, start) or 0.0, 0.0) if start else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "task_id": ti["task_id"],
+                "state": ti["state"],
+                "try_number": ti.get("try_number"),
+                "start_offset_s": _seconds(run_start, start),
+                "duration_s": _seconds(start, end),
+                "queued_to_start_s": _seconds(_time(ti.get("queued_when")), start),
+                "idle_gap_before_s": max(_seconds(ended_so_far, start) or 0.0, 0.0) if start else None,
+            }
+        )
         if end and end > ended_so_far:
             ended_so_far = end
     return rows
@@ -131,14 +137,21 @@ def run_airflow(api: Any, dataset: str, conf: dict[str, Any], timeout_s: float) 
     tasks = task_table(tis, start)
     durations = [t["duration_s"] for t in tasks if t["duration_s"] is not None]
     return {
-        "dataset": dataset, "run_id": run_id, "state": state,
-        "wall_s": _seconds(queued or start, end), "start_to_end_s": _seconds(start, end),
-        "queued_to_start_s": _seconds(queued, start), "client_observed_s": round(client_seconds, 2),
+        "dataset": dataset,
+        "run_id": run_id,
+        "state": state,
+        "wall_s": _seconds(queued or start, end),
+        "start_to_end_s": _seconds(start, end),
+        "queued_to_start_s": _seconds(queued, start),
+        "client_observed_s": round(client_seconds, 2),
         "sum_task_durations_s": round(sum(durations), 2),
         "idle_gaps_s": idle_gaps(tasks, tis, end),
-        "tasks": tasks, "queued_at": run.get("queued_at"), "start_date": run["start_date"], "end_date": run["end_date"],
+        "tasks": tasks,
+        "queued_at": run.get("queued_at"),
+        "start_date": run["start_date"],
+        "end_date": run["end_date"],
         "_window": (queued or start, end),
-    }  # fmt: skip
+    }
 
 
 def run_in_process(dataset: str, conf: dict[str, Any]) -> dict[str, Any]:
@@ -148,21 +161,44 @@ def run_in_process(dataset: str, conf: dict[str, Any]) -> dict[str, Any]:
     import subprocess
     from datetime import UTC
 
-    command = [sys.executable, "-m", "ml", "run-all", "--raw-uri", conf["raw_uri"], "--dataset", dataset,
-               "--target", conf["target"], "--task", conf["task"], "--run-name", f"b7-{dataset}",
-               "--num-samples", str(conf["num_samples"]), "--max-concurrent", str(conf["max_concurrent_trials"]),
-               "--max-epochs", str(conf["max_epochs"])]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "ml",
+        "run-all",
+        "--raw-uri",
+        conf["raw_uri"],
+        "--dataset",
+        dataset,
+        "--target",
+        conf["target"],
+        "--task",
+        conf["task"],
+        "--run-name",
+        f"b7-{dataset}",
+        "--num-samples",
+        str(conf["num_samples"]),
+        "--max-concurrent",
+        str(conf["max_concurrent_trials"]),
+        "--max-epochs",
+        str(conf["max_epochs"]),
+    ]
     start = datetime.now(UTC)
     began = time.perf_counter()
     completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, timeout=3600)
     wall = time.perf_counter() - began
     summary = json.loads(completed.stdout)
     return {
-        "dataset": dataset, "command": "python -m ml run-all (ml.pipeline.run_pipeline)", "wall_s": round(wall, 2),
-        "timings_s": summary["timings_s"], "sum_stages_s": summary["total_s"],
-        "outside_stages_s": round(wall - summary["total_s"], 2), "num_trials": summary["num_trials"],
-        "test_metrics": summary["test_metrics"], "_window": (start, datetime.now(UTC)),
-    }  # fmt: skip
+        "dataset": dataset,
+        "command": "python -m ml run-all (ml.pipeline.run_pipeline)",
+        "wall_s": round(wall, 2),
+        "timings_s": summary["timings_s"],
+        "sum_stages_s": summary["total_s"],
+        "outside_stages_s": round(wall - summary["total_s"], 2),
+        "num_trials": summary["num_trials"],
+        "test_metrics": summary["test_metrics"],
+        "_window": (start, datetime.now(UTC)),
+    }
 
 
 def stage_comparison(airflow: dict[str, Any], in_process: dict[str, Any]) -> list[dict[str, Any]]:
@@ -172,17 +208,36 @@ def stage_comparison(airflow: dict[str, Any], in_process: dict[str, Any]) -> lis
         task = by_task.get(task_id, {})
         ours = round(sum(in_process["timings_s"].get(s, 0.0) for s in stages), 2)
         took = task.get("duration_s")
-        rows.append({"stage": "+".join(stages), "airflow_task": task_id, "airflow_s": took, "in_process_s": ours,
-                     "difference_s": round((took or 0.0) - ours, 2)})  # fmt: skip
+        rows.append(
+            {
+                "stage": "+".join(stages),
+                "airflow_task": task_id,
+                "airflow_s": took,
+                "in_process_s": ours,
+                "difference_s": round((took or 0.0) - ours, 2),
+            }
+        )
     extra = [t for t in airflow["tasks"] if t["task_id"] not in STAGES]
-    rows.append({"stage": "(DAG only)", "airflow_task": ", ".join(t["task_id"] for t in extra),
-                 "airflow_s": round(sum(t["duration_s"] or 0.0 for t in extra), 2), "in_process_s": 0.0,
-                 "difference_s": round(sum(t["duration_s"] or 0.0 for t in extra), 2)})  # fmt: skip
-    rows.append({"stage": "(between tasks / outside stages)", "airflow_task": "idle gaps + queued before start",
-                 "airflow_s": round(airflow["idle_gaps_s"] + (airflow["queued_to_start_s"] or 0.0), 2),
-                 "in_process_s": in_process["outside_stages_s"],
-                 "difference_s": round(airflow["idle_gaps_s"] + (airflow["queued_to_start_s"] or 0.0)
-                                       - in_process["outside_stages_s"], 2)})  # fmt: skip
+    rows.append(
+        {
+            "stage": "(DAG only)",
+            "airflow_task": ", ".join(t["task_id"] for t in extra),
+            "airflow_s": round(sum(t["duration_s"] or 0.0 for t in extra), 2),
+            "in_process_s": 0.0,
+            "difference_s": round(sum(t["duration_s"] or 0.0 for t in extra), 2),
+        }
+    )
+    rows.append(
+        {
+            "stage": "(between tasks / outside stages)",
+            "airflow_task": "idle gaps + queued before start",
+            "airflow_s": round(airflow["idle_gaps_s"] + (airflow["queued_to_start_s"] or 0.0), 2),
+            "in_process_s": in_process["outside_stages_s"],
+            "difference_s": round(
+                airflow["idle_gaps_s"] + (airflow["queued_to_start_s"] or 0.0) - in_process["outside_stages_s"], 2
+            ),
+        }
+    )
     return rows
 
 
@@ -231,8 +286,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num-samples", type=int, default=2)
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--max-concurrent", type=int, default=2)
-    parser.add_argument("--pairs", type=int, default=3,
-                        help="airflow/in-process pairs; the order alternates (airflow first in the first pair)")
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=3,
+        help="airflow/in-process pairs; the order alternates (airflow first in the first pair)",
+    )
     parser.add_argument("--timeout-s", type=float, default=1200, help="for each DAG run")
     parser.add_argument("--wait-idle-s", type=float, default=900, help="wait at most this for other runs to end")
     parser.add_argument("--keep", action="store_true", help="keep the datasets' lake folders, experiments, models")
@@ -250,8 +309,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except OSError as error:  # connection refused, or no generated password file yet
         raise SystemExit(f"B7 needs Airflow at {AIRFLOW} (`make airflow-up`): {error}") from error
     wait_for_dag(api)
-    conf = {"raw_uri": RAW_URI, "target": TARGET, "task": TASK, "num_samples": args.num_samples,
-            "max_concurrent_trials": args.max_concurrent, "max_epochs": args.max_epochs}  # fmt: skip
+    conf = {
+        "raw_uri": RAW_URI,
+        "target": TARGET,
+        "task": TASK,
+        "num_samples": args.num_samples,
+        "max_concurrent_trials": args.max_concurrent,
+        "max_epochs": args.max_epochs,
+    }
     waited = 0.0
     pairs: list[dict[str, Any]] = []
     left: dict[str, list[str]] = {}
@@ -273,13 +338,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             if not args.keep:
                 left.update({name: cleanup(name) for name in datasets.values()})
-        overlaps = {side: overlapping(api, *results[side].pop("_window"), exclude=results[side].get("run_id"))
-                    for side in order}  # fmt: skip
+        overlaps = {
+            side: overlapping(api, *results[side].pop("_window"), exclude=results[side].get("run_id")) for side in order
+        }
         airflow, in_process = results["airflow"], results["in_process"]
-        pairs.append({"order": order, "ratio": ratio(airflow["wall_s"], in_process["wall_s"]),
-                      "airflow_wall_s": airflow["wall_s"], "in_process_wall_s": in_process["wall_s"],
-                      "stages": stage_comparison(airflow, in_process), "airflow": airflow, "in_process": in_process,
-                      "other_runs_overlapping": overlaps})  # fmt: skip
+        pairs.append(
+            {
+                "order": order,
+                "ratio": ratio(airflow["wall_s"], in_process["wall_s"]),
+                "airflow_wall_s": airflow["wall_s"],
+                "in_process_wall_s": in_process["wall_s"],
+                "stages": stage_comparison(airflow, in_process),
+                "airflow": airflow,
+                "in_process": in_process,
+                "other_runs_overlapping": overlaps,
+            }
+        )
 
     airflow_wall = round(statistics.median(p["airflow_wall_s"] for p in pairs), 2)
     in_process_wall = round(statistics.median(p["in_process_wall_s"] for p in pairs), 2)
@@ -293,17 +367,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overhead_s": round(airflow_wall - in_process_wall, 2),
         "ratio_per_pair": [p["ratio"] for p in pairs],
         "ratio_start_to_end": ratio(statistics.median(p["airflow"]["start_to_end_s"] for p in pairs), in_process_wall),
-        "ratio_same_stages": ratio(sum(r["airflow_s"] or 0.0 for r in stages[: len(STAGES)]),
-                                   sum(r["in_process_s"] or 0.0 for r in stages[: len(STAGES)])),
+        "ratio_same_stages": ratio(
+            sum(r["airflow_s"] or 0.0 for r in stages[: len(STAGES)]),
+            sum(r["in_process_s"] or 0.0 for r in stages[: len(STAGES)]),
+        ),
         "data": f"{RAW_URI} (shipped penguins, 344 rows)",
-        "search": {"num_samples": args.num_samples, "max_epochs": args.max_epochs,
-                   "max_concurrent_trials": args.max_concurrent},
+        "search": {
+            "num_samples": args.num_samples,
+            "max_epochs": args.max_epochs,
+            "max_concurrent_trials": args.max_concurrent,
+        },
         "stages_median": stages,
         "pairs": pairs,
         "waited_for_idle_s": waited,
         "cleanup_problems": {name: problems for name, problems in left.items() if problems},
         "left_behind": "Kafka events of the runs; each dataset's external Hive table entry in the local metastore",
-    }  # fmt: skip
+    }
     return report("b7_airflow_overhead", result, packages=("apache-airflow", "pyspark", "ray", "torch", "mlflow"))
 
 

@@ -61,8 +61,9 @@ def _java_version() -> str | None:
 
 def _git_commit() -> str | None:
     try:
-        completed = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-                                   capture_output=True, text=True, timeout=10)  # fmt: skip
+        completed = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return completed.stdout.strip() or None
@@ -73,8 +74,13 @@ def machine_info(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, Any]
     cpu_model = None
     try:
         cpu_model = next(
-            (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-             if line.startswith("model name")), None)  # fmt: skip
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
     except OSError:
         pass
     versions: dict[str, str | None] = {}

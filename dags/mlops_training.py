@@ -38,14 +38,25 @@ default_args = {
 }
 
 params = {
-    "raw_uri": Param("s3://raw/penguins/", type="string", pattern=r"^s3a?://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
-                     description="Raw CSV/Parquet object or prefix in S3"),
-    "dataset": Param("penguins", type="string", pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,62}$",
-                     description="Dataset name: lake prefix, Hive table, registered model"),
+    "raw_uri": Param(
+        "s3://raw/penguins/",
+        type="string",
+        pattern=r"^s3a?://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
+        description="Raw CSV/Parquet object or prefix in S3",
+    ),
+    "dataset": Param(
+        "penguins",
+        type="string",
+        pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,62}$",
+        description="Dataset name: lake prefix, Hive table, registered model",
+    ),
     "target": Param("species", type="string", minLength=1, description="Column to predict"),
     "task": Param("classification", enum=["classification", "regression"]),
-    "search_space": Param(None, type=["null", "object", "string"],
-                          description="Search space as JSON (or a path to a JSON/YAML file); null: the default"),
+    "search_space": Param(
+        None,
+        type=["null", "object", "string"],
+        description="Search space as JSON (or a path to a JSON/YAML file); null: the default",
+    ),
     "num_samples": Param(8, type="integer", minimum=1, maximum=500, description="Trials to run"),
     "max_concurrent_trials": Param(2, type="integer", minimum=1, maximum=64),
     "max_epochs": Param(30, type="integer", minimum=1, maximum=1000),
@@ -53,7 +64,7 @@ params = {
     "promotion_margin": Param(0.0, type="number", minimum=0, description="How much better the challenger must be"),
     "allow_backfill_promotion": Param(False, type="boolean", description="Let a backfill move the champion alias"),
     "force_retrain": Param(False, type="boolean", description="Train even if a model exists for this data and code"),
-}  # fmt: skip
+}
 
 
 @dag(

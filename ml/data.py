@@ -151,9 +151,15 @@ class TensorBatches:
     """
 
     def __init__(
-        self, X: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-        generator: torch.Generator | None = None, drop_singleton: bool = True,
-    ) -> None:  # fmt: skip
+        self,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        drop_singleton: bool = True,
+    ) -> None:
         import torch
 
         if batch_size < 1:

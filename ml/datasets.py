@@ -35,8 +35,15 @@ def load_shipped(name: str) -> pd.DataFrame:
     raise ValueError(f"unknown dataset {name!r}; known: {', '.join(SHIPPED)} (or `synthetic`)")
 
 
-def synthetic(rows: int, *, numeric: int = 8, categorical: int = 2, null_share: float = 0.05, seed: int = 0,
-              task: str = "classification") -> pd.DataFrame:  # fmt: skip
+def synthetic(
+    rows: int,
+    *,
+    numeric: int = 8,
+    categorical: int = 2,
+    null_share: float = 0.05,
+    seed: int = 0,
+    task: str = "classification",
+) -> pd.DataFrame:
     """A learnable tabular dataset of any size: numeric columns with nulls, categoricals, and a `target`."""
     rng = np.random.default_rng(seed)
     data: dict[str, Any] = {}

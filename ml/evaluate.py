@@ -63,8 +63,9 @@ def download_checkpoint(uri: str | S3Uri, directory: str | Path) -> Path:
     return target
 
 
-def baseline_predictions(task: str, train_y: np.ndarray, rows: int,
-                         num_classes: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
+def baseline_predictions(
+    task: str, train_y: np.ndarray, rows: int, num_classes: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """A trivial model fitted on the training labels: (predictions, probabilities or None) for `rows` rows."""
     if task == CLASSIFICATION:
         k = int(num_classes or (int(train_y.max()) + 1 if len(train_y) else 1))
@@ -103,35 +104,43 @@ def evaluate_best(search_result: Any, *, log_to_mlflow: bool = True, write_resul
     predictions, probabilities = predict(model, test.X)
     test_metrics = compute_metrics(spec.task, test.y, predictions, probabilities, num_classes=num_classes)
     base_predictions, base_probabilities = baseline_predictions(spec.task, train.y, test.rows, num_classes)
-    baseline_metrics = compute_metrics(spec.task, test.y, base_predictions, base_probabilities,
-                                       num_classes=num_classes)  # fmt: skip
+    baseline_metrics = compute_metrics(spec.task, test.y, base_predictions, base_probabilities, num_classes=num_classes)
 
     metric = primary_metric(spec.task, result.metric)
-    evaluation = json_safe({
-        "dataset": result.dataset,
-        "snapshot_id": result.snapshot_id,
-        "task": spec.task,
-        "metric": metric,
-        "higher_is_better": higher_is_better(metric),
-        "test_metrics": test_metrics,
-        "baseline_test_metrics": baseline_metrics,
-        "validation_metrics": result.best_validation_metrics,
-        "params": result.best_params,
-        "checkpoint_uri": result.best_checkpoint_uri,
-        "features_uri": result.features_uri,
-        "feature_spec_uri": result.feature_spec_uri,
-        "search_space_hash": result.search_space_hash,
-        "mlflow_parent_run_id": result.mlflow_parent_run_id,
-        "num_trials": result.num_trials,
-        "test_rows": test.rows,
-        "run_name": result.run_name,
-        "dag_run_id": result.dag_run_id,
-        "best_trial_id": result.best_trial_id,
-        "classes": spec.classes,
-    })  # fmt: skip
-    log.info("test %s=%s (baseline %s) on %d rows for %s/%s in %.1fs", metric, test_metrics.get(metric),
-             baseline_metrics.get(metric), test.rows, result.dataset, result.snapshot_id,
-             time.perf_counter() - started)  # fmt: skip
+    evaluation = json_safe(
+        {
+            "dataset": result.dataset,
+            "snapshot_id": result.snapshot_id,
+            "task": spec.task,
+            "metric": metric,
+            "higher_is_better": higher_is_better(metric),
+            "test_metrics": test_metrics,
+            "baseline_test_metrics": baseline_metrics,
+            "validation_metrics": result.best_validation_metrics,
+            "params": result.best_params,
+            "checkpoint_uri": result.best_checkpoint_uri,
+            "features_uri": result.features_uri,
+            "feature_spec_uri": result.feature_spec_uri,
+            "search_space_hash": result.search_space_hash,
+            "mlflow_parent_run_id": result.mlflow_parent_run_id,
+            "num_trials": result.num_trials,
+            "test_rows": test.rows,
+            "run_name": result.run_name,
+            "dag_run_id": result.dag_run_id,
+            "best_trial_id": result.best_trial_id,
+            "classes": spec.classes,
+        }
+    )
+    log.info(
+        "test %s=%s (baseline %s) on %d rows for %s/%s in %.1fs",
+        metric,
+        test_metrics.get(metric),
+        baseline_metrics.get(metric),
+        test.rows,
+        result.dataset,
+        result.snapshot_id,
+        time.perf_counter() - started,
+    )
 
     if write_result:
         write_json(S3Uri.parse(result.experiment_uri).join(EVALUATION_FILE), evaluation)
@@ -147,8 +156,11 @@ def _log_to_parent_run(run_id: str, evaluation: Mapping[str, Any]) -> None:
     client = MlflowClient(tracking_uri=Settings.from_env().mlflow_tracking_uri)
     now = int(time.time() * 1000)
     metrics = [Metric(f"test_{k}", float(v), now, 0) for k, v in evaluation["test_metrics"].items() if v is not None]
-    metrics += [Metric(f"baseline_test_{k}", float(v), now, 0)
-                for k, v in evaluation["baseline_test_metrics"].items() if v is not None]  # fmt: skip
+    metrics += [
+        Metric(f"baseline_test_{k}", float(v), now, 0)
+        for k, v in evaluation["baseline_test_metrics"].items()
+        if v is not None
+    ]
     client.log_batch(run_id, metrics=metrics)
     client.log_dict(run_id, dict(evaluation), EVALUATION_FILE)
 
@@ -167,10 +179,11 @@ def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "evaluate", help="score the best checkpoint of a search on the test split",
+        "evaluate",
+        help="score the best checkpoint of a search on the test split",
         description="Load the best checkpoint of a search, score the untouched test split and a trivial baseline; "
-                    "prints the evaluation JSON that model registration consumes.",
-    )  # fmt: skip
+        "prints the evaluation JSON that model registration consumes.",
+    )
     parser.add_argument("--search-result", help="SearchResult JSON: a file or an s3:// URI")
     parser.add_argument("--dataset", help="with --snapshot and --run-name: the stored result of that search")
     parser.add_argument("--snapshot")

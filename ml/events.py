@@ -288,9 +288,13 @@ class EventPublisher:
         if stats.dropped or stats.failed or stats.pending:
             log.warning(
                 "event publisher to %s closed with %d delivered, %d dropped, %d failed, %d undelivered%s",
-                self.bootstrap_servers, stats.delivered, stats.dropped, stats.failed, stats.pending,
+                self.bootstrap_servers,
+                stats.delivered,
+                stats.dropped,
+                stats.failed,
+                stats.pending,
                 f" (last error: {self._last_error})" if self._last_error else "",
-            )  # fmt: skip
+            )
         return stats
 
     def __enter__(self) -> EventPublisher:
@@ -401,8 +405,13 @@ class EventPublisher:
                 self._last_error = str(error)
             else:
                 self._failed += 1
-                log.error("event %s key=%s to %s failed: %s", message.envelope["event_id"], message.key.decode(),
-                          message.topic, error)  # fmt: skip
+                log.error(
+                    "event %s key=%s to %s failed: %s",
+                    message.envelope["event_id"],
+                    message.key.decode(),
+                    message.topic,
+                    error,
+                )
             self._cond.notify_all()
 
     def _requeue_front(self, message: _Message) -> None:
@@ -420,8 +429,12 @@ class EventPublisher:
         if self._dropped <= self.drop_log_each or now - self._last_drop_log >= self.drop_log_interval_s:
             log.warning(
                 "event buffer full (%d): dropped %d message(s) up to key=%s on %s, %d dropped in total",
-                self.buffer_size, self._drops_since_log, message.key.decode(), message.topic, self._dropped,
-            )  # fmt: skip
+                self.buffer_size,
+                self._drops_since_log,
+                message.key.decode(),
+                message.topic,
+                self._dropped,
+            )
             self._drops_since_log = 0
             self._last_drop_log = now
         else:

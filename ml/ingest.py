@@ -134,16 +134,19 @@ def read_table(body: bytes, fmt: str, where: str) -> Any:
         )
     except (pa.ArrowInvalid, OSError, EOFError, zlib.error) as error:
         if "straddling" in str(error):  # pyarrow's words for a row longer than its parse block
-            raise DataError(f"{where}: a row is longer than {MAX_ROW_BYTES // 1024**2} MiB, the limit for one CSV "
-                            "row (an unclosed quote, or a text that does not belong in a feature table)") from None
+            raise DataError(
+                f"{where}: a row is longer than {MAX_ROW_BYTES // 1024**2} MiB, the limit for one CSV "
+                "row (an unclosed quote, or a text that does not belong in a feature table)"
+            ) from None
         raise DataError(f"{where}: not a readable {kind} file ({error})") from None
     except UnicodeDecodeError as error:
         raise DataError(f"{where}: not a readable {kind} file: not UTF-8 text ({error})") from None
     # pyarrow keeps values that are not valid UTF-8 as bytes; Spark would read them as mangled text.
     binary = [field.name for field in table.schema if pa.types.is_binary(field.type)]
     if binary:
-        raise DataError(f"{where}: not a readable {kind} file: column {binary[0]!r} holds values that are not "
-                        "UTF-8 text")  # fmt: skip
+        raise DataError(
+            f"{where}: not a readable {kind} file: column {binary[0]!r} holds values that are not UTF-8 text"
+        )
     _refuse_multiline_values(table, where)
     return table
 
@@ -160,8 +163,10 @@ def _refuse_multiline_values(table: Any, where: str) -> None:
         broken = pc.match_substring_regex(table.column(column.name), r"[\r\n]")
         if pc.any(broken).as_py():
             row = pc.index(broken, True).as_py() + 1
-            raise DataError(f"{where}: column {column.name!r}, data row {row}: a value spans several lines (an "
-                            "unclosed quote, or a quoted text with line breaks); CSV rows must be one line each")
+            raise DataError(
+                f"{where}: column {column.name!r}, data row {row}: a value spans several lines (an "
+                "unclosed quote, or a quoted text with line breaks); CSV rows must be one line each"
+            )
 
 
 def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str, str], list[str]]:
@@ -193,8 +198,10 @@ def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str
         if parsed and len(present) - parsed <= max_bad_share * len(present):
             kinds[name] = "numeric"
             if parsed < len(present):
-                warnings.append(f"{where}: column {name!r}: {len(present) - parsed} non-numeric value(s) such as "
-                                f"{bad!r} are treated as missing")  # fmt: skip
+                warnings.append(
+                    f"{where}: column {name!r}: {len(present) - parsed} non-numeric value(s) such as "
+                    f"{bad!r} are treated as missing"
+                )
         elif parsed > len(present) / 2:
             raise DataError(
                 f"{where}: column {name!r} is numeric but {len(present) - parsed} of {len(present)} values are not "
@@ -272,8 +279,9 @@ def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[
                 if kind == "empty":
                     continue
                 if kinds[name] not in ("empty", kind):
-                    raise DataError(f"{where}: column {name!r} is {kind} here but {kinds[name]} in "
-                                    f"{kind_seen_in[name]}")  # fmt: skip
+                    raise DataError(
+                        f"{where}: column {name!r} is {kind} here but {kinds[name]} in {kind_seen_in[name]}"
+                    )
                 kinds[name] = kind
         for name, kind in file_kinds.items():
             if kind != "empty":
@@ -295,11 +303,14 @@ def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[
         for _, table in tables:
             classes |= {str(v) for v in pc.unique(pc.drop_null(table.column(config.target))).to_pylist()}
         if len(classes) < 2:
-            raise DataError(f"{source}: target column {config.target!r} has a single class {sorted(classes)}: "
-                            "nothing to learn")  # fmt: skip
+            raise DataError(
+                f"{source}: target column {config.target!r} has a single class {sorted(classes)}: nothing to learn"
+            )
         if len(classes) > MAX_CLASSES:
-            raise DataError(f"{source}: target column {config.target!r} has {len(classes)} classes "
-                            f"(> {MAX_CLASSES}); is it a regression target? pass --task regression")  # fmt: skip
+            raise DataError(
+                f"{source}: target column {config.target!r} has {len(classes)} classes "
+                f"(> {MAX_CLASSES}); is it a regression target? pass --task regression"
+            )
     return kinds, task, rows, warnings
 
 
@@ -360,9 +371,16 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
         manifest = read_json(manifest_uri, client)
         log.info("snapshot %s of %s already exists: nothing copied", snapshot_id, config.dataset)
         return IngestResult(
-            config.dataset, snapshot_id, str(target_root), str(manifest_uri), manifest["rows"],
-            manifest["task"], manifest["target"], created=False, warnings=manifest["warnings"],
-        )  # fmt: skip
+            config.dataset,
+            snapshot_id,
+            str(target_root),
+            str(manifest_uri),
+            manifest["rows"],
+            manifest["task"],
+            manifest["target"],
+            created=False,
+            warnings=manifest["warnings"],
+        )
 
     # Objects are read (and copied below) a few at a time; errors still name the first bad object in key order.
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects))) as pool:
@@ -379,12 +397,23 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
         # A managed copy: server-side, multipart above 5 GB (where one CopyObject is refused), and only of the
         # version that was listed, hashed and validated.
         with _changed_object_is_an_error(f"s3://{raw.bucket}/{obj['Key']}"):
-            client.copy({"Bucket": raw.bucket, "Key": obj["Key"]}, destination.bucket, destination.key,
-                        ExtraArgs={"CopySourceIfMatch": obj["ETag"]}, Config=_copy_config())  # fmt: skip
+            client.copy(
+                {"Bucket": raw.bucket, "Key": obj["Key"]},
+                destination.bucket,
+                destination.key,
+                ExtraArgs={"CopySourceIfMatch": obj["ETag"]},
+                Config=_copy_config(),
+            )
         # Each object's own columns (and Parquet types): the Spark job reads CSV files by header, not position.
-        return {"source": f"s3://{raw.bucket}/{obj['Key']}", "etag": obj["ETag"].strip('"'), "size": obj["Size"],
-                "format": _format_of(obj["Key"]) or "csv", "snapshot_uri": str(destination),
-                "columns": table.column_names, "types": [str(t) for t in table.schema.types]}  # fmt: skip
+        return {
+            "source": f"s3://{raw.bucket}/{obj['Key']}",
+            "etag": obj["ETag"].strip('"'),
+            "size": obj["Size"],
+            "format": _format_of(obj["Key"]) or "csv",
+            "snapshot_uri": str(destination),
+            "columns": table.column_names,
+            "types": [str(t) for t in table.schema.types],
+        }
 
     try:
         pool = ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(objects)))
@@ -394,11 +423,18 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
             # Wait for copies in flight, so that none lands after the clean-up below.
             pool.shutdown(wait=True, cancel_futures=True)
         manifest = {
-            "version": MANIFEST_VERSION, "dataset": config.dataset, "snapshot_id": snapshot_id,
-            "source_uri": str(raw), "objects": copied, "rows": rows, "target": config.target, "task": task,
-            "columns": {name: kind for name, kind in kinds.items()}, "warnings": warnings,
+            "version": MANIFEST_VERSION,
+            "dataset": config.dataset,
+            "snapshot_id": snapshot_id,
+            "source_uri": str(raw),
+            "objects": copied,
+            "rows": rows,
+            "target": config.target,
+            "task": task,
+            "columns": {name: kind for name, kind in kinds.items()},
+            "warnings": warnings,
             "max_bad_share": config.max_bad_share,
-        }  # fmt: skip
+        }
         write_json(manifest_uri, manifest, client)
         pointer = {"snapshot_id": snapshot_id, "columns": manifest["columns"], "manifest": str(manifest_uri)}
         write_json(latest_snapshot_uri(config.dataset, settings), pointer, client)
@@ -410,20 +446,36 @@ def ingest(config: IngestConfig, settings: Settings | None = None) -> IngestResu
             removed = delete_prefix(target_root, client)
             log.error("ingest failed; removed %d partial object(s) under %s", removed, target_root)
         except Exception as cleanup_error:
-            log.error("ingest failed, and removing the partial snapshot under %s failed too (%s); it has no "
-                      "manifest, so no run uses it, and the next ingest overwrites it", target_root,
-                      cleanup_error)  # fmt: skip
+            log.error(
+                "ingest failed, and removing the partial snapshot under %s failed too (%s); it has no "
+                "manifest, so no run uses it, and the next ingest overwrites it",
+                target_root,
+                cleanup_error,
+            )
         raise
     log.info("snapshot %s of %s: %d object(s), %d rows, task %s", snapshot_id, config.dataset, len(objects), rows, task)
-    return IngestResult(config.dataset, snapshot_id, str(target_root), str(manifest_uri), rows, task, config.target,
-                        created=True, warnings=warnings)  # fmt: skip
+    return IngestResult(
+        config.dataset,
+        snapshot_id,
+        str(target_root),
+        str(manifest_uri),
+        rows,
+        task,
+        config.target,
+        created=True,
+        warnings=warnings,
+    )
 
 
 def _cli(args: argparse.Namespace) -> dict[str, Any]:
     config = IngestConfig(
-        raw_uri=args.raw_uri, dataset=args.dataset, target=args.target, task=args.task,
-        max_bad_share=args.max_bad_share, allow_schema_drift=args.allow_schema_drift,
-    )  # fmt: skip
+        raw_uri=args.raw_uri,
+        dataset=args.dataset,
+        target=args.target,
+        task=args.task,
+        max_bad_share=args.max_bad_share,
+        allow_schema_drift=args.allow_schema_drift,
+    )
     return ingest(config).to_dict()
 
 
@@ -433,7 +485,11 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name (lake prefix, Hive table, model name)")
     parser.add_argument("--target", required=True, help="the column to predict")
     parser.add_argument("--task", choices=["classification", "regression"], help="default: inferred from the target")
-    parser.add_argument("--max-bad-share", type=float, default=0.01,
-                        help="share of non-numeric values tolerated in a numeric column (default 0.01)")  # fmt: skip
+    parser.add_argument(
+        "--max-bad-share",
+        type=float,
+        default=0.01,
+        help="share of non-numeric values tolerated in a numeric column (default 0.01)",
+    )
     parser.add_argument("--allow-schema-drift", action="store_true", help="accept lost or retyped columns")
     parser.set_defaults(handler=_cli)

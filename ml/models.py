@@ -41,8 +41,16 @@ MODEL_CONFIG_FILE = "model_config.json"
 # Metric names per task (without a split prefix such as "val_" or "test_"). "loss" is the training objective.
 CLASSIFICATION_METRICS = ("loss", "accuracy", "f1_macro", "roc_auc", "log_loss")
 REGRESSION_METRICS = ("loss", "rmse", "mae", "r2")
-_HIGHER_IS_BETTER = {"accuracy": True, "f1_macro": True, "roc_auc": True, "r2": True,
-                     "loss": False, "log_loss": False, "rmse": False, "mae": False}  # fmt: skip
+_HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "f1_macro": True,
+    "roc_auc": True,
+    "r2": True,
+    "loss": False,
+    "log_loss": False,
+    "rmse": False,
+    "mae": False,
+}
 _SPLIT_PREFIXES = ("train_", "val_", "validation_", "test_", "baseline_test_")
 
 
@@ -189,9 +197,13 @@ def predict(
 
 
 def compute_metrics(
-    task: str, y_true: np.ndarray, predictions: np.ndarray, probabilities: np.ndarray | None = None,
-    *, num_classes: int | None = None,
-) -> dict[str, float]:  # fmt: skip
+    task: str,
+    y_true: np.ndarray,
+    predictions: np.ndarray,
+    probabilities: np.ndarray | None = None,
+    *,
+    num_classes: int | None = None,
+) -> dict[str, float]:
     """Task metrics as plain floats (NaN where undefined, e.g. ROC-AUC with one class present).
 
     classification: accuracy, f1_macro, roc_auc (binary: of the positive class; else one-vs-rest macro), log_loss.
@@ -206,9 +218,10 @@ def compute_metrics(
         y = y_true.astype(np.int64)
         result = {
             "accuracy": float(metrics.accuracy_score(y, predictions)),
-            "f1_macro": float(metrics.f1_score(y, predictions, average="macro", labels=labels or None,
-                                               zero_division=0)),
-        }  # fmt: skip
+            "f1_macro": float(
+                metrics.f1_score(y, predictions, average="macro", labels=labels or None, zero_division=0)
+            ),
+        }
         result["roc_auc"] = _roc_auc(y, probabilities, labels)
         if probabilities is not None and len(y):
             clipped = np.clip(probabilities, 1e-15, 1.0)
@@ -261,8 +274,10 @@ def higher_is_better(metric: str) -> bool:
     """Whether a larger value of this metric (with or without a split prefix) is better; unknown names raise."""
     base = base_metric_name(metric)
     if base not in _HIGHER_IS_BETTER:
-        raise ValueError(f"unknown metric {metric!r}: expected one of {sorted(_HIGHER_IS_BETTER)} with an optional "
-                         f"prefix {_SPLIT_PREFIXES}")  # fmt: skip
+        raise ValueError(
+            f"unknown metric {metric!r}: expected one of {sorted(_HIGHER_IS_BETTER)} with an optional "
+            f"prefix {_SPLIT_PREFIXES}"
+        )
     return _HIGHER_IS_BETTER[base]
 
 

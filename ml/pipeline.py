@@ -49,10 +49,15 @@ def run_pipeline(
     timed("preprocess", started)
     started = time.perf_counter()
     config = SearchConfig(
-        dataset=dataset, snapshot_id=snapshot.snapshot_id, run_name=run_name,
-        search_space=resolve_search_space(search_space), num_samples=num_samples,
-        max_concurrent_trials=max_concurrent_trials, max_epochs=max_epochs, dag_run_id=run_name,
-    )  # fmt: skip
+        dataset=dataset,
+        snapshot_id=snapshot.snapshot_id,
+        run_name=run_name,
+        search_space=resolve_search_space(search_space),
+        num_samples=num_samples,
+        max_concurrent_trials=max_concurrent_trials,
+        max_epochs=max_epochs,
+        dag_run_id=run_name,
+    )
     search = run_search(config)
     timed("tune", started)
     started = time.perf_counter()
@@ -61,23 +66,38 @@ def run_pipeline(
     model: dict[str, Any] | None = None
     if register:
         started = time.perf_counter()
-        model = register_and_promote(evaluation, dag_id="ml.pipeline", dag_run_id=run_name,
-                                     code_version=code_version(), margin=margin)  # fmt: skip
+        model = register_and_promote(
+            evaluation, dag_id="ml.pipeline", dag_run_id=run_name, code_version=code_version(), margin=margin
+        )
         timed("register", started)
     return {
-        "dataset": dataset, "snapshot_id": snapshot.snapshot_id, "rows": features["rows"],
-        "best_params": search.best_params, "num_trials": search.num_trials,
-        "test_metrics": evaluation["test_metrics"], "baseline_test_metrics": evaluation["baseline_test_metrics"],
-        "model": model, "timings_s": timings, "total_s": round(sum(timings.values()), 2),
-    }  # fmt: skip
+        "dataset": dataset,
+        "snapshot_id": snapshot.snapshot_id,
+        "rows": features["rows"],
+        "best_params": search.best_params,
+        "num_trials": search.num_trials,
+        "test_metrics": evaluation["test_metrics"],
+        "baseline_test_metrics": evaluation["baseline_test_metrics"],
+        "model": model,
+        "timings_s": timings,
+        "total_s": round(sum(timings.values()), 2),
+    }
 
 
 def _cli(args: argparse.Namespace) -> dict[str, Any]:
     return run_pipeline(
-        args.raw_uri, args.dataset, args.target, task=args.task, run_name=args.run_name,
-        search_space=args.search_space, num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
-        max_epochs=args.max_epochs, margin=args.margin, register=not args.no_register,
-    )  # fmt: skip
+        args.raw_uri,
+        args.dataset,
+        args.target,
+        task=args.task,
+        run_name=args.run_name,
+        search_space=args.search_space,
+        num_samples=args.num_samples,
+        max_concurrent_trials=args.max_concurrent,
+        max_epochs=args.max_epochs,
+        margin=args.margin,
+        register=not args.no_register,
+    )
 
 
 def register_cli(subparsers: Any) -> None:

@@ -25,8 +25,9 @@ APPLICATION = Path(__file__).resolve().parent / "spark_preprocess.py"
 REPO_ROOT = APPLICATION.parent.parent
 
 
-def application_args(dataset: str, snapshot_id: str, *, seed: int = 42, max_categories: int = 20,
-                     force: bool = False) -> list[str]:  # fmt: skip
+def application_args(
+    dataset: str, snapshot_id: str, *, seed: int = 42, max_categories: int = 20, force: bool = False
+) -> list[str]:
     args = [
         "--dataset",
         dataset,
@@ -55,14 +56,22 @@ def spark_submit_binary() -> str:
     return found
 
 
-def run_preprocess(dataset: str, snapshot_id: str, *, master: str | None = None, driver_memory: str = "2g",
-                   **kwargs: Any) -> dict[str, Any]:  # fmt: skip
+def run_preprocess(
+    dataset: str, snapshot_id: str, *, master: str | None = None, driver_memory: str = "2g", **kwargs: Any
+) -> dict[str, Any]:
     """spark-submit the application; Spark's log streams to this process's stderr; returns the job's summary."""
     from ml.spark_preprocess import RESULT_MARKER
 
     settings = Settings.from_env()
-    command = [spark_submit_binary(), "--master", master or settings.spark_master, "--driver-memory", driver_memory,
-               "--name", f"preprocess-{dataset}"]  # fmt: skip
+    command = [
+        spark_submit_binary(),
+        "--master",
+        master or settings.spark_master,
+        "--driver-memory",
+        driver_memory,
+        "--name",
+        f"preprocess-{dataset}",
+    ]
     for key, value in spark_conf(settings).items():
         command += ["--conf", f"{key}={value}"]
     command += [str(APPLICATION), *application_args(dataset, snapshot_id, **kwargs)]
@@ -82,15 +91,23 @@ def run_preprocess(dataset: str, snapshot_id: str, *, master: str | None = None,
                 sys.stderr.write(line)
     if process.returncode != 0 or not results:
         reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
-        raise RuntimeError(f"Spark preprocessing of {dataset} snapshot {snapshot_id} failed "
-                           f"(spark-submit exit code {process.returncode}){reason}")  # fmt: skip
+        raise RuntimeError(
+            f"Spark preprocessing of {dataset} snapshot {snapshot_id} failed "
+            f"(spark-submit exit code {process.returncode}){reason}"
+        )
     result: dict[str, Any] = json.loads(results[-1])
     return result
 
 
 def _cli(args: argparse.Namespace) -> dict[str, Any]:
-    return run_preprocess(args.dataset, args.snapshot, master=args.master, seed=args.seed,
-                          max_categories=args.max_categories, force=args.force)  # fmt: skip
+    return run_preprocess(
+        args.dataset,
+        args.snapshot,
+        master=args.master,
+        seed=args.seed,
+        max_categories=args.max_categories,
+        force=args.force,
+    )
 
 
 def register_cli(subparsers: Any) -> None:

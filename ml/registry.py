@@ -58,9 +58,22 @@ EVALUATION_ARTIFACT = "evaluation"
 REGISTRATION_TAG = "mlops.registration"  # "pending" until the version is complete, then "complete"
 EVALUATION_KEYS = ("dataset", "snapshot_id", "task", "metric", "test_metrics", "checkpoint_uri", "feature_spec_uri")
 LINEAGE_TAGS = (
-    "dataset", "task", "snapshot_id", "features_uri", "feature_spec_uri", "checkpoint_uri", "dag_id", "dag_run_id",
-    "code_version", "git_sha", "search_space_hash", "mlflow_parent_run_id", "num_trials", "metric", "is_backfill",
-)  # fmt: skip
+    "dataset",
+    "task",
+    "snapshot_id",
+    "features_uri",
+    "feature_spec_uri",
+    "checkpoint_uri",
+    "dag_id",
+    "dag_run_id",
+    "code_version",
+    "git_sha",
+    "search_space_hash",
+    "mlflow_parent_run_id",
+    "num_trials",
+    "metric",
+    "is_backfill",
+)
 
 Publish = Callable[..., Any]
 
@@ -191,9 +204,14 @@ class AliasLock:
     """A per-model lock object `s3://LAKE/locks/registry/NAME.lock` created with a conditional put (see module doc)."""
 
     def __init__(
-        self, model_name: str, *, ttl_s: float = 120.0, wait_s: float = 300.0, client: Any | None = None,
+        self,
+        model_name: str,
+        *,
+        ttl_s: float = 120.0,
+        wait_s: float = 300.0,
+        client: Any | None = None,
         uri: S3Uri | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         from ml.storage import lake
 
         self.uri = uri or lake().join("locks", "registry", f"{model_name}.lock")
@@ -305,8 +323,11 @@ def git_sha() -> str:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{sha}-dirty" if dirty else sha
@@ -331,16 +352,20 @@ def metric_value(metrics: Mapping[str, Any], metric: str) -> float | None:
     return None
 
 
-def _version_tags(evaluation: Mapping[str, Any], *, dag_id: str, dag_run_id: str, code_version: str,
-                  is_backfill: bool) -> dict[str, str]:  # fmt: skip
+def _version_tags(
+    evaluation: Mapping[str, Any], *, dag_id: str, dag_run_id: str, code_version: str, is_backfill: bool
+) -> dict[str, str]:
     from ml.models import base_metric_name
 
     values: dict[str, Any] = {
         **{key: evaluation.get(key) for key in LINEAGE_TAGS},
-        "dag_id": dag_id, "dag_run_id": dag_run_id, "code_version": code_version, "git_sha": _git_sha_cached(),
+        "dag_id": dag_id,
+        "dag_run_id": dag_run_id,
+        "code_version": code_version,
+        "git_sha": _git_sha_cached(),
         "is_backfill": is_backfill,
         "metric": base_metric_name(str(evaluation["metric"])),
-    }  # fmt: skip
+    }
     tags = {key: _tag_value(value) for key, value in values.items() if value is not None}
     baseline = evaluation.get("baseline_test_metrics")
     for prefix, metrics in (("test", evaluation["test_metrics"]), ("baseline_test", baseline)):
@@ -428,8 +453,11 @@ def _log_pyfunc_model(evaluation: Mapping[str, Any], work: Path, *, run_id: str 
     outputs, probabilities = predictor.predict_rows(example.to_dict(orient="records"))
     signature = infer_signature(example, output_frame(outputs, probabilities, predictor.classes))
     requirements = [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}", "numpy", "pandas"]
-    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id,
-                          run_name=None if run_id else f"register-{evaluation['dataset']}"):  # fmt: skip
+    with mlflow.start_run(
+        run_id=run_id,
+        experiment_id=None if run_id else experiment_id,
+        run_name=None if run_id else f"register-{evaluation['dataset']}",
+    ):
         return mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT_NAME,
             python_model=str(PYFUNC_CODE_FILE),
@@ -481,8 +509,13 @@ def register_model(
         log.info("%s: DAG run %s already registered version %s", name, dag_run_id, existing.version)
         return _registration_result(name, existing, created=False)
 
-    tags = _version_tags(evaluation, dag_id=dag_id, dag_run_id=dag_run_id,
-                         code_version=code_version or source_hash(), is_backfill=is_backfill)  # fmt: skip
+    tags = _version_tags(
+        evaluation,
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
+        code_version=code_version or source_hash(),
+        is_backfill=is_backfill,
+    )
     parent_run_id = evaluation.get("mlflow_parent_run_id") or None
     experiment_id = _experiment_id(client, experiment_name or str(evaluation["dataset"]))
     # Upload outside the lock (slow); the version itself is created and aliased under it.
@@ -494,9 +527,13 @@ def register_model(
         if existing is not None:
             return _registration_result(name, existing, created=False)
         version = client.create_model_version(
-            name, source=info.model_uri, run_id=info.run_id, tags=tags, model_id=info.model_id,
+            name,
+            source=info.model_uri,
+            run_id=info.run_id,
+            tags=tags,
+            model_id=info.model_id,
             description=f"registered by {dag_id} run {dag_run_id}",
-        )  # fmt: skip
+        )
         try:
             _wait_ready(client, name, version.version)
             client.set_registered_model_alias(name, CHALLENGER, version.version)
@@ -509,12 +546,19 @@ def register_model(
     result = _registration_result(name, client.get_model_version(name, version.version), created=True)
     if publish_events:
         _publish_pipeline_event(
-            dag_id, dag_run_id, task_id, "model_registered",
-            {"model_name": name, "version": result["version"], "metric": tags["metric"],
-             "value": metric_value(evaluation["test_metrics"], str(evaluation["metric"])),
-             "snapshot_id": str(evaluation["snapshot_id"])},
+            dag_id,
+            dag_run_id,
+            task_id,
+            "model_registered",
+            {
+                "model_name": name,
+                "version": result["version"],
+                "metric": tags["metric"],
+                "value": metric_value(evaluation["test_metrics"], str(evaluation["metric"])),
+                "snapshot_id": str(evaluation["snapshot_id"]),
+            },
             required=False,
-        )  # fmt: skip
+        )
     return result
 
 
@@ -600,16 +644,25 @@ def _alias_version(client: Any, name: str, alias: str) -> str | None:
 
 
 def _decide(
-    client: Any, name: str, challenger: Any, champion_version: str | None, *, metric: str, margin: float,
-    higher_is_better: bool, is_backfill: bool, allow_backfill_promotion: bool,
-) -> GateDecision:  # fmt: skip
+    client: Any,
+    name: str,
+    challenger: Any,
+    champion_version: str | None,
+    *,
+    metric: str,
+    margin: float,
+    higher_is_better: bool,
+    is_backfill: bool,
+    allow_backfill_promotion: bool,
+) -> GateDecision:
     from ml.models import is_improvement
 
     tags = challenger.tags
     value = _tag_float(tags, f"test.{metric}")
     if champion_version == str(challenger.version):
-        return GateDecision(False, "already_champion", "this version is already the champion", value,
-                            champion_version, value)  # fmt: skip
+        return GateDecision(
+            False, "already_champion", "this version is already the champion", value, champion_version, value
+        )
     if is_backfill and not allow_backfill_promotion:
         reason = "backfill runs never move the champion (allow_backfill_promotion is off)"
         return GateDecision(False, "rejected", reason, value, champion_version)
@@ -624,16 +677,21 @@ def _decide(
         comparison = f"recorded test metrics on the same snapshot {tags.get('snapshot_id')}"
     else:
         value, champion_value = rescore_on_test_split(name, str(challenger.version), champion_version, metric, client)
-        comparison = (f"re-scored both on the test split of snapshot {tags.get('snapshot_id')} (champion trained on "
-                      f"{champion.tags.get('snapshot_id')})")  # fmt: skip
+        comparison = (
+            f"re-scored both on the test split of snapshot {tags.get('snapshot_id')} (champion trained on "
+            f"{champion.tags.get('snapshot_id')})"
+        )
     mode = "max" if higher_is_better else "min"
     better = is_improvement(value, champion_value, mode, margin)
     direction = "higher" if higher_is_better else "lower"
     relation = "beats" if better else "does not beat"
-    reason = (f"test {metric} {value:.6g} {relation} champion v{champion_version} {champion_value:.6g} by more than "
-              f"{margin:g} ({direction} is better; {comparison})")  # fmt: skip
-    return GateDecision(better, "promoted" if better else "rejected", reason, value, champion_version, champion_value,
-                        comparison)  # fmt: skip
+    reason = (
+        f"test {metric} {value:.6g} {relation} champion v{champion_version} {champion_value:.6g} by more than "
+        f"{margin:g} ({direction} is better; {comparison})"
+    )
+    return GateDecision(
+        better, "promoted" if better else "rejected", reason, value, champion_version, champion_value, comparison
+    )
 
 
 def _tag_float(tags: Mapping[str, str], key: str) -> float | None:
@@ -686,9 +744,18 @@ def rescore_on_test_split(
         champion_metrics = compute_metrics(spec.task, split.y, champion_outputs, None)
     if base not in challenger_metrics:
         raise RegistryError(f"metric {metric!r} is not computed for {spec.task} (have {sorted(challenger_metrics)})")
-    log.info("%s: re-scored on %s test split (%d rows): challenger v%s %s=%.6g, champion v%s %s=%.6g", name,
-             spec.snapshot_id, split.rows, challenger_version, base, challenger_metrics[base], champion_version, base,
-             champion_metrics[base])  # fmt: skip
+    log.info(
+        "%s: re-scored on %s test split (%d rows): challenger v%s %s=%.6g, champion v%s %s=%.6g",
+        name,
+        spec.snapshot_id,
+        split.rows,
+        challenger_version,
+        base,
+        challenger_metrics[base],
+        champion_version,
+        base,
+        champion_metrics[base],
+    )
     return float(challenger_metrics[base]), float(champion_metrics[base])
 
 
@@ -740,9 +807,17 @@ def promote(
         raise RegistryError(f"{model_name} v{version} is not completely registered: it cannot be promoted")
     for _attempt in range(5):
         champion_before = _alias_version(client, model_name, CHAMPION)
-        decision = _decide(client, model_name, challenger, champion_before, metric=metric, margin=margin,
-                           higher_is_better=higher, is_backfill=is_backfill,
-                           allow_backfill_promotion=allow_backfill_promotion)  # fmt: skip
+        decision = _decide(
+            client,
+            model_name,
+            challenger,
+            champion_before,
+            metric=metric,
+            margin=margin,
+            higher_is_better=higher,
+            is_backfill=is_backfill,
+            allow_backfill_promotion=allow_backfill_promotion,
+        )
         with AliasLock(model_name):
             if _alias_version(client, model_name, CHAMPION) != champion_before:
                 log.info("%s: champion moved while deciding on v%s: deciding again", model_name, version)
@@ -751,12 +826,21 @@ def promote(
                 client.set_registered_model_alias(model_name, CHAMPION, version)
                 if _alias_version(client, model_name, CHAMPION) != version:  # the lock should make this impossible
                     raise RegistryError(f"{model_name}: champion alias did not stick to v{version}")
-            _record_decision(client, model_name, version, decision, metric=metric, margin=margin, higher=higher,
-                             is_backfill=is_backfill)  # fmt: skip
+            _record_decision(
+                client,
+                model_name,
+                version,
+                decision,
+                metric=metric,
+                margin=margin,
+                higher=higher,
+                is_backfill=is_backfill,
+            )
             # Published under the lock so that promotion events reach consumers in the order the alias moved.
             run_id = dag_run_id or challenger.tags.get("dag_run_id")
-            event = _publish_decision(model_name, version, decision, metric=metric, dag_id=dag_id,
-                                      dag_run_id=run_id, publish=publish)  # fmt: skip
+            event = _publish_decision(
+                model_name, version, decision, metric=metric, dag_id=dag_id, dag_run_id=run_id, publish=publish
+            )
         break
     else:
         raise RegistryError(f"{model_name}: the champion kept moving while gating v{version}; try again")
@@ -776,8 +860,17 @@ def promote(
     }
 
 
-def _record_decision(client: Any, name: str, version: str, decision: GateDecision, *, metric: str, margin: float,
-                     higher: bool, is_backfill: bool) -> None:  # fmt: skip
+def _record_decision(
+    client: Any,
+    name: str,
+    version: str,
+    decision: GateDecision,
+    *,
+    metric: str,
+    margin: float,
+    higher: bool,
+    is_backfill: bool,
+) -> None:
     tags = {
         "gate.decision": decision.decision,
         "gate.reason": decision.reason,
@@ -800,25 +893,46 @@ def _record_decision(client: Any, name: str, version: str, decision: GateDecisio
             client.set_model_version_tag(name, decision.champion_version, "replaced_by", version)
 
 
-def _publish_decision(name: str, version: str, decision: GateDecision, *, metric: str, dag_id: str | None,
-                      dag_run_id: str | None, publish: Publish | None) -> str:  # fmt: skip
+def _publish_decision(
+    name: str,
+    version: str,
+    decision: GateDecision,
+    *,
+    metric: str,
+    dag_id: str | None,
+    dag_run_id: str | None,
+    publish: Publish | None,
+) -> str:
     if decision.promote or decision.decision == "already_champion":
         # Re-published for an already-champion version: a retried task may have failed right after the move.
         payload = {
-            "model_name": name, "version": version, "alias": CHAMPION,
+            "model_name": name,
+            "version": version,
+            "alias": CHAMPION,
             "previous_version": decision.champion_version if decision.champion_version != version else None,
-            "metric": metric, "value": decision.value, "previous_value": decision.champion_value,
+            "metric": metric,
+            "value": decision.value,
+            "previous_value": decision.champion_value,
             "reason": decision.reason,
-        }  # fmt: skip
+        }
         (publish or _publish_sync)(MODEL_PROMOTED, payload, name, dag_run_id)
         return "model_promoted"
     _publish_pipeline_event(
-        dag_id or "manual", dag_run_id, None, "model_rejected",
-        {"model_name": name, "version": version, "metric": metric, "value": decision.value,
-         "champion_version": decision.champion_version, "champion_value": decision.champion_value,
-         "reason": decision.reason},
+        dag_id or "manual",
+        dag_run_id,
+        None,
+        "model_rejected",
+        {
+            "model_name": name,
+            "version": version,
+            "metric": metric,
+            "value": decision.value,
+            "champion_version": decision.champion_version,
+            "champion_value": decision.champion_value,
+            "reason": decision.reason,
+        },
         publish=publish,
-    )  # fmt: skip
+    )
     return "model_rejected"
 
 
@@ -828,23 +942,32 @@ def _publish_sync(topic: Any, payload: dict[str, Any], key: str, dag_run_id: str
     publish_event(topic, payload, key, dag_run_id=dag_run_id)
 
 
-def _publish_pipeline_event(dag_id: str, dag_run_id: str | None, task_id: str | None, event: str,
-                            details: dict[str, Any], *, publish: Publish | None = None,
-                            required: bool = True) -> None:  # fmt: skip
+def _publish_pipeline_event(
+    dag_id: str,
+    dag_run_id: str | None,
+    task_id: str | None,
+    event: str,
+    details: dict[str, Any],
+    *,
+    publish: Publish | None = None,
+    required: bool = True,
+) -> None:
     from ml.events import pipeline_event_key
 
     payload = {"dag_id": dag_id, "task_id": task_id, "event": event, "details": details}
     try:
-        (publish or _publish_sync)(PIPELINE_EVENTS, payload, pipeline_event_key(dag_id, dag_run_id, task_id, event),
-                                   dag_run_id)  # fmt: skip
+        (publish or _publish_sync)(
+            PIPELINE_EVENTS, payload, pipeline_event_key(dag_id, dag_run_id, task_id, event), dag_run_id
+        )
     except Exception as error:
         if required:
             raise
         log.warning("could not publish the %s pipeline event: %s", event, error)
 
 
-def rollback(model_name: str, version: str | int, *, reason: str = "manual rollback",
-             publish: Publish | None = None) -> dict[str, Any]:  # fmt: skip
+def rollback(
+    model_name: str, version: str | int, *, reason: str = "manual rollback", publish: Publish | None = None
+) -> dict[str, Any]:
     """Move `champion` to `version` unconditionally (recorded as version tags and published as model_promoted)."""
     client = _client()
     version = str(version)
@@ -856,16 +979,25 @@ def rollback(model_name: str, version: str | int, *, reason: str = "manual rollb
         previous = _alias_version(client, model_name, CHAMPION)
         client.set_registered_model_alias(model_name, CHAMPION, version)
         at = _now()
-        for key, value in {"rollback.at": at, "rollback.from_version": previous or "", "rollback.reason": reason,
-                           "champion_since": at}.items():  # fmt: skip
+        for key, value in {
+            "rollback.at": at,
+            "rollback.from_version": previous or "",
+            "rollback.reason": reason,
+            "champion_since": at,
+        }.items():
             client.set_model_version_tag(model_name, version, key, value)
         payload = {
-            "model_name": model_name, "version": version, "alias": CHAMPION, "previous_version": previous,
-            "metric": metric, "value": _tag_float(target.tags, f"test.{metric}"),
+            "model_name": model_name,
+            "version": version,
+            "alias": CHAMPION,
+            "previous_version": previous,
+            "metric": metric,
+            "value": _tag_float(target.tags, f"test.{metric}"),
             "previous_value": _tag_float(client.get_model_version(model_name, previous).tags, f"test.{metric}")
-            if previous else None,
+            if previous
+            else None,
             "reason": reason,
-        }  # fmt: skip
+        }
         (publish or _publish_sync)(MODEL_PROMOTED, payload, model_name, None)
     log.info("%s: champion moved from v%s to v%s (%s)", model_name, previous, version, reason)
     return {"model_name": model_name, "champion": version, "previous_champion": previous, "reason": reason}
@@ -885,15 +1017,27 @@ def register_and_promote(
     task_id: str | None = None,
 ) -> dict[str, Any]:
     """`register_model` then `promote`: what the pipeline's register task runs. Returns both results in one dict."""
-    registered = register_model(evaluation, dag_id=dag_id, dag_run_id=dag_run_id, code_version=code_version,
-                                is_backfill=is_backfill, task_id=task_id)  # fmt: skip
+    registered = register_model(
+        evaluation,
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
+        code_version=code_version,
+        is_backfill=is_backfill,
+        task_id=task_id,
+    )
     if higher_is_better is None and metric is None and isinstance(evaluation.get("higher_is_better"), bool):
         higher_is_better = evaluation["higher_is_better"]  # what evaluation decided for its metric
     gate = promote(
-        registered["model_name"], registered["version"], metric=metric or str(evaluation["metric"]), margin=margin,
-        higher_is_better=higher_is_better, is_backfill=is_backfill, allow_backfill_promotion=allow_backfill_promotion,
-        dag_id=dag_id, dag_run_id=dag_run_id,
-    )  # fmt: skip
+        registered["model_name"],
+        registered["version"],
+        metric=metric or str(evaluation["metric"]),
+        margin=margin,
+        higher_is_better=higher_is_better,
+        is_backfill=is_backfill,
+        allow_backfill_promotion=allow_backfill_promotion,
+        dag_id=dag_id,
+        dag_run_id=dag_run_id,
+    )
     return {
         "model_name": registered["model_name"],
         "version": registered["version"],
@@ -958,9 +1102,12 @@ def register_cli(subparsers: Any) -> None:
     register = subparsers.add_parser("register", help="register an evaluated model and run the promotion gate")
     register.add_argument("--evaluation", required=True, help="evaluation result JSON: a file or an s3:// URI")
     register.add_argument("--dag-id", default="manual", help="lineage: the DAG (default: manual)")
-    register.add_argument("--dag-run-id", default=None,
-                          help="lineage and idempotency key: a second call with the same id returns the same version "
-                          "(default: manual__<now>)")  # fmt: skip
+    register.add_argument(
+        "--dag-run-id",
+        default=None,
+        help="lineage and idempotency key: a second call with the same id returns the same version "
+        "(default: manual__<now>)",
+    )
     register.add_argument(
         "--code-version", default=None, help="lineage: code version (default: ml.lineage.code_version(), a source hash)"
     )

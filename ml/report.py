@@ -33,8 +33,9 @@ def collect_trials(tracking_uri: str, dag_run_id: str) -> tuple[dict[str, Any] |
     if not parents:
         return None, []
     parent = parents[0]
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                                  max_results=1000)  # fmt: skip
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000
+    )
     trials = []
     for child in children:
         curves = {}
@@ -42,11 +43,18 @@ def collect_trials(tracking_uri: str, dag_run_id: str) -> tuple[dict[str, Any] |
             if key.startswith("val_") or key == "train_loss":
                 history = sorted(client.get_metric_history(child.info.run_id, key), key=lambda m: m.step)
                 curves[key] = [(m.step, m.value) for m in history]
-        trials.append(TrialRecord(child.info.run_name or child.info.run_id, dict(child.data.params),
-                                  dict(child.data.metrics), curves))  # fmt: skip
-    summary = {"run_id": parent.info.run_id, "experiment_id": parent.info.experiment_id,
-               "params": dict(parent.data.params), "metrics": dict(parent.data.metrics),
-               "tags": {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")}}  # fmt: skip
+        trials.append(
+            TrialRecord(
+                child.info.run_name or child.info.run_id, dict(child.data.params), dict(child.data.metrics), curves
+            )
+        )
+    summary = {
+        "run_id": parent.info.run_id,
+        "experiment_id": parent.info.experiment_id,
+        "params": dict(parent.data.params),
+        "metrics": dict(parent.data.metrics),
+        "tags": {k: v for k, v in parent.data.tags.items() if not k.startswith("mlflow.")},
+    }
     return summary, sorted(trials, key=lambda t: t.name)
 
 
@@ -75,8 +83,10 @@ def learning_curves_svg(trials: list[TrialRecord], metric: str, width: int = 640
         index += len(points)
         color = PALETTE[n % len(PALETTE)]
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in xy)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}">'
-                     f"<title>{html.escape(trial.name)}</title></polyline>")  # fmt: skip
+        parts.append(
+            f'<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{coords}">'
+            f"<title>{html.escape(trial.name)}</title></polyline>"
+        )
         # Markers too: a trial that ASHA stopped after one epoch is a single point.
         parts.extend(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>' for x, y in xy)
     low, high = min(values), max(values)
@@ -85,9 +95,7 @@ def learning_curves_svg(trials: list[TrialRecord], metric: str, width: int = 640
         f'aria-label="{html.escape(metric)} by epoch">'
         f'<rect width="100%" height="100%" fill="white" stroke="#ccc"/>'
         f'<text x="{pad}" y="20" font-size="12">{html.escape(metric)} by epoch '
-        f"(min {low:.4g}, max {high:.4g}; epochs {min(epochs)}-{max(epochs)})</text>"
-        + "".join(parts)
-        + "</svg>"
+        f"(min {low:.4g}, max {high:.4g}; epochs {min(epochs)}-{max(epochs)})</text>" + "".join(parts) + "</svg>"
     )
 
 
@@ -113,30 +121,37 @@ def parallel_coordinates_svg(trials: list[TrialRecord], metric: str, width: int 
     lines = []
     for i, trial in enumerate(trials):
         coords = " ".join(f"{pad + j * step:.1f},{columns[a][i]:.1f}" for j, a in enumerate(axes))
-        lines.append(f'<polyline fill="none" stroke="{PALETTE[int(order[i])]}" stroke-opacity="0.8" '
-                     f'points="{coords}"><title>{html.escape(trial.name)}</title></polyline>')  # fmt: skip
+        lines.append(
+            f'<polyline fill="none" stroke="{PALETTE[int(order[i])]}" stroke-opacity="0.8" '
+            f'points="{coords}"><title>{html.escape(trial.name)}</title></polyline>'
+        )
     labels = "".join(
         f'<line x1="{pad + j * step:.1f}" y1="{pad}" x2="{pad + j * step:.1f}" y2="{height - pad}" stroke="#999"/>'
         f'<text x="{pad + j * step:.1f}" y="{height - pad + 18}" font-size="11" text-anchor="middle">'
         f"{html.escape(axis)}</text>"
         for j, axis in enumerate(axes)
     )
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            f'aria-label="parallel coordinates"><rect width="100%" height="100%" fill="white" stroke="#ccc"/>'
-            f"{labels}{''.join(lines)}</svg>")  # fmt: skip
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="parallel coordinates"><rect width="100%" height="100%" fill="white" stroke="#ccc"/>'
+        f"{labels}{''.join(lines)}</svg>"
+    )
 
 
 def render_report(title: str, parent: dict[str, Any] | None, trials: list[TrialRecord], metric: str) -> str:
     """The whole page."""
     esc = html.escape
     if parent is None:
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title></head><body>"
-                f"<h1>{esc(title)}</h1><p>No tuning run found for this DAG run (yet).</p></body></html>")  # fmt: skip
+        return (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title></head><body>"
+            f"<h1>{esc(title)}</h1><p>No tuning run found for this DAG run (yet).</p></body></html>"
+        )
     param_names = sorted({k for t in trials for k in t.params})
     metric_names = sorted({k for t in trials for k in t.final_metrics})
     header = "".join(f"<th>{esc(n)}</th>" for n in ["trial", *param_names, *metric_names])
     rows = "".join(
-        "<tr>" + f"<td>{esc(t.name)}</td>"
+        "<tr>"
+        + f"<td>{esc(t.name)}</td>"
         + "".join(f"<td>{esc(str(t.params.get(p, '')))}</td>" for p in param_names)
         + "".join(f"<td>{t.final_metrics[m]:.4g}</td>" if m in t.final_metrics else "<td></td>" for m in metric_names)
         + "</tr>"
@@ -146,7 +161,7 @@ def render_report(title: str, parent: dict[str, Any] | None, trials: list[TrialR
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ddd;padding:3px 6px;text-align:right}}th{{background:#f4f4f4}}</style></head><body>
-<h1>{esc(title)}</h1><p>MLflow parent run <code>{esc(parent['run_id'])}</code>: {len(trials)} trials.</p>
+<h1>{esc(title)}</h1><p>MLflow parent run <code>{esc(parent["run_id"])}</code>: {len(trials)} trials.</p>
 <ul>{summary}</ul>
 <h2>Trials</h2><table id="trials"><thead><tr>{header}</tr></thead><tbody>{rows}</tbody></table>
 <h2>Learning curves</h2>{learning_curves_svg(trials, metric)}

@@ -34,8 +34,24 @@ SPLITS = ("train", "validation", "test")
 HIVE_DATABASE = "mlops"
 RESULT_MARKER = "PREPROCESS_RESULT "
 # Strings that mean "no value" (pyarrow's CSV defaults, which the ingest check used): missing, never a category.
-NULL_TOKENS = ("#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA",
-               "NULL", "NaN", "n/a", "nan", "null")  # fmt: skip
+NULL_TOKENS = (
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "n/a",
+    "nan",
+    "null",
+)
 
 
 def hive_table_name(dataset: str) -> str:
@@ -64,8 +80,10 @@ def preprocess(
     snapshot = snapshot_uri(dataset, snapshot_id)
     manifest_uri = snapshot.join("manifest.json")
     if not exists(manifest_uri, client):
-        raise DataError(f"{manifest_uri} does not exist: snapshot {snapshot_id} of {dataset!r} is missing or "
-                        "incomplete; run ingest first")  # fmt: skip
+        raise DataError(
+            f"{manifest_uri} does not exist: snapshot {snapshot_id} of {dataset!r} is missing or "
+            "incomplete; run ingest first"
+        )
     manifest = read_json(manifest_uri, client)
     out = features_uri(dataset, snapshot_id)
     spec_uri = out.join("feature_spec.json")
@@ -177,17 +195,26 @@ def preprocess(
         with_target += int(row["copies"])
     rows_kept = sum(counts.values())
     without_target = rows_in - with_target
-    log.info("read %d rows: %d without target, %d duplicates, %s", rows_in, without_target,
-             rows_in - without_target - rows_kept, counts)  # fmt: skip
+    log.info(
+        "read %d rows: %d without target, %d duplicates, %s",
+        rows_in,
+        without_target,
+        rows_in - without_target - rows_kept,
+        counts,
+    )
     if counts.get("train", 0) == 0:
         raise DataError(f"snapshot {snapshot_id} of {dataset!r}: no training rows left after cleaning")
 
     # Fit on the training split only, in one pass for the numerics.
     train = prepared.where(F.col("split") == "train")
-    stats = train.select(
-        *[F.mean(_quote(n)).alias(f"mean_{i}") for i, n in enumerate(numeric)],
-        *[F.stddev_pop(_quote(n)).alias(f"std_{i}") for i, n in enumerate(numeric)],
-    ).first() if numeric else None  # fmt: skip
+    stats = (
+        train.select(
+            *[F.mean(_quote(n)).alias(f"mean_{i}") for i, n in enumerate(numeric)],
+            *[F.stddev_pop(_quote(n)).alias(f"std_{i}") for i, n in enumerate(numeric)],
+        ).first()
+        if numeric
+        else None
+    )
     numeric_features = []
     for i, name in enumerate(numeric):
         mean = stats[f"mean_{i}"] if stats is not None else None
@@ -200,20 +227,29 @@ def preprocess(
     categorical_features = []
     for name in categorical:
         frequent = (
-            train.where(F.col(_quote(name)).isNotNull()).groupBy(_quote(name)).count()
+            train.where(F.col(_quote(name)).isNotNull())
+            .groupBy(_quote(name))
+            .count()
             .where(F.col("count") >= min_category_count)
-            .orderBy(F.desc("count"), F.asc(_quote(name))).limit(max_categories).collect()
-        )  # fmt: skip
+            .orderBy(F.desc("count"), F.asc(_quote(name)))
+            .limit(max_categories)
+            .collect()
+        )
         categorical_features.append(CategoricalFeature(name=name, categories=[str(row[0]) for row in frequent]))
     classes = None
     if task == "classification":
         classes = sorted(str(row[0]) for row in prepared.select("__target").distinct().collect())
     spec = FeatureSpec(
-        dataset=dataset, snapshot_id=snapshot_id, task=task, target=target,
-        numeric=numeric_features, categorical=categorical_features, classes=classes,
+        dataset=dataset,
+        snapshot_id=snapshot_id,
+        task=task,
+        target=target,
+        numeric=numeric_features,
+        categorical=categorical_features,
+        classes=classes,
         rows={s: int(counts.get(s, 0)) for s in SPLITS},
         dropped={"without_target": int(without_target), "duplicates": int(rows_in - without_target - rows_kept)},
-    )  # fmt: skip
+    )
 
     # Transform every split with the training statistics; features as float32 to halve the Parquet.
     columns = []
@@ -239,8 +275,9 @@ def preprocess(
         split_frame.write.mode("overwrite").parquet(target_uri.s3a)
         log.info("wrote %s split (%d rows) to %s", name, counts.get(name, 0), target_uri)
     prepared.unpersist()
-    client.put_object(Bucket=spec_uri.bucket, Key=spec_uri.key, Body=spec.to_json().encode(),
-                      ContentType="application/json")  # fmt: skip
+    client.put_object(
+        Bucket=spec_uri.bucket, Key=spec_uri.key, Body=spec.to_json().encode(), ContentType="application/json"
+    )
     _register_hive_table(spark, table, spec, out)
     return _summary(spec, out, spec_uri, table, skipped=False)
 
@@ -278,10 +315,17 @@ def _register_hive_table(spark: Any, table: str, spec: FeatureSpec, out: S3Uri) 
 
 def _summary(spec: FeatureSpec, out: S3Uri, spec_uri: S3Uri, table: str, *, skipped: bool) -> dict[str, Any]:
     return {
-        "dataset": spec.dataset, "snapshot_id": spec.snapshot_id, "task": spec.task, "features_uri": str(out),
-        "feature_spec_uri": str(spec_uri), "hive_table": table, "rows": spec.rows, "dropped": spec.dropped,
-        "num_features": len(spec.feature_columns), "skipped": skipped,
-    }  # fmt: skip
+        "dataset": spec.dataset,
+        "snapshot_id": spec.snapshot_id,
+        "task": spec.task,
+        "features_uri": str(out),
+        "feature_spec_uri": str(spec_uri),
+        "hive_table": table,
+        "rows": spec.rows,
+        "dropped": spec.dropped,
+        "num_features": len(spec.feature_columns),
+        "skipped": skipped,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,9 +345,14 @@ def main(argv: list[str] | None = None) -> int:
     spark = SparkSession.builder.appName(f"preprocess-{args.dataset}-{args.snapshot}").enableHiveSupport().getOrCreate()
     try:
         result = preprocess(
-            spark, args.dataset, args.snapshot, seed=args.seed, max_categories=args.max_categories,
-            min_category_count=args.min_category_count, force=args.force,
-        )  # fmt: skip
+            spark,
+            args.dataset,
+            args.snapshot,
+            seed=args.seed,
+            max_categories=args.max_categories,
+            min_category_count=args.min_category_count,
+            force=args.force,
+        )
     except DataError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -78,8 +78,10 @@ class TrainConfig:
         if self.lr <= 0 or not math.isfinite(self.lr):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise ValueError(f"batch_size, max_epochs and patience must be >= 1, got {self.batch_size}, "
-                             f"{self.max_epochs}, {self.patience}")  # fmt: skip
+            raise ValueError(
+                f"batch_size, max_epochs and patience must be >= 1, got {self.batch_size}, "
+                f"{self.max_epochs}, {self.patience}"
+            )
         if self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
 
@@ -107,9 +109,15 @@ def seed_everything(seed: int) -> None:
 
 
 def configs_from_trial(
-    config: Mapping[str, Any], spec: FeatureSpec | None = None, *, input_dim: int | None = None,
-    output_dim: int | None = None, task: str | None = None, target_mean: float = 0.0, target_std: float = 1.0,
-) -> tuple[ModelConfig, TrainConfig]:  # fmt: skip
+    config: Mapping[str, Any],
+    spec: FeatureSpec | None = None,
+    *,
+    input_dim: int | None = None,
+    output_dim: int | None = None,
+    task: str | None = None,
+    target_mean: float = 0.0,
+    target_std: float = 1.0,
+) -> tuple[ModelConfig, TrainConfig]:
     """Split a flat trial config (hyper-parameters + constants) into the model's and the optimiser's configs."""
     if spec is not None:
         input_dim = input_dim or len(spec.feature_columns)
@@ -119,11 +127,16 @@ def configs_from_trial(
         raise ValueError("configs_from_trial needs a feature spec or input_dim, output_dim and task")
     model_keys = {f.name for f in fields(ModelConfig)} - {"input_dim", "output_dim", "task"}
     train_keys = {f.name for f in fields(TrainConfig)}
-    model_config = ModelConfig.from_dict({
-        "input_dim": input_dim, "output_dim": output_dim, "task": task,
-        "target_mean": target_mean, "target_std": target_std,
-        **{k: v for k, v in config.items() if k in model_keys},
-    })  # fmt: skip
+    model_config = ModelConfig.from_dict(
+        {
+            "input_dim": input_dim,
+            "output_dim": output_dim,
+            "task": task,
+            "target_mean": target_mean,
+            "target_std": target_std,
+            **{k: v for k, v in config.items() if k in model_keys},
+        }
+    )
     train_values = {k: v for k, v in config.items() if k in train_keys}
     for key in ("batch_size", "max_epochs", "patience", "seed"):
         if key in train_values:
@@ -143,8 +156,9 @@ def target_stats(spec: FeatureSpec, y: np.ndarray) -> tuple[float, float]:
     return mean, (std if std > 0 and math.isfinite(std) else 1.0)
 
 
-def evaluate_split(model: nn.Module, config: ModelConfig, split: SplitArrays, prefix: str = "val_",
-                   batch_size: int = 65536) -> dict[str, float]:  # fmt: skip
+def evaluate_split(
+    model: nn.Module, config: ModelConfig, split: SplitArrays, prefix: str = "val_", batch_size: int = 65536
+) -> dict[str, float]:
     """Loss and task metrics on a split, in eval mode, names prefixed (e.g. `val_loss`, `val_accuracy`)."""
     import torch
 
@@ -159,8 +173,9 @@ def evaluate_split(model: nn.Module, config: ModelConfig, split: SplitArrays, pr
         model.train(was_training)
     if config.task == CLASSIFICATION:
         probabilities = torch.softmax(out, dim=-1).double().numpy()
-        metrics = compute_metrics(config.task, split.y, probabilities.argmax(axis=1), probabilities,
-                                  num_classes=config.output_dim)  # fmt: skip
+        metrics = compute_metrics(
+            config.task, split.y, probabilities.argmax(axis=1), probabilities, num_classes=config.output_dim
+        )
     else:
         metrics = compute_metrics(config.task, split.y, out.double().numpy())
     return {f"{prefix}loss": loss, **{f"{prefix}{name}": value for name, value in metrics.items()}}
@@ -194,8 +209,13 @@ def train_model(
     state = _LoopState()
     if resume_from is not None:
         state = _load_training_state(Path(resume_from), model, optimizer, shuffle, model_config)
-        log.info("resuming after epoch %d (best %s=%s at epoch %d)", state.epoch, train_config.metric,
-                 state.best_score, state.best_epoch)  # fmt: skip
+        log.info(
+            "resuming after epoch %d (best %s=%s at epoch %d)",
+            state.epoch,
+            train_config.metric,
+            state.best_score,
+            state.best_epoch,
+        )
 
     result = TrainResult(model=model, model_config=model_config, history=list(state.history))
     best_weights: dict[str, torch.Tensor] | None = None
@@ -223,8 +243,13 @@ def train_model(
         if stop:
             result.stopped_early = not diverged
             result.diverged = diverged
-            log.info("stopping after epoch %d: %s", epoch, "loss is not finite" if diverged else
-                     f"no improvement of {train_config.metric} for {state.bad_epochs} epochs")  # fmt: skip
+            log.info(
+                "stopping after epoch %d: %s",
+                epoch,
+                "loss is not finite"
+                if diverged
+                else f"no improvement of {train_config.metric} for {state.bad_epochs} epochs",
+            )
             break
 
     if best_weights is not None:
@@ -264,8 +289,15 @@ class _LoopState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _save_training_state(directory: Path, model: nn.Module, config: ModelConfig, optimizer: Any,
-                         shuffle: torch.Generator, state: _LoopState, metrics: dict[str, Any]) -> None:  # fmt: skip
+def _save_training_state(
+    directory: Path,
+    model: nn.Module,
+    config: ModelConfig,
+    optimizer: Any,
+    shuffle: torch.Generator,
+    state: _LoopState,
+    metrics: dict[str, Any],
+) -> None:
     import torch
 
     save_checkpoint(model, config, directory)
@@ -281,12 +313,14 @@ def _save_training_state(directory: Path, model: nn.Module, config: ModelConfig,
         },
         directory / TRAINING_STATE_FILE,
     )
-    (directory / METRICS_FILE).write_text(json.dumps({"metrics": json_safe(metrics), "history": json_safe(
-        state.history)}, indent=2, sort_keys=True))  # fmt: skip
+    (directory / METRICS_FILE).write_text(
+        json.dumps({"metrics": json_safe(metrics), "history": json_safe(state.history)}, indent=2, sort_keys=True)
+    )
 
 
-def _load_training_state(directory: Path, model: nn.Module, optimizer: Any, shuffle: torch.Generator,
-                         config: ModelConfig) -> _LoopState:  # fmt: skip
+def _load_training_state(
+    directory: Path, model: nn.Module, optimizer: Any, shuffle: torch.Generator, config: ModelConfig
+) -> _LoopState:
     import torch
 
     from ml.models import MODEL_STATE_FILE
@@ -303,8 +337,13 @@ def _load_training_state(directory: Path, model: nn.Module, optimizer: Any, shuf
     metrics_file = directory / METRICS_FILE
     if metrics_file.exists():
         history = json.loads(metrics_file.read_text()).get("history", [])
-    return _LoopState(epoch=int(saved["epoch"]), best_score=saved["best_score"], best_epoch=int(saved["best_epoch"]),
-                      bad_epochs=int(saved["bad_epochs"]), history=history)  # fmt: skip
+    return _LoopState(
+        epoch=int(saved["epoch"]),
+        best_score=saved["best_score"],
+        best_epoch=int(saved["best_epoch"]),
+        bad_epochs=int(saved["bad_epochs"]),
+        history=history,
+    )
 
 
 def json_safe(value: Any) -> Any:
@@ -332,8 +371,10 @@ def tune_trainable(config: dict[str, Any], data: TrainingData) -> None:
 
     def report(metrics: dict[str, Any], directory: Path) -> None:
         # Tune copies the directory to the run's storage (S3) inside report(), before the directory is removed.
-        tune.report({k: v for k, v in metrics.items() if isinstance(v, int | float)},
-                    checkpoint=tune.Checkpoint.from_directory(str(directory)))  # fmt: skip
+        tune.report(
+            {k: v for k, v in metrics.items() if isinstance(v, int | float)},
+            checkpoint=tune.Checkpoint.from_directory(str(directory)),
+        )
 
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:

@@ -54,8 +54,17 @@ SEARCH_MANIFEST_FILE = "search_config.json"
 PARENT_RUN_KIND = "tune_search"
 
 # Fields that must not change when a run is resumed (Tune would mix two different searches otherwise).
-_RESUME_INVARIANTS = ("search_space_hash", "num_samples", "max_epochs", "patience", "metric", "mode", "seed",
-                      "grace_period", "reduction_factor")  # fmt: skip
+_RESUME_INVARIANTS = (
+    "search_space_hash",
+    "num_samples",
+    "max_epochs",
+    "patience",
+    "metric",
+    "mode",
+    "seed",
+    "grace_period",
+    "reduction_factor",
+)
 
 
 class SearchIncomplete(RuntimeError):
@@ -121,8 +130,11 @@ def _validate_entry(key: str, entry: dict[str, Any]) -> dict[str, Any]:
     missing = [f for f in required if f not in entry]
     extra = sorted(set(entry) - {"type", *required})
     if missing or extra:
-        raise ValueError(f"search space {key!r}: {dist} needs exactly {list(required)}"
-                         + (f"; missing {missing}" if missing else "") + (f"; unexpected {extra}" if extra else ""))
+        raise ValueError(
+            f"search space {key!r}: {dist} needs exactly {list(required)}"
+            + (f"; missing {missing}" if missing else "")
+            + (f"; unexpected {extra}" if extra else "")
+        )
 
     def value_ok(value: Any, what: str) -> None:
         if kind == "category":
@@ -147,14 +159,19 @@ def _validate_entry(key: str, entry: dict[str, Any]) -> dict[str, Any]:
             value_ok(value, "choice")
     else:
         if kind == "category":
-            raise ValueError(f"search space {key!r}: a categorical hyper-parameter takes 'choice' or 'constant', "
-                             f"not {dist}")  # fmt: skip
+            raise ValueError(
+                f"search space {key!r}: a categorical hyper-parameter takes 'choice' or 'constant', not {dist}"
+            )
         if kind == "int" and dist in _FLOAT_DISTRIBUTIONS:
-            raise ValueError(f"search space {key!r}: an integer hyper-parameter needs one of {list(_INT_DISTRIBUTIONS)}"
-                             f", 'choice' or 'constant', not {dist}")  # fmt: skip
+            raise ValueError(
+                f"search space {key!r}: an integer hyper-parameter needs one of {list(_INT_DISTRIBUTIONS)}"
+                f", 'choice' or 'constant', not {dist}"
+            )
         if kind == "float" and dist in _INT_DISTRIBUTIONS:
-            raise ValueError(f"search space {key!r}: a real-valued hyper-parameter needs one of "
-                             f"{list(_FLOAT_DISTRIBUTIONS)}, 'choice' or 'constant', not {dist}")  # fmt: skip
+            raise ValueError(
+                f"search space {key!r}: a real-valued hyper-parameter needs one of "
+                f"{list(_FLOAT_DISTRIBUTIONS)}, 'choice' or 'constant', not {dist}"
+            )
         low, high = entry["low"], entry["high"]
         value_ok(low, "low")
         value_ok(high, "high")
@@ -333,12 +350,21 @@ class SearchConfig:
     def manifest(self, task: str) -> dict[str, Any]:
         metric, mode = self.objective(task)
         return {
-            "dataset": self.dataset, "snapshot_id": self.snapshot_id, "run_name": self.run_name,
-            "search_space_hash": search_space_hash(self.search_space), "num_samples": self.num_samples,
-            "max_epochs": self.max_epochs, "patience": self.patience, "metric": metric, "mode": mode,
-            "seed": self.seed, "grace_period": self.resolved_grace_period, "reduction_factor": self.reduction_factor,
-            "max_concurrent_trials": self.max_concurrent_trials, "cpus_per_trial": self.cpus_per_trial,
-        }  # fmt: skip
+            "dataset": self.dataset,
+            "snapshot_id": self.snapshot_id,
+            "run_name": self.run_name,
+            "search_space_hash": search_space_hash(self.search_space),
+            "num_samples": self.num_samples,
+            "max_epochs": self.max_epochs,
+            "patience": self.patience,
+            "metric": metric,
+            "mode": mode,
+            "seed": self.seed,
+            "grace_period": self.resolved_grace_period,
+            "reduction_factor": self.reduction_factor,
+            "max_concurrent_trials": self.max_concurrent_trials,
+            "cpus_per_trial": self.cpus_per_trial,
+        }
 
 
 @dataclass
@@ -423,8 +449,14 @@ class _KafkaMetricsLogic:
 
     close_timeout_s = 30.0  # how long the end of the search waits for buffered messages (a broker that is down)
 
-    def __init__(self, run_name: str, *, dag_run_id: str | None = None, bootstrap_servers: str | None = None,
-                 publisher_factory: Callable[[str | None, str | None], Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        run_name: str,
+        *,
+        dag_run_id: str | None = None,
+        bootstrap_servers: str | None = None,
+        publisher_factory: Callable[[str | None, str | None], Any] | None = None,
+    ) -> None:
         self.run_name = run_name
         self.dag_run_id = dag_run_id
         self.bootstrap_servers = bootstrap_servers
@@ -445,8 +477,9 @@ class _KafkaMetricsLogic:
         if self._publisher is None:
             factory = self.publisher_factory or default_publisher_factory
             try:
-                self._publisher = factory(self.bootstrap_servers or Settings.from_env().kafka_bootstrap_servers,
-                                          self.dag_run_id)  # fmt: skip
+                self._publisher = factory(
+                    self.bootstrap_servers or Settings.from_env().kafka_bootstrap_servers, self.dag_run_id
+                )
             except ImportError as error:
                 log.warning("training metrics are not published to Kafka: %s", error)
                 self._publisher = _NullPublisher()
@@ -455,13 +488,17 @@ class _KafkaMetricsLogic:
     def message(self, trial: Any, result: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
         epoch = result_epoch(result)
         payload = {
-            "run_name": self.run_name, "trial_id": str(trial.trial_id), "epoch": epoch,
-            "metrics": result_metrics(result), "params": trial_params(trial.config),
-        }  # fmt: skip
+            "run_name": self.run_name,
+            "trial_id": str(trial.trial_id),
+            "epoch": epoch,
+            "metrics": result_metrics(result),
+            "params": trial_params(trial.config),
+        }
         return payload, f"{self.run_name}:{trial.trial_id}:{epoch}"
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
-                        **info: Any) -> None:  # fmt: skip
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         from ml.topics import TRAINING_METRICS
 
         payload, key = self.message(trial, result)
@@ -498,8 +535,7 @@ class _MlflowTrialLogic:
     tags and continued, so a resumed trial keeps one run.
     """
 
-    def __init__(self, experiment_id: str, parent_run_id: str, run_name: str,
-                 tracking_uri: str | None = None) -> None:  # fmt: skip
+    def __init__(self, experiment_id: str, parent_run_id: str, run_name: str, tracking_uri: str | None = None) -> None:
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.run_name = run_name
@@ -558,10 +594,11 @@ class _MlflowTrialLogic:
         client = self._get_client()
         found = client.search_runs(
             [self.experiment_id],
-            filter_string=(f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' "
-                           f"AND tags.`mlops.trial_id` = '{trial_id}'"),
+            filter_string=(
+                f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' AND tags.`mlops.trial_id` = '{trial_id}'"
+            ),
             max_results=1,
-        )  # fmt: skip
+        )
         if found:
             run_id = found[0].info.run_id
             if found[0].info.status != "RUNNING":
@@ -570,10 +607,15 @@ class _MlflowTrialLogic:
             from mlflow.entities import Param
 
             run = client.create_run(
-                self.experiment_id, run_name=f"{self.run_name}-{trial_id}",
-                tags={"mlflow.parentRunId": self.parent_run_id, "mlops.trial_id": trial_id,
-                      "mlops.run_name": self.run_name, "mlops.kind": "tune_trial"},
-            )  # fmt: skip
+                self.experiment_id,
+                run_name=f"{self.run_name}-{trial_id}",
+                tags={
+                    "mlflow.parentRunId": self.parent_run_id,
+                    "mlops.trial_id": trial_id,
+                    "mlops.run_name": self.run_name,
+                    "mlops.kind": "tune_trial",
+                },
+            )
             run_id = run.info.run_id
             values = [Param(k, v if isinstance(v, str) else json.dumps(v)) for k, v in params.items()]
             if values:
@@ -585,14 +627,18 @@ class _MlflowTrialLogic:
         trial_id, params = str(trial.trial_id), trial_params(trial.config)
         self._submit("start", trial_id, lambda: self.child_run_id(trial_id, params))
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
-                        **info: Any) -> None:  # fmt: skip
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         from mlflow.entities import Metric
 
         trial_id, params = str(trial.trial_id), trial_params(trial.config)
         step, timestamp = result_epoch(result), int(time.time() * 1000)
-        metrics = [Metric(key, value if value is not None else math.nan, timestamp, step)
-                   for key, value in result_metrics(result).items()]  # fmt: skip
+        metrics = [
+            Metric(key, value if value is not None else math.nan, timestamp, step)
+            for key, value in result_metrics(result).items()
+        ]
+
         def log_metrics() -> None:
             self._get_client().log_batch(self.child_run_id(trial_id, params), metrics=metrics)
 
@@ -600,6 +646,7 @@ class _MlflowTrialLogic:
 
     def _terminate(self, trial: Any, status: str) -> None:
         trial_id, params = str(trial.trial_id), trial_params(trial.config)
+
         def terminate() -> None:
             self._get_client().set_terminated(self.child_run_id(trial_id, params), status)
 
@@ -647,9 +694,20 @@ class _ProgressLogic:
         done = 1 + sum(1 for t in trials if t is not trial and t.status in ("TERMINATED", "ERROR"))
         best, best_trial = self._best(trials)
         last = (trial.last_result or {}).get(self.metric)
-        log.info("[%s] trial %s %s after %s epochs (%s=%s); %d/%d trials done; best %s so far: %s (trial %s)",
-                 self.run_name, trial.trial_id, outcome, (trial.last_result or {}).get("epoch"), self.metric,
-                 _fmt(last), done, self.num_samples, self.metric, _fmt(best), best_trial)  # fmt: skip
+        log.info(
+            "[%s] trial %s %s after %s epochs (%s=%s); %d/%d trials done; best %s so far: %s (trial %s)",
+            self.run_name,
+            trial.trial_id,
+            outcome,
+            (trial.last_result or {}).get("epoch"),
+            self.metric,
+            _fmt(last),
+            done,
+            self.num_samples,
+            self.metric,
+            _fmt(best),
+            best_trial,
+        )
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._log(trials, trial, "finished")
@@ -745,8 +803,14 @@ def run_search(config: SearchConfig, *, callbacks: Sequence[Any] = ()) -> Search
 
     stored = _stored_result(experiment, manifest)
     if stored is not None:
-        log.info("search %s already completed: best trial %s, %s=%s (%s)", config.run_name, stored.best_trial_id,
-                 metric, stored.best_validation_metrics.get(metric), stored.best_checkpoint_uri)  # fmt: skip
+        log.info(
+            "search %s already completed: best trial %s, %s=%s (%s)",
+            config.run_name,
+            stored.best_trial_id,
+            metric,
+            stored.best_validation_metrics.get(metric),
+            stored.best_checkpoint_uri,
+        )
         return stored
 
     # Per-epoch checkpoints of fast trials trigger Tune's forced state snapshots often; B2 measures their cost, and the
@@ -764,23 +828,45 @@ def run_search(config: SearchConfig, *, callbacks: Sequence[Any] = ()) -> Search
     route_library_logs()
     started_ray = ensure_ray(settings)
     try:
-        results = _fit(config, metric, mode, experiment_path, filesystem, restoring, parent_run_id, experiment_id,
-                       spec, callbacks)  # fmt: skip
-        result = _summarise(results, config, spec, metric, mode, str(features), str(feature_spec_uri(features)),
-                            manifest["search_space_hash"], parent_run_id, experiment_id)  # fmt: skip
+        results = _fit(
+            config, metric, mode, experiment_path, filesystem, restoring, parent_run_id, experiment_id, spec, callbacks
+        )
+        result = _summarise(
+            results,
+            config,
+            spec,
+            metric,
+            mode,
+            str(features),
+            str(feature_spec_uri(features)),
+            manifest["search_space_hash"],
+            parent_run_id,
+            experiment_id,
+        )
         result.wall_time_s = time.perf_counter() - started
         write_json(result.search_result_uri, result.to_dict())
         if config.track_mlflow and parent_run_id:
             finish_parent_run(parent_run_id, result, settings)
-        log.info("search %s done in %.1fs: %d trials (%d errored); best trial %s at epoch %d, %s=%s -> %s",
-                 config.run_name, result.wall_time_s, result.num_trials, result.num_errored, result.best_trial_id,
-                 result.best_epoch, metric, _fmt(result.best_validation_metrics.get(metric)),
-                 result.best_checkpoint_uri)  # fmt: skip
+        log.info(
+            "search %s done in %.1fs: %d trials (%d errored); best trial %s at epoch %d, %s=%s -> %s",
+            config.run_name,
+            result.wall_time_s,
+            result.num_trials,
+            result.num_errored,
+            result.best_trial_id,
+            result.best_epoch,
+            metric,
+            _fmt(result.best_validation_metrics.get(metric)),
+            result.best_checkpoint_uri,
+        )
         return result
     except BaseException as error:
         if config.track_mlflow and parent_run_id:
-            _set_parent_status(parent_run_id, "KILLED" if isinstance(error, SearchIncomplete | KeyboardInterrupt)
-                               else "FAILED", settings)  # fmt: skip
+            _set_parent_status(
+                parent_run_id,
+                "KILLED" if isinstance(error, SearchIncomplete | KeyboardInterrupt) else "FAILED",
+                settings,
+            )
         raise
     finally:
         if started_ray:
@@ -790,9 +876,17 @@ def run_search(config: SearchConfig, *, callbacks: Sequence[Any] = ()) -> Search
 
 
 def _fit(
-    config: SearchConfig, metric: str, mode: str, experiment_path: str, filesystem: Any, restoring: bool,
-    parent_run_id: str | None, experiment_id: str | None, spec: Any, extra_callbacks: Sequence[Any],
-) -> Any:  # fmt: skip
+    config: SearchConfig,
+    metric: str,
+    mode: str,
+    experiment_path: str,
+    filesystem: Any,
+    restoring: bool,
+    parent_run_id: str | None,
+    experiment_id: str | None,
+    spec: Any,
+    extra_callbacks: Sequence[Any],
+) -> Any:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
@@ -805,17 +899,26 @@ def _fit(
     trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data), {"cpu": config.cpus_per_trial})
     param_space = {
         **to_tune_space(config.search_space),
-        "max_epochs": config.max_epochs, "patience": config.patience, "seed": config.seed,
-        "metric": metric, "mode": mode, "threads": max(1, int(config.cpus_per_trial)),
-    }  # fmt: skip
+        "max_epochs": config.max_epochs,
+        "patience": config.patience,
+        "seed": config.seed,
+        "metric": metric,
+        "mode": mode,
+        "threads": max(1, int(config.cpus_per_trial)),
+    }
 
     if restoring:
         log.info("resuming search %s from %s", config.run_name, experiment_path)
         # Errored trials (their FailureConfig retries used up) stay errored. Ray 2.60 offers no sound alternative
         # here: resume_errored ran such a trial for one more epoch and ended it as if complete, and restart_errored
         # gave it a new id that OptunaSearch rejects (KeyError); see tests/integration/test_trial_failures.py.
-        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   param_space=param_space, storage_filesystem=filesystem)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            experiment_path,
+            trainable=trainable,
+            resume_unfinished=True,
+            param_space=param_space,
+            storage_filesystem=filesystem,
+        )
         return tuner.fit()
 
     callbacks: list[Any] = [_callback_class("ProgressLogCallback")(config.run_name, metric, mode, config.num_samples)]
@@ -832,7 +935,9 @@ def _fit(
     sampler = TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.num_samples // 3)))
     searcher = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=config.max_concurrent_trials)
     scheduler = ASHAScheduler(
-        time_attr="epoch", max_t=config.max_epochs, grace_period=config.resolved_grace_period,
+        time_attr="epoch",
+        max_t=config.max_epochs,
+        grace_period=config.resolved_grace_period,
         reduction_factor=config.reduction_factor,
     )
     experiment = config.experiment_uri
@@ -841,8 +946,14 @@ def _fit(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=metric, mode=mode, search_alg=searcher, scheduler=scheduler, num_samples=config.num_samples,
-            trial_name_creator=trial_name, trial_dirname_creator=trial_name, reuse_actors=True,
+            metric=metric,
+            mode=mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=config.num_samples,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=config.run_name,
@@ -850,12 +961,13 @@ def _fit(
             storage_filesystem=filesystem,
             callbacks=callbacks,
             # Keep the best checkpoints of each trial (Tune always keeps the latest too, for resuming).
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=config.checkpoints_to_keep,
-                                                    checkpoint_score_attribute=metric, checkpoint_score_order=mode),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=config.checkpoints_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
             failure_config=tune.FailureConfig(max_failures=1),
             verbose=0,
         ),
-    )  # fmt: skip
+    )
     return tuner.fit()
 
 
@@ -873,20 +985,33 @@ def _restorable(experiment_path: str, filesystem: Any) -> bool:
     entries = filesystem.get_file_info(fs.FileSelector(experiment_path, recursive=False))
     if any(Path(entry.path).name.startswith("experiment_state-") for entry in entries):
         return True
-    log.warning("%s has tuner.pkl but no experiment state (killed before its first snapshot): starting over",
-                experiment_path)  # fmt: skip
+    log.warning(
+        "%s has tuner.pkl but no experiment state (killed before its first snapshot): starting over", experiment_path
+    )
     return False
 
 
-def _summarise(results: Any, config: SearchConfig, spec: Any, metric: str, mode: str, features: str, spec_uri: str,
-               space_hash: str, parent_run_id: str | None, experiment_id: str | None) -> SearchResult:  # fmt: skip
+def _summarise(
+    results: Any,
+    config: SearchConfig,
+    spec: Any,
+    metric: str,
+    mode: str,
+    features: str,
+    spec_uri: str,
+    space_hash: str,
+    parent_run_id: str | None,
+    experiment_id: str | None,
+) -> SearchResult:
     total = len(results)
     errored = results.num_errors
     unfinished = total - results.num_terminated - errored
     if unfinished or total < config.num_samples:
-        raise SearchIncomplete(f"search {config.run_name} stopped with {results.num_terminated} of "
-                               f"{config.num_samples} trials finished ({unfinished} unfinished, {errored} errored); "
-                               "run it again with the same run name to resume")  # fmt: skip
+        raise SearchIncomplete(
+            f"search {config.run_name} stopped with {results.num_terminated} of "
+            f"{config.num_samples} trials finished ({unfinished} unfinished, {errored} errored); "
+            "run it again with the same run name to resume"
+        )
     if errored == total:
         raise RuntimeError(f"search {config.run_name}: all {total} trials failed; first error: {results.errors[0]}")
     if errored:
@@ -894,21 +1019,39 @@ def _summarise(results: Any, config: SearchConfig, spec: Any, metric: str, mode:
 
     # The best kept checkpoint of the trials that finished: an errored trial's scores (Ray's get_best_result ranks
     # them too) and a killed attempt's scores without a kept checkpoint are no basis for a model.
-    candidates = [(trial, ckpt, m) for trial in results if trial.error is None
-                  for ckpt, m in (trial.best_checkpoints or []) if _finite(m.get(metric))]  # fmt: skip
+    candidates = [
+        (trial, ckpt, m)
+        for trial in results
+        if trial.error is None
+        for ckpt, m in (trial.best_checkpoints or [])
+        if _finite(m.get(metric))
+    ]
     if not candidates:
         raise RuntimeError(f"search {config.run_name}: no finished trial has a checkpoint with a finite {metric}")
     best, checkpoint, metrics = (max if mode == "max" else min)(candidates, key=lambda item: item[2][metric])
     return SearchResult(
-        dataset=config.dataset, snapshot_id=config.snapshot_id, run_name=config.run_name, task=spec.task,
-        metric=metric, mode=mode, best_trial_id=str(best.metrics.get("trial_id") or metrics.get("trial_id")),
-        best_params=trial_params(best.config), best_epoch=result_epoch(metrics),
+        dataset=config.dataset,
+        snapshot_id=config.snapshot_id,
+        run_name=config.run_name,
+        task=spec.task,
+        metric=metric,
+        mode=mode,
+        best_trial_id=str(best.metrics.get("trial_id") or metrics.get("trial_id")),
+        best_params=trial_params(best.config),
+        best_epoch=result_epoch(metrics),
         best_validation_metrics={k: v for k, v in result_metrics(metrics).items() if k.startswith("val_")},
-        best_checkpoint_uri=f"s3://{checkpoint.path.lstrip('/')}", num_trials=total, num_errored=errored,
-        experiment_uri=str(config.experiment_uri), features_uri=features, feature_spec_uri=spec_uri,
-        search_space=validate_search_space(config.search_space), search_space_hash=space_hash,
-        mlflow_parent_run_id=parent_run_id, mlflow_experiment_id=experiment_id, dag_run_id=config.dag_run_id,
-    )  # fmt: skip
+        best_checkpoint_uri=f"s3://{checkpoint.path.lstrip('/')}",
+        num_trials=total,
+        num_errored=errored,
+        experiment_uri=str(config.experiment_uri),
+        features_uri=features,
+        feature_spec_uri=spec_uri,
+        search_space=validate_search_space(config.search_space),
+        search_space_hash=space_hash,
+        mlflow_parent_run_id=parent_run_id,
+        mlflow_experiment_id=experiment_id,
+        dag_run_id=config.dag_run_id,
+    )
 
 
 def _finite(value: Any) -> bool:
@@ -937,8 +1080,10 @@ def _compare_manifest(experiment: S3Uri, manifest: Mapping[str, Any]) -> None:
     stored = read_json(uri)
     changed = {k: (stored.get(k), manifest[k]) for k in _RESUME_INVARIANTS if stored.get(k) != manifest[k]}
     if changed:
-        raise ValueError(f"{experiment}: run {manifest['run_name']!r} was started with other settings "
-                         f"(stored, now): {changed}; use a new run name")  # fmt: skip
+        raise ValueError(
+            f"{experiment}: run {manifest['run_name']!r} was started with other settings "
+            f"(stored, now): {changed}; use a new run name"
+        )
 
 
 def _check_manifest(experiment: S3Uri, manifest: Mapping[str, Any], restoring: bool) -> None:
@@ -977,15 +1122,18 @@ def get_or_create_experiment(client: Any, name: str) -> str:
 def find_parent_run(client: Any, experiment_id: str, dataset: str, snapshot_id: str, run_name: str) -> Any | None:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=(f"tags.`mlops.kind` = '{PARENT_RUN_KIND}' AND tags.`mlops.run_name` = '{run_name}' "
-                       f"AND tags.`mlops.snapshot_id` = '{snapshot_id}' AND tags.`mlops.dataset` = '{dataset}'"),
+        filter_string=(
+            f"tags.`mlops.kind` = '{PARENT_RUN_KIND}' AND tags.`mlops.run_name` = '{run_name}' "
+            f"AND tags.`mlops.snapshot_id` = '{snapshot_id}' AND tags.`mlops.dataset` = '{dataset}'"
+        ),
         max_results=1,
-    )  # fmt: skip
+    )
     return runs[0] if runs else None
 
 
-def start_parent_run(config: SearchConfig, spec: Any, features: str, manifest: Mapping[str, Any],
-                     settings: Settings) -> tuple[str, str]:  # fmt: skip
+def start_parent_run(
+    config: SearchConfig, spec: Any, features: str, manifest: Mapping[str, Any], settings: Settings
+) -> tuple[str, str]:
     """Find (resume) or create the search's parent run; returns (experiment id, run id)."""
     from mlflow.entities import Param
 
@@ -1000,19 +1148,27 @@ def start_parent_run(config: SearchConfig, spec: Any, features: str, manifest: M
 
     spec_uri = f"{features.rstrip('/')}/feature_spec.json"
     tags = {
-        "mlops.kind": PARENT_RUN_KIND, "mlops.dataset": config.dataset, "mlops.snapshot_id": config.snapshot_id,
-        "mlops.run_name": config.run_name, "mlops.dag_run_id": config.dag_run_id or "",
-        "mlops.features_uri": features, "mlops.feature_spec_uri": spec_uri,
-        "mlops.tune_uri": str(config.experiment_uri), "mlops.search_space_hash": manifest["search_space_hash"],
+        "mlops.kind": PARENT_RUN_KIND,
+        "mlops.dataset": config.dataset,
+        "mlops.snapshot_id": config.snapshot_id,
+        "mlops.run_name": config.run_name,
+        "mlops.dag_run_id": config.dag_run_id or "",
+        "mlops.features_uri": features,
+        "mlops.feature_spec_uri": spec_uri,
+        "mlops.tune_uri": str(config.experiment_uri),
+        "mlops.search_space_hash": manifest["search_space_hash"],
         "mlops.task": spec.task,
-    }  # fmt: skip
+    }
     run = client.create_run(experiment_id, run_name=config.run_name, tags=tags)
     run_id = run.info.run_id
     params = {
         **{k: v for k, v in manifest.items() if k not in ("dataset", "run_name")},
-        "task": spec.task, "num_features": len(spec.feature_columns), "classes": json.dumps(spec.classes),
-        "rows": json.dumps(spec.rows, sort_keys=True), "features_uri": features,
-    }  # fmt: skip
+        "task": spec.task,
+        "num_features": len(spec.feature_columns),
+        "classes": json.dumps(spec.classes),
+        "rows": json.dumps(spec.rows, sort_keys=True),
+        "features_uri": features,
+    }
     client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
     client.log_dict(run_id, json.loads(spec.to_json()), "feature_spec.json")
     client.log_dict(run_id, validate_search_space(config.search_space), "search_space.json")
@@ -1032,11 +1188,16 @@ def _log_dataset_input(client: Any, run_id: str, config: SearchConfig, spec: Any
     columns: list[Any] = [ColSpec(DataType.float, name) for name in spec.feature_columns]
     schema = Schema([*columns, ColSpec(label_type, "label")])
     # MetaDataset declares `profile` abstract but is meant to be instantiated (MLflow's own docs do).
-    dataset = MetaDataset(resolve_dataset_source(features), name=f"{config.dataset}@{config.snapshot_id}",  # type: ignore[abstract]
-                          digest=config.snapshot_id[:36], schema=schema)  # fmt: skip
+    dataset = MetaDataset(
+        resolve_dataset_source(features),
+        name=f"{config.dataset}@{config.snapshot_id}",  # type: ignore[abstract]
+        digest=config.snapshot_id[:36],
+        schema=schema,
+    )
     # One input for the features folder (MLflow keeps one input per dataset; the splits are folders of it).
-    client.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                     tags=[InputTag("mlflow.data.context", "training")])])  # fmt: skip
+    client.log_inputs(
+        run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])]
+    )
 
 
 def finish_parent_run(run_id: str, result: SearchResult, settings: Settings) -> None:
@@ -1045,11 +1206,15 @@ def finish_parent_run(run_id: str, result: SearchResult, settings: Settings) -> 
     client = _mlflow_client(settings)
     now = int(time.time() * 1000)
     metrics = [Metric(f"best_{k}", float(v), now, 0) for k, v in result.best_validation_metrics.items() if _finite(v)]
-    metrics += [Metric("num_trials", float(result.num_trials), now, 0),
-                Metric("num_errored_trials", float(result.num_errored), now, 0)]  # fmt: skip
-    tags = [RunTag("mlops.best_trial_id", result.best_trial_id),
-            RunTag("mlops.best_checkpoint_uri", result.best_checkpoint_uri),
-            RunTag("mlops.best_params", json.dumps(result.best_params, sort_keys=True))]  # fmt: skip
+    metrics += [
+        Metric("num_trials", float(result.num_trials), now, 0),
+        Metric("num_errored_trials", float(result.num_errored), now, 0),
+    ]
+    tags = [
+        RunTag("mlops.best_trial_id", result.best_trial_id),
+        RunTag("mlops.best_checkpoint_uri", result.best_checkpoint_uri),
+        RunTag("mlops.best_params", json.dumps(result.best_params, sort_keys=True)),
+    ]
     client.log_batch(run_id, metrics=metrics, tags=tags)
     client.log_dict(run_id, result.to_dict(), SEARCH_RESULT_FILE)
     client.set_terminated(run_id, "FINISHED")
@@ -1090,12 +1255,23 @@ def stored_search_result(dataset: str, snapshot_id: str, run_name: str) -> Searc
 
 def search_config_from_args(args: argparse.Namespace) -> SearchConfig:
     return SearchConfig.create(
-        dataset=args.dataset, snapshot_id=args.snapshot, run_name=args.run_name, search_space=args.search_space,
-        features_uri=args.features_uri, num_samples=args.num_samples, max_concurrent_trials=args.max_concurrent,
-        cpus_per_trial=args.cpus_per_trial, max_epochs=args.max_epochs, patience=args.patience,
-        metric=args.metric, mode=args.mode, seed=args.seed, dag_run_id=args.dag_run_id,
-        track_mlflow=not args.no_mlflow, publish_metrics=not args.no_kafka,
-    )  # fmt: skip
+        dataset=args.dataset,
+        snapshot_id=args.snapshot,
+        run_name=args.run_name,
+        search_space=args.search_space,
+        features_uri=args.features_uri,
+        num_samples=args.num_samples,
+        max_concurrent_trials=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        metric=args.metric,
+        mode=args.mode,
+        seed=args.seed,
+        dag_run_id=args.dag_run_id,
+        track_mlflow=not args.no_mlflow,
+        publish_metrics=not args.no_kafka,
+    )
 
 
 def _tune_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -1104,15 +1280,19 @@ def _tune_command(args: argparse.Namespace) -> dict[str, Any]:
 
 def register_cli(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "tune", help="hyper-parameter search with Ray Tune (resumes a run of the same name)",
+        "tune",
+        help="hyper-parameter search with Ray Tune (resumes a run of the same name)",
         description="Search the model space on a snapshot's features; prints the SearchResult JSON. Re-running with "
-                    "the same --run-name resumes an interrupted search or returns the completed one.",
-    )  # fmt: skip
+        "the same --run-name resumes an interrupted search or returns the completed one.",
+    )
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--snapshot", required=True, help="snapshot id (the features' folder)")
     parser.add_argument("--run-name", required=True, help="resume key, e.g. the DAG run id (sanitised)")
-    parser.add_argument("--search-space", help="a JSON/YAML file, an s3:// URI, inline JSON, or a shipped space's name "
-                        "(default, small); default: default")
+    parser.add_argument(
+        "--search-space",
+        help="a JSON/YAML file, an s3:// URI, inline JSON, or a shipped space's name "
+        "(default, small); default: default",
+    )
     parser.add_argument("--features-uri", help="default s3://LAKE/datasets/DATASET/features/SNAPSHOT")
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--max-concurrent", type=int, default=2)
@@ -1126,4 +1306,3 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--no-mlflow", action="store_true", help="do not track in MLflow")
     parser.add_argument("--no-kafka", action="store_true", help="do not publish epoch metrics to Kafka")
     parser.set_defaults(handler=_tune_command)
-

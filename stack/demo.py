@@ -130,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
 
     api = AirflowApi(AIRFLOW, "admin", admin_password())
     wait_for_dag(api)
-    conf = {"raw_uri": f"s3://raw/{args.dataset}/", "dataset": args.dataset, "target": target, "task": task,
-            "num_samples": args.num_samples, "max_epochs": args.max_epochs}  # fmt: skip
+    conf = {
+        "raw_uri": f"s3://raw/{args.dataset}/",
+        "dataset": args.dataset,
+        "target": target,
+        "task": task,
+        "num_samples": args.num_samples,
+        "max_epochs": args.max_epochs,
+    }
     run_id, state = trigger_and_follow(api, conf, args.timeout_s)
     summary = api.xcom(run_id, "publish_run_summary")
     print(f"\nrun {run_id}: {state}")

@@ -50,10 +50,16 @@ def create_topics(bootstrap_servers: str | None = None) -> list[str]:
             if topic.name in existing:
                 continue
             try:
-                admin.create_topics([NewTopic(
-                    topic.name, num_partitions=topic.partitions, replication_factor=1,
-                    topic_configs={"retention.ms": str(topic.retention_ms)},
-                )])  # fmt: skip
+                admin.create_topics(
+                    [
+                        NewTopic(
+                            topic.name,
+                            num_partitions=topic.partitions,
+                            replication_factor=1,
+                            topic_configs={"retention.ms": str(topic.retention_ms)},
+                        )
+                    ]
+                )
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass

@@ -172,17 +172,23 @@ def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     root = paths.data / "s3"
     return [
         str(paths.versitygw),
-        "--port", "127.0.0.1:9000",
-        "--webui", "127.0.0.1:9001",
+        "--port",
+        "127.0.0.1:9000",
+        "--webui",
+        "127.0.0.1:9001",
         "--webui-no-tls",
-        "--webui-gateways", "http://127.0.0.1:9000",
-        "--region", env["AWS_DEFAULT_REGION"],
+        "--webui-gateways",
+        "http://127.0.0.1:9000",
+        "--region",
+        env["AWS_DEFAULT_REGION"],
         "--quiet",
         "posix",
-        "--versioning-dir", str(root / "versions"),
-        "--sidecar", str(root / "meta"),
+        "--versioning-dir",
+        str(root / "versions"),
+        "--sidecar",
+        str(root / "meta"),
         str(root / "buckets"),
-    ]  # fmt: skip
+    ]
 
 
 def _s3_prepare(paths: StackPaths, env: dict[str, str]) -> None:
@@ -257,10 +263,23 @@ def _kafka_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     # Format the storage once, with a fresh cluster id; later starts reuse it.
     cluster_id = _kafka_random_uuid()
     result = subprocess.run(
-        [_java(), "-cp", _kafka_classpath(paths), "kafka.tools.StorageTool",
-         "format", "--standalone", "-t", cluster_id, "-c", str(properties)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        [
+            _java(),
+            "-cp",
+            _kafka_classpath(paths),
+            "kafka.tools.StorageTool",
+            "format",
+            "--standalone",
+            "-t",
+            cluster_id,
+            "-c",
+            str(properties),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if result.returncode != 0:
         raise StackError(f"kafka: formatting {log_dirs} failed:\n{result.stdout}\n{result.stderr}")
 
@@ -300,14 +319,16 @@ def _kafka_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     kafka_dir = paths.data / "kafka"
     return [
         _java(),
-        "-Xms256m", "-Xmx512m",
+        "-Xms256m",
+        "-Xmx512m",
         "-XX:+UseG1GC",
         f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.yaml'}",
         f"-Dkafka.logs.dir={paths.logs}",
-        "-cp", _kafka_classpath(paths),
+        "-cp",
+        _kafka_classpath(paths),
         "kafka.Kafka",
         str(kafka_dir / "server.properties"),
-    ]  # fmt: skip
+    ]
 
 
 def kafka_answers(bootstrap: str) -> bool:
@@ -351,12 +372,17 @@ def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     return [
         str(REPO_ROOT / ".venv" / "bin" / "mlflow"),
         "server",
-        "--host", "127.0.0.1",
-        "--port", "5000",
-        "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{db}",
-        "--artifacts-destination", f"s3://{env.get('MLOPS_MLFLOW_BUCKET', 'mlflow')}/artifacts",
-    ]  # fmt: skip
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "5000",
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{db}",
+        "--artifacts-destination",
+        f"s3://{env.get('MLOPS_MLFLOW_BUCKET', 'mlflow')}/artifacts",
+    ]
 
 
 def _mlflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:

@@ -57,10 +57,20 @@ def fetch_classpath(pom: Path, classpath_file: Path) -> str:
     mvn = require_tool("mvn", f"fetch the jars of {pom.name} from Maven Central")
     classpath_file.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(
-        [mvn, "-q", "-B", "-f", str(pom), "dependency:build-classpath",
-         "-DincludeScope=runtime", f"-Dmdep.outputFile={classpath_file}"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:build-classpath",
+            "-DincludeScope=runtime",
+            f"-Dmdep.outputFile={classpath_file}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0 or not classpath_file.exists():
         raise StackError(f"mvn could not resolve {pom}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return f"{classpath_file.name}: resolved"

@@ -45,8 +45,18 @@ def _cli_serve(args: argparse.Namespace) -> int:
     import subprocess
 
     gunicorn = Path(sys.executable).parent / "gunicorn"
-    command = [str(gunicorn), "--bind", f"{args.host}:{args.port}", "--workers", str(args.workers),
-               "--threads", str(args.threads), "--access-logfile", "-", "ml.serve:create_app()"]  # fmt: skip
+    command = [
+        str(gunicorn),
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--access-logfile",
+        "-",
+        "ml.serve:create_app()",
+    ]
     try:
         return subprocess.call(command, env=os.environ.copy())
     except KeyboardInterrupt:

@@ -147,13 +147,16 @@ def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str,
         for name in numeric:
             value = row.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                problems.append(f"row {index}, column {name!r}: expected a number or null, got {_type_name(value)} "
-                                f"{_short(value)}")  # fmt: skip
+                problems.append(
+                    f"row {index}, column {name!r}: expected a number or null, got {_type_name(value)} {_short(value)}"
+                )
         for name in categorical:
             value = row.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
-                problems.append(f"row {index}, column {name!r}: expected a string, number or null, got "
-                                f"{_type_name(value)} {_short(value)}")  # fmt: skip
+                problems.append(
+                    f"row {index}, column {name!r}: expected a string, number or null, got "
+                    f"{_type_name(value)} {_short(value)}"
+                )
     if problems:
         more = " (first errors only)" if len(problems) >= MAX_ERRORS_REPORTED else ""
         raise RequestError("invalid rows" + more + ": " + "; ".join(problems[:MAX_ERRORS_REPORTED]), 422)
@@ -201,8 +204,13 @@ class ModelHolder:
             self.current = loaded  # the atomic swap
             self.reloads += 1
             self.last_reload_error = None
-            log.info("%s: now serving v%s (was v%s; loaded in %.1f s)", self.name, loaded.version, previous,
-                     time.monotonic() - started)  # fmt: skip
+            log.info(
+                "%s: now serving v%s (was v%s; loaded in %.1f s)",
+                self.name,
+                loaded.version,
+                previous,
+                time.monotonic() - started,
+            )
             return True
 
 
@@ -212,9 +220,14 @@ class PromotionWatcher:
     connect_backoff_s = (1.0, 30.0)
 
     def __init__(
-        self, holder: ModelHolder, *, bootstrap_servers: str | None = None, alias_poll_s: float = DEFAULT_ALIAS_POLL_S,
-        loader: Callable[[str, str], LoadedModel] | None = None, resolve: Callable[[str], str] | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        holder: ModelHolder,
+        *,
+        bootstrap_servers: str | None = None,
+        alias_poll_s: float = DEFAULT_ALIAS_POLL_S,
+        loader: Callable[[str, str], LoadedModel] | None = None,
+        resolve: Callable[[str], str] | None = None,
+    ) -> None:
         self.holder = holder
         self.bootstrap_servers = bootstrap_servers or Settings.from_env().kafka_bootstrap_servers
         self.alias_poll_s = alias_poll_s
@@ -353,8 +366,9 @@ class ServeState:
 # The app
 
 
-def build_app(model_name: str | None = None, *, loaded: LoadedModel | None = None,
-              watch_promotions: bool | None = None) -> Flask:  # fmt: skip
+def build_app(
+    model_name: str | None = None, *, loaded: LoadedModel | None = None, watch_promotions: bool | None = None
+) -> Flask:
     """See ml.serve.create_app."""
     name = model_name or os.environ.get("MLOPS_SERVE_MODEL") or (loaded.name if loaded else None)
     if not name:
@@ -395,23 +409,36 @@ def build_app(model_name: str | None = None, *, loaded: LoadedModel | None = Non
     def health() -> Response:
         model = state.holder.current
         watcher = state.watcher
-        return jsonify({
-            "status": "ok", "model": state.holder.name, "version": model.version,
-            "watcher": None if watcher is None else {"alive": watcher.alive, "following": watcher.ready.is_set(),
-                                                     "last_error": watcher.last_error},
-        })  # fmt: skip
+        return jsonify(
+            {
+                "status": "ok",
+                "model": state.holder.name,
+                "version": model.version,
+                "watcher": None
+                if watcher is None
+                else {"alive": watcher.alive, "following": watcher.ready.is_set(), "last_error": watcher.last_error},
+            }
+        )
 
     @app.get("/model")
     def model_info() -> Response:
         model = state.holder.current
-        return jsonify({
-            "model": state.holder.name, "version": model.version, "aliases": model.aliases,
-            "loaded_at": model.loaded_at, "reloads": state.holder.reloads,
-            "last_reload_error": state.holder.last_reload_error,
-            "task": model.spec.task, "classes": model.predictor.classes, "input_columns": model.spec.input_columns,
-            "metrics": model.test_metrics, "lineage": model.lineage,
-            "gate": {k.removeprefix("gate."): v for k, v in model.tags.items() if k.startswith("gate.")},
-        })  # fmt: skip
+        return jsonify(
+            {
+                "model": state.holder.name,
+                "version": model.version,
+                "aliases": model.aliases,
+                "loaded_at": model.loaded_at,
+                "reloads": state.holder.reloads,
+                "last_reload_error": state.holder.last_reload_error,
+                "task": model.spec.task,
+                "classes": model.predictor.classes,
+                "input_columns": model.spec.input_columns,
+                "metrics": model.test_metrics,
+                "lineage": model.lineage,
+                "gate": {k.removeprefix("gate."): v for k, v in model.tags.items() if k.startswith("gate.")},
+            }
+        )
 
     @app.errorhandler(RequestError)
     def _request_error(error: RequestError) -> tuple[Response, int]:

@@ -81,10 +81,16 @@ class IngestOperator(_PipelineOperator):
         from ml.ingest import IngestConfig, ingest
 
         with environment(self.pipeline_environment()):
-            result = ingest(IngestConfig(str(self.raw_uri), str(self.dataset), str(self.target),
-                                         task=self.ml_task or None))  # fmt: skip
-        log.info("snapshot %s (%s): %d rows, %s", result.snapshot_id, "new" if result.created else "unchanged",
-                 result.rows, result.task)  # fmt: skip
+            result = ingest(
+                IngestConfig(str(self.raw_uri), str(self.dataset), str(self.target), task=self.ml_task or None)
+            )
+        log.info(
+            "snapshot %s (%s): %d rows, %s",
+            result.snapshot_id,
+            "new" if result.created else "unchanged",
+            result.rows,
+            result.task,
+        )
         return result.to_dict()
 
 
@@ -119,8 +125,13 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
             out = features_uri(str(self.dataset), str(self.snapshot_id))
             body = s3_client().get_object(Bucket=out.bucket, Key=out.join("feature_spec.json").key)["Body"].read()
         spec = FeatureSpec.from_json(body)
-        return {"features_uri": str(out), "feature_spec_uri": str(out.join("feature_spec.json")),
-                "rows": spec.rows, "num_features": len(spec.feature_columns), "task": spec.task}  # fmt: skip
+        return {
+            "features_uri": str(out),
+            "feature_spec_uri": str(out.join("feature_spec.json")),
+            "rows": spec.rows,
+            "num_features": len(spec.feature_columns),
+            "task": spec.task,
+        }
 
 
 class TuningReportLink(BaseOperatorLink):
@@ -142,8 +153,14 @@ class RayTuneOperator(_PipelineOperator):
     """Hyper-parameter search of PyTorch models with Ray Tune (`ml.tune`). The search is named after the DAG run,
     so a retried task resumes it from S3 instead of starting over; `on_kill` stops the trials."""
 
-    template_fields: Sequence[str] = ("dataset", "snapshot_id", "search_space", "num_samples", "max_concurrent_trials",
-                                      "max_epochs")  # fmt: skip
+    template_fields: Sequence[str] = (
+        "dataset",
+        "snapshot_id",
+        "search_space",
+        "num_samples",
+        "max_concurrent_trials",
+        "max_epochs",
+    )
     operator_extra_links = (TuningReportLink(),)
     ui_color = "#fdf1e8"
 
@@ -174,11 +191,16 @@ class RayTuneOperator(_PipelineOperator):
         run_id = context["run_id"]
         # The run id names the search: a retried task resumes it from S3 instead of starting over.
         config = SearchConfig(
-            dataset=str(self.dataset), snapshot_id=str(self.snapshot_id), run_name=run_id,
+            dataset=str(self.dataset),
+            snapshot_id=str(self.snapshot_id),
+            run_name=run_id,
             search_space=resolve_search_space(self.search_space),
-            num_samples=int(self.num_samples), max_concurrent_trials=int(self.max_concurrent_trials),
-            max_epochs=int(self.max_epochs), cpus_per_trial=self.cpus_per_trial, dag_run_id=run_id,
-        )  # fmt: skip
+            num_samples=int(self.num_samples),
+            max_concurrent_trials=int(self.max_concurrent_trials),
+            max_epochs=int(self.max_epochs),
+            cpus_per_trial=self.cpus_per_trial,
+            dag_run_id=run_id,
+        )
         with environment(self.pipeline_environment()):
             result = run_search(config)
         return result.to_dict()
@@ -199,8 +221,15 @@ class RegisterModelOperator(_PipelineOperator):
     template_fields: Sequence[str] = ("search_result", "metric", "margin", "allow_backfill_promotion")
     ui_color = "#eafbe8"
 
-    def __init__(self, *, search_result: Any, metric: str | None = None, margin: float | str = 0.0,
-                 allow_backfill_promotion: bool | str = False, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        search_result: Any,
+        metric: str | None = None,
+        margin: float | str = 0.0,
+        allow_backfill_promotion: bool | str = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.search_result = search_result
         self.metric = metric
@@ -217,11 +246,16 @@ class RegisterModelOperator(_PipelineOperator):
         with environment(self.pipeline_environment()):
             evaluation = evaluate_best(self.search_result)
             decision = register_and_promote(
-                evaluation, dag_id=self.dag_id, dag_run_id=context["run_id"], code_version=code_version(),
-                metric=self.metric or None, margin=float(self.margin), is_backfill=is_backfill,
+                evaluation,
+                dag_id=self.dag_id,
+                dag_run_id=context["run_id"],
+                code_version=code_version(),
+                metric=self.metric or None,
+                margin=float(self.margin),
+                is_backfill=is_backfill,
                 allow_backfill_promotion=_as_bool(self.allow_backfill_promotion),
                 task_id=self.task_id,
-            )  # fmt: skip
+            )
         return {"evaluation": evaluation, **decision}
 
 
@@ -229,9 +263,15 @@ class PublishRunSummaryOperator(_PipelineOperator):
     """Publish the run's summary (snapshot, features, best trial, registered or reused model) as a pipeline event,
     built from the upstream tasks' XComs."""
 
-    def __init__(self, *, ingest_task_id: str = "ingest_raw_data", tune_task_id: str = "tune_models",
-                 register_task_id: str = "register_best_model", branch_task_id: str = "check_for_existing_model",
-                 **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        ingest_task_id: str = "ingest_raw_data",
+        tune_task_id: str = "tune_models",
+        register_task_id: str = "register_best_model",
+        branch_task_id: str = "check_for_existing_model",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.ingest_task_id = ingest_task_id
         self.tune_task_id = tune_task_id
@@ -248,13 +288,16 @@ class PublishRunSummaryOperator(_PipelineOperator):
         search = ti.xcom_pull(task_ids=self.tune_task_id) or {}
         reused = ti.xcom_pull(task_ids=self.branch_task_id, key="existing_model")
         summary = {
-            "dataset": snapshot.get("dataset"), "snapshot_id": snapshot.get("snapshot_id"),
-            "rows": snapshot.get("rows"), "outcome": "reused_existing_model" if reused else "trained",
-            "existing_model": reused, "best_params": search.get("best_params"),
+            "dataset": snapshot.get("dataset"),
+            "snapshot_id": snapshot.get("snapshot_id"),
+            "rows": snapshot.get("rows"),
+            "outcome": "reused_existing_model" if reused else "trained",
+            "existing_model": reused,
+            "best_params": search.get("best_params"),
             "num_trials": search.get("num_trials"),
             "test_metrics": (registered.get("evaluation") or {}).get("test_metrics"),
             "model": {k: v for k, v in registered.items() if k != "evaluation"} or None,
-        }  # fmt: skip
+        }
         payload = {"dag_id": self.dag_id, "task_id": self.task_id, "event": "run_summary", "details": summary}
         key = pipeline_event_key(self.dag_id, context["run_id"], self.task_id, "run_summary")
         self.kafka_hook.publish(PIPELINE_EVENTS, payload, key, dag_run_id=context["run_id"])
@@ -268,8 +311,18 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
 
     template_fields: Sequence[str] = ("dataset", "snapshot_id", "ml_task", "force")
 
-    def __init__(self, *, dataset: str, snapshot_id: str, ml_task: str, train_task_id: str, reuse_task_id: str,
-                 force: bool | str = False, mlflow_conn_id: str = "mlflow_default", **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        snapshot_id: str,
+        ml_task: str,
+        train_task_id: str,
+        reuse_task_id: str,
+        force: bool | str = False,
+        mlflow_conn_id: str = "mlflow_default",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.dataset = dataset
         self.snapshot_id = snapshot_id
@@ -287,8 +340,11 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
             log.info("force_retrain is set: training even if a model exists")
             return self.train_task_id
         name = registered_model_name(self.dataset, self.ml_task)
-        wanted = {"snapshot_id": str(self.snapshot_id), "code_version": code_version(),
-                  "mlops.registration": "complete"}  # fmt: skip
+        wanted = {
+            "snapshot_id": str(self.snapshot_id),
+            "code_version": code_version(),
+            "mlops.registration": "complete",
+        }
         version = MlflowHook(self.mlflow_conn_id).find_model_version(name, wanted)
         if version is None:
             log.info("no version of %s for snapshot %s and code %s: training", name, self.snapshot_id, code_version())
@@ -296,7 +352,10 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
         log.info(
             "SKIPPING preprocessing, tuning and registration: version %s of %s was already trained on snapshot %s "
             "with code version %s (set the param force_retrain to train anyway)",
-            version.version, name, self.snapshot_id, code_version(),
-        )  # fmt: skip
+            version.version,
+            name,
+            self.snapshot_id,
+            code_version(),
+        )
         context["ti"].xcom_push(key="existing_model", value={"model": name, "version": str(version.version)})
         return self.reuse_task_id

@@ -40,12 +40,29 @@ def first_run(airflow_api: AirflowApi) -> dict[str, Any]:
     dataset, other = f"e2e_{uuid.uuid4().hex[:8]}", f"e2e_cars_{uuid.uuid4().hex[:8]}"
     upload_frame(load_shipped("penguins"), S3Uri("raw", f"e2e/{dataset}/penguins.csv"))
     upload_frame(load_shipped("cars"), S3Uri("raw", f"e2e/{other}/cars.csv"))
-    conf = {"raw_uri": f"s3://raw/e2e/{dataset}/", "dataset": dataset, "target": "species",
-            "task": "classification", "num_samples": NUM_SAMPLES, "max_concurrent_trials": 2,
-            "max_epochs": MAX_EPOCHS}  # fmt: skip
-    other_conf = {**conf, "raw_uri": f"s3://raw/e2e/{other}/", "dataset": other, "target": "Miles_per_Gallon",
-                  "task": "regression", "max_concurrent_trials": 1}  # fmt: skip
+    conf = {
+        "raw_uri": f"s3://raw/e2e/{dataset}/",
+        "dataset": dataset,
+        "target": "species",
+        "task": "classification",
+        "num_samples": NUM_SAMPLES,
+        "max_concurrent_trials": 2,
+        "max_epochs": MAX_EPOCHS,
+    }
+    other_conf = {
+        **conf,
+        "raw_uri": f"s3://raw/e2e/{other}/",
+        "dataset": other,
+        "target": "Miles_per_Gallon",
+        "task": "regression",
+        "max_concurrent_trials": 1,
+    }
     run_id, other_run_id = trigger(airflow_api, conf), trigger(airflow_api, other_conf)
     states = follow(airflow_api, [run_id, other_run_id], timeout_s=1800)
-    return {"dataset": dataset, "conf": conf, "run_id": run_id, "state": states[run_id],
-            "other": {"dataset": other, "conf": other_conf, "run_id": other_run_id, "state": states[other_run_id]}}
+    return {
+        "dataset": dataset,
+        "conf": conf,
+        "run_id": run_id,
+        "state": states[run_id],
+        "other": {"dataset": other, "conf": other_conf, "run_id": other_run_id, "state": states[other_run_id]},
+    }

@@ -26,14 +26,25 @@ def browser() -> Iterator[Any]:
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.fail("chromium and chromedriver are needed (Debian packages chromium, chromium-driver; `make test` "
-                    "installs them)", pytrace=False)  # fmt: skip
+        pytest.fail(
+            "chromium and chromedriver are needed (Debian packages chromium, chromium-driver; `make test` "
+            "installs them)",
+            pytrace=False,
+        )
     options = Options()
     options.binary_location = chromium
     # As root, without a display, and without Chromium's background calls to hosts this machine cannot reach.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,1000"):  # fmt: skip
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     session = webdriver.Chrome(service=Service(driver), options=options)
     session.implicitly_wait(0)

@@ -42,8 +42,11 @@ def test_the_tune_task_log_shows_progress_and_no_error_lines(first_run: dict[str
     from stack.config import stack_paths
 
     folder = stack_paths().airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={first_run['run_id']}"
-    lines = [json.loads(line) for line in (folder / "task_id=tune_models" / "attempt=1.log").read_text().splitlines()
-             if line.startswith("{")]  # fmt: skip
+    lines = [
+        json.loads(line)
+        for line in (folder / "task_id=tune_models" / "attempt=1.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     events = [str(line.get("event", "")) for line in lines]
     assert sum("finished after" in event for event in events) == NUM_SAMPLES, events
     assert any(event.startswith("search ") and " done in " in event for event in events), events
@@ -74,8 +77,9 @@ def test_snapshot_features_and_hive_table(airflow_api: AirflowApi, first_run: di
     assert count == sum(spec.rows.values()) > 300
 
 
-def test_mlflow_has_nested_trials_and_a_champion_with_lineage(airflow_api: AirflowApi,
-                                                              first_run: dict[str, Any]) -> None:  # fmt: skip
+def test_mlflow_has_nested_trials_and_a_champion_with_lineage(
+    airflow_api: AirflowApi, first_run: dict[str, Any]
+) -> None:
     from mlflow import MlflowClient
 
     from ml.lineage import code_version
@@ -113,8 +117,13 @@ def test_mlflow_has_nested_trials_and_a_champion_with_lineage(airflow_api: Airfl
 def _consume_all(topic: str) -> list[tuple[str, dict[str, Any]]]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", auto_offset_reset="earliest",
-                             group_id=f"e2e-{uuid.uuid4().hex[:8]}", consumer_timeout_ms=5000)  # fmt: skip
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers="127.0.0.1:9092",
+        auto_offset_reset="earliest",
+        group_id=f"e2e-{uuid.uuid4().hex[:8]}",
+        consumer_timeout_ms=5000,
+    )
     try:
         return [(record.key.decode() if record.key else "", json.loads(record.value)) for record in consumer]
     finally:
@@ -178,8 +187,9 @@ def _run_interval(api: AirflowApi, run_id: str) -> tuple[str, str]:
     return run["start_date"], run["end_date"]
 
 
-def test_a_run_on_another_dataset_at_the_same_time_has_its_own_model(airflow_api: AirflowApi,
-                                                                      first_run: dict[str, Any]) -> None:  # fmt: skip
+def test_a_run_on_another_dataset_at_the_same_time_has_its_own_model(
+    airflow_api: AirflowApi, first_run: dict[str, Any]
+) -> None:
     from mlflow import MlflowClient
 
     from ml.registry import registered_model_name
@@ -188,13 +198,16 @@ def test_a_run_on_another_dataset_at_the_same_time_has_its_own_model(airflow_api
     states = _task_states(airflow_api, other["run_id"])
     assert other["state"] == "success", states
     assert states["register_best_model"] == "success"
-    (start, end), (other_start, other_end) = (_run_interval(airflow_api, r) for r in (first_run["run_id"],
-                                                                                     other["run_id"]))  # fmt: skip
+    (start, end), (other_start, other_end) = (
+        _run_interval(airflow_api, r) for r in (first_run["run_id"], other["run_id"])
+    )
     assert start < other_end and other_start < end, "the two runs did not overlap"
 
     client = MlflowClient()
-    for dataset, task, run_id in ((first_run["dataset"], "classification", first_run["run_id"]),
-                                  (other["dataset"], "regression", other["run_id"])):  # fmt: skip
+    for dataset, task, run_id in (
+        (first_run["dataset"], "classification", first_run["run_id"]),
+        (other["dataset"], "regression", other["run_id"]),
+    ):
         champion = client.get_model_version_by_alias(registered_model_name(dataset, task), "champion")
         assert champion.tags["dag_run_id"] == run_id and champion.tags["dataset"] == dataset
         assert champion.tags["mlops.registration"] == "complete"
@@ -243,8 +256,11 @@ def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
     best = max(float(v.tags["test.accuracy"]) for v in versions.values())
     assert float(champion.tags["test.accuracy"]) == best
     # Each promotion replaced the champion of its moment: the promoted versions form one chain from the first.
-    replaced = {v.tags["gate.champion_version"]: version for version, v in versions.items()
-                if v.tags.get("gate.decision") in ("promoted", "first_model")}  # fmt: skip
+    replaced = {
+        v.tags["gate.champion_version"]: version
+        for version, v in versions.items()
+        if v.tags.get("gate.decision") in ("promoted", "first_model")
+    }
     chain, current = [], ""
     while current in replaced:
         current = replaced.pop(current)
@@ -252,8 +268,9 @@ def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
     assert not replaced and chain[-1] == champion.version, (chain, {k: v.tags for k, v in versions.items()})
 
 
-def test_no_secret_in_task_logs_xcom_or_the_metadata_database(airflow_api: AirflowApi,
-                                                              first_run: dict[str, Any]) -> None:  # fmt: skip
+def test_no_secret_in_task_logs_xcom_or_the_metadata_database(
+    airflow_api: AirflowApi, first_run: dict[str, Any]
+) -> None:
     """After the runs above: the S3 secret key and the Airflow admin password appear in no task log, in no service
     log of the stack (Airflow's own output included), and in no table of Airflow's metadata database (XCom, rendered
     template fields, run conf, triggers, audit log, ...; connections are stored encrypted with the Fernet key)."""

@@ -34,15 +34,25 @@ BROKER = ("127.0.0.1", 9092)
 
 
 def metrics_payload(run_name: str, epoch: int) -> dict[str, Any]:
-    return {"run_name": run_name, "trial_id": "t0", "epoch": epoch, "metrics": {"val_loss": 1.0 / (epoch + 1)},
-            "params": {"lr": 0.01}}  # fmt: skip
+    return {
+        "run_name": run_name,
+        "trial_id": "t0",
+        "epoch": epoch,
+        "metrics": {"val_loss": 1.0 / (epoch + 1)},
+        "params": {"lr": 0.01},
+    }
 
 
 def read_all(topic: str, expected: int, timeout_s: float = 20.0) -> list[Any]:
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(topic, bootstrap_servers="127.0.0.1:9092", auto_offset_reset="earliest",
-                             group_id=f"test-{uuid.uuid4().hex[:8]}", consumer_timeout_ms=1000)  # fmt: skip
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers="127.0.0.1:9092",
+        auto_offset_reset="earliest",
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        consumer_timeout_ms=1000,
+    )
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:
@@ -191,9 +201,23 @@ def test_tail_prints_readable_lines(kafka_topic: str) -> None:
 
     # The real command line, once.
     result = subprocess.run(
-        [sys.executable, "-m", "ml", "events", "tail", kafka_topic, "--from-beginning", "--max-messages", "3",
-         "--timeout-s", "10"],
-        capture_output=True, text=True, timeout=60, env=os.environ.copy(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ml",
+            "events",
+            "tail",
+            kafka_topic,
+            "--from-beginning",
+            "--max-messages",
+            "3",
+            "--timeout-s",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=os.environ.copy(),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("training_metrics.v1") == 3 and '"run_name":"tail"' in result.stdout

@@ -134,9 +134,12 @@ def _restart_later() -> None:
 
 
 def test_metrics_survive_a_broker_outage_during_the_search(
-    local_ray: None, private_broker: PrivateServer, s3_service: None, monkeypatch: pytest.MonkeyPatch,
+    local_ray: None,
+    private_broker: PrivateServer,
+    s3_service: None,
+    monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     """The broker stops after the first epoch's message and comes back only after training is over, while the search
     closes its publisher: every trial-epoch key must still reach Kafka (at least once), none dropped."""
     from ml.events import EventPublisher, PublishStats
@@ -158,15 +161,32 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     features = write_synthetic_features("classification", 2, rows={"train": 300, "validation": 100, "test": 100})
     run_name = f"fault-{uuid.uuid4().hex[:8]}"
     config = SearchConfig(
-        dataset=features.dataset, snapshot_id=features.snapshot_id, run_name=run_name,
+        dataset=features.dataset,
+        snapshot_id=features.snapshot_id,
+        run_name=run_name,
         search_space=load_search_space(Path(__file__).resolve().parents[2] / "ml" / "search_spaces" / "small.json"),
-        num_samples=4, max_concurrent_trials=2, max_epochs=4, patience=4, seed=3, dag_run_id=f"manual__{run_name}",
-        track_mlflow=False, publish_metrics=True,
-    )  # fmt: skip
+        num_samples=4,
+        max_concurrent_trials=2,
+        max_epochs=4,
+        patience=4,
+        seed=3,
+        dag_run_id=f"manual__{run_name}",
+        track_mlflow=False,
+        publish_metrics=True,
+    )
     OUTAGE.clear()
-    OUTAGE.update(server=private_broker, bootstrap=servers, topic=TRAINING_METRICS.name, run_name=run_name,
-                  num_samples=config.num_samples, phase="before", expected=[], errors=[], finished=0,
-                  published_while_down=0)  # fmt: skip
+    OUTAGE.update(
+        server=private_broker,
+        bootstrap=servers,
+        topic=TRAINING_METRICS.name,
+        run_name=run_name,
+        num_samples=config.num_samples,
+        phase="before",
+        expected=[],
+        errors=[],
+        finished=0,
+        published_while_down=0,
+    )
     started = time.monotonic()
     try:
         result = run_search(config, callbacks=[BrokerOutage()])
@@ -195,10 +215,12 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     unexpected = sorted(set(keys) - set(expected))
     duplicates = {key: count for key, count in keys.items() if count > 1}
     stats = [r.args[0] for r in caplog.records if r.getMessage().startswith("training metrics to Kafka:")]
-    print(f"\nbroker down {down_s:.1f}s ({OUTAGE['published_while_down']} epochs published meanwhile, "
-          f"{OUTAGE['delivered_before_stop']} delivered before); search {search_done - started:.1f}s; "
-          f"{len(expected)} keys expected, {sum(keys.values())} messages read, {len(duplicates)} duplicated "
-          f"{duplicates}; publisher {stats}")  # fmt: skip
+    print(
+        f"\nbroker down {down_s:.1f}s ({OUTAGE['published_while_down']} epochs published meanwhile, "
+        f"{OUTAGE['delivered_before_stop']} delivered before); search {search_done - started:.1f}s; "
+        f"{len(expected)} keys expected, {sum(keys.values())} messages read, {len(duplicates)} duplicated "
+        f"{duplicates}; publisher {stats}"
+    )
     assert not missing, f"{len(missing)} of {len(expected)} trial-epoch keys never reached Kafka: {missing}"
     assert not unexpected, unexpected
     # Re-deliveries are allowed (keys make them recognisable) but must be the same event, not a new one.
@@ -239,8 +261,13 @@ def private_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
         monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
         monkeypatch.setenv("MLOPS_RAW_BUCKET", "raw")
         monkeypatch.setenv("MLOPS_LAKE_BUCKET", "lake")
-        client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=keys.access_key,
-                              aws_secret_access_key=keys.secret_key, region_name="us-east-1")  # fmt: skip
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id=keys.access_key,
+            aws_secret_access_key=keys.secret_key,
+            region_name="us-east-1",
+        )
         for bucket in ("raw", "lake"):
             client.create_bucket(Bucket=bucket)
         yield gateway, keys
@@ -273,8 +300,9 @@ def test_ingest_fails_cleanly_when_the_s3_server_crashes_and_succeeds_after_rest
     for index in range(CSV_PARTS):
         client.put_object(Bucket="raw", Key=f"cars/part-{index}.csv", Body=_csv_part(index))
     config = IngestConfig(raw_uri="s3://raw/cars/", dataset="cars", target="target", task="classification")
-    snapshot_id = content_hash(S3Uri.parse(config.raw_uri), source_objects(S3Uri.parse(config.raw_uri), client),
-                               config.target, config.task)  # fmt: skip
+    snapshot_id = content_hash(
+        S3Uri.parse(config.raw_uri), source_objects(S3Uri.parse(config.raw_uri), client), config.target, config.task
+    )
     root = snapshot_uri("cars", snapshot_id)
 
     # The first server-side copy completes, then the server crashes (SIGKILL) before the others start.
@@ -432,10 +460,14 @@ def test_registration_with_mlflow_unreachable_fails_then_its_retry_makes_exactly
     spec = make_spec("classification", dataset=dataset)
     (tmp_path / "feature_spec.json").write_text(spec.to_json())
     evaluation = {
-        "dataset": dataset, "snapshot_id": spec.snapshot_id, "task": "classification", "metric": "accuracy",
-        "test_metrics": {"accuracy": 0.9}, "checkpoint_uri": str(make_checkpoint(tmp_path / "checkpoint", spec)),
+        "dataset": dataset,
+        "snapshot_id": spec.snapshot_id,
+        "task": "classification",
+        "metric": "accuracy",
+        "test_metrics": {"accuracy": 0.9},
+        "checkpoint_uri": str(make_checkpoint(tmp_path / "checkpoint", spec)),
         "feature_spec_uri": str(tmp_path / "feature_spec.json"),
-    }  # fmt: skip
+    }
     run_id = f"manual__{dataset}"
     started = time.monotonic()
     with pytest.raises(Exception) as failure:

@@ -89,17 +89,25 @@ def test_csv_round_trip(area: Area) -> None:
     assert result.snapshot_uri == f"s3://lake/datasets/{area.dataset}/snapshots/{result.snapshot_id}"
     manifest = read_json(S3Uri.parse(result.manifest_uri))
     assert manifest["snapshot_id"] == result.snapshot_id and manifest["rows"] == len(frame)
-    assert manifest["columns"] == {"x0": "numeric", "x1": "numeric", "x2": "numeric", "cat0": "categorical",
-                                   "cat1": "categorical", "target": "categorical"}  # fmt: skip
+    assert manifest["columns"] == {
+        "x0": "numeric",
+        "x1": "numeric",
+        "x2": "numeric",
+        "cat0": "categorical",
+        "cat1": "categorical",
+        "target": "categorical",
+    }
     [copied] = manifest["objects"]
     assert copied["source"] == source and copied["format"] == "csv" and copied["columns"] == list(frame.columns)
     assert copied["snapshot_uri"] == f"{result.snapshot_uri}/data/part-00000.csv"
     assert area.read(copied["snapshot_uri"]) == area.read(source)
-    assert area.lake_keys() == sorted([
-        f"datasets/{area.dataset}/latest.json",
-        f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/data/part-00000.csv",
-        f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/manifest.json",
-    ])  # fmt: skip
+    assert area.lake_keys() == sorted(
+        [
+            f"datasets/{area.dataset}/latest.json",
+            f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/data/part-00000.csv",
+            f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/manifest.json",
+        ]
+    )
     pointer = read_json(latest_snapshot_uri(area.dataset))
     assert pointer["snapshot_id"] == result.snapshot_id and pointer["columns"] == manifest["columns"]
 
@@ -194,27 +202,37 @@ def _bad_share_csv() -> bytes:
 BAD_INPUTS: dict[str, tuple[dict[str, bytes], str]] = {
     "empty_file": ({"data.csv": b""}, r"FILE: the file is empty \(0 bytes\)"),
     "header_only": ({"data.csv": b"x,cat,target\n"}, r"FILE: no data rows"),
-    "missing_target": ({"data.csv": b"x,label\n1,a\n2,b\n"},
-                       r"FILE: target column 'target' is missing \(columns: x, label\)"),
-    "wrong_delimiter": ({"data.csv": b"x;cat;target\n1;a;yes\n2;b;no\n"},
-                        r"FILE: only one column 'x;cat;target'.*comma-separated"),
+    "missing_target": (
+        {"data.csv": b"x,label\n1,a\n2,b\n"},
+        r"FILE: target column 'target' is missing \(columns: x, label\)",
+    ),
+    "wrong_delimiter": (
+        {"data.csv": b"x;cat;target\n1;a;yes\n2;b;no\n"},
+        r"FILE: only one column 'x;cat;target'.*comma-separated",
+    ),
     "non_numeric_over_threshold": (
         {"data.csv": _bad_share_csv()},
         r"FILE: column 'x' is numeric but 5 of 100 values are not numbers \(e\.g\. 'n\.a\.'\), over the allowed",
     ),
-    "single_class": ({"data.csv": b"x,target\n1,yes\n2,yes\n3,\n"},
-                     r"RAW: target column 'target' has a single class \['yes'\]"),
+    "single_class": (
+        {"data.csv": b"x,target\n1,yes\n2,yes\n3,\n"},
+        r"RAW: target column 'target' has a single class \['yes'\]",
+    ),
     "target_without_values": ({"data.csv": b"x,target\n1,\n2,\n"}, r"FILE: target column 'target' has no values"),
     "truncated_parquet": ({"data.parquet": _truncated_parquet()}, r"FILE: not a readable Parquet file"),
     "corrupt_parquet": ({"data.parquet": b"PAR1" + b"\0" * 64}, r"FILE: not a readable Parquet file"),
     "ragged_csv": ({"data.csv": b"x,target\n1,a\n2,b,extra\n"}, r"FILE: not a readable CSV file"),
-    "unclosed_quote": ({"data.csv": b'x,target\n1,"a\n2,b\n3,a\n'},
-                       r"FILE: column 'target', data row 1: a value spans several lines \(an unclosed quote"),
-    "line_break_in_a_quoted_value": ({"data.csv": b'x,target\n1,a\n2,"b\r\nc"\n3,a\n'},
-                                     r"FILE: column 'target', data row 2: a value spans several lines"),
+    "unclosed_quote": (
+        {"data.csv": b'x,target\n1,"a\n2,b\n3,a\n'},
+        r"FILE: column 'target', data row 1: a value spans several lines \(an unclosed quote",
+    ),
+    "line_break_in_a_quoted_value": (
+        {"data.csv": b'x,target\n1,a\n2,"b\r\nc"\n3,a\n'},
+        r"FILE: column 'target', data row 2: a value spans several lines",
+    ),
     "not_utf8": ({"data.csv": b"x,target\n1,caf\xe9\n2,b\n"}, r"FILE: .*column 'target'.*not UTF-8"),
     "no_data_files": ({"notes.txt": b"hello"}, r"RAW: no CSV or Parquet object found"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -294,8 +312,11 @@ def test_schema_drift(area: Area) -> None:
 
     area.put("data.csv", b"x,cat,target\n1,a,yes\n2,b,no\n3,a,no\n")
     before = area.lake_listing()
-    with pytest.raises(DataError, match=rf"{_re(area.raw_prefix)}: schema drift against snapshot "
-                                        rf"{first.snapshot_id}.*column 'extra' disappeared.*--allow-schema-drift"):
+    with pytest.raises(
+        DataError,
+        match=rf"{_re(area.raw_prefix)}: schema drift against snapshot "
+        rf"{first.snapshot_id}.*column 'extra' disappeared.*--allow-schema-drift",
+    ):
         ingest(area.config())
     assert area.lake_listing() == before
 

@@ -108,20 +108,25 @@ def novel_frame(rows: int = NOVEL_ROWS, seed: int = 7) -> pd.DataFrame:
     all-empty column, and a string target with missing values."""
     rng = np.random.default_rng(seed)
     income = rng.normal(50_000, 15_000, rows).round(2)
-    cities = rng.choice(["Paris", "Lyon", "Nice", "Lille", " Nantes ", "Brest", "Metz", "Tulle"], rows,
-                        p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.049, 0.001])  # fmt: skip
+    cities = rng.choice(
+        ["Paris", "Lyon", "Nice", "Lille", " Nantes ", "Brest", "Metz", "Tulle"],
+        rows,
+        p=[0.3, 0.2, 0.15, 0.1, 0.1, 0.1, 0.049, 0.001],
+    )
     codes = rng.choice(["A1", "B2", "C3", "D4", "007", "3.0", "3"], rows, p=[0.25, 0.2, 0.2, 0.15, 0.08, 0.06, 0.06])
     score = (income - 50_000) / 15_000 + (cities == "Paris") * 0.8 - (codes == "A1") * 0.7 + rng.normal(0, 0.6, rows)
     outcome = np.where(score > 0.6, "approved", np.where(score < -0.6, "rejected", "pending")).astype(object)
-    frame = pd.DataFrame({
-        "applicant_id": np.arange(100_000, 100_000 + rows),
-        "income": income.astype(object),
-        "city": cities.astype(object),
-        "code": codes.astype(object),
-        "verified": rng.random(rows) < 0.4,
-        "notes": [None] * rows,
-        "outcome": outcome,
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "applicant_id": np.arange(100_000, 100_000 + rows),
+            "income": income.astype(object),
+            "city": cities.astype(object),
+            "code": codes.astype(object),
+            "verified": rng.random(rows) < 0.4,
+            "notes": [None] * rows,
+            "outcome": outcome,
+        }
+    )
     frame.loc[rng.random(rows) < 0.05, "income"] = None
     frame.loc[rng.random(rows) < 0.05, "city"] = None
     frame.loc[[10, 11, 12], "income"] = ["inf", "-inf", "NaN"]
@@ -173,13 +178,15 @@ def awkward_frame(rows: int = 2000, seed: int = 5) -> pd.DataFrame:
     size = rng.normal(170, 10, rows).round(1)
     city = rng.choice(["Zürich", "São Paulo", "Kraków", "東京"], rows)
     mixed = np.where(rng.random(rows) < 0.4, rng.integers(0, 5, rows).astype(str), rng.choice(["low", "high"], rows))
-    return pd.DataFrame({
-        "Größe (cm)": size,
-        "città.nome": city,
-        "名前 id": [f"user-{i:05d}-é" for i in range(rows)],
-        "mixed": mixed,
-        AWKWARD_TARGET: np.where(size + (city == "Zürich") * 5 > 172, "ja", "nein"),
-    })  # fmt: skip
+    return pd.DataFrame(
+        {
+            "Größe (cm)": size,
+            "città.nome": city,
+            "名前 id": [f"user-{i:05d}-é" for i in range(rows)],
+            "mixed": mixed,
+            AWKWARD_TARGET: np.where(size + (city == "Zürich") * 5 > 172, "ja", "nein"),
+        }
+    )
 
 
 def read_splits(dataset: str, snapshot_id: str) -> dict[str, pd.DataFrame]:
@@ -256,11 +263,15 @@ def runs(s3_service: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         for summary, kind in zip(batch["runs"][2:], others, strict=True):
             prepared[kind].summary = summary
         yield Runs(
-            novel=novel, novel_first_splits=first_splits, novel_first_spec_json=first_spec_json,
+            novel=novel,
+            novel_first_splits=first_splits,
+            novel_first_spec_json=first_spec_json,
             novel_rerun={"unchanged": batch["runs"][0], "forced": batch["runs"][1]},
-            regression=prepared["regression"], multiclass=prepared["multiclass"], cars=prepared["cars"],
+            regression=prepared["regression"],
+            multiclass=prepared["multiclass"],
+            cars=prepared["cars"],
             awkward=prepared["awkward"],
-        )  # fmt: skip
+        )
     finally:
         delete_prefix(S3Uri("raw", prefix + "/"))
         for name in names.values():
@@ -391,8 +402,7 @@ def test_spec_transform_reproduces_spark_output(runs: Runs) -> None:
             record["income"] = numeric_or_none(record["income"])
             records.append(record)
         expected = spec.transform(records)
-        np.testing.assert_allclose(frame[spec.feature_columns].to_numpy(), expected, rtol=1e-6, atol=1e-6,
-                                   err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(frame[spec.feature_columns].to_numpy(), expected, rtol=1e-6, atol=1e-6, err_msg=name)
         labels = spec.decode_labels(frame[LABEL_COLUMN].tolist())
         assert labels == raw.loc[ids, "outcome"].tolist()
     # inf, -inf, NaN and junk in a numeric column are missing: the training mean, 0 after standardising
@@ -441,8 +451,14 @@ def test_shipped_cars_dataset(runs: Runs) -> None:
     spec = prepared.spec
     assert spec is not None and spec.task == "regression" and spec.target == "Miles_per_Gallon"
     # (the manifest keeps columns sorted by name, so the features come in that order)
-    assert [f.name for f in spec.numeric] == ["Acceleration", "Cylinders", "Displacement", "Horsepower",
-                                              "Weight_in_lbs", "Year"]  # fmt: skip
+    assert [f.name for f in spec.numeric] == [
+        "Acceleration",
+        "Cylinders",
+        "Displacement",
+        "Horsepower",
+        "Weight_in_lbs",
+        "Year",
+    ]
     assert [(f.name, sorted(f.categories)) for f in spec.categorical] == [("Origin", ["Europe", "Japan", "USA"])]
     without_target = int(prepared.raw["Miles_per_Gallon"].isna().sum())
     kept = len(prepared.raw) - without_target - spec.dropped["duplicates"]

@@ -35,8 +35,9 @@ class EventTap:
             self.consumer.position(partition)
         self.seen: list[tuple[str, dict[str, Any]]] = []
 
-    def wait_for(self, predicate: Callable[[str, dict[str, Any]], bool], count: int = 1,
-                 timeout_s: float = 20.0) -> list[dict[str, Any]]:  # fmt: skip
+    def wait_for(
+        self, predicate: Callable[[str, dict[str, Any]], bool], count: int = 1, timeout_s: float = 20.0
+    ) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for batch in self.consumer.poll(timeout_ms=500).values():
@@ -101,18 +102,21 @@ def test_gate_promotes_the_first_keeps_a_worse_one_out_and_promotes_a_better_one
     dataset: str, stand_in: Callable[..., dict[str, Any]], tap: EventTap
 ) -> None:
     name = registry.registered_model_name(dataset, "classification")
-    first = registry.register_and_promote(stand_in(dataset=dataset, quality="medium"), dag_id="mlops_training",
-                                          dag_run_id="run-1", code_version="abc123")  # fmt: skip
+    first = registry.register_and_promote(
+        stand_in(dataset=dataset, quality="medium"), dag_id="mlops_training", dag_run_id="run-1", code_version="abc123"
+    )
     assert (first["version"], first["decision"], first["champion"]) == ("1", "first_model", "1")
 
-    worse = registry.register_and_promote(stand_in(dataset=dataset, quality="bad"), dag_id="mlops_training",
-                                          dag_run_id="run-2", code_version="abc123")  # fmt: skip
+    worse = registry.register_and_promote(
+        stand_in(dataset=dataset, quality="bad"), dag_id="mlops_training", dag_run_id="run-2", code_version="abc123"
+    )
     assert (worse["version"], worse["decision"], worse["champion"]) == ("2", "rejected", "1")
     assert champion(name) == "1"
     assert str(client().get_model_version_by_alias(name, "challenger").version) == "2"
 
-    better = registry.register_and_promote(stand_in(dataset=dataset, quality="good"), dag_id="mlops_training",
-                                           dag_run_id="run-3", code_version="abc123")  # fmt: skip
+    better = registry.register_and_promote(
+        stand_in(dataset=dataset, quality="good"), dag_id="mlops_training", dag_run_id="run-3", code_version="abc123"
+    )
     assert (better["decision"], better["champion"], better["previous_champion"]) == ("promoted", "3", "1")
     assert better["value"] == 1.0 and better["champion_value"] == pytest.approx(0.82, abs=0.05)
     assert champion(name) == "3"
@@ -131,8 +135,13 @@ def test_gate_promotes_the_first_keeps_a_worse_one_out_and_promotes_a_better_one
     promoted = tap.wait_for(lambda t, e: t == MODEL_PROMOTED.name and e["payload"]["model_name"] == name, count=2)
     assert [(e["payload"]["version"], e["payload"]["previous_version"]) for e in promoted] == [("1", None), ("3", "1")]
     assert promoted[1]["dag_run_id"] == "run-3" and promoted[1]["payload"]["value"] == 1.0
-    [rejected] = tap.wait_for(lambda t, e: t == PIPELINE_EVENTS.name and e["payload"]["event"] == "model_rejected"
-                              and e["payload"]["details"]["model_name"] == name)  # fmt: skip
+    [rejected] = tap.wait_for(
+        lambda t, e: (
+            t == PIPELINE_EVENTS.name
+            and e["payload"]["event"] == "model_rejected"
+            and e["payload"]["details"]["model_name"] == name
+        )
+    )
     assert rejected["payload"]["details"]["version"] == "2"
 
     # The registered artifact is an MLflow pyfunc (model from code) that predicts like the offline path.
@@ -157,8 +166,7 @@ def _checkpoint_dir(loaded: registry.LoadedModel) -> Path:
 
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(f"models:/{loaded.name}/{loaded.version}",
-                                                dst_path=tempfile.mkdtemp())  # fmt: skip
+    local = mlflow.artifacts.download_artifacts(f"models:/{loaded.name}/{loaded.version}", dst_path=tempfile.mkdtemp())
     return Path(local) / "artifacts" / "checkpoint"
 
 
@@ -178,9 +186,11 @@ def test_registration_is_idempotent_per_dag_run(dataset: str, stand_in: Callable
 
     # A version that a crashed attempt left pending is removed and redone, not reused.
     leftover = mlflow_client.create_model_version(
-        name, source=first["source"], model_id=first["source"].removeprefix("models:/"),
+        name,
+        source=first["source"],
+        model_id=first["source"].removeprefix("models:/"),
         tags={"dag_run_id": "crashed-run", registry.REGISTRATION_TAG: "pending"},
-    )  # fmt: skip
+    )
     mlflow_client.set_registered_model_alias(name, "challenger", leftover.version)
     redone = registry.register_model(evaluation, dag_id="d", dag_run_id="crashed-run", code_version="x")
     versions = registry.find_version_for_run(name, "crashed-run")
@@ -213,34 +223,41 @@ def test_a_champion_from_another_snapshot_is_rescored_on_the_challengers_test_sp
     dataset: str, stand_in: Callable[..., dict[str, Any]]
 ) -> None:
     name = registry.registered_model_name(dataset, "classification")
-    registry.register_and_promote(stand_in(dataset=dataset, quality="medium", snapshot_id="snap-a"), dag_id="d",
-                                  dag_run_id="a", code_version="x")  # fmt: skip
+    registry.register_and_promote(
+        stand_in(dataset=dataset, quality="medium", snapshot_id="snap-a"), dag_id="d", dag_run_id="a", code_version="x"
+    )
     # A new snapshot standardises x1 differently: the champion sees the raw values recovered from the new split.
     better = registry.register_and_promote(
-        stand_in(dataset=dataset, quality="good", snapshot_id="snap-b", x1_mean=0.7, seed=1), dag_id="d",
-        dag_run_id="b", code_version="x",
-    )  # fmt: skip
+        stand_in(dataset=dataset, quality="good", snapshot_id="snap-b", x1_mean=0.7, seed=1),
+        dag_id="d",
+        dag_run_id="b",
+        code_version="x",
+    )
     assert better["decision"] == "promoted" and "re-scored" in better["reason"]
     assert better["value"] == 1.0 and 0.7 < better["champion_value"] < 0.95
     worse = registry.register_and_promote(
-        stand_in(dataset=dataset, quality="medium", snapshot_id="snap-c", seed=2), dag_id="d", dag_run_id="c",
+        stand_in(dataset=dataset, quality="medium", snapshot_id="snap-c", seed=2),
+        dag_id="d",
+        dag_run_id="c",
         code_version="x",
-    )  # fmt: skip
+    )
     assert worse["decision"] == "rejected" and "re-scored" in worse["reason"] and worse["champion_value"] == 1.0
     assert champion(name) == better["version"]
 
 
-def test_backfills_never_move_the_champion_unless_allowed(dataset: str,
-                                                          stand_in: Callable[..., dict[str, Any]]) -> None:  # fmt: skip
+def test_backfills_never_move_the_champion_unless_allowed(
+    dataset: str, stand_in: Callable[..., dict[str, Any]]
+) -> None:
     name = registry.registered_model_name(dataset, "regression")
-    registry.register_and_promote(stand_in(dataset=dataset, task="regression", quality="medium"), dag_id="d",
-                                  dag_run_id="live", code_version="x")  # fmt: skip
+    registry.register_and_promote(
+        stand_in(dataset=dataset, task="regression", quality="medium"), dag_id="d", dag_run_id="live", code_version="x"
+    )
     good = stand_in(dataset=dataset, task="regression", quality="good")
-    held = registry.register_and_promote(good, dag_id="d", dag_run_id="backfill-1", code_version="x",
-                                         is_backfill=True)  # fmt: skip
+    held = registry.register_and_promote(good, dag_id="d", dag_run_id="backfill-1", code_version="x", is_backfill=True)
     assert held["decision"] == "rejected" and "backfill" in held["reason"] and champion(name) == "1"
-    allowed = registry.register_and_promote(good, dag_id="d", dag_run_id="backfill-2", code_version="x",
-                                            is_backfill=True, allow_backfill_promotion=True)  # fmt: skip
+    allowed = registry.register_and_promote(
+        good, dag_id="d", dag_run_id="backfill-2", code_version="x", is_backfill=True, allow_backfill_promotion=True
+    )
     assert allowed["decision"] == "promoted" and allowed["metric"] == "rmse" and champion(name) == allowed["version"]
     assert client().get_model_version(name, allowed["version"]).tags["is_backfill"] == "true"
 
@@ -275,8 +292,9 @@ def test_concurrent_registrations_keep_the_aliases_consistent(
     assert champion(name) == results["good"]["version"]
     mlflow_client = client()
     versions = {v: mlflow_client.get_model_version(name, v).tags for v in ("1", "2", "3")}
-    replaced = {t["gate.champion_version"]: v for v, t in versions.items()
-                if t["gate.decision"] in ("promoted", "first_model")}  # fmt: skip
+    replaced = {
+        t["gate.champion_version"]: v for v, t in versions.items() if t["gate.decision"] in ("promoted", "first_model")
+    }
     chain, current = [], ""
     while current in replaced:
         current = replaced.pop(current)
@@ -298,30 +316,54 @@ def test_rollback_from_the_command_line(dataset: str, stand_in: Callable[..., di
 
     name = registry.registered_model_name(dataset, "classification")
     for index, quality in enumerate(("medium", "good")):
-        registry.register_and_promote(stand_in(dataset=dataset, quality=quality), dag_id="d",
-                                      dag_run_id=f"r{index}", code_version="x")  # fmt: skip
+        registry.register_and_promote(
+            stand_in(dataset=dataset, quality=quality), dag_id="d", dag_run_id=f"r{index}", code_version="x"
+        )
     assert champion(name) == "2"
     assert main(["promote", "--model", name, "--version", "1", "--reason", "v2 misbehaves in production"]) == 0
     assert champion(name) == "1"
     tags = client().get_model_version(name, "1").tags
     assert tags["rollback.from_version"] == "2" and tags["rollback.reason"] == "v2 misbehaves in production"
-    [event] = tap.wait_for(lambda t, e: t == MODEL_PROMOTED.name and e["payload"]["model_name"] == name
-                           and e["payload"]["reason"] == "v2 misbehaves in production")  # fmt: skip
+    [event] = tap.wait_for(
+        lambda t, e: (
+            t == MODEL_PROMOTED.name
+            and e["payload"]["model_name"] == name
+            and e["payload"]["reason"] == "v2 misbehaves in production"
+        )
+    )
     assert (event["payload"]["version"], event["payload"]["previous_version"]) == ("1", "2")
     assert main(["promote", "--model", name, "--version", "99"]) != 0  # no such version: a clear error, no change
     assert champion(name) == "1"
 
 
-def test_register_command_reads_the_evaluation_from_s3(dataset: str, stand_in: Callable[..., dict[str, Any]],
-                                                       s3_client: Any, unique_prefix: str,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_register_command_reads_the_evaluation_from_s3(
+    dataset: str,
+    stand_in: Callable[..., dict[str, Any]],
+    s3_client: Any,
+    unique_prefix: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     from ml.__main__ import main
 
     evaluation = stand_in(dataset=dataset)
     key = f"{unique_prefix}/evaluation.json"
     s3_client.put_object(Bucket="lake", Key=key, Body=json.dumps(evaluation).encode())
-    assert main(["register", "--evaluation", f"s3://lake/{key}", "--dag-id", "cli", "--dag-run-id", "cli-1",
-                 "--margin", "0.01"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "register",
+                "--evaluation",
+                f"s3://lake/{key}",
+                "--dag-id",
+                "cli",
+                "--dag-run-id",
+                "cli-1",
+                "--margin",
+                "0.01",
+            ]
+        )
+        == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert (printed["version"], printed["decision"], printed["created"]) == ("1", "first_model", True)
     from ml.lineage import code_version

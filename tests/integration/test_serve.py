@@ -46,8 +46,9 @@ def offline(quality: str, rows: list[dict[str, Any]], tmp_path: Path) -> tuple[l
     from ml.models import load_model, predict
 
     spec = make_spec()
-    outputs, probabilities = predict(load_model(make_checkpoint(tmp_path / f"offline-{quality}", spec, quality)),
-                                     spec.transform(rows))  # fmt: skip
+    outputs, probabilities = predict(
+        load_model(make_checkpoint(tmp_path / f"offline-{quality}", spec, quality)), spec.transform(rows)
+    )
     assert probabilities is not None
     return spec.decode_labels(outputs), probabilities
 
@@ -59,14 +60,16 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def registered(mlflow_service: None, kafka_service: None, s3_client: Any, tmp_path: Path,
-               unique_prefix: str) -> Iterator[Callable[[str, str], dict[str, Any]]]:  # fmt: skip
+def registered(
+    mlflow_service: None, kafka_service: None, s3_client: Any, tmp_path: Path, unique_prefix: str
+) -> Iterator[Callable[[str, str], dict[str, Any]]]:
     """Registers stand-in models of one fresh dataset (through the gate); cleans up the model and S3 objects."""
     dataset = f"serve{uuid.uuid4().hex[:10]}"
 
     def register(quality: str, dag_run_id: str) -> dict[str, Any]:
-        evaluation = upload_stand_in(s3_client, tmp_path, prefix=f"{unique_prefix}/{dag_run_id}", dataset=dataset,
-                                     quality=quality)  # fmt: skip
+        evaluation = upload_stand_in(
+            s3_client, tmp_path, prefix=f"{unique_prefix}/{dag_run_id}", dataset=dataset, quality=quality
+        )
         return registry.register_and_promote(evaluation, dag_id="serve-test", dag_run_id=dag_run_id, code_version="x")
 
     yield register
@@ -141,7 +144,7 @@ def test_serving_predicts_like_offline_refuses_bad_requests_and_hot_reloads(
         ({"rows": [good_row, {**good_row, "x2": "two"}]}, None, 422, "row 1, column 'x2'"),
         ({"rows": [good_row] * 51}, None, 413, "too many rows"),
         ({"rows": [{**good_row, "color": "c" * 5000}]}, None, 413, "over 4096 bytes"),
-    ]:  # fmt: skip
+    ]:
         status, error = http("POST", f"{url}/predict", request_body, raw)
         assert (status, list(error)) == (expected_status, ["error"]) and fragment in error["error"], (status, error)
 
@@ -173,8 +176,11 @@ def gunicorn_service(model_name: str, tmp_path: Path, threads: int = 2) -> Itera
     log_file = log_path.open("w")
     process = subprocess.Popen(
         [sys.executable, "-m", "ml", "serve", "--model", model_name, "--port", str(port), "--threads", str(threads)],
-        stdout=log_file, stderr=subprocess.STDOUT, env=os.environ.copy(), start_new_session=True,
-    )  # fmt: skip
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -196,8 +202,9 @@ def gunicorn_service(model_name: str, tmp_path: Path, threads: int = 2) -> Itera
         log_file.close()
 
 
-def test_gunicorn_runs_the_app_factory_from_the_command_line(registered: Callable[[str, str], dict[str, Any]],
-                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_gunicorn_runs_the_app_factory_from_the_command_line(
+    registered: Callable[[str, str], dict[str, Any]], tmp_path: Path
+) -> None:
     first = registered("medium", "gunicorn-1")
     with gunicorn_service(first["model_name"], tmp_path) as url:
         status, health = http("GET", f"{url}/health")
@@ -207,8 +214,9 @@ def test_gunicorn_runs_the_app_factory_from_the_command_line(registered: Callabl
         assert status == 200 and body["predictions"] == offline("medium", rows, tmp_path)[0]
 
 
-def test_a_promotion_under_concurrent_load_fails_no_request(registered: Callable[[str, str], dict[str, Any]],
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_a_promotion_under_concurrent_load_fails_no_request(
+    registered: Callable[[str, str], dict[str, Any]], tmp_path: Path
+) -> None:
     """8 clients post to gunicorn (4 threads) while a better model is promoted: every answer is a 200 from version 1
     or 2, with that version's predictions, and no client sees version 1 again after it saw 2. Bounded: at most 6,000
     requests or 120 s, to 127.0.0.1 only."""
@@ -249,8 +257,10 @@ def test_a_promotion_under_concurrent_load_fails_no_request(registered: Callable
         elapsed = time.monotonic() - started
 
     flat = [answer for per_client in answers for answer in per_client]
-    print(f"\n{len(flat)} requests from {clients} clients in {elapsed:.1f}s ({len(flat) / elapsed:.0f}/s); "
-          f"versions {Counter(version for _, version, _ in flat)}")  # fmt: skip
+    print(
+        f"\n{len(flat)} requests from {clients} clients in {elapsed:.1f}s ({len(flat) / elapsed:.0f}/s); "
+        f"versions {Counter(version for _, version, _ in flat)}"
+    )
     failures = [answer for answer in flat if answer[0] != 200]
     assert not failures, f"{len(failures)} of {len(flat)} requests failed, e.g. {failures[:3]}"
     assert saw_new.is_set(), "no client saw the promoted version within the budget"

@@ -37,9 +37,12 @@ def test_kafka_produce_consume_round_trip(kafka_topic: str) -> None:
     producer.close()
 
     consumer = KafkaConsumer(
-        kafka_topic, bootstrap_servers="127.0.0.1:9092", auto_offset_reset="earliest",
-        group_id=f"test-{uuid.uuid4().hex[:8]}", consumer_timeout_ms=10000,
-    )  # fmt: skip
+        kafka_topic,
+        bootstrap_servers="127.0.0.1:9092",
+        auto_offset_reset="earliest",
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        consumer_timeout_ms=10000,
+    )
     received = [record.value for record in consumer]
     consumer.close()
     assert received == sent

@@ -125,10 +125,16 @@ def _config(features: SyntheticFeatures, prefix: str, **values: Any) -> SearchCo
     run_name = f"{prefix}-{uuid.uuid4().hex[:8]}"
     # grace_period = patience = max_epochs: neither ASHA nor early stopping ends a trial before it can be killed.
     settings: dict[str, Any] = {
-        "search_space": load_search_space(SEARCH_SPACES_DIR / "small.json"), "max_epochs": MAX_EPOCHS,
-        "grace_period": MAX_EPOCHS, "patience": MAX_EPOCHS, "seed": 5, "dag_run_id": f"manual__{run_name}",
-        "publish_metrics": False, "track_mlflow": False, **values,
-    }  # fmt: skip
+        "search_space": load_search_space(SEARCH_SPACES_DIR / "small.json"),
+        "max_epochs": MAX_EPOCHS,
+        "grace_period": MAX_EPOCHS,
+        "patience": MAX_EPOCHS,
+        "seed": 5,
+        "dag_run_id": f"manual__{run_name}",
+        "publish_metrics": False,
+        "track_mlflow": False,
+        **values,
+    }
     return SearchConfig(dataset=features.dataset, snapshot_id=features.snapshot_id, run_name=run_name, **settings)
 
 
@@ -157,8 +163,10 @@ def test_a_worker_killed_once_is_retried_from_its_latest_checkpoint(
     target, killed_epoch, killed_pid, saved_before = KILLS["killed"][0]
     reports = _reports(target)
     after = reports[reports.index((killed_epoch, killed_pid)) + 1 :]
-    print(f"\ntrial {target}: reports (epoch, pid) {reports}; killed pid {killed_pid} at epoch {killed_epoch}; "
-          f"its checkpoints registered before the kill: epochs {saved_before}; events {KILLS['events']}")  # fmt: skip
+    print(
+        f"\ntrial {target}: reports (epoch, pid) {reports}; killed pid {killed_pid} at epoch {killed_epoch}; "
+        f"its checkpoints registered before the kill: epochs {saved_before}; events {KILLS['events']}"
+    )
 
     # One retry (FailureConfig(max_failures=1)), in a new process, and no error.
     assert _events("recover") == [target] and _events("error") == []
@@ -214,8 +222,7 @@ def test_a_trial_killed_past_its_retry_fails_the_search_and_leaves_nothing_to_re
 
     _check_pids()
     (trial,) = {trial for trial, _, _ in KILLS["results"]}
-    print(f"\ntrial {trial}: reports (epoch, pid) {_reports(trial)}; kills {KILLS['killed']}; "
-          f"events {KILLS['events']}")  # fmt: skip
+    print(f"\ntrial {trial}: reports (epoch, pid) {_reports(trial)}; kills {KILLS['killed']}; events {KILLS['events']}")
     # The first run and its one retry were killed, each at KILL_AT_EPOCH: the retry resumed from the epoch before's
     # checkpoint, the only one registered.
     earlier = list(range(1, KILL_AT_EPOCH))
@@ -268,8 +275,15 @@ def test_a_trial_killed_past_its_retry_fails_the_search_and_leaves_nothing_to_re
 
 # Only the learning rate varies. With seed 6 the searcher's first two trials get lr ~0.029 (learns within 3 epochs)
 # and ~4.6e-05 (barely moves): one clearly stronger trial and one clearly weaker.
-TWO_TRIALS_SPACE = {"lr": {"type": "loguniform", "low": 1e-6, "high": 0.1}, "batch_size": 64, "num_layers": 1,
-                    "hidden_size": 32, "dropout": 0.0, "norm": "none", "activation": "relu"}  # fmt: skip
+TWO_TRIALS_SPACE = {
+    "lr": {"type": "loguniform", "low": 1e-6, "high": 0.1},
+    "batch_size": 64,
+    "num_layers": 1,
+    "hidden_size": 32,
+    "dropout": 0.0,
+    "norm": "none",
+    "activation": "relu",
+}
 
 
 class PreconditionError(Exception):
@@ -291,20 +305,23 @@ def _by_lr(which: str) -> Callable[[Any, list], bool]:
         "weaker",
         "stronger",
     ],
-)  # fmt: skip
+)
 def test_a_trial_killed_past_its_retry_next_to_a_healthy_one_is_left_out(
     local_ray: None, features: SyntheticFeatures, killed: str
 ) -> None:
-    config = _config(features, f"kill-{killed}", num_samples=2, max_concurrent_trials=2, seed=6,
-                     search_space=TWO_TRIALS_SPACE)  # fmt: skip
+    config = _config(
+        features, f"kill-{killed}", num_samples=2, max_concurrent_trials=2, seed=6, search_space=TWO_TRIALS_SPACE
+    )
     _arm(_by_lr(killed), "always")
     result = run_search(config, callbacks=[KillTrialWorker()])
 
     _check_pids()
     targets = {trial for trial, _, _, _ in KILLS["killed"]}
     trials = set(KILLS["val_loss"])
-    print(f"\nkilled the {killed} trial {targets}: kills {KILLS['killed']}; val_loss {KILLS['val_loss']}; "
-          f"events {KILLS['events']}; best {result.best_trial_id} at epoch {result.best_epoch}")  # fmt: skip
+    print(
+        f"\nkilled the {killed} trial {targets}: kills {KILLS['killed']}; val_loss {KILLS['val_loss']}; "
+        f"events {KILLS['events']}; best {result.best_trial_id} at epoch {result.best_epoch}"
+    )
     if len(targets) != 1 or len(trials) != 2:
         raise PreconditionError(f"expected 2 trials, one of them killed: {KILLS}")
     (target,) = targets

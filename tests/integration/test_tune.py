@@ -26,9 +26,22 @@ from tests.support.synthetic_features import SyntheticFeatures, delete_mlflow_ex
 pytestmark = pytest.mark.integration
 
 SMALL_SPACE = Path(__file__).resolve().parents[2] / "ml" / "search_spaces" / "small.json"
-CONTRACT_KEYS = {"dataset", "snapshot_id", "task", "metric", "test_metrics", "baseline_test_metrics",
-                 "validation_metrics", "params", "checkpoint_uri", "features_uri", "feature_spec_uri",
-                 "search_space_hash", "mlflow_parent_run_id", "num_trials"}  # fmt: skip
+CONTRACT_KEYS = {
+    "dataset",
+    "snapshot_id",
+    "task",
+    "metric",
+    "test_metrics",
+    "baseline_test_metrics",
+    "validation_metrics",
+    "params",
+    "checkpoint_uri",
+    "features_uri",
+    "feature_spec_uri",
+    "search_space_hash",
+    "mlflow_parent_run_id",
+    "num_trials",
+}
 
 
 def _features(task: str, classes: int) -> Iterator[SyntheticFeatures]:
@@ -42,10 +55,17 @@ def _features(task: str, classes: int) -> Iterator[SyntheticFeatures]:
 
 def _config(features: SyntheticFeatures, run_name: str, **overrides: Any) -> SearchConfig:
     values: dict[str, Any] = {
-        "dataset": features.dataset, "snapshot_id": features.snapshot_id, "run_name": run_name,
-        "search_space": load_search_space(SMALL_SPACE), "num_samples": 4, "max_concurrent_trials": 2,
-        "max_epochs": 3, "patience": 3, "seed": 1, "dag_run_id": f"manual__{run_name}",
-    }  # fmt: skip
+        "dataset": features.dataset,
+        "snapshot_id": features.snapshot_id,
+        "run_name": run_name,
+        "search_space": load_search_space(SMALL_SPACE),
+        "num_samples": 4,
+        "max_concurrent_trials": 2,
+        "max_epochs": 3,
+        "patience": 3,
+        "seed": 1,
+        "dag_run_id": f"manual__{run_name}",
+    }
     return SearchConfig(**{**values, **overrides})
 
 
@@ -57,10 +77,13 @@ class MetricsTopicReader:
 
         from ml.topics import TRAINING_METRICS
 
-        self.consumer = KafkaConsumer(bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False,
-                                      consumer_timeout_ms=3000)  # fmt: skip
-        partitions = [TopicPartition(TRAINING_METRICS.name, p)
-                      for p in sorted(self.consumer.partitions_for_topic(TRAINING_METRICS.name) or [])]  # fmt: skip
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False, consumer_timeout_ms=3000
+        )
+        partitions = [
+            TopicPartition(TRAINING_METRICS.name, p)
+            for p in sorted(self.consumer.partitions_for_topic(TRAINING_METRICS.name) or [])
+        ]
         assert partitions, f"topic {TRAINING_METRICS.name} is missing"
         self.consumer.assign(partitions)
         for partition, offset in self.consumer.end_offsets(partitions).items():
@@ -91,8 +114,9 @@ def classification_features(s3_service: None) -> Iterator[SyntheticFeatures]:
 
 
 @pytest.fixture(scope="module")
-def searched(local_ray: None, classification_features: SyntheticFeatures, mlflow_service: None,
-             kafka_service: None) -> tuple[SearchResult, list[tuple[str, dict]], float]:  # fmt: skip
+def searched(
+    local_ray: None, classification_features: SyntheticFeatures, mlflow_service: None, kafka_service: None
+) -> tuple[SearchResult, list[tuple[str, dict]], float]:
     run_name = f"e2e-{uuid.uuid4().hex[:8]}"
     reader = MetricsTopicReader()
     started = time.perf_counter()
@@ -143,8 +167,9 @@ def test_mlflow_has_a_parent_run_with_one_child_per_trial(searched: tuple) -> No
     assert [d.dataset.name for d in parent.inputs.dataset_inputs] == [f"{result.dataset}@{result.snapshot_id}"]
     assert parent.inputs.dataset_inputs[0].dataset.digest == result.snapshot_id
 
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")  # fmt: skip
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     assert len(children) == 4
     assert {c.data.tags["mlops.trial_id"] for c in children} >= {result.best_trial_id}
     for child in children:
@@ -164,12 +189,14 @@ def test_kafka_sees_one_message_per_trial_epoch(searched: tuple) -> None:
     result, messages, _ = searched
     client = MlflowClient()
     parent = client.get_run(result.mlflow_parent_run_id)
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")  # fmt: skip
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     expected = {
         f"{result.run_name}:{c.data.tags['mlops.trial_id']}:{m.step}"
-        for c in children for m in client.get_metric_history(c.info.run_id, "val_loss")
-    }  # fmt: skip
+        for c in children
+        for m in client.get_metric_history(c.info.run_id, "val_loss")
+    }
     keys = [key for key, _ in messages]
     assert Counter(keys).most_common(1)[0][1] == 1, "a trial-epoch was published twice"
     assert set(keys) == expected
@@ -222,14 +249,42 @@ def test_cli_tune_and_evaluate(searched: tuple, capsys: pytest.CaptureFixture[st
     subparsers = parser.add_subparsers(dest="stage", required=True)
     tune_module.register_cli(subparsers)
     evaluate.register_cli(subparsers)
-    args = parser.parse_args(["tune", "--dataset", result.dataset, "--snapshot", result.snapshot_id,
-                              "--run-name", result.run_name, "--search-space", str(SMALL_SPACE), "--num-samples", "4",
-                              "--max-epochs", "3", "--patience", "3", "--seed", "1"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "tune",
+            "--dataset",
+            result.dataset,
+            "--snapshot",
+            result.snapshot_id,
+            "--run-name",
+            result.run_name,
+            "--search-space",
+            str(SMALL_SPACE),
+            "--num-samples",
+            "4",
+            "--max-epochs",
+            "3",
+            "--patience",
+            "3",
+            "--seed",
+            "1",
+        ]
+    )
     assert args.handler(args)["best_checkpoint_uri"] == result.best_checkpoint_uri  # the stored, completed search
     args = parser.parse_args(["evaluate", "--search-result", str(result.search_result_uri), "--no-mlflow"])
     assert args.handler(args)["checkpoint_uri"] == result.best_checkpoint_uri
-    args = parser.parse_args(["evaluate", "--dataset", result.dataset, "--snapshot", result.snapshot_id,
-                              "--run-name", result.run_name, "--no-mlflow"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "evaluate",
+            "--dataset",
+            result.dataset,
+            "--snapshot",
+            result.snapshot_id,
+            "--run-name",
+            result.run_name,
+            "--no-mlflow",
+        ]
+    )
     assert args.handler(args)["dataset"] == result.dataset
 
 
@@ -311,8 +366,9 @@ def test_interrupted_search_resumes_without_rerunning_trials(
     client = MlflowClient()
     parent = client.get_run(result.mlflow_parent_run_id)
     assert parent.info.status == "FINISHED"
-    children = client.search_runs([parent.info.experiment_id],
-                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")  # fmt: skip
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     assert sorted(c.data.tags["mlops.trial_id"] for c in children) == sorted(trials)
 
     # Regression on the same learnable rule: far better than predicting the training mean.
@@ -325,8 +381,14 @@ def test_interrupted_search_resumes_without_rerunning_trials(
 def test_a_bad_feature_folder_fails_clearly(local_ray: None, s3_service: None) -> None:
     from ml.storage import DataError
 
-    config = SearchConfig(dataset=f"missing-{uuid.uuid4().hex[:8]}", snapshot_id="nope", run_name="r",
-                          search_space={"lr": 0.01}, track_mlflow=False, publish_metrics=False)  # fmt: skip
+    config = SearchConfig(
+        dataset=f"missing-{uuid.uuid4().hex[:8]}",
+        snapshot_id="nope",
+        run_name="r",
+        search_space={"lr": 0.01},
+        track_mlflow=False,
+        publish_metrics=False,
+    )
     with pytest.raises(DataError, match="no feature spec"):
         run_search(config)
 
@@ -340,8 +402,9 @@ def test_a_run_killed_before_its_first_snapshot_starts_over(s3_client: Any, uniq
     try:
         assert tune.Tuner.can_restore(path, storage_filesystem=arrow_filesystem(embed_keys=False))
         assert not _restorable(path, arrow_filesystem(embed_keys=False))
-        s3_client.put_object(Bucket="lake", Key=f"{unique_prefix}/run/experiment_state-2026-01-01_00-00-00.json",
-                             Body=b"{}")  # fmt: skip
+        s3_client.put_object(
+            Bucket="lake", Key=f"{unique_prefix}/run/experiment_state-2026-01-01_00-00-00.json", Body=b"{}"
+        )
         assert _restorable(path, arrow_filesystem(embed_keys=False))
     finally:
         from ml.storage import delete_prefix

@@ -116,21 +116,40 @@ def private_s3(root: Path, *, region: str = "us-east-1") -> tuple[PrivateServer,
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         s3 = paths.data / "s3"
-        return [str(binary), "--port", f"127.0.0.1:{port}", "--region", region, "--quiet",
-                "posix", "--versioning-dir", str(s3 / "versions"), "--sidecar", str(s3 / "meta"),
-                str(s3 / "buckets")]  # fmt: skip
+        return [
+            str(binary),
+            "--port",
+            f"127.0.0.1:{port}",
+            "--region",
+            region,
+            "--quiet",
+            "posix",
+            "--versioning-dir",
+            str(s3 / "versions"),
+            "--sidecar",
+            str(s3 / "meta"),
+            str(s3 / "buckets"),
+        ]
 
     def prepare(paths: StackPaths, env: dict[str, str]) -> None:
         for sub in ("buckets", "versions", "meta"):
             (paths.data / "s3" / sub).mkdir(parents=True, exist_ok=True)
 
     service = Service(
-        name="private-s3", port=port, command=command, prepare=prepare,
+        name="private-s3",
+        port=port,
+        command=command,
+        prepare=prepare,
         is_healthy=lambda env: http_ok(f"http://127.0.0.1:{port}/", (200, 403)),
-        start_timeout_s=30, url=f"http://127.0.0.1:{port}",
-    )  # fmt: skip
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-           "ROOT_ACCESS_KEY_ID": keys.access_key, "ROOT_SECRET_ACCESS_KEY": keys.secret_key}  # fmt: skip
+        start_timeout_s=30,
+        url=f"http://127.0.0.1:{port}",
+    )
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "ROOT_ACCESS_KEY_ID": keys.access_key,
+        "ROOT_SECRET_ACCESS_KEY": keys.secret_key,
+    }
     return PrivateServer(service, paths, env), keys
 
 
@@ -163,24 +182,53 @@ def private_kafka(root: Path) -> PrivateServer:
         if (log_dirs / "meta.properties").exists():
             return  # a restart keeps the formatted storage (and the messages)
         result = subprocess.run(
-            [_java(), "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", _kafka_random_uuid(), "-c", str(properties)],
-            capture_output=True, text=True, env=env, check=False, timeout=120,
-        )  # fmt: skip
+            [
+                _java(),
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                _kafka_random_uuid(),
+                "-c",
+                str(properties),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=120,
+        )
         if result.returncode != 0:
             raise StackError(f"private kafka: formatting {log_dirs} failed:\n{result.stdout}\n{result.stderr}")
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         kafka_dir = paths.data / "kafka"
-        return [_java(), "-Xms128m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
-                f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.yaml'}", f"-Dkafka.logs.dir={paths.logs}",
-                "-cp", classpath, "kafka.Kafka", str(kafka_dir / "server.properties")]  # fmt: skip
+        return [
+            _java(),
+            "-Xms128m",
+            "-Xmx384m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.yaml'}",
+            f"-Dkafka.logs.dir={paths.logs}",
+            "-cp",
+            classpath,
+            "kafka.Kafka",
+            str(kafka_dir / "server.properties"),
+        ]
 
     service = Service(
-        name="private-kafka", port=broker, extra_ports=(controller,), command=command, prepare=prepare,
-        is_healthy=lambda env: kafka_answers(f"127.0.0.1:{broker}"), start_timeout_s=120,
+        name="private-kafka",
+        port=broker,
+        extra_ports=(controller,),
+        command=command,
+        prepare=prepare,
+        is_healthy=lambda env: kafka_answers(f"127.0.0.1:{broker}"),
+        start_timeout_s=120,
         url=f"127.0.0.1:{broker}",
-    )  # fmt: skip
+    )
     env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "JAVA_HOME", "LANG")}
     return PrivateServer(service, paths, env)
 

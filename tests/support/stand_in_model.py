@@ -22,8 +22,9 @@ from ml.features import CategoricalFeature, FeatureSpec, NumericFeature
 QUALITY_WEIGHTS = {"good": (4.0, 0.0), "medium": (4.0, 3.0), "bad": (-4.0, 0.0)}  # weights of standardised (x1, x2)
 
 
-def make_spec(task: str = "classification", *, dataset: str = "standin", snapshot_id: str = "snap-a",
-              x1_mean: float = 0.0) -> FeatureSpec:  # fmt: skip
+def make_spec(
+    task: str = "classification", *, dataset: str = "standin", snapshot_id: str = "snap-a", x1_mean: float = 0.0
+) -> FeatureSpec:
     """Two numeric columns and one categorical; `x1_mean` shifts the standardisation (a 'different snapshot')."""
     return FeatureSpec(
         dataset=dataset,
@@ -43,8 +44,7 @@ def make_checkpoint(directory: str | Path, spec: FeatureSpec, quality: str = "go
 
     from ml.models import ModelConfig, build_model, save_checkpoint
 
-    config = ModelConfig(input_dim=len(spec.feature_columns), output_dim=spec.num_outputs, task=spec.task,
-                         num_layers=0)  # fmt: skip
+    config = ModelConfig(input_dim=len(spec.feature_columns), output_dim=spec.num_outputs, task=spec.task, num_layers=0)
     model = build_model(config)
     w1, w2 = QUALITY_WEIGHTS[quality]
     # The rule is on raw x1; the model sees (x1 - mean) / std, so add the bias that undoes the spec's centring.
@@ -69,11 +69,13 @@ def raw_rows(count: int, seed: int = 0) -> list[dict[str, Any]]:
     colors = ["red", "green", "blue", None]
     rows = []
     for index in range(count):
-        rows.append({
-            "x1": float(rng.normal()),
-            "x2": None if index % 7 == 3 else float(rng.normal(0.5, 2.0)),
-            "color": colors[int(rng.integers(len(colors)))],
-        })  # fmt: skip
+        rows.append(
+            {
+                "x1": float(rng.normal()),
+                "x2": None if index % 7 == 3 else float(rng.normal(0.5, 2.0)),
+                "color": colors[int(rng.integers(len(colors)))],
+            }
+        )
     return rows
 
 
@@ -106,10 +108,20 @@ def score(spec: FeatureSpec, checkpoint: Path, rows: list[dict[str, Any]]) -> di
 
 
 def upload_stand_in(
-    s3: Any, workdir: Path, *, bucket: str = "lake", prefix: str | None = None, task: str = "classification",
-    dataset: str = "standin", snapshot_id: str = "snap-a", quality: str = "good", x1_mean: float = 0.0,
-    test_rows: int = 200, seed: int = 0, metric: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    s3: Any,
+    workdir: Path,
+    *,
+    bucket: str = "lake",
+    prefix: str | None = None,
+    task: str = "classification",
+    dataset: str = "standin",
+    snapshot_id: str = "snap-a",
+    quality: str = "good",
+    x1_mean: float = 0.0,
+    test_rows: int = 200,
+    seed: int = 0,
+    metric: str | None = None,
+) -> dict[str, Any]:
     """Put a stand-in checkpoint, feature spec and test split into S3; return the evaluation result for it."""
     prefix = prefix or f"tests/standin/{uuid.uuid4().hex[:12]}"
     spec = make_spec(task, dataset=dataset, snapshot_id=snapshot_id, x1_mean=x1_mean)

@@ -37,19 +37,30 @@ class SyntheticFeatures:
         delete_prefix(lake().join("tune", self.dataset))
 
 
-def make_spec(dataset: str, snapshot_id: str, task: str, num_classes: int = 2, num_numeric: int = 4,
-              rows: dict[str, int] | None = None) -> FeatureSpec:
+def make_spec(
+    dataset: str,
+    snapshot_id: str,
+    task: str,
+    num_classes: int = 2,
+    num_numeric: int = 4,
+    rows: dict[str, int] | None = None,
+) -> FeatureSpec:
     classes = [f"class_{chr(ord('a') + i)}" for i in range(num_classes)] if task == "classification" else None
     return FeatureSpec(
-        dataset=dataset, snapshot_id=snapshot_id, task=task, target="target",
+        dataset=dataset,
+        snapshot_id=snapshot_id,
+        task=task,
+        target="target",
         numeric=[NumericFeature(f"x{i}", fill=0.0, mean=0.0, std=1.0) for i in range(num_numeric)],
         categorical=[CategoricalFeature("island", list(ISLANDS))],
-        classes=classes, rows=dict(rows or SPLIT_ROWS),
+        classes=classes,
+        rows=dict(rows or SPLIT_ROWS),
     )
 
 
-def make_arrays(spec: FeatureSpec, rows: dict[str, int] | None = None, seed: int = 0,
-                noise: float = 0.3) -> dict[str, SplitArrays]:
+def make_arrays(
+    spec: FeatureSpec, rows: dict[str, int] | None = None, seed: int = 0, noise: float = 0.3
+) -> dict[str, SplitArrays]:
     """Features: standard normals and a one-hot island; labels: a fixed linear rule plus noise."""
     rows = rows or SPLIT_ROWS
     rule = np.random.default_rng(1234)  # the same rule for every split and seed
@@ -73,16 +84,30 @@ def make_arrays(spec: FeatureSpec, rows: dict[str, int] | None = None, seed: int
     return splits
 
 
-def make_training_data(task: str = "classification", num_classes: int = 2, rows: dict[str, int] | None = None,
-                       seed: int = 0, noise: float = 0.3) -> TrainingData:
+def make_training_data(
+    task: str = "classification",
+    num_classes: int = 2,
+    rows: dict[str, int] | None = None,
+    seed: int = 0,
+    noise: float = 0.3,
+) -> TrainingData:
     spec = make_spec("synthetic-memory", "snap", task, num_classes, rows=rows)
     splits = make_arrays(spec, rows, seed, noise)
     return TrainingData(spec, splits["train"], splits["validation"])
 
 
-def write_synthetic_features(task: str = "classification", num_classes: int = 2, *, dataset: str | None = None,
-                             snapshot_id: str = "snap0001", rows: dict[str, int] | None = None, seed: int = 0,
-                             noise: float = 0.3, parts: int = 2, num_numeric: int = 4) -> SyntheticFeatures:
+def write_synthetic_features(
+    task: str = "classification",
+    num_classes: int = 2,
+    *,
+    dataset: str | None = None,
+    snapshot_id: str = "snap0001",
+    rows: dict[str, int] | None = None,
+    seed: int = 0,
+    noise: float = 0.3,
+    parts: int = 2,
+    num_numeric: int = 4,
+) -> SyntheticFeatures:
     """Write a complete features folder to S3 (a unique dataset name unless one is given)."""
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -63,8 +63,14 @@ def test_params_have_schemas_that_reject_bad_values(dagbag) -> None:  # type: ig
 
     dag = dagbag.dags["mlops_training"]
     dag.params.validate()  # the defaults are valid
-    bad_values = [("task", "clustering"), ("num_samples", 0), ("raw_uri", "http://x/y"), ("dataset", "9 bad"),
-                  ("promotion_margin", -1), ("max_concurrent_trials", "two")]  # fmt: skip
+    bad_values = [
+        ("task", "clustering"),
+        ("num_samples", 0),
+        ("raw_uri", "http://x/y"),
+        ("dataset", "9 bad"),
+        ("promotion_margin", -1),
+        ("max_concurrent_trials", "two"),
+    ]
     for name, bad in bad_values:
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)

@@ -19,11 +19,24 @@ from ml.topics import ALL_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METR
 
 pytestmark = pytest.mark.unit
 
-METRICS = {"run_name": "tune-1", "trial_id": "t0001", "epoch": 3, "metrics": {"val_loss": 0.25, "val_accuracy": 0.9},
-           "params": {"lr": 0.001, "hidden_size": 64}}  # fmt: skip
+METRICS = {
+    "run_name": "tune-1",
+    "trial_id": "t0001",
+    "epoch": 3,
+    "metrics": {"val_loss": 0.25, "val_accuracy": 0.9},
+    "params": {"lr": 0.001, "hidden_size": 64},
+}
 PIPELINE = {"dag_id": "mlops_training", "task_id": "tune_models", "event": "task_succeeded", "details": {"s": 12.5}}
-PROMOTED = {"model_name": "iris-classification", "version": "3", "alias": "champion", "previous_version": "2",
-            "metric": "accuracy", "value": 0.97, "previous_value": 0.95, "reason": "better by 0.02"}  # fmt: skip
+PROMOTED = {
+    "model_name": "iris-classification",
+    "version": "3",
+    "alias": "champion",
+    "previous_version": "2",
+    "metric": "accuracy",
+    "value": 0.97,
+    "previous_value": 0.95,
+    "reason": "better by 0.02",
+}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -39,8 +52,9 @@ def test_every_topic_has_a_valid_json_schema() -> None:
         assert schema["properties"]["schema"]["const"] == topic.schema
 
 
-@pytest.mark.parametrize(("topic", "payload"), [(TRAINING_METRICS, METRICS), (PIPELINE_EVENTS, PIPELINE),
-                                                (MODEL_PROMOTED, PROMOTED)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("topic", "payload"), [(TRAINING_METRICS, METRICS), (PIPELINE_EVENTS, PIPELINE), (MODEL_PROMOTED, PROMOTED)]
+)
 def test_make_envelope_is_valid_and_complete(topic: Any, payload: dict[str, Any]) -> None:
     envelope = make_envelope(topic, payload, dag_run_id="manual__2026-01-01")
     assert envelope["schema"] == topic.schema
@@ -79,8 +93,13 @@ def test_bad_payloads_are_rejected_naming_the_field(topic: Any, payload: dict[st
 
 def test_bad_envelopes_are_rejected() -> None:
     good = make_envelope(PIPELINE_EVENTS, PIPELINE)
-    for field, value in [("event_id", "not-a-uuid"), ("event_time", "2026-01-01 10:00"),
-                         ("event_time", "2026-01-01T10:00:00+02:00"), ("producer", ""), ("dag_run_id", 5)]:  # fmt: skip
+    for field, value in [
+        ("event_id", "not-a-uuid"),
+        ("event_time", "2026-01-01 10:00"),
+        ("event_time", "2026-01-01T10:00:00+02:00"),
+        ("producer", ""),
+        ("dag_run_id", 5),
+    ]:
         with pytest.raises(EventValidationError, match=field):
             validate_envelope({**good, field: value})
     with pytest.raises(EventValidationError, match="unknown event schema"):
@@ -92,8 +111,11 @@ def test_bad_envelopes_are_rejected() -> None:
 
 
 def test_non_finite_and_numpy_values_become_json() -> None:
-    payload = {**METRICS, "epoch": np.int64(2),
-               "metrics": {"loss": float("nan"), "acc": np.float32(0.5), "big": math.inf}}  # fmt: skip
+    payload = {
+        **METRICS,
+        "epoch": np.int64(2),
+        "metrics": {"loss": float("nan"), "acc": np.float32(0.5), "big": math.inf},
+    }
     envelope = make_envelope(TRAINING_METRICS, payload)
     assert envelope["payload"]["epoch"] == 2
     assert envelope["payload"]["metrics"] == {"loss": None, "acc": 0.5, "big": None}
@@ -106,8 +128,23 @@ def test_the_fast_check_never_accepts_what_the_schema_refuses() -> None:
     base = make_envelope(TRAINING_METRICS, METRICS)
     variants: list[Any] = [METRICS, {}, [], None]
     for key in METRICS:
-        for value in (None, "", "x", -1, 0, 1.5, True, [], {}, {"a": 1}, {"": 1.0}, {"a": "b"}, {"a": None},
-                      {"a": True}, {"a": 1.0}):  # fmt: skip
+        for value in (
+            None,
+            "",
+            "x",
+            -1,
+            0,
+            1.5,
+            True,
+            [],
+            {},
+            {"a": 1},
+            {"": 1.0},
+            {"a": "b"},
+            {"a": None},
+            {"a": True},
+            {"a": 1.0},
+        ):
             variants.append({**METRICS, key: value})
         variants.append({k: v for k, v in METRICS.items() if k != key})
     variants.append({**METRICS, "extra": 1})

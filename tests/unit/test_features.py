@@ -42,8 +42,15 @@ def row(spec: FeatureSpec, record: dict[str, object]) -> dict[str, float]:
 def test_columns_in_order() -> None:
     spec = make_spec()
     assert spec.feature_columns == [
-        "x", "flat", "colour=red", "colour=blue", f"colour={OTHER}", "size=3", "size=10", f"size={OTHER}",
-    ]  # fmt: skip
+        "x",
+        "flat",
+        "colour=red",
+        "colour=blue",
+        f"colour={OTHER}",
+        "size=3",
+        "size=10",
+        f"size={OTHER}",
+    ]
     assert spec.input_columns == ["x", "flat", "colour", "size"]
     assert spec.num_outputs == 3
     assert make_spec(task="regression", classes=None).num_outputs == 1

@@ -36,21 +36,36 @@ def table(**columns: list[Any]) -> pa.Table:
 
 def test_typed_columns() -> None:
     kinds, warnings = column_kinds(
-        pa.table({
-            "i": [1, 2, 3], "f": [0.5, None, 2.0], "d": pa.array([Decimal("1.5"), None, Decimal("2")]),
-            "s": ["a", "b", None], "b": [True, False, True],
-        }), WHERE, 0.01,
-    )  # fmt: skip
+        pa.table(
+            {
+                "i": [1, 2, 3],
+                "f": [0.5, None, 2.0],
+                "d": pa.array([Decimal("1.5"), None, Decimal("2")]),
+                "s": ["a", "b", None],
+                "b": [True, False, True],
+            }
+        ),
+        WHERE,
+        0.01,
+    )
     assert kinds == {"i": "numeric", "f": "numeric", "d": "numeric", "s": "categorical", "b": "categorical"}
     assert warnings == []
 
 
 def test_all_null_columns_are_empty() -> None:
     kinds, _ = column_kinds(
-        pa.table({"n": pa.nulls(3), "f": pa.array([None, None, None], pa.float64()), "nan": [float("nan")] * 3,
-                  "s": pa.array([None, None, None], pa.string()), "x": [1, 2, 3]}),
-        WHERE, 0.01,
-    )  # fmt: skip
+        pa.table(
+            {
+                "n": pa.nulls(3),
+                "f": pa.array([None, None, None], pa.float64()),
+                "nan": [float("nan")] * 3,
+                "s": pa.array([None, None, None], pa.string()),
+                "x": [1, 2, 3],
+            }
+        ),
+        WHERE,
+        0.01,
+    )
     assert kinds == {"n": "empty", "f": "empty", "nan": "empty", "s": "empty", "x": "numeric"}
 
 
@@ -196,8 +211,11 @@ def test_files_must_agree() -> None:
     with pytest.raises(DataError, match=r"s3://raw/toy/b\.csv: columns differ.*\['c', 'd'\]"):
         validate([first, other_columns], config())
     retyped = ("s3://raw/toy/b.csv", csv("x,c,y\nabc,a,u\ndef,b,v\n"))
-    with pytest.raises(DataError, match=r"s3://raw/toy/b\.csv: column 'x' is categorical here but numeric in "
-                                        r"s3://raw/toy/a\.csv"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"s3://raw/toy/b\.csv: column 'x' is categorical here but numeric in "
+        r"s3://raw/toy/a\.csv",
+    ):
         validate([first, retyped], config())
     # Same columns in another order, and a column that is empty in one file only: fine.
     reordered = ("s3://raw/toy/b.csv", csv("y,c,x\nw,,3\n"))
@@ -219,8 +237,9 @@ def test_content_hash() -> None:
     assert len(base) == 16
     # the same files under another prefix are the same content
     moved = S3Uri.parse("s3://other/elsewhere/deeper")
-    assert base == content_hash(moved, objects(("elsewhere/deeper/a.csv", "e1", 10),
-                                               ("elsewhere/deeper/b.csv", "e2", 20)), "y")  # fmt: skip
+    assert base == content_hash(
+        moved, objects(("elsewhere/deeper/a.csv", "e1", 10), ("elsewhere/deeper/b.csv", "e2", 20)), "y"
+    )
     assert base != content_hash(raw, objects(("toy/a.csv", "e1", 10), ("toy/b.csv", "e3", 20)), "y")
     assert base != content_hash(raw, objects(("toy/a.csv", "e1", 10), ("toy/c.csv", "e2", 20)), "y")
     assert base != content_hash(raw, objects(("toy/a.csv", "e1", 10)), "y")

@@ -31,8 +31,16 @@ pytestmark = pytest.mark.unit
 @pytest.mark.parametrize("norm", ["none", "batch", "layer"])
 @pytest.mark.parametrize("activation", ["relu", "gelu", "silu"])
 def test_output_shapes(task: str, output_dim: int, num_layers: int, norm: str, activation: str) -> None:
-    config = ModelConfig(input_dim=7, output_dim=output_dim, task=task, num_layers=num_layers, hidden_size=16,
-                         dropout=0.1, norm=norm, activation=activation)  # fmt: skip
+    config = ModelConfig(
+        input_dim=7,
+        output_dim=output_dim,
+        task=task,
+        num_layers=num_layers,
+        hidden_size=16,
+        dropout=0.1,
+        norm=norm,
+        activation=activation,
+    )
     model = build_model(config)
     out = model(torch.randn(5, 7))
     assert out.shape == ((5, output_dim) if task == "classification" else (5,))
@@ -41,8 +49,16 @@ def test_output_shapes(task: str, output_dim: int, num_layers: int, norm: str, a
 
 
 def test_architecture_follows_hyper_parameters() -> None:
-    config = ModelConfig(input_dim=4, output_dim=3, task="classification", num_layers=2, hidden_size=8,
-                         dropout=0.2, norm="layer", activation="gelu")  # fmt: skip
+    config = ModelConfig(
+        input_dim=4,
+        output_dim=3,
+        task="classification",
+        num_layers=2,
+        hidden_size=8,
+        dropout=0.2,
+        norm="layer",
+        activation="gelu",
+    )
     kinds = [type(m).__name__ for m in build_model(config).body]
     assert kinds == ["Linear", "LayerNorm", "GELU", "Dropout"] * 2
     linear = ModelConfig(input_dim=4, output_dim=2, task="classification", num_layers=0)
@@ -101,8 +117,9 @@ def test_multiclass_auc_is_one_vs_rest_macro() -> None:
 
 
 def test_auc_is_nan_when_one_class_is_present() -> None:
-    metrics = compute_metrics("classification", np.array([1, 1]), np.array([1, 0]), np.array([[0.2, 0.8], [0.6, 0.4]]),
-                              num_classes=2)  # fmt: skip
+    metrics = compute_metrics(
+        "classification", np.array([1, 1]), np.array([1, 0]), np.array([[0.2, 0.8], [0.6, 0.4]]), num_classes=2
+    )
     assert math.isnan(metrics["roc_auc"])
     assert metrics["accuracy"] == 0.5
 
@@ -141,8 +158,7 @@ def test_predict_returns_labels_and_probabilities() -> None:
 
 
 def test_regression_output_is_in_target_units() -> None:
-    config = ModelConfig(input_dim=2, output_dim=1, task="regression", num_layers=0, target_mean=100.0,
-                         target_std=20.0)  # fmt: skip
+    config = ModelConfig(input_dim=2, output_dim=1, task="regression", num_layers=0, target_mean=100.0, target_std=20.0)
     model = build_model(config)
     with torch.no_grad():
         model.head.weight.zero_()

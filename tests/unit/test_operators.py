@@ -12,8 +12,11 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-CONNECTION_ENV = {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "MLFLOW_TRACKING_URI": "http://127.0.0.1:2",
-                  "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:3"}  # fmt: skip
+CONNECTION_ENV = {
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:1",
+    "MLFLOW_TRACKING_URI": "http://127.0.0.1:2",
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:3",
+}
 
 
 @pytest.fixture
@@ -35,8 +38,9 @@ def test_ingest_operator_calls_ingest_inside_the_connection_environment(
     def fake_ingest(config: Any) -> Any:
         seen["config"] = config
         seen["env"] = {key: os.environ.get(key) for key in CONNECTION_ENV}
-        return ml.ingest.IngestResult("d", "abc", "s3://lake/x", "s3://lake/x/manifest.json", 10, "regression", "y",
-                                      created=True)  # fmt: skip
+        return ml.ingest.IngestResult(
+            "d", "abc", "s3://lake/x", "s3://lake/x/manifest.json", 10, "regression", "y", created=True
+        )
 
     monkeypatch.setattr(ml.ingest, "ingest", fake_ingest)
     before = {key: os.environ.get(key) for key in CONNECTION_ENV}
@@ -48,8 +52,9 @@ def test_ingest_operator_calls_ingest_inside_the_connection_environment(
     assert result["snapshot_id"] == "abc" and result["rows"] == 10
 
 
-def test_ray_tune_operator_names_the_search_after_the_dag_run(connections: None,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_ray_tune_operator_names_the_search_after_the_dag_run(
+    connections: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import ml.tune
     from mlops_airflow.operators import RayTuneOperator
 
@@ -60,8 +65,15 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(connections: None,
         return SimpleNamespace(to_dict=lambda: {"best_params": {"lr": 0.1}, "num_trials": config.num_samples})
 
     monkeypatch.setattr(ml.tune, "run_search", fake_run_search)
-    operator = RayTuneOperator(task_id="tune", dataset="d", snapshot_id="abc", search_space=None,
-                               num_samples="3", max_concurrent_trials="2", max_epochs="4")  # fmt: skip
+    operator = RayTuneOperator(
+        task_id="tune",
+        dataset="d",
+        snapshot_id="abc",
+        search_space=None,
+        num_samples="3",
+        max_concurrent_trials="2",
+        max_epochs="4",
+    )
     result = operator.execute({"run_id": "manual__2026-01-01T00:00:00+00:00"})
     config = captured["config"]
     assert config.run_name == "manual__2026-01-01T00-00-00-00-00"  # sanitised, identical on every retry
@@ -87,13 +99,17 @@ def test_ray_tune_operator_on_kill_stops_ray_only_when_running(monkeypatch: pyte
     assert calls == ["shutdown"]
 
 
-@pytest.mark.parametrize(("found", "force", "expected"), [
-    (None, False, "preprocess_with_spark"),
-    (SimpleNamespace(version="7"), False, "reuse_existing_model"),
-    (SimpleNamespace(version="7"), True, "preprocess_with_spark"),
-])  # fmt: skip
-def test_skip_branch_follows_an_existing_model(monkeypatch: pytest.MonkeyPatch, found: Any, force: bool,
-                                               expected: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("found", "force", "expected"),
+    [
+        (None, False, "preprocess_with_spark"),
+        (SimpleNamespace(version="7"), False, "reuse_existing_model"),
+        (SimpleNamespace(version="7"), True, "preprocess_with_spark"),
+    ],
+)
+def test_skip_branch_follows_an_existing_model(
+    monkeypatch: pytest.MonkeyPatch, found: Any, force: bool, expected: str
+) -> None:
     from ml.lineage import code_version
     from mlops_airflow import operators
 
@@ -107,13 +123,22 @@ def test_skip_branch_follows_an_existing_model(monkeypatch: pytest.MonkeyPatch, 
     pushed: dict[str, Any] = {}
     ti = SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value}))
     operator = operators.SkipIfModelExistsOperator(
-        task_id="check", dataset="d", snapshot_id="abc", ml_task="classification", force=force,
-        train_task_id="preprocess_with_spark", reuse_task_id="reuse_existing_model",
-    )  # fmt: skip
+        task_id="check",
+        dataset="d",
+        snapshot_id="abc",
+        ml_task="classification",
+        force=force,
+        train_task_id="preprocess_with_spark",
+        reuse_task_id="reuse_existing_model",
+    )
     assert operator.choose_branch({"ti": ti}) == expected
     if not force:
-        assert queries == [("d-classification", {"snapshot_id": "abc", "code_version": code_version(),
-                                                 "mlops.registration": "complete"})]  # fmt: skip
+        assert queries == [
+            (
+                "d-classification",
+                {"snapshot_id": "abc", "code_version": code_version(), "mlops.registration": "complete"},
+            )
+        ]
     assert ("existing_model" in pushed) == (expected == "reuse_existing_model")
 
 
@@ -128,14 +153,19 @@ def test_preprocess_operator_resolves_spark_configuration_at_run_time(
     submitted: dict[str, Any] = {}
 
     def fake_submit(self: Any, context: Any) -> None:
-        submitted.update(conf=dict(self.conf), env=dict(self.env_vars), args=list(self.application_args),
-                         application=self.application)  # fmt: skip
+        submitted.update(
+            conf=dict(self.conf),
+            env=dict(self.env_vars),
+            args=list(self.application_args),
+            application=self.application,
+        )
 
     spec = FeatureSpec("d", "abc", "regression", "y", [NumericFeature("x", 0.0, 0.0, 1.0)], [], rows={"train": 8})
     body = SimpleNamespace(read=lambda: spec.to_json().encode())
     monkeypatch.setattr(SparkSubmitOperator, "execute", fake_submit)
-    monkeypatch.setattr("ml.storage.s3_client", lambda settings=None: SimpleNamespace(
-        get_object=lambda Bucket, Key: {"Body": body}))  # fmt: skip
+    monkeypatch.setattr(
+        "ml.storage.s3_client", lambda settings=None: SimpleNamespace(get_object=lambda Bucket, Key: {"Body": body})
+    )
     operator = operators.FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc")
     assert operator.conf is None, "nothing is read when the DAG is parsed"
     result = operator.execute({})

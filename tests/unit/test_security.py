@@ -54,8 +54,10 @@ def repository_files() -> list[str]:
     """What is or would be committed: tracked files plus untracked ones that .gitignore does not exclude."""
     listed = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        capture_output=True, check=True, timeout=30,
-    ).stdout.decode()  # fmt: skip
+        capture_output=True,
+        check=True,
+        timeout=30,
+    ).stdout.decode()
     return sorted({name for name in listed.split("\0") if name})
 
 
@@ -120,8 +122,9 @@ def test_stack_credentials_are_generated_ignored_and_private() -> None:
         ["git", "-C", str(REPO_ROOT), "check-ignore", "-q", ".stack/credentials.json"], check=False, timeout=30
     )
     assert ignored.returncode == 0, ".stack/credentials.json is not git-ignored"
-    tracked = subprocess.run(["git", "-C", str(REPO_ROOT), "ls-files", ".stack"], capture_output=True, text=True,
-                             check=True, timeout=30).stdout  # fmt: skip
+    tracked = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "ls-files", ".stack"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     assert tracked == "", f"files under .stack/ are tracked: {tracked.split()}"
 
 
@@ -139,11 +142,19 @@ def test_generated_stack_secrets_appear_in_no_repository_file_or_commit(reposito
             if len(password) >= 8:
                 secrets_in_use[f"Airflow password of {user}"] = password
     # Without a local stack here there are no generated secrets to look for; the key-format scan below still runs.
-    leaks = [f"{name} in {relative}" for relative, text in repository_texts.items()
-             for name, secret in secrets_in_use.items() if secret in text]  # fmt: skip
+    leaks = [
+        f"{name} in {relative}"
+        for relative, text in repository_texts.items()
+        for name, secret in secrets_in_use.items()
+        if secret in text
+    ]
     assert leaks == []
-    history = subprocess.run(["git", "-C", str(REPO_ROOT), "log", "-p", "--all", "--no-color", "--text", "-n", "2000"],
-                             capture_output=True, check=True, timeout=120).stdout  # fmt: skip
+    history = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "log", "-p", "--all", "--no-color", "--text", "-n", "2000"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout
     assert [name for name, secret in secrets_in_use.items() if secret.encode() in history] == []
     assert not [name for name, pattern in KEY_FORMATS.items() if pattern.search(history.decode(errors="replace"))]
 
@@ -177,8 +188,12 @@ def fake_stack(tmp_path: Path) -> tuple[StackPaths, dict[str, str]]:
     paths = StackPaths(tmp_path)
     (paths.jars).mkdir(parents=True)
     paths.kafka_classpath_file.write_text("/nonexistent/kafka.jar")
-    env = {"AWS_ACCESS_KEY_ID": "test-access", "AWS_SECRET_ACCESS_KEY": "test-secret-value-0123456789",
-           "AWS_DEFAULT_REGION": "us-east-1", "MLOPS_MLFLOW_BUCKET": "mlflow"}  # fmt: skip
+    env = {
+        "AWS_ACCESS_KEY_ID": "test-access",
+        "AWS_SECRET_ACCESS_KEY": "test-secret-value-0123456789",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "MLOPS_MLFLOW_BUCKET": "mlflow",
+    }
     return paths, env
 
 
@@ -200,8 +215,9 @@ def test_s3_gateway_listens_on_loopback_only(fake_stack: tuple[StackPaths, dict[
 def test_kafka_listens_and_advertises_on_loopback_only() -> None:
     from stack.services import KAFKA_PROPERTIES
 
-    properties = dict(line.split("=", 1) for line in KAFKA_PROPERTIES.splitlines() if "=" in line and
-                      not line.startswith("#"))  # fmt: skip
+    properties = dict(
+        line.split("=", 1) for line in KAFKA_PROPERTIES.splitlines() if "=" in line and not line.startswith("#")
+    )
     for key in ("listeners", "advertised.listeners", "controller.quorum.bootstrap.servers"):
         addresses = [entry.split("://")[-1] for entry in properties[key].split(",")]
         assert addresses and all(_loopback(address) for address in addresses), (key, properties[key])
@@ -221,8 +237,13 @@ def test_airflow_spark_and_client_defaults_are_loopback(tmp_path: Path, monkeypa
     env = stack_environment({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
     assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
     assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
-    for key in ("AWS_ENDPOINT_URL", "KAFKA_BOOTSTRAP_SERVERS", "MLFLOW_TRACKING_URI", "MLOPS_SERVE_URL",
-                "MLFLOW_S3_ENDPOINT_URL"):  # fmt: skip
+    for key in (
+        "AWS_ENDPOINT_URL",
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "MLFLOW_TRACKING_URI",
+        "MLOPS_SERVE_URL",
+        "MLFLOW_S3_ENDPOINT_URL",
+    ):
         assert _loopback(env[key]), (key, env[key])
     assert not (tmp_path / "credentials.json").exists()
 
@@ -253,9 +274,15 @@ def test_no_secret_on_a_service_command_line(fake_stack: tuple[StackPaths, dict[
 
 
 def _calls(tree: ast.AST, module: str, function: str) -> list[ast.Call]:
-    return [node for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-            and node.func.attr == function and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == module]  # fmt: skip
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == function
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == module
+    ]
 
 
 def test_every_loader_in_the_code_refuses_pickled_code() -> None:
@@ -266,12 +293,23 @@ def test_every_loader_in_the_code_refuses_pickled_code() -> None:
             where = path.relative_to(REPO_ROOT)
             for call in _calls(tree, "torch", "load"):
                 weights_only = [k for k in call.keywords if k.arg == "weights_only"]
-                if not (weights_only and isinstance(weights_only[0].value, ast.Constant)
-                        and weights_only[0].value.value is True):  # fmt: skip
+                if not (
+                    weights_only
+                    and isinstance(weights_only[0].value, ast.Constant)
+                    and weights_only[0].value.value is True
+                ):
                     problems.append(f"{where}:{call.lineno}: torch.load without weights_only=True")
-            for module, function in (("pickle", "load"), ("pickle", "loads"), ("cloudpickle", "load"),
-                                     ("cloudpickle", "loads"), ("joblib", "load"), ("dill", "load"),
-                                     ("dill", "loads"), ("yaml", "load"), ("yaml", "unsafe_load")):  # fmt: skip
+            for module, function in (
+                ("pickle", "load"),
+                ("pickle", "loads"),
+                ("cloudpickle", "load"),
+                ("cloudpickle", "loads"),
+                ("joblib", "load"),
+                ("dill", "load"),
+                ("dill", "loads"),
+                ("yaml", "load"),
+                ("yaml", "unsafe_load"),
+            ):
                 problems += [f"{where}:{c.lineno}: {module}.{function}" for c in _calls(tree, module, function)]
     assert problems == []
 
@@ -327,8 +365,9 @@ def test_prediction_service_limits_body_size_and_rows_by_default(
     assert (config.max_rows, config.max_bytes) == (DEFAULT_MAX_ROWS, DEFAULT_MAX_BYTES)
 
     spec = make_spec()
-    loaded = LoadedModel("standin-classification", "1",
-                         TabularPredictor(load_model(make_checkpoint(tmp_path / "c", spec)), spec))  # fmt: skip
+    loaded = LoadedModel(
+        "standin-classification", "1", TabularPredictor(load_model(make_checkpoint(tmp_path / "c", spec)), spec)
+    )
     app = create_app(loaded=loaded)
     assert app.config["MAX_CONTENT_LENGTH"] == DEFAULT_MAX_BYTES
     assert serve_state(app).config.max_rows == DEFAULT_MAX_ROWS

@@ -17,8 +17,14 @@ from tests.support.stand_in_model import make_checkpoint, make_spec, raw_rows
 
 pytestmark = pytest.mark.unit
 
-TAGS = {"test.accuracy": "0.82", "snapshot_id": "snap-a", "dag_run_id": "run-1", "code_version": "abc",
-        "gate.decision": "first_model", "unrelated": "x"}  # fmt: skip
+TAGS = {
+    "test.accuracy": "0.82",
+    "snapshot_id": "snap-a",
+    "dag_run_id": "run-1",
+    "code_version": "abc",
+    "gate.decision": "first_model",
+    "unrelated": "x",
+}
 
 
 def loaded_model(tmp_path: Path, task: str = "classification", quality: str = "medium") -> LoadedModel:
@@ -49,8 +55,9 @@ def test_predictions_equal_the_offline_path(client: Any, tmp_path: Path) -> None
     response = post(client, {"rows": rows})
     assert response.status_code == 200, response.json
     spec = make_spec()
-    outputs, probabilities = predict(load_model(make_checkpoint(tmp_path / "offline", spec, "medium")),
-                                     spec.transform(rows))  # fmt: skip
+    outputs, probabilities = predict(
+        load_model(make_checkpoint(tmp_path / "offline", spec, "medium")), spec.transform(rows)
+    )
     body = response.json
     assert (body["model"], body["version"], body["classes"]) == ("standin-classification", "7", ["no", "yes"])
     assert body["predictions"] == spec.decode_labels(outputs)
@@ -86,17 +93,25 @@ def test_missing_values_are_imputed_not_refused(client: Any) -> None:
         ({"rows": []}, None, 400, ["'rows' is empty"]),
         ({"rows": [5]}, None, 422, ["row 0", "object"]),
         ({"rows": [{"x1": 1.0, "color": "red"}]}, None, 422, ["row 0", "missing fields", "x2"]),
-        ({"rows": [{"x1": 1.0, "x2": 1.0, "color": "red", "colour": "red"}]}, None, 422,
-         ["row 0", "unknown fields", "colour"]),
-        ({"rows": [{"x1": 1.0, "x2": 1.0, "color": "red"}, {"x1": "high", "x2": 1.0, "color": "red"}]}, None, 422,
-         ["row 1, column 'x1'", "expected a number", "string"]),
+        (
+            {"rows": [{"x1": 1.0, "x2": 1.0, "color": "red", "colour": "red"}]},
+            None,
+            422,
+            ["row 0", "unknown fields", "colour"],
+        ),
+        (
+            {"rows": [{"x1": 1.0, "x2": 1.0, "color": "red"}, {"x1": "high", "x2": 1.0, "color": "red"}]},
+            None,
+            422,
+            ["row 1, column 'x1'", "expected a number", "string"],
+        ),
         ({"rows": [{"x1": True, "x2": 1.0, "color": "red"}]}, None, 422, ["row 0, column 'x1'", "boolean"]),
         ({"rows": [{"x1": 1.0, "x2": [1], "color": "red"}]}, None, 422, ["row 0, column 'x2'", "array"]),
         ({"rows": [{"x1": 1.0, "x2": 1.0, "color": {"a": 1}}]}, None, 422, ["row 0, column 'color'", "object"]),
         ({"rows": [{"x1": 1.0, "x2": 1.0, "color": "red"}] * 6}, None, 413, ["too many rows", "6 > 5"]),
         ({"rows": [{"x1": 1.0, "x2": 1.0, "color": "r" * 3000}]}, None, 413, ["over 2000 bytes"]),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_are_4xx_json_errors_naming_the_problem(
     client: Any, body: Any, raw: bytes | None, status: int, names: list[str]
 ) -> None:
@@ -154,8 +169,9 @@ def test_reload_swaps_only_a_completely_loaded_model(tmp_path: Path) -> None:
         raise OSError("artifact store unreachable")
 
     assert not holder.reload_champion(failing_loader, lambda name: "8")
-    assert client.get("/model").json["version"] == "7" and "unreachable" in client.get("/model").json[
-        "last_reload_error"]  # fmt: skip
+    assert (
+        client.get("/model").json["version"] == "7" and "unreachable" in client.get("/model").json["last_reload_error"]
+    )
     assert not holder.reload_champion(lambda n, v: newer, lambda name: "7")  # already served: nothing to do
     assert holder.reload_champion(lambda n, v: newer, lambda name: "8")
     assert post(client, {"rows": raw_rows(1)}).json["version"] == "8"

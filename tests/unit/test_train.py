@@ -154,11 +154,24 @@ def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path)
 def test_trial_config_splits_into_model_and_train_configs() -> None:
     data = make_training_data("classification", 3)
     model_config, train_config = configs_from_trial(
-        {"num_layers": 2.0, "hidden_size": 32, "dropout": 0.1, "norm": "layer", "activation": "silu", "lr": 0.01,
-         "weight_decay": 1e-4, "batch_size": 64.0, "max_epochs": 7, "patience": 2, "seed": 3, "metric": "val_loss",
-         "mode": "min", "threads": 1},
+        {
+            "num_layers": 2.0,
+            "hidden_size": 32,
+            "dropout": 0.1,
+            "norm": "layer",
+            "activation": "silu",
+            "lr": 0.01,
+            "weight_decay": 1e-4,
+            "batch_size": 64.0,
+            "max_epochs": 7,
+            "patience": 2,
+            "seed": 3,
+            "metric": "val_loss",
+            "mode": "min",
+            "threads": 1,
+        },
         data.spec,
-    )  # fmt: skip
+    )
     assert (model_config.input_dim, model_config.output_dim, model_config.task) == (7, 3, "classification")
     assert (model_config.num_layers, model_config.norm, model_config.activation) == (2, "layer", "silu")
     assert (train_config.batch_size, train_config.max_epochs, train_config.seed) == (64, 7, 3)
@@ -177,13 +190,15 @@ def test_shipped_search_spaces_parse(name: str) -> None:
 def test_search_space_to_tune_domains() -> None:
     from ray.tune.search.sample import Categorical, Float, Integer
 
-    domains = to_tune_space({
-        "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
-        "hidden_size": {"type": "choice", "values": [32, 64, 128]},
-        "num_layers": {"type": "randint", "low": 1, "high": 4},
-        "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
-        "activation": "gelu",
-    })  # fmt: skip
+    domains = to_tune_space(
+        {
+            "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+            "hidden_size": {"type": "choice", "values": [32, 64, 128]},
+            "num_layers": {"type": "randint", "low": 1, "high": 4},
+            "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+            "activation": "gelu",
+        }
+    )
     assert isinstance(domains["lr"], Float) and isinstance(domains["dropout"], Float)
     assert isinstance(domains["hidden_size"], Categorical) and domains["hidden_size"].categories == [32, 64, 128]
     assert isinstance(domains["num_layers"], Integer)
@@ -224,8 +239,9 @@ def test_search_space_must_be_a_mapping() -> None:
 
 def test_search_space_from_yaml_and_json(tmp_path: Path) -> None:
     (tmp_path / "space.yaml").write_text("lr:\n  type: loguniform\n  low: 0.001\n  high: 0.1\nnum_layers: 2\n")
-    (tmp_path / "space.json").write_text(json.dumps({"num_layers": 2, "lr": {"type": "loguniform", "low": 0.001,
-                                                                                 "high": 0.1}}))  # fmt: skip
+    (tmp_path / "space.json").write_text(
+        json.dumps({"num_layers": 2, "lr": {"type": "loguniform", "low": 0.001, "high": 0.1}})
+    )
     from_yaml = load_search_space(tmp_path / "space.yaml")
     assert from_yaml == {"lr": {"type": "loguniform", "low": 0.001, "high": 0.1}, "num_layers": 2}
     # Key order and bare constants do not change the fingerprint; a different range does.
@@ -243,7 +259,8 @@ def test_search_space_from_any_param_form(tmp_path: Path) -> None:
     assert resolve_search_space(None) == resolve_search_space("null") == resolve_search_space("default") == default
     assert resolve_search_space({"lr": 0.01}) == {"lr": 0.01}
     assert resolve_search_space('{"num_layers": {"type": "randint", "low": 1, "high": 3}}') == {
-        "num_layers": {"type": "randint", "low": 1, "high": 3}}  # fmt: skip
+        "num_layers": {"type": "randint", "low": 1, "high": 3}
+    }
     assert set(resolve_search_space("small")) >= {"lr", "hidden_size"}
     (tmp_path / "s.yaml").write_text("dropout: 0.1\n")
     assert resolve_search_space(str(tmp_path / "s.yaml")) == {"dropout": 0.1}
@@ -268,7 +285,9 @@ def test_search_config_objective_defaults_and_checks() -> None:
     assert config.objective("classification") == ("val_loss", "min")
     assert config.objective("regression") == ("val_loss", "min")
     assert SearchConfig("d", "s", "r", {"lr": 0.01}, metric="val_accuracy").objective("classification") == (
-        "val_accuracy", "max")  # fmt: skip
+        "val_accuracy",
+        "max",
+    )
     with pytest.raises(ValueError, match="val_accuracy"):
         SearchConfig("d", "s", "r", {"lr": 0.01}, metric="val_accuracy").objective("regression")
     with pytest.raises(ValueError, match="num_samples"):
@@ -300,11 +319,20 @@ def test_kafka_metrics_callback_publishes_one_message_per_trial_epoch() -> None:
     publisher = FakePublisher()
     callback = KafkaMetricsCallback("run-1", dag_run_id="dag-1", publisher_factory=lambda servers, dag: publisher)
     callback.setup()
-    trial = SimpleNamespace(trial_id="abc123", config={"lr": 0.01, "hidden_size": 32, "metric": "val_loss",
-                                                      "max_epochs": 3})  # fmt: skip
+    trial = SimpleNamespace(
+        trial_id="abc123", config={"lr": 0.01, "hidden_size": 32, "metric": "val_loss", "max_epochs": 3}
+    )
     for epoch in (1, 2):
-        result = {"epoch": epoch, "train_loss": 0.5, "val_loss": float("nan"), "val_accuracy": 0.9, "pid": 123,
-                  "time_total_s": 1.0, "training_iteration": epoch, "done": False}  # fmt: skip
+        result = {
+            "epoch": epoch,
+            "train_loss": 0.5,
+            "val_loss": float("nan"),
+            "val_accuracy": 0.9,
+            "pid": 123,
+            "time_total_s": 1.0,
+            "training_iteration": epoch,
+            "done": False,
+        }
         callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=result)
     callback.on_experiment_end(trials=[trial])
 
@@ -312,9 +340,13 @@ def test_kafka_metrics_callback_publishes_one_message_per_trial_epoch() -> None:
     assert [key for _, _, key in publisher.messages] == ["run-1:abc123:1", "run-1:abc123:2"]
     topic, payload, _ = publisher.messages[0]
     assert topic == TRAINING_METRICS.name
-    assert payload == {"run_name": "run-1", "trial_id": "abc123", "epoch": 1,
-                       "metrics": {"train_loss": 0.5, "val_loss": None, "val_accuracy": 0.9},
-                       "params": {"lr": 0.01, "hidden_size": 32}}  # fmt: skip
+    assert payload == {
+        "run_name": "run-1",
+        "trial_id": "abc123",
+        "epoch": 1,
+        "metrics": {"train_loss": 0.5, "val_loss": None, "val_accuracy": 0.9},
+        "params": {"lr": 0.01, "hidden_size": 32},
+    }
     # Tune pickles callbacks into the experiment: the live publisher must not travel with it.
     saved = KafkaMetricsCallback("run-1", dag_run_id="dag-1")
     saved._publisher = FakePublisher()  # as after setup()
@@ -335,9 +367,17 @@ def test_kafka_payload_matches_the_topic_schema() -> None:
 
 
 def test_result_metrics_keeps_our_metrics_only() -> None:
-    assert result_metrics({"train_loss": 1, "val_rmse": 2.5, "epoch_time_s": 0.1, "time_total_s": 3.0, "pid": 1,
-                           "val_flag": True, "hostname": "h"}) == {"train_loss": 1.0, "val_rmse": 2.5,
-                                                                    "epoch_time_s": 0.1}  # fmt: skip
+    assert result_metrics(
+        {
+            "train_loss": 1,
+            "val_rmse": 2.5,
+            "epoch_time_s": 0.1,
+            "time_total_s": 3.0,
+            "pid": 1,
+            "val_flag": True,
+            "hostname": "h",
+        }
+    ) == {"train_loss": 1.0, "val_rmse": 2.5, "epoch_time_s": 0.1}
 
 
 # -- evaluation helpers
@@ -372,8 +412,7 @@ def test_ray_and_optuna_logs_go_through_the_logging_tree() -> None:
     route_library_logs()
     try:
         assert ray_logger.propagate and not any(
-            isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-            for h in ray_logger.handlers
+            isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler) for h in ray_logger.handlers
         )
         optuna_logger = logging.getLogger("optuna")
         assert optuna_logger.propagate and not optuna_logger.handlers
