@@ -94,14 +94,18 @@ browser: ## headless Chromium + chromedriver from Debian's packages, for the UI 
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver; \
 	fi
 
-test: venv lint browser stack-up ## the whole suite against the real local stack (what CI runs)
-	@rc=0; $(STACK) run -- $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; $(STACK) down; exit $$rc
+test: venv lint browser ## the whole suite: unit tests without the stack, then the rest against it (what CI runs)
+	@# Unit tests first, outside the stack's environment: they prove they need no service and no credentials.
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+	$(MAKE) stack-up
+	@rc=0; $(STACK) run -- $(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS) || rc=$$?; $(STACK) down; \
+	exit $$rc
 
-test-unit: venv ## fast unit tests only (no services)
-	$(STACK) run -- $(PY) -m pytest -m unit $(PYTEST_ARGS)
+test-unit: venv ## fast unit tests only (no services, no stack environment)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: stack-up ## integration tests against the running stack (leaves it up)
-	$(STACK) run -- $(PY) -m pytest -m integration $(PYTEST_ARGS)
+	$(STACK) run -- $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: tools ## the main job end to end on this machine: stack + Airflow up, demo data in, DAG run via REST
 	$(STACK) up --airflow

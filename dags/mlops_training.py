@@ -24,7 +24,8 @@ from mlops_airflow.operators import (
     SkipIfModelExistsOperator,
 )
 
-SNAPSHOT = "{{ ti.xcom_pull(task_ids='ingest_raw_data')['snapshot_id'] }}"
+# The lake bucket: the Airflow variable `mlops_lake_bucket`, else "lake" (rendered when a task runs, not at parse).
+LAKE_BUCKET = "{{ var.value.get('mlops_lake_bucket', 'lake') }}"
 
 default_args = {
     "owner": "mlops",
@@ -88,10 +89,11 @@ def mlops_training() -> None:
     @task(retries=0)
     def validate_params(**context: object) -> dict[str, object]:
         """Fail at once, with a clear message, on params that the schema alone cannot check."""
-        from ml.tune import resolve_search_space
+        from ml.tune.space import resolve_search_space
+        from mlops_airflow.hooks import s3_settings
 
         p = context["params"]  # type: ignore[index]
-        space = resolve_search_space(p["search_space"])  # type: ignore[index]
+        space = resolve_search_space(p["search_space"], s3_settings("aws_default"))  # type: ignore[index]
         if p["max_concurrent_trials"] > p["num_samples"]:  # type: ignore[index]
             raise ValueError("max_concurrent_trials cannot exceed num_samples")
         return {"dataset": p["dataset"], "search_space_keys": sorted(space)}  # type: ignore[index]
@@ -111,11 +113,13 @@ def mlops_training() -> None:
         dataset="{{ params.dataset }}",
         target="{{ params.target }}",
         ml_task="{{ params.task }}",
+        lake_bucket=LAKE_BUCKET,
     )
+    snapshot_id = ingest_raw_data.output["snapshot_id"]
     check_for_existing_model = SkipIfModelExistsOperator(
         task_id="check_for_existing_model",
         dataset="{{ params.dataset }}",
-        snapshot_id=SNAPSHOT,
+        snapshot_id=snapshot_id,
         ml_task="{{ params.task }}",
         force="{{ params.force_retrain }}",
         train_task_id="preprocess_with_spark",
@@ -124,7 +128,8 @@ def mlops_training() -> None:
     preprocess_with_spark = FeaturePreprocessOperator(
         task_id="preprocess_with_spark",
         dataset="{{ params.dataset }}",
-        snapshot_id=SNAPSHOT,
+        snapshot_id=snapshot_id,
+        lake_bucket=LAKE_BUCKET,
         conn_id="spark_default",
         driver_memory="2g",
         pool="spark_metastore",  # one Hive (Derby) metastore writer at a time
@@ -132,7 +137,8 @@ def mlops_training() -> None:
     tune_models = RayTuneOperator(
         task_id="tune_models",
         dataset="{{ params.dataset }}",
-        snapshot_id=SNAPSHOT,
+        snapshot_id=snapshot_id,
+        lake_bucket=LAKE_BUCKET,
         search_space="{{ params.search_space }}",
         num_samples="{{ params.num_samples }}",
         max_concurrent_trials="{{ params.max_concurrent_trials }}",
@@ -141,7 +147,8 @@ def mlops_training() -> None:
     )
     register_best_model = RegisterModelOperator(
         task_id="register_best_model",
-        search_result="{{ ti.xcom_pull(task_ids='tune_models') }}",
+        search_result=tune_models.output,
+        lake_bucket=LAKE_BUCKET,
         metric="{{ params.promotion_metric }}",
         margin="{{ params.promotion_margin }}",
         allow_backfill_promotion="{{ params.allow_backfill_promotion }}",
@@ -149,6 +156,10 @@ def mlops_training() -> None:
     reuse_existing_model = EmptyOperator(task_id="reuse_existing_model")
     publish_run_summary = PublishRunSummaryOperator(
         task_id="publish_run_summary",
+        snapshot=ingest_raw_data.output,
+        search=tune_models.output,
+        registered=register_best_model.output,
+        existing_model=check_for_existing_model.output["existing_model"],
         trigger_rule="none_failed_min_one_success",
     )
 

@@ -24,13 +24,13 @@ def raw_data_watch() -> None:
     def detect_new_raw_data() -> str:
         from airflow.exceptions import AirflowSkipException
 
-        from ml.ingest import content_hash
+        from ml.clients import s3_client
+        from ml.ingest.read import content_hash
         from ml.storage import S3Uri, list_keys
-        from mlops_airflow.hooks import environment, s3_environment
+        from mlops_airflow.hooks import s3_settings
 
         raw = S3Uri.parse(RAW_DATA.uri)
-        with environment(s3_environment("aws_default")):
-            objects = list_keys(raw)
+        objects = list_keys(raw, s3_client(s3_settings("aws_default")))
         current = content_hash(raw, objects) if objects else "empty"
         if Variable.get("raw_data_watch_hash", default=None) == current:
             raise AirflowSkipException(f"raw data unchanged ({current}): no asset event")

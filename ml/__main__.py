@@ -8,21 +8,25 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-# Each module adds its sub-commands in `register_cli(subparsers)`, setting `handler=fn(args) -> dict | None` (and
-# `writes_stdout=True` for a command whose stdout is its output).
+from ml.settings import Settings
+
+# Each module adds its sub-commands in `register_cli(subparsers)`, setting `handler=fn(args, settings) -> dict | int |
+# None` (and `writes_stdout=True` for a command whose stdout is its output). The settings are read from the
+# environment here, once: this is the entry point.
 # Heavy imports stay inside the handlers, so `--help` is fast.
 STAGE_MODULES = (
     "ml.datasets",
-    "ml.ingest",
-    "ml.preprocess",
-    "ml.tune",
+    "ml.ingest.cli",
+    "ml.preprocess.cli",
+    "ml.tune.cli",
     "ml.evaluate",
-    "ml.registry",
-    "ml.events",
-    "ml.serve",
+    "ml.registry.cli",
+    "ml.events.cli",
+    "ml.serve.cli",
     "ml.pipeline",
 )
 
@@ -36,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     for name in STAGE_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
-            continue
-        module.register_cli(subparsers)
+        importlib.import_module(name).register_cli(subparsers)
     return parser
 
 
@@ -58,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         # except for commands whose output is their stdout (`events tail`).
         writes_stdout = getattr(args, "writes_stdout", False)
         with contextlib.nullcontext() if writes_stdout else contextlib.redirect_stdout(sys.stderr):
-            result: Any = args.handler(args)
+            result: Any = args.handler(args, Settings.from_env(os.environ))
     except (ValueError, LookupError, RuntimeError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2 if isinstance(error, ValueError) else 1

@@ -5,7 +5,8 @@ in `spec.feature_columns` order plus a label vector; training then shuffles with
 contiguous batches: no per-row Dataset/DataLoader, so the loader costs one gather per epoch.
 
 For tuning, the driver reads the splits once and Tune hands them to every trial through `tune.with_parameters`,
-which puts the numpy arrays into Ray's object store: trials on one node share them without copying.
+which puts the numpy arrays into Ray's object store: trials on one node share them without copying. Reads take a
+pyarrow filesystem (ml.clients.arrow_filesystem) and an S3 client for the spec.
 """
 
 from __future__ import annotations
@@ -18,16 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ml.features import LABEL_COLUMN, FeatureSpec
-from ml.storage import DataError, S3Uri, arrow_filesystem, read_json
+from ml.features import LABEL_COLUMN, SPLITS, FeatureSpec
+from ml.storage import NOT_FOUND_CODES, DataError, S3Uri, error_code, feature_spec_uri, read_json
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-FEATURE_SPEC_FILE = "feature_spec.json"
 
 
 @dataclass(frozen=True)
@@ -52,26 +50,21 @@ class TrainingData:
     validation: SplitArrays
 
 
-def feature_spec_uri(features: S3Uri | str) -> S3Uri:
-    base = features if isinstance(features, S3Uri) else S3Uri.parse(features)
-    return base.join(FEATURE_SPEC_FILE)
-
-
-def load_feature_spec(features: S3Uri | str) -> FeatureSpec:
+def load_feature_spec(features: S3Uri | str, client: Any) -> FeatureSpec:
     """The spec beside the splits; its presence marks the features complete (it is written last)."""
     from botocore.exceptions import ClientError
 
     uri = feature_spec_uri(features)
     try:
-        return FeatureSpec.from_dict(read_json(uri))
+        return FeatureSpec.from_dict(read_json(uri, client))
     except ClientError as error:
-        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+        if error_code(error) in NOT_FOUND_CODES:
             raise DataError(f"{uri}: no feature spec (has preprocessing finished for this snapshot?)") from error
         raise
 
 
 def read_split(
-    features: S3Uri | str, split: str, spec: FeatureSpec, *, filesystem: Any | None = None, labels_only: bool = False
+    features: S3Uri | str, split: str, spec: FeatureSpec, filesystem: Any, *, labels_only: bool = False
 ) -> SplitArrays:
     """Read one split's Parquet parts (Spark's `_SUCCESS` and other `_`/`.` files are ignored) into numpy."""
     import pyarrow.dataset as ds
@@ -80,9 +73,8 @@ def read_split(
         raise ValueError(f"unknown split {split!r}: expected one of {SPLITS}")
     base = features if isinstance(features, S3Uri) else S3Uri.parse(features)
     uri = base.join(split)
-    fs = filesystem or arrow_filesystem()
     try:
-        dataset = ds.dataset(f"{uri.bucket}/{uri.key}", filesystem=fs, format="parquet")
+        dataset = ds.dataset(f"{uri.bucket}/{uri.key}", filesystem=filesystem, format="parquet")
     except (FileNotFoundError, OSError) as error:
         raise DataError(f"{uri}: cannot read the {split} split: {error}") from error
     names = set(dataset.schema.names)
@@ -120,12 +112,10 @@ def read_split(
     return SplitArrays(split, X, y)
 
 
-def load_training_data(features: S3Uri | str, spec: FeatureSpec | None = None) -> TrainingData:
+def load_training_data(features: S3Uri | str, spec: FeatureSpec, filesystem: Any) -> TrainingData:
     """The spec plus the train and validation splits (the test split stays untouched until evaluation)."""
-    spec = spec or load_feature_spec(features)
-    fs = arrow_filesystem()
-    train = read_split(features, "train", spec, filesystem=fs)
-    validation = read_split(features, "validation", spec, filesystem=fs)
+    train = read_split(features, "train", spec, filesystem)
+    validation = read_split(features, "validation", spec, filesystem)
     if train.rows == 0 or validation.rows == 0:
         raise DataError(f"{features}: empty split (train {train.rows} rows, validation {validation.rows} rows)")
     return TrainingData(spec, train, validation)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ml.settings import Settings
-from ml.storage import S3Uri, s3_client
+from ml.storage import S3Uri
 
 # name -> (description, default target)
 SHIPPED = {
@@ -66,7 +66,7 @@ def synthetic(
     return pd.DataFrame(data)
 
 
-def upload_frame(frame: pd.DataFrame, uri: S3Uri, fmt: str = "csv") -> dict[str, Any]:
+def upload_frame(frame: pd.DataFrame, uri: S3Uri, s3_client: Any, fmt: str = "csv") -> dict[str, Any]:
     """Write a DataFrame to S3 as CSV or Parquet; returns the key and size."""
     buffer = io.BytesIO()
     if fmt == "csv":
@@ -75,18 +75,21 @@ def upload_frame(frame: pd.DataFrame, uri: S3Uri, fmt: str = "csv") -> dict[str,
         frame.to_parquet(buffer, index=False)
     else:
         raise ValueError(f"format must be csv or parquet, not {fmt!r}")
-    s3_client().put_object(Bucket=uri.bucket, Key=uri.key, Body=buffer.getvalue())
+    s3_client.put_object(Bucket=uri.bucket, Key=uri.key, Body=buffer.getvalue())
     return {"uri": str(uri), "bytes": buffer.tell(), "rows": len(frame)}
 
 
-def _upload_cli(args: argparse.Namespace) -> dict[str, Any]:
-    settings = Settings.from_env()
+def _upload_cli(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from ml.clients import s3_client
+
     if args.name == "synthetic":
         frame = synthetic(args.rows, task=args.task, seed=args.seed)
     else:
         frame = load_shipped(args.name)
     key = args.key or f"{args.name}/{args.name}.{args.format}"
-    result = upload_frame(frame, S3Uri(args.bucket or settings.raw_bucket, key), args.format)
+    result = upload_frame(
+        frame, S3Uri(args.bucket or settings.lake.raw_bucket, key), s3_client(settings.s3), args.format
+    )
     if args.name in SHIPPED:
         result["default_target"] = SHIPPED[args.name][1]
     return result

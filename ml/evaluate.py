@@ -17,15 +17,14 @@ import logging
 import tempfile
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ml.json_values import json_safe
 from ml.models import CLASSIFICATION, base_metric_name, compute_metrics, higher_is_better
-from ml.settings import Settings
-from ml.storage import S3Uri, list_keys, s3_client, write_json
-from ml.train import json_safe
+from ml.settings import MlflowSettings, S3Settings, Settings
+from ml.storage import S3Uri, write_json
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +37,6 @@ def primary_metric(task: str, objective: str) -> str:
     if base == "loss":
         return "log_loss" if task == CLASSIFICATION else "rmse"
     return base
-
-
-def download_checkpoint(uri: str | S3Uri, directory: str | Path) -> Path:
-    """Copy every object under a checkpoint prefix into `directory` (flat: checkpoints hold a few small files)."""
-    prefix = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)
-    client = s3_client()
-    target = Path(directory)
-    target.mkdir(parents=True, exist_ok=True)
-    root = prefix.key.rstrip("/") + "/"
-    copied = 0
-    for obj in list_keys(S3Uri(prefix.bucket, root), client):
-        relative = obj["Key"][len(root) :]
-        if not relative or relative.endswith("/"):
-            continue  # folder markers
-        destination = target / relative
-        if target.resolve() not in destination.resolve().parents:
-            raise ValueError(f"{prefix}: object key {obj['Key']!r} escapes the checkpoint folder")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        client.download_file(prefix.bucket, obj["Key"], str(destination))
-        copied += 1
-    if copied == 0:
-        raise LookupError(f"{prefix}: checkpoint not found (no objects under it)")
-    return target
 
 
 def baseline_predictions(
@@ -76,27 +52,32 @@ def baseline_predictions(
     return np.full(rows, mean), None
 
 
-def evaluate_best(search_result: Any, *, log_to_mlflow: bool = True, write_result: bool = True) -> dict[str, Any]:
-    """Evaluate a SearchResult (object, dict, JSON file path or s3:// URI) on the test split; returns the JSON dict."""
+def evaluate_best(
+    search_result: Any, *, s3: S3Settings, mlflow: MlflowSettings | None = None, write_result: bool = True
+) -> dict[str, Any]:
+    """Evaluate a SearchResult (object, dict, JSON file path or s3:// URI) on the test split; returns the JSON dict.
+    The metrics go into the search's MLflow parent run unless `mlflow` is None."""
+    from ml.clients import arrow_filesystem, s3_client
     from ml.data import load_feature_spec, read_split
     from ml.models import load_model, predict
-    from ml.storage import arrow_filesystem
-    from ml.tune import load_search_result
+    from ml.predictor import download_checkpoint
+    from ml.tune.config import load_search_result
 
     started = time.perf_counter()
-    result = load_search_result(search_result)
+    client = s3_client(s3)
+    result = load_search_result(search_result, client)
     features = S3Uri.parse(result.features_uri)
-    spec = load_feature_spec(features)
+    spec = load_feature_spec(features, client)
     if spec.task != result.task:
         raise ValueError(f"{features}: the feature spec's task {spec.task!r} differs from the search's {result.task!r}")
 
     with tempfile.TemporaryDirectory(prefix="best-ckpt-") as directory:
-        download_checkpoint(result.best_checkpoint_uri, directory)
+        download_checkpoint(result.best_checkpoint_uri, directory, client)
         model = load_model(directory)
 
-    fs = arrow_filesystem()
-    test = read_split(features, "test", spec, filesystem=fs)
-    train = read_split(features, "train", spec, filesystem=fs, labels_only=True)
+    filesystem = arrow_filesystem(s3)
+    test = read_split(features, "test", spec, filesystem)
+    train = read_split(features, "train", spec, filesystem, labels_only=True)
     if test.rows == 0:
         raise ValueError(f"{features}: the test split is empty")
     num_classes = spec.num_outputs if spec.task == CLASSIFICATION else None
@@ -143,17 +124,18 @@ def evaluate_best(search_result: Any, *, log_to_mlflow: bool = True, write_resul
     )
 
     if write_result:
-        write_json(S3Uri.parse(result.experiment_uri).join(EVALUATION_FILE), evaluation)
-    if log_to_mlflow and result.mlflow_parent_run_id:
-        _log_to_parent_run(result.mlflow_parent_run_id, evaluation)
+        write_json(S3Uri.parse(result.experiment_uri).join(EVALUATION_FILE), evaluation, client)
+    if mlflow is not None and result.mlflow_parent_run_id:
+        _log_to_parent_run(mlflow, result.mlflow_parent_run_id, evaluation)
     return evaluation
 
 
-def _log_to_parent_run(run_id: str, evaluation: Mapping[str, Any]) -> None:
-    from mlflow import MlflowClient
+def _log_to_parent_run(mlflow: MlflowSettings, run_id: str, evaluation: Mapping[str, Any]) -> None:
     from mlflow.entities import Metric
 
-    client = MlflowClient(tracking_uri=Settings.from_env().mlflow_tracking_uri)
+    from ml.clients import mlflow_client
+
+    client = mlflow_client(mlflow)
     now = int(time.time() * 1000)
     metrics = [Metric(f"test_{k}", float(v), now, 0) for k, v in evaluation["test_metrics"].items() if v is not None]
     metrics += [
@@ -165,16 +147,18 @@ def _log_to_parent_run(run_id: str, evaluation: Mapping[str, Any]) -> None:
     client.log_dict(run_id, dict(evaluation), EVALUATION_FILE)
 
 
-def _evaluate_command(args: argparse.Namespace) -> dict[str, Any]:
-    from ml.tune import stored_search_result
+def _evaluate_command(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from ml.clients import s3_client
+    from ml.tune.config import stored_search_result
 
     if args.search_result:
         source: Any = args.search_result
     elif args.dataset and args.snapshot and args.run_name:
-        source = stored_search_result(args.dataset, args.snapshot, args.run_name)
+        client = s3_client(settings.s3)
+        source = stored_search_result(settings.lake, args.dataset, args.snapshot, args.run_name, client)
     else:
         raise ValueError("give --search-result, or --dataset, --snapshot and --run-name of a completed search")
-    return evaluate_best(source, log_to_mlflow=not args.no_mlflow)
+    return evaluate_best(source, s3=settings.s3, mlflow=None if args.no_mlflow else settings.mlflow)
 
 
 def register_cli(subparsers: Any) -> None:

@@ -20,6 +20,7 @@ import numpy as np
 
 OTHER = "__other__"
 LABEL_COLUMN = "label"
+SPLITS = ("train", "validation", "test")  # the folders of a features URI, each Parquet with feature columns + label
 SPEC_VERSION = 1
 
 # A plain decimal number (after trimming whitespace): what counts as a number in a numeric column, in the ingest check
@@ -142,15 +143,26 @@ def normalise_category(value: Any) -> str:
     return BOOLEAN_SPELLINGS.get(text) or re.sub(INTEGRAL_DECIMAL_PATTERN, r"\1", text)
 
 
+_NUMBER = re.compile(NUMBER_PATTERN)
+
+
+def parse_number(text: str) -> float | None:
+    """A plain decimal number, or a spelling of inf/nan (a missing value); None for anything else. The rule the
+    ingest check and the Spark job apply too (Python's float() also takes "1_000" and other digits)."""
+    if not (_NUMBER.match(text) or text.strip().lower() in NON_FINITE_WORDS):
+        return None
+    return float(text)
+
+
 def _to_float(value: Any, column: str, row_index: int) -> float | None:
     if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
     if isinstance(value, bool):
         raise ValueError(f"row {row_index}, column {column!r}: expected a number, got a boolean")
-    if isinstance(value, str) and not (re.match(NUMBER_PATTERN, value) or value.strip().lower() in NON_FINITE_WORDS):
-        # Only what the Spark job reads as a number (Python's float() also takes "1_000" and other digits).
-        raise ValueError(f"row {row_index}, column {column!r}: expected a number, got {value!r}")
+    parsed = parse_number(value) if isinstance(value, str) else value
     try:
-        return float(value)
+        if parsed is None:
+            raise ValueError(value)
+        return float(parsed)
     except (TypeError, ValueError):
         raise ValueError(f"row {row_index}, column {column!r}: expected a number, got {value!r}") from None

@@ -10,10 +10,13 @@ import logging
 import time
 from typing import Any
 
+from ml.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
 def run_pipeline(
+    settings: Settings,
     raw_uri: str,
     dataset: str,
     target: str,
@@ -29,11 +32,15 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """ingest -> preprocess (spark-submit) -> tune -> evaluate -> register + gate; a summary with stage times."""
     from ml.evaluate import evaluate_best
-    from ml.ingest import IngestConfig, ingest
+    from ml.ingest.config import IngestConfig
+    from ml.ingest.snapshot import ingest
     from ml.lineage import code_version
-    from ml.preprocess import run_preprocess
-    from ml.registry import register_and_promote
-    from ml.tune import SearchConfig, resolve_search_space, run_search
+    from ml.preprocess.submit import run_preprocess
+    from ml.registry.context import RegistryContext
+    from ml.registry.promote import register_and_promote
+    from ml.tune.config import SearchConfig
+    from ml.tune.search import run_search
+    from ml.tune.space import resolve_search_space
 
     timings: dict[str, float] = {}
 
@@ -42,32 +49,34 @@ def run_pipeline(
         log.info("stage %s done in %.1f s", stage, timings[stage])
 
     started = time.perf_counter()
-    snapshot = ingest(IngestConfig(raw_uri, dataset, target, task=task))
+    s3, lake = settings.s3, settings.lake
+    snapshot = ingest(IngestConfig(raw_uri, dataset, target, task=task), s3=s3, lake=lake)
     timed("ingest", started)
     started = time.perf_counter()
-    features = run_preprocess(dataset, snapshot.snapshot_id)
+    features = run_preprocess(dataset, snapshot.snapshot_id, s3=s3, lake=lake, spark=settings.spark)
     timed("preprocess", started)
     started = time.perf_counter()
     config = SearchConfig(
         dataset=dataset,
         snapshot_id=snapshot.snapshot_id,
         run_name=run_name,
-        search_space=resolve_search_space(search_space),
+        search_space=resolve_search_space(search_space, s3),
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent_trials,
         max_epochs=max_epochs,
         dag_run_id=run_name,
     )
-    search = run_search(config)
+    search = run_search(config, s3=s3, lake=lake, ray=settings.ray, mlflow=settings.mlflow, kafka=settings.kafka)
     timed("tune", started)
     started = time.perf_counter()
-    evaluation = evaluate_best(search.to_dict())
+    evaluation = evaluate_best(search.to_dict(), s3=s3, mlflow=settings.mlflow)
     timed("evaluate", started)
     model: dict[str, Any] | None = None
     if register:
         started = time.perf_counter()
+        context = RegistryContext(mlflow=settings.mlflow, s3=s3, lake=lake, kafka=settings.kafka)
         model = register_and_promote(
-            evaluation, dag_id="ml.pipeline", dag_run_id=run_name, code_version=code_version(), margin=margin
+            evaluation, context, dag_id="ml.pipeline", dag_run_id=run_name, code_version=code_version(), margin=margin
         )
         timed("register", started)
     return {
@@ -84,8 +93,9 @@ def run_pipeline(
     }
 
 
-def _cli(args: argparse.Namespace) -> dict[str, Any]:
+def _cli(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return run_pipeline(
+        settings,
         args.raw_uri,
         args.dataset,
         args.target,

@@ -9,6 +9,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ml.experiments import PARENT_RUN_KIND, quoted
+
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 
 
@@ -20,21 +22,18 @@ class TrialRecord:
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(epoch, value)]
 
 
-def collect_trials(tracking_uri: str, dag_run_id: str) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
-    """The parent run (as a dict) of the search for a DAG run, and its trials with per-epoch curves."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    escaped = dag_run_id.replace("'", "\\'")
+def collect_trials(client: Any, dag_run_id: str) -> tuple[dict[str, Any] | None, list[TrialRecord]]:
+    """The parent run (as a dict) of the search for a DAG run, and its trials with per-epoch curves (`client`: an
+    MlflowClient, ml.clients.mlflow_client)."""
     experiments = [e.experiment_id for e in client.search_experiments()]
-    # The search's parent run, as ml.tune tags it.
-    query = f"tags.`mlops.dag_run_id` = '{escaped}' and tags.`mlops.kind` = 'tune_search'"
+    # The search's parent run, as ml.tune.tracking tags it.
+    query = f"tags.`mlops.dag_run_id` = {quoted(dag_run_id)} and tags.`mlops.kind` = {quoted(PARENT_RUN_KIND)}"
     parents = client.search_runs(experiments, query, max_results=1, order_by=["attributes.start_time DESC"])
     if not parents:
         return None, []
     parent = parents[0]
     children = client.search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = {quoted(parent.info.run_id)}", max_results=1000
     )
     trials = []
     for child in children:

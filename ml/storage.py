@@ -1,4 +1,4 @@
-"""S3 access shared by every stage: URI parsing, clients for the configured endpoint, the lake's key layout.
+"""S3 access shared by every stage: URI parsing, small object operations on a given client, the lake's key layout.
 
 Lake layout (one place, so that a re-run writes the same keys and two runs never overwrite each other's work):
   s3://LAKE/datasets/DATASET/snapshots/SNAPSHOT/manifest.json        written last: the snapshot is complete
@@ -6,16 +6,16 @@ Lake layout (one place, so that a re-run writes the same keys and two runs never
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/{train,validation,test}/part-*.parquet
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/feature_spec.json     written last: the features are complete
   s3://LAKE/tune/DATASET/SNAPSHOT/RUN                                 Ray Tune storage (trials, checkpoints)
-"""
+  s3://LAKE/locks/registry/MODEL.lock                                 the registry's alias lock
+Clients come from ml.clients."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
-from ml.settings import Settings
+from ml.settings import LakeSettings
 
 
 class DataError(ValueError):
@@ -47,106 +47,81 @@ class S3Uri:
         return S3Uri(self.bucket, key)
 
 
-def s3_client(settings: Settings | None = None) -> Any:
-    """A boto3 S3 client for the configured endpoint (credentials from the environment / AWS config)."""
-    import os
-
-    settings = settings or Settings.from_env()
-    # Keyed by the access key too: an Airflow task may switch connections within one process.
-    return _cached_client(settings.s3_endpoint_url, settings.aws_region, os.environ.get("AWS_ACCESS_KEY_ID"))
-
-
-@lru_cache(maxsize=4)
-def _cached_client(endpoint_url: str | None, region: str, access_key: str | None) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    # A session of its own: boto3's default session resolves credentials once per process and keeps them, so a client
-    # made for new keys in the environment (another connection) would still sign with the first ones.
-    return boto3.session.Session().client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=region,
-        config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
-    )
-
-
-def arrow_filesystem(settings: Settings | None = None, *, embed_keys: bool = True) -> Any:
-    """A pyarrow S3 filesystem on the configured endpoint, for reading Parquet without a copy. With
-    `embed_keys=False` it takes credentials from the standard AWS chain when used: for a filesystem that gets pickled
-    into stored state (Ray Tune's), so that no secret lands in S3."""
-    import os
-
-    from pyarrow import fs
-
-    settings = settings or Settings.from_env()
-    kwargs: dict[str, Any] = {"region": settings.aws_region}
-    if settings.s3_endpoint_url:
-        scheme, _, host = settings.s3_endpoint_url.partition("://")
-        kwargs.update(endpoint_override=host, scheme=scheme)
-    if embed_keys and os.environ.get("AWS_ACCESS_KEY_ID"):
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"])
-    return fs.S3FileSystem(**kwargs)
-
-
-def list_keys(uri: S3Uri, client: Any | None = None) -> list[dict[str, Any]]:
+def list_keys(uri: S3Uri, client: Any) -> list[dict[str, Any]]:
     """Every object under a prefix (paginated), as boto3's listing dicts."""
-    client = client or s3_client()
     objects: list[dict[str, Any]] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.key):
         objects.extend(page.get("Contents", []))
     return objects
 
 
-def exists(uri: S3Uri, client: Any | None = None) -> bool:
+NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
+
+
+def error_code(error: Any) -> str:
+    """The S3 error code of a botocore ClientError ("" if it has none)."""
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+
+
+def exists(uri: S3Uri, client: Any) -> bool:
     from botocore.exceptions import ClientError
 
-    client = client or s3_client()
     try:
         client.head_object(Bucket=uri.bucket, Key=uri.key)
         return True
     except ClientError as error:
-        if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+        if error_code(error) in NOT_FOUND_CODES:
             return False
         raise
 
 
-def read_json(uri: S3Uri, client: Any | None = None) -> Any:
-    client = client or s3_client()
+def read_json(uri: S3Uri, client: Any) -> Any:
     return json.loads(client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
 
 
-def write_json(uri: S3Uri, value: Any, client: Any | None = None) -> None:
-    client = client or s3_client()
+def write_json(uri: S3Uri, value: Any, client: Any) -> None:
     body = json.dumps(value, indent=2, sort_keys=True).encode()
     client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType="application/json")
 
 
-def delete_prefix(uri: S3Uri, client: Any | None = None) -> int:
+def delete_prefix(uri: S3Uri, client: Any) -> int:
     """Delete every object under a prefix; returns how many. Used to remove partial output after a failure."""
-    client = client or s3_client()
     keys = [{"Key": obj["Key"]} for obj in list_keys(uri, client)]
     for start in range(0, len(keys), 1000):
         client.delete_objects(Bucket=uri.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
     return len(keys)
 
 
-def lake(settings: Settings | None = None) -> S3Uri:
-    return S3Uri((settings or Settings.from_env()).lake_bucket, "")
+def lake_root(lake: LakeSettings) -> S3Uri:
+    return S3Uri(lake.lake_bucket, "")
 
 
-def snapshot_uri(dataset: str, snapshot_id: str, settings: Settings | None = None) -> S3Uri:
-    return lake(settings).join("datasets", dataset, "snapshots", snapshot_id)
+def snapshot_uri(lake: LakeSettings, dataset: str, snapshot_id: str) -> S3Uri:
+    return lake_root(lake).join("datasets", dataset, "snapshots", snapshot_id)
 
 
-def features_uri(dataset: str, snapshot_id: str, settings: Settings | None = None) -> S3Uri:
-    return lake(settings).join("datasets", dataset, "features", snapshot_id)
+def features_uri(lake: LakeSettings, dataset: str, snapshot_id: str) -> S3Uri:
+    return lake_root(lake).join("datasets", dataset, "features", snapshot_id)
 
 
-def tune_uri(dataset: str, snapshot_id: str, run_name: str, settings: Settings | None = None) -> S3Uri:
-    return lake(settings).join("tune", dataset, snapshot_id, run_name)
+FEATURE_SPEC_FILE = "feature_spec.json"
+MANIFEST_FILE = "manifest.json"
 
 
-def latest_snapshot_uri(dataset: str, settings: Settings | None = None) -> S3Uri:
+def feature_spec_uri(features: S3Uri | str) -> S3Uri:
+    """The spec beside a features folder's splits: written last, its presence marks the features complete."""
+    return (features if isinstance(features, S3Uri) else S3Uri.parse(features)).join(FEATURE_SPEC_FILE)
+
+
+def tune_uri(lake: LakeSettings, dataset: str, snapshot_id: str, run_name: str) -> S3Uri:
+    return lake_root(lake).join("tune", dataset, snapshot_id, run_name)
+
+
+def latest_snapshot_uri(lake: LakeSettings, dataset: str) -> S3Uri:
     """Pointer to the dataset's newest snapshot (its columns are the reference for schema drift)."""
-    return lake(settings).join("datasets", dataset, "latest.json")
+    return lake_root(lake).join("datasets", dataset, "latest.json")
+
+
+def registry_lock_uri(lake: LakeSettings, model_name: str) -> S3Uri:
+    """The lock object that serialises alias moves of one registered model (ml.registry.lock)."""
+    return lake_root(lake).join("locks", "registry", f"{model_name}.lock")

@@ -18,7 +18,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ import numpy as np
 
 from ml.data import SplitArrays, TensorBatches, TrainingData, to_tensors
 from ml.features import FeatureSpec
+from ml.json_values import json_safe
 from ml.models import (
     CLASSIFICATION,
     ModelConfig,
@@ -346,19 +347,6 @@ def _load_training_state(
     )
 
 
-def json_safe(value: Any) -> Any:
-    """NaN/inf -> None and numpy scalars -> Python numbers (JSON has no NaN)."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def tune_trainable(config: dict[str, Any], data: TrainingData) -> None:
     """Ray Tune function trainable: one trial. `data` arrives through `tune.with_parameters` (object store)."""
     from ray import tune
@@ -392,7 +380,3 @@ def tune_trainable(config: dict[str, Any], data: TrainingData) -> None:
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """The hyper-parameters of a trial config (what MLflow and Kafka record as params)."""
     return {k: json_safe(config[k]) for k in HPARAMS if k in config}
-
-
-def train_config_dict(train_config: TrainConfig) -> dict[str, Any]:
-    return asdict(train_config)

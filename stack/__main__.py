@@ -6,7 +6,8 @@ import argparse
 import os
 import sys
 
-from stack.config import apply_stack_environment, stack_paths
+from ml.settings import Settings
+from stack.config import MLFLOW_BUCKET, apply_stack_environment, stack_paths
 from stack.services import AIRFLOW, ALL_SERVICES, SERVICES, StackError
 
 
@@ -19,13 +20,14 @@ def _up(args: argparse.Namespace) -> int:
     paths = stack_paths()
     for line in fetch_all(paths):
         print(f"  {line}")
+    settings = Settings.from_env(env)
     for service in SERVICES:
         print(f"{service.name:8} {service.start(paths, env):16} {service.url}", flush=True)
         if service.name == "s3":
-            created = create_buckets()
+            created = create_buckets(settings.s3, settings.lake, env.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET))
             print(f"{'':8} buckets created: {created or 'none (all exist)'}")
         if service.name == "kafka":
-            created = create_topics()
+            created = create_topics(settings.kafka)
             print(f"{'':8} topics created: {created or 'none (all exist)'}")
     if not args.no_airflow:
         print(prepare_airflow_home(paths, env))

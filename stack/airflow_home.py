@@ -12,12 +12,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from ml.settings import Settings
 from stack.config import REPO_ROOT, StackPaths
 from stack.services import StackError
 
 
 def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Airflow connections for the configured endpoints, in `airflow connections import` JSON form."""
+    """Airflow connections for the configured endpoints, in `airflow connections import` JSON form. The Spark
+    connection's extra carries what the pipeline adds to its jobs (ml.settings.SparkSettings: the s3a jars, the
+    Derby metastore folder, the driver's bind address)."""
+    spark = Settings.from_env(env).spark
     master = env["SPARK_MASTER"]
     spark_host, _, spark_port = master.rpartition(":") if master.startswith("spark://") else (master, "", "")
     return {
@@ -31,7 +35,15 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
             "conn_type": "spark",
             "host": spark_host,
             "port": int(spark_port) if spark_port else None,
-            "extra": json.dumps({"spark-binary": "spark-submit", "deploy-mode": "client"}),
+            "extra": json.dumps(
+                {
+                    "spark-binary": "spark-submit",
+                    "deploy-mode": "client",
+                    "extra-classpath": spark.extra_classpath,
+                    "metastore-dir": spark.metastore_dir,
+                    "local-ip": spark.local_ip,
+                }
+            ),
         },
         "kafka_default": {
             "conn_type": "kafka",

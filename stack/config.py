@@ -12,6 +12,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml.settings import LakeSettings, Settings
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Pinned versions of what the stack fetches from the registries (Python packages are pinned in constraints.txt).
@@ -20,9 +22,9 @@ VERSITYGW_VERSION = "v1.8.0"
 KAFKA_VERSION = "4.1.1"  # also in stack/maven/kafka-pom.xml
 HADOOP_AWS_VERSION = "3.5.0"  # must equal pyspark/jars/hadoop-client-api-*.jar; also in stack/maven/spark-s3a-pom.xml
 
-# The buckets and topics the pipeline uses; created by `python -m stack.init_resources`.
-RAW_BUCKET = "raw"
-LAKE_BUCKET = "lake"
+# The buckets the pipeline uses; created by `python -m stack.init_resources`.
+RAW_BUCKET = LakeSettings.raw_bucket
+LAKE_BUCKET = LakeSettings.lake_bucket
 MLFLOW_BUCKET = "mlflow"
 
 
@@ -100,16 +102,10 @@ def stack_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     paths = stack_paths()
     venv_bin = Path(REPO_ROOT / ".venv" / "bin")
     defaults: dict[str, str] = {
+        # The endpoints: ml.settings' defaults, the one place they are written down.
+        **Settings().to_env(),
         "MLOPS_STACK_DIR": str(paths.root),
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
-        "SPARK_MASTER": "local[*]",
-        "MLOPS_RAW_BUCKET": RAW_BUCKET,
-        "MLOPS_LAKE_BUCKET": LAKE_BUCKET,
         "MLOPS_SERVE_URL": "http://127.0.0.1:8000",
-        "SPARK_LOCAL_IP": "127.0.0.1",
         "RAY_AUTH_MODE": "disabled",
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),

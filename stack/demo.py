@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ml.settings import Settings
 from stack.config import apply_stack_environment, stack_paths
 
 AIRFLOW = "http://127.0.0.1:8080"
@@ -118,20 +119,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=30)
     parser.add_argument("--timeout-s", type=float, default=1800)
     args = parser.parse_args(argv)
-    apply_stack_environment()
+    settings = Settings.from_env(apply_stack_environment())
 
+    from ml.clients import s3_client
     from ml.datasets import SHIPPED, load_shipped, upload_frame
     from ml.storage import S3Uri
 
     target = args.target or SHIPPED[args.dataset][1]
     task = args.task or ("regression" if args.dataset == "cars" and target == "Miles_per_Gallon" else "classification")
-    uploaded = upload_frame(load_shipped(args.dataset), S3Uri("raw", f"{args.dataset}/{args.dataset}.csv"))
+    raw_key = S3Uri(settings.lake.raw_bucket, f"{args.dataset}/{args.dataset}.csv")
+    uploaded = upload_frame(load_shipped(args.dataset), raw_key, s3_client(settings.s3))
     print(f"uploaded {uploaded['rows']} rows of {args.dataset} to {uploaded['uri']}")
 
     api = AirflowApi(AIRFLOW, "admin", admin_password())
     wait_for_dag(api)
     conf = {
-        "raw_uri": f"s3://raw/{args.dataset}/",
+        "raw_uri": f"s3://{settings.lake.raw_bucket}/{args.dataset}/",
         "dataset": args.dataset,
         "target": target,
         "task": task,

@@ -6,30 +6,24 @@ import json
 import os
 import sys
 
-import boto3
-from botocore.exceptions import ClientError
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
-
+from ml.clients import kafka_admin, s3_client
+from ml.settings import KafkaSettings, LakeSettings, S3Settings, Settings
 from ml.topics import ALL_TOPICS
-from stack.config import LAKE_BUCKET, MLFLOW_BUCKET, RAW_BUCKET
+from stack.config import MLFLOW_BUCKET
 
 
-def create_buckets(endpoint_url: str | None = None) -> list[str]:
+def create_buckets(s3: S3Settings, lake: LakeSettings, mlflow_bucket: str = MLFLOW_BUCKET) -> list[str]:
     """Create the raw, lake and MLflow buckets unless they exist; return the ones created."""
-    s3 = boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
-    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
+    from botocore.exceptions import ClientError
+
+    client = s3_client(s3)
+    existing = {bucket["Name"] for bucket in client.list_buckets().get("Buckets", [])}
     created = []
-    for bucket in (
-        os.environ.get("MLOPS_RAW_BUCKET", RAW_BUCKET),
-        os.environ.get("MLOPS_LAKE_BUCKET", LAKE_BUCKET),
-        os.environ.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET),
-    ):
+    for bucket in (lake.raw_bucket, lake.lake_bucket, mlflow_bucket):
         if bucket in existing:
             continue
         try:
-            s3.create_bucket(Bucket=bucket)
+            client.create_bucket(Bucket=bucket)
             created.append(bucket)
         except ClientError as error:
             if error.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
@@ -37,29 +31,26 @@ def create_buckets(endpoint_url: str | None = None) -> list[str]:
     return created
 
 
-def create_topics(bootstrap_servers: str | None = None) -> list[str]:
+def create_topics(kafka: KafkaSettings) -> list[str]:
     """Create the versioned topics with explicit partitions and retention unless they exist."""
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap_servers or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        request_timeout_ms=15000,
-    )
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = kafka_admin(kafka, request_timeout_ms=15000)
     try:
         existing = set(admin.list_topics())
         created = []
         for topic in ALL_TOPICS:
             if topic.name in existing:
                 continue
+            new = NewTopic(
+                topic.name,
+                num_partitions=topic.partitions,
+                replication_factor=1,
+                topic_configs={"retention.ms": str(topic.retention_ms)},
+            )
             try:
-                admin.create_topics(
-                    [
-                        NewTopic(
-                            topic.name,
-                            num_partitions=topic.partitions,
-                            replication_factor=1,
-                            topic_configs={"retention.ms": str(topic.retention_ms)},
-                        )
-                    ]
-                )
+                admin.create_topics([new])
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
@@ -69,7 +60,12 @@ def create_topics(bootstrap_servers: str | None = None) -> list[str]:
 
 
 def main() -> int:
-    result = {"buckets_created": create_buckets(), "topics_created": create_topics()}
+    settings = Settings.from_env(os.environ)
+    mlflow_bucket = os.environ.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET)
+    result = {
+        "buckets_created": create_buckets(settings.s3, settings.lake, mlflow_bucket),
+        "topics_created": create_topics(settings.kafka),
+    }
     print(json.dumps(result))
     return 0
 

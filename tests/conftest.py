@@ -1,29 +1,52 @@
-"""Shared test set-up: the stack's environment for every test, and fixtures that fail loudly when a service is absent.
+"""Shared test set-up. The tier of a test is its folder (tests/unit, tests/integration, tests/e2e), marked here.
 
-Integration and end-to-end tests talk to the real services that `make test` starts (`make stack-up` for one file at a
-time). A missing service is a failure with a hint, never a skip.
+Unit tests need no stack and change no environment. Integration and end-to-end tests talk to the real services that
+`make test` starts (`make stack-up` for one file at a time) and get their endpoints and keys as a `Settings` value
+(the `settings` fixture), never through this process's environment. A missing service is a failure with a hint,
+never a skip.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from stack.config import apply_stack_environment
-from stack.services import SERVICES, Service
+TESTS_DIR = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    apply_stack_environment()
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
-def _require(service: Service) -> None:
+@pytest.fixture(scope="session")
+def stack_env() -> dict[str, str]:
+    """The local stack's environment (endpoints, generated keys), for the subprocesses a test starts."""
     from stack.config import stack_environment
 
-    if not service.is_healthy(stack_environment()):
+    return stack_environment()
+
+
+@pytest.fixture(scope="session")
+def settings(stack_env: dict[str, str]) -> Any:
+    """The local stack as ml.settings.Settings: what integration tests pass to `ml`."""
+    from ml.settings import Settings
+
+    return Settings.from_env(stack_env)
+
+
+def _require(name: str, env: dict[str, str]) -> None:
+    from stack.services import SERVICES
+
+    service = next(service for service in SERVICES if service.name == name)
+    if not service.is_healthy(env):
         pytest.fail(
             f"{service.name} is not reachable at {service.url}: integration tests need the real local stack "
             "(run `make stack-up`, or `make test`, which starts it)",
@@ -31,30 +54,33 @@ def _require(service: Service) -> None:
         )
 
 
-def _service(name: str) -> Service:
-    return next(service for service in SERVICES if service.name == name)
+@pytest.fixture(scope="session")
+def s3_service(stack_env: dict[str, str]) -> None:
+    _require("s3", stack_env)
 
 
 @pytest.fixture(scope="session")
-def s3_service() -> None:
-    _require(_service("s3"))
+def kafka_service(stack_env: dict[str, str]) -> None:
+    _require("kafka", stack_env)
 
 
 @pytest.fixture(scope="session")
-def kafka_service() -> None:
-    _require(_service("kafka"))
+def mlflow_service(stack_env: dict[str, str]) -> None:
+    _require("mlflow", stack_env)
 
 
 @pytest.fixture(scope="session")
-def mlflow_service() -> None:
-    _require(_service("mlflow"))
+def s3_client(s3_service: None, settings: Any) -> Any:
+    from ml.clients import s3_client
+
+    return s3_client(settings.s3)
 
 
 @pytest.fixture(scope="session")
-def s3_client(s3_service: None) -> Any:
-    import boto3
+def mlflow_client(mlflow_service: None, settings: Any) -> Any:
+    from ml.clients import mlflow_client
 
-    return boto3.client("s3")
+    return mlflow_client(settings.mlflow)
 
 
 @pytest.fixture
@@ -64,13 +90,14 @@ def unique_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_topic(kafka_service: None) -> Iterator[str]:
+def kafka_topic(kafka_service: None, settings: Any) -> Iterator[str]:
     """A fresh single-partition topic, deleted afterwards."""
-    from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
 
+    from ml.clients import kafka_admin
+
     name = f"test.{uuid.uuid4().hex[:12]}"
-    admin = KafkaAdminClient(bootstrap_servers="127.0.0.1:9092")
+    admin = kafka_admin(settings.kafka)
     admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
     try:
         yield name
@@ -80,14 +107,21 @@ def kafka_topic(kafka_service: None) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    """A local Ray for one test module, with its own short temp dir (Ray's socket paths are long)."""
+def local_ray(settings: Any) -> Iterator[None]:
+    """A local Ray for one test module, with its own short temp dir (Ray's socket paths are long). Its workers get
+    the S3 keys through the job's runtime environment, as ml.tune.search.ensure_ray gives them."""
     import tempfile
 
     import ray
 
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            runtime_env={"env_vars": settings.s3.subprocess_env()},
+        )
         try:
             yield
         finally:

@@ -21,14 +21,15 @@ class TabularPyfuncModel(PythonModel):
     """FeatureSpec.transform + ml.models.predict behind MLflow's pyfunc interface."""
 
     def load_context(self, context: Any) -> None:
-        from ml.registry import CHECKPOINT_ARTIFACT, FEATURE_SPEC_ARTIFACT, TabularPredictor
+        from ml.predictor import TabularPredictor
+        from ml.registry.conventions import CHECKPOINT_ARTIFACT, FEATURE_SPEC_ARTIFACT
 
         self.predictor = TabularPredictor.from_files(
             context.artifacts[CHECKPOINT_ARTIFACT], context.artifacts[FEATURE_SPEC_ARTIFACT]
         )
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        from ml.registry import output_frame
+        from ml.predictor import output_frame
 
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
         # pandas turns a missing value into NaN; the spec treats None as missing for numeric and categorical alike.

@@ -10,7 +10,8 @@ log = logging.getLogger(__name__)
 
 
 def _publish(context: Any, event: str, details: dict[str, Any] | None = None) -> None:
-    from ml.events import EventPublishError, pipeline_event_key
+    from ml.events.envelope import pipeline_event_key
+    from ml.events.publisher import EventPublishError
     from ml.topics import PIPELINE_EVENTS
     from mlops_airflow.hooks import KafkaEventsHook
 

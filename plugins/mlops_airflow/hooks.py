@@ -1,20 +1,58 @@
-"""Hooks: each wraps one client and reads one Airflow connection. Credentials never appear in DAG code or XCom."""
+"""Hooks: each reads one Airflow connection and returns its slice of `ml.settings`, or wraps the client built from it.
+
+Credentials never appear in DAG code or XCom, and nothing here writes the worker's environment: the settings are
+passed to `ml` as arguments (and become environment variables only for a subprocess such as spark-submit).
+"""
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
+
+if TYPE_CHECKING:
+    from ml.settings import KafkaSettings, MlflowSettings, RaySettings, S3Settings, SparkSettings
 
 
 def _extra(conn: Any) -> dict[str, Any]:
     extra = conn.extra_dejson if hasattr(conn, "extra_dejson") else json.loads(conn.extra or "{}")
     return dict(extra)
+
+
+def s3_settings(aws_conn_id: str) -> S3Settings:
+    """Endpoint, region and credentials of an AWS connection, resolved by the Amazon provider (keys, a role, a
+    profile or the instance's chain: whatever the connection says)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    from ml.settings import S3Settings
+
+    hook = S3Hook(aws_conn_id=aws_conn_id)
+    credentials = hook.get_credentials()
+    return S3Settings(
+        endpoint_url=hook.conn_config.endpoint_url or None,
+        region=hook.conn_region_name or "us-east-1",
+        access_key_id=credentials.access_key or None,
+        secret_access_key=credentials.secret_key or None,
+        session_token=credentials.token or None,
+    )
+
+
+def spark_settings(spark_conn_id: str) -> SparkSettings:
+    """What the pipeline adds to Spark jobs from a Spark connection's extra: `extra-classpath` (jars such as the s3a
+    connector), `metastore-dir` (an embedded Derby metastore's folder) and `local-ip` (the driver's bind address).
+    The master itself is the provider's business (SparkSubmitHook reads host and port)."""
+    from ml.settings import SparkSettings
+
+    conn = BaseHook.get_connection(spark_conn_id)
+    extra = _extra(conn)
+    return SparkSettings(
+        master=conn.host or SparkSettings.master,
+        extra_classpath=str(extra.get("extra-classpath") or ""),
+        metastore_dir=extra.get("metastore-dir") or None,
+        local_ip=extra.get("local-ip") or None,
+    )
 
 
 class MlflowHook(BaseHook):
@@ -30,36 +68,33 @@ class MlflowHook(BaseHook):
         self.mlflow_conn_id = mlflow_conn_id
 
     @cached_property
-    def tracking_uri(self) -> str:
+    def settings(self) -> MlflowSettings:
+        from ml.settings import MlflowSettings
+
         conn = self.get_connection(self.mlflow_conn_id)
         host = conn.host or ""
         if "://" not in host:
             host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
-        return host.rstrip("/")
+        return MlflowSettings(host.rstrip("/"))
 
     @cached_property
     def client(self) -> Any:
-        from mlflow import MlflowClient
+        from ml.clients import mlflow_client
 
-        return MlflowClient(tracking_uri=self.tracking_uri)
-
-    def environment(self) -> dict[str, str]:
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri}
+        return mlflow_client(self.settings)
 
     def find_model_version(self, model_name: str, tags: dict[str, str]) -> Any | None:
-        """The newest version of a registered model whose tags include all of `tags`, if any."""
-        from mlflow.exceptions import MlflowException
+        """The newest version of a registered model whose tags include all of `tags`, or None when there is none.
+        An MLflow error propagates: an unreachable registry is not "no model"."""
+        from ml.experiments import quoted
 
-        query = " and ".join([f"name = '{model_name}'", *[f"tags.`{k}` = '{v}'" for k, v in tags.items()]])
-        try:
-            versions = self.client.search_model_versions(query, order_by=["version_number DESC"], max_results=1)
-        except MlflowException:
-            return None
+        query = " and ".join([f"name = {quoted(model_name)}", *[f"tags.`{k}` = {quoted(v)}" for k, v in tags.items()]])
+        versions = self.client.search_model_versions(query, order_by=["version_number DESC"], max_results=1)
         return versions[0] if versions else None
 
 
 class KafkaEventsHook(BaseHook):
-    """The pipeline's Kafka event publisher for a connection whose extra holds `bootstrap.servers`."""
+    """The pipeline's Kafka brokers from a connection whose extra holds `bootstrap.servers`."""
 
     conn_name_attr = "kafka_conn_id"
     default_conn_name = "kafka_default"
@@ -71,24 +106,25 @@ class KafkaEventsHook(BaseHook):
         self.kafka_conn_id = kafka_conn_id
 
     @cached_property
-    def bootstrap_servers(self) -> str:
+    def settings(self) -> KafkaSettings:
+        from ml.settings import KafkaSettings
+
         conn = self.get_connection(self.kafka_conn_id)
         servers = _extra(conn).get("bootstrap.servers") or (f"{conn.host}:{conn.port or 9092}" if conn.host else "")
         if not servers:
             raise ValueError(f"connection {self.kafka_conn_id!r} has no bootstrap.servers in its extra")
-        return str(servers)
-
-    def environment(self) -> dict[str, str]:
-        return {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers}
+        return KafkaSettings(str(servers))
 
     def publish(self, topic: Any, payload: dict[str, Any], key: str, dag_run_id: str | None = None) -> None:
-        from ml.events import publish_event
+        """Send one event and wait for the broker (EventPublishError when Kafka does not take it)."""
+        from ml.events.publisher import publish_event
 
-        publish_event(topic, payload, key, dag_run_id=dag_run_id, bootstrap_servers=self.bootstrap_servers)
+        publish_event(self.settings, topic, payload, key, dag_run_id=dag_run_id)
 
 
 class RayHook(BaseHook):
-    """The Ray cluster of a connection (host = the address, e.g. ray://head:10001); no connection = a local Ray."""
+    """The Ray cluster of a connection (host = the address, e.g. ray://head:10001); without the connection, the
+    search starts a local Ray inside the task."""
 
     conn_name_attr = "ray_conn_id"
     default_conn_name = "ray_default"
@@ -100,52 +136,15 @@ class RayHook(BaseHook):
         self.ray_conn_id = ray_conn_id
 
     @cached_property
-    def address(self) -> str | None:
-        from airflow.exceptions import AirflowNotFoundException
+    def settings(self) -> RaySettings:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        from ml.settings import RaySettings
 
         try:
             conn = self.get_connection(self.ray_conn_id)
         except AirflowNotFoundException:
-            return os.environ.get("RAY_ADDRESS") or None
+            return RaySettings(None)
         if not conn.host:
-            return None
-        return conn.host if "://" in conn.host else f"ray://{conn.host}:{conn.port or 10001}"
-
-    def environment(self) -> dict[str, str]:
-        return {"RAY_ADDRESS": self.address} if self.address else {}
-
-
-def s3_environment(aws_conn_id: str) -> dict[str, str]:
-    """Endpoint, region and keys of an AWS connection, for `ml` (boto3, pyarrow) and spark-submit (s3a)."""
-    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-    hook = S3Hook(aws_conn_id=aws_conn_id)
-    env: dict[str, str] = {}
-    credentials = hook.get_credentials()
-    if credentials.access_key:
-        env["AWS_ACCESS_KEY_ID"] = credentials.access_key
-        env["AWS_SECRET_ACCESS_KEY"] = credentials.secret_key
-        if credentials.token:
-            env["AWS_SESSION_TOKEN"] = credentials.token
-    endpoint = hook.conn_config.endpoint_url
-    if endpoint:
-        env["AWS_ENDPOINT_URL"] = endpoint
-        env["MLFLOW_S3_ENDPOINT_URL"] = endpoint
-    if hook.conn_region_name:
-        env["AWS_DEFAULT_REGION"] = hook.conn_region_name
-    return env
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the duration of a call into `ml` (which reads its endpoints from there)."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+            return RaySettings(None)
+        return RaySettings(conn.host if "://" in conn.host else f"ray://{conn.host}:{conn.port or 10001}")

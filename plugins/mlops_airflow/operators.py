@@ -1,7 +1,8 @@
-"""Operators: each holds hooks, calls one stage of `ml`, and returns a small JSON-able value for XCom.
+"""Operators: each holds the hooks of the connections it uses, calls one stage of `ml` with the settings those hooks
+return, and hands back a small JSON-able value for XCom (URIs, ids, small metric dicts).
 
-The work lives in `ml` (testable without Airflow); `execute()` only resolves connections into the environment that
-`ml` reads its endpoints from, makes the call and hands back URIs, ids and small metric dicts.
+The work lives in `ml` (testable without Airflow); `execute()` only turns connections into settings and makes the
+call. Nothing here writes the worker's environment.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.bases.branch import BaseBranchOperator
 
-from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, environment, s3_environment
+from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, s3_settings, spark_settings
 
 log = logging.getLogger(__name__)
+
+DEFAULT_LAKE_BUCKET = "lake"  # ml.settings.LakeSettings' default, without importing ml when DAGs are parsed
 
 
 def _as_bool(value: Any) -> bool:
@@ -25,65 +28,44 @@ def _as_bool(value: Any) -> bool:
     return str(value).lower() in ("true", "1")
 
 
-class _PipelineOperator(BaseOperator):
-    """Shared connection handling: the environment `ml` needs, built from Airflow connections."""
+def _lake(lake_bucket: str) -> Any:
+    from ml.settings import LakeSettings
+
+    return LakeSettings(lake_bucket=str(lake_bucket))
+
+
+class IngestOperator(BaseOperator):
+    """Validate raw objects in S3 and snapshot them into the lake (`ml.ingest`); returns the snapshot's summary,
+    each of its keys also as an XCom of its own (`task.output["snapshot_id"]`)."""
+
+    template_fields: Sequence[str] = ("raw_uri", "dataset", "target", "ml_task", "lake_bucket")
+    ui_color = "#e8f4fd"
 
     def __init__(
         self,
         *,
+        raw_uri: str,
+        dataset: str,
+        target: str,
+        ml_task: str | None = None,
+        lake_bucket: str = DEFAULT_LAKE_BUCKET,
         aws_conn_id: str = "aws_default",
-        mlflow_conn_id: str = "mlflow_default",
-        kafka_conn_id: str = "kafka_default",
-        ray_conn_id: str = "ray_default",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.aws_conn_id = aws_conn_id
-        self.mlflow_conn_id = mlflow_conn_id
-        self.kafka_conn_id = kafka_conn_id
-        self.ray_conn_id = ray_conn_id
-
-    @cached_property
-    def mlflow_hook(self) -> MlflowHook:
-        return MlflowHook(self.mlflow_conn_id)
-
-    @cached_property
-    def kafka_hook(self) -> KafkaEventsHook:
-        return KafkaEventsHook(self.kafka_conn_id)
-
-    @cached_property
-    def ray_hook(self) -> RayHook:
-        return RayHook(self.ray_conn_id)
-
-    def pipeline_environment(self) -> dict[str, str]:
-        return {
-            **s3_environment(self.aws_conn_id),
-            **self.mlflow_hook.environment(),
-            **self.kafka_hook.environment(),
-            **self.ray_hook.environment(),
-        }
-
-
-class IngestOperator(_PipelineOperator):
-    """Validate raw objects in S3 and snapshot them into the lake (`ml.ingest`); returns the snapshot's summary."""
-
-    template_fields: Sequence[str] = ("raw_uri", "dataset", "target", "ml_task")
-    ui_color = "#e8f4fd"
-
-    def __init__(self, *, raw_uri: str, dataset: str, target: str, ml_task: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(multiple_outputs=True, **kwargs)
         self.raw_uri = raw_uri
         self.dataset = dataset
         self.target = target
         self.ml_task = ml_task
+        self.lake_bucket = lake_bucket
+        self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ml.ingest import IngestConfig, ingest
+        from ml.ingest.config import IngestConfig
+        from ml.ingest.snapshot import ingest
 
-        with environment(self.pipeline_environment()):
-            result = ingest(
-                IngestConfig(str(self.raw_uri), str(self.dataset), str(self.target), task=self.ml_task or None)
-            )
+        config = IngestConfig(str(self.raw_uri), str(self.dataset), str(self.target), task=self.ml_task or None)
+        result = ingest(config, s3=s3_settings(self.aws_conn_id), lake=_lake(self.lake_bucket))
         log.info(
             "snapshot %s (%s): %d rows, %s",
             result.snapshot_id,
@@ -95,39 +77,47 @@ class IngestOperator(_PipelineOperator):
 
 
 class FeaturePreprocessOperator(SparkSubmitOperator):
-    """SparkSubmitOperator for `ml/spark_preprocess.py`: the s3a / Hive configuration and credentials are resolved
-    at run time (not when the DAG is parsed), then the provider's spark-submit runs as usual. Returns the features'
-    summary read back from `feature_spec.json`."""
+    """SparkSubmitOperator for the Spark job of `ml.preprocess`: its s3a / Hive configuration, arguments and
+    environment are resolved at run time (not when the DAG is parsed), then the provider's spark-submit runs as
+    usual. Returns the features' summary read back from `feature_spec.json`."""
 
-    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "dataset", "snapshot_id")
+    template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "dataset", "snapshot_id", "lake_bucket")
 
-    def __init__(self, *, dataset: str, snapshot_id: str, aws_conn_id: str = "aws_default", **kwargs: Any) -> None:
-        from pathlib import Path
+    def __init__(
+        self,
+        *,
+        dataset: str,
+        snapshot_id: str,
+        lake_bucket: str = DEFAULT_LAKE_BUCKET,
+        aws_conn_id: str = "aws_default",
+        **kwargs: Any,
+    ) -> None:
+        from ml.preprocess.submit import APPLICATION  # a path only: importing it loads neither Spark nor pandas
 
-        # Without importing `ml` at parse time: the application sits in the package folder.
-        application = str(Path(__file__).resolve().parents[2] / "ml" / "spark_preprocess.py")
-        super().__init__(application=application, name="preprocess-{{ params.dataset }}", **kwargs)
+        super().__init__(application=str(APPLICATION), name="preprocess-{{ params.dataset }}", **kwargs)
         self.dataset = dataset
         self.snapshot_id = snapshot_id
+        self.lake_bucket = lake_bucket
         self.aws_conn_id = aws_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:  # type: ignore[override]  # the parent returns None
+        from ml.clients import s3_client
         from ml.features import FeatureSpec
-        from ml.preprocess import application_args, application_env
-        from ml.sparkconf import spark_conf
-        from ml.storage import features_uri, s3_client
+        from ml.preprocess.conf import spark_conf
+        from ml.preprocess.submit import application_args, application_env
+        from ml.storage import feature_spec_uri, features_uri, read_json
 
-        with environment(s3_environment(self.aws_conn_id)):
-            self.conf = {**spark_conf(), **(self.conf or {})}
-            self.env_vars = {**application_env(), **(self.env_vars or {})}
-            self.application_args = application_args(str(self.dataset), str(self.snapshot_id))
-            super().execute(context)
-            out = features_uri(str(self.dataset), str(self.snapshot_id))
-            body = s3_client().get_object(Bucket=out.bucket, Key=out.join("feature_spec.json").key)["Body"].read()
-        spec = FeatureSpec.from_json(body)
+        s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), _lake(self.lake_bucket)
+        # The spark-submit subprocess gets the credentials through its environment (env_vars), never the worker.
+        self.conf = {**spark_conf(spark, s3, lake), **(self.conf or {})}
+        self.env_vars = {**application_env(spark, s3), **(self.env_vars or {})}
+        self.application_args = application_args(str(self.dataset), str(self.snapshot_id), lake)
+        super().execute(context)
+        out = features_uri(lake, str(self.dataset), str(self.snapshot_id))
+        spec = FeatureSpec.from_dict(read_json(feature_spec_uri(out), s3_client(s3)))
         return {
             "features_uri": str(out),
-            "feature_spec_uri": str(out.join("feature_spec.json")),
+            "feature_spec_uri": str(feature_spec_uri(out)),
             "rows": spec.rows,
             "num_features": len(spec.feature_columns),
             "task": spec.task,
@@ -149,7 +139,7 @@ class TuningReportLink(BaseOperatorLink):
         return f"{base.rstrip('/')}/mlops/tuning-report?dag_id={quote(ti_key.dag_id)}&run_id={quote(ti_key.run_id)}"
 
 
-class RayTuneOperator(_PipelineOperator):
+class RayTuneOperator(BaseOperator):
     """Hyper-parameter search of PyTorch models with Ray Tune (`ml.tune`). The search is named after the DAG run,
     so a retried task resumes it from S3 instead of starting over; `on_kill` stops the trials."""
 
@@ -160,6 +150,7 @@ class RayTuneOperator(_PipelineOperator):
         "num_samples",
         "max_concurrent_trials",
         "max_epochs",
+        "lake_bucket",
     )
     operator_extra_links = (TuningReportLink(),)
     ui_color = "#fdf1e8"
@@ -174,6 +165,11 @@ class RayTuneOperator(_PipelineOperator):
         max_concurrent_trials: int | str = 2,
         max_epochs: int | str = 20,
         cpus_per_trial: float = 1.0,
+        lake_bucket: str = DEFAULT_LAKE_BUCKET,
+        aws_conn_id: str = "aws_default",
+        mlflow_conn_id: str = "mlflow_default",
+        kafka_conn_id: str = "kafka_default",
+        ray_conn_id: str = "ray_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -184,25 +180,39 @@ class RayTuneOperator(_PipelineOperator):
         self.max_concurrent_trials = max_concurrent_trials
         self.max_epochs = max_epochs
         self.cpus_per_trial = cpus_per_trial
+        self.lake_bucket = lake_bucket
+        self.aws_conn_id = aws_conn_id
+        self.mlflow_conn_id = mlflow_conn_id
+        self.kafka_conn_id = kafka_conn_id
+        self.ray_conn_id = ray_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ml.tune import SearchConfig, resolve_search_space, run_search
+        from ml.tune.config import SearchConfig
+        from ml.tune.search import run_search
 
+        s3 = s3_settings(self.aws_conn_id)
         run_id = context["run_id"]
         # The run id names the search: a retried task resumes it from S3 instead of starting over.
-        config = SearchConfig(
+        config = SearchConfig.create(
+            s3=s3,
             dataset=str(self.dataset),
             snapshot_id=str(self.snapshot_id),
             run_name=run_id,
-            search_space=resolve_search_space(self.search_space),
+            search_space=self.search_space,
             num_samples=int(self.num_samples),
             max_concurrent_trials=int(self.max_concurrent_trials),
             max_epochs=int(self.max_epochs),
             cpus_per_trial=self.cpus_per_trial,
             dag_run_id=run_id,
         )
-        with environment(self.pipeline_environment()):
-            result = run_search(config)
+        result = run_search(
+            config,
+            s3=s3,
+            lake=_lake(self.lake_bucket),
+            ray=RayHook(self.ray_conn_id).settings,
+            mlflow=MlflowHook(self.mlflow_conn_id).settings,
+            kafka=KafkaEventsHook(self.kafka_conn_id).settings,
+        )
         return result.to_dict()
 
     def on_kill(self) -> None:
@@ -214,11 +224,11 @@ class RayTuneOperator(_PipelineOperator):
             ray.shutdown()
 
 
-class RegisterModelOperator(_PipelineOperator):
+class RegisterModelOperator(BaseOperator):
     """Score the best trial on the untouched test split, register it in MLflow with lineage, and run the promotion
     gate (`ml.evaluate`, `ml.registry`). Returns the version and the gate's decision."""
 
-    template_fields: Sequence[str] = ("search_result", "metric", "margin", "allow_backfill_promotion")
+    template_fields: Sequence[str] = ("search_result", "metric", "margin", "allow_backfill_promotion", "lake_bucket")
     ui_color = "#eafbe8"
 
     def __init__(
@@ -228,6 +238,10 @@ class RegisterModelOperator(_PipelineOperator):
         metric: str | None = None,
         margin: float | str = 0.0,
         allow_backfill_promotion: bool | str = False,
+        lake_bucket: str = DEFAULT_LAKE_BUCKET,
+        aws_conn_id: str = "aws_default",
+        mlflow_conn_id: str = "mlflow_default",
+        kafka_conn_id: str = "kafka_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -235,64 +249,77 @@ class RegisterModelOperator(_PipelineOperator):
         self.metric = metric
         self.margin = margin
         self.allow_backfill_promotion = allow_backfill_promotion
+        self.lake_bucket = lake_bucket
+        self.aws_conn_id = aws_conn_id
+        self.mlflow_conn_id = mlflow_conn_id
+        self.kafka_conn_id = kafka_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ml.evaluate import evaluate_best
         from ml.lineage import code_version
-        from ml.registry import register_and_promote
+        from ml.registry.context import RegistryContext
+        from ml.registry.promote import register_and_promote
 
+        s3, mlflow = s3_settings(self.aws_conn_id), MlflowHook(self.mlflow_conn_id).settings
+        registry = RegistryContext(
+            mlflow=mlflow, s3=s3, lake=_lake(self.lake_bucket), kafka=KafkaEventsHook(self.kafka_conn_id).settings
+        )
         dag_run = context["dag_run"]
         is_backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
-        with environment(self.pipeline_environment()):
-            evaluation = evaluate_best(self.search_result)
-            decision = register_and_promote(
-                evaluation,
-                dag_id=self.dag_id,
-                dag_run_id=context["run_id"],
-                code_version=code_version(),
-                metric=self.metric or None,
-                margin=float(self.margin),
-                is_backfill=is_backfill,
-                allow_backfill_promotion=_as_bool(self.allow_backfill_promotion),
-                task_id=self.task_id,
-            )
+        evaluation = evaluate_best(self.search_result, s3=s3, mlflow=mlflow)
+        decision = register_and_promote(
+            evaluation,
+            registry,
+            dag_id=self.dag_id,
+            dag_run_id=context["run_id"],
+            code_version=code_version(),
+            metric=self.metric or None,
+            margin=float(self.margin),
+            is_backfill=is_backfill,
+            allow_backfill_promotion=_as_bool(self.allow_backfill_promotion),
+            task_id=self.task_id,
+        )
         return {"evaluation": evaluation, **decision}
 
 
-class PublishRunSummaryOperator(_PipelineOperator):
-    """Publish the run's summary (snapshot, features, best trial, registered or reused model) as a pipeline event,
-    built from the upstream tasks' XComs."""
+class PublishRunSummaryOperator(BaseOperator):
+    """Publish the run's summary (snapshot, best trial, registered or reused model) as a pipeline event, from the
+    upstream tasks' results (XComArgs; a skipped task's result is None)."""
+
+    template_fields: Sequence[str] = ("snapshot", "search", "registered", "existing_model")
 
     def __init__(
         self,
         *,
-        ingest_task_id: str = "ingest_raw_data",
-        tune_task_id: str = "tune_models",
-        register_task_id: str = "register_best_model",
-        branch_task_id: str = "check_for_existing_model",
+        snapshot: Any,
+        search: Any = None,
+        registered: Any = None,
+        existing_model: Any = None,
+        kafka_conn_id: str = "kafka_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.ingest_task_id = ingest_task_id
-        self.tune_task_id = tune_task_id
-        self.register_task_id = register_task_id
-        self.branch_task_id = branch_task_id
+        self.snapshot = snapshot
+        self.search = search
+        self.registered = registered
+        self.existing_model = existing_model
+        self.kafka_conn_id = kafka_conn_id
+
+    @cached_property
+    def kafka_hook(self) -> KafkaEventsHook:
+        return KafkaEventsHook(self.kafka_conn_id)
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ml.events import pipeline_event_key
+        from ml.events.envelope import pipeline_event_key
         from ml.topics import PIPELINE_EVENTS
 
-        ti = context["ti"]
-        snapshot = ti.xcom_pull(task_ids=self.ingest_task_id) or {}
-        registered = ti.xcom_pull(task_ids=self.register_task_id) or {}
-        search = ti.xcom_pull(task_ids=self.tune_task_id) or {}
-        reused = ti.xcom_pull(task_ids=self.branch_task_id, key="existing_model")
+        snapshot, search, registered = self.snapshot or {}, self.search or {}, self.registered or {}
         summary = {
             "dataset": snapshot.get("dataset"),
             "snapshot_id": snapshot.get("snapshot_id"),
             "rows": snapshot.get("rows"),
-            "outcome": "reused_existing_model" if reused else "trained",
-            "existing_model": reused,
+            "outcome": "reused_existing_model" if self.existing_model else "trained",
+            "existing_model": self.existing_model,
             "best_params": search.get("best_params"),
             "num_trials": search.get("num_trials"),
             "test_metrics": (registered.get("evaluation") or {}).get("test_metrics"),
@@ -307,7 +334,9 @@ class PublishRunSummaryOperator(_PipelineOperator):
 
 class SkipIfModelExistsOperator(BaseBranchOperator):
     """Branch: when a model version already exists for this snapshot and code version, follow `reuse_task_id` and
-    skip the expensive steps (the log says which version and why); otherwise follow `train_task_id`."""
+    skip the expensive steps (the log says which version and why); otherwise follow `train_task_id`. The XCom
+    `existing_model` holds that version (None when training). An MLflow error fails the task: an unreachable
+    registry would otherwise start hours of tuning that fail at registration."""
 
     template_fields: Sequence[str] = ("dataset", "snapshot_id", "ml_task", "force")
 
@@ -333,22 +362,23 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
         self.mlflow_conn_id = mlflow_conn_id
 
     def choose_branch(self, context: Any) -> str:
+        existing = self._existing_model()
+        context["ti"].xcom_push(key="existing_model", value=existing)
+        return self.reuse_task_id if existing else self.train_task_id
+
+    def _existing_model(self) -> dict[str, str] | None:
         from ml.lineage import code_version
-        from ml.registry import registered_model_name
+        from ml.registry.conventions import REGISTRATION_TAG, registered_model_name
 
         if _as_bool(self.force):
             log.info("force_retrain is set: training even if a model exists")
-            return self.train_task_id
-        name = registered_model_name(self.dataset, self.ml_task)
-        wanted = {
-            "snapshot_id": str(self.snapshot_id),
-            "code_version": code_version(),
-            "mlops.registration": "complete",
-        }
+            return None
+        name = registered_model_name(str(self.dataset), str(self.ml_task))
+        wanted = {"snapshot_id": str(self.snapshot_id), "code_version": code_version(), REGISTRATION_TAG: "complete"}
         version = MlflowHook(self.mlflow_conn_id).find_model_version(name, wanted)
         if version is None:
             log.info("no version of %s for snapshot %s and code %s: training", name, self.snapshot_id, code_version())
-            return self.train_task_id
+            return None
         log.info(
             "SKIPPING preprocessing, tuning and registration: version %s of %s was already trained on snapshot %s "
             "with code version %s (set the param force_retrain to train anyway)",
@@ -357,5 +387,4 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
             self.snapshot_id,
             code_version(),
         )
-        context["ti"].xcom_push(key="existing_model", value={"model": name, "version": str(version.version)})
-        return self.reuse_task_id
+        return {"model": name, "version": str(version.version)}

@@ -28,8 +28,7 @@ def _report_app() -> Any:
         from mlops_airflow.hooks import MlflowHook
 
         def build() -> str:
-            tracking_uri = MlflowHook().tracking_uri
-            parent, trials = collect_trials(tracking_uri, run_id)
+            parent, trials = collect_trials(MlflowHook().client, run_id)
             metric = (parent or {}).get("tags", {}).get("metric", "val_loss")
             return render_report(f"Tuning report: {dag_id} / {run_id}", parent, trials, metric)
 

@@ -7,16 +7,18 @@ process releases it when it exits.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 _SCRIPT = """
+import os
 import sys
 from pyspark.sql import SparkSession
-from ml.sparkconf import spark_conf
+from ml.preprocess.conf import spark_conf
+from ml.settings import Settings
+settings = Settings.from_env(os.environ)
 builder = SparkSession.builder.master("local[1]").appName("tests-hive-query")
-for key, value in spark_conf().items():
+for key, value in spark_conf(settings.spark, settings.s3, settings.lake).items():
     builder = builder.config(key, value)
 spark = builder.enableHiveSupport().getOrCreate()
 try:
@@ -26,10 +28,10 @@ finally:
 """
 
 
-def hive_scalar(sql: str, timeout_s: float = 300) -> str:
-    """The first column of the first row of `sql`, as text."""
+def hive_scalar(sql: str, stack_env: dict[str, str], timeout_s: float = 300) -> str:
+    """The first column of the first row of `sql`, as text (the child runs in the stack's environment)."""
     completed = subprocess.run(
-        [sys.executable, "-c", _SCRIPT, sql], capture_output=True, text=True, env=dict(os.environ), timeout=timeout_s
+        [sys.executable, "-c", _SCRIPT, sql], capture_output=True, text=True, env=stack_env, timeout=timeout_s
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("HIVE_RESULT ")]
     assert completed.returncode == 0 and lines, f"Hive query failed: {sql}\n{completed.stderr[-3000:]}"

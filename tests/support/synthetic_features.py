@@ -1,7 +1,7 @@
 """Synthetic feature folders shaped exactly like the Spark preprocessing job's output, for tests and benchmarks.
 
 `write_synthetic_features` puts `train/`, `validation/`, `test/` Parquet parts (plus Spark's `_SUCCESS` markers) and
-`feature_spec.json` (written last) under `ml.storage.features_uri(dataset, snapshot_id)`. The data is learnable:
+`feature_spec.json` (written last) under `ml.storage.features_uri(lake, dataset, snapshot_id)`. The data is learnable:
 labels follow a fixed linear rule of the features plus noise, so a model can beat a trivial baseline by a clear margin.
 `make_training_data` gives the same arrays in memory for unit tests.
 """
@@ -17,7 +17,8 @@ import numpy as np
 
 from ml.data import SplitArrays, TrainingData
 from ml.features import LABEL_COLUMN, CategoricalFeature, FeatureSpec, NumericFeature
-from ml.storage import S3Uri, delete_prefix, features_uri, lake, s3_client
+from ml.settings import Settings
+from ml.storage import S3Uri, delete_prefix, features_uri, lake_root
 
 SPLIT_ROWS = {"train": 600, "validation": 200, "test": 200}
 ISLANDS = ["Biscoe", "Dream"]
@@ -30,11 +31,15 @@ class SyntheticFeatures:
     uri: S3Uri
     spec: FeatureSpec
     splits: dict[str, SplitArrays]
+    settings: Settings
 
     def cleanup(self) -> None:
         """Remove the features and any tune results written for this dataset."""
-        delete_prefix(self.uri)
-        delete_prefix(lake().join("tune", self.dataset))
+        from ml.clients import s3_client
+
+        client = s3_client(self.settings.s3)
+        delete_prefix(self.uri, client)
+        delete_prefix(lake_root(self.settings.lake).join("tune", self.dataset), client)
 
 
 def make_spec(
@@ -97,6 +102,7 @@ def make_training_data(
 
 
 def write_synthetic_features(
+    settings: Settings,
     task: str = "classification",
     num_classes: int = 2,
     *,
@@ -117,8 +123,10 @@ def write_synthetic_features(
     rows = rows or SPLIT_ROWS
     spec = make_spec(dataset, snapshot_id, task, num_classes, num_numeric=num_numeric, rows=rows)
     splits = make_arrays(spec, rows, seed, noise)
-    uri = features_uri(dataset, snapshot_id)
-    client = s3_client()
+    from ml.clients import s3_client
+
+    uri = features_uri(settings.lake, dataset, snapshot_id)
+    client = s3_client(settings.s3)
     label_type = pa.int32() if task == "classification" else pa.float64()  # Spark writes int / double labels
     for name, split in splits.items():
         bounds = np.linspace(0, split.rows, parts + 1).astype(int)
@@ -133,14 +141,14 @@ def write_synthetic_features(
         client.put_object(Bucket=marker.bucket, Key=marker.key, Body=b"")
     spec_uri = uri.join("feature_spec.json")
     client.put_object(Bucket=spec_uri.bucket, Key=spec_uri.key, Body=spec.to_json().encode())
-    return SyntheticFeatures(dataset, snapshot_id, uri, spec, splits)
+    return SyntheticFeatures(dataset, snapshot_id, uri, spec, splits, settings)
 
 
-def delete_mlflow_experiment(name: str) -> None:
+def delete_mlflow_experiment(settings: Settings, name: str) -> None:
     """Remove a test's MLflow experiment (searches log to one named after the dataset), if it exists."""
-    from mlflow import MlflowClient
+    from ml.clients import mlflow_client
 
-    client = MlflowClient()
+    client = mlflow_client(settings.mlflow)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         client.delete_experiment(experiment.experiment_id)

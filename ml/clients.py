@@ -1,0 +1,118 @@
+"""The one place that builds clients: S3 (boto3, pyarrow), MLflow and Kafka, each from its typed settings.
+
+Clients are cached per settings value (settings are frozen dataclasses), so a stage may ask for one wherever it needs
+it without opening a new connection pool. Imports are inside the functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+
+from ml.settings import KafkaSettings, MlflowSettings, S3Settings
+
+
+@lru_cache(maxsize=8)
+def s3_client(s3: S3Settings) -> Any:
+    """A boto3 S3 client for the endpoint (path-style addressing, standard retries)."""
+    import boto3
+    from botocore.config import Config
+
+    # A session of its own: boto3's default session resolves credentials once per process and keeps them.
+    session = boto3.session.Session(
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        aws_session_token=s3.session_token,
+    )
+    return session.client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        region_name=s3.region,
+        config=Config(retries={"max_attempts": 5, "mode": "standard"}, s3={"addressing_style": "path"}),
+    )
+
+
+def arrow_s3_options(s3: S3Settings, *, with_keys: bool) -> dict[str, Any]:
+    """pyarrow.fs.S3FileSystem arguments for the endpoint (with or without its keys)."""
+    options: dict[str, Any] = {"region": s3.region}
+    if s3.endpoint_url:
+        scheme, _, host = s3.endpoint_url.partition("://")
+        options.update(endpoint_override=host, scheme=scheme)
+    if with_keys and s3.access_key_id:
+        options.update(access_key=s3.access_key_id, secret_key=s3.secret_access_key, session_token=s3.session_token)
+    return options
+
+
+@lru_cache(maxsize=8)
+def arrow_filesystem(s3: S3Settings) -> Any:
+    """A pyarrow S3 filesystem on the endpoint, for reading and writing Parquet without a copy."""
+    from pyarrow import fs
+
+    return fs.S3FileSystem(**arrow_s3_options(s3, with_keys=True))
+
+
+def keyless_arrow_filesystem(s3: S3Settings) -> Any:
+    """A pyarrow S3 filesystem that signs with these settings' keys here but pickles without them (for Ray Tune's
+    storage: see ml.keyless_s3)."""
+    from ml.keyless_s3 import keyless_s3_filesystem
+
+    return keyless_s3_filesystem(s3)
+
+
+@lru_cache(maxsize=4)
+def mlflow_client(mlflow: MlflowSettings) -> Any:
+    """An MlflowClient for the tracking server (also the registry)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.tracking_uri)
+
+
+@contextmanager
+def mlflow_fluent(mlflow: MlflowSettings) -> Iterator[None]:
+    """MLflow's fluent API (`mlflow.start_run`, `mlflow.pyfunc.log_model`) on this server for the duration of a call.
+
+    The fluent API keeps its server in module state; it is set here, and put back afterwards, rather than through
+    MLFLOW_TRACKING_URI in the process environment."""
+    import mlflow as mlflow_module
+
+    previous_tracking = mlflow_module.get_tracking_uri()
+    previous_registry = mlflow_module.get_registry_uri()
+    mlflow_module.set_tracking_uri(mlflow.tracking_uri)
+    mlflow_module.set_registry_uri(mlflow.tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow_module.set_tracking_uri(previous_tracking)
+        mlflow_module.set_registry_uri(previous_registry)
+
+
+def kafka_producer(kafka: KafkaSettings, **options: Any) -> Any:
+    """A KafkaProducer on the bootstrap servers; `options` are kafka-python's (acks, timeouts, serializers)."""
+    from kafka import KafkaProducer
+
+    return KafkaProducer(bootstrap_servers=kafka.servers, **options)
+
+
+def kafka_consumer(kafka: KafkaSettings, **options: Any) -> Any:
+    """A KafkaConsumer on the bootstrap servers, subscribed to nothing (callers assign partitions)."""
+    from kafka import KafkaConsumer
+
+    return KafkaConsumer(bootstrap_servers=kafka.servers, **options)
+
+
+def kafka_admin(kafka: KafkaSettings, **options: Any) -> Any:
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(bootstrap_servers=kafka.servers, **options)
+
+
+def close_quietly(kafka_client: Any, **options: Any) -> None:
+    """Close a Kafka producer or consumer on a path where a close error must not replace the error that matters."""
+    import logging
+
+    try:
+        kafka_client.close(**options)
+    except Exception as error:
+        logging.getLogger(__name__).debug("closing %s: %s", type(kafka_client).__name__, error)

@@ -1,0 +1,101 @@
+"""Event envelopes: built, validated against the topic's JSON Schema (ml/schemas/), keyed.
+
+The schema files are the only definition of what a valid event is. They are compiled once with fastjsonschema
+(a few microseconds a message, so the per-epoch metrics stream validates every message); a refusal names the
+field and the rule.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Mapping
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+from ml.clock import SYSTEM_CLOCK, Clock, utc_now_iso
+from ml.json_values import json_safe
+from ml.topics import ALL_TOPICS, Topic
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# JSON Schema's "uuid" format (fastjsonschema knows the draft-7 formats only); the schemas also pin uuid4 by pattern.
+_FORMATS = {"uuid": r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"}
+
+
+class EventValidationError(ValueError):
+    """An envelope or payload does not match its JSON Schema; the message names the field and the rule."""
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema `ml/schemas/NAME.json` (NAME is a Topic.schema such as "training_metrics.v1")."""
+    path = SCHEMA_DIR / f"{name}.json"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SCHEMA_DIR.glob("*.json")))
+        raise EventValidationError(f"unknown event schema {name!r} (known: {known})")
+    schema: dict[str, Any] = json.loads(path.read_text())
+    return schema
+
+
+@cache
+def _validator(name: str) -> Any:
+    import fastjsonschema
+
+    return fastjsonschema.compile(load_schema(name), formats=_FORMATS)
+
+
+def validate_envelope(envelope: Mapping[str, Any], topic: Topic | None = None) -> None:
+    """Raise EventValidationError unless `envelope` is valid for its schema (and, if given, is `topic`'s schema)."""
+    import fastjsonschema
+
+    if not isinstance(envelope, Mapping):
+        raise EventValidationError(f"an event envelope is a JSON object, got {type(envelope).__name__}")
+    name = envelope.get("schema")
+    if not isinstance(name, str):
+        raise EventValidationError("envelope has no 'schema' name")
+    if topic is not None and name != topic.schema:
+        raise EventValidationError(f"topic {topic.name} carries {topic.schema} events, not {name}")
+    try:
+        _validator(name)(envelope)
+    except fastjsonschema.JsonSchemaValueException as error:
+        where = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in (error.path or [])[1:])
+        raise EventValidationError(f"invalid {name} event: {where}: {error.message}") from None
+
+
+@lru_cache(maxsize=1)
+def producer_id() -> str:
+    """Who sent an event: host:pid/program."""
+    return f"{socket.gethostname()}:{os.getpid()}/{Path(sys.argv[0] or 'python').name}"
+
+
+def make_envelope(
+    topic: Topic, payload: Mapping[str, Any], dag_run_id: str | None = None, *, clock: Clock = SYSTEM_CLOCK
+) -> dict[str, Any]:
+    """Wrap `payload` in the versioned envelope of `topic` and validate it against the topic's JSON Schema."""
+    envelope = {
+        "schema": topic.schema,
+        "event_id": str(uuid.uuid4()),
+        "event_time": utc_now_iso(clock),
+        "dag_run_id": dag_run_id,
+        "producer": producer_id(),
+        "payload": json_safe(payload),
+    }
+    validate_envelope(envelope, topic)
+    return envelope
+
+
+def training_metrics_key(run_name: str, trial_id: str, epoch: int) -> str:
+    return f"{run_name}:{trial_id}:{epoch}"
+
+
+def pipeline_event_key(dag_id: str, dag_run_id: str | None, task_id: str | None, event: str) -> str:
+    return f"{dag_id}:{dag_run_id or '-'}:{task_id or '-'}:{event}"
+
+
+def topic_by_name(name: str) -> Topic | None:
+    """The pipeline topic with this name or schema name, or None."""
+    return next((t for t in ALL_TOPICS if name in (t.name, t.schema)), None)

@@ -1,0 +1,105 @@
+"""Running the Spark job through `spark-submit`: the one place that knows the application's path and arguments.
+
+Airflow's SparkSubmitOperator runs the same application with the same `--conf` pairs and environment (see
+plugins/mlops_airflow/operators.py); `run_preprocess` is the way to run it from Python (`python -m ml preprocess`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ml.preprocess.conf import spark_conf, spark_submit_env
+from ml.settings import LakeSettings, S3Settings, SparkSettings
+
+log = logging.getLogger(__name__)
+
+APPLICATION = Path(__file__).resolve().parent / "job.py"
+PROJECT_ROOT = APPLICATION.parents[2]
+
+
+def application_args(
+    dataset: str,
+    snapshot_id: str,
+    lake: LakeSettings,
+    *,
+    seed: int | None = None,
+    max_categories: int | None = None,
+    force: bool = False,
+) -> list[str]:
+    """The job's command-line arguments (ml.preprocess.job.main); None keeps the job's default."""
+    args = ["--dataset", dataset, "--snapshot", snapshot_id, "--lake-bucket", lake.lake_bucket]
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    if max_categories is not None:
+        args += ["--max-categories", str(max_categories)]
+    return [*args, "--force"] if force else args
+
+
+def application_env(spark: SparkSettings, s3: S3Settings) -> dict[str, str]:
+    """Environment of the spark-submit process: credentials, and `ml` importable by the driver."""
+    return {**spark_submit_env(spark, s3), "PYTHONPATH": str(PROJECT_ROOT)}
+
+
+def spark_submit_binary() -> str:
+    """The spark-submit of this Python environment (it must match the pyspark the job imports)."""
+    beside = Path(sys.executable).parent / "spark-submit"
+    found = str(beside) if beside.exists() else shutil.which("spark-submit")
+    if not found:
+        raise RuntimeError("spark-submit is not on PATH; it comes with the pyspark package of the project's venv")
+    return found
+
+
+def run_preprocess(
+    dataset: str,
+    snapshot_id: str,
+    *,
+    s3: S3Settings,
+    lake: LakeSettings,
+    spark: SparkSettings,
+    driver_memory: str = "2g",
+    **job_options: Any,
+) -> dict[str, Any]:
+    """spark-submit the application; Spark's log streams to this process's stderr; returns the job's summary.
+    `job_options` are application_args' (seed, max_categories, force)."""
+    from ml.preprocess.job import RESULT_MARKER
+
+    command = [spark_submit_binary(), "--master", spark.master, "--driver-memory", driver_memory]
+    command += ["--name", f"preprocess-{dataset}"]
+    for key, value in spark_conf(spark, s3, lake).items():
+        command += ["--conf", f"{key}={value}"]
+    command += [str(APPLICATION), *application_args(dataset, snapshot_id, lake, **job_options)]
+    log.info("spark-submit %s for %s snapshot %s", APPLICATION.name, dataset, snapshot_id)
+    # spark-submit sends the Python driver's stdout and stderr to its stdout: pass the log on, keep the result line.
+    results = []
+    reasons = []  # the job's own `error: ...` lines (bad input): the exception carries them, not only the log
+    env = {**_inherited_environment(), **application_env(spark, s3)}
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if line.startswith(RESULT_MARKER):
+                results.append(line[len(RESULT_MARKER) :])
+            else:
+                if line.startswith("error: "):
+                    reasons.append(line[len("error: ") :].strip())
+                sys.stderr.write(line)
+    if process.returncode != 0 or not results:
+        reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
+        raise RuntimeError(
+            f"Spark preprocessing of {dataset} snapshot {snapshot_id} failed "
+            f"(spark-submit exit code {process.returncode}){reason}"
+        )
+    result: dict[str, Any] = json.loads(results[-1])
+    return result
+
+
+def _inherited_environment() -> dict[str, str]:
+    """What spark-submit inherits from this process: its PATH, Java and locale, not another service's credentials
+    (ours are set explicitly by application_env)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}

@@ -1,0 +1,60 @@
+"""`python -m ml serve`: the prediction service in the foreground (gunicorn, or Werkzeug's server with --dev)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from ml.settings import Settings
+
+
+def _cli_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from ml.serve.app import ServeSettings, build_app
+
+    config = ServeSettings.from_env(os.environ)
+    model = args.model or config.model_name
+    if not model:
+        raise ValueError("which model? pass --model NAME (e.g. DATASET-classification) or set MLOPS_SERVE_MODEL")
+    if args.dev:
+        app = build_app(
+            ServeSettings(model, config.max_rows, config.max_bytes, config.alias_poll_s),
+            mlflow=settings.mlflow,
+            kafka=settings.kafka,
+        )
+        app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+        return 0
+    import subprocess
+
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    command = [
+        str(gunicorn),
+        "--bind",
+        f"{args.host}:{args.port}",
+        "--workers",
+        str(args.workers),
+        "--threads",
+        str(args.threads),
+        "--access-logfile",
+        "-",
+        "ml.serve:create_app()",
+    ]
+    # gunicorn's workers build the app from the environment: the settings travel there, to the child only.
+    env = {**os.environ, **settings.to_env(), "MLOPS_SERVE_MODEL": model}
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
+def register_cli(subparsers: Any) -> None:
+    parser = subparsers.add_parser("serve", help="run the prediction service for the champion model")
+    parser.add_argument("--model", default=None, help="registered model name (default: $MLOPS_SERVE_MODEL)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (each loads the model)")
+    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument("--dev", action="store_true", help="Werkzeug's development server instead of gunicorn")
+    parser.set_defaults(handler=_cli_serve)

@@ -1,0 +1,346 @@
+"""The search: Ray Tune (Optuna TPE + ASHA) over `ml.train.tune_trainable`, resumable, tracked, streamed.
+
+`run_search(config, s3=..., lake=..., ray=..., mlflow=..., kafka=...) -> SearchResult`:
+  * reads `feature_spec.json` and the train/validation splits once, and hands them to the trials through
+    `tune.with_parameters` (Ray's object store: trials on one node share the arrays);
+  * searches the space with `OptunaSearch` (TPE, seeded) behind a `ConcurrencyLimiter`, and stops weak trials early
+    with `ASHAScheduler` on the trial's own `epoch` (what max_t and the grace period count);
+  * stores trials and checkpoints in S3 under `ml.storage.tune_uri(lake, dataset, snapshot, run_name)`. The run name
+    is the resume key: when that folder holds a restorable experiment, the search continues with `Tuner.restore(...,
+    resume_unfinished=True)`: finished trials are kept, unfinished ones continue from their last checkpoint, errored
+    ones stay errored (a search whose trials all failed fails again), and no finished trial runs again. A search that
+    completed before returns its stored result at once. A trial whose worker dies is retried once, from its latest
+    checkpoint (`FailureConfig(max_failures=1)`);
+  * MLflow (unless `mlflow` is None): one parent run per search (ml.tune.tracking) and one nested child run per trial;
+  * Kafka (unless `kafka` is None): `KafkaMetricsCallback` publishes every trial-epoch result.
+
+The objective defaults to `val_loss` / `min` for both tasks (cross-entropy for classification, the MSE of the
+standardised target for regression): smooth and defined from the first epoch, which suits ASHA's early comparisons.
+Any reported validation metric may be chosen instead (e.g. `val_accuracy`, mode inferred as `max`).
+
+An interrupted search (SIGINT/SIGUSR1: Tune saves its state and returns) raises `SearchIncomplete`, so that the
+calling task fails and its retry resumes. Ray is imported inside functions: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client, s3_client
+from ml.features import FeatureSpec
+from ml.json_values import is_finite_number
+from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
+from ml.storage import S3Uri, write_json
+from ml.train import trial_params
+from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
+from ml.tune.runtime import ensure_ray, route_library_logs
+from ml.tune.space import to_tune_space, validate_search_space
+from ml.tune.state import record_or_check_manifest, restorable, stored_result
+
+log = logging.getLogger(__name__)
+
+
+def trial_name(trial: Any) -> str:
+    """Short, stable trial names and folders (Tune's default puts every parameter into the folder name)."""
+    return f"trial_{trial.trial_id}"
+
+
+def run_search(
+    config: SearchConfig,
+    *,
+    s3: S3Settings,
+    lake: LakeSettings,
+    ray: RaySettings,
+    mlflow: MlflowSettings | None = None,
+    kafka: KafkaSettings | None = None,
+    callbacks: Sequence[Any] = (),
+) -> SearchResult:
+    """Run (or resume, or return the stored result of) the search named by `config.run_name`.
+
+    `mlflow` None: no tracking; `kafka` None: no metrics stream. `callbacks` are extra ray.tune.Callback objects;
+    they are saved with the experiment, and a resumed search keeps the ones saved when it started and ignores new
+    ones (its own callbacks are made afresh for the current settings). Raises SearchIncomplete when interrupted,
+    RuntimeError when every trial failed, ValueError when a resumed run's settings differ from the stored ones.
+    """
+    from ml.data import load_feature_spec, load_training_data
+
+    started = time.perf_counter()
+    client = s3_client(s3)
+    features = config.resolved_features_uri(lake)
+    spec = load_feature_spec(features, client)
+    metric, mode = config.objective(spec.task)
+    experiment = config.experiment_uri(lake)
+    manifest = config.manifest(spec.task)
+
+    stored = stored_result(experiment, manifest, client)
+    if stored is not None:
+        log.info(
+            "search %s already completed: best trial %s, %s=%s (%s)",
+            config.run_name,
+            stored.best_trial_id,
+            metric,
+            stored.best_validation_metrics.get(metric),
+            stored.best_checkpoint_uri,
+        )
+        return stored
+
+    # Tune pickles its filesystem into the experiment state in S3: it must carry no keys.
+    filesystem = keyless_arrow_filesystem(s3)
+    experiment_path = f"{experiment.bucket}/{experiment.key}"
+    restoring = restorable(experiment_path, filesystem)
+    record_or_check_manifest(experiment, manifest, restoring, client)
+
+    tracking = mlflow_client(mlflow) if mlflow is not None else None
+    parent_run_id = experiment_id = None
+    if tracking is not None:
+        from ml.tune.tracking import start_parent_run
+
+        experiment_id, parent_run_id = start_parent_run(
+            tracking, config, spec, str(features), str(experiment), manifest
+        )
+    route_library_logs()
+    started_ray = ensure_ray(ray, s3)
+    try:
+        own_callbacks = _pipeline_callbacks(config, metric, mode, mlflow, kafka, parent_run_id, experiment_id)
+        data = load_training_data(features, spec, arrow_filesystem(s3))
+        if restoring:
+            results = _resume(config, data, metric, mode, experiment, filesystem, own_callbacks)
+        else:
+            results = _start(config, data, metric, mode, experiment, filesystem, [*own_callbacks, *callbacks])
+        result = _summarise(results, config, spec, metric, mode, experiment, features, manifest["search_space_hash"])
+        result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
+        result.wall_time_s = time.perf_counter() - started
+        write_json(result.search_result_uri, result.to_dict(), client)
+        if tracking is not None and parent_run_id:
+            from ml.tune.tracking import finish_parent_run
+
+            finish_parent_run(tracking, parent_run_id, result)
+        log.info(
+            "search %s done in %.1fs: %d trials (%d errored); best trial %s at epoch %d, %s=%s -> %s",
+            config.run_name,
+            result.wall_time_s,
+            result.num_trials,
+            result.num_errored,
+            result.best_trial_id,
+            result.best_epoch,
+            metric,
+            result.best_validation_metrics.get(metric),
+            result.best_checkpoint_uri,
+        )
+        return result
+    except BaseException as error:
+        if tracking is not None and parent_run_id:
+            from ml.tune.tracking import set_parent_status
+
+            interrupted = isinstance(error, SearchIncomplete | KeyboardInterrupt)
+            set_parent_status(tracking, parent_run_id, "KILLED" if interrupted else "FAILED")
+        raise
+    finally:
+        if started_ray:
+            import ray as ray_module
+
+            ray_module.shutdown()
+
+
+def _pipeline_callbacks(
+    config: SearchConfig,
+    metric: str,
+    mode: str,
+    mlflow: MlflowSettings | None,
+    kafka: KafkaSettings | None,
+    parent_run_id: str | None,
+    experiment_id: str | None,
+) -> list[Any]:
+    """The search's own callbacks for the current settings."""
+    from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, ProgressLogCallback
+
+    callbacks: list[Any] = [ProgressLogCallback(config.run_name, metric, mode, config.num_samples)]
+    if mlflow is not None and parent_run_id and experiment_id:
+        callbacks.append(MlflowTrialCallback(experiment_id, parent_run_id, config.run_name, mlflow))
+    if kafka is not None:
+        callbacks.append(KafkaMetricsCallback(config.run_name, kafka, dag_run_id=config.dag_run_id))
+    return callbacks
+
+
+def _trainable_and_space(config: SearchConfig, data: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
+    from ray import tune
+
+    from ml.train import tune_trainable
+
+    # with_parameters puts the arrays into the object store once; every trial (and a restored run) gets a reference.
+    trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data), {"cpu": config.cpus_per_trial})
+    param_space = {
+        **to_tune_space(config.search_space),
+        "max_epochs": config.max_epochs,
+        "patience": config.patience,
+        "seed": config.seed,
+        "metric": metric,
+        "mode": mode,
+        "threads": max(1, int(config.cpus_per_trial)),
+    }
+    return trainable, param_space
+
+
+def _resume(
+    config: SearchConfig,
+    data: Any,
+    metric: str,
+    mode: str,
+    experiment: S3Uri,
+    filesystem: Any,
+    own_callbacks: list[Any],
+) -> Any:
+    from ray import tune
+
+    experiment_path = f"{experiment.bucket}/{experiment.key}"
+    log.info("resuming search %s from %s", config.run_name, experiment_path)
+    trainable, param_space = _trainable_and_space(config, data, metric, mode)
+    # Errored trials (their FailureConfig retries used up) stay errored. Ray 2.60 offers no sound alternative
+    # here: resume_errored ran such a trial for one more epoch and ended it as if complete, and restart_errored
+    # gave it a new id that OptunaSearch rejects (KeyError); see tests/integration/ml/tune/test_trial_failures.py.
+    tuner = tune.Tuner.restore(
+        experiment_path,
+        trainable=trainable,
+        resume_unfinished=True,
+        param_space=param_space,
+        storage_filesystem=filesystem,
+    )
+    _replace_pipeline_callbacks(tuner, own_callbacks)
+    return tuner.fit()
+
+
+def _start(
+    config: SearchConfig,
+    data: Any,
+    metric: str,
+    mode: str,
+    experiment: S3Uri,
+    filesystem: Any,
+    callbacks: list[Any],
+) -> Any:
+    from optuna.samplers import TPESampler
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable, param_space = _trainable_and_space(config, data, metric, mode)
+    # TPE starts from random points; with small budgets let it model sooner than Optuna's default of 10.
+    sampler = TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.num_samples // 3)))
+    searcher = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=config.max_concurrent_trials)
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=config.max_epochs,
+        grace_period=config.resolved_grace_period,
+        reduction_factor=config.reduction_factor,
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=config.num_samples,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(
+            name=config.run_name,
+            storage_path=f"{experiment.bucket}/{experiment.key.rsplit('/', 1)[0]}",
+            storage_filesystem=filesystem,
+            callbacks=callbacks,
+            # Keep the best checkpoints of each trial (Tune always keeps the latest too, for resuming).
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=config.checkpoints_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode
+            ),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+    return tuner.fit()
+
+
+def _replace_pipeline_callbacks(tuner: Any, fresh: list[Any]) -> None:
+    """A restored Tuner brings back the callbacks pickled when the search started. The search's own ones are
+    replaced by `fresh`, made for the current settings (endpoints may have moved, and state written before ml.tune
+    became a package recorded none); a caller's extra ones are kept.
+
+    Ray keeps the restored RunConfig on the local tuner; in Ray Client mode there is none here, and the pickled
+    callbacks (with the endpoints recorded when the search started) are used as they are."""
+    from ml.tune.callbacks import PipelineCallback
+
+    local = getattr(tuner, "_local_tuner", None)
+    if local is None:
+        log.warning("Ray Client mode: the restored search keeps the callbacks recorded when it started")
+        return
+    run_config = local.get_run_config()
+    kept = [callback for callback in run_config.callbacks or [] if not isinstance(callback, PipelineCallback)]
+    run_config.callbacks = [*fresh, *kept]
+
+
+def _summarise(
+    results: Any,
+    config: SearchConfig,
+    spec: FeatureSpec,
+    metric: str,
+    mode: str,
+    experiment: S3Uri,
+    features: S3Uri,
+    space_hash: str,
+) -> SearchResult:
+    from ml.data import feature_spec_uri
+    from ml.tune.callbacks import result_epoch, result_metrics
+
+    total = len(results)
+    errored = results.num_errors
+    unfinished = total - results.num_terminated - errored
+    if unfinished or total < config.num_samples:
+        raise SearchIncomplete(
+            f"search {config.run_name} stopped with {results.num_terminated} of "
+            f"{config.num_samples} trials finished ({unfinished} unfinished, {errored} errored); "
+            "run it again with the same run name to resume"
+        )
+    if errored == total:
+        raise RuntimeError(f"search {config.run_name}: all {total} trials failed; first error: {results.errors[0]}")
+    if errored:
+        log.warning("search %s: %d of %d trials failed", config.run_name, errored, total)
+
+    # The best kept checkpoint of the trials that finished: an errored trial's scores (Ray's get_best_result ranks
+    # them too) and a killed attempt's scores without a kept checkpoint are no basis for a model.
+    candidates = [
+        (trial, ckpt, m)
+        for trial in results
+        if trial.error is None
+        for ckpt, m in (trial.best_checkpoints or [])
+        if is_finite_number(m.get(metric))
+    ]
+    if not candidates:
+        raise RuntimeError(f"search {config.run_name}: no finished trial has a checkpoint with a finite {metric}")
+    best, checkpoint, metrics = (max if mode == "max" else min)(candidates, key=lambda item: item[2][metric])
+    return SearchResult(
+        dataset=config.dataset,
+        snapshot_id=config.snapshot_id,
+        run_name=config.run_name,
+        task=spec.task,
+        metric=metric,
+        mode=mode,
+        best_trial_id=str(best.metrics.get("trial_id") or metrics.get("trial_id")),
+        best_params=trial_params(best.config),
+        best_epoch=result_epoch(metrics),
+        best_validation_metrics={k: v for k, v in result_metrics(metrics).items() if k.startswith("val_")},
+        best_checkpoint_uri=f"s3://{checkpoint.path.lstrip('/')}",
+        num_trials=total,
+        num_errored=errored,
+        experiment_uri=str(experiment),
+        features_uri=str(features),
+        feature_spec_uri=str(feature_spec_uri(features)),
+        search_space=validate_search_space(config.search_space),
+        search_space_hash=space_hash,
+        dag_run_id=config.dag_run_id,
+    )
