@@ -1,8 +1,10 @@
 """`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B7 one after another and summarise them.
 
-Each benchmark runs as its own subprocess (`python -m bench.bN_...`, a fresh interpreter: no Spark JVM, Ray or Torch
-state carried from one into the next), with small settings under `--quick`. Each one's JSON ends up in
-`bench/results/<name>.json` (written by `bench.common.report`; for a benchmark that only prints its JSON, this runner
+This runner is the entry point: it builds the settings (endpoints, buckets, credentials: ml.settings.Settings) once
+from its environment and passes them to every benchmark (`MLOPS_BENCH_SETTINGS`, see bench.common). Each benchmark
+runs as its own subprocess (`python -m bench.bN_...`, a fresh interpreter: no Spark JVM, Ray or Torch state carried
+from one into the next), with small settings under `--quick`. Each one's JSON ends up in
+`bench/results/<name>.json` (written by `bench.common.report`; should a benchmark only print its JSON, this runner
 saves what it printed through the same function). The summary (ratio, target, met or not, seconds, status per
 benchmark) is printed and written to `bench/results/summary.json`. Exit status 1 if any benchmark failed.
 
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -28,7 +31,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO_ROOT, RESULTS_DIR, machine_info, report
+from bench.common import REPO_ROOT, RESULTS_DIR, SETTINGS_VARIABLE, machine_info, report, settings_json
+from ml.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def last_json_object(text: str) -> dict[str, Any] | None:
     return found
 
 
-def run_one(benchmark: Benchmark, quick: bool, timeout_s: float) -> dict[str, Any]:
+def run_one(benchmark: Benchmark, quick: bool, timeout_s: float, settings: Settings) -> dict[str, Any]:
     path = RESULTS_DIR / f"{benchmark.name}.json"
     before = path.stat().st_mtime if path.exists() else None
     command = [sys.executable, "-m", f"bench.{benchmark.name}", *(benchmark.quick if quick else benchmark.full)]
@@ -88,7 +92,14 @@ def run_one(benchmark: Benchmark, quick: bool, timeout_s: float) -> dict[str, An
     started = time.perf_counter()
     try:
         # stderr (logs, progress) passes through; stdout is the benchmark's JSON.
-        completed = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True, timeout=timeout_s)
+        completed = subprocess.run(
+            command,
+            cwd=REPO_ROOT,
+            env={**os.environ, SETTINGS_VARIABLE: settings_json(settings)},
+            stdout=subprocess.PIPE,
+            text=True,
+            timeout=timeout_s,
+        )
         status = "ok" if completed.returncode == 0 else f"failed (exit {completed.returncode})"
         stdout = completed.stdout
     except subprocess.TimeoutExpired as error:
@@ -148,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(b.id for b in BENCHMARKS)}")
     chosen = [b for b in BENCHMARKS if not wanted or b.id in wanted]
-    entries = [run_one(benchmark, args.quick, args.timeout_s) for benchmark in chosen]
+    settings = Settings.from_env(os.environ)
+    entries = [run_one(benchmark, args.quick, args.timeout_s, settings) for benchmark in chosen]
     machine = machine_info(())
     summary = {
         "quick": args.quick,

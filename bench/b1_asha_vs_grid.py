@@ -13,9 +13,7 @@ pay the same checkpoint cost, and S3 timing noise stays out of a scheduler compa
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import random
 import sys
 import tempfile
@@ -23,11 +21,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-GRID = {"lr": [3e-4, 3e-3, 3e-2], "hidden_size": [16, 128], "num_layers": [1, 3], "norm": ["none", "batch"]}
+from bench.common import argument_parser, local_ray, report
+
+GRID: dict[str, list[Any]] = {
+    "lr": [3e-4, 3e-3, 3e-2],
+    "hidden_size": [16, 128],
+    "num_layers": [1, 3],
+    "norm": ["none", "batch"],
+}
 METRIC = "val_accuracy"
 
 
@@ -94,8 +98,7 @@ def _search(
 
 
 def run(rows: int = 20000, epochs: int = 27, concurrency: int = 2, seed: int = 0) -> dict[str, Any]:
-    import ray
-
+    """B1 uses no service (in-memory data, local storage): it takes no settings."""
     from ml.data import TrainingData
     from tests.support.synthetic_features import make_arrays, make_spec
 
@@ -104,22 +107,15 @@ def run(rows: int = 20000, epochs: int = 27, concurrency: int = 2, seed: int = 0
     splits = make_arrays(spec, split_rows, seed=seed, noise=2.0)  # noisy: the configurations differ visibly
     data = TrainingData(spec, splits["train"], splits["validation"])
     variants = _variants(seed)
-    with (
-        tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir,
-        tempfile.TemporaryDirectory(prefix="b1-") as storage,
-    ):
-        ray.init(num_cpus=concurrency, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-        try:
-            grid_s, grid_results = _search(data, variants, epochs, concurrency, asha=False, storage=storage)
-            asha_s, asha_results = _search(data, variants, epochs, concurrency, asha=True, storage=storage)
-        finally:
-            ray.shutdown()
+    with tempfile.TemporaryDirectory(prefix="b1-") as storage, local_ray(concurrency):
+        grid_s, grid_results = _search(data, variants, epochs, concurrency, asha=False, storage=storage)
+        asha_s, asha_results = _search(data, variants, epochs, concurrency, asha=True, storage=storage)
     best = max(score for _, score in grid_results)
     bar = 0.98 * best
     asha_reach = next((t for t, score in asha_results if score >= bar), None)
     grid_reach = next((t for t, score in grid_results if score >= bar), None)
     return {
-        "benchmark": "B1 ASHA vs grid",
+        "name": "B1 ASHA vs grid",
         "ratio": (asha_reach / grid_s) if asha_reach is not None else None,
         "target": "<= 0.25",
         "grid_full_s": grid_s,
@@ -138,14 +134,14 @@ def run(rows: int = 20000, epochs: int = 27, concurrency: int = 2, seed: int = 0
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
     parser.add_argument("--rows", type=int, default=20000)
     parser.add_argument("--epochs", type=int, default=27)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.rows, args.epochs, args.concurrency, args.seed), indent=2))
+    return report("b1_asha_vs_grid", run(args.rows, args.epochs, args.concurrency, args.seed))
 
 
 if __name__ == "__main__":

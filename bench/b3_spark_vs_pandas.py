@@ -3,11 +3,11 @@
 Target (DESIGN.md): >= 0.8 on 2 cores (a straightforward Spark job measured 0.48), >= 2 where 16 cores are available.
 
 Both sides read the same CSV object (the ingested snapshot's copy in the local S3 server) and write Parquet splits back
-to it. Ours is `ml.spark_preprocess.preprocess` in this process on a SparkSession built from `ml.sparkconf.spark_conf()`
-(run twice; the second, warm run is the one compared). The baseline is what a pandas user would write for the same
-transforms: read the CSV, clean (numbers, non-finite -> missing, trimmed categories, blank -> missing), drop rows
-without a target and duplicates, split by a hash of each row, fit means/stds/top categories on train only, fill and
-standardise, one-hot, and write one Parquet file per split.
+to it. Ours is `ml.preprocess.job.preprocess` in this process on a SparkSession built from
+`ml.preprocess.conf.spark_conf()` (run twice; the second, warm run is the one compared). The baseline is what a pandas
+user would write for the same transforms: read the CSV, clean (numbers, non-finite -> missing, trimmed categories,
+blank -> missing), drop rows without a target and duplicates, split by a hash of each row, fit means/stds/top
+categories on train only, fill and standardise, one-hot, and write one Parquet file per split.
 
     python -m stack run -- .venv/bin/python -m bench.b3_spark_vs_pandas --rows 200000    # a quick check
     python -m stack run -- .venv/bin/python -m bench.b3_spark_vs_pandas                  # 10M rows, as DESIGN says
@@ -15,19 +15,19 @@ standardise, one-hot, and write one Parquet file per split.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import io
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ratio, report, timed
+from bench.common import argument_parser, benchmark_settings, ratio, report, timed
+from ml.settings import Settings
 
 SPLITS = ("train", "validation", "test")
 
@@ -53,17 +53,17 @@ def make_input(rows: int, seed: int, client: Any, bucket: str) -> tuple[str, int
         return key, path.stat().st_size
 
 
-def spark_session(master: str, driver_memory: str, metastore_dir: str) -> Any:
+def spark_session(settings: Settings, master: str, driver_memory: str, metastore_dir: str) -> Any:
     from pyspark.sql import SparkSession
 
-    from ml.sparkconf import spark_conf
+    from ml.preprocess.conf import spark_conf, spark_submit_env
 
-    conf = spark_conf()
     # A metastore of its own: the project's Derby metastore admits one JVM at a time (tests may be using it).
-    conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = (
-        f"jdbc:derby:;databaseName={metastore_dir}/metastore_db;create=true"
-    )
-    conf["spark.driver.extraJavaOptions"] = f"-Dderby.system.home={metastore_dir}"
+    spark_settings = dataclasses.replace(settings.spark, metastore_dir=metastore_dir)
+    conf = spark_conf(spark_settings, settings.s3, settings.lake)
+    # The in-process JVM inherits this process's environment, where s3a finds the credentials (as the environment
+    # of spark-submit gives them to the pipeline's job).
+    os.environ.update(spark_submit_env(spark_settings, settings.s3))
     builder = SparkSession.builder.master(master).appName("bench-b3").config("spark.driver.memory", driver_memory)
     for key, value in conf.items():
         builder = builder.config(key, value)
@@ -133,46 +133,50 @@ def pandas_preprocess(
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--master", default=os.environ.get("SPARK_MASTER", "local[*]"))
+    parser.add_argument("--master", default=settings.spark.master, help="default: the settings' Spark master")
     parser.add_argument("--driver-memory", default="6g", help="for the in-process driver (1g runs out of heap at 10M)")
     parser.add_argument("--keep", action="store_true", help="keep the outputs in the lake (default: delete them)")
     args = parser.parse_args(argv)
 
-    from ml.ingest import IngestConfig, ingest
-    from ml.settings import Settings
-    from ml.spark_preprocess import preprocess
-    from ml.storage import S3Uri, delete_prefix, features_uri, lake, read_json, s3_client
+    from ml.clients import s3_client
+    from ml.ingest.config import IngestConfig
+    from ml.ingest.snapshot import ingest
+    from ml.preprocess.job import preprocess
+    from ml.storage import S3Uri, delete_prefix, features_uri, lake_root, read_json
 
-    settings = Settings.from_env()
-    client = s3_client(settings)
-    key, size = make_input(args.rows, args.seed, client, settings.raw_bucket)
+    lake = settings.lake
+    client = s3_client(settings.s3)
+    key, size = make_input(args.rows, args.seed, client, lake.raw_bucket)
     dataset = f"bench_b3_{args.rows}"
     ingested, ingest_seconds = timed(
-        lambda: ingest(IngestConfig(f"s3://{settings.raw_bucket}/{key}", dataset, "target"))
+        lambda: ingest(IngestConfig(f"s3://{lake.raw_bucket}/{key}", dataset, "target"), s3=settings.s3, lake=lake)
     )
-    manifest = read_json(S3Uri.parse(ingested.manifest_uri))
+    manifest = read_json(S3Uri.parse(ingested.manifest_uri), client)
     snapshot_object = S3Uri.parse(manifest["objects"][0]["snapshot_uri"])
 
+    def ours() -> dict[str, Any]:
+        return preprocess(spark, dataset, ingested.snapshot_id, lake=lake, s3_client=client, force=True)
+
     with tempfile.TemporaryDirectory(prefix="b3-metastore-") as metastore:
-        spark = spark_session(args.master, args.driver_memory, metastore)
+        spark = spark_session(settings, args.master, args.driver_memory, metastore)
         try:
             cores = spark.sparkContext.defaultParallelism
-            cold, cold_seconds = timed(lambda: preprocess(spark, dataset, ingested.snapshot_id, force=True))
-            warm, warm_seconds = timed(lambda: preprocess(spark, dataset, ingested.snapshot_id, force=True))
+            cold, cold_seconds = timed(ours)
+            warm, warm_seconds = timed(ours)
         finally:
             spark.stop()
 
-    pandas_out = lake(settings).join("bench", "b3-pandas", dataset)
+    pandas_out = lake_root(lake).join("bench", "b3-pandas", dataset)
     pandas_rows, pandas_seconds = timed(
         lambda: pandas_preprocess(client, snapshot_object, pandas_out, manifest["columns"], manifest["target"])
     )
     if not args.keep:
-        delete_prefix(features_uri(dataset, ingested.snapshot_id))
-        delete_prefix(S3Uri(pandas_out.bucket, pandas_out.key + "/"))
+        delete_prefix(features_uri(lake, dataset, ingested.snapshot_id), client)
+        delete_prefix(S3Uri(pandas_out.bucket, pandas_out.key + "/"), client)
 
     spark_kept, pandas_kept = sum(warm["rows"].values()), sum(pandas_rows.values())
     spark_rate, pandas_rate = args.rows / warm_seconds, args.rows / pandas_seconds
@@ -209,4 +213,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:], benchmark_settings())

@@ -1,6 +1,7 @@
 """B4: our Parquet -> training samples/s / a tensor-slicing reference loop's samples/s; target >= 0.8.
 
-Ours: `ml.data.read_split` reads the train split's Parquet parts from the local S3 server into numpy (once), then
+Ours: `ml.data.read_split` reads the train split's Parquet parts from the local S3 server into numpy (once, through
+the pyarrow filesystem of `ml.clients.arrow_filesystem`, as a search reads its splits), then
 `ml.data.TensorBatches` shuffles and slices batches for E epochs; the read is counted in our time. The reference
 starts from tensors already in memory and, per batch, gathers a random index slice (`X[perm[i:i+bs]]`). Both feed
 the same consumer: an MLP training step (what "training samples/s" means), and separately a bare touch of the batch
@@ -11,17 +12,17 @@ the same consumer: an MLP training step (what "training samples/s" means), and s
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import argument_parser, benchmark_settings, report
+from ml.settings import S3Settings, Settings
 
 
 def _consumers(width: int, classes: int) -> dict[str, Callable[[Any, Any], None]]:
@@ -50,13 +51,16 @@ def _consume(batches: Iterable[tuple[Any, Any]], consumer: Callable[[Any, Any], 
     return rows
 
 
-def ours(features: Any, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]) -> tuple[float, float, int]:
+def ours(
+    features: Any, s3: S3Settings, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]
+) -> tuple[float, float, int]:
     import torch
 
+    from ml.clients import arrow_filesystem
     from ml.data import TensorBatches, read_split, to_tensors
 
     started = time.perf_counter()
-    split = read_split(features.uri, "train", features.spec)
+    split = read_split(features.uri, "train", features.spec, arrow_filesystem(s3))
     X, y = to_tensors(split)
     read_s = time.perf_counter() - started
     batches = TensorBatches(X, y, batch_size, generator=torch.Generator().manual_seed(0))
@@ -80,14 +84,21 @@ def reference(X: Any, y: Any, epochs: int, batch_size: int, consumer: Callable[[
     return time.perf_counter() - started, rows
 
 
-def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int = 256) -> dict[str, Any]:
+def run(
+    settings: Settings, rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int = 256
+) -> dict[str, Any]:
     import torch
 
     from tests.support.synthetic_features import write_synthetic_features
 
     torch.set_num_threads(1)  # one trial's share of a node; also keeps the comparison stable on a busy machine
     data = write_synthetic_features(
-        "classification", 3, rows={"train": rows, "validation": 10, "test": 10}, num_numeric=features - 3, parts=4
+        settings,
+        "classification",
+        3,
+        rows={"train": rows, "validation": 10, "test": 10},
+        num_numeric=features - 3,
+        parts=4,
     )
     try:
         train = data.splits["train"]
@@ -95,7 +106,7 @@ def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int
         results: dict[str, Any] = {}
         for name in ("loader_only", "train_step"):
             consumer = _consumers(X.shape[1], 3)[name]
-            ours_s, read_s, ours_rows = ours(data, epochs, batch_size, consumer)
+            ours_s, read_s, ours_rows = ours(data, settings.s3, epochs, batch_size, consumer)
             consumer = _consumers(X.shape[1], 3)[name]
             ref_s, ref_rows = reference(X, y, epochs, batch_size, consumer)
             results[name] = {
@@ -110,7 +121,7 @@ def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int
     finally:
         data.cleanup()
     return {
-        "benchmark": "B4 loader throughput",
+        "name": "B4 loader throughput",
         "ratio": results["train_step"]["ratio"],
         "target": ">= 0.8",
         "rows": rows,
@@ -121,15 +132,15 @@ def run(rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
     parser.add_argument("--rows", type=int, default=200000)
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
     args = parser.parse_args(argv)
-    print(json.dumps(run(args.rows, args.features, args.epochs, args.batch_size), indent=2))
+    return report("b4_loader_throughput", run(settings, args.rows, args.features, args.epochs, args.batch_size))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:], benchmark_settings())

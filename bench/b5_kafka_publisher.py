@@ -3,8 +3,9 @@
 (a) Publisher throughput. N training-metrics events (the real envelope and payload shape, ~0.7 kB of JSON each) go to
 a throwaway topic (3 partitions, created here and deleted at the end) on the stack's broker, acks=all on every side,
 each side timed from its first send until the broker has acknowledged all N:
-  ours          `ml.events.EventPublisher.publish()` (builds + validates the envelope, appends to the buffer; the
-                background thread sends); the buffer holds all N, so nothing is dropped (the JSON reports drops);
+  ours          `ml.events.publisher.EventPublisher.publish()` (builds + validates the envelope, appends to the
+                buffer; the background thread sends); the buffer holds all N, so nothing is dropped (the JSON reports
+                drops);
   bare          `kafka.KafkaProducer(acks="all", value_serializer=JSON)` with kafka-python's defaults, `send()` of the
                 same envelope (built per message as a plain dict, no validation), then `flush()`;
   bare_tuned    the same bare loop with our producer settings (idempotence, linger 20 ms, 64 kB batches), which
@@ -14,24 +15,23 @@ Rounds interleave the sides; medians are compared. Ratio = ours / bare.
 
 (b) Training throughput with publishing on / off, measured where publishing costs the trainer the most:
 `ml.train.train_model` (the trainable's loop: AdamW steps, validation, a checkpoint written per epoch) in this process
-with a per-epoch `report` that calls the pipeline's `KafkaMetricsCallback.on_trial_result` (on: a real EventPublisher,
-redirected to the throwaway topic) or does nothing (off). Here the publisher's threads share the trainer's GIL and
-cores, so every CPU millisecond an event costs is taken from training (in a Tune search the callback runs in the
-driver process instead). Rounds alternate on/off (ABBA); median samples/s are compared. The headline
+with a per-epoch `report` that calls the pipeline's `ml.tune.callbacks.KafkaMetricsCallback.on_trial_result` (on: a
+real EventPublisher, redirected to the throwaway topic) or does nothing (off). Here the publisher's threads share the
+trainer's GIL and cores, so every CPU millisecond an event costs is taken from training (in a Tune search the callback
+runs in the driver process instead). Rounds alternate on/off (ABBA); median samples/s are compared. The headline
 (`training_ratio`) uses B2's training size (40000 rows, ~0.2 s epochs); short 4000-row epochs (~30 ms) show the cost
 at its largest (`training_in_process_worst`), and the extra CPU per event explains both (ratio ~ 1 - cost / epoch).
-`--tune-rounds N` adds `tune_search`: the same small `ml.tune.run_search` (2 concurrent trials, fixed architecture, no
-early stopping, S3 checkpoints, MLflow off on both sides) with metrics published vs not, wall time of each, alternating
-rounds after a warm-up search. It is the pipeline's own configuration, but its run-to-run spread is far wider than the
-2% being measured (on the shared 2-core machine, three runs of 3-5 rounds gave 0.96, 0.86 and 1.25), so it is off by
-default and never the headline.
+`--tune-rounds N` adds `tune_search`: the same small `ml.tune.search.run_search` (2 concurrent trials, fixed
+architecture, no early stopping, S3 checkpoints, MLflow off on both sides) with metrics published vs not, wall time of
+each, alternating rounds after a warm-up search. It is the pipeline's own configuration, but its run-to-run spread is
+far wider than the 2% being measured (on the shared 2-core machine, three runs of 3-5 rounds gave 0.96, 0.86 and
+1.25), so it is off by default and never the headline.
 
     python -m stack run -- .venv/bin/python -m bench.b5_kafka_publisher [--messages 20000] [--tune-rounds 0]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -45,7 +45,16 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ensure_repo_on_path, ratio, report
+from bench.common import (
+    argument_parser,
+    benchmark_settings,
+    ensure_repo_on_path,
+    local_ray,
+    ratio,
+    report,
+    same_work_search,
+)
+from ml.settings import KafkaSettings, Settings
 
 ensure_repo_on_path()  # tests.support (synthetic features) lives at the repository root
 
@@ -84,8 +93,10 @@ def payload(epoch: int) -> dict[str, Any]:
 
 
 def plain_envelope(epoch: int, topic: Any) -> dict[str, Any]:
-    """The same envelope as ml.events.make_envelope, built the way a bare producer's caller would (no validation)."""
-    from ml.events import producer_id, utc_now_iso
+    """The same envelope as ml.events.envelope.make_envelope, built the way a bare producer's caller would (no
+    validation)."""
+    from ml.clock import utc_now_iso
+    from ml.events.envelope import producer_id
 
     return {
         "schema": topic.schema,
@@ -101,13 +112,14 @@ def plain_envelope(epoch: int, topic: Any) -> dict[str, Any]:
 # The throwaway topic
 
 
-def create_topic(servers: str, partitions: int = 3) -> Any:
-    from kafka.admin import KafkaAdminClient, NewTopic
+def create_topic(kafka: KafkaSettings, partitions: int = 3) -> Any:
+    from kafka.admin import NewTopic
 
+    from ml.clients import kafka_admin
     from ml.topics import Topic
 
     name = f"bench.b5.{uuid.uuid4().hex[:10]}"
-    admin = KafkaAdminClient(bootstrap_servers=servers.split(","), client_id="bench-b5-admin")
+    admin = kafka_admin(kafka, client_id="bench-b5-admin")
     try:
         admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1)])
     finally:
@@ -115,10 +127,10 @@ def create_topic(servers: str, partitions: int = 3) -> Any:
     return Topic(name, SCHEMA, partitions=partitions, retention_ms=3600 * 1000)
 
 
-def delete_topic(servers: str, name: str) -> bool:
-    from kafka.admin import KafkaAdminClient
+def delete_topic(kafka: KafkaSettings, name: str) -> bool:
+    from ml.clients import kafka_admin
 
-    admin = KafkaAdminClient(bootstrap_servers=servers.split(","), client_id="bench-b5-admin")
+    admin = kafka_admin(kafka, client_id="bench-b5-admin")
     try:
         admin.delete_topics([name])
         return True
@@ -155,11 +167,11 @@ class ToTopic:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "created": []}
 
-    def __call__(self, servers: str | None, dag_run_id: str | None) -> TopicRedirect:
-        from ml.events import EventPublisher
+    def __call__(self, kafka: KafkaSettings, dag_run_id: str | None) -> TopicRedirect:
+        from ml.events.publisher import EventPublisher
 
         publisher = TopicRedirect(
-            EventPublisher(servers, buffer_size=self.buffer_size, dag_run_id=dag_run_id), self.topic
+            EventPublisher(kafka, buffer_size=self.buffer_size, dag_run_id=dag_run_id), self.topic
         )
         self.created.append(publisher)
         return publisher
@@ -177,10 +189,10 @@ def _wait_delivered(publisher: Any, count: int, timeout_s: float = 120.0) -> Non
         time.sleep(0.0005)
 
 
-def run_ours(servers: str, topic: Any, messages: int) -> dict[str, Any]:
-    from ml.events import EventPublisher
+def run_ours(kafka: KafkaSettings, topic: Any, messages: int) -> dict[str, Any]:
+    from ml.events.publisher import EventPublisher
 
-    publisher = EventPublisher(servers, buffer_size=messages + 10)
+    publisher = EventPublisher(kafka, buffer_size=messages + 10)
     try:
         publisher.publish(topic, payload(0), "bench-b5:warmup:0")  # connects, fetches the topic's metadata
         _wait_delivered(publisher, 1)
@@ -202,16 +214,14 @@ def run_ours(servers: str, topic: Any, messages: int) -> dict[str, Any]:
     }
 
 
-def run_bare(servers: str, topic: Any, messages: int, settings: dict[str, Any]) -> dict[str, Any]:
-    from kafka import KafkaProducer
+def run_bare(kafka: KafkaSettings, topic: Any, messages: int, options: dict[str, Any]) -> dict[str, Any]:
     from kafka.serializer import JsonSerializer
 
-    producer = KafkaProducer(
-        bootstrap_servers=servers.split(","),
-        client_id="bench-b5-bare",
-        acks="all",
-        value_serializer=JsonSerializer(),
-        **settings,
+    from ml.clients import kafka_producer
+
+    # kafka_producer is kafka.KafkaProducer(bootstrap_servers=..., **options), nothing added.
+    producer = kafka_producer(
+        kafka, client_id="bench-b5-bare", acks="all", value_serializer=JsonSerializer(), **options
     )
     try:
         producer.send(topic.name, key=b"bench-b5:warmup:0", value=plain_envelope(0, topic)).get(timeout=30)
@@ -232,17 +242,17 @@ def run_bare(servers: str, topic: Any, messages: int, settings: dict[str, Any]) 
     return {"seconds": seconds, "caller_seconds": handed_over, "delivered": acknowledged[0]}
 
 
-def publisher_throughput(servers: str, topic: Any, messages: int, repeat: int) -> dict[str, Any]:
-    from ml.events import make_envelope
+def publisher_throughput(kafka: KafkaSettings, topic: Any, messages: int, repeat: int) -> dict[str, Any]:
+    from ml.events.envelope import make_envelope
 
     sides: dict[str, list[dict[str, Any]]] = {"ours": [], "bare": [], "bare_tuned": []}
     for round_ in range(repeat):
         order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
         for side in order:
             if side == "ours":
-                sides[side].append(run_ours(servers, topic, messages))
+                sides[side].append(run_ours(kafka, topic, messages))
             else:
-                sides[side].append(run_bare(servers, topic, messages, BARE_TUNED if side == "bare_tuned" else {}))
+                sides[side].append(run_bare(kafka, topic, messages, BARE_TUNED if side == "bare_tuned" else {}))
 
     def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         seconds = statistics.median(r["seconds"] for r in runs)
@@ -280,11 +290,13 @@ def publisher_throughput(servers: str, topic: Any, messages: int, repeat: int) -
 # (b) training throughput with publishing on / off
 
 
-def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds: int, hidden: int) -> dict[str, Any]:
+def training_throughput(
+    kafka: KafkaSettings, topic: Any, rows: int, epochs: int, rounds: int, hidden: int
+) -> dict[str, Any]:
     """In-process: train_model with a per-epoch report that publishes (on) or does nothing (off)."""
     from ml.models import ModelConfig
     from ml.train import TrainConfig, train_model
-    from ml.tune import KafkaMetricsCallback
+    from ml.tune.callbacks import KafkaMetricsCallback
     from tests.support.synthetic_features import make_training_data
 
     data = make_training_data("classification", 3, rows={"train": rows, "validation": max(rows // 5, 10)})
@@ -294,7 +306,7 @@ def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds
     # patience = epochs: every run trains every epoch (same work on both sides)
     train_config = TrainConfig(lr=1e-3, batch_size=128, max_epochs=epochs, patience=epochs, seed=0, threads=1)
     factory = ToTopic(topic, buffer_size=10000)
-    callback = KafkaMetricsCallback(f"bench-b5-train-{rows}", publisher_factory=factory, bootstrap_servers=servers)
+    callback = KafkaMetricsCallback(f"bench-b5-train-{rows}", kafka, publisher_factory=factory)
     callback.setup()  # as Tune does at the start of a search
     trial = SimpleNamespace(trial_id="b5trial1", config={**PARAMS, "hidden_size": hidden})
     started_at = time.perf_counter()
@@ -344,88 +356,62 @@ def training_throughput(servers: str, topic: Any, rows: int, epochs: int, rounds
 
 
 def tune_throughput(
-    servers: str, topic: Any, rows: int, trials: int, epochs: int, rounds: int, hidden: int
+    settings: Settings, topic: Any, rows: int, trials: int, epochs: int, rounds: int, hidden: int
 ) -> dict[str, Any]:
     """The same small run_search with Kafka metrics on vs off (MLflow off on both), wall time of each."""
-    import ray
-
     from bench.b2_tune_overhead import trial_times
-    from ml.tune import KafkaMetricsCallback, SearchConfig, run_search
+    from ml.tune.callbacks import KafkaMetricsCallback
+    from ml.tune.search import run_search
     from tests.support.synthetic_features import write_synthetic_features
 
     features = write_synthetic_features(
-        "classification", 3, rows={"train": rows, "validation": rows // 5, "test": rows // 5}
+        settings, "classification", 3, rows={"train": rows, "validation": rows // 5, "test": rows // 5}
     )
-    space = {
-        "lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
-        "hidden_size": hidden,
-        "num_layers": 2,
-        "batch_size": 128,
-        "norm": "none",
-        "activation": "relu",
-        "dropout": 0.0,
-    }
+
+    def search(name: str, trials: int, epochs: int) -> Any:
+        """2 concurrent trials, fixed architecture, no early stopping."""
+        return same_work_search(
+            features,
+            f"b5-{name}-{uuid.uuid4().hex[:6]}",
+            hidden=hidden,
+            batch_size=128,
+            trials=trials,
+            concurrency=2,
+            epochs=epochs,
+            checkpoints_to_keep=1,
+        )
+
     walls: dict[str, list[float]] = {"on": [], "off": []}
     trial_sums: dict[str, list[float]] = {"on": [], "off": []}
     factories: list[ToTopic] = []
     try:
-        with _ray_temp_dir() as temp_dir:
-            ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
-            try:
-                # Warm-up (not counted): starts Ray's worker processes and imports, which the first search would pay.
-                run_search(
-                    SearchConfig(
-                        dataset=features.dataset,
-                        snapshot_id=features.snapshot_id,
-                        run_name=f"b5-warmup-{uuid.uuid4().hex[:6]}",
-                        search_space=space,
-                        num_samples=2,
-                        max_concurrent_trials=2,
-                        max_epochs=1,
-                        track_mlflow=False,
-                        publish_metrics=False,
-                        checkpoints_to_keep=1,
-                    )
-                )
-                for round_ in range(rounds):
-                    for side in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
-                        callbacks = []
-                        if side == "on":
-                            factories.append(ToTopic(topic))
-                            callbacks.append(
-                                KafkaMetricsCallback(
-                                    "bench-b5-tune", bootstrap_servers=servers, publisher_factory=factories[-1]
-                                )
-                            )
-                        config = SearchConfig(
-                            dataset=features.dataset,
-                            snapshot_id=features.snapshot_id,
-                            run_name=f"b5-{side}-{uuid.uuid4().hex[:6]}",
-                            search_space=space,
-                            num_samples=trials,
-                            max_concurrent_trials=2,
-                            max_epochs=epochs,
-                            patience=epochs,
-                            grace_period=epochs,
-                            track_mlflow=False,
-                            publish_metrics=False,
-                            checkpoints_to_keep=1,
-                            seed=0,
+        with local_ray(2, settings.s3):
+            # Warm-up (not counted): starts Ray's worker processes and imports, which the first search would pay.
+            run_search(search("warmup", trials=2, epochs=1), s3=settings.s3, lake=settings.lake, ray=settings.ray)
+            for round_ in range(rounds):
+                for side in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+                    callbacks = []
+                    if side == "on":
+                        factories.append(ToTopic(topic))
+                        callbacks.append(
+                            KafkaMetricsCallback("bench-b5-tune", settings.kafka, publisher_factory=factories[-1])
                         )
-                        began = time.perf_counter()
-                        result = run_search(config, callbacks=callbacks)
-                        walls[side].append(time.perf_counter() - began)
-                        trial_sums[side].append(sum(trial_times(result.experiment_uri)))
-            finally:
-                ray.shutdown()
+                    config = search(side, trials, epochs)
+                    began = time.perf_counter()
+                    # No MLflow and no metrics stream of the search's own (mlflow, kafka None): "on" adds the callback.
+                    result = run_search(
+                        config, s3=settings.s3, lake=settings.lake, ray=settings.ray, callbacks=callbacks
+                    )
+                    walls[side].append(time.perf_counter() - began)
+                    trial_sums[side].append(sum(trial_times(result.experiment_uri, settings.s3)))
     finally:
         features.cleanup()
     on, off = statistics.median(walls["on"]), statistics.median(walls["off"])
     delivered = [p.stats().delivered for f in factories for p in f.created]
     return {
         "ratio": ratio(off, on),
-        "method": "ml.tune.run_search (Ray Tune, S3 checkpoints, MLflow off) with KafkaMetricsCallback publishing "
-        "every trial-epoch vs without; throughput = 1 / wall time; alternating rounds, medians",
+        "method": "ml.tune.search.run_search (Ray Tune, S3 checkpoints, MLflow off) with KafkaMetricsCallback "
+        "publishing every trial-epoch vs without; throughput = 1 / wall time; alternating rounds, medians",
         "trials": trials,
         "epochs": epochs,
         "train_rows": rows,
@@ -438,14 +424,8 @@ def tune_throughput(
     }
 
 
-def _ray_temp_dir() -> Any:
-    import tempfile
-
-    return tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp")
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
     parser.add_argument("--messages", type=int, default=20000, help="(a) messages per side and round")
     parser.add_argument("--repeat", type=int, default=3, help="(a) interleaved rounds; medians are compared")
     parser.add_argument("--tune-rounds", type=int, default=0, help="(b) on/off pairs of whole searches (0: none)")
@@ -460,23 +440,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
-    from ml.settings import Settings
-
-    servers = Settings.from_env().kafka_bootstrap_servers
-    topic = create_topic(servers)
+    kafka = settings.kafka
+    topic = create_topic(kafka)
     try:
-        publisher = publisher_throughput(servers, topic, args.messages, args.repeat)
+        publisher = publisher_throughput(kafka, topic, args.messages, args.repeat)
         in_process = [
-            training_throughput(servers, topic, int(rows), args.epochs, args.rounds, args.hidden)
+            training_throughput(kafka, topic, int(rows), args.epochs, args.rounds, args.hidden)
             for rows in args.rows.split(",")
         ]
         tune = (
-            tune_throughput(servers, topic, args.tune_rows, 2, args.tune_epochs, args.tune_rounds, args.hidden)
+            tune_throughput(settings, topic, args.tune_rows, 2, args.tune_epochs, args.tune_rounds, args.hidden)
             if args.tune_rounds > 0
             else None
         )
     finally:
-        deleted = delete_topic(servers, topic.name)
+        deleted = delete_topic(kafka, topic.name)
     result = {
         "name": "B5 our Kafka publisher msgs/s / a bare KafkaProducer's (same broker, topic, acks=all, payload); "
         "training throughput with publishing on / off",
@@ -500,11 +478,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "batch_size": 128,
             "runs": in_process,
         },
-        "broker": servers,
+        "broker": kafka.bootstrap_servers,
         "topic": {"name": topic.name, "partitions": topic.partitions, "deleted_after": deleted},
     }
-    return report("b5_kafka_publisher", result, packages=("kafka-python", "torch", "ray", "jsonschema"))
+    return report("b5_kafka_publisher", result, packages=("kafka-python", "torch", "ray", "fastjsonschema"))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:], benchmark_settings())

@@ -1,7 +1,7 @@
 """B6: our S3 ingest MB/s / the AWS CLI's MB/s on the same server and the same objects.
 
-Ours is `ml.ingest.ingest` on a prefix of CSV objects: list, read and validate every object, copy it into the lake
-(server-side), write the manifest. The baseline is `aws s3 cp --recursive` of the same prefix into the lake
+Ours is `ml.ingest.snapshot.ingest` on a prefix of CSV objects: list, read and validate every object, copy it into
+the lake (server-side), write the manifest. The baseline is `aws s3 cp --recursive` of the same prefix into the lake
 (server-side copies, what the snapshot needs) and, as a second reference, `aws s3 cp --recursive` to a local folder
 (reading every byte, as validation must). Rounds interleave the three; medians are compared. Where the AWS CLI is
 missing, the baseline is boto3's managed copy (s3transfer) with a thread pool, and the JSON says so.
@@ -11,12 +11,12 @@ missing, the baseline is boto3's managed copy (s3transfer) with a thread pool, a
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ratio, report, timed
+from bench.common import argument_parser, benchmark_settings, ratio, report, timed
+from ml.settings import S3Settings, Settings
 
 AWS_CLI_CANDIDATES = ("aws", "/root/.pyenv/shims/aws")
 
@@ -62,11 +61,12 @@ def make_objects(client: Any, bucket: str, files: int, mb_per_file: int) -> tupl
     return prefix, files * len(body)
 
 
-def run_cli(aws: str, *args: str) -> None:
-    env = {**os.environ}
+def run_cli(aws: str, s3: S3Settings, *args: str) -> None:
+    """`aws s3 cp --recursive` against the same endpoint, with the same credentials, as our ingest."""
+    env = {**os.environ, **s3.subprocess_env()}
     command = [aws, "s3", "cp", "--recursive", "--only-show-errors", *args]
-    if os.environ.get("AWS_ENDPOINT_URL"):
-        command += ["--endpoint-url", os.environ["AWS_ENDPOINT_URL"]]
+    if s3.endpoint_url:
+        command += ["--endpoint-url", s3.endpoint_url]
     subprocess.run(command, check=True, env=env, timeout=3600)
 
 
@@ -86,20 +86,20 @@ def boto3_copy_all(client: Any, bucket: str, prefix: str, destination_bucket: st
         )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--mb-per-file", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are compared")
     args = parser.parse_args(argv)
 
-    from ml.ingest import IngestConfig, ingest
-    from ml.settings import Settings
-    from ml.storage import S3Uri, delete_prefix, s3_client
+    from ml.clients import s3_client
+    from ml.ingest.config import IngestConfig
+    from ml.ingest.snapshot import ingest
+    from ml.storage import S3Uri, delete_prefix
 
-    settings = Settings.from_env()
-    client = s3_client(settings)
-    raw_bucket, lake_bucket = settings.raw_bucket, settings.lake_bucket
+    client = s3_client(settings.s3)
+    raw_bucket, lake_bucket = settings.lake.raw_bucket, settings.lake.lake_bucket
     prefix, total_bytes = make_objects(client, raw_bucket, args.files, args.mb_per_file)
     megabytes = total_bytes / 1e6
     aws, aws_version = find_aws_cli()
@@ -112,14 +112,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         dataset, cli_prefix = f"bench_b6_{run}", f"bench/b6-cli/{run}/"
         try:
             config = IngestConfig(f"s3://{raw_bucket}/{prefix}", dataset, "target")
-            ingested, seconds = timed(partial(ingest, config))
+            ingested, seconds = timed(partial(ingest, config, s3=settings.s3, lake=settings.lake))
             assert ingested.created
             ours.append(seconds)
             if aws:
                 source = f"s3://{raw_bucket}/{prefix}"
-                copies.append(timed(partial(run_cli, aws, source, f"s3://{lake_bucket}/{cli_prefix}"))[1])
+                copies.append(timed(partial(run_cli, aws, settings.s3, source, f"s3://{lake_bucket}/{cli_prefix}"))[1])
                 with tempfile.TemporaryDirectory(prefix="b6-") as folder:
-                    downloads.append(timed(partial(run_cli, aws, source, folder))[1])
+                    downloads.append(timed(partial(run_cli, aws, settings.s3, source, folder))[1])
             else:
                 copies.append(timed(partial(boto3_copy_all, client, raw_bucket, prefix, lake_bucket, cli_prefix))[1])
         finally:
@@ -164,10 +164,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ratio_ours_to_it": ratio(ours_rate, megabytes / download_seconds),
             "all_seconds": [round(x, 2) for x in downloads],
         },
-        "s3_endpoint": settings.s3_endpoint_url,
+        "s3_endpoint": settings.s3.endpoint_url,
     }
     return report("b6_ingest_vs_awscli", result, packages=("boto3", "botocore", "pyarrow"))
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:], benchmark_settings())

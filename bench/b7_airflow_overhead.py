@@ -1,8 +1,8 @@
 """B7: the whole DAG's wall time under Airflow / the same stages called in one process; target <= 1.3.
 
-Both sides run the pipeline on the same data (the shipped penguins CSV in s3://raw/penguins/, as `make demo` uploads
-it) with the same small search, each under a fresh dataset name (so neither finds the other's snapshot, features or
-model, and both take the training branch):
+Both sides run the pipeline on the same data (the shipped penguins CSV under penguins/ in the raw bucket, s3://raw/ by
+default, as `make demo` uploads it) with the same small search, each under a fresh dataset name (so neither finds the
+other's snapshot, features or model, and both take the training branch):
   airflow      `mlops_training` triggered through the REST API (as `make demo` does, `stack.demo.trigger_and_follow`);
                its wall time is the run's `queued_at` (the trigger) -> `end_date`, from Airflow's own records;
   in-process   `python -m ml run-all`, i.e. `ml.pipeline.run_pipeline` (ingest -> spark-submit preprocessing -> Ray
@@ -23,9 +23,9 @@ models are deleted afterwards (`--keep` leaves them).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
+import os
 import statistics
 import sys
 import time
@@ -38,10 +38,11 @@ from urllib.parse import quote
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ratio, report
+from bench.common import argument_parser, benchmark_settings, ratio, report
+from ml.settings import Settings
 
 DAG_ID = "mlops_training"
-RAW_URI = "s3://raw/penguins/"
+RAW_PREFIX = "penguins/"  # in the raw bucket
 TARGET = "species"
 TASK = "classification"
 # DAG task -> run_pipeline stage(s) doing the same work.
@@ -120,7 +121,8 @@ def task_table(tis: list[dict[str, Any]], run_start: datetime) -> list[dict[str,
 
 def idle_gaps(tasks: list[dict[str, Any]], tis: list[dict[str, Any]], run_end: datetime) -> float:
     """Seconds of the run during which none of its tasks was running (before each task, and after the last one)."""
-    last_end = max((_time(ti["end_date"]) for ti in tis if ti.get("end_date")), default=run_end)
+    ends = [ended for ti in tis if (ended := _time(ti.get("end_date"))) is not None]
+    last_end = max(ends, default=run_end)
     return round(sum(t["idle_gap_before_s"] or 0.0 for t in tasks) + max(_seconds(last_end, run_end) or 0.0, 0.0), 2)
 
 
@@ -134,6 +136,8 @@ def run_airflow(api: Any, dataset: str, conf: dict[str, Any], timeout_s: float) 
     run = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}")
     tis = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}/taskInstances")["task_instances"]
     queued, start, end = _time(run.get("queued_at")), _time(run["start_date"]), _time(run["end_date"])
+    if start is None or end is None:
+        raise RuntimeError(f"DAG run {run_id} ended {state} without a start or end date")
     tasks = task_table(tis, start)
     durations = [t["duration_s"] for t in tasks if t["duration_s"] is not None]
     return {
@@ -154,9 +158,10 @@ def run_airflow(api: Any, dataset: str, conf: dict[str, Any], timeout_s: float) 
     }
 
 
-def run_in_process(dataset: str, conf: dict[str, Any]) -> dict[str, Any]:
+def run_in_process(settings: Settings, dataset: str, conf: dict[str, Any]) -> dict[str, Any]:
     """`python -m ml run-all` (ml.pipeline.run_pipeline) in a fresh interpreter, as one Airflow task would start:
-    imports are paid once for all stages, and never carried over from an earlier pair."""
+    imports are paid once for all stages, and never carried over from an earlier pair. The settings reach it as
+    environment variables (`Settings.to_env`), which its entry point reads."""
     import json
     import subprocess
     from datetime import UTC
@@ -185,7 +190,8 @@ def run_in_process(dataset: str, conf: dict[str, Any]) -> dict[str, Any]:
     ]
     start = datetime.now(UTC)
     began = time.perf_counter()
-    completed = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True, timeout=3600)
+    env = {**os.environ, **settings.to_env()}
+    completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, text=True, check=True, timeout=3600)
     wall = time.perf_counter() - began
     summary = json.loads(completed.stdout)
     return {
@@ -241,21 +247,20 @@ def stage_comparison(airflow: dict[str, Any], in_process: dict[str, Any]) -> lis
     return rows
 
 
-def cleanup(dataset: str) -> list[str]:
+def cleanup(settings: Settings, dataset: str) -> list[str]:
     """Delete what a run left for `dataset` (lake folders, MLflow experiment and model); returns what failed."""
-    from mlflow import MlflowClient
-
-    from ml.registry import registered_model_name
-    from ml.storage import S3Uri, delete_prefix, lake
+    from ml.clients import mlflow_client, s3_client
+    from ml.registry.conventions import registered_model_name
+    from ml.storage import S3Uri, delete_prefix, lake_root
 
     problems = []
-    root = lake()
+    root = lake_root(settings.lake)
     for folder in (root.join("datasets", dataset), root.join("tune", dataset)):
         try:
-            delete_prefix(S3Uri(folder.bucket, folder.key.rstrip("/") + "/"))
+            delete_prefix(S3Uri(folder.bucket, folder.key.rstrip("/") + "/"), s3_client(settings.s3))
         except Exception as error:
             problems.append(f"{folder}: {error}")
-    client = MlflowClient()
+    client = mlflow_client(settings.mlflow)
     try:
         client.delete_registered_model(registered_model_name(dataset, TASK))
     except Exception as error:
@@ -281,8 +286,8 @@ def median_stages(tables: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
+    parser = argument_parser(__doc__)
     parser.add_argument("--num-samples", type=int, default=2)
     parser.add_argument("--max-epochs", type=int, default=3)
     parser.add_argument("--max-concurrent", type=int, default=2)
@@ -298,19 +303,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
 
+    from ml.clients import s3_client
     from ml.datasets import load_shipped, upload_frame
     from ml.storage import S3Uri
     from stack.demo import AIRFLOW, AirflowApi, admin_password, wait_for_dag
 
+    raw_uri = f"s3://{settings.lake.raw_bucket}/{RAW_PREFIX}"
     # The same object `make demo` uploads (same bytes: the raw bucket's listing does not change).
-    upload_frame(load_shipped("penguins"), S3Uri("raw", "penguins/penguins.csv"))
+    upload_frame(
+        load_shipped("penguins"), S3Uri(settings.lake.raw_bucket, f"{RAW_PREFIX}penguins.csv"), s3_client(settings.s3)
+    )
     try:
         api = AirflowApi(AIRFLOW, "admin", admin_password())
     except OSError as error:  # connection refused, or no generated password file yet
         raise SystemExit(f"B7 needs Airflow at {AIRFLOW} (`make airflow-up`): {error}") from error
     wait_for_dag(api)
     conf = {
-        "raw_uri": RAW_URI,
+        "raw_uri": raw_uri,
         "target": TARGET,
         "task": TASK,
         "num_samples": args.num_samples,
@@ -334,13 +343,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     if results[side]["state"] != "success":
                         raise RuntimeError(f"DAG run {results[side]['run_id']} ended {results[side]['state']}")
                 else:
-                    results[side] = run_in_process(datasets[side], conf)
+                    results[side] = run_in_process(settings, datasets[side], conf)
         finally:
             if not args.keep:
-                left.update({name: cleanup(name) for name in datasets.values()})
-        overlaps = {
-            side: overlapping(api, *results[side].pop("_window"), exclude=results[side].get("run_id")) for side in order
-        }
+                left.update({name: cleanup(settings, name) for name in datasets.values()})
+        overlaps = {}
+        for side in order:
+            window_start, window_end = results[side].pop("_window")
+            overlaps[side] = overlapping(api, window_start, window_end, exclude=results[side].get("run_id"))
         airflow, in_process = results["airflow"], results["in_process"]
         pairs.append(
             {
@@ -371,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             sum(r["airflow_s"] or 0.0 for r in stages[: len(STAGES)]),
             sum(r["in_process_s"] or 0.0 for r in stages[: len(STAGES)]),
         ),
-        "data": f"{RAW_URI} (shipped penguins, 344 rows)",
+        "data": f"{raw_uri} (shipped penguins, 344 rows)",
         "search": {
             "num_samples": args.num_samples,
             "max_epochs": args.max_epochs,
@@ -387,4 +397,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:], benchmark_settings())

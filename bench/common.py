@@ -1,25 +1,70 @@
-"""What every benchmark shares: a timer, the machine's description, and the JSON report (stdout + bench/results/)."""
+"""What every benchmark shares: the settings it runs with, its command line, a timer, a local Ray, the machine's
+description, and the JSON report (stdout + bench/results/).
+
+Settings are explicit: `python -m bench` (the entry point) builds them once from its environment and hands them to
+each benchmark's subprocess as JSON in `MLOPS_BENCH_SETTINGS`; a benchmark module run on its own (`python -m
+bench.b5_kafka_publisher`) is its own entry point and reads them from the environment (`benchmark_settings`). Inside
+the modules, settings are arguments.
+"""
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+import typing
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ml.settings import S3Settings, Settings
+    from ml.tune.config import SearchConfig
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PACKAGES = ("pyspark", "pandas", "pyarrow", "numpy", "boto3", "torch", "ray", "mlflow", "kafka-python")
 
 T = TypeVar("T")
+
+SETTINGS_VARIABLE = "MLOPS_BENCH_SETTINGS"  # the runner's settings, as JSON, in each benchmark's environment
+
+
+def settings_json(settings: Settings) -> str:
+    """The settings as JSON (every slice, credentials included: it travels in a child's environment only)."""
+    return json.dumps(dataclasses.asdict(settings))
+
+
+def settings_from_json(text: str) -> Settings:
+    """The inverse of `settings_json`."""
+    from ml.settings import Settings
+
+    values = json.loads(text)
+    slices = typing.get_type_hints(Settings)
+    return Settings(**{name: slices[name](**fields) for name, fields in values.items()})
+
+
+def benchmark_settings(env: Mapping[str, str] = os.environ) -> Settings:
+    """The settings a benchmark's `__main__` runs with: the runner's (MLOPS_BENCH_SETTINGS), or, for a module run on
+    its own, the environment's."""
+    from ml.settings import Settings
+
+    passed = env.get(SETTINGS_VARIABLE)
+    return settings_from_json(passed) if passed else Settings.from_env(env)
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A benchmark's command line, its module docstring as `--help`."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 @contextmanager
@@ -38,6 +83,69 @@ def timed(function: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = function()
     return result, time.perf_counter() - start
+
+
+def same_work_search(
+    features: Any,
+    run_name: str,
+    *,
+    hidden: int,
+    batch_size: int,
+    trials: int,
+    concurrency: int,
+    epochs: int,
+    checkpoints_to_keep: int | None,
+) -> SearchConfig:
+    """A search (ml.tune.config.SearchConfig) over a synthetic features folder in which every trial does the same work:
+    a fixed architecture (only the learning rate varies) and no early stopping (patience and ASHA's grace period are
+    the whole run), so what a search adds to its trials is what shows (B2's overhead, B5's publishing cost)."""
+    from ml.tune.config import SearchConfig
+
+    space = {
+        "lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+        "hidden_size": hidden,
+        "num_layers": 2,
+        "batch_size": batch_size,
+        "norm": "none",
+        "activation": "relu",
+        "dropout": 0.0,
+    }
+    return SearchConfig(
+        dataset=features.dataset,
+        snapshot_id=features.snapshot_id,
+        run_name=run_name,
+        search_space=space,
+        num_samples=trials,
+        max_concurrent_trials=concurrency,
+        max_epochs=epochs,
+        patience=epochs,
+        grace_period=epochs,
+        checkpoints_to_keep=checkpoints_to_keep,
+    )
+
+
+@contextmanager
+def local_ray(num_cpus: int, s3: S3Settings | None = None) -> Iterator[None]:
+    """A local Ray for the block, started before any clock (as a cluster would already be up): `num_cpus` CPUs, no
+    dashboard, workers' logs kept off the driver, its files in a folder of its own under /tmp (short socket paths).
+
+    With `s3`, its workers get the keys through the job's runtime environment, as ml.tune.runtime.ensure_ray gives
+    them: the same path the pipeline takes."""
+    import ray
+
+    runtime_env = {"env_vars": s3.subprocess_env()} if s3 is not None else None
+    with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _temp_dir=temp_dir,
+            log_to_driver=False,
+            runtime_env=runtime_env,
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
 
 
 def _memory_bytes() -> int | None:

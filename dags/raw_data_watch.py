@@ -22,7 +22,7 @@ from mlops_airflow.assets import RAW_DATA
 def raw_data_watch() -> None:
     @task(outlets=[RAW_DATA])
     def detect_new_raw_data() -> str:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         from ml.clients import s3_client
         from ml.ingest.read import content_hash

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import argparse
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from ml.settings import Settings
 from ml.storage import S3Uri
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where a frame is made: `python -m ml --help` stays fast (pandas takes ~0.5 s)
 
 # name -> (description, default target)
 SHIPPED = {
@@ -22,6 +24,8 @@ SHIPPED = {
 
 def load_shipped(name: str) -> pd.DataFrame:
     """A real dataset shipped inside a package, as a DataFrame."""
+    import pandas as pd
+
     if name == "penguins":
         from palmerpenguins import load_penguins
 
@@ -45,6 +49,8 @@ def synthetic(
     task: str = "classification",
 ) -> pd.DataFrame:
     """A learnable tabular dataset of any size: numeric columns with nulls, categoricals, and a `target`."""
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     data: dict[str, Any] = {}
     signal = np.zeros(rows)

@@ -25,5 +25,12 @@ def get_or_create_experiment(client: Any, name: str) -> str:
 
 
 def quoted(value: str) -> str:
-    """A string literal for an MLflow search filter."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A string literal for an MLflow search filter.
+
+    MLflow takes the text between the quotes verbatim (it has no escapes: `'it\\'s'` would search for `it\\'s`), so
+    the literal is quoted with a quote character that the value does not contain."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"an MLflow search filter cannot match a value with both kinds of quotes: {value!r}")

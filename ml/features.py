@@ -25,7 +25,10 @@ SPEC_VERSION = 1
 
 # A plain decimal number (after trimming whitespace): what counts as a number in a numeric column, in the ingest check
 # and in the Spark job alike (Spark's own cast also takes "3D", "1f" or hex, which would silently turn into numbers).
-NUMBER_PATTERN = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
+# Whitespace is spelled out as ASCII: `\s` means Unicode spaces to Python, ASCII without \v to pyarrow's RE2 and ASCII
+# with \v to Java, so " 5" with a no-break space was a number when served but missing in Spark.
+_SPACE = r"[ \t\n\r\f\x0B]*"
+NUMBER_PATTERN = rf"^{_SPACE}[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?{_SPACE}$"
 # Spellings of non-finite numbers: a numeric column's missing values, not bad values.
 NON_FINITE_WORDS = frozenset(f"{sign}{word}" for sign in ("", "+", "-") for word in ("inf", "infinity", "nan"))
 # An integral decimal written with a fraction ("3.0", "3."): the same category as "3".

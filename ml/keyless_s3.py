@@ -14,8 +14,13 @@ from pyarrow import fs
 from ml.clients import arrow_s3_options
 from ml.settings import S3Settings
 
+# (endpoint, region) -> the settings with keys this process was given for it. Memory only: never pickled.
+_KEYS_IN_THIS_PROCESS: dict[tuple[str | None, str], S3Settings] = {}
+
 
 def keyless_s3_filesystem(s3: S3Settings) -> fs.PyFileSystem:
+    if s3.access_key_id:
+        _KEYS_IN_THIS_PROCESS[(s3.endpoint_url, s3.region)] = s3
     return fs.PyFileSystem(KeylessS3Handler(s3))
 
 
@@ -85,4 +90,7 @@ class KeylessS3Handler(fs.FileSystemHandler):
 
 
 def _keyless_from_endpoint(endpoint_url: str | None, region: str) -> KeylessS3Handler:
+    known = _KEYS_IN_THIS_PROCESS.get((endpoint_url, region))
+    if known is not None:
+        return KeylessS3Handler(known)
     return KeylessS3Handler(S3Settings(endpoint_url=endpoint_url, region=region), with_keys=False)

@@ -26,15 +26,15 @@ class S3Settings:
     session_token: str | None = field(default=None, repr=False)
 
     def subprocess_env(self) -> dict[str, str]:
-        """The AWS_* variables that give a child process (spark-submit, Ray workers) these settings."""
+        """The AWS_* variables that give a child process (spark-submit, Ray workers) these settings. No endpoint (AWS
+        itself) is written as an empty AWS_ENDPOINT_URL: boto3 and `from_env` both read that as "AWS"."""
         values = {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
             "AWS_DEFAULT_REGION": self.region,
             "AWS_ACCESS_KEY_ID": self.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
             "AWS_SESSION_TOKEN": self.session_token,
         }
-        return {key: value for key, value in values.items() if value}
+        return {"AWS_ENDPOINT_URL": self.endpoint_url or "", **{key: value for key, value in values.items() if value}}
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str]) -> Settings:
         """Settings from environment variables (unset ones keep the local stack's defaults)."""
         s3, spark = S3Settings(), SparkSettings()
+        # The Spark additions: given explicitly, or found in the local stack's folder (`make tools` writes the s3a
+        # classpath there; the embedded metastore lives there too).
         stack_dir = Path(env.get("MLOPS_STACK_DIR") or PROJECT_ROOT / ".stack")
         classpath_file = stack_dir / "jars" / "spark-s3a.classpath"
+        classpath = classpath_file.read_text().strip() if classpath_file.is_file() else ""
         return cls(
             s3=S3Settings(
                 endpoint_url=env.get("AWS_ENDPOINT_URL", s3.endpoint_url) or None,
@@ -114,8 +117,8 @@ class Settings:
             mlflow=MlflowSettings(env.get("MLFLOW_TRACKING_URI", MlflowSettings.tracking_uri)),
             spark=SparkSettings(
                 master=env.get("SPARK_MASTER", spark.master),
-                extra_classpath=classpath_file.read_text().strip() if classpath_file.is_file() else "",
-                metastore_dir=str(stack_dir / "data" / "hive"),
+                extra_classpath=env.get("MLOPS_SPARK_EXTRA_CLASSPATH", classpath),
+                metastore_dir=env.get("MLOPS_HIVE_METASTORE_DIR", str(stack_dir / "data" / "hive")) or None,
                 local_ip=env.get("SPARK_LOCAL_IP", spark.local_ip or "") or None,
             ),
             ray=RaySettings(env.get("RAY_ADDRESS") or None),
@@ -124,7 +127,6 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         """The environment variables `from_env` reads back into these settings (credentials included)."""
         values = {
-            **self.s3.subprocess_env(),
             "MLOPS_RAW_BUCKET": self.lake.raw_bucket,
             "MLOPS_LAKE_BUCKET": self.lake.lake_bucket,
             "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
@@ -133,4 +135,10 @@ class Settings:
             "SPARK_LOCAL_IP": self.spark.local_ip,
             "RAY_ADDRESS": self.ray.address,
         }
-        return {key: value for key, value in values.items() if value}
+        spark_additions = {
+            # Explicit, so that a child process does not look for them in the stack folder again.
+            "MLOPS_SPARK_EXTRA_CLASSPATH": self.spark.extra_classpath,
+            "MLOPS_HIVE_METASTORE_DIR": self.spark.metastore_dir,
+        }
+        written = {key: value for key, value in {**values, **spark_additions}.items() if value}
+        return {**self.s3.subprocess_env(), **written}

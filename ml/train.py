@@ -35,6 +35,7 @@ from ml.models import (
     is_improvement,
     load_model_config,
     loss_fn,
+    metric_names,
     save_checkpoint,
 )
 
@@ -172,6 +173,11 @@ def evaluate_split(
             loss = float(loss_fn(config, out, y))
     finally:
         model.train(was_training)
+    if not bool(torch.isfinite(out).all()):
+        # A diverged model's outputs are no predictions (scikit-learn refuses NaN): every task metric is undefined,
+        # so the epoch never counts as an improvement and the loop stops on the diverged loss or on patience.
+        undefined = {f"{prefix}{name}": math.nan for name in metric_names(config.task) if name != "loss"}
+        return {f"{prefix}loss": loss, **undefined}
     if config.task == CLASSIFICATION:
         probabilities = torch.softmax(out, dim=-1).double().numpy()
         metrics = compute_metrics(

@@ -30,13 +30,24 @@ class AirflowApi:
         token = self._call("POST", "/auth/token", body, {"Content-Type": "application/json"})["access_token"]
         self.headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
+    # The local Airflow keeps its metadata in SQLite, which answers "database is locked" (HTTP 500, nothing written)
+    # while its scheduler holds a write: such a call is tried again, a few times.
+    transient_attempts = 5
+    transient_pause_s = 1.0  # times the attempt number
+
     def _call(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
-        request = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers or {})  # noqa: S310
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - local API server
-                return json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            raise RuntimeError(f"{method} {path}: HTTP {error.code}: {error.read().decode()[:500]}") from None
+        for attempt in range(1, self.transient_attempts + 1):
+            request = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers or {})  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - local API server
+                    return json.loads(response.read() or b"null")
+            except urllib.error.HTTPError as error:
+                text = error.read().decode()[:500]
+                if error.code in (500, 503) and "database" in text.lower() and attempt < self.transient_attempts:
+                    time.sleep(attempt * self.transient_pause_s)
+                    continue
+                raise RuntimeError(f"{method} {path}: HTTP {error.code}: {text}") from None
+        raise AssertionError("unreachable")
 
     def request(self, method: str, path: str, payload: Any = None) -> Any:
         body = json.dumps(payload).encode() if payload is not None else None

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack.config import REPO_ROOT, StackPaths
+from stack.config import LAKE_BUCKET, REPO_ROOT, StackPaths
 
 
 class StackError(RuntimeError):
@@ -99,12 +99,9 @@ class Service:
         if pid is None:
             return "not running"
         _signal_group(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and _group_alive(pid):
-            time.sleep(0.2)
-        if _group_alive(pid):
+        if not wait_until(lambda: not _group_alive(pid), timeout_s):
             _signal_group(pid, signal.SIGKILL)
-            time.sleep(0.5)
+            wait_until(lambda: not _group_alive(pid), 10.0)
         for port in (self.port, *self.extra_ports):
             wait_until(lambda p=port: not port_in_use(p), 10.0)  # type: ignore[misc]
         return "stopped"
@@ -123,6 +120,12 @@ def _process_alive(pid: int) -> bool:
 
 
 def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. The leader is reaped first when it is this process's own child
+    (a test or the demo started the service here): an exited but unreaped leader would keep the group alive."""
+    try:
+        os.waitpid(pgid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child, or reaped already
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -416,10 +419,42 @@ def _airflow_healthy(env: dict[str, str]) -> bool:
     return all(health.get(name, {}).get("status") == "healthy" for name in components)
 
 
+# Airflow's tasks take every endpoint and key from connections (plugins/mlops_airflow/hooks.py), never from the
+# environment. Airflow runs without these variables, as on a deployment whose workers have none of them, so that a
+# task that still read one would fail here too (and no S3 key sits in Airflow's processes' environments).
+AIRFLOW_UNSET = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "SPARK_MASTER",
+    "SPARK_LOCAL_IP",
+    "RAY_ADDRESS",
+    "MLOPS_RAW_BUCKET",
+    "MLOPS_LAKE_BUCKET",
+    "MLOPS_MLFLOW_BUCKET",
+    "MLOPS_SERVE_URL",
+)
+
+
+def _airflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:
+    # The lake bucket reaches the DAG as the Airflow variable mlops_lake_bucket (dags/mlops_training.py): the one
+    # that `up` created the bucket for, unless the variable is set otherwise.
+    env.setdefault("AIRFLOW_VAR_MLOPS_LAKE_BUCKET", env.get("MLOPS_LAKE_BUCKET") or LAKE_BUCKET)
+    for key in AIRFLOW_UNSET:
+        env.pop(key, None)
+
+
 AIRFLOW = Service(
     name="airflow",
     port=8080,
     command=lambda paths, env: [str(REPO_ROOT / ".venv" / "bin" / "airflow"), "standalone"],
+    prepare=_airflow_prepare,
     is_healthy=_airflow_healthy,
     start_timeout_s=180,
     url="http://127.0.0.1:8080 (login: admin, password in .stack/airflow/simple_auth_manager_passwords.json.generated)",

@@ -40,9 +40,11 @@ def open_topic(kafka: KafkaSettings, topic_name: str, *, from_beginning: bool = 
     return consumer
 
 
-def format_message(key: bytes | None, value: bytes, *, max_payload_chars: int = 400) -> str:
+def format_message(key: bytes | None, value: bytes | None, *, max_payload_chars: int = 400) -> str:
     """One readable line for a Kafka message: event time, schema, key, compact payload (or why it is invalid)."""
     key_text = key.decode(errors="replace") if key is not None else "-"
+    if value is None:  # a tombstone
+        return f"{'-':24}  {'NO-VALUE':22}  {key_text}"
     try:
         envelope = json.loads(value)
     except ValueError:

@@ -176,7 +176,7 @@ class EventPublisher:
                 with self._cond:
                     while not self._buffer and not self._abandon and not self._done_closing():
                         self._cond.wait(max(self._deadline - time.monotonic(), 0.0) if self._closing else None)
-                    if self._abandon or (not self._buffer and self._done_closing()):
+                    if self._abandon or (not self._buffer and self._done_closing()) or self._past_close_deadline():
                         break
                 if producer is None:
                     try:
@@ -205,6 +205,11 @@ class EventPublisher:
         a message in flight while the broker is away times out and comes back to the buffer (see _on_failed), and it
         must be sent again if the broker returns before the deadline, not left behind by a flush that returned."""
         return self._closing and (self._in_flight == 0 or time.monotonic() >= self._deadline)
+
+    def _past_close_deadline(self) -> bool:
+        """Caller holds the lock. Past close()'s deadline nothing more is tried: what is still buffered stays pending
+        (without this, a broker that stays down was retried without any pause until close() gave up on the thread)."""
+        return self._closing and time.monotonic() >= self._deadline
 
     def _send_batch(self, producer: Any) -> bool:
         """Hand up to `batch_messages` buffered messages to the producer; False if sending raised."""

@@ -51,8 +51,14 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def spark_path(uri: str) -> str:
+    """Where Spark reads a snapshot object: an S3 URI through s3a; any other URI (file://, hdfs://) as it is."""
+    return S3Uri.parse(uri).s3a if uri.startswith(("s3://", "s3a://")) else uri
+
+
 def read_snapshot(spark: Any, objects: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> Any:
-    """The snapshot's objects (manifest entries) as one DataFrame of `columns`.
+    """The snapshot's objects (manifest entries, `snapshot_uri` an S3 URI or any URI Spark reads) as one DataFrame
+    of `columns`.
 
     Spark would apply the first CSV file's header to all files by position, so files are read in groups of the same
     header (and, for Parquet, the same types) and unioned by name. CSV is read by header with RFC 4180 quoting, as the
@@ -64,7 +70,7 @@ def read_snapshot(spark: Any, objects: Sequence[Mapping[str, Any]], columns: Seq
     for obj in objects:
         types = tuple(obj.get("types") or ()) if obj["format"] == "parquet" else ()
         groups.setdefault((obj["format"], tuple(obj.get("columns") or ()), types), []).append(
-            S3Uri.parse(obj["snapshot_uri"]).s3a
+            spark_path(obj["snapshot_uri"])
         )
     frames = []
     for (fmt, *_), paths in sorted(groups.items(), key=lambda item: item[1][0]):

@@ -13,7 +13,7 @@ Loading a version for prediction lives in ml.predictor (serving and evaluation s
 
 from __future__ import annotations
 
-from typing import Any
+from ml.moved import moved_names
 
 # Registered versions carry their pyfunc code (ml/serve/pyfunc_model.py as it was when they were registered). Code
 # registered before ml.registry became a package imports these names from here; they still resolve, so that
@@ -26,9 +26,4 @@ _REGISTERED_CODE_NAMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _REGISTERED_CODE_NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(_REGISTERED_CODE_NAMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _REGISTERED_CODE_NAMES)

@@ -151,8 +151,11 @@ class PromotionWatcher:
         if consumer is not None:
             close_quietly(consumer)
 
-    def _is_for_us(self, value: bytes) -> bool:
+    def _is_for_us(self, value: bytes | None) -> bool:
         self.events_seen += 1
+        if value is None:  # a tombstone: anything that can write to the topic can send one
+            log.warning("ignoring a message without a value on %s", MODEL_PROMOTED.name)
+            return False
         try:
             envelope = json.loads(value)
             validate_envelope(envelope, MODEL_PROMOTED)

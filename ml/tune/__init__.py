@@ -14,7 +14,7 @@ Importing this package imports neither Ray nor torch.
 
 from __future__ import annotations
 
-from typing import Any
+from ml.moved import moved_names
 
 # Tune pickles a search's callbacks and its trial-name function into the experiment state it stores in S3. State
 # written before ml.tune became a package names them here (the callbacks were then classes made at run time under
@@ -28,9 +28,4 @@ _PICKLED_NAMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _PICKLED_NAMES:
-        import importlib
-
-        return getattr(importlib.import_module(_PICKLED_NAMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = moved_names(__name__, _PICKLED_NAMES)

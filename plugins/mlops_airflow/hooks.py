@@ -25,11 +25,21 @@ def s3_settings(aws_conn_id: str) -> S3Settings:
     """Endpoint, region and credentials of an AWS connection, resolved by the Amazon provider (keys, a role, a
     profile or the instance's chain: whatever the connection says)."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+    from airflow.sdk.log import mask_secret
 
     from ml.settings import S3Settings
 
     hook = S3Hook(aws_conn_id=aws_conn_id)
-    credentials = hook.get_credentials()
+    found = hook.get_session(region_name=hook.conn_region_name).get_credentials()
+    if found is None:  # the provider's get_credentials() would fail with an AttributeError here
+        raise ValueError(
+            f"AWS connection {aws_conn_id!r} yields no credentials: give it a login and password, a role or a "
+            "profile, or give the worker an AWS credential chain"
+        )
+    credentials = found.get_frozen_credentials()
+    for secret in (credentials.secret_key, credentials.token):
+        if secret:
+            mask_secret(secret)  # as the provider's get_credentials() does: never in a task log
     return S3Settings(
         endpoint_url=hook.conn_config.endpoint_url or None,
         region=hook.conn_region_name or "us-east-1",
@@ -42,13 +52,15 @@ def s3_settings(aws_conn_id: str) -> S3Settings:
 def spark_settings(spark_conn_id: str) -> SparkSettings:
     """What the pipeline adds to Spark jobs from a Spark connection's extra: `extra-classpath` (jars such as the s3a
     connector), `metastore-dir` (an embedded Derby metastore's folder) and `local-ip` (the driver's bind address).
-    The master itself is the provider's business (SparkSubmitHook reads host and port)."""
+    The master is the one SparkSubmitHook submits to (host, and port when there is one)."""
     from ml.settings import SparkSettings
 
     conn = BaseHook.get_connection(spark_conn_id)
     extra = _extra(conn)
+    master = conn.host or SparkSettings.master
     return SparkSettings(
-        master=conn.host or SparkSettings.master,
+        # As SparkSubmitHook reads it: host, plus the port when the connection has one (spark://master:7077).
+        master=f"{master}:{conn.port}" if conn.port and conn.host else master,
         extra_classpath=str(extra.get("extra-classpath") or ""),
         metastore_dir=extra.get("metastore-dir") or None,
         local_ip=extra.get("local-ip") or None,

@@ -284,7 +284,8 @@ class RegisterModelOperator(BaseOperator):
 
 class PublishRunSummaryOperator(BaseOperator):
     """Publish the run's summary (snapshot, best trial, registered or reused model) as a pipeline event, from the
-    upstream tasks' results (XComArgs; a skipped task's result is None)."""
+    upstream tasks' results (XComArgs; a skipped task's result is None, the branch's `existing_model` is {} when the
+    run trained)."""
 
     template_fields: Sequence[str] = ("snapshot", "search", "registered", "existing_model")
 
@@ -314,12 +315,13 @@ class PublishRunSummaryOperator(BaseOperator):
         from ml.topics import PIPELINE_EVENTS
 
         snapshot, search, registered = self.snapshot or {}, self.search or {}, self.registered or {}
+        existing = self.existing_model or None  # {} from the branch when it trained
         summary = {
             "dataset": snapshot.get("dataset"),
             "snapshot_id": snapshot.get("snapshot_id"),
             "rows": snapshot.get("rows"),
-            "outcome": "reused_existing_model" if self.existing_model else "trained",
-            "existing_model": self.existing_model,
+            "outcome": "reused_existing_model" if existing else "trained",
+            "existing_model": existing,
             "best_params": search.get("best_params"),
             "num_trials": search.get("num_trials"),
             "test_metrics": (registered.get("evaluation") or {}).get("test_metrics"),
@@ -335,7 +337,8 @@ class PublishRunSummaryOperator(BaseOperator):
 class SkipIfModelExistsOperator(BaseBranchOperator):
     """Branch: when a model version already exists for this snapshot and code version, follow `reuse_task_id` and
     skip the expensive steps (the log says which version and why); otherwise follow `train_task_id`. The XCom
-    `existing_model` holds that version (None when training). An MLflow error fails the task: an unreachable
+    `existing_model` holds that version, `{}` when training: Airflow reads a None XCom as a missing one, and an
+    XComArg of a missing key fails the task that consumes it. An MLflow error fails the task: an unreachable
     registry would otherwise start hours of tuning that fail at registration."""
 
     template_fields: Sequence[str] = ("dataset", "snapshot_id", "ml_task", "force")
@@ -363,7 +366,7 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
 
     def choose_branch(self, context: Any) -> str:
         existing = self._existing_model()
-        context["ti"].xcom_push(key="existing_model", value=existing)
+        context["ti"].xcom_push(key="existing_model", value=existing or {})
         return self.reuse_task_id if existing else self.train_task_id
 
     def _existing_model(self) -> dict[str, str] | None:

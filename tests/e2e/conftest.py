@@ -1,4 +1,9 @@
-"""Fixtures of the end-to-end tests: one running Airflow and one DAG run shared by every e2e test of the session."""
+"""Fixtures of the end-to-end tests: one running Airflow and one DAG run shared by every e2e test of the session.
+
+Airflow is `airflow standalone` as `make airflow-up` starts it (stack.services.AIRFLOW): without the stack's endpoint
+and key variables, so its tasks reach S3, Kafka, MLflow and Spark only through the connections `make stack-up`
+imported. The tests themselves reach the services with the stack's settings (the `settings` fixture).
+"""
 
 from __future__ import annotations
 
@@ -15,14 +20,16 @@ MAX_EPOCHS = 3
 
 
 @pytest.fixture(scope="session")
-def airflow_api(s3_service: None, kafka_service: None, mlflow_service: None) -> Iterator[AirflowApi]:
+def airflow_api(
+    s3_service: None, kafka_service: None, mlflow_service: None, stack_env: dict[str, str]
+) -> Iterator[AirflowApi]:
     """A running `airflow standalone`: started here unless it already runs, and stopped again if started here."""
-    from stack.config import stack_environment, stack_paths
+    from stack.config import stack_paths
     from stack.services import AIRFLOW as AIRFLOW_SERVICE
 
-    paths, env = stack_paths(), stack_environment()
+    paths = stack_paths()
     started_here = AIRFLOW_SERVICE.running_pid(paths) is None
-    AIRFLOW_SERVICE.start(paths, env)
+    AIRFLOW_SERVICE.start(paths, stack_env)
     api = AirflowApi(AIRFLOW, "admin", admin_password())
     wait_for_dag(api)
     yield api
@@ -31,17 +38,18 @@ def airflow_api(s3_service: None, kafka_service: None, mlflow_service: None) -> 
 
 
 @pytest.fixture(scope="session")
-def first_run(airflow_api: AirflowApi) -> dict[str, Any]:
+def first_run(airflow_api: AirflowApi, settings: Any, s3_client: Any) -> dict[str, Any]:
     """Upload a copy of the penguins data under a new dataset name and run the DAG once on it; at the same moment,
     a run on another new dataset (the shipped cars data, regression) under "other": two runs at once."""
     from ml.datasets import load_shipped, upload_frame
     from ml.storage import S3Uri
 
+    raw = settings.lake.raw_bucket
     dataset, other = f"e2e_{uuid.uuid4().hex[:8]}", f"e2e_cars_{uuid.uuid4().hex[:8]}"
-    upload_frame(load_shipped("penguins"), S3Uri("raw", f"e2e/{dataset}/penguins.csv"))
-    upload_frame(load_shipped("cars"), S3Uri("raw", f"e2e/{other}/cars.csv"))
+    upload_frame(load_shipped("penguins"), S3Uri(raw, f"e2e/{dataset}/penguins.csv"), s3_client)
+    upload_frame(load_shipped("cars"), S3Uri(raw, f"e2e/{other}/cars.csv"), s3_client)
     conf = {
-        "raw_uri": f"s3://raw/e2e/{dataset}/",
+        "raw_uri": f"s3://{raw}/e2e/{dataset}/",
         "dataset": dataset,
         "target": "species",
         "task": "classification",
@@ -51,7 +59,7 @@ def first_run(airflow_api: AirflowApi) -> dict[str, Any]:
     }
     other_conf = {
         **conf,
-        "raw_uri": f"s3://raw/e2e/{other}/",
+        "raw_uri": f"s3://{raw}/e2e/{other}/",
         "dataset": other,
         "target": "Miles_per_Gallon",
         "task": "regression",

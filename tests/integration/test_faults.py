@@ -4,12 +4,14 @@ trials whose worker process is killed: tests/integration/test_trial_failures.py.
 
 The servers that are stopped and restarted are PRIVATE copies (tests/support/private_services.py: a second broker and a
 second S3 gateway on free ports of 127.0.0.1, data under tmp_path); the shared stack (S3 :9000, Kafka :9092, MLflow
-:5000) is never stopped here, and is used read-only-ish (a synthetic features folder, a missing snapshot). Every wait
-is bounded.
+:5000) is never stopped here, and is used read-only-ish (a synthetic features folder, a missing snapshot). Each stage
+gets the settings of the server it must use as arguments (ml.settings), never through this process's environment;
+Spark jobs get a Hive metastore of their own. Every wait is bounded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -23,9 +25,11 @@ from typing import Any
 import pytest
 from ray import tune
 
-from tests.support.private_services import PrivateServer, S3Keys, free_port, private_kafka, private_s3
+from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings, Settings, SparkSettings
+from tests.support.private_services import PrivateServer, private_kafka, private_s3
+from tests.support.probes import free_port
 
-pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -34,7 +38,6 @@ pytestmark = pytest.mark.integration
 
 # Tune pickles callbacks into the experiment (tuner.pkl in S3): the callback below keeps its live state here instead.
 OUTAGE: dict[str, Any] = {}
-RESTART_DELAY_S = 9.0  # after the last trial: longer than the shortened delivery timeout below, well within close()'s
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,8 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     broker = private_kafka(tmp_path_factory.mktemp("kafka"))
     broker.start()
     try:
-        create_topics(bootstrap(broker))  # the pipeline's topics, with their partitions, as `make stack-up` makes them
+        # The pipeline's topics, with their partitions, as `make stack-up` makes them.
+        create_topics(KafkaSettings(bootstrap(broker)))
         yield broker
     finally:
         broker.stop()
@@ -57,9 +61,11 @@ def bootstrap(server: PrivateServer) -> str:
 def topic_messages(servers: str, topic: str, timeout_s: float = 20.0, expect: int = 0) -> list[Any]:
     """Every record of `topic` on `servers` (all partitions, from the beginning): until `expect` are read and no more
     come for 2 s, or `timeout_s`."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False, consumer_timeout_ms=2000)
+    from ml.clients import kafka_consumer
+
+    consumer = kafka_consumer(KafkaSettings(servers), enable_auto_commit=False, consumer_timeout_ms=2000)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         assert partitions, f"topic {topic} is missing on {servers}"
@@ -78,9 +84,11 @@ def topic_messages(servers: str, topic: str, timeout_s: float = 20.0, expect: in
 
 
 def topic_size(servers: str, topic: str) -> int:
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=servers, request_timeout_ms=5000)
+    from ml.clients import kafka_consumer
+
+    consumer = kafka_consumer(KafkaSettings(servers), request_timeout_ms=5000)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         return sum(consumer.end_offsets(partitions).values()) if partitions else 0
@@ -88,13 +96,27 @@ def topic_size(servers: str, topic: str) -> int:
         consumer.close()
 
 
+def requeue_recording_publisher(kafka: KafkaSettings, dag_run_id: str | None) -> Any:
+    """The search's metrics publisher (ml.tune.callbacks.default_publisher_factory's), noting in OUTAGE when a
+    message whose delivery timed out goes back to its buffer: the broker is restarted only after that happened."""
+    from ml.events.publisher import EventPublisher
+
+    class RequeueRecordingPublisher(EventPublisher):
+        def _requeue_front(self, message: Any) -> None:
+            super()._requeue_front(message)
+            OUTAGE["requeued"].set()
+
+    return RequeueRecordingPublisher(kafka, dag_run_id=dag_run_id)
+
+
 class BrokerOutage(tune.Callback):
     """Records every trial-epoch key the search produces; stops the broker as soon as the first message is on it;
-    restarts it RESTART_DELAY_S after the last trial finished, i.e. while the metrics callback's publisher is being
-    closed at the end of the experiment (its close waits up to close_timeout_s, 90 s in the test, for the buffer)."""
+    once the last trial finished, restarts it as soon as a delivery has timed out and its message went back to the
+    buffer, i.e. while the metrics callback's publisher is being closed at the end of the experiment (its close waits
+    up to close_timeout_s, 90 s in the test, for the buffer)."""
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from ml.tune import result_epoch
+        from ml.tune.callbacks import result_epoch
 
         OUTAGE["expected"].append(f"{OUTAGE['run_name']}:{trial.trial_id}:{result_epoch(result)}")
         if OUTAGE["phase"] == "up":
@@ -125,7 +147,9 @@ class BrokerOutage(tune.Callback):
 
 
 def _restart_later() -> None:
-    time.sleep(RESTART_DELAY_S)
+    # Bounded: the shortened delivery timeout (8 s) after the last hand-over, with room for a loaded machine.
+    if not OUTAGE["requeued"].wait(timeout=120):
+        OUTAGE["errors"].append("no delivery timed out while the broker was down: the requeue path was not exercised")
     try:
         OUTAGE["server"].start()
         OUTAGE.update(phase="up", restarted_at=time.monotonic())
@@ -137,42 +161,47 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     local_ray: None,
     private_broker: PrivateServer,
     s3_service: None,
+    settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """The broker stops after the first epoch's message and comes back only after training is over, while the search
     closes its publisher: every trial-epoch key must still reach Kafka (at least once), none dropped."""
-    from ml.events import EventPublisher, PublishStats
+    import ml.tune.callbacks
+    from ml.events.publisher import EventPublisher, PublishStats
     from ml.topics import TRAINING_METRICS
-    from ml.tune import SearchConfig, _KafkaMetricsLogic, load_search_space, run_search
+    from ml.tune.callbacks import KafkaMetricsCallback
+    from ml.tune.config import SearchConfig
+    from ml.tune.search import run_search
+    from ml.tune.space import load_search_space
     from tests.support.synthetic_features import write_synthetic_features
 
     servers = bootstrap(private_broker)
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)  # read by the search's metrics callback in setup()
     # Shortened (a class attribute meant for that) so that messages handed to the client before the outage time out
     # and are requeued while the publisher is closing: the path a long real outage takes with the 30 s default.
     monkeypatch.setattr(EventPublisher, "delivery_timeout_ms", 8000)
     monkeypatch.setattr(EventPublisher, "reconnect_backoff_s", (0.2, 2.0))  # the broker is found soon after it is back
     # A JVM start on a loaded 2-core machine took over 16 s once: room for a slow restart, not a shorter outage.
-    monkeypatch.setattr(_KafkaMetricsLogic, "close_timeout_s", 90.0)
+    monkeypatch.setattr(KafkaMetricsCallback, "close_timeout_s", 90.0)
+    monkeypatch.setattr(ml.tune.callbacks, "default_publisher_factory", requeue_recording_publisher)
     caplog.set_level(logging.INFO, logger="ml.tune")
     caplog.set_level(logging.INFO, logger="ml.events")
 
-    features = write_synthetic_features("classification", 2, rows={"train": 300, "validation": 100, "test": 100})
+    features = write_synthetic_features(
+        settings, "classification", 2, rows={"train": 300, "validation": 100, "test": 100}
+    )
     run_name = f"fault-{uuid.uuid4().hex[:8]}"
     config = SearchConfig(
         dataset=features.dataset,
         snapshot_id=features.snapshot_id,
         run_name=run_name,
-        search_space=load_search_space(Path(__file__).resolve().parents[2] / "ml" / "search_spaces" / "small.json"),
+        search_space=load_search_space(REPO / "ml" / "search_spaces" / "small.json"),
         num_samples=4,
         max_concurrent_trials=2,
         max_epochs=4,
         patience=4,
         seed=3,
         dag_run_id=f"manual__{run_name}",
-        track_mlflow=False,
-        publish_metrics=True,
     )
     OUTAGE.clear()
     OUTAGE.update(
@@ -186,10 +215,20 @@ def test_metrics_survive_a_broker_outage_during_the_search(
         errors=[],
         finished=0,
         published_while_down=0,
+        requeued=threading.Event(),
     )
     started = time.monotonic()
     try:
-        result = run_search(config, callbacks=[BrokerOutage()])
+        # No MLflow tracking; the metrics stream goes to the private broker.
+        result = run_search(
+            config,
+            s3=settings.s3,
+            lake=settings.lake,
+            ray=RaySettings(None),  # the module's local Ray (local_ray) is already running
+            mlflow=None,
+            kafka=KafkaSettings(servers),
+            callbacks=[BrokerOutage()],
+        )
         search_done = time.monotonic()
     finally:
         if OUTAGE.get("restarter") is not None:
@@ -202,11 +241,11 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     assert not OUTAGE["errors"], OUTAGE["errors"]
     assert result.num_trials == 4 and result.num_errored == 0
     assert OUTAGE["phase"] == "up" and OUTAGE["published_while_down"] >= 1, OUTAGE
-    down_s = OUTAGE["restarted_at"] - OUTAGE["stopped_at"]
-    # The outage must outlast the delivery timeout, so that in-flight messages time out and are re-sent.
-    assert down_s > EventPublisher.delivery_timeout_ms / 1000, "the outage was shorter than the delivery timeout"
-    # (Whether the publisher waited for the broker is checked below from its own stats: nothing failed, dropped or
-    # pending. Comparing clocks was racy: the flush can finish before the restart's health check returns.)
+    # The outage outlasted a delivery timeout: a message in flight timed out and went back to the buffer (the restart
+    # waited for that). Whether the publisher then waited for the broker is checked below from its own stats: nothing
+    # failed, dropped or pending.
+    assert OUTAGE["requeued"].is_set(), "no delivery timed out while the broker was down"
+    down_s = OUTAGE["restarted_at"] - OUTAGE["stopped_at"]  # reported, not asserted
 
     expected = Counter(OUTAGE["expected"])
     assert max(expected.values()) == 1, "Tune reported a trial-epoch twice"
@@ -243,37 +282,49 @@ def test_metrics_survive_a_broker_outage_during_the_search(
 CSV_PARTS = 4
 
 
+@dataclasses.dataclass(frozen=True)
+class PrivateGateway:
+    server: PrivateServer
+    s3: S3Settings  # its endpoint and keys, as the stages take them
+
+    @property
+    def client(self) -> Any:
+        """The (cached) boto3 client every stage given `s3` uses."""
+        from ml.clients import s3_client
+
+        return s3_client(self.s3)
+
+
 @pytest.fixture
-def private_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[PrivateServer, S3Keys]]:
-    """A private S3 gateway with raw and lake buckets, and this test's environment pointing boto3 (through
-    ml.storage) at it."""
-    import boto3
+def private_gateway(tmp_path: Path) -> Iterator[PrivateGateway]:
+    """A private S3 gateway with raw and lake buckets."""
+    from ml.clients import arrow_filesystem, s3_client
 
-    from ml.storage import _cached_client
-
-    gateway, keys = private_s3(tmp_path / "s3")
-    gateway.start()
+    server, keys = private_s3(tmp_path / "s3")
+    server.start()
     try:
-        endpoint = gateway.service.url
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys.access_key)
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys.secret_key)
-        monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-        monkeypatch.setenv("MLOPS_RAW_BUCKET", "raw")
-        monkeypatch.setenv("MLOPS_LAKE_BUCKET", "lake")
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id=keys.access_key,
-            aws_secret_access_key=keys.secret_key,
-            region_name="us-east-1",
+        gateway = PrivateGateway(
+            server,
+            S3Settings(
+                endpoint_url=server.service.url,
+                region="us-east-1",
+                access_key_id=keys.access_key,
+                secret_access_key=keys.secret_key,
+            ),
         )
         for bucket in ("raw", "lake"):
-            client.create_bucket(Bucket=bucket)
-        yield gateway, keys
+            gateway.client.create_bucket(Bucket=bucket)
+        yield gateway
     finally:
-        gateway.stop()
-        _cached_client.cache_clear()  # no client of this test's endpoint stays cached for later tests
+        server.stop()
+        # No client of this test's endpoint stays cached for later tests.
+        s3_client.cache_clear()
+        arrow_filesystem.cache_clear()
+
+
+def private_spark(settings: Settings, tmp_path: Path) -> SparkSettings:
+    """The stack's Spark (its s3a jars) with a Hive metastore of the test's own: no other job holds its Derby lock."""
+    return dataclasses.replace(settings.spark, master="local[2]", metastore_dir=str(tmp_path / "hive"))
 
 
 def _csv_part(index: int, rows: int = 40) -> bytes:
@@ -287,23 +338,24 @@ def _csv_part(index: int, rows: int = 40) -> bytes:
 
 
 def test_ingest_fails_cleanly_when_the_s3_server_crashes_and_succeeds_after_restart(
-    private_gateway: tuple[PrivateServer, S3Keys], monkeypatch: pytest.MonkeyPatch
+    private_gateway: PrivateGateway, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from ml.ingest import IngestConfig, content_hash, ingest, source_objects
-    from ml.storage import S3Uri, exists, latest_snapshot_uri, list_keys, s3_client, snapshot_uri
+    from ml.ingest.config import IngestConfig
+    from ml.ingest.read import content_hash, source_objects
+    from ml.ingest.snapshot import ingest
+    from ml.storage import S3Uri, exists, latest_snapshot_uri, list_keys, snapshot_uri
 
-    gateway, _ = private_gateway
-    client = s3_client()  # the cached client ingest() will use (same endpoint and key)
+    gateway, s3, lake = private_gateway.server, private_gateway.s3, LakeSettings()
+    client = private_gateway.client  # the cached client ingest() will use (same endpoint and keys)
     assert client.meta.endpoint_url == gateway.service.url
     for index in range(CSV_PARTS):
         client.put_object(Bucket="raw", Key=f"cars/part-{index}.csv", Body=_csv_part(index))
     config = IngestConfig(raw_uri="s3://raw/cars/", dataset="cars", target="target", task="classification")
-    snapshot_id = content_hash(
-        S3Uri.parse(config.raw_uri), source_objects(S3Uri.parse(config.raw_uri), client), config.target, config.task
-    )
-    root = snapshot_uri("cars", snapshot_id)
+    raw = S3Uri.parse(config.raw_uri)
+    snapshot_id = content_hash(raw, source_objects(raw, client), config.target, config.task)
+    root = snapshot_uri(lake, "cars", snapshot_id)
 
     # The first server-side copy completes, then the server crashes (SIGKILL) before the others start.
     original_copy = client.copy
@@ -326,7 +378,7 @@ def test_ingest_fails_cleanly_when_the_s3_server_crashes_and_succeeds_after_rest
     monkeypatch.setattr(client, "copy", copy_then_crash)
     started = time.monotonic()
     with pytest.raises((BotoCoreError, ClientError, OSError)) as failure:
-        ingest(config)
+        ingest(config, s3=s3, lake=lake)
     failed_after = time.monotonic() - started
     monkeypatch.setattr(client, "copy", original_copy)
     print(f"\ningest failed after {failed_after:.1f}s with {type(failure.value).__name__}: {failure.value}")
@@ -338,18 +390,18 @@ def test_ingest_fails_cleanly_when_the_s3_server_crashes_and_succeeds_after_rest
     assert "/raw/cars/part-" in message or "/data/part-" in message, f"not the copy's error: {message}"
 
     gateway.start()  # the same data folder and keys: the raw objects (and their ETags) are still there
-    assert not exists(root.join("manifest.json")), "a failed ingest left a manifest: a later run would trust it"
-    assert not exists(latest_snapshot_uri("cars")), "a failed ingest moved the dataset's latest pointer"
-    leftovers = [obj["Key"] for obj in list_keys(root)]
+    assert not exists(root.join("manifest.json"), client), "a failed ingest left a manifest: a later run would trust it"
+    assert not exists(latest_snapshot_uri(lake, "cars"), client), "a failed ingest moved the dataset's latest pointer"
+    leftovers = [obj["Key"] for obj in list_keys(root, client)]
     print(f"left under {root} by the failed ingest (no manifest, so never trusted): {leftovers}")
 
-    again = ingest(config)
+    again = ingest(config, s3=s3, lake=lake)
     assert again.created and again.snapshot_id == snapshot_id and again.rows == CSV_PARTS * 40
     manifest = json.loads(client.get_object(Bucket=root.bucket, Key=root.join("manifest.json").key)["Body"].read())
     assert [obj["source"] for obj in manifest["objects"]] == [f"s3://raw/cars/part-{i}.csv" for i in range(CSV_PARTS)]
-    data_keys = sorted(obj["Key"] for obj in list_keys(root.join("data")))
+    data_keys = sorted(obj["Key"] for obj in list_keys(root.join("data"), client))
     assert data_keys == sorted(S3Uri.parse(obj["snapshot_uri"]).key for obj in manifest["objects"])
-    assert ingest(config).created is False  # and a third run recognises the complete snapshot
+    assert ingest(config, s3=s3, lake=lake).created is False  # and a third run recognises the complete snapshot
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -358,54 +410,64 @@ def test_ingest_fails_cleanly_when_the_s3_server_crashes_and_succeeds_after_rest
 
 
 def test_preprocessing_a_missing_snapshot_fails_clearly_and_writes_nothing(
-    s3_service: None, capfd: pytest.CaptureFixture[str]
+    s3_service: None, settings: Settings, s3_client: Any, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from ml.preprocess import run_preprocess
+    from ml.preprocess.submit import run_preprocess
     from ml.storage import features_uri, list_keys
 
     dataset, snapshot = f"missing-{uuid.uuid4().hex[:8]}", "0123456789abcdef"
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=f"Spark preprocessing of {dataset} snapshot {snapshot} failed") as failure:
-        run_preprocess(dataset, snapshot, driver_memory="512m")
+        run_preprocess(
+            dataset,
+            snapshot,
+            s3=settings.s3,
+            lake=settings.lake,
+            spark=private_spark(settings, tmp_path),
+            driver_memory="512m",
+        )
     elapsed = time.monotonic() - started
     spark_log = capfd.readouterr().err
     print(f"\nspark-submit failed after {elapsed:.1f}s: {failure.value}")
     assert "does not exist" in str(failure.value) and "run ingest first" in str(failure.value), failure.value
     assert "manifest.json does not exist" in spark_log  # the job's own message is in the forwarded log too
-    assert not list_keys(features_uri(dataset, snapshot)), "a failed job left features (or a feature_spec.json)"
+    assert not list_keys(features_uri(settings.lake, dataset, snapshot), s3_client), "a failed job left features"
 
 
 def test_preprocessing_fails_cleanly_when_the_s3_server_crashes_mid_write_and_its_retry_succeeds(
-    private_gateway: tuple[PrivateServer, S3Keys], capfd: pytest.CaptureFixture[str]
+    private_gateway: PrivateGateway, settings: Settings, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """The gateway dies (SIGKILL) as soon as the Spark job's first output object appears under the features folder,
     stays down until spark-submit has failed, then comes back with the same data: the failed attempt left no
     feature_spec.json (what marks features complete), and the retry (Airflow's, here a second call) writes them."""
-    from ml.ingest import IngestConfig, ingest
-    from ml.preprocess import run_preprocess
-    from ml.storage import exists, features_uri, list_keys, s3_client
+    from ml.ingest.config import IngestConfig
+    from ml.ingest.snapshot import ingest
+    from ml.preprocess.submit import run_preprocess
+    from ml.storage import exists, features_uri, list_keys
     from stack.services import wait_until
 
-    gateway, _ = private_gateway
-    client = s3_client()
+    gateway, s3, lake = private_gateway.server, private_gateway.s3, LakeSettings()
+    spark = private_spark(settings, tmp_path)
+    client = private_gateway.client
     for index in range(CSV_PARTS):
         client.put_object(Bucket="raw", Key=f"cars/part-{index}.csv", Body=_csv_part(index, rows=500))
     dataset = f"fault_{uuid.uuid4().hex[:8]}"
-    snapshot_id = ingest(IngestConfig(raw_uri="s3://raw/cars/", dataset=dataset, target="target")).snapshot_id
-    out = features_uri(dataset, snapshot_id)
+    config = IngestConfig(raw_uri="s3://raw/cars/", dataset=dataset, target="target")
+    snapshot_id = ingest(config, s3=s3, lake=lake).snapshot_id
+    out = features_uri(lake, dataset, snapshot_id)
 
     outcome: dict[str, Any] = {}
 
     def first_attempt() -> None:
         try:
-            outcome["result"] = run_preprocess(dataset, snapshot_id, master="local[2]", driver_memory="1g")
+            outcome["result"] = run_preprocess(dataset, snapshot_id, s3=s3, lake=lake, spark=spark, driver_memory="1g")
         except Exception as error:  # what the test expects; reported below
             outcome["error"] = error
 
     attempt = threading.Thread(target=first_attempt, name="preprocess-attempt-1", daemon=True)
     attempt.start()
-    wrote = wait_until(lambda: not attempt.is_alive() or bool(list_keys(out)), 300.0, interval_s=0.2)
-    first_keys = [obj["Key"] for obj in list_keys(out)] if attempt.is_alive() else []
+    wrote = wait_until(lambda: not attempt.is_alive() or bool(list_keys(out, client)), 300.0, interval_s=0.2)
+    first_keys = [obj["Key"] for obj in list_keys(out, client)] if attempt.is_alive() else []
     gateway.kill()
     attempt.join(timeout=420)
     assert wrote and first_keys, f"the job ended before writing anything: {outcome}"
@@ -418,17 +480,18 @@ def test_preprocessing_fails_cleanly_when_the_s3_server_crashes_mid_write_and_it
     assert gateway.service.url.removeprefix("http://") in spark_log or "Connection refused" in spark_log
 
     gateway.start()
-    assert not exists(out.join("feature_spec.json")), "a failed attempt left a spec: a later run would trust it"
-    leftovers = [obj["Key"] for obj in list_keys(out)]
+    assert not exists(out.join("feature_spec.json"), client), "a failed attempt left a spec: a later run would trust it"
+    leftovers = [obj["Key"] for obj in list_keys(out, client)]
     print(f"left under {out} by the failed attempt (no spec, so never used): {len(leftovers)} objects")
 
-    summary = run_preprocess(dataset, snapshot_id, master="local[2]", driver_memory="1g")
+    summary = run_preprocess(dataset, snapshot_id, s3=s3, lake=lake, spark=spark, driver_memory="1g")
     assert summary["skipped"] is False and sum(summary["rows"].values()) == CSV_PARTS * 500
-    assert exists(out.join("feature_spec.json"))
+    assert exists(out.join("feature_spec.json"), client)
+    from ml.clients import arrow_filesystem
     from ml.data import load_feature_spec, load_training_data
 
-    spec = load_feature_spec(out)
-    data = load_training_data(out, spec)
+    spec = load_feature_spec(out, client)
+    data = load_training_data(out, spec, arrow_filesystem(s3))
     assert (len(data.train.y), len(data.validation.y)) == (spec.rows["train"], spec.rows["validation"])
 
 
@@ -438,23 +501,27 @@ def test_preprocessing_fails_cleanly_when_the_s3_server_crashes_mid_write_and_it
 
 
 def test_registration_with_mlflow_unreachable_fails_then_its_retry_makes_exactly_one_version(
-    mlflow_service: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mlflow_service: None, settings: Settings, mlflow_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mlflow
-    from mlflow import MlflowClient
-
-    from ml.registry import register_model, registered_model_name
+    from ml.registry.context import RegistryContext
+    from ml.registry.conventions import registered_model_name
+    from ml.registry.register import register_model
     from tests.support.stand_in_model import make_checkpoint, make_spec
 
-    real_uri = mlflow.get_tracking_uri()
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", closed)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # MLflow's own HTTP client settings (not an endpoint): fail at once instead of retrying for minutes.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-    # Guard: if something in this process pinned a tracking URI (mlflow.set_tracking_uri), the variable would not
-    # apply and the call below would reach the real server.
-    assert mlflow.get_tracking_uri() == closed and mlflow.get_registry_uri() == closed
+    events: list[tuple[Any, ...]] = []  # no Kafka here: the registry's events are recorded instead
+
+    def context(mlflow: MlflowSettings) -> RegistryContext:
+        return RegistryContext(
+            mlflow=mlflow,
+            s3=settings.s3,
+            lake=settings.lake,
+            kafka=settings.kafka,
+            publish=lambda *event: events.append(event),
+        )
 
     dataset = f"fault-{uuid.uuid4().hex[:8]}"
     spec = make_spec("classification", dataset=dataset)
@@ -471,12 +538,12 @@ def test_registration_with_mlflow_unreachable_fails_then_its_retry_makes_exactly
     run_id = f"manual__{dataset}"
     started = time.monotonic()
     with pytest.raises(Exception) as failure:
-        register_model(evaluation, dag_id="mlops_training", dag_run_id=run_id, publish_events=False)
+        register_model(evaluation, context(MlflowSettings(closed)), dag_id="mlops_training", dag_run_id=run_id)
     elapsed = time.monotonic() - started
     print(f"\nregistration failed after {elapsed:.1f}s: {type(failure.value).__name__}: {failure.value}")
     assert closed.removeprefix("http://") in str(failure.value), "the error should name the MLflow endpoint"
 
-    real = MlflowClient(tracking_uri=real_uri, registry_uri=real_uri)
+    real = mlflow_client
     name = registered_model_name(dataset, "classification")
     assert not real.search_registered_models(filter_string=f"name = '{name}'")
     assert not real.search_model_versions(f"tags.dag_run_id = '{run_id}'")
@@ -484,9 +551,8 @@ def test_registration_with_mlflow_unreachable_fails_then_its_retry_makes_exactly
 
     # The task's retry once MLflow answers again registers the model; a further retry of the same DAG run (a task
     # cleared after success, a retry racing a slow first attempt) finds that version instead of adding another.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", real_uri)
-    retried = register_model(evaluation, dag_id="mlops_training", dag_run_id=run_id, publish_events=False)
-    again = register_model(evaluation, dag_id="mlops_training", dag_run_id=run_id, publish_events=False)
+    retried = register_model(evaluation, context(settings.mlflow), dag_id="mlops_training", dag_run_id=run_id)
+    again = register_model(evaluation, context(settings.mlflow), dag_id="mlops_training", dag_run_id=run_id)
     assert retried["created"] is True and again["created"] is False and again["version"] == retried["version"]
     versions = real.search_model_versions(f"name = '{name}'")
     assert [v.version for v in versions] == [retried["version"]]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,18 +31,7 @@ from stack.services import (
     port_in_use,
     wait_until,
 )
-
-SHARED_PORTS = frozenset({5000, 8000, 8080, 9000, 9001, 9092, 9093})  # the shared stack's: never ours
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now (the kernel's pick), never one of the shared stack's."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port not in SHARED_PORTS:
-            return port
+from tests.support.probes import free_port
 
 
 @dataclass
@@ -63,8 +51,8 @@ class PrivateServer:
         return self.service.start(self.paths, self.env)
 
     def stop(self, timeout_s: float = 30.0) -> str:
-        """A clean shutdown (SIGTERM to the group, SIGKILL after `timeout_s`), like `Service.stop`, plus reaping: the
-        process is this test process's child, and an unreaped zombie would look alive to `Service.stop`."""
+        """A clean shutdown (SIGTERM to the group, SIGKILL after `timeout_s`), like `Service.stop`, then its ports
+        free (the process is this test process's child, which stack.services._group_alive reaps)."""
         return self._end(signal.SIGTERM, timeout_s)
 
     def kill(self) -> str:
@@ -77,9 +65,9 @@ class PrivateServer:
         if pid is None:
             return "not running"
         _signal_group(pid, sig)
-        if not wait_until(lambda: not _alive_reaping(pid), timeout_s):
+        if not wait_until(lambda: not _group_alive(pid), timeout_s):
             _signal_group(pid, signal.SIGKILL)
-            wait_until(lambda: not _alive_reaping(pid), 10.0)
+            wait_until(lambda: not _group_alive(pid), 10.0)
         for port in self.ports:
             if not wait_until(lambda p=port: not port_in_use(p), 10.0):  # type: ignore[misc]
                 raise StackError(f"{self.service.name}: port {port} still open after the process ended")
@@ -238,12 +226,3 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
-
-
-def _alive_reaping(pgid: int) -> bool:
-    """Whether the group still has a live process; reaps the leader if it is our exited child."""
-    try:
-        os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child (or reaped already)
-    return _group_alive(pgid)

@@ -3,7 +3,8 @@
 `write_synthetic_features` puts `train/`, `validation/`, `test/` Parquet parts (plus Spark's `_SUCCESS` markers) and
 `feature_spec.json` (written last) under `ml.storage.features_uri(lake, dataset, snapshot_id)`. The data is learnable:
 labels follow a fixed linear rule of the features plus noise, so a model can beat a trivial baseline by a clear margin.
-`make_training_data` gives the same arrays in memory for unit tests.
+`make_training_data` gives the same arrays in memory for unit tests; `feature_objects` gives the folder's objects
+(to put into any store: `in_memory_s3` is moto's S3 for unit tests, `LocalLake` a folder pyarrow reads like the lake).
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 import io
 import itertools
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ml.data import SplitArrays, TrainingData
 from ml.features import LABEL_COLUMN, CategoricalFeature, FeatureSpec, NumericFeature
-from ml.settings import Settings
+from ml.settings import S3Settings, Settings
 from ml.storage import S3Uri, delete_prefix, features_uri, lake_root
 
 SPLIT_ROWS = {"train": 600, "validation": 200, "test": 200}
@@ -101,6 +106,31 @@ def make_training_data(
     return TrainingData(spec, splits["train"], splits["validation"])
 
 
+def feature_objects(
+    spec: FeatureSpec, splits: dict[str, SplitArrays], uri: S3Uri, *, parts: int = 2
+) -> list[tuple[S3Uri, bytes]]:
+    """The objects of a features folder as the Spark job writes them: per split `parts` Parquet parts and a
+    `_SUCCESS` marker, then `feature_spec.json` (last: its presence marks the folder complete)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    label_type = pa.int32() if spec.task == "classification" else pa.float64()  # Spark writes int / double labels
+    objects: list[tuple[S3Uri, bytes]] = []
+    for name, split in splits.items():
+        bounds = np.linspace(0, split.rows, parts + 1).astype(int)
+        for part, (start, stop) in enumerate(itertools.pairwise(bounds)):
+            columns = {c: pa.array(split.X[start:stop, i], pa.float32()) for i, c in enumerate(spec.feature_columns)}
+            columns[LABEL_COLUMN] = pa.array(split.y[start:stop]).cast(label_type)
+            buffer = io.BytesIO()
+            pq.write_table(pa.table(columns), buffer)
+            objects.append(
+                (uri.join(name, f"part-{part:05d}-{uuid.uuid4().hex[:8]}-c000.snappy.parquet"), buffer.getvalue())
+            )
+        objects.append((uri.join(name, "_SUCCESS"), b""))
+    objects.append((uri.join("feature_spec.json"), spec.to_json().encode()))
+    return objects
+
+
 def write_synthetic_features(
     settings: Settings,
     task: str = "classification",
@@ -115,33 +145,66 @@ def write_synthetic_features(
     num_numeric: int = 4,
 ) -> SyntheticFeatures:
     """Write a complete features folder to S3 (a unique dataset name unless one is given)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from ml.clients import s3_client
 
     kind = f"class{num_classes}" if task == "classification" else "regr"
     dataset = dataset or f"synthetic-{kind}-{uuid.uuid4().hex[:10]}"
     rows = rows or SPLIT_ROWS
     spec = make_spec(dataset, snapshot_id, task, num_classes, num_numeric=num_numeric, rows=rows)
     splits = make_arrays(spec, rows, seed, noise)
-    from ml.clients import s3_client
-
     uri = features_uri(settings.lake, dataset, snapshot_id)
     client = s3_client(settings.s3)
-    label_type = pa.int32() if task == "classification" else pa.float64()  # Spark writes int / double labels
-    for name, split in splits.items():
-        bounds = np.linspace(0, split.rows, parts + 1).astype(int)
-        for part, (start, stop) in enumerate(itertools.pairwise(bounds)):
-            columns = {c: pa.array(split.X[start:stop, i], pa.float32()) for i, c in enumerate(spec.feature_columns)}
-            columns[LABEL_COLUMN] = pa.array(split.y[start:stop]).cast(label_type)
-            buffer = io.BytesIO()
-            pq.write_table(pa.table(columns), buffer)
-            key = uri.join(name, f"part-{part:05d}-{uuid.uuid4().hex[:8]}-c000.snappy.parquet")
-            client.put_object(Bucket=key.bucket, Key=key.key, Body=buffer.getvalue())
-        marker = uri.join(name, "_SUCCESS")
-        client.put_object(Bucket=marker.bucket, Key=marker.key, Body=b"")
-    spec_uri = uri.join("feature_spec.json")
-    client.put_object(Bucket=spec_uri.bucket, Key=spec_uri.key, Body=spec.to_json().encode())
+    for key, body in feature_objects(spec, splits, uri, parts=parts):
+        client.put_object(Bucket=key.bucket, Key=key.key, Body=body)
     return SyntheticFeatures(dataset, snapshot_id, uri, spec, splits, settings)
+
+
+# -- unit tests: stores without a service
+
+# S3 settings for moto's in-memory S3: AWS's own endpoint (moto intercepts it; a custom endpoint would not be) and
+# made-up keys (moto accepts any; nothing real is ever signed with them).
+IN_MEMORY_S3 = S3Settings(endpoint_url=None, region="us-east-1", access_key_id="unit", secret_access_key="test")
+
+
+@contextmanager
+def in_memory_s3(*buckets: str) -> Iterator[Any]:
+    """moto's in-memory S3 with `buckets` (default: the lake's and the raw bucket), as a boto3 client of
+    IN_MEMORY_S3; `ml.clients.s3_client(IN_MEMORY_S3)` reaches the same store while the context is open."""
+    from moto import mock_aws
+
+    from ml.clients import s3_client
+
+    # mock_credentials=False: moto leaves the process environment alone (the keys are in IN_MEMORY_S3).
+    with mock_aws(config={"core": {"mock_credentials": False}}):
+        client = s3_client(IN_MEMORY_S3)
+        for bucket in buckets or ("lake", "raw"):
+            client.create_bucket(Bucket=bucket)
+        yield client
+
+
+class LocalLake:
+    """A local folder laid out like S3 (ROOT/BUCKET/KEY) with a pyarrow filesystem that reads it as the lake: what
+    `read_split` and `load_training_data` take, without a service."""
+
+    def __init__(self, root: Path) -> None:
+        from pyarrow import fs
+
+        self.root = root
+        self.filesystem = fs.SubTreeFileSystem(str(root), fs.LocalFileSystem())
+
+    def put(self, uri: S3Uri, body: bytes) -> None:
+        path = self.root / uri.bucket / uri.key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+
+    def write_features(
+        self, spec: FeatureSpec, splits: dict[str, SplitArrays], uri: S3Uri, *, client: Any = None, parts: int = 2
+    ) -> None:
+        """The features folder here, and into `client` (an S3 client) too when one is given."""
+        for key, body in feature_objects(spec, splits, uri, parts=parts):
+            self.put(key, body)
+            if client is not None:
+                client.put_object(Bucket=key.bucket, Key=key.key, Body=body)
 
 
 def delete_mlflow_experiment(settings: Settings, name: str) -> None:

@@ -1,11 +1,17 @@
-"""Security properties checked without services: no secret in the repository, a local stack that listens on
-127.0.0.1 only, checkpoints that never unpickle code, and a prediction service with request limits by default.
+"""Security properties of the whole repository, checked without services: no secret in the repository or its history,
+generated keys kept out of git, checkpoints that never unpickle code, and a prediction service with request limits by
+default.
+
+Where the rest lives: the local stack listening on 127.0.0.1 only and keeping secrets off command lines,
+tests/unit/stack/test_services.py and test_config.py; the prediction service binding 127.0.0.1 by default,
+tests/unit/ml/serve/test_cli.py; the generated admin password, tests/unit/stack/
+test_airflow_home.py; docker-compose.yaml's secrets, tests/unit/stack/test_docker_compose.py; connection keys that
+never reach os.environ, a command line or a log, tests/unit/plugins/mlops_airflow/.
 
 Known exceptions, outside what this repository configures (see the report of the fault/security work):
   * `airflow standalone` starts Airflow's log servers (scheduler :8793, triggerer :8794) on all interfaces: the host is
     hard-coded in airflow.utils.serve_logs; they answer only requests with a JWT signed by the deployment's key.
-  * A local Ray (ml.tune.ensure_ray, tuning) listens on all interfaces while a search runs.
-docker-compose.yaml's own secret checks live in tests/unit/test_docker_compose.py.
+  * A local Ray (ml.tune.runtime.ensure_ray, tuning) listens on all interfaces while a search runs.
 """
 
 from __future__ import annotations
@@ -19,10 +25,8 @@ from typing import Any
 
 import pytest
 
-from stack.airflow_home import SIMPLE_AUTH_FILE, write_admin_password
-from stack.config import REPO_ROOT, StackPaths, stack_environment, stack_paths
-
-pytestmark = pytest.mark.unit
+from stack.airflow_home import SIMPLE_AUTH_FILE
+from stack.config import REPO_ROOT, stack_paths
 
 MAX_SCANNED_BYTES = 5 * 1024 * 1024  # larger files are data, not code or configuration
 
@@ -44,9 +48,8 @@ ASSIGNED_SECRET = re.compile(
 URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^/\s:@'\"]+:(?P<value>[^@\s/'\"${}]{3,})@")
 # Deliberate, reviewed literals: (path, value) -> why it is not a secret.
 ALLOWED_LITERALS = {
-    ("tests/unit/test_docker_compose.py", "s3cr3t-from-prod"): "a fake secret that proves the compose check fails",
-    ("tests/unit/test_docker_compose.py", "hunter2"): "a fake password that proves the compose check fails",
-    ("tests/unit/test_security.py", "test-secret-value-0123456789"): "a fake key for the command-line checks below",
+    ("tests/unit/stack/test_docker_compose.py", "s3cr3t-from-prod"): "a fake secret: the compose check fails",
+    ("tests/unit/stack/test_docker_compose.py", "hunter2"): "a fake password: the compose check fails",
 }
 
 
@@ -159,112 +162,9 @@ def test_generated_stack_secrets_appear_in_no_repository_file_or_commit(reposito
     assert not [name for name, pattern in KEY_FORMATS.items() if pattern.search(history.decode(errors="replace"))]
 
 
-def test_the_airflow_admin_password_is_generated_private_and_kept(tmp_path: Path) -> None:
-    # Written before Airflow starts, so that Airflow never generates one itself and prints it to its log.
-    path = write_admin_password(tmp_path)
-    password = json.loads(path.read_text())["admin"]
-    assert path.name == SIMPLE_AUTH_FILE and len(password) >= 16
-    assert path.stat().st_mode & 0o077 == 0, "the password file is readable by others"
-    assert json.loads(write_admin_password(tmp_path).read_text())["admin"] == password, "a second stack-up changed it"
-
-
 def test_compose_env_file_is_git_ignored() -> None:
     ignored = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", ".env"], check=False, timeout=30)
     assert ignored.returncode == 0
-
-
-# --- the local stack listens on 127.0.0.1 only ------------------------------------------------------------------------
-
-
-def _loopback(address: str) -> bool:
-    """host:port, scheme://host:port/... or host: whether the host is 127.0.0.1 (or localhost)."""
-    host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", address).split("/")[0]
-    host = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
-    return host in ("127.0.0.1", "localhost")
-
-
-@pytest.fixture
-def fake_stack(tmp_path: Path) -> tuple[StackPaths, dict[str, str]]:
-    paths = StackPaths(tmp_path)
-    (paths.jars).mkdir(parents=True)
-    paths.kafka_classpath_file.write_text("/nonexistent/kafka.jar")
-    env = {
-        "AWS_ACCESS_KEY_ID": "test-access",
-        "AWS_SECRET_ACCESS_KEY": "test-secret-value-0123456789",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "MLOPS_MLFLOW_BUCKET": "mlflow",
-    }
-    return paths, env
-
-
-def _flag_values(command: list[str], flag: str) -> list[str]:
-    return [command[i + 1] for i, part in enumerate(command[:-1]) if part == flag]
-
-
-def test_s3_gateway_listens_on_loopback_only(fake_stack: tuple[StackPaths, dict[str, str]]) -> None:
-    from stack.services import S3, _s3_command
-
-    command = _s3_command(*fake_stack)
-    listeners = _flag_values(command, "--port") + _flag_values(command, "--webui")
-    assert listeners and all(_loopback(value) for value in listeners), listeners
-    assert all(_loopback(value) for value in _flag_values(command, "--webui-gateways"))
-    assert not {"--admin-port", "--ap", "--website"} & set(command), "an extra listener without a loopback check"
-    assert _loopback(S3.url.split()[0])
-
-
-def test_kafka_listens_and_advertises_on_loopback_only() -> None:
-    from stack.services import KAFKA_PROPERTIES
-
-    properties = dict(
-        line.split("=", 1) for line in KAFKA_PROPERTIES.splitlines() if "=" in line and not line.startswith("#")
-    )
-    for key in ("listeners", "advertised.listeners", "controller.quorum.bootstrap.servers"):
-        addresses = [entry.split("://")[-1] for entry in properties[key].split(",")]
-        assert addresses and all(_loopback(address) for address in addresses), (key, properties[key])
-    assert properties["listener.security.protocol.map"].count("PLAINTEXT") >= 2  # plain text: loopback is the fence
-    assert properties["auto.create.topics.enable"] == "false"
-
-
-def test_mlflow_server_binds_loopback(fake_stack: tuple[StackPaths, dict[str, str]]) -> None:
-    from stack.services import _mlflow_command
-
-    command = _mlflow_command(*fake_stack)
-    assert _flag_values(command, "--host") == ["127.0.0.1"], command
-
-
-def test_airflow_spark_and_client_defaults_are_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLOPS_STACK_DIR", str(tmp_path))  # nothing is generated in the real stack folder
-    env = stack_environment({"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
-    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
-    assert env["SPARK_LOCAL_IP"] == "127.0.0.1"
-    for key in (
-        "AWS_ENDPOINT_URL",
-        "KAFKA_BOOTSTRAP_SERVERS",
-        "MLFLOW_TRACKING_URI",
-        "MLOPS_SERVE_URL",
-        "MLFLOW_S3_ENDPOINT_URL",
-    ):
-        assert _loopback(env[key]), (key, env[key])
-    assert not (tmp_path / "credentials.json").exists()
-
-
-def test_prediction_service_binds_loopback_by_default() -> None:
-    import argparse
-
-    from ml.serve import register_cli
-
-    parser = argparse.ArgumentParser()
-    register_cli(parser.add_subparsers())
-    assert parser.parse_args(["serve"]).host == "127.0.0.1"
-
-
-def test_no_secret_on_a_service_command_line(fake_stack: tuple[StackPaths, dict[str, str]]) -> None:
-    from stack.services import ALL_SERVICES
-
-    paths, env = fake_stack
-    for service in ALL_SERVICES:
-        command = " ".join(service.command(paths, env))
-        assert env["AWS_SECRET_ACCESS_KEY"] not in command, f"{service.name} gets the S3 secret in argv"
 
 
 # --- checkpoints never unpickle code ----------------------------------------------------------------------------------
@@ -344,50 +244,3 @@ def test_served_model_path_refuses_a_checkpoint_with_code(tmp_path: Path) -> Non
     with pytest.raises(pickle.UnpicklingError):
         TabularPredictor.from_files(checkpoint, spec_file)
     assert not marker.exists(), "loading the checkpoint ran code from it"
-
-
-# --- the prediction service limits requests by default ----------------------------------------------------------------
-
-
-def test_prediction_service_limits_body_size_and_rows_by_default(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ml.models import load_model
-    from ml.registry import LoadedModel, TabularPredictor
-    from ml.serve import create_app
-    from ml.serve.app import DEFAULT_MAX_BYTES, DEFAULT_MAX_ROWS, ServeConfig, serve_state
-    from tests.support.stand_in_model import make_checkpoint, make_spec, raw_rows
-
-    for name in ("MLOPS_SERVE_MAX_ROWS", "MLOPS_SERVE_MAX_BYTES"):
-        monkeypatch.delenv(name, raising=False)
-    assert (DEFAULT_MAX_ROWS, DEFAULT_MAX_BYTES) == (1000, 1024 * 1024)
-    config = ServeConfig.from_env()
-    assert (config.max_rows, config.max_bytes) == (DEFAULT_MAX_ROWS, DEFAULT_MAX_BYTES)
-
-    spec = make_spec()
-    loaded = LoadedModel(
-        "standin-classification", "1", TabularPredictor(load_model(make_checkpoint(tmp_path / "c", spec)), spec)
-    )
-    app = create_app(loaded=loaded)
-    assert app.config["MAX_CONTENT_LENGTH"] == DEFAULT_MAX_BYTES
-    assert serve_state(app).config.max_rows == DEFAULT_MAX_ROWS
-    client = app.test_client()
-
-    def post(data: bytes) -> Any:
-        return client.post("/predict", data=data, content_type="application/json")
-
-    oversized = post(b'{"rows": [], "pad": "' + b"x" * DEFAULT_MAX_BYTES + b'"}')
-    assert oversized.status_code == 413 and "MLOPS_SERVE_MAX_BYTES" in oversized.json["error"]
-    row = raw_rows(1, seed=1)[0]
-    too_many = post(json.dumps({"rows": [row] * (DEFAULT_MAX_ROWS + 1)}).encode())
-    assert too_many.status_code == 413 and "too many rows" in too_many.json["error"]
-    at_limit = post(json.dumps({"rows": [row] * DEFAULT_MAX_ROWS}).encode())
-    assert at_limit.status_code == 200 and len(at_limit.json["predictions"]) == DEFAULT_MAX_ROWS
-
-
-def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
-    # kafka-storage's argument parser takes "-t -abc..." for an option: a fresh-clone run failed on one in 64 ids.
-    from stack.services import _kafka_random_uuid
-
-    ids = [_kafka_random_uuid() for _ in range(2000)]
-    assert all(len(i) == 22 and not i.startswith("-") for i in ids)

@@ -1,0 +1,106 @@
+"""An interrupted search (SIGINT, as Ctrl+C or an orchestrator's stop) resumes under the same run name without
+running any finished trial or epoch again; its MLflow parent run is continued; the model it finds is evaluated.
+
+Tune saves its callbacks with the experiment and uses the saved copies on restore, so the test's callback keeps its
+records in module state, which survives pickling.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from ray import tune
+
+from ml.settings import Settings
+from ml.storage import exists
+from ml.tune.config import SearchIncomplete
+from tests.integration.ml.tune.support import search, small_search
+from tests.support import tune_interrupt
+from tests.support.synthetic_features import SyntheticFeatures, delete_mlflow_experiment, write_synthetic_features
+
+RECORDS: list[tuple[int, str, int]] = []  # (phase, trial id, epoch) of every result the driver processed
+COMPLETED: list[tuple[int, str]] = []  # (phase, trial id)
+PHASE = {"now": 1}
+
+
+class RecordResults(tune.Callback):
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        RECORDS.append((PHASE["now"], trial.trial_id, int(result["epoch"])))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        COMPLETED.append((PHASE["now"], trial.trial_id))
+
+
+@pytest.fixture(scope="module")
+def regression_features(s3_service: None, settings: Settings) -> Iterator[SyntheticFeatures]:
+    features = write_synthetic_features(settings, "regression", 1)
+    try:
+        yield features
+    finally:
+        features.cleanup()
+        delete_mlflow_experiment(settings, features.dataset)
+
+
+def test_interrupted_search_resumes_without_rerunning_trials(
+    local_ray: None,
+    regression_features: SyntheticFeatures,
+    settings: Settings,
+    s3_client: Any,
+    mlflow_client: Any,
+    kafka_service: None,
+) -> None:
+    from ml.clients import keyless_arrow_filesystem
+    from ml.evaluate import evaluate_best
+
+    config = small_search(
+        regression_features.dataset, regression_features.snapshot_id, f"resume-{uuid.uuid4().hex[:8]}"
+    )
+    RECORDS.clear()
+    COMPLETED.clear()
+    PHASE["now"] = 1
+    tune_interrupt.ARMED["after"] = 2  # SIGINT once 2 trials have finished: Tune saves its state and returns
+    tune_interrupt.COMPLETED.clear()
+    try:
+        with pytest.raises(SearchIncomplete, match="run it again"):
+            search(config, settings, callbacks=[RecordResults(), tune_interrupt.InterruptAfterTrials()])
+    finally:
+        tune_interrupt.ARMED["after"] = None
+    first_done = {trial for phase, trial in COMPLETED if phase == 1}
+    assert len(first_done) >= 2
+    experiment = config.experiment_uri(settings.lake)
+    keyless = keyless_arrow_filesystem(settings.s3)
+    assert tune.Tuner.can_restore(f"{experiment.bucket}/{experiment.key}", storage_filesystem=keyless)
+    assert not exists(experiment.join("search_result.json"), s3_client)
+
+    PHASE["now"] = 2
+    result = search(config, settings)  # the same run name: restores the saved experiment
+    assert result.num_trials == 4 and result.num_errored == 0
+
+    trials = {trial for _, trial, _ in RECORDS}
+    assert len(trials) == 4
+    pairs = Counter((trial, epoch) for _, trial, epoch in RECORDS)
+    assert max(pairs.values()) == 1, f"an epoch ran twice: {pairs}"
+    rerun = {trial for phase, trial, _ in RECORDS if phase == 2} & first_done
+    assert not rerun, f"finished trials ran again after the resume: {rerun}"
+    assert any(phase == 2 for phase, _, _ in RECORDS), "nothing was left to run after the interruption"
+    for trial in trials:  # each trial's epochs are contiguous from 1, across the interruption
+        epochs = sorted(epoch for _, t, epoch in RECORDS if t == trial)
+        assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
+
+    # One parent run, continued; one child per trial.
+    parent = mlflow_client.get_run(result.mlflow_parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = mlflow_client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["mlops.trial_id"] for c in children) == sorted(trials)
+
+    # Regression on the same learnable rule: far better than predicting the training mean.
+    evaluation = evaluate_best(result, s3=settings.s3, mlflow=settings.mlflow)
+    assert evaluation["metric"] == "rmse"
+    assert evaluation["test_metrics"]["rmse"] < 0.5 * evaluation["baseline_test_metrics"]["rmse"]
+    assert evaluation["test_metrics"]["r2"] > 0.7

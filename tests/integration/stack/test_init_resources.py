@@ -1,0 +1,37 @@
+"""stack/init_resources.py against the running stack: everything the pipeline needs exists, and creating it again
+changes nothing (what `make stack-up` and compose's stack-init run on every start)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml.settings import Settings
+from stack.config import MLFLOW_BUCKET
+
+
+def test_buckets_exist_and_creating_them_again_creates_none(s3_client: Any, settings: Settings) -> None:
+    from stack.init_resources import create_buckets
+
+    assert create_buckets(settings.s3, settings.lake, MLFLOW_BUCKET) == []
+    names = {bucket["Name"] for bucket in s3_client.list_buckets()["Buckets"]}
+    assert {settings.lake.raw_bucket, settings.lake.lake_bucket, MLFLOW_BUCKET} <= names
+
+
+def test_topics_exist_with_their_partitions_and_retention(kafka_service: None, settings: Settings) -> None:
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from ml.clients import kafka_admin
+    from ml.topics import ALL_TOPICS
+    from stack.init_resources import create_topics
+
+    assert create_topics(settings.kafka) == []
+    admin = kafka_admin(settings.kafka)
+    try:
+        described = {topic["name"]: topic for topic in admin.describe_topics([t.name for t in ALL_TOPICS])}
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t.name) for t in ALL_TOPICS])
+    finally:
+        admin.close()
+    for topic in ALL_TOPICS:
+        assert len(described[topic.name]["partitions"]) == topic.partitions, topic.name
+    retention = {name: entries["retention.ms"]["value"] for name, entries in configs["topic"].items()}
+    assert retention == {topic.name: str(topic.retention_ms) for topic in ALL_TOPICS}

@@ -1,0 +1,175 @@
+"""ml.clients: one client per settings value, configured from the settings alone; the keyless pyarrow filesystem signs
+with its keys but pickles without them. Nothing here connects anywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import uuid
+from typing import Any
+
+import pytest
+
+from ml import clients
+from ml.keyless_s3 import KeylessS3Handler
+from ml.settings import KafkaSettings, MlflowSettings, S3Settings
+
+
+def keyed(endpoint_url: str | None = "http://127.0.0.1:9000", **overrides: Any) -> S3Settings:
+    values = {
+        "endpoint_url": endpoint_url,
+        "region": "eu-west-3",
+        "access_key_id": uuid.uuid4().hex,
+        "secret_access_key": uuid.uuid4().hex,
+        "session_token": uuid.uuid4().hex,
+        **overrides,
+    }
+    return S3Settings(**values)
+
+
+def test_s3_client_is_cached_per_settings_value() -> None:
+    s3 = keyed()
+    first = clients.s3_client(s3)
+    assert clients.s3_client(dataclasses.replace(s3)) is first  # an equal value, not the same object
+    assert clients.s3_client(keyed()) is not first  # other keys: another client
+
+
+def test_s3_client_uses_the_settings_not_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # what the process environment says must not matter
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", uuid.uuid4().hex)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://elsewhere.example:1")
+    s3 = keyed()
+    client = clients.s3_client(s3)
+    assert client.meta.endpoint_url == "http://127.0.0.1:9000"
+    assert client.meta.region_name == "eu-west-3"
+    assert client.meta.config.s3["addressing_style"] == "path"
+    assert client.meta.config.retries["mode"] == "standard"
+    credentials = client._request_signer._credentials
+    assert (credentials.access_key, credentials.secret_key, credentials.token) == (
+        s3.access_key_id,
+        s3.secret_access_key,
+        s3.session_token,
+    )
+
+
+def test_arrow_options() -> None:
+    s3 = keyed("https://s3.example:9443")
+    assert clients.arrow_s3_options(s3, with_keys=False) == {
+        "region": "eu-west-3",
+        "endpoint_override": "s3.example:9443",
+        "scheme": "https",
+    }
+    with_keys = clients.arrow_s3_options(s3, with_keys=True)
+    assert (with_keys["access_key"], with_keys["secret_key"], with_keys["session_token"]) == (
+        s3.access_key_id,
+        s3.secret_access_key,
+        s3.session_token,
+    )
+    # AWS itself: no endpoint override; no keys: pyarrow's own credential chain
+    assert clients.arrow_s3_options(S3Settings(endpoint_url=None), with_keys=True) == {"region": "us-east-1"}
+
+
+def test_arrow_filesystem_is_cached_per_settings_value() -> None:
+    s3 = keyed()
+    assert clients.arrow_filesystem(s3) is clients.arrow_filesystem(s3)
+    assert clients.arrow_filesystem(s3).type_name == "s3"
+
+
+def test_the_keyless_filesystem_pickles_without_its_keys() -> None:
+    s3 = keyed()
+    filesystem = clients.keyless_arrow_filesystem(s3)
+    data = pickle.dumps(filesystem)
+    for secret in (s3.access_key_id, s3.secret_access_key, s3.session_token):
+        assert secret is not None and secret.encode() not in data
+    # (the plain filesystem does carry them: it must never be pickled into storage)
+    assert s3.secret_access_key.encode() in pickle.dumps(clients.arrow_filesystem(s3))  # type: ignore[union-attr]
+    restored = pickle.loads(data)
+    assert restored.type_name == "py::s3"
+    handler = restored.handler
+    assert isinstance(handler, KeylessS3Handler)
+    assert handler.endpoint == S3Settings(endpoint_url="http://127.0.0.1:9000", region="eu-west-3")
+    # equal to the original: Ray Tune compares the storage filesystem of a restored experiment
+    assert filesystem.equals(restored)
+
+
+def test_the_keyless_filesystem_refuses_to_empty_the_endpoint() -> None:
+    filesystem = clients.keyless_arrow_filesystem(keyed())
+    with pytest.raises(OSError, match="refusing to delete every bucket"):
+        filesystem.delete_dir_contents("/", accept_root_dir=True)
+
+
+def test_mlflow_client_is_cached_and_points_at_the_server() -> None:
+    mlflow = MlflowSettings("http://mlflow.example:5000")
+    client = clients.mlflow_client(mlflow)
+    assert clients.mlflow_client(MlflowSettings("http://mlflow.example:5000")) is client
+    assert client.tracking_uri == "http://mlflow.example:5000"
+    assert client._registry_uri == "http://mlflow.example:5000"
+
+
+def test_mlflow_fluent_sets_the_server_for_the_call_only() -> None:
+    import mlflow
+
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    with clients.mlflow_fluent(MlflowSettings("http://mlflow.example:5000")):
+        assert mlflow.get_tracking_uri() == mlflow.get_registry_uri() == "http://mlflow.example:5000"
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+    with pytest.raises(RuntimeError), clients.mlflow_fluent(MlflowSettings("http://other.example:5000")):
+        raise RuntimeError("the call failed")
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+
+
+def test_kafka_clients_get_the_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kafka
+
+    made: list[tuple[str, dict[str, Any]]] = []
+    for name in ("KafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
+        monkeypatch.setattr(kafka, name, lambda name=name, **options: made.append((name, options)) or name)
+    settings = KafkaSettings("a:9092,b:9092")
+    assert clients.kafka_producer(settings, acks="all") == "KafkaProducer"
+    assert clients.kafka_consumer(settings, group_id=None) == "KafkaConsumer"
+    assert clients.kafka_admin(settings) == "KafkaAdminClient"
+    assert made == [
+        ("KafkaProducer", {"bootstrap_servers": ["a:9092", "b:9092"], "acks": "all"}),
+        ("KafkaConsumer", {"bootstrap_servers": ["a:9092", "b:9092"], "group_id": None}),
+        ("KafkaAdminClient", {"bootstrap_servers": ["a:9092", "b:9092"]}),
+    ]
+
+
+def test_close_quietly_swallows_close_errors_only() -> None:
+    closed: list[dict[str, Any]] = []
+
+    class Closing:
+        def close(self, **options: Any) -> None:
+            closed.append(options)
+
+    class Failing:
+        def close(self, **options: Any) -> None:
+            raise ConnectionError("broker gone")
+
+    clients.close_quietly(Closing(), timeout=1)
+    clients.close_quietly(Failing())
+    assert closed == [{"timeout": 1}]
+
+
+def test_unpickled_where_its_keys_were_given_it_signs_with_them() -> None:
+    """The Tune driver unpickles the checkpoints its workers send back: it must not need AWS variables for them."""
+    s3 = keyed()
+    restored = pickle.loads(pickle.dumps(clients.keyless_arrow_filesystem(s3)))
+    assert s3.secret_access_key is not None
+    assert s3.secret_access_key.encode() in pickle.dumps(restored.handler.inner)  # the inner S3FileSystem has them
+
+
+def test_unpickled_in_another_process_it_takes_that_process_chain() -> None:
+    import subprocess
+    import sys
+
+    s3 = keyed()
+    data = pickle.dumps(clients.keyless_arrow_filesystem(s3))
+    code = (
+        "import pickle, sys; fs = pickle.loads(sys.stdin.buffer.read()); "
+        "sys.stdout.buffer.write(pickle.dumps(fs.handler.inner))"
+    )
+    inner = subprocess.run(
+        [sys.executable, "-c", code], input=data, capture_output=True, check=True, env={"PATH": "/usr/bin:/bin"}
+    ).stdout
+    assert s3.secret_access_key is not None and s3.secret_access_key.encode() not in inner

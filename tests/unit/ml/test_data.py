@@ -1,0 +1,195 @@
+"""ml.data: the feature spec and splits read from a features folder (moto's S3 and a local folder laid out like the
+lake), tensors over read-only arrays, seeded batches."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ml.data import SplitArrays, TensorBatches, load_feature_spec, load_training_data, read_split, to_tensors
+from ml.storage import DataError, S3Uri
+from tests.support.synthetic_features import LocalLake, in_memory_s3, make_arrays, make_spec
+
+FEATURES = S3Uri("lake", "datasets/d/features/snap")
+ROWS = {"train": 40, "validation": 20, "test": 10}
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> LocalLake:
+    return LocalLake(tmp_path)
+
+
+def _write(lake: LocalLake, task: str = "classification", classes: int = 3, *, client: Any = None) -> Any:
+    spec = make_spec("d", "snap", task, classes, rows=ROWS)
+    splits = make_arrays(spec, ROWS)
+    lake.write_features(spec, splits, FEATURES, client=client)
+    return spec, splits
+
+
+def _write_split(lake: LocalLake, split: str, columns: dict[str, pa.Array]) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    lake.put(FEATURES.join(split, "part-00000.parquet"), buffer.getvalue())
+
+
+# -- the feature spec
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with in_memory_s3("lake") as client:
+        yield client
+
+
+def test_the_feature_spec_is_read_beside_the_splits(lake: LocalLake, s3: Any) -> None:
+    spec, _ = _write(lake, client=s3)
+    assert load_feature_spec(FEATURES, s3) == spec
+    assert load_feature_spec(str(FEATURES), s3) == spec
+
+
+def test_a_folder_without_a_spec_is_unfinished_preprocessing(s3: Any) -> None:
+    with pytest.raises(DataError, match=r"s3://lake/datasets/d/features/snap/feature_spec.json: no feature spec"):
+        load_feature_spec(FEATURES, s3)
+
+
+def test_other_s3_errors_are_not_hidden(s3: Any) -> None:
+    from botocore.exceptions import ClientError
+
+    with pytest.raises(ClientError, match="NoSuchBucket"):
+        load_feature_spec(S3Uri("no-such-bucket", "features"), s3)
+
+
+# -- splits
+
+
+@pytest.mark.parametrize("task,classes", [("classification", 3), ("regression", 1)])
+def test_a_split_reads_into_float32_features_in_spec_order(lake: LocalLake, task: str, classes: int) -> None:
+    spec, splits = _write(lake, task, classes)
+    split = read_split(FEATURES, "train", spec, lake.filesystem)  # Spark's _SUCCESS marker is ignored
+    assert split.name == "train" and split.rows == ROWS["train"]
+    assert split.X.dtype == np.float32 and split.X.flags["C_CONTIGUOUS"]
+    assert split.X.shape == (ROWS["train"], len(spec.feature_columns))
+    np.testing.assert_array_equal(split.X, splits["train"].X)
+    assert split.y.dtype == (np.int64 if task == "classification" else np.float32)
+    np.testing.assert_allclose(split.y, splits["train"].y)
+
+
+def test_labels_only_reads_no_feature_columns(lake: LocalLake) -> None:
+    spec, splits = _write(lake, "regression", 1)
+    split = read_split(str(FEATURES), "train", spec, lake.filesystem, labels_only=True)
+    assert split.X.shape == (ROWS["train"], 0)
+    np.testing.assert_allclose(split.y, splits["train"].y)
+
+
+def test_training_data_is_train_and_validation(lake: LocalLake) -> None:
+    spec, splits = _write(lake)
+    data = load_training_data(FEATURES, spec, lake.filesystem)
+    assert data.spec == spec
+    assert (data.train.rows, data.validation.rows) == (ROWS["train"], ROWS["validation"])
+    np.testing.assert_array_equal(data.validation.X, splits["validation"].X)
+
+
+def test_unknown_split(lake: LocalLake) -> None:
+    spec, _ = _write(lake)
+    with pytest.raises(ValueError, match="unknown split 'holdout'"):
+        read_split(FEATURES, "holdout", spec, lake.filesystem)
+
+
+def test_a_missing_split_folder_names_the_split(lake: LocalLake) -> None:
+    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
+    with pytest.raises(DataError, match=r"features/snap/train: cannot read the train split"):
+        read_split(FEATURES, "train", spec, lake.filesystem)
+
+
+def _columns(spec: Any, rows: int = 4, **overrides: pa.Array) -> dict[str, pa.Array]:
+    columns: dict[str, pa.Array] = {c: pa.array(np.zeros(rows), pa.float32()) for c in spec.feature_columns}
+    columns["label"] = pa.array([0] * rows, pa.int32())
+    columns.update(overrides)
+    return columns
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"x1": None}, r"columns missing from the train split: \['x1'\]"),
+        ({"x0": pa.array([0.0, None, 1.0, 2.0], pa.float32())}, "column 'x0' has 1 nulls"),
+        ({"label": pa.array([0, None, 1, 1], pa.int32())}, "column 'label' has 1 nulls"),
+        ({"label": pa.array([0, 3, 1, -1], pa.int32())}, r"2 labels outside 0..2"),
+        ({"x2": pa.array([0.0, np.inf, 1.0, 2.0], pa.float32())}, "non-finite feature values in the train split"),
+    ],
+)
+def test_bad_classification_splits_name_the_problem(lake: LocalLake, change: dict, message: str) -> None:
+    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
+    columns = _columns(spec, **{k: v for k, v in change.items() if v is not None})
+    for key in [k for k, v in change.items() if v is None]:
+        del columns[key]
+    _write_split(lake, "train", columns)
+    with pytest.raises(DataError, match=message):
+        read_split(FEATURES, "train", spec, lake.filesystem)
+
+
+def test_non_finite_regression_labels_are_refused(lake: LocalLake) -> None:
+    spec = make_spec("d", "snap", "regression", 1, rows=ROWS)
+    _write_split(lake, "train", _columns(spec, label=pa.array([1.0, np.nan, 2.0, 3.0], pa.float64())))
+    with pytest.raises(DataError, match="non-finite labels in the train split"):
+        read_split(FEATURES, "train", spec, lake.filesystem)
+
+
+def test_an_empty_split_is_refused_for_training(lake: LocalLake) -> None:
+    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
+    _write_split(lake, "train", _columns(spec))
+    _write_split(lake, "validation", _columns(spec, rows=0))
+    with pytest.raises(DataError, match=r"empty split \(train 4 rows, validation 0 rows\)"):
+        load_training_data(FEATURES, spec, lake.filesystem)
+
+
+# -- tensors and batches
+
+
+def test_batches_cover_every_row_once_per_epoch_and_are_seeded() -> None:
+    X = torch.arange(23, dtype=torch.float32).unsqueeze(1)
+    y = torch.arange(23)
+    batches = TensorBatches(X, y, batch_size=5, generator=torch.Generator().manual_seed(3))
+    first = [b for b in batches]
+    assert len(first) == len(batches) == 5
+    rows = torch.cat([xb[:, 0] for xb, _ in first]).long()
+    assert sorted(rows.tolist()) == list(range(23))
+    assert all(torch.equal(xb[:, 0].long(), yb) for xb, yb in first)  # X and y stay aligned
+    second = torch.cat([xb[:, 0] for xb, _ in batches])
+    assert not torch.equal(rows.float(), second)  # a new permutation each epoch
+    again = TensorBatches(X, y, batch_size=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.cat([xb for xb, _ in again]), torch.cat([xb for xb, _ in first]))
+
+
+def test_a_trailing_single_row_is_dropped() -> None:
+    batches = TensorBatches(torch.zeros(11, 2), torch.zeros(11), batch_size=5, shuffle=False)
+    assert [xb.shape[0] for xb, _ in batches] == [5, 5] and len(batches) == 2
+    keep = TensorBatches(torch.zeros(11, 2), torch.zeros(11), batch_size=5, shuffle=False, drop_singleton=False)
+    assert [xb.shape[0] for xb, _ in keep] == [5, 5, 1] and len(keep) == 3
+
+
+def test_a_single_row_split_still_gives_one_batch() -> None:
+    batches = TensorBatches(torch.zeros(1, 2), torch.zeros(1), batch_size=5)
+    assert [xb.shape[0] for xb, _ in batches] == [1] and len(batches) == 1
+
+
+def test_batches_refuse_bad_shapes() -> None:
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        TensorBatches(torch.zeros(3, 2), torch.zeros(3), batch_size=0)
+    with pytest.raises(ValueError, match="X has 3 rows but y has 2"):
+        TensorBatches(torch.zeros(3, 2), torch.zeros(2), batch_size=2)
+
+
+def test_tensors_share_memory_with_read_only_arrays() -> None:
+    X = np.ones((4, 3), dtype=np.float32)
+    X.setflags(write=False)  # as arrays from Ray's object store are
+    tensor, _ = to_tensors(SplitArrays("train", X, np.zeros(4, dtype=np.int64)))
+    assert tensor.data_ptr() == X.ctypes.data

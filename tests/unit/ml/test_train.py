@@ -1,0 +1,330 @@
+"""ml.train: the training loop (seeded, early stopping, divergence, a checkpoint per epoch, resumable), trial configs,
+and the Ray Tune trainable with Tune's report/get_checkpoint replaced by fakes."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ml.models import ModelConfig, compute_metrics
+from ml.train import (
+    HPARAMS,
+    METRICS_FILE,
+    TRAINING_STATE_FILE,
+    TrainConfig,
+    configs_from_trial,
+    evaluate_split,
+    seed_everything,
+    target_stats,
+    train_model,
+    trial_params,
+    tune_trainable,
+)
+from tests.support.synthetic_features import make_spec, make_training_data
+
+
+def _configs(data: Any, **overrides: Any) -> tuple[Any, TrainConfig]:
+    mean, std = target_stats(data.spec, data.train.y)
+    trial = {"num_layers": 1, "hidden_size": 16, "lr": 1e-2, "batch_size": 64, "max_epochs": 5, **overrides}
+    return configs_from_trial(trial, data.spec, target_mean=mean, target_std=std)
+
+
+# -- training
+
+
+@pytest.mark.parametrize("task,classes", [("classification", 2), ("classification", 3), ("regression", 1)])
+def test_loss_decreases_on_a_learnable_problem(task: str, classes: int) -> None:
+    data = make_training_data(task, classes)
+    model_config, train_config = _configs(data, max_epochs=6, patience=6)
+    result = train_model(data, model_config, train_config)
+    losses = [m["train_loss"] for m in result.history]
+    assert len(losses) == 6
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.best_metrics["val_loss"] <= result.history[0]["val_loss"]
+    if task == "classification":
+        assert result.best_metrics["val_accuracy"] > 0.8
+    else:
+        assert result.best_metrics["val_r2"] > 0.8
+
+
+def test_training_is_reproducible_with_a_seed() -> None:
+    data = make_training_data("classification", 3)
+    model_config, train_config = _configs(data, dropout=0.2, norm="batch", seed=7)
+    first = train_model(data, model_config, train_config)
+    second = train_model(data, model_config, train_config)
+    strip = [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in first.history]
+    assert strip == [{k: v for k, v in m.items() if k != "epoch_time_s"} for m in second.history]
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    _, other_seed = _configs(data, dropout=0.2, norm="batch", seed=8)
+    third = train_model(data, model_config, other_seed)
+    assert third.history[0]["train_loss"] != first.history[0]["train_loss"]
+
+
+def test_early_stopping_after_patience_epochs() -> None:
+    data = make_training_data("classification", 2)
+    # A learning rate this small cannot move the validation loss measurably: no epoch after the first improves.
+    model_config, train_config = _configs(data, lr=1e-12, max_epochs=20, patience=3, min_delta=1e-3)
+    result = train_model(data, model_config, train_config)
+    assert [m["epoch"] for m in result.history] == [1, 2, 3, 4]
+    assert result.stopped_early and result.best_epoch == 1
+
+
+def test_each_epoch_reports_metrics_and_a_loadable_checkpoint(tmp_path: Path) -> None:
+    from ml.models import load_model, predict
+
+    data = make_training_data("regression")
+    model_config, train_config = _configs(data, max_epochs=3)
+    reported: list[tuple[dict[str, Any], list[str]]] = []
+
+    def report(metrics: dict[str, Any], directory: Path) -> None:
+        reported.append((dict(metrics), sorted(p.name for p in directory.iterdir())))
+        shutil.copytree(directory, tmp_path / f"epoch{metrics['epoch']}")
+
+    result = train_model(data, model_config, train_config, report=report)
+    assert [m["epoch"] for m, _ in reported] == [1, 2, 3]
+    assert reported[0][1] == ["metrics.json", "model_config.json", "model_state.pt", "training_state.pt"]
+    assert {"train_loss", "val_loss", "val_rmse", "val_mae", "val_r2"} <= set(reported[0][0])
+    model = load_model(tmp_path / "epoch3")
+    values, _ = predict(model, data.validation.X)
+    rmse = compute_metrics("regression", data.validation.y, values)["rmse"]
+    assert rmse == pytest.approx(result.history[-1]["val_rmse"], rel=1e-4)
+    assert json.loads((tmp_path / "epoch3" / "metrics.json").read_text())["metrics"]["epoch"] == 3
+
+
+def test_resuming_from_a_checkpoint_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    data = make_training_data("classification", 3)
+    model_config, train_config = _configs(data, max_epochs=4, patience=10, dropout=0.3, norm="batch")
+    full = train_model(data, model_config, train_config)
+
+    def keep_epoch_2(metrics: dict[str, Any], directory: Path) -> None:
+        if metrics["epoch"] == 2:
+            shutil.copytree(directory, tmp_path / "epoch2")
+
+    short = TrainConfig(**{**train_config.__dict__, "max_epochs": 2})
+    train_model(data, model_config, short, report=keep_epoch_2)
+    resumed = train_model(data, model_config, train_config, resume_from=tmp_path / "epoch2")
+    assert [m["epoch"] for m in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[-1]["train_loss"] == full.history[-1]["train_loss"]
+    assert resumed.history[-1]["val_loss"] == full.history[-1]["val_loss"]
+
+
+def test_trial_config_splits_into_model_and_train_configs() -> None:
+    data = make_training_data("classification", 3)
+    model_config, train_config = configs_from_trial(
+        {
+            "num_layers": 2.0,
+            "hidden_size": 32,
+            "dropout": 0.1,
+            "norm": "layer",
+            "activation": "silu",
+            "lr": 0.01,
+            "weight_decay": 1e-4,
+            "batch_size": 64.0,
+            "max_epochs": 7,
+            "patience": 2,
+            "seed": 3,
+            "metric": "val_loss",
+            "mode": "min",
+            "threads": 1,
+        },
+        data.spec,
+    )
+    assert (model_config.input_dim, model_config.output_dim, model_config.task) == (7, 3, "classification")
+    assert (model_config.num_layers, model_config.norm, model_config.activation) == (2, "layer", "silu")
+    assert (train_config.batch_size, train_config.max_epochs, train_config.seed) == (64, 7, 3)
+
+
+@pytest.mark.parametrize(
+    "task,classes,metrics", [("regression", 1, ("rmse", "mae", "r2")), ("classification", 3, ("accuracy", "log_loss"))]
+)
+def test_a_diverging_run_stops_and_is_flagged(task: str, classes: int, metrics: tuple[str, ...]) -> None:
+    data = make_training_data(task, classes)
+    # An absurd learning rate sends the weights, and the loss, to infinity within the first epochs.
+    model_config, train_config = _configs(data, lr=1e30, max_epochs=10, patience=10)
+    result = train_model(data, model_config, train_config)
+    assert result.diverged and not result.stopped_early
+    assert len(result.history) < 10
+    last = result.history[-1]
+    assert math.isnan(last["train_loss"])
+    # Its outputs are no predictions: the metrics are undefined (NaN), not an error that would fail the trial.
+    assert all(math.isnan(last[f"val_{name}"]) for name in metrics)
+
+
+def test_resuming_refuses_a_checkpoint_of_another_model(tmp_path: Path) -> None:
+    data = make_training_data("classification", 2)
+    model_config, train_config = _configs(data, max_epochs=1)
+
+    def keep(metrics: dict[str, Any], directory: Path) -> None:
+        shutil.copytree(directory, tmp_path / "epoch1")
+
+    train_model(data, model_config, train_config, report=keep)
+    wider, _ = _configs(data, hidden_size=32)
+    with pytest.raises(ValueError, match="checkpoint is for"):
+        train_model(data, wider, train_config, resume_from=tmp_path / "epoch1")
+
+
+def test_early_stopping_follows_the_chosen_metric_and_mode() -> None:
+    data = make_training_data("classification", 2)
+    model_config, train_config = _configs(
+        data, lr=1e-12, max_epochs=20, patience=2, metric="val_accuracy", mode="max", min_delta=0.5
+    )
+    result = train_model(data, model_config, train_config)
+    assert [m["epoch"] for m in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1 and result.best_metrics == result.history[0]
+
+
+def test_validation_metrics_are_prefixed_and_match_the_task_metrics() -> None:
+    data = make_training_data("classification", 3)
+    model_config, _ = _configs(data)
+    torch.manual_seed(0)
+    from ml.models import build_model, predict
+
+    model = build_model(model_config)
+    metrics = evaluate_split(model, model_config, data.validation, prefix="val_", batch_size=7)
+    assert set(metrics) == {"val_loss", "val_accuracy", "val_f1_macro", "val_roc_auc", "val_log_loss"}
+    labels, probabilities = predict(model, data.validation.X)
+    expected = compute_metrics("classification", data.validation.y, labels, probabilities, num_classes=3)
+    assert metrics["val_accuracy"] == pytest.approx(expected["accuracy"])
+    # Mean cross-entropy on the logits is the log loss of the softmax probabilities.
+    assert metrics["val_loss"] == pytest.approx(expected["log_loss"], rel=1e-4)
+    assert model.training  # evaluate_split restores the mode it found
+
+
+def test_train_config_refuses_bad_values() -> None:
+    for bad, fragment in [
+        ({"lr": 0.0}, "lr must be a positive number"),
+        ({"lr": math.inf}, "lr must be a positive number"),
+        ({"batch_size": 0}, "batch_size, max_epochs and patience must be >= 1"),
+        ({"patience": 0}, "batch_size, max_epochs and patience must be >= 1"),
+        ({"mode": "best"}, "mode must be 'min' or 'max'"),
+    ]:
+        with pytest.raises(ValueError, match=fragment):
+            TrainConfig(**bad)
+
+
+def test_configs_need_a_spec_or_the_shapes() -> None:
+    with pytest.raises(ValueError, match="needs a feature spec or input_dim, output_dim and task"):
+        configs_from_trial({"lr": 0.1})
+    model_config, train_config = configs_from_trial(
+        {"lr": 0.1, "hidden_size": 8}, input_dim=3, output_dim=1, task="regression", target_mean=2.0, target_std=4.0
+    )
+    assert model_config == ModelConfig(3, 1, "regression", hidden_size=8, target_mean=2.0, target_std=4.0)
+    assert train_config == TrainConfig(lr=0.1)
+
+
+def test_target_stats() -> None:
+    regression = make_spec("d", "s", "regression", 1)
+    assert target_stats(regression, np.array([1.0, 3.0], dtype=np.float32)) == (2.0, 1.0)
+    assert target_stats(regression, np.array([5.0, 5.0])) == (5.0, 1.0)  # constant: std 1
+    assert target_stats(regression, np.array([])) == (0.0, 1.0)
+    assert target_stats(make_spec("d", "s", "classification", 3), np.array([0, 2, 2])) == (0.0, 1.0)
+
+
+def test_seed_everything_makes_draws_repeat() -> None:
+    import random
+
+    seed_everything(11)
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    seed_everything(11)
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def test_trial_params_are_the_hyper_parameters_as_json() -> None:
+    config = {
+        "lr": np.float64(0.01),
+        "hidden_size": np.int64(32),
+        "norm": "batch",
+        "max_epochs": 3,
+        "metric": "val_loss",
+        "seed": 1,
+    }
+    params = trial_params(config)
+    assert params == {"lr": 0.01, "hidden_size": 32, "norm": "batch"}
+    assert json.loads(json.dumps(params)) == params  # numpy scalars become JSON numbers
+    assert set(trial_params({k: 1 for k in (*HPARAMS, "threads")})) == set(HPARAMS)
+
+
+# -- the Ray Tune trainable, with Tune's session functions replaced
+
+
+class FakeTuneSession:
+    """Stands in for ray.tune.report / ray.tune.get_checkpoint: keeps each report's metrics and a copy of its
+    checkpoint directory (which lives only during the call)."""
+
+    def __init__(self, keep: Path, checkpoint: Any = None) -> None:
+        self.keep = keep
+        self.checkpoint = checkpoint
+        self.reports: list[dict[str, Any]] = []
+
+    def report(self, metrics: dict[str, Any], *, checkpoint: Any = None) -> None:
+        self.reports.append(dict(metrics))
+        assert checkpoint is not None, "every epoch reports a checkpoint"
+        shutil.copytree(checkpoint.path, self.keep / f"epoch{metrics['epoch']}")
+
+    def get_checkpoint(self) -> Any:
+        return self.checkpoint
+
+
+def _trial_config(**overrides: Any) -> dict[str, Any]:
+    return {
+        "lr": 1e-2,
+        "batch_size": 64,
+        "num_layers": 1,
+        "hidden_size": 16,
+        "max_epochs": 3,
+        "patience": 3,
+        "seed": 2,
+        "metric": "val_loss",
+        "mode": "min",
+        "threads": 1,
+        **overrides,
+    }
+
+
+def test_the_trainable_reports_every_epoch_with_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray import tune
+
+    data = make_training_data("regression")
+    session = FakeTuneSession(tmp_path)
+    monkeypatch.setattr(tune, "report", session.report)
+    monkeypatch.setattr(tune, "get_checkpoint", session.get_checkpoint)
+    tune_trainable(_trial_config(), data)
+
+    assert [m["epoch"] for m in session.reports] == [1, 2, 3]
+    assert all(isinstance(v, int | float) for m in session.reports for v in m.values())
+    assert {"train_loss", "val_loss", "val_rmse", "epoch_time_s"} <= set(session.reports[0])
+    saved = sorted(p.name for p in (tmp_path / "epoch3").iterdir())
+    assert saved == sorted([METRICS_FILE, "model_config.json", "model_state.pt", TRAINING_STATE_FILE])
+    # The regression model carries the training labels' scale (what serving needs).
+    config = json.loads((tmp_path / "epoch3" / "model_config.json").read_text())
+    assert (config["target_mean"], config["target_std"]) == pytest.approx(target_stats(data.spec, data.train.y))
+
+
+def test_the_trainable_resumes_after_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray import tune
+
+    data = make_training_data("classification", 2)
+    full = FakeTuneSession(tmp_path / "full")
+    (tmp_path / "full").mkdir()
+    monkeypatch.setattr(tune, "report", full.report)
+    monkeypatch.setattr(tune, "get_checkpoint", full.get_checkpoint)
+    tune_trainable(_trial_config(dropout=0.2), data)
+
+    resumed = FakeTuneSession(tmp_path / "resumed", tune.Checkpoint.from_directory(str(tmp_path / "full" / "epoch1")))
+    (tmp_path / "resumed").mkdir()
+    monkeypatch.setattr(tune, "report", resumed.report)
+    monkeypatch.setattr(tune, "get_checkpoint", resumed.get_checkpoint)
+    tune_trainable(_trial_config(dropout=0.2), data)
+
+    assert [m["epoch"] for m in resumed.reports] == [2, 3]  # continues after epoch 1; does not start over
+    for before, after in zip(full.reports[1:], resumed.reports, strict=True):
+        assert after["train_loss"] == before["train_loss"] and after["val_loss"] == before["val_loss"]
+    assert sorted(p.name for p in (tmp_path / "full" / "epoch1").iterdir())  # the restored checkpoint is untouched

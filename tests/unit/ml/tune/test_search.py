@@ -1,0 +1,361 @@
+"""ml.tune.search without Ray or services: choosing the best trial from fake Tune results (never an errored one),
+the restored search's callbacks replaced by fresh ones, which callbacks a search makes, and run_search's control
+flow with Tune, Ray and MLflow replaced by fakes (moto's S3 for the lake): a completed search returns its stored
+result without building a Tuner, a new one starts, an interrupted one resumes, a failing one marks its parent run."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import ml.data
+import ml.tune.search as search
+import ml.tune.tracking as tracking
+from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
+from ml.storage import DataError, S3Uri, exists, read_json, write_json
+from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, PipelineCallback, ProgressLogCallback
+from ml.tune.config import SEARCH_MANIFEST_FILE, SearchConfig, SearchIncomplete, SearchResult
+from ml.tune.space import search_space_hash, validate_search_space
+from tests.support.synthetic_features import IN_MEMORY_S3, in_memory_s3, make_spec
+
+LAKE = LakeSettings()
+RAY = RaySettings()
+KAFKA = KafkaSettings("kafka.invalid:9092")
+MLFLOW = MlflowSettings("http://mlflow.invalid:5000")
+SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}, "hidden_size": 16}
+EXPERIMENT = S3Uri("lake", "tune/d/snap/run-1")
+FEATURES = S3Uri("lake", "datasets/d/features/snap")
+
+
+def _config(**values: Any) -> SearchConfig:
+    defaults: dict[str, Any] = {
+        "dataset": "d",
+        "snapshot_id": "snap",
+        "run_name": "run-1",
+        "search_space": SPACE,
+        "num_samples": 3,
+        "max_epochs": 3,
+        "dag_run_id": "manual__1",
+    }
+    return SearchConfig(**{**defaults, **values})
+
+
+# -- fake Tune results
+
+
+def _trial(trial_id: str, scores: list[float], *, error: Exception | None = None, lr: float = 0.01) -> Any:
+    """A Tune Result: the trial's kept checkpoints with the metrics they were saved with (epoch i+1: scores[i])."""
+    checkpoints = [
+        (
+            SimpleNamespace(path=f"lake/tune/d/snap/run-1/trial_{trial_id}/checkpoint_{epoch:06d}"),
+            {"epoch": epoch + 1, "val_loss": score, "val_r2": 1 - score, "train_loss": 2 * score, "trial_id": trial_id},
+        )
+        for epoch, score in enumerate(scores)
+    ]
+    last = checkpoints[-1][1] if checkpoints else {}
+    return SimpleNamespace(
+        error=error,
+        best_checkpoints=checkpoints,
+        metrics={**last, "trial_id": trial_id},
+        config={"lr": lr, "hidden_size": 16, "max_epochs": 3, "seed": 0, "metric": "val_loss", "mode": "min"},
+    )
+
+
+class FakeResultGrid(list):
+    """What Tuner.fit() returns, as far as _summarise reads it."""
+
+    def __init__(self, trials: list[Any], unfinished: int = 0) -> None:
+        super().__init__(trials)
+        self.num_errors = sum(1 for trial in trials if trial.error is not None)
+        self.num_terminated = len(trials) - self.num_errors - unfinished
+        self.errors = [trial.error for trial in trials if trial.error is not None]
+
+
+def _summarise(grid: FakeResultGrid, config: SearchConfig | None = None, mode: str = "min") -> SearchResult:
+    config = config or _config()
+    spec = make_spec("d", "snap", "regression", 1)
+    return search._summarise(grid, config, spec, "val_loss", mode, EXPERIMENT, FEATURES, search_space_hash(SPACE))
+
+
+def test_trial_names_are_short_and_stable() -> None:
+    assert search.trial_name(SimpleNamespace(trial_id="ab12cd34")) == "trial_ab12cd34"
+
+
+def test_the_best_kept_checkpoint_of_the_finished_trials_is_the_result() -> None:
+    grid = FakeResultGrid([_trial("a", [0.9, 0.5, 0.6]), _trial("b", [0.8, 0.4], lr=0.05), _trial("c", [0.7])])
+    result = _summarise(grid)
+    assert (result.best_trial_id, result.best_epoch) == ("b", 2)
+    assert result.best_checkpoint_uri == "s3://lake/tune/d/snap/run-1/trial_b/checkpoint_000001"
+    assert result.best_params == {"lr": 0.05, "hidden_size": 16}  # hyper-parameters only
+    assert result.best_validation_metrics == {"val_loss": 0.4, "val_r2": pytest.approx(0.6)}  # validation only
+    assert (result.num_trials, result.num_errored) == (3, 0)
+    assert (result.task, result.metric, result.mode) == ("regression", "val_loss", "min")
+    assert result.experiment_uri == str(EXPERIMENT) and result.features_uri == str(FEATURES)
+    assert result.feature_spec_uri == str(FEATURES.join("feature_spec.json"))
+    assert result.search_space == validate_search_space(SPACE) and result.search_space_hash == search_space_hash(SPACE)
+    assert result.dag_run_id == "manual__1"
+
+
+def test_max_mode_takes_the_highest_score() -> None:
+    grid = FakeResultGrid([_trial("a", [0.9, 0.5]), _trial("b", [0.8]), _trial("c", [0.3])])
+    result = _summarise(grid, mode="max")
+    assert (result.best_trial_id, result.best_epoch) == ("a", 1)
+
+
+def test_an_errored_trial_that_scored_best_is_never_chosen(caplog: pytest.LogCaptureFixture) -> None:
+    # Ray's get_best_result ranks errored trials too: the killed trial's 0.1 would win there.
+    grid = FakeResultGrid(
+        [
+            _trial("healthy", [0.6, 0.5]),
+            _trial("killed", [0.2, 0.1], error=RuntimeError("worker died")),
+            _trial("c", [0.7]),
+        ]
+    )
+    with caplog.at_level(logging.WARNING, "ml.tune.search"):
+        result = _summarise(grid)
+    assert result.best_trial_id == "healthy" and "/trial_healthy/" in result.best_checkpoint_uri
+    assert (result.num_trials, result.num_errored) == (3, 1)
+    assert "1 of 3 trials failed" in caplog.text
+
+
+def test_checkpoints_without_a_finite_score_are_no_candidates() -> None:
+    grid = FakeResultGrid([_trial("a", [math.nan, 0.7]), _trial("b", [math.inf]), _trial("c", [])])
+    result = _summarise(grid)
+    assert (result.best_trial_id, result.best_epoch) == ("a", 2)
+    with pytest.raises(RuntimeError, match="no finished trial has a checkpoint with a finite val_loss"):
+        _summarise(FakeResultGrid([_trial("b", [math.nan]), _trial("c", []), _trial("d", [math.inf])]))
+
+
+def test_an_interrupted_search_is_incomplete() -> None:
+    with pytest.raises(SearchIncomplete, match=r"2 of 3 trials finished \(1 unfinished, 0 errored\).*run it again"):
+        _summarise(FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4]), _trial("c", [0.6])], unfinished=1))
+    with pytest.raises(SearchIncomplete, match="2 of 3 trials finished"):  # the searcher had not created the 3rd
+        _summarise(FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4])]))
+
+
+def test_a_search_whose_trials_all_failed_fails() -> None:
+    grid = FakeResultGrid([_trial(t, [0.1], error=RuntimeError(f"boom {t}")) for t in "abc"])
+    with pytest.raises(RuntimeError, match="search run-1: all 3 trials failed; first error: boom a"):
+        _summarise(grid)
+
+
+# -- callbacks: made for the current settings, replaced on restore
+
+
+def test_a_search_makes_the_callbacks_its_settings_ask_for() -> None:
+    config = _config()
+    (progress,) = search._pipeline_callbacks(config, "val_loss", "min", None, None, None, None)
+    assert isinstance(progress, ProgressLogCallback)
+    assert (progress.run_name, progress.metric, progress.mode, progress.num_samples) == ("run-1", "val_loss", "min", 3)
+    # MLflow needs the parent run it nests under.
+    assert len(search._pipeline_callbacks(config, "val_loss", "min", MLFLOW, None, None, None)) == 1
+    made = search._pipeline_callbacks(config, "val_loss", "min", MLFLOW, KAFKA, "parent-1", "7")
+    assert [type(c) for c in made] == [ProgressLogCallback, MlflowTrialCallback, KafkaMetricsCallback]
+    assert (made[1].experiment_id, made[1].parent_run_id, made[1].mlflow) == ("7", "parent-1", MLFLOW)
+    assert (made[2].run_name, made[2].kafka, made[2].dag_run_id) == ("run-1", KAFKA, "manual__1")
+
+
+class CallersCallback:
+    """A callback a caller added (not one of the search's own)."""
+
+
+class FakeTuner:
+    def __init__(self, callbacks: list[Any] | None) -> None:
+        self.run_config = SimpleNamespace(callbacks=callbacks)
+        self._local_tuner = SimpleNamespace(get_run_config=lambda: self.run_config)
+
+
+def test_a_restored_search_gets_fresh_callbacks_and_keeps_the_callers() -> None:
+    old_kafka = KafkaMetricsCallback("run-1", KafkaSettings("old:9092"))
+    old_mlflow = MlflowTrialCallback("1", "old-parent", "run-1", None)
+    callers = CallersCallback()
+    tuner = FakeTuner([ProgressLogCallback("run-1", "val_loss", "min", 3), old_mlflow, old_kafka, callers])
+    fresh = search._pipeline_callbacks(_config(), "val_loss", "min", MLFLOW, KAFKA, "parent-2", "7")
+    search._replace_pipeline_callbacks(tuner, fresh)
+    assert tuner.run_config.callbacks == [*fresh, callers]
+    assert not any(c in tuner.run_config.callbacks for c in (old_kafka, old_mlflow))
+
+    empty = FakeTuner(None)  # a search started without callbacks
+    search._replace_pipeline_callbacks(empty, fresh)
+    assert empty.run_config.callbacks == fresh
+
+
+def test_in_ray_client_mode_the_recorded_callbacks_stay(caplog: pytest.LogCaptureFixture) -> None:
+    tuner = SimpleNamespace(_local_tuner=None)
+    with caplog.at_level(logging.WARNING, "ml.tune.search"):
+        search._replace_pipeline_callbacks(tuner, [ProgressLogCallback("r", "val_loss", "min", 1)])
+    assert "Ray Client mode" in caplog.text
+
+
+def test_the_pipeline_callback_marker_is_what_is_replaced() -> None:
+    class Custom(PipelineCallback):
+        pass
+
+    tuner = FakeTuner([Custom(), CallersCallback()])
+    search._replace_pipeline_callbacks(tuner, [])
+    assert [type(c) for c in tuner.run_config.callbacks] == [CallersCallback]
+
+
+# -- run_search's control flow, with Tune, Ray and MLflow faked
+
+
+class Recorder:
+    """Stands in for everything run_search reaches outside the lake; records what it was asked."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.restorable = False
+        self.grid: Any = FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4]), _trial("c", [0.6])])
+        self.fit_error: BaseException | None = None
+
+    def fit(self, kind: str, callbacks: list[Any]) -> Any:
+        self.calls.append((kind, [type(c).__name__ for c in callbacks]))
+        if self.fit_error is not None:
+            raise self.fit_error
+        return self.grid
+
+
+@pytest.fixture
+def lake() -> Iterator[Any]:
+    with in_memory_s3("lake") as client:
+        spec = make_spec("d", "snap", "regression", 1)
+        key = FEATURES.join("feature_spec.json")
+        client.put_object(Bucket=key.bucket, Key=key.key, Body=spec.to_json().encode())
+        yield client
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+    from ray import tune
+
+    recorder = Recorder()
+
+    def no_tuner(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a Tuner was built")
+
+    monkeypatch.setattr(tune, "Tuner", no_tuner)
+    monkeypatch.setattr(search, "keyless_arrow_filesystem", lambda s3: "keyless-filesystem")
+    monkeypatch.setattr(search, "arrow_filesystem", lambda s3: "filesystem")
+    monkeypatch.setattr(search, "restorable", lambda path, filesystem: recorder.restorable)
+    monkeypatch.setattr(search, "route_library_logs", lambda: None)
+
+    def ensure_ray(ray: RaySettings, s3: Any) -> bool:
+        recorder.calls.append(("ensure_ray", ray, s3))
+        return False
+
+    monkeypatch.setattr(search, "ensure_ray", ensure_ray)
+    monkeypatch.setattr(ml.data, "load_training_data", lambda features, spec, filesystem: ("data", str(features)))
+    monkeypatch.setattr(
+        search, "_start", lambda config, data, metric, mode, experiment, fs, cbs: recorder.fit("start", cbs)
+    )
+    monkeypatch.setattr(
+        search, "_resume", lambda config, data, metric, mode, experiment, fs, cbs: recorder.fit("resume", cbs)
+    )
+    monkeypatch.setattr(search, "mlflow_client", lambda mlflow: "mlflow-client")
+    monkeypatch.setattr(
+        tracking,
+        "start_parent_run",
+        lambda client, *args: recorder.calls.append(("parent", client)) or ("7", "parent-1"),
+    )
+    monkeypatch.setattr(
+        tracking, "finish_parent_run", lambda client, run_id, result: recorder.calls.append(("finish", run_id))
+    )
+    monkeypatch.setattr(
+        tracking, "set_parent_status", lambda client, run_id, status: recorder.calls.append(("status", run_id, status))
+    )
+    return recorder
+
+
+def _run(config: SearchConfig | None = None, **kwargs: Any) -> SearchResult:
+    return search.run_search(config or _config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RAY, **kwargs)
+
+
+def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: Any, fakes: Recorder) -> None:
+    extra = CallersCallback()
+    result = _run(mlflow=MLFLOW, kafka=KAFKA, callbacks=[extra])
+
+    assert fakes.calls[0] == ("parent", "mlflow-client")
+    assert fakes.calls[1] == ("ensure_ray", RAY, IN_MEMORY_S3)
+    assert fakes.calls[2] == (
+        "start",
+        ["ProgressLogCallback", "MlflowTrialCallback", "KafkaMetricsCallback", "CallersCallback"],
+    )
+    assert fakes.calls[3] == ("finish", "parent-1")
+    assert (result.best_trial_id, result.mlflow_parent_run_id, result.mlflow_experiment_id) == ("b", "parent-1", "7")
+    assert result.wall_time_s is not None and result.wall_time_s >= 0
+    assert read_json(EXPERIMENT.join("search_result.json"), lake) == result.to_dict()
+    assert read_json(EXPERIMENT.join(SEARCH_MANIFEST_FILE), lake) == _config().manifest("regression")
+
+
+def test_a_completed_search_returns_its_stored_result_without_running(lake: Any, fakes: Recorder) -> None:
+    first = _run()
+    fakes.calls.clear()
+    fakes.restorable = True  # Tune's state is there too; the stored result comes first
+    assert _run(mlflow=MLFLOW, kafka=KAFKA).to_dict() == first.to_dict()
+    assert fakes.calls == []  # no parent run, no Ray, no Tuner
+
+
+@pytest.mark.parametrize(
+    "change,field",
+    [({"num_samples": 5}, "num_samples"), ({"search_space": {"lr": 0.01}}, "search_space_hash"), ({"seed": 9}, "seed")],
+)
+def test_a_completed_search_refuses_other_settings(lake: Any, fakes: Recorder, change: dict, field: str) -> None:
+    _run()
+    with pytest.raises(ValueError, match=rf"run 'run-1' was started with other settings.*{field}"):
+        _run(_config(**change))
+
+
+def test_an_interrupted_search_resumes_with_fresh_callbacks_only(lake: Any, fakes: Recorder) -> None:
+    write_json(EXPERIMENT.join(SEARCH_MANIFEST_FILE), _config().manifest("regression"), lake)
+    fakes.restorable = True
+    result = _run(kafka=KAFKA, callbacks=[CallersCallback()])  # new extra callbacks are not added on resume
+    assert ("resume", ["ProgressLogCallback", "KafkaMetricsCallback"]) in fakes.calls
+    assert result.mlflow_parent_run_id is None and exists(result.search_result_uri, lake)
+
+
+def test_an_interrupted_search_refuses_other_settings(lake: Any, fakes: Recorder) -> None:
+    write_json(EXPERIMENT.join(SEARCH_MANIFEST_FILE), _config().manifest("regression"), lake)
+    fakes.restorable = True
+    with pytest.raises(ValueError, match="max_epochs"):
+        _run(_config(max_epochs=4))
+    assert fakes.calls == []
+
+
+def test_an_interruption_marks_the_parent_run_killed(lake: Any, fakes: Recorder) -> None:
+    fakes.grid = FakeResultGrid([_trial("a", [0.5])], unfinished=0)  # 1 of 3 trials: interrupted
+    with pytest.raises(SearchIncomplete):
+        _run(mlflow=MLFLOW)
+    assert fakes.calls[-1] == ("status", "parent-1", "KILLED")
+    assert not exists(EXPERIMENT.join("search_result.json"), lake)
+
+
+def test_a_failure_marks_the_parent_run_failed(lake: Any, fakes: Recorder) -> None:
+    fakes.fit_error = RuntimeError("Tune broke")
+    with pytest.raises(RuntimeError, match="Tune broke"):
+        _run(mlflow=MLFLOW)
+    assert fakes.calls[-1] == ("status", "parent-1", "FAILED")
+
+
+def test_ray_started_by_the_search_is_shut_down(lake: Any, fakes: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    shutdowns: list[bool] = []
+    monkeypatch.setattr(search, "ensure_ray", lambda ray_settings, s3: True)
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(True))
+    fakes.fit_error = RuntimeError("Tune broke")
+    with pytest.raises(RuntimeError):
+        _run()
+    fakes.fit_error = None
+    _run()
+    assert shutdowns == [True, True]
+
+
+def test_features_without_a_spec_fail_clearly(fakes: Recorder) -> None:
+    with in_memory_s3("lake"), pytest.raises(DataError, match="no feature spec"):
+        _run(_config(dataset="missing"))
+    assert fakes.calls == []

@@ -1,0 +1,163 @@
+"""ml.tune.space: search spaces as data (validated, normalised, hashed), read from files, S3 (moto) or DAG params,
+and turned into Ray Tune domains."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ml.train import HPARAMS
+from ml.tune.space import (
+    DEFAULT_SEARCH_SPACE,
+    SEARCH_SPACES_DIR,
+    default_search_space,
+    load_search_space,
+    resolve_search_space,
+    search_space_hash,
+    to_tune_space,
+    validate_search_space,
+)
+from tests.support.synthetic_features import IN_MEMORY_S3, in_memory_s3
+
+
+@pytest.mark.parametrize("name", ["default.json", "small.json"])
+def test_shipped_search_spaces_parse(name: str) -> None:
+    space = load_search_space(SEARCH_SPACES_DIR / name)
+    domains = to_tune_space(space)
+    assert set(domains) == set(space) and set(space) <= set(HPARAMS)
+
+
+def test_the_default_space_is_the_shipped_default() -> None:
+    assert default_search_space() == json.loads(DEFAULT_SEARCH_SPACE.read_text())
+    assert resolve_search_space(None) == default_search_space()
+
+
+def test_search_space_to_tune_domains() -> None:
+    from ray.tune.search.sample import Categorical, Float, Integer
+
+    domains = to_tune_space(
+        {
+            "lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+            "hidden_size": {"type": "choice", "values": [32, 64, 128]},
+            "num_layers": {"type": "randint", "low": 1, "high": 4},
+            "batch_size": {"type": "qrandint", "low": 32, "high": 256, "q": 32},
+            "dropout": {"type": "uniform", "low": 0.0, "high": 0.5},
+            "weight_decay": {"type": "quniform", "low": 0.0, "high": 0.1, "q": 0.01},
+            "activation": "gelu",
+            "norm": {"type": "constant", "value": "layer"},
+        }
+    )
+    assert isinstance(domains["lr"], Float) and isinstance(domains["dropout"], Float)
+    assert (domains["lr"].lower, domains["lr"].upper) == (1e-4, 1e-1)
+    assert isinstance(domains["hidden_size"], Categorical) and domains["hidden_size"].categories == [32, 64, 128]
+    assert isinstance(domains["num_layers"], Integer)
+    assert (domains["num_layers"].lower, domains["num_layers"].upper) == (1, 4)
+    assert isinstance(domains["batch_size"], Integer) and domains["batch_size"].sampler.q == 32
+    assert isinstance(domains["weight_decay"], Float) and domains["weight_decay"].sampler.q == 0.01
+    assert domains["activation"] == "gelu" and domains["norm"] == "layer"
+
+
+def test_bare_values_are_normalised_to_constants() -> None:
+    assert validate_search_space({"lr": 0.01, "norm": "batch"}) == {
+        "lr": {"type": "constant", "value": 0.01},
+        "norm": {"type": "constant", "value": "batch"},
+    }
+
+
+@pytest.mark.parametrize(
+    "space,key,fragment",
+    [
+        ({"learning_rate": {"type": "uniform", "low": 0, "high": 1}}, "learning_rate", "not a hyper-parameter"),
+        ({"lr": {"type": "normal", "low": 0.1, "high": 1}}, "lr", "type 'normal'"),
+        ({"lr": {"type": "loguniform", "low": 0.1}}, "lr", "missing \\['high'\\]"),
+        ({"lr": {"type": "loguniform", "low": 0.1, "high": 1, "base": 2}}, "lr", "unexpected \\['base'\\]"),
+        ({"lr": {"type": "loguniform", "low": 0.0, "high": 1}}, "lr", "must be > 0"),
+        ({"lr": {"type": "randint", "low": 1, "high": 4}}, "lr", "real-valued hyper-parameter"),
+        ({"lr": {"type": "uniform", "low": 0.1, "high": float("inf")}}, "lr", "not a valid float"),
+        ({"weight_decay": {"type": "uniform", "low": -0.1, "high": 0.1}}, "weight_decay", "must be >= 0"),
+        ({"weight_decay": {"type": "quniform", "low": 0, "high": 1, "q": 0}}, "weight_decay", "q must be a positive"),
+        ({"dropout": {"type": "uniform", "low": 0.5, "high": 0.1}}, "dropout", "must be below high"),
+        ({"dropout": {"type": "uniform", "low": 0.0, "high": 1.5}}, "dropout", "1.5"),
+        ({"hidden_size": {"type": "choice", "values": []}}, "hidden_size", "non-empty list"),
+        ({"hidden_size": {"type": "choice", "values": 32}}, "hidden_size", "non-empty list"),
+        ({"hidden_size": {"type": "uniform", "low": 8, "high": 64}}, "hidden_size", "integer hyper-parameter"),
+        ({"hidden_size": {"type": "choice", "values": [32, "64"]}}, "hidden_size", "'64'"),
+        ({"hidden_size": {"type": "lograndint", "low": 0, "high": 64}}, "hidden_size", "must be >= 1"),
+        ({"batch_size": {"type": "choice", "values": [True, 64]}}, "batch_size", "True"),
+        ({"norm": {"type": "choice", "values": ["batch", "group"]}}, "norm", "'group'"),
+        ({"activation": {"type": "uniform", "low": 0, "high": 1}}, "activation", "categorical"),
+        ({"activation": 3}, "activation", "not a valid category"),
+        ({"num_layers": {"type": "randint", "low": 1.5, "high": 4}}, "num_layers", "1.5"),
+        ({"num_layers": -1}, "num_layers", "must be >= 0"),
+        ({"lr": "fast"}, "lr", "'fast'"),
+    ],
+)
+def test_bad_search_space_entries_name_the_key(space: dict, key: str, fragment: str) -> None:
+    with pytest.raises(ValueError, match=fragment) as caught:
+        validate_search_space(space)
+    assert repr(key) in str(caught.value)
+
+
+def test_a_log_distribution_needs_a_positive_low() -> None:
+    # num_layers accepts 0 as a value: the log rule is what refuses it here.
+    with pytest.raises(ValueError, match="lograndint needs low > 0"):
+        validate_search_space({"num_layers": {"type": "lograndint", "low": 0, "high": 4}})
+
+
+def test_search_space_must_be_a_mapping() -> None:
+    for bad in ([], {}, "lr", None):
+        with pytest.raises(ValueError, match="non-empty mapping"):
+            validate_search_space(bad)
+
+
+def test_search_space_from_yaml_and_json(tmp_path: Path) -> None:
+    (tmp_path / "space.yaml").write_text("lr:\n  type: loguniform\n  low: 0.001\n  high: 0.1\nnum_layers: 2\n")
+    (tmp_path / "space.json").write_text(
+        json.dumps({"num_layers": 2, "lr": {"type": "loguniform", "low": 0.001, "high": 0.1}})
+    )
+    from_yaml = load_search_space(tmp_path / "space.yaml")
+    assert from_yaml == {"lr": {"type": "loguniform", "low": 0.001, "high": 0.1}, "num_layers": 2}
+    # Key order and bare constants do not change the fingerprint; a different range does.
+    assert search_space_hash(from_yaml) == search_space_hash(load_search_space(tmp_path / "space.json"))
+    assert search_space_hash(from_yaml) == search_space_hash(
+        {**from_yaml, "num_layers": {"type": "constant", "value": 2}}
+    )
+    assert search_space_hash(from_yaml) != search_space_hash({**from_yaml, "num_layers": 3})
+    assert len(search_space_hash(from_yaml)) == 16
+    (tmp_path / "bad.yaml").write_text("lr:\n  type: loguniform\n  low: -1\n  high: 0.1\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: search space 'lr'"):
+        load_search_space(tmp_path / "bad.yaml")
+
+
+def test_search_space_from_s3() -> None:
+    with in_memory_s3("lake") as client:
+        client.put_object(Bucket="lake", Key="spaces/s.json", Body=b'{"lr": 0.01}')
+        client.put_object(Bucket="lake", Key="spaces/s.yml", Body=b"dropout: 0.2\n")
+        assert load_search_space("s3://lake/spaces/s.json", IN_MEMORY_S3) == {"lr": 0.01}
+        assert resolve_search_space("s3a://lake/spaces/s.yml", IN_MEMORY_S3) == {"dropout": 0.2}
+    with pytest.raises(ValueError, match="reading from S3 needs S3 settings"):
+        load_search_space("s3://lake/spaces/s.json")
+
+
+def test_search_space_from_any_param_form(tmp_path: Path) -> None:
+    default = default_search_space()
+    assert resolve_search_space(None) == resolve_search_space("null") == resolve_search_space("default") == default
+    assert resolve_search_space(" None ") == resolve_search_space("") == default
+    assert resolve_search_space({"lr": 0.01}) == {"lr": 0.01}
+    assert resolve_search_space('{"num_layers": {"type": "randint", "low": 1, "high": 3}}') == {
+        "num_layers": {"type": "randint", "low": 1, "high": 3}
+    }
+    assert resolve_search_space("small") == load_search_space(SEARCH_SPACES_DIR / "small.json")
+    (tmp_path / "s.yaml").write_text("dropout: 0.1\n")
+    assert resolve_search_space(str(tmp_path / "s.yaml")) == {"dropout": 0.1}
+    assert resolve_search_space(tmp_path / "s.yaml") == {"dropout": 0.1}
+    with pytest.raises(ValueError, match=r"neither JSON, a shipped space \['default', 'small'"):
+        resolve_search_space("no-such-space")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        resolve_search_space("{lr: 1}")
+    with pytest.raises(ValueError, match="search space 'lr'"):
+        resolve_search_space({"lr": -1.0})
+    with pytest.raises(ValueError, match="got int"):
+        resolve_search_space(3)

@@ -1,0 +1,656 @@
+"""plugins/mlops_airflow/operators.py, with the `ml` stages replaced by doubles: each operator passes the settings of
+its own connections (and nothing else) to `ml`, returns a small JSON value for XCom, and never writes the worker's
+environment. Connections are `AIRFLOW_CONN_*` variables (conftest.py), defined per test: exactly the ones the
+operator declares. (The real stages under a real Airflow: tests/e2e.)"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
+from tests.unit.plugins.mlops_airflow.conftest import (
+    ACCESS_KEY_ID,
+    KAFKA_SERVERS,
+    MLFLOW_URI,
+    S3_ENDPOINT,
+    S3_KEY,
+    SPARK_CLASSPATH,
+)
+
+Define = Callable[..., None]
+
+CONNECTION_S3 = S3Settings(
+    endpoint_url=S3_ENDPOINT, region="eu-west-1", access_key_id=ACCESS_KEY_ID, secret_access_key=S3_KEY
+)
+LAKE = LakeSettings(lake_bucket="unit-lake")
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+REPO = Path(__file__).resolve().parents[4]
+
+
+@contextmanager
+def environment_unchanged() -> Iterator[None]:
+    """The block leaves os.environ exactly as it found it."""
+    before = dict(os.environ)
+    yield
+    after = dict(os.environ)
+    assert after == before, {key for key in before.keys() | after.keys() if before.get(key) != after.get(key)}
+
+
+def assert_no_credentials_in_environment() -> None:
+    """Called by a stage double: the connection's keys did not reach this process's environment."""
+    assert not {ACCESS_KEY_ID, S3_KEY} & set(os.environ.values()), "a connection's key is in os.environ"
+
+
+# --- which connections each operator declares ------------------------------------------------------------------------
+
+
+def test_each_operator_declares_only_the_connections_it_uses() -> None:
+    from mlops_airflow import operators
+
+    declared = {
+        cls.__name__: sorted(name for name in inspect.signature(cls.__init__).parameters if name.endswith("conn_id"))
+        for cls in (
+            operators.IngestOperator,
+            operators.FeaturePreprocessOperator,
+            operators.SkipIfModelExistsOperator,
+            operators.RayTuneOperator,
+            operators.RegisterModelOperator,
+            operators.PublishRunSummaryOperator,
+        )
+    }
+    assert declared == {
+        "IngestOperator": ["aws_conn_id"],
+        "FeaturePreprocessOperator": ["aws_conn_id"],  # plus SparkSubmitOperator's own conn_id
+        "SkipIfModelExistsOperator": ["mlflow_conn_id"],
+        "RayTuneOperator": ["aws_conn_id", "kafka_conn_id", "mlflow_conn_id", "ray_conn_id"],
+        "RegisterModelOperator": ["aws_conn_id", "kafka_conn_id", "mlflow_conn_id"],
+        "PublishRunSummaryOperator": ["kafka_conn_id"],
+    }
+
+
+# --- IngestOperator ---------------------------------------------------------------------------------------------------
+
+
+def _ingest_result(**changes: Any) -> Any:
+    from ml.ingest.config import IngestResult
+
+    values = {
+        "dataset": "d",
+        "snapshot_id": "abc",
+        "snapshot_uri": "s3://unit-lake/datasets/d/snapshots/abc",
+        "manifest_uri": "s3://unit-lake/datasets/d/snapshots/abc/manifest.json",
+        "rows": 10,
+        "task": "regression",
+        "target": "y",
+        "created": True,
+    }
+    return IngestResult(**{**values, **changes})
+
+
+def test_ingest_operator_needs_only_the_aws_connection(connections: Define, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ml.ingest.snapshot
+    from ml.ingest.config import IngestConfig
+    from mlops_airflow.operators import IngestOperator
+
+    connections("aws_default")  # no kafka_default, mlflow_default, spark_default
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_ingest(config: Any, *, s3: S3Settings, lake: LakeSettings) -> Any:
+        assert_no_credentials_in_environment()
+        calls.append((config, s3, lake))
+        return _ingest_result()
+
+    monkeypatch.setattr(ml.ingest.snapshot, "ingest", fake_ingest)
+    operator = IngestOperator(
+        task_id="ingest", raw_uri="s3://raw/d/", dataset="d", target="y", ml_task="regression", lake_bucket="unit-lake"
+    )
+    with environment_unchanged():
+        result = operator.execute({})
+    assert calls == [(IngestConfig("s3://raw/d/", "d", "y", task="regression"), CONNECTION_S3, LAKE)]
+    assert result == _ingest_result().to_dict()
+    assert operator.multiple_outputs is True, "task.output['snapshot_id'] is an XCom of its own"
+
+
+def test_ingest_operator_lets_ingest_infer_the_task(connections: Define, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ml.ingest.snapshot
+    from mlops_airflow.operators import IngestOperator
+
+    connections("aws_default")
+    configs: list[Any] = []
+    monkeypatch.setattr(
+        ml.ingest.snapshot, "ingest", lambda config, **settings: configs.append(config) or _ingest_result()
+    )
+    IngestOperator(task_id="ingest", raw_uri="s3://raw/d/", dataset="d", target="y", ml_task="").execute({})
+    assert configs[0].task is None
+
+
+# --- FeaturePreprocessOperator (spark-submit) -------------------------------------------------------------------------
+
+
+class SubmittedJob:
+    """What SparkSubmitHook would run: its command line and the environment it adds for the subprocess."""
+
+    command: list[str]
+    env: dict[str, str]
+
+
+@pytest.fixture
+def spark_submit(monkeypatch: pytest.MonkeyPatch) -> SubmittedJob:
+    """SparkSubmitHook.submit replaced: the hook builds its real command line, nothing is started."""
+    from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
+
+    job = SubmittedJob()
+
+    def submit(self: Any, application: str = "", **kwargs: Any) -> None:
+        assert_no_credentials_in_environment()
+        job.command = self._build_spark_submit_command(application)
+        job.env = dict(self._env or {})
+
+    monkeypatch.setattr(SparkSubmitHook, "submit", submit)
+    return job
+
+
+@pytest.fixture
+def feature_spec_in_s3(monkeypatch: pytest.MonkeyPatch) -> list[tuple[S3Settings, str, str]]:
+    """ml.clients.s3_client replaced by a client that serves one feature_spec.json; records what was read."""
+    import ml.clients
+    from ml.features import FeatureSpec, NumericFeature
+
+    spec = FeatureSpec("d", "abc", "regression", "y", [NumericFeature("x", 0.0, 0.0, 1.0)], [], rows={"train": 8})
+    reads: list[tuple[S3Settings, str, str]] = []
+
+    def client_for(settings: S3Settings) -> Any:
+        def get_object(Bucket: str, Key: str) -> dict[str, Any]:
+            reads.append((settings, Bucket, Key))
+            return {"Body": SimpleNamespace(read=lambda: spec.to_json().encode())}
+
+        return SimpleNamespace(get_object=get_object)
+
+    monkeypatch.setattr(ml.clients, "s3_client", client_for)
+    return reads
+
+
+def _conf(command: list[str]) -> dict[str, str]:
+    return dict(command[i + 1].split("=", 1) for i, part in enumerate(command[:-1]) if part == "--conf")
+
+
+def test_preprocess_operator_resolves_spark_configuration_at_run_time(
+    connections: Define,
+    spark_submit: SubmittedJob,
+    feature_spec_in_s3: list[tuple[S3Settings, str, str]],
+    tmp_path: Path,
+) -> None:
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    operator = FeaturePreprocessOperator(
+        task_id="pre", dataset="d", snapshot_id="abc", lake_bucket="unit-lake", conn_id="spark_default"
+    )
+    assert (operator.conf, operator.env_vars, operator.application_args) == (None, None, None), (
+        "nothing is resolved when the DAG is parsed"
+    )
+    connections("aws_default", "spark_default")  # and no other
+    with environment_unchanged():
+        result = operator.execute({})
+
+    command = spark_submit.command
+    assert command[command.index("--master") + 1] == "spark://spark.unit.test:7077"
+    application = command.index(str(REPO / "ml" / "preprocess" / "job.py"))
+    assert command[application + 1 :] == ["--dataset", "d", "--snapshot", "abc", "--lake-bucket", "unit-lake"]
+    conf = _conf(command)
+    assert conf["spark.sql.catalogImplementation"] == "hive"
+    assert conf["spark.sql.warehouse.dir"] == "s3a://unit-lake/warehouse"
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == S3_ENDPOINT
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == SPARK_CLASSPATH
+    assert str(tmp_path / "hive" / "metastore_db") in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
+    assert (tmp_path / "hive").is_dir(), "the embedded metastore's folder is made before the job starts"
+
+    assert result == {
+        "features_uri": "s3://unit-lake/datasets/d/features/abc",
+        "feature_spec_uri": "s3://unit-lake/datasets/d/features/abc/feature_spec.json",
+        "rows": {"train": 8},
+        "num_features": 1,
+        "task": "regression",
+    }
+    assert feature_spec_in_s3 == [(CONNECTION_S3, "unit-lake", "datasets/d/features/abc/feature_spec.json")]
+
+
+def test_preprocess_operator_gives_credentials_to_the_subprocess_only(
+    connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any]
+) -> None:
+    """The keys go into env_vars (spark-submit's environment), never into --conf (the command line, `ps`, Spark's UI
+    and event log) and never into the worker's own environment."""
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    connections("aws_default", "spark_default")
+    operator = FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc")
+    with environment_unchanged():
+        operator.execute({})
+    assert not [part for part in spark_submit.command if S3_KEY in part or ACCESS_KEY_ID in part]
+    assert not [value for value in (operator.conf or {}).values() if S3_KEY in str(value)]
+    assert spark_submit.env["AWS_ACCESS_KEY_ID"] == ACCESS_KEY_ID
+    assert spark_submit.env["AWS_SECRET_ACCESS_KEY"] == S3_KEY
+    assert spark_submit.env["AWS_ENDPOINT_URL"] == S3_ENDPOINT
+    assert spark_submit.env["SPARK_LOCAL_IP"] == "10.1.2.3"
+    assert Path(spark_submit.env["PYTHONPATH"]) == REPO, "the driver imports `ml` from the repository"
+
+
+def test_preprocess_operator_keeps_the_dag_authors_conf_and_env(
+    connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any]
+) -> None:
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    connections("aws_default", "spark_default")
+    FeaturePreprocessOperator(
+        task_id="pre",
+        dataset="d",
+        snapshot_id="abc",
+        conf={"spark.sql.shuffle.partitions": "3", "spark.executor.memory": "1g"},
+        env_vars={"EXTRA": "1"},
+    ).execute({})
+    conf = _conf(spark_submit.command)
+    assert (conf["spark.sql.shuffle.partitions"], conf["spark.executor.memory"]) == ("3", "1g")
+    assert spark_submit.env["EXTRA"] == "1" and spark_submit.env["AWS_SECRET_ACCESS_KEY"] == S3_KEY
+
+
+# --- SkipIfModelExistsOperator ----------------------------------------------------------------------------------------
+
+
+class FakeRegistry:
+    """The MlflowClient the hook builds (ml.clients.mlflow_client replaced)."""
+
+    def __init__(self, versions: list[Any], error: Exception | None = None) -> None:
+        self.versions, self.error = versions, error
+        self.built_for: list[MlflowSettings] = []
+        self.queries: list[str] = []
+
+    def search_model_versions(self, query: str, **options: Any) -> list[Any]:
+        self.queries.append(query)
+        if self.error is not None:
+            raise self.error
+        return self.versions
+
+
+@pytest.fixture
+def registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeRegistry]:
+    import ml.clients
+
+    def install(versions: list[Any], error: Exception | None = None) -> FakeRegistry:
+        fake = FakeRegistry(versions, error)
+        monkeypatch.setattr(ml.clients, "mlflow_client", lambda settings: fake.built_for.append(settings) or fake)
+        return fake
+
+    return install
+
+
+def _branch(force: Any = False) -> Any:
+    from mlops_airflow.operators import SkipIfModelExistsOperator
+
+    return SkipIfModelExistsOperator(
+        task_id="check",
+        dataset="d",
+        snapshot_id="abc",
+        ml_task="classification",
+        force=force,
+        train_task_id="preprocess_with_spark",
+        reuse_task_id="reuse_existing_model",
+    )
+
+
+def _ti() -> tuple[Any, dict[str, Any]]:
+    pushed: dict[str, Any] = {}
+    return SimpleNamespace(xcom_push=lambda key, value: pushed.update({key: value})), pushed
+
+
+@pytest.mark.parametrize(
+    ("found", "expected", "existing"),
+    [
+        ([], "preprocess_with_spark", {}),
+        ([SimpleNamespace(version=7)], "reuse_existing_model", {"model": "d-classification", "version": "7"}),
+    ],
+    ids=["no-model-train", "model-exists-reuse"],
+)
+def test_skip_branch_follows_an_existing_model(
+    connections: Define, registry: Callable[..., FakeRegistry], found: list[Any], expected: str, existing: Any
+) -> None:
+    from ml.lineage import code_version
+
+    connections("mlflow_default")  # and no other
+    fake = registry(found)
+    ti, pushed = _ti()
+    with environment_unchanged():
+        assert _branch().choose_branch({"ti": ti}) == expected
+    assert fake.built_for == [MlflowSettings(MLFLOW_URI)]
+    assert fake.queries == [
+        f"name = 'd-classification' and tags.`snapshot_id` = 'abc' and tags.`code_version` = '{code_version()}' "
+        "and tags.`mlops.registration` = 'complete'"
+    ]
+    # Always pushed, and never None: Airflow reads a None XCom as a missing one, and the summary's XComArg of this
+    # key would then fail (XComNotFound) on every training run.
+    assert pushed == {"existing_model": existing}
+
+
+@pytest.mark.parametrize("force", [True, "True", "true"])
+def test_skip_branch_trains_when_forced_without_asking_mlflow(
+    connections: Define, registry: Callable[..., FakeRegistry], force: Any
+) -> None:
+    connections()  # not even mlflow_default: a forced run does not need the registry
+    fake = registry([SimpleNamespace(version=7)])
+    ti, pushed = _ti()
+    assert _branch(force).choose_branch({"ti": ti}) == "preprocess_with_spark"
+    assert fake.queries == [] and pushed == {"existing_model": {}}
+
+
+def test_skip_branch_fails_when_mlflow_fails(connections: Define, registry: Callable[..., FakeRegistry]) -> None:
+    """An unreachable registry fails the task (and its retries), instead of starting hours of tuning."""
+    from mlflow.exceptions import MlflowException
+
+    connections("mlflow_default")
+    registry([], MlflowException("API request to http://mlflow.unit.test:5000/... failed: Connection refused"))
+    ti, pushed = _ti()
+    with pytest.raises(MlflowException, match=r"mlflow\.unit\.test"):
+        _branch().choose_branch({"ti": ti})
+    assert pushed == {}
+
+
+# --- RayTuneOperator --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def searches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any]]]:
+    import ml.tune.search
+
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    def fake_run_search(config: Any, **settings: Any) -> Any:
+        assert_no_credentials_in_environment()
+        calls.append((config, settings))
+        return SimpleNamespace(to_dict=lambda: {"best_params": {"lr": 0.1}, "num_trials": config.num_samples})
+
+    monkeypatch.setattr(ml.tune.search, "run_search", fake_run_search)
+    return calls
+
+
+def _tune_operator(**changes: Any) -> Any:
+    from mlops_airflow.operators import RayTuneOperator
+
+    values: dict[str, Any] = {
+        "task_id": "tune",
+        "dataset": "d",
+        "snapshot_id": "abc",
+        "search_space": None,
+        "num_samples": "3",
+        "max_concurrent_trials": "2",
+        "max_epochs": "4",
+        "lake_bucket": "unit-lake",
+    }
+    return RayTuneOperator(**{**values, **changes})
+
+
+def test_ray_tune_operator_names_the_search_after_the_dag_run(
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]]
+) -> None:
+    from ml.tune.space import default_search_space
+
+    connections("aws_default", "mlflow_default", "kafka_default")  # no ray_default: a local Ray
+    with environment_unchanged():
+        result = _tune_operator().execute({"run_id": RUN_ID})
+    [(config, settings)] = searches
+    assert config.run_name == "manual__2026-01-01T00-00-00-00-00"  # sanitised, identical on every retry
+    assert config.dag_run_id == RUN_ID
+    assert (config.dataset, config.snapshot_id) == ("d", "abc")
+    assert (config.num_samples, config.max_concurrent_trials, config.max_epochs) == (3, 2, 4)
+    assert config.search_space == default_search_space()
+    assert settings == {
+        "s3": CONNECTION_S3,
+        "lake": LAKE,
+        "ray": RaySettings(None),
+        "mlflow": MlflowSettings(MLFLOW_URI),
+        "kafka": KafkaSettings(KAFKA_SERVERS),
+    }
+    assert result == {"best_params": {"lr": 0.1}, "num_trials": 3}
+
+
+def test_ray_tune_operator_uses_the_ray_connection_and_a_given_space(
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]]
+) -> None:
+    space = {"num_layers": {"type": "choice", "values": [1, 2]}, "activation": "relu"}
+    connections("aws_default", "mlflow_default", "kafka_default", "ray_default")
+    _tune_operator(search_space=space).execute({"run_id": RUN_ID})
+    [(config, settings)] = searches
+    assert settings["ray"] == RaySettings("ray://ray.unit.test:10001")
+    assert config.search_space["num_layers"] == space["num_layers"]
+
+
+def test_ray_tune_operator_has_the_tuning_report_link() -> None:
+    from mlops_airflow.operators import TuningReportLink
+
+    assert [type(link) for link in _tune_operator().operator_extra_links] == [TuningReportLink]
+
+
+def test_ray_tune_operator_on_kill_stops_ray_only_when_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    calls: list[str] = []
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("shutdown"))
+    operator = _tune_operator()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    operator.on_kill()
+    assert calls == []
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    operator.on_kill()
+    assert calls == ["shutdown"]
+
+
+# --- RegisterModelOperator --------------------------------------------------------------------------------------------
+
+EVALUATION = {"dataset": "d", "metric": "accuracy", "test_metrics": {"accuracy": 0.9}}
+DECISION = {"model_name": "d-classification", "version": "3", "decision": "promoted", "promoted": True}
+
+
+@pytest.fixture
+def registration(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    import ml.evaluate
+    import ml.registry.promote
+
+    seen: dict[str, Any] = {}
+
+    def fake_evaluate_best(search_result: Any, **settings: Any) -> dict[str, Any]:
+        assert_no_credentials_in_environment()
+        seen["evaluate"] = (search_result, settings)
+        return dict(EVALUATION)
+
+    def fake_register_and_promote(evaluation: Any, context: Any, **options: Any) -> dict[str, Any]:
+        assert_no_credentials_in_environment()
+        seen["register"] = (evaluation, context, options)
+        return dict(DECISION)
+
+    monkeypatch.setattr(ml.evaluate, "evaluate_best", fake_evaluate_best)
+    monkeypatch.setattr(ml.registry.promote, "register_and_promote", fake_register_and_promote)
+    return seen
+
+
+def _register_operator(**changes: Any) -> Any:
+    from airflow.sdk import DAG
+
+    from mlops_airflow.operators import RegisterModelOperator
+
+    with DAG("unit_dag", schedule=None):
+        return RegisterModelOperator(
+            task_id="register",
+            **{"search_result": {"best_trial_id": "t1"}, "lake_bucket": "unit-lake", **changes},
+        )
+
+
+def test_register_operator_passes_its_connections_to_evaluation_and_registry(
+    connections: Define, registration: dict[str, Any]
+) -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    from ml.lineage import code_version
+
+    connections("aws_default", "mlflow_default", "kafka_default")  # and no other
+    operator = _register_operator(metric="", margin="0.05", allow_backfill_promotion="False")
+    with environment_unchanged():
+        result = operator.execute({"run_id": RUN_ID, "dag_run": SimpleNamespace(run_type=DagRunType.MANUAL)})
+    assert registration["evaluate"] == (
+        {"best_trial_id": "t1"},
+        {"s3": CONNECTION_S3, "mlflow": MlflowSettings(MLFLOW_URI)},
+    )
+    evaluation, context, options = registration["register"]
+    assert evaluation == EVALUATION
+    assert (context.mlflow, context.s3, context.lake, context.kafka) == (
+        MlflowSettings(MLFLOW_URI),
+        CONNECTION_S3,
+        LAKE,
+        KafkaSettings(KAFKA_SERVERS),
+    )
+    assert context.publish is None, "events go to the kafka_default brokers"
+    assert options == {
+        "dag_id": "unit_dag",
+        "dag_run_id": RUN_ID,
+        "code_version": code_version(),
+        "metric": None,
+        "margin": 0.05,
+        "is_backfill": False,
+        "allow_backfill_promotion": False,
+        "task_id": "register",
+    }
+    assert result == {"evaluation": EVALUATION, **DECISION}
+
+
+@pytest.mark.parametrize(
+    ("run_type", "allow", "expected"),
+    [("BACKFILL", True, (True, True)), ("BACKFILL", "false", (True, False)), ("SCHEDULED", "True", (False, True))],
+)
+def test_register_operator_tells_the_gate_about_backfills(
+    connections: Define, registration: dict[str, Any], run_type: str, allow: Any, expected: tuple[bool, bool]
+) -> None:
+    from airflow.sdk.api.datamodels._generated import DagRunType
+
+    connections("aws_default", "mlflow_default", "kafka_default")
+    dag_run = SimpleNamespace(run_type=DagRunType[run_type])
+    _register_operator(allow_backfill_promotion=allow).execute({"run_id": RUN_ID, "dag_run": dag_run})
+    options = registration["register"][2]
+    assert (options["is_backfill"], options["allow_backfill_promotion"]) == expected
+
+
+# --- PublishRunSummaryOperator ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """ml.events.publisher.publish_event replaced: the envelope is made (and schema-checked) as for Kafka."""
+    import ml.events.publisher
+    from ml.events.envelope import make_envelope
+
+    sent: list[dict[str, Any]] = []
+
+    def fake_publish(kafka: Any, topic: Any, payload: Any, key: str, dag_run_id: Any = None, **_: Any) -> Any:
+        envelope = make_envelope(topic, payload, dag_run_id)
+        sent.append({"kafka": kafka, "topic": topic, "key": key, "envelope": envelope})
+        return envelope
+
+    monkeypatch.setattr(ml.events.publisher, "publish_event", fake_publish)
+    return sent
+
+
+def _summary_operator(**values: Any) -> Any:
+    from airflow.sdk import DAG
+
+    from mlops_airflow.operators import PublishRunSummaryOperator
+
+    with DAG("unit_dag", schedule=None):
+        return PublishRunSummaryOperator(task_id="publish_run_summary", **values)
+
+
+SNAPSHOT = {"dataset": "d", "snapshot_id": "abc", "rows": 344}
+
+
+@pytest.mark.parametrize("no_model", [None, {}], ids=["none", "branch-trained"])
+def test_run_summary_of_a_trained_model(
+    connections: Define, published: list[dict[str, Any]], no_model: dict[str, str] | None
+) -> None:
+    from ml.events.envelope import pipeline_event_key
+    from ml.topics import PIPELINE_EVENTS
+
+    connections("kafka_default")  # and no other
+    registered = {"evaluation": {"test_metrics": {"accuracy": 0.97}}, "version": "3", "decision": "promoted"}
+    operator = _summary_operator(
+        snapshot=SNAPSHOT,
+        search={"best_params": {"lr": 0.01}, "num_trials": 8},
+        registered=registered,
+        existing_model=no_model,  # the branch pushes {} when it trains
+    )
+    with environment_unchanged():
+        summary = operator.execute({"run_id": RUN_ID})
+    assert summary == {
+        "dataset": "d",
+        "snapshot_id": "abc",
+        "rows": 344,
+        "outcome": "trained",
+        "existing_model": None,
+        "best_params": {"lr": 0.01},
+        "num_trials": 8,
+        "test_metrics": {"accuracy": 0.97},
+        "model": {"version": "3", "decision": "promoted"},
+    }
+    [message] = published
+    assert (message["kafka"], message["topic"]) == (KafkaSettings(KAFKA_SERVERS), PIPELINE_EVENTS)
+    assert message["key"] == pipeline_event_key("unit_dag", RUN_ID, "publish_run_summary", "run_summary")
+    envelope = message["envelope"]
+    assert envelope["dag_run_id"] == RUN_ID
+    assert envelope["payload"] == {
+        "dag_id": "unit_dag",
+        "task_id": "publish_run_summary",
+        "event": "run_summary",
+        "details": summary,
+    }
+
+
+def test_run_summary_of_a_reused_model(connections: Define, published: list[dict[str, Any]]) -> None:
+    """The skip path: tuning and registration were skipped, so their XComArgs resolve to None."""
+    connections("kafka_default")
+    existing = {"model": "d-classification", "version": "7"}
+    summary = _summary_operator(snapshot=SNAPSHOT, search=None, registered=None, existing_model=existing).execute(
+        {"run_id": RUN_ID}
+    )
+    assert summary["outcome"] == "reused_existing_model" and summary["existing_model"] == existing
+    assert (summary["best_params"], summary["num_trials"], summary["test_metrics"], summary["model"]) == (
+        None,
+        None,
+        None,
+        None,
+    )
+    assert published[0]["envelope"]["payload"]["details"] == summary
+
+
+def test_run_summary_fails_when_kafka_does_not_take_it(connections: Define, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Publishing is this task's whole job: unlike a callback, it fails (and is retried) when the broker is down."""
+    import ml.events.publisher
+    from ml.events.publisher import EventPublishError
+
+    def down(*args: Any, **kwargs: Any) -> Any:
+        raise EventPublishError(f"Kafka is unreachable at {KAFKA_SERVERS}")
+
+    connections("kafka_default")
+    monkeypatch.setattr(ml.events.publisher, "publish_event", down)
+    with pytest.raises(EventPublishError, match=KAFKA_SERVERS):
+        _summary_operator(snapshot=SNAPSHOT).execute({"run_id": RUN_ID})
+
+
+def test_tuning_report_link_points_at_the_report_of_the_run() -> None:
+    from mlops_airflow.operators import TuningReportLink
+
+    key = SimpleNamespace(dag_id="mlops_training", run_id="manual__2026-01-01T00:00:00+00:00")
+    link = TuningReportLink().get_link(None, ti_key=key)
+    assert link.endswith("/mlops/tuning-report?dag_id=mlops_training&run_id=manual__2026-01-01T00%3A00%3A00%2B00%3A00")
+    assert link.startswith("http"), "the UI renders extra links as external links: absolute"

@@ -1,0 +1,107 @@
+"""plugins/mlops_airflow/plugin.py: what the plugin registers with Airflow, and the tuning-report page it serves
+under /mlops, rendered from MLflow metadata (an MlflowClient double answering as the tracking server would) that
+the page reads through the mlflow_default connection."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from ml.settings import MlflowSettings
+from tests.unit.plugins.mlops_airflow.conftest import MLFLOW_URI
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+Define = Callable[..., None]
+RUN_ID = "manual__2026-01-01T00:00:00+00:00"
+
+
+def _run(run_id: str, name: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str]) -> Any:
+    return SimpleNamespace(
+        info=SimpleNamespace(run_id=run_id, run_name=name, experiment_id="1"),
+        data=SimpleNamespace(params=params, metrics=metrics, tags=tags),
+    )
+
+
+class FakeTracking:
+    """The part of MlflowClient the report reads: one search (parent run) with two trials and their curves."""
+
+    def __init__(self) -> None:
+        self.parent = _run("parent-1", "search", {}, {}, {"metric": "val_loss", "mlops.dag_run_id": RUN_ID})
+        self.trials = [
+            _run("t1", "trial_a", {"lr": "0.01"}, {"val_loss": 0.4, "train_loss": 0.3}, {}),
+            _run("t2", "trial_b", {"lr": "0.1"}, {"val_loss": 0.6, "train_loss": 0.5}, {}),
+        ]
+        self.queries: list[str] = []
+        self.built_for: list[MlflowSettings] = []  # the settings of each client built (ml.clients.mlflow_client)
+
+    def search_experiments(self) -> list[Any]:
+        return [SimpleNamespace(experiment_id="1")]
+
+    def search_runs(self, experiments: list[str], query: str, **options: Any) -> list[Any]:
+        self.queries.append(query)
+        if "mlops.dag_run_id" in query:
+            return [self.parent] if RUN_ID in query else []
+        return self.trials
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Any]:
+        final = next(t for t in self.trials if t.info.run_id == run_id).data.metrics[key]
+        return [SimpleNamespace(step=step, value=final + 0.1 * (3 - step)) for step in (1, 2, 3)]
+
+
+@pytest.fixture
+def tracking(connections: Define, monkeypatch: pytest.MonkeyPatch) -> FakeTracking:
+    import ml.clients
+
+    connections("mlflow_default")
+    fake = FakeTracking()
+    monkeypatch.setattr(ml.clients, "mlflow_client", lambda settings: fake.built_for.append(settings) or fake)
+    return fake
+
+
+@pytest.fixture
+def report_client() -> Any:
+    from fastapi.testclient import TestClient
+
+    from mlops_airflow.plugin import _report_app
+
+    return TestClient(_report_app())
+
+
+def test_the_plugin_registers_the_link_and_the_report_app() -> None:
+    from mlops_airflow.operators import TuningReportLink
+    from mlops_airflow.plugin import MlopsPlugin
+
+    assert MlopsPlugin.name == "mlops_airflow"
+    assert [type(link) for link in MlopsPlugin.operator_extra_links] == [TuningReportLink]
+    [app] = MlopsPlugin.fastapi_apps
+    assert app["url_prefix"] == "/mlops" and app["name"]
+    assert "/tuning-report" in {route.path for route in app["app"].routes}
+
+
+def test_the_tuning_report_shows_the_trials_of_the_run(tracking: FakeTracking, report_client: Any) -> None:
+    response = report_client.get("/tuning-report", params={"run_id": RUN_ID, "dag_id": "mlops_training"})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert tracking.built_for == [MlflowSettings(MLFLOW_URI)], "read through the mlflow_default connection"
+    assert f"Tuning report: mlops_training / {RUN_ID}" in page
+    table = page[page.index('<table id="trials">') : page.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table.split("<tbody>")[1])
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows]
+    assert cells == [["trial_a", "0.01", "0.3", "0.4"], ["trial_b", "0.1", "0.5", "0.6"]]
+    assert re.findall(r"<th>(.*?)</th>", table) == ["trial", "lr", "train_loss", "val_loss"]
+    curves = page[page.index("Learning curves") : page.index("Parallel coordinates")]
+    assert curves.count("<svg") == 1 and curves.count("<polyline") >= 2, "one curve per trial"
+
+
+def test_the_tuning_report_of_an_unknown_run_says_so(tracking: FakeTracking, report_client: Any) -> None:
+    page = report_client.get("/tuning-report", params={"run_id": "manual__never"}).text
+    assert "No tuning run found for this DAG run" in page and "<table" not in page
+
+
+def test_the_tuning_report_needs_a_run_id(report_client: Any) -> None:
+    assert report_client.get("/tuning-report").status_code == 422

@@ -1,0 +1,142 @@
+"""stack/airflow_home.py: the connections `make stack-up` gives Airflow (checked end to end against the hooks that
+read them), the Airflow home's preparation with the `airflow` CLI replaced, and the admin password."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ml.settings import Settings
+from stack.airflow_home import (
+    SIMPLE_AUTH_FILE,
+    connections_from_environment,
+    prepare_airflow_home,
+    write_admin_password,
+)
+from stack.config import StackPaths
+
+S3_KEY = "unit-stack-s3-key-0123456789"
+
+
+def _env(stack: StackPaths, **changes: str) -> dict[str, str]:
+    return {
+        "MLOPS_STACK_DIR": str(stack.root),
+        "AWS_ACCESS_KEY_ID": "unit-stack-id",
+        "AWS_SECRET_ACCESS_KEY": S3_KEY,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "SPARK_MASTER": "local[*]",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        **changes,
+    }
+
+
+@pytest.fixture
+def s3a_jars(stack_dir: StackPaths) -> str:
+    """The classpath file `make tools` writes (the s3a connector's jars)."""
+    classpath = "/m2/hadoop-aws-3.5.0.jar:/m2/bundle-2.29.jar"
+    stack_dir.jars.mkdir(parents=True)
+    stack_dir.spark_s3a_classpath_file.write_text(classpath + "\n")
+    return classpath
+
+
+def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: StackPaths, s3a_jars: str) -> None:
+    connections = connections_from_environment(_env(stack_dir))
+    assert set(connections) == {"aws_default", "spark_default", "kafka_default", "mlflow_default"}
+    aws = connections["aws_default"]
+    assert (aws["conn_type"], aws["login"], aws["password"]) == ("aws", "unit-stack-id", S3_KEY)
+    assert json.loads(aws["extra"]) == {"endpoint_url": "http://127.0.0.1:9000", "region_name": "us-east-1"}
+    spark = connections["spark_default"]
+    assert (spark["conn_type"], spark["host"], spark["port"]) == ("spark", "local[*]", None)
+    assert json.loads(spark["extra"]) == {
+        "spark-binary": "spark-submit",
+        "deploy-mode": "client",
+        "extra-classpath": s3a_jars,
+        "metastore-dir": str(stack_dir.data / "hive"),
+        "local-ip": "127.0.0.1",
+    }
+    assert json.loads(connections["kafka_default"]["extra"]) == {"bootstrap.servers": "127.0.0.1:9092"}
+    assert connections["mlflow_default"] == {"conn_type": "http", "host": "http://127.0.0.1:5000"}
+
+
+def test_a_spark_standalone_master_is_split_into_host_and_port(stack_dir: StackPaths) -> None:
+    spark = connections_from_environment(_env(stack_dir, SPARK_MASTER="spark://spark-master:7077"))["spark_default"]
+    assert (spark["host"], spark["port"]) == ("spark://spark-master", 7077)
+
+
+@pytest.mark.parametrize("master", ["local[*]", "spark://spark-master:7077"])
+def test_the_hooks_read_back_the_settings_the_environment_describes(
+    stack_dir: StackPaths, s3a_jars: str, monkeypatch: pytest.MonkeyPatch, master: str
+) -> None:
+    """What Airflow tasks get through the connections equals what `python -m ml` gets from the same environment."""
+    from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, s3_settings, spark_settings
+
+    env = _env(stack_dir, SPARK_MASTER=master)
+    for conn_id, document in connections_from_environment(env).items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(document))
+    expected = Settings.from_env(env)
+    assert s3_settings("aws_default") == expected.s3
+    assert spark_settings("spark_default") == expected.spark
+    assert KafkaEventsHook().settings == expected.kafka
+    assert MlflowHook().settings == expected.mlflow
+
+
+def test_preparing_the_home_imports_the_connections_from_a_private_file_it_then_deletes(
+    stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stack.airflow_home
+
+    env = {**_env(stack_dir), "AIRFLOW_HOME": str(stack_dir.airflow_home)}
+    calls: list[list[str]] = []
+    imported: dict[str, Any] = {}
+
+    def fake_airflow(args: list[str], given_env: dict[str, str]) -> None:
+        assert given_env is env
+        calls.append(args)
+        if args[:2] == ["connections", "import"]:
+            path = Path(args[-1])
+            imported["mode"] = stat.S_IMODE(path.stat().st_mode)
+            imported["connections"] = json.loads(path.read_text())
+
+    monkeypatch.setattr(stack.airflow_home, "_airflow", fake_airflow)
+    assert "migrated" in prepare_airflow_home(stack_dir, env)
+    assert calls[0] == ["db", "migrate"]
+    assert calls[1][:3] == ["connections", "import", "--overwrite"]
+    assert calls[2][:4] == ["pools", "set", "spark_metastore", "1"], "one Spark job at a time holds the metastore"
+    assert imported["mode"] == 0o600 and imported["connections"] == connections_from_environment(env)
+    assert not Path(calls[1][-1]).exists(), "the file with the S3 secret is deleted"
+    assert (stack_dir.airflow_home / SIMPLE_AUTH_FILE).exists()
+
+
+def test_the_connections_file_is_deleted_when_the_import_fails(
+    stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stack.airflow_home
+    from stack.services import StackError
+
+    env = {**_env(stack_dir), "AIRFLOW_HOME": str(stack_dir.airflow_home)}
+    files: list[Path] = []
+
+    def failing_import(args: list[str], given_env: dict[str, str]) -> None:
+        if args[:2] == ["connections", "import"]:
+            files.append(Path(args[-1]))
+            raise StackError("`airflow connections import` failed")
+
+    monkeypatch.setattr(stack.airflow_home, "_airflow", failing_import)
+    with pytest.raises(StackError):
+        prepare_airflow_home(stack_dir, env)
+    assert files and not files[0].exists()
+
+
+def test_the_airflow_admin_password_is_generated_private_and_kept(tmp_path: Path) -> None:
+    # Written before Airflow starts, so that Airflow never generates one itself and prints it to its log.
+    path = write_admin_password(tmp_path)
+    password = json.loads(path.read_text())["admin"]
+    assert path.name == SIMPLE_AUTH_FILE and len(password) >= 16
+    assert path.stat().st_mode & 0o077 == 0, "the password file is readable by others"
+    assert json.loads(write_admin_password(tmp_path).read_text())["admin"] == password, "a second stack-up changed it"

@@ -1,0 +1,132 @@
+"""stack/init_resources.py: the buckets and topics the pipeline expects, created once (idempotent), with the S3 and
+Kafka admin clients replaced by doubles. (Against the real services: tests/integration/stack/.)"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ml.settings import KafkaSettings, LakeSettings, S3Settings
+from ml.topics import ALL_TOPICS
+
+
+def _client_error(code: str) -> Exception:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": code, "Message": code}}, "CreateBucket")
+
+
+class FakeS3:
+    def __init__(self, existing: set[str], failures: dict[str, str] | None = None) -> None:
+        self.buckets, self.failures = set(existing), failures or {}
+        self.created: list[str] = []
+
+    def list_buckets(self) -> dict[str, Any]:
+        return {"Buckets": [{"Name": name} for name in sorted(self.buckets)]}
+
+    def create_bucket(self, Bucket: str) -> None:
+        if Bucket in self.failures:
+            raise _client_error(self.failures[Bucket])
+        self.buckets.add(Bucket)
+        self.created.append(Bucket)
+
+
+class FakeAdmin:
+    def __init__(self, existing: set[str], racing: frozenset[str] = frozenset()) -> None:
+        self.existing, self.racing = set(existing), set(racing)
+        self.new: list[Any] = []
+        self.closed = False
+
+    def list_topics(self) -> list[str]:
+        return sorted(self.existing)
+
+    def create_topics(self, topics: list[Any]) -> None:
+        from kafka.errors import TopicAlreadyExistsError
+
+        for topic in topics:
+            if topic.name in self.racing:  # another stack-up created it after our listing
+                raise TopicAlreadyExistsError(topic.name)
+            self.new.append(topic)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def fake_s3(monkeypatch: pytest.MonkeyPatch) -> list[FakeS3]:
+    import stack.init_resources
+
+    installed: list[FakeS3] = []
+    monkeypatch.setattr(stack.init_resources, "s3_client", lambda settings: installed[-1])
+    return installed
+
+
+@pytest.fixture
+def fake_admin(monkeypatch: pytest.MonkeyPatch) -> list[tuple[KafkaSettings, FakeAdmin]]:
+    import stack.init_resources
+
+    installed: list[tuple[KafkaSettings, FakeAdmin]] = []
+
+    def admin_for(settings: KafkaSettings, **options: Any) -> FakeAdmin:
+        installed.append((settings, installed[-1][1]))
+        return installed[-1][1]
+
+    monkeypatch.setattr(stack.init_resources, "kafka_admin", admin_for)
+    return installed
+
+
+def test_missing_buckets_are_created(fake_s3: list[FakeS3]) -> None:
+    from stack.init_resources import create_buckets
+
+    fake_s3.append(FakeS3({"raw"}))
+    created = create_buckets(S3Settings(), LakeSettings(raw_bucket="raw", lake_bucket="my-lake"), "tracking")
+    assert created == fake_s3[0].created == ["my-lake", "tracking"]
+    assert create_buckets(S3Settings(), LakeSettings(raw_bucket="raw", lake_bucket="my-lake"), "tracking") == []
+
+
+def test_a_bucket_made_meanwhile_is_fine_and_other_errors_are_not(fake_s3: list[FakeS3]) -> None:
+    from botocore.exceptions import ClientError
+
+    from stack.init_resources import create_buckets
+
+    fake_s3.append(FakeS3(set(), {"raw": "BucketAlreadyOwnedByYou", "lake": "BucketAlreadyExists"}))
+    assert create_buckets(S3Settings(), LakeSettings()) == ["mlflow"]
+    fake_s3.append(FakeS3(set(), {"raw": "AccessDenied"}))
+    with pytest.raises(ClientError, match="AccessDenied"):
+        create_buckets(S3Settings(), LakeSettings())
+
+
+def test_topics_are_created_with_their_partitions_and_retention(fake_admin: list[Any]) -> None:
+    from stack.init_resources import create_topics
+
+    admin = FakeAdmin({"mlops.model.promoted.v1"}, racing={"mlops.pipeline.events.v1"})
+    fake_admin.append((None, admin))
+    created = create_topics(KafkaSettings("kafka.test:9092"))
+    assert created == ["mlops.training.metrics.v1"], "existing and concurrently created topics are left alone"
+    [new] = admin.new
+    wanted = next(topic for topic in ALL_TOPICS if topic.name == new.name)
+    assert (new.num_partitions, new.replication_factor) == (wanted.partitions, 1)
+    assert new.topic_configs == {"retention.ms": str(wanted.retention_ms)}
+    assert admin.closed
+    assert fake_admin[-1][0] == KafkaSettings("kafka.test:9092")
+
+
+def test_main_reads_the_environment_once_and_reports_what_it_created(
+    fake_s3: list[FakeS3],
+    fake_admin: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from stack.init_resources import main
+
+    monkeypatch.setenv("MLOPS_LAKE_BUCKET", "compose-lake")
+    monkeypatch.setenv("MLOPS_MLFLOW_BUCKET", "compose-mlflow")
+    fake_s3.append(FakeS3(set()))
+    fake_admin.append((None, FakeAdmin({topic.name for topic in ALL_TOPICS})))
+    assert main() == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "buckets_created": ["raw", "compose-lake", "compose-mlflow"],
+        "topics_created": [],
+    }
