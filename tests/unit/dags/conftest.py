@@ -7,9 +7,15 @@ from typing import Any
 
 import pytest
 
-from tests.unit.plugins.mlops_airflow.conftest import connections  # noqa: F401 - a fixture, shared
+from tests.support.airflow_connections import define_connections
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture
+def connections(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """Define exactly these connections (tests.support.airflow_connections)."""
+    return define_connections(monkeypatch, tmp_path / "hive")
 
 
 @pytest.fixture(scope="session")

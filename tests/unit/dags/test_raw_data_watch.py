@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.plugins.mlops_airflow.conftest import ACCESS_KEY_ID, S3_ENDPOINT
+from tests.support.airflow_connections import ACCESS_KEY_ID, S3_ENDPOINT
 
 Define = Callable[..., None]
 

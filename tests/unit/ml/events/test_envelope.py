@@ -26,25 +26,8 @@ from ml.events.envelope import (
 )
 from ml.topics import ALL_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS, Topic
 from tests.support.fake_clock import FakeClock
+from tests.unit.ml.events.samples import METRICS, PIPELINE, PROMOTED
 
-METRICS = {
-    "run_name": "tune-1",
-    "trial_id": "t0001",
-    "epoch": 3,
-    "metrics": {"val_loss": 0.25, "val_accuracy": 0.9},
-    "params": {"lr": 0.001, "hidden_size": 64},
-}
-PIPELINE = {"dag_id": "mlops_training", "task_id": "tune_models", "event": "task_succeeded", "details": {"s": 12.5}}
-PROMOTED = {
-    "model_name": "iris-classification",
-    "version": "3",
-    "alias": "champion",
-    "previous_version": "2",
-    "metric": "accuracy",
-    "value": 0.97,
-    "previous_value": 0.95,
-    "reason": "better by 0.02",
-}
 PAYLOADS = {TRAINING_METRICS: METRICS, PIPELINE_EVENTS: PIPELINE, MODEL_PROMOTED: PROMOTED}
 
 

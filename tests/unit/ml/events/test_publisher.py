@@ -16,16 +16,9 @@ from ml.events.envelope import EventValidationError, validate_envelope
 from ml.events.publisher import EventPublisher, EventPublishError, PublishStats, publish_event
 from ml.settings import KafkaSettings
 from ml.topics import PIPELINE_EVENTS, TRAINING_METRICS
+from tests.unit.ml.events.samples import METRICS, PIPELINE
 
 KAFKA = KafkaSettings("fake:9092")
-METRICS = {
-    "run_name": "tune-1",
-    "trial_id": "t0001",
-    "epoch": 3,
-    "metrics": {"val_loss": 0.25, "val_accuracy": 0.9},
-    "params": {"lr": 0.001, "hidden_size": 64},
-}
-PIPELINE = {"dag_id": "mlops_training", "task_id": "tune_models", "event": "task_succeeded", "details": {"s": 12.5}}
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:

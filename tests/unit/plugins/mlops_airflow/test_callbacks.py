@@ -11,27 +11,10 @@ from typing import Any
 import pytest
 
 from ml.settings import KafkaSettings
-from tests.unit.plugins.mlops_airflow.conftest import KAFKA_SERVERS
+from tests.support.airflow_connections import KAFKA_SERVERS
 
 Define = Callable[..., None]
 RUN_ID = "scheduled__2026-01-01T03:00:00+00:00"
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """ml.events.publisher.publish_event replaced: the envelope is made (and schema-checked) as for Kafka."""
-    import ml.events.publisher
-    from ml.events.envelope import make_envelope
-
-    sent: list[dict[str, Any]] = []
-
-    def fake_publish(kafka: Any, topic: Any, payload: Any, key: str, dag_run_id: Any = None, **_: Any) -> Any:
-        envelope = make_envelope(topic, payload, dag_run_id)
-        sent.append({"kafka": kafka, "topic": topic, "key": key, "envelope": envelope})
-        return envelope
-
-    monkeypatch.setattr(ml.events.publisher, "publish_event", fake_publish)
-    return sent
 
 
 def _task_context(**extra: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from ml.settings import KafkaSettings, MlflowSettings, RaySettings, S3Settings, SparkSettings
-from tests.unit.plugins.mlops_airflow.conftest import (
+from tests.support.airflow_connections import (
     ACCESS_KEY_ID,
     KAFKA_SERVERS,
     MLFLOW_URI,

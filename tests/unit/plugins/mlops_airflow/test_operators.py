@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
-from tests.unit.plugins.mlops_airflow.conftest import (
+from tests.support.airflow_connections import (
     ACCESS_KEY_ID,
     KAFKA_SERVERS,
     MLFLOW_URI,
@@ -544,23 +544,6 @@ def test_register_operator_tells_the_gate_about_backfills(
 
 
 # --- PublishRunSummaryOperator ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """ml.events.publisher.publish_event replaced: the envelope is made (and schema-checked) as for Kafka."""
-    import ml.events.publisher
-    from ml.events.envelope import make_envelope
-
-    sent: list[dict[str, Any]] = []
-
-    def fake_publish(kafka: Any, topic: Any, payload: Any, key: str, dag_run_id: Any = None, **_: Any) -> Any:
-        envelope = make_envelope(topic, payload, dag_run_id)
-        sent.append({"kafka": kafka, "topic": topic, "key": key, "envelope": envelope})
-        return envelope
-
-    monkeypatch.setattr(ml.events.publisher, "publish_event", fake_publish)
-    return sent
 
 
 def _summary_operator(**values: Any) -> Any:

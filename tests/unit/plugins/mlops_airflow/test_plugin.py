@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ml.settings import MlflowSettings
-from tests.unit.plugins.mlops_airflow.conftest import MLFLOW_URI
+from tests.support.airflow_connections import MLFLOW_URI
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
