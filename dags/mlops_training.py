@@ -93,7 +93,7 @@ def mlops_training() -> None:
         from mlops_airflow.hooks import s3_settings
 
         p = context["params"]  # type: ignore[index]
-        space = resolve_search_space(p["search_space"], s3_settings("aws_default"))  # type: ignore[index]
+        space = resolve_search_space(p["search_space"], lambda: s3_settings("aws_default"))  # type: ignore[index]
         if p["max_concurrent_trials"] > p["num_samples"]:  # type: ignore[index]
             raise ValueError("max_concurrent_trials cannot exceed num_samples")
         return {"dataset": p["dataset"], "search_space_keys": sorted(space)}  # type: ignore[index]

@@ -152,7 +152,12 @@ def to_tune_space(space: Mapping[str, Any]) -> dict[str, Any]:
     return domains
 
 
-def load_search_space(source: str | Path, s3: S3Settings | None = None) -> dict[str, Any]:
+# S3 settings, or a function that returns them: called only when a search space has to be read from S3 (a DAG's
+# param check then resolves no connection for the usual spaces).
+S3Source = S3Settings | Callable[[], S3Settings] | None
+
+
+def load_search_space(source: str | Path, s3: S3Source = None) -> dict[str, Any]:
     """Read a search space from a JSON or YAML file (a local path, or an s3:// URI read with `s3`) and validate it."""
     text_source = str(source)
     if text_source.startswith(("s3://", "s3a://")):
@@ -161,7 +166,8 @@ def load_search_space(source: str | Path, s3: S3Settings | None = None) -> dict[
         if s3 is None:
             raise ValueError(f"search space {text_source}: reading from S3 needs S3 settings")
         uri = S3Uri.parse(text_source)
-        text = s3_client(s3).get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode()
+        client = s3_client(s3() if callable(s3) else s3)
+        text = client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode()
     else:
         text = Path(source).read_text()
     if text_source.endswith((".yaml", ".yml")):
@@ -177,7 +183,7 @@ def load_search_space(source: str | Path, s3: S3Settings | None = None) -> dict[
     return dict(data)
 
 
-def resolve_search_space(value: Any, s3: S3Settings | None = None) -> dict[str, Any]:
+def resolve_search_space(value: Any, s3: S3Source = None) -> dict[str, Any]:
     """A search space from what a DAG param or CLI gives: None (the default), a mapping, a JSON string, the name of a
     shipped space (`default`, `small`: ml/search_spaces/NAME.json), or a JSON/YAML file path or s3:// URI (read with
     `s3`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -139,6 +140,23 @@ def test_search_space_from_s3() -> None:
         assert resolve_search_space("s3a://lake/spaces/s.yml", IN_MEMORY_S3) == {"dropout": 0.2}
     with pytest.raises(ValueError, match="reading from S3 needs S3 settings"):
         load_search_space("s3://lake/spaces/s.json")
+
+
+def test_s3_settings_are_asked_for_only_when_a_space_is_read_from_s3() -> None:
+    """A DAG's param check passes a function that resolves the AWS connection: the usual spaces never call it."""
+    asked: list[str] = []
+
+    def settings() -> Any:
+        asked.append("s3")
+        return IN_MEMORY_S3
+
+    assert resolve_search_space("small", settings) == load_search_space(SEARCH_SPACES_DIR / "small.json")
+    assert resolve_search_space({"lr": 0.01}, settings) == {"lr": 0.01}
+    assert asked == []
+    with in_memory_s3("lake") as client:
+        client.put_object(Bucket="lake", Key="spaces/s.json", Body=b'{"lr": 0.02}')
+        assert resolve_search_space("s3://lake/spaces/s.json", settings) == {"lr": 0.02}
+    assert asked == ["s3"]
 
 
 def test_search_space_from_any_param_form(tmp_path: Path) -> None:
