@@ -16,6 +16,7 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, t
 from mlops_airflow import callbacks
 from mlops_airflow.assets import RAW_DATA
 from mlops_airflow.operators import (
+    LAKE_BUCKET_TEMPLATE,
     FeaturePreprocessOperator,
     IngestOperator,
     PublishRunSummaryOperator,
@@ -23,9 +24,6 @@ from mlops_airflow.operators import (
     RegisterModelOperator,
     SkipIfModelExistsOperator,
 )
-
-# The lake bucket: the Airflow variable `mlops_lake_bucket`, else "lake" (rendered when a task runs, not at parse).
-LAKE_BUCKET = "{{ var.value.get('mlops_lake_bucket', 'lake') }}"
 
 default_args = {
     "owner": "mlops",
@@ -113,7 +111,7 @@ def mlops_training() -> None:
         dataset="{{ params.dataset }}",
         target="{{ params.target }}",
         ml_task="{{ params.task }}",
-        lake_bucket=LAKE_BUCKET,
+        lake_bucket=LAKE_BUCKET_TEMPLATE,
     )
     snapshot_id = ingest_raw_data.output["snapshot_id"]
     check_for_existing_model = SkipIfModelExistsOperator(
@@ -129,7 +127,7 @@ def mlops_training() -> None:
         task_id="preprocess_with_spark",
         dataset="{{ params.dataset }}",
         snapshot_id=snapshot_id,
-        lake_bucket=LAKE_BUCKET,
+        lake_bucket=LAKE_BUCKET_TEMPLATE,
         conn_id="spark_default",
         driver_memory="2g",
         pool="spark_metastore",  # one Hive (Derby) metastore writer at a time
@@ -138,7 +136,7 @@ def mlops_training() -> None:
         task_id="tune_models",
         dataset="{{ params.dataset }}",
         snapshot_id=snapshot_id,
-        lake_bucket=LAKE_BUCKET,
+        lake_bucket=LAKE_BUCKET_TEMPLATE,
         search_space="{{ params.search_space }}",
         num_samples="{{ params.num_samples }}",
         max_concurrent_trials="{{ params.max_concurrent_trials }}",
@@ -148,7 +146,7 @@ def mlops_training() -> None:
     register_best_model = RegisterModelOperator(
         task_id="register_best_model",
         search_result=tune_models.output,
-        lake_bucket=LAKE_BUCKET,
+        lake_bucket=LAKE_BUCKET_TEMPLATE,
         metric="{{ params.promotion_metric }}",
         margin="{{ params.promotion_margin }}",
         allow_backfill_promotion="{{ params.allow_backfill_promotion }}",

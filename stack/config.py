@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.settings import LakeSettings, Settings
+from ml.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,9 +22,8 @@ VERSITYGW_VERSION = "v1.8.0"
 KAFKA_VERSION = "4.1.1"  # also in stack/maven/kafka-pom.xml
 HADOOP_AWS_VERSION = "3.5.0"  # must equal pyspark/jars/hadoop-client-api-*.jar; also in stack/maven/spark-s3a-pom.xml
 
-# The buckets the pipeline uses; created by `python -m stack.init_resources`.
-RAW_BUCKET = LakeSettings.raw_bucket
-LAKE_BUCKET = LakeSettings.lake_bucket
+# The bucket of MLflow's artifacts (the pipeline's own are ml.settings.LakeSettings'); `python -m stack.init_resources`
+# creates all three.
 MLFLOW_BUCKET = "mlflow"
 
 
@@ -73,10 +72,6 @@ class StackPaths:
     @property
     def versitygw(self) -> Path:
         return self.bin / "versitygw"
-
-    @property
-    def hive_metastore(self) -> Path:
-        return self.data / "hive" / "metastore_db"
 
 
 def stack_paths() -> StackPaths:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack.config import LAKE_BUCKET, REPO_ROOT, StackPaths
+from ml.settings import LakeSettings
+from stack.config import REPO_ROOT, StackPaths
 
 
 class StackError(RuntimeError):
@@ -445,7 +446,7 @@ AIRFLOW_UNSET = (
 def _airflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     # The lake bucket reaches the DAG as the Airflow variable mlops_lake_bucket (dags/mlops_training.py): the one
     # that `up` created the bucket for, unless the variable is set otherwise.
-    env.setdefault("AIRFLOW_VAR_MLOPS_LAKE_BUCKET", env.get("MLOPS_LAKE_BUCKET") or LAKE_BUCKET)
+    env.setdefault("AIRFLOW_VAR_MLOPS_LAKE_BUCKET", env.get("MLOPS_LAKE_BUCKET") or LakeSettings.lake_bucket)
     for key in AIRFLOW_UNSET:
         env.pop(key, None)
 

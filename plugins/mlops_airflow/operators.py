@@ -16,11 +16,15 @@ from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOpe
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.bases.branch import BaseBranchOperator
 
+from ml.settings import LakeSettings  # settings types only: cheap to import when DAGs are parsed
 from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, s3_settings, spark_settings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LAKE_BUCKET = "lake"  # ml.settings.LakeSettings' default, without importing ml when DAGs are parsed
+DEFAULT_LAKE_BUCKET = LakeSettings.lake_bucket
+# What a DAG passes as `lake_bucket`: the Airflow variable `mlops_lake_bucket`, else the default (rendered when the task
+# runs, not when the DAG is parsed).
+LAKE_BUCKET_TEMPLATE = "{{ var.value.get('mlops_lake_bucket', '" + DEFAULT_LAKE_BUCKET + "') }}"
 
 
 def _as_bool(value: Any) -> bool:
@@ -28,9 +32,7 @@ def _as_bool(value: Any) -> bool:
     return str(value).lower() in ("true", "1")
 
 
-def _lake(lake_bucket: str) -> Any:
-    from ml.settings import LakeSettings
-
+def _lake(lake_bucket: str) -> LakeSettings:
     return LakeSettings(lake_bucket=str(lake_bucket))
 
 

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ml.settings import LakeSettings, Settings
+from ml.settings import Settings
 from stack.config import (
-    LAKE_BUCKET,
-    RAW_BUCKET,
     REPO_ROOT,
     StackPaths,
     local_credentials,
@@ -37,10 +35,6 @@ def test_the_stack_folder_is_configurable(stack_dir: StackPaths, monkeypatch: py
     assert stack_dir.spark_s3a_classpath_file == stack_dir.root / "jars" / "spark-s3a.classpath"
     monkeypatch.delenv("MLOPS_STACK_DIR")
     assert stack_paths().root == (REPO_ROOT / ".stack").resolve()
-
-
-def test_bucket_names_are_ml_settings_defaults() -> None:
-    assert (RAW_BUCKET, LAKE_BUCKET) == (LakeSettings().raw_bucket, LakeSettings().lake_bucket)
 
 
 def test_local_credentials_are_generated_once_and_private(stack_dir: StackPaths, tmp_path: Path) -> None:
