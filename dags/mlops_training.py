@@ -68,10 +68,12 @@ params = {
 
 @dag(
     dag_id="mlops_training",
-    # No start date, no immediate run: unpausing the DAG waits for 03:00 UTC (or new raw data) instead of starting
-    # a run for the last missed slot, which would also hold one of the max_active_runs seats.
+    # No start date, no immediate run: unpausing the DAG waits for the next 03:00 UTC (or new raw data) instead of
+    # starting a run for the last missed slot, which would also hold one of the max_active_runs seats. A zero delta,
+    # not False: with False, Airflow 3.3 still runs the missed slot when unpaused within 10% of the interval after it
+    # (until 05:24 UTC here).
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=False), assets=RAW_DATA
+        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=timedelta(0)), assets=RAW_DATA
     ),
     catchup=False,
     max_active_runs=2,

@@ -45,8 +45,7 @@ def test_training_dag_wiring(dag: Any) -> None:
         "publish_run_summary": [],
     }
     assert dag.catchup is False
-    # Unpausing must not start a run for the last missed 03:00 (it would wait on the default raw_uri for hours).
-    assert dag.start_date is None and "run_immediately=False" in repr(dag.timetable)
+    assert dag.start_date is None
     assert set(dag.tags) >= {"mlops"}
     assert dag.max_active_runs == 2
     assert dag.render_template_as_native_obj is True, "XComs and params reach operators as dicts and ints"
@@ -196,3 +195,28 @@ def test_parsing_the_dags_loads_no_heavy_module() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("now", ["03:00:01", "03:38:49", "05:23:00", "12:00:00", "02:59:59"])
+def test_unpausing_never_starts_a_run_for_the_last_missed_slot(
+    dagbag: Any, monkeypatch: pytest.MonkeyPatch, now: str
+) -> None:
+    """The first scheduled run after unpausing is the next 03:00 UTC, at any time of day: a run for the missed slot
+    would wait hours on the default raw_uri and hold one of the two run seats (an e2e run at 03:38 UTC saw it)."""
+    import datetime
+    import json
+
+    import airflow.timetables.trigger
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    moment = datetime.datetime.fromisoformat(f"2026-12-02T{now}+00:00")
+    monkeypatch.setattr(airflow.timetables.trigger, "utcnow", lambda: moment)
+    # The timetable as the scheduler gets it: serialized with the DAG (JSON) and decoded on its side.
+    schedule = decode_timetable(json.loads(json.dumps(encode_timetable(dagbag.dags["mlops_training"].timetable))))
+    info = schedule.timetable.next_dagrun_info(
+        last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False)
+    )
+    assert info is not None and info.run_after > moment
+    assert (info.run_after.hour, info.run_after.minute) == (3, 0)

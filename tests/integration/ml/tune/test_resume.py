@@ -1,5 +1,6 @@
 """An interrupted search (SIGINT, as Ctrl+C or an orchestrator's stop) resumes under the same run name without
-running any finished trial or epoch again; its MLflow parent run is continued; the model it finds is evaluated.
+running any finished trial again, nor any epoch but the one in flight at the interruption; its MLflow parent run is
+continued; the model it finds is evaluated.
 
 Tune saves its callbacks with the experiment and uses the saved copies on restore, so the test's callback keeps its
 records in module state, which survives pickling.
@@ -82,13 +83,19 @@ def test_interrupted_search_resumes_without_rerunning_trials(
 
     trials = {trial for _, trial, _ in RECORDS}
     assert len(trials) == 4
-    pairs = Counter((trial, epoch) for _, trial, epoch in RECORDS)
-    assert max(pairs.values()) == 1, f"an epoch ran twice: {pairs}"
     rerun = {trial for phase, trial, _ in RECORDS if phase == 2} & first_done
     assert not rerun, f"finished trials ran again after the resume: {rerun}"
     assert any(phase == 2 for phase, _, _ in RECORDS), "nothing was left to run after the interruption"
+    # An epoch runs once, except the one a running trial had just reported when the interruption came: Tune may stop
+    # before that epoch's checkpoint is in its saved state, and the resumed trial then runs it again (at least once,
+    # like a killed worker's epoch; its metrics are published again under the same key). Nothing else runs twice.
+    pairs = Counter((trial, epoch) for _, trial, epoch in RECORDS)
+    reported_before = {t: [e for phase, tt, e in RECORDS if tt == t and phase == 1] for t in trials - first_done}
+    last_before = {t: max(epochs) for t, epochs in reported_before.items() if epochs}
+    twice = {pair: count for pair, count in pairs.items() if count > 1}
+    assert set(twice) <= set(last_before.items()) and set(twice.values()) <= {2}, f"an epoch ran again: {pairs}"
     for trial in trials:  # each trial's epochs are contiguous from 1, across the interruption
-        epochs = sorted(epoch for _, t, epoch in RECORDS if t == trial)
+        epochs = sorted({epoch for _, t, epoch in RECORDS if t == trial})
         assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)
 
     # One parent run, continued; one child per trial.
