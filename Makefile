@@ -8,14 +8,18 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STACK := $(PY) -m stack
+# The stack profile: local (default; each engine in its local mode) or cluster (PostgreSQL, Airflow's components, a
+# Hive metastore, Spark standalone, a Ray cluster): `make stack-up STACK=cluster`, `make demo STACK=cluster`.
+STACK ?= local
+STACKCTL := $(PY) -m stack
 WHEELHOUSE ?= $(HOME)/.cache/mlops-airflow/wheels
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 MODEL ?= penguins-classification
 
-.PHONY: help venv tools browser airflow-up stack-up stack-down stack-status format lint test test-unit test-integration demo \
+.PHONY: help venv tools browser postgres airflow-up stack-up stack-down stack-status format lint test test-unit \
+        test-integration test-cluster demo \
         serve tail-metrics bench lock clean
 
 help: ## list the targets
@@ -35,19 +39,19 @@ $(INSTALLED): requirements.txt constraints.txt
 venv: $(INSTALLED) ## create .venv from requirements.txt + constraints.txt (wheels cached in ~/.cache/mlops-airflow)
 
 tools: venv ## fetch the S3 server (go install) and the Kafka/Spark jars (Maven Central), cached
-	$(STACK) tools
+	$(STACKCTL) tools --profile $(STACK)
 
-stack-up: tools ## start S3 server, Kafka, MLflow; migrate the Airflow home (idempotent)
-	$(STACK) up
+stack-up: tools $(if $(filter cluster,$(STACK)),postgres) ## start the STACK profile's services; migrate the Airflow home
+	$(STACKCTL) up --profile $(STACK)
 
-airflow-up: tools ## stack-up plus `airflow standalone` (web UI on http://127.0.0.1:8080)
-	$(STACK) up --airflow
+airflow-up: tools $(if $(filter cluster,$(STACK)),postgres) ## stack-up plus Airflow (web UI on http://127.0.0.1:8080)
+	$(STACKCTL) up --profile $(STACK) --airflow
 
 stack-down: ## stop everything stack-up started
-	@if [ -x $(PY) ]; then $(STACK) down; fi
+	@if [ -x $(PY) ]; then $(STACKCTL) down; fi
 
 stack-status: venv ## health of each local service
-	$(STACK) status
+	$(STACKCTL) status --profile $(STACK)
 
 lint: venv ## ruff format + ruff check (with Airflow's AIR rules), mypy, and a dependency audit (pip-audit)
 	$(VENV)/bin/ruff format --check ml plugins dags stack tests bench
@@ -98,27 +102,38 @@ test: venv lint browser ## the whole suite: unit tests without the stack, then t
 	@# Unit tests first, outside the stack's environment: they prove they need no service and no credentials.
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 	$(MAKE) stack-up
-	@rc=0; $(STACK) run -- $(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS) || rc=$$?; $(STACK) down; \
+	@rc=0; $(STACKCTL) run --profile $(STACK) -- $(PY) -m pytest tests/integration tests/e2e $(PYTEST_ARGS) || rc=$$?; $(STACKCTL) down; \
 	exit $$rc
+
+test-cluster: venv postgres ## the cluster profile: bring it up, run the DAG on it, check the work was distributed
+	$(MAKE) stack-up STACK=cluster
+	@rc=0; $(STACKCTL) run --profile cluster -- $(PY) -m pytest tests/cluster $(PYTEST_ARGS) || rc=$$?; \
+	$(STACKCTL) down; exit $$rc
+
+postgres: ## PostgreSQL from Debian's packages, for the cluster profile (needs root or sudo)
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; \
+	fi
 
 test-unit: venv ## fast unit tests only (no services, no stack environment)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 test-integration: stack-up ## integration tests against the running stack (leaves it up)
-	$(STACK) run -- $(PY) -m pytest tests/integration $(PYTEST_ARGS)
+	$(STACKCTL) run --profile $(STACK) -- $(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-demo: tools ## the main job end to end on this machine: stack + Airflow up, demo data in, DAG run via REST
-	$(STACK) up --airflow
-	$(STACK) run -- $(PY) -m stack.demo $(DEMO_ARGS)
+demo: tools $(if $(filter cluster,$(STACK)),postgres) ## the main job end to end on this machine: stack + Airflow up, demo data in, DAG run via REST
+	$(STACKCTL) up --profile $(STACK) --airflow
+	$(STACKCTL) run --profile $(STACK) -- $(PY) -m stack.demo $(DEMO_ARGS)
 
 serve: stack-up ## the prediction service for MODEL's champion on http://127.0.0.1:8000 (gunicorn)
-	$(STACK) run -- $(PY) -m ml serve --model $(MODEL)
+	$(STACKCTL) run --profile $(STACK) -- $(PY) -m ml serve --model $(MODEL)
 
 tail-metrics: venv ## follow the training-metrics topic in the terminal
-	$(STACK) run -- $(PY) -m ml events tail mlops.training.metrics.v1
+	$(STACKCTL) run --profile $(STACK) -- $(PY) -m ml events tail mlops.training.metrics.v1
 
 bench: stack-up ## ratio benchmarks B1-B7, JSON into bench/results/
-	$(STACK) run -- $(PY) -m bench
+	$(STACKCTL) run --profile $(STACK) -- $(PY) -m bench
 
 lock: ## re-resolve requirements.txt into constraints.txt (in a scratch venv)
 	rm -rf /tmp/mlops-lock && $(PYTHON) -m venv /tmp/mlops-lock

@@ -8,11 +8,13 @@ the same settings back as environment variables for a subprocess (spark-submit) 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ML_PACKAGE = PROJECT_ROOT / "ml"  # what a cluster's workers get of this checkout (Spark --py-files, Ray py_modules)
 
 
 @dataclass(frozen=True)
@@ -63,22 +65,69 @@ class MlflowSettings:
 
 @dataclass(frozen=True)
 class SparkSettings:
-    """Where pipeline Spark jobs run and what the deployment adds to them.
+    """Where pipeline Spark jobs run and what the deployment adds to them (docs/PIPELINE.md, "Pointing at a cluster").
 
-    `extra_classpath`: jars every driver and executor needs (the s3a connector); `metastore_dir`: the folder of an
-    embedded Derby Hive metastore (None when the deployment's conf points at a networked one)."""
+    `extra_classpath`: jars on the submitting host that the driver needs (the s3a connector); with a local master the
+    executors share it. `executor_classpath`: jars that exist on the cluster's workers, for their executors (none by
+    default: a cluster's workers bring the s3a connector themselves). `metastore_dir`: the folder of an embedded Derby
+    Hive metastore; `metastore_uri`: a networked Hive metastore (`thrift://host:9083`), which replaces the embedded one
+    (metastore_dir is then None). `local_ip`: the driver's address, where executors of a cluster connect back to it.
+    `cores_max`: the cores one job may take from a standalone cluster (`spark.cores.max`; None: all of them), which also
+    sizes the shuffle partitions of a cluster job."""
 
     master: str = "local[*]"
     extra_classpath: str = ""
     metastore_dir: str | None = None
     local_ip: str | None = "127.0.0.1"
+    metastore_uri: str | None = None
+    executor_classpath: str = ""
+    cores_max: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.metastore_uri:
+            # One metastore: a networked one makes the embedded Derby folder meaningless.
+            object.__setattr__(self, "metastore_dir", None)
+        if self.cores_max is not None and self.cores_max < 1:
+            raise ValueError(f"cores_max must be a positive number of cores, not {self.cores_max}")
+
+    @property
+    def is_local(self) -> bool:
+        """True for a master that runs the executors inside the driver (`local`, `local[*]`, `local[N]`)."""
+        return re.fullmatch(r"local(\[[^\]]*\])?", self.master) is not None
+
+
+RAY_AUTH_MODES = ("token", "disabled")
 
 
 @dataclass(frozen=True)
 class RaySettings:
-    """A Ray cluster's address; None starts a local Ray inside the calling process."""
+    """A Ray cluster and how to authenticate to it; address None starts a local Ray inside the calling process.
+
+    `address`: a GCS address (`10.0.0.5:6380`, for a driver on a machine that runs a Ray node) or a Ray Client address
+    (`ray://head:10001`). `auth_token`: the cluster's token (Ray's `RAY_AUTH_TOKEN`). `auth_mode`: Ray's
+    `RAY_AUTH_MODE`, "token" or "disabled"; left out, it is "token" when a token is given, else "disabled" (what a
+    local Ray gets: ml.tune.runtime sets the mode for every ray.init, whatever the process's environment says)."""
 
     address: str | None = None
+    auth_token: str | None = field(default=None, repr=False)
+    auth_mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.auth_mode is None:
+            # Filled in, so that equal settings compare equal however they were written.
+            object.__setattr__(self, "auth_mode", self.implied_auth_mode)
+        if self.auth_mode not in RAY_AUTH_MODES:
+            raise ValueError(f"Ray auth mode must be one of {RAY_AUTH_MODES}, not {self.auth_mode!r}")
+
+    @property
+    def implied_auth_mode(self) -> str:
+        """The mode these settings get when none is given."""
+        return "token" if self.auth_token else "disabled"
+
+    @property
+    def resolved_auth_mode(self) -> str:
+        """The RAY_AUTH_MODE a driver of these settings runs with."""
+        return self.auth_mode or self.implied_auth_mode
 
 
 @dataclass(frozen=True)
@@ -97,10 +146,12 @@ class Settings:
         """Settings from environment variables (unset ones keep the local stack's defaults)."""
         s3, spark = S3Settings(), SparkSettings()
         # The Spark additions: given explicitly, or found in the local stack's folder (`make tools` writes the s3a
-        # classpath there; the embedded metastore lives there too).
+        # classpath there; the embedded metastore lives there too, unless a networked metastore is configured).
         stack_dir = Path(env.get("MLOPS_STACK_DIR") or PROJECT_ROOT / ".stack")
         classpath_file = stack_dir / "jars" / "spark-s3a.classpath"
         classpath = classpath_file.read_text().strip() if classpath_file.is_file() else ""
+        metastore_uri = env.get("MLOPS_HIVE_METASTORE_URI") or None
+        embedded_metastore = None if metastore_uri else str(stack_dir / "data" / "hive")
         return cls(
             s3=S3Settings(
                 endpoint_url=env.get("AWS_ENDPOINT_URL", s3.endpoint_url) or None,
@@ -118,14 +169,22 @@ class Settings:
             spark=SparkSettings(
                 master=env.get("SPARK_MASTER", spark.master),
                 extra_classpath=env.get("MLOPS_SPARK_EXTRA_CLASSPATH", classpath),
-                metastore_dir=env.get("MLOPS_HIVE_METASTORE_DIR", str(stack_dir / "data" / "hive")) or None,
+                metastore_dir=env.get("MLOPS_HIVE_METASTORE_DIR", embedded_metastore or "") or None,
                 local_ip=env.get("SPARK_LOCAL_IP", spark.local_ip or "") or None,
+                metastore_uri=metastore_uri,
+                executor_classpath=env.get("MLOPS_SPARK_EXECUTOR_CLASSPATH", ""),
+                cores_max=_positive_int(env, "MLOPS_SPARK_CORES_MAX"),
             ),
-            ray=RaySettings(env.get("RAY_ADDRESS") or None),
+            ray=RaySettings(
+                env.get("RAY_ADDRESS") or None,
+                auth_token=_ray_token(env),
+                auth_mode=(env.get("RAY_AUTH_MODE") or "").strip().lower() or None,
+            ),
         )
 
     def to_env(self) -> dict[str, str]:
-        """The environment variables `from_env` reads back into these settings (credentials included)."""
+        """The environment variables `from_env` reads back into these settings (credentials included). Empty values
+        are left out: an unset variable reads back as the local stack's default."""
         values = {
             "MLOPS_RAW_BUCKET": self.lake.raw_bucket,
             "MLOPS_LAKE_BUCKET": self.lake.lake_bucket,
@@ -134,11 +193,42 @@ class Settings:
             "SPARK_MASTER": self.spark.master,
             "SPARK_LOCAL_IP": self.spark.local_ip,
             "RAY_ADDRESS": self.ray.address,
+            # The mode only when it is not the one the token implies (Settings() writes no Ray variable).
+            "RAY_AUTH_MODE": self.ray.auth_mode if self.ray.auth_mode != self.ray.implied_auth_mode else None,
+            "RAY_AUTH_TOKEN": self.ray.auth_token,
         }
         spark_additions = {
             # Explicit, so that a child process does not look for them in the stack folder again.
             "MLOPS_SPARK_EXTRA_CLASSPATH": self.spark.extra_classpath,
             "MLOPS_HIVE_METASTORE_DIR": self.spark.metastore_dir,
+            "MLOPS_HIVE_METASTORE_URI": self.spark.metastore_uri,
+            "MLOPS_SPARK_EXECUTOR_CLASSPATH": self.spark.executor_classpath,
+            "MLOPS_SPARK_CORES_MAX": str(self.spark.cores_max) if self.spark.cores_max else None,
         }
         written = {key: value for key, value in {**values, **spark_additions}.items() if value}
         return {**self.s3.subprocess_env(), **written}
+
+
+def _positive_int(env: Mapping[str, str], name: str) -> int | None:
+    text = (env.get(name) or "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a positive whole number, not {text!r}")
+    return int(text)
+
+
+def _ray_token(env: Mapping[str, str]) -> str | None:
+    """The Ray token as Ray itself finds it in an environment: RAY_AUTH_TOKEN, else the first line of the file named
+    by RAY_AUTH_TOKEN_PATH (a path to a missing or empty file is an error, as it is for Ray)."""
+    token = (env.get("RAY_AUTH_TOKEN") or "").strip()
+    path = env.get("RAY_AUTH_TOKEN_PATH") or ""
+    if token or not path:
+        return token or None
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as error:
+        raise ValueError(f"RAY_AUTH_TOKEN_PATH names {path}, which cannot be read: {error}") from None
+    if not lines or not lines[0].strip():
+        raise ValueError(f"RAY_AUTH_TOKEN_PATH names {path}, which holds no token")
+    return lines[0].strip()

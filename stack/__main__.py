@@ -7,8 +7,9 @@ import os
 import sys
 
 from ml.settings import Settings
-from stack.config import MLFLOW_BUCKET, apply_stack_environment, stack_paths
-from stack.services import AIRFLOW, ALL_SERVICES, SERVICES, StackError
+from stack.config import MLFLOW_BUCKET, PROFILES, active_profile, apply_stack_environment, stack_paths
+from stack.profiles import every_service, profile_named
+from stack.services import StackError
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -16,59 +17,81 @@ def _up(args: argparse.Namespace) -> int:
     from stack.init_resources import create_buckets, create_topics
     from stack.tools import fetch_all
 
-    env = apply_stack_environment()
     paths = stack_paths()
+    profile = profile_named(args.profile or active_profile(paths))
+    running = [service.name for service in every_service() if service.running_pid(paths) is not None]
+    recorded = paths.profile_file.read_text().strip() if paths.profile_file.exists() else None
+    if running and recorded not in (None, profile.name):
+        raise StackError(
+            f"the {recorded} profile is up ({', '.join(running)}); run `make stack-down` before starting "
+            f"the {profile.name} profile"
+        )
+    env = apply_stack_environment(profile.name)
     for line in fetch_all(paths):
         print(f"  {line}")
+    paths.run.mkdir(parents=True, exist_ok=True)
+    paths.profile_file.write_text(profile.name)
     settings = Settings.from_env(env)
-    for service in SERVICES:
-        print(f"{service.name:8} {service.start(paths, env):16} {service.url}", flush=True)
+    width = max(len(service.name) for service in profile.all_services)
+    for service in profile.services:
+        print(f"{service.name:{width}} {service.start(paths, env):16} {service.url}", flush=True)
         if service.name == "s3":
             created = create_buckets(settings.s3, settings.lake, env.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET))
-            print(f"{'':8} buckets created: {created or 'none (all exist)'}")
+            print(f"{'':{width}} buckets created: {created or 'none (all exist)'}")
         if service.name == "kafka":
             created = create_topics(settings.kafka)
-            print(f"{'':8} topics created: {created or 'none (all exist)'}")
+            print(f"{'':{width}} topics created: {created or 'none (all exist)'}")
+        if service.name == "postgres":
+            from stack.cluster import create_databases
+
+            created = create_databases(paths)
+            print(f"{'':{width}} databases created: {created or 'none (all exist)'}")
     if not args.no_airflow:
-        print(prepare_airflow_home(paths, env))
+        print(prepare_airflow_home(paths, env, metastore_writers=profile.metastore_writers))
     if args.airflow:
-        print(f"{AIRFLOW.name:8} {AIRFLOW.start(paths, env):16} {AIRFLOW.url}", flush=True)
-    print(f"stack is up; data, logs and pids are in {paths.root}")
+        for service in profile.airflow:
+            print(f"{service.name:{width}} {service.start(paths, env):16} {service.url}", flush=True)
+    print(f"stack ({profile.name} profile) is up; data, logs and pids are in {paths.root}")
     return 0
 
 
 def _down(args: argparse.Namespace) -> int:
     paths = stack_paths()
-    for service in reversed(ALL_SERVICES):
-        print(f"{service.name:8} {service.stop(paths)}")
+    for service in reversed(every_service()):
+        if service.pid_file(paths).exists():
+            print(f"{service.name:18} {service.stop(paths)}")
+    paths.profile_file.unlink(missing_ok=True)
+    print("stack is down")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    env = apply_stack_environment()
     paths = stack_paths()
+    profile = profile_named(args.profile or active_profile(paths))
+    env = apply_stack_environment(profile.name)
     all_ok = True
-    for service in ALL_SERVICES:
+    print(f"profile: {profile.name}")
+    for service in profile.all_services:
         pid = service.running_pid(paths)
         healthy = pid is not None and service.is_healthy(env)
-        if service in SERVICES or pid is not None:  # Airflow only counts when it was started
+        if service in profile.services or pid is not None:  # Airflow only counts when it was started
             all_ok &= healthy
         state = "healthy" if healthy else ("unhealthy" if pid else "stopped")
-        print(f"{service.name:8} {state:10} pid={pid or '-':<8} {service.url}  log: {service.log_file(paths)}")
+        print(f"{service.name:18} {state:10} pid={pid or '-':<8} {service.url}  log: {service.log_file(paths)}")
     return 0 if all_ok else 1
 
 
 def _tools(args: argparse.Namespace) -> int:
     from stack.tools import fetch_all
 
-    apply_stack_environment()
+    apply_stack_environment(args.profile)
     for line in fetch_all(stack_paths()):
         print(line)
     return 0
 
 
 def _env(args: argparse.Namespace) -> int:
-    env = apply_stack_environment()
+    env = apply_stack_environment(args.profile)
     keys = sorted(k for k in env if k.startswith(("AWS_", "MLFLOW_", "KAFKA_", "SPARK_", "MLOPS_", "AIRFLOW", "RAY_")))
     for key in keys:
         print(f"export {key}='{env[key]}'")
@@ -80,7 +103,7 @@ def _env(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not args.command:
         raise StackError("usage: python -m stack run -- COMMAND [ARGS...]")
-    env = apply_stack_environment()
+    env = apply_stack_environment(args.profile)
     command = args.command[1:] if args.command[0] == "--" else args.command
     os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process, like `env`
 
@@ -91,16 +114,38 @@ def main(argv: list[str] | None = None) -> int:
         description="The local stack: S3 server (versitygw), Kafka 4 (KRaft), MLflow, and the Airflow home, "
         "as plain processes on 127.0.0.1. Data, logs and pids live in .stack/ (or $MLOPS_STACK_DIR).",
     )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="local (default): each engine in its local mode; cluster: PostgreSQL, Airflow's components, a Hive "
+        "metastore, Spark standalone and a Ray cluster. Default: $MLOPS_STACK_PROFILE, else the profile that is up",
+    )
     sub = parser.add_subparsers(dest="verb", required=True)
-    up = sub.add_parser("up", help="fetch what is missing, start every service, wait until healthy (idempotent)")
+    up = sub.add_parser(
+        "up", parents=[common], help="fetch what is missing, start every service, wait until healthy (idempotent)"
+    )
     up.add_argument("--no-airflow", action="store_true", help="skip migrating the Airflow home")
-    up.add_argument("--airflow", action="store_true", help="also start `airflow standalone` (web UI on :8080)")
+    up.add_argument(
+        "--airflow",
+        action="store_true",
+        help="also start Airflow (web UI on :8080): `airflow standalone`, or its components in the cluster profile",
+    )
     up.set_defaults(func=_up)
-    sub.add_parser("down", help="stop exactly what `up` started and free its ports").set_defaults(func=_down)
-    sub.add_parser("status", help="health of each service (exit 1 unless all are healthy)").set_defaults(func=_status)
-    sub.add_parser("tools", help="fetch the S3 server binary and the Kafka/Spark jars").set_defaults(func=_tools)
-    sub.add_parser("env", help="print the stack's environment as shell exports").set_defaults(func=_env)
-    run = sub.add_parser("run", help="run a command in the stack's environment")
+    sub.add_parser("down", parents=[common], help="stop exactly what `up` started and free its ports").set_defaults(
+        func=_down
+    )
+    sub.add_parser(
+        "status", parents=[common], help="health of each service (exit 1 unless all are healthy)"
+    ).set_defaults(func=_status)
+    sub.add_parser("tools", parents=[common], help="fetch the S3 server binary and the Kafka/Spark jars").set_defaults(
+        func=_tools
+    )
+    sub.add_parser("env", parents=[common], help="print the stack's environment as shell exports").set_defaults(
+        func=_env
+    )
+    run = sub.add_parser("run", parents=[common], help="run a command in the stack's environment")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
     args = parser.parse_args(argv)

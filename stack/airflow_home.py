@@ -20,8 +20,10 @@ from stack.services import StackError
 def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Airflow connections for the configured endpoints, in `airflow connections import` JSON form. The Spark
     connection's extra carries what the pipeline adds to its jobs (ml.settings.SparkSettings: the s3a jars, the
-    Derby metastore folder, the driver's bind address)."""
-    spark = Settings.from_env(env).spark
+    metastore (a Derby folder or a Thrift URI), the cores a job takes, the driver's bind address); a Ray cluster's
+    connection carries its address and token (without one, the tune task starts a local Ray)."""
+    settings = Settings.from_env(env)
+    spark = settings.spark
     master = env["SPARK_MASTER"]
     spark_host, _, spark_port = master.rpartition(":") if master.startswith("spark://") else (master, "", "")
     return {
@@ -41,6 +43,8 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
                     "deploy-mode": "client",
                     "extra-classpath": spark.extra_classpath,
                     "metastore-dir": spark.metastore_dir,
+                    "metastore-uri": spark.metastore_uri,
+                    "cores-max": spark.cores_max,
                     "local-ip": spark.local_ip,
                 }
             ),
@@ -50,6 +54,15 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
             "extra": json.dumps({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]}),
         },
         "mlflow_default": {"conn_type": "http", "host": env["MLFLOW_TRACKING_URI"]},
+        **({"ray_default": _ray_connection(settings)} if settings.ray.address else {}),
+    }
+
+
+def _ray_connection(settings: Settings) -> dict[str, Any]:
+    return {
+        "conn_type": "generic",
+        "password": settings.ray.auth_token,
+        "extra": json.dumps({"address": settings.ray.address}),
     }
 
 
@@ -60,8 +73,9 @@ def _airflow(args: list[str], env: dict[str, str]) -> None:
         raise StackError(f"`airflow {' '.join(args)}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
 
 
-def prepare_airflow_home(paths: StackPaths, env: dict[str, str]) -> str:
-    """Migrate the metadata database and (re)import the stack's connections; idempotent."""
+def prepare_airflow_home(paths: StackPaths, env: dict[str, str], metastore_writers: int = 1) -> str:
+    """Migrate the metadata database and (re)import the stack's connections; idempotent. `metastore_writers`: the
+    slots of the `spark_metastore` pool (one for an embedded Derby metastore)."""
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     _airflow(["db", "migrate"], env)
     connections_file = paths.run / "airflow-connections.json"
@@ -72,8 +86,8 @@ def prepare_airflow_home(paths: StackPaths, env: dict[str, str]) -> str:
         _airflow(["connections", "import", "--overwrite", str(connections_file)], env)
     finally:
         connections_file.unlink(missing_ok=True)  # it holds the S3 secret
-    # One Spark job at a time may hold the embedded Hive (Derby) metastore.
-    _airflow(["pools", "set", "spark_metastore", "1", "Spark jobs that write the Hive metastore"], env)
+    # One Spark job at a time may hold an embedded Hive (Derby) metastore; a networked one admits many.
+    _airflow(["pools", "set", "spark_metastore", str(metastore_writers), "Spark jobs that write Hive tables"], env)
     write_admin_password(Path(env["AIRFLOW_HOME"]))
     return f"airflow home: {env['AIRFLOW_HOME']} migrated, connections imported"
 

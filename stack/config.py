@@ -1,7 +1,12 @@
-"""Where the local stack lives, which versions it runs, and the environment every process of the project shares.
+"""Where the stack lives, which versions it runs, its two profiles, and the environment every process shares.
 
-Every endpoint is configuration: the defaults point at the local stack on 127.0.0.1, and any variable already set in
-the environment (a real cluster's S3 endpoint, Kafka bootstrap servers, MLflow URI, Spark master, Ray address) wins.
+Every endpoint is configuration: the defaults point at the stack on 127.0.0.1, and any variable already set in the
+environment (a real cluster's S3 endpoint, Kafka bootstrap servers, MLflow URI, Spark master, Ray address) wins.
+
+Profiles: `local` runs each engine in its single-process local mode (Spark `local[*]`, Ray started inside the task,
+embedded Derby metastore, SQLite under Airflow and MLflow); `cluster` runs the same DAG on real multi-process
+clusters on this machine (stack.cluster): PostgreSQL, Airflow's separate components, a networked Hive metastore, a
+Spark standalone master with two workers and a two-node Ray cluster with token authentication.
 """
 
 from __future__ import annotations
@@ -25,6 +30,23 @@ HADOOP_AWS_VERSION = "3.5.0"  # must equal pyspark/jars/hadoop-client-api-*.jar;
 # The bucket of MLflow's artifacts (the pipeline's own are ml.settings.LakeSettings'); `python -m stack.init_resources`
 # creates all three.
 MLFLOW_BUCKET = "mlflow"
+
+PROFILES = ("local", "cluster")
+DEFAULT_PROFILE = "local"
+
+# The cluster profile's addresses on this machine (stack.cluster starts them).
+POSTGRES_PORT = 5432
+METASTORE_PORT = 9083
+SPARK_MASTER_PORT = 7077
+SPARK_MASTER_UI_PORT = 8090  # not 8080: Airflow's
+SPARK_WORKER_UI_PORTS = (8091, 8092)
+RAY_GCS_PORT = 6380  # not 6379: Redis's default
+RAY_DASHBOARD_PORT = 8265
+RAY_CLIENT_PORT = 10001
+# One core per worker; a pipeline job takes both (executors on both workers), a second application still fits when a
+# job asks for one.
+SPARK_WORKER_CORES = 1
+SPARK_JOB_CORES_MAX = 2
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,23 @@ class StackPaths:
     def versitygw(self) -> Path:
         return self.bin / "versitygw"
 
+    @property
+    def postgresql_classpath_file(self) -> Path:
+        return self.jars / "postgresql.classpath"
+
+    @property
+    def profile_file(self) -> Path:
+        """The profile `up` started (absent when nothing runs)."""
+        return self.run / "profile"
+
+    @property
+    def cluster_secrets_file(self) -> Path:
+        return self.root / "cluster-secrets.json"
+
+    @property
+    def ray_token_file(self) -> Path:
+        return self.root / "ray" / "auth_token"
+
 
 def stack_paths() -> StackPaths:
     """The stack folder: `$MLOPS_STACK_DIR`, else `.stack/` in the repository."""
@@ -91,10 +130,78 @@ def local_credentials(paths: StackPaths) -> dict[str, str]:
     return created
 
 
-def stack_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment shared by the stack, the tests, Airflow and `python -m ml`: local defaults under `base`."""
+def active_profile(paths: StackPaths, base: dict[str, str] | None = None) -> str:
+    """`$MLOPS_STACK_PROFILE`, else the profile `up` started, else `local`."""
+    named = (os.environ if base is None else base).get("MLOPS_STACK_PROFILE")
+    if not named and paths.profile_file.exists():
+        named = paths.profile_file.read_text().strip()
+    profile = named or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise ValueError(f"unknown stack profile {profile!r}; the profiles are {', '.join(PROFILES)}")
+    return profile
+
+
+def cluster_secrets(paths: StackPaths) -> dict[str, str]:
+    """The cluster profile's passwords, Airflow's shared secrets and Ray's token: generated once per stack folder
+    (0600), so that none is committed and every component of one stack gets the same."""
+    if paths.cluster_secrets_file.exists():
+        stored: dict[str, str] = json.loads(paths.cluster_secrets_file.read_text())
+        return stored
+    from cryptography.fernet import Fernet
+
+    created = {
+        "postgres_password": secrets.token_urlsafe(24),
+        "airflow_db_password": secrets.token_urlsafe(24),
+        "mlflow_db_password": secrets.token_urlsafe(24),
+        "metastore_db_password": secrets.token_urlsafe(24),
+        "airflow_jwt_secret": secrets.token_urlsafe(32),
+        "airflow_api_secret_key": secrets.token_urlsafe(32),
+        "airflow_fernet_key": Fernet.generate_key().decode(),
+        "ray_auth_token": secrets.token_hex(32),  # the format of Ray's own generator
+    }
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.cluster_secrets_file.touch(mode=0o600)
+    paths.cluster_secrets_file.write_text(json.dumps(created))
+    return created
+
+
+def postgres_url(paths: StackPaths, database: str, driver: str = "postgresql+psycopg2") -> str:
+    """The SQLAlchemy URL of one of the cluster profile's databases (its role has the database's name)."""
+    password = cluster_secrets(paths)[f"{database}_db_password"]
+    return f"{driver}://{database}:{password}@127.0.0.1:{POSTGRES_PORT}/{database}"
+
+
+def cluster_environment(paths: StackPaths) -> dict[str, str]:
+    """What the cluster profile changes in the shared environment: the clusters' addresses, Airflow on PostgreSQL with
+    LocalExecutor and its shared secrets, Ray's token. MLflow's database URL is given to the MLflow server only."""
+    secret = cluster_secrets(paths)
+    if not paths.ray_token_file.exists():
+        paths.ray_token_file.parent.mkdir(parents=True, exist_ok=True)
+        paths.ray_token_file.touch(mode=0o600)
+        paths.ray_token_file.write_text(secret["ray_auth_token"])
+    return {
+        "SPARK_MASTER": f"spark://127.0.0.1:{SPARK_MASTER_PORT}",
+        "MLOPS_SPARK_CORES_MAX": str(SPARK_JOB_CORES_MAX),
+        "MLOPS_HIVE_METASTORE_URI": f"thrift://127.0.0.1:{METASTORE_PORT}",
+        "MLOPS_HIVE_METASTORE_DIR": "",  # no embedded Derby
+        "RAY_ADDRESS": f"127.0.0.1:{RAY_GCS_PORT}",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(paths.ray_token_file),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": postgres_url(paths, "airflow"),
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret["airflow_jwt_secret"],
+        "AIRFLOW__API__SECRET_KEY": secret["airflow_api_secret_key"],
+        "AIRFLOW__CORE__FERNET_KEY": secret["airflow_fernet_key"],
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:8080/execution/",
+    }
+
+
+def stack_environment(base: dict[str, str] | None = None, profile: str | None = None) -> dict[str, str]:
+    """The environment shared by the stack, the tests, Airflow and `python -m ml`: the profile's defaults under
+    `base` (variables already set win)."""
     base = dict(os.environ if base is None else base)
     paths = stack_paths()
+    profile = profile or active_profile(paths, base)
     venv_bin = Path(REPO_ROOT / ".venv" / "bin")
     defaults: dict[str, str] = {
         # The endpoints: ml.settings' defaults, the one place they are written down.
@@ -110,6 +217,8 @@ def stack_environment(base: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": "8080",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "MLOPS_STACK_PROFILE": profile,
+        **(cluster_environment(paths) if profile == "cluster" else {}),
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "plugins")]),
         "PATH": os.pathsep.join([str(venv_bin), base.get("PATH", "/usr/bin:/bin")]),
     }
@@ -127,8 +236,8 @@ def stack_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def apply_stack_environment() -> dict[str, str]:
+def apply_stack_environment(profile: str | None = None) -> dict[str, str]:
     """Put the stack environment into `os.environ` (for tests and the CLI) and return it."""
-    env = stack_environment()
+    env = stack_environment(profile=profile)
     os.environ.update(env)
     return env

@@ -1,173 +1,26 @@
-"""The local stack's long-running services, each a plain process bound to 127.0.0.1.
-
-A service is started in its own process group (so that stopping it stops its children too), its pid goes to
-`.stack/run/NAME.pid`, its output to `.stack/logs/NAME.log`, and `up` waits until it answers a real request.
-"""
+"""The local profile's long-running services (S3 server, Kafka, MLflow, Airflow), each a plain process bound to
+127.0.0.1 and run by stack.process. The cluster profile reuses S3 and Kafka and adds its own (stack.cluster)."""
 
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ml.settings import LakeSettings
 from stack.config import REPO_ROOT, StackPaths
-
-
-class StackError(RuntimeError):
-    """A service could not be prepared, started or reached; the message says which and where to look."""
-
-
-@dataclass
-class Service:
-    """One process of the local stack."""
-
-    name: str
-    port: int
-    command: Callable[[StackPaths, dict[str, str]], list[str]]
-    is_healthy: Callable[[dict[str, str]], bool]
-    prepare: Callable[[StackPaths, dict[str, str]], None] = lambda paths, env: None
-    start_timeout_s: float = 90.0
-    extra_ports: tuple[int, ...] = field(default_factory=tuple)
-    url: str = ""
-
-    def pid_file(self, paths: StackPaths) -> Path:
-        return paths.run / f"{self.name}.pid"
-
-    def log_file(self, paths: StackPaths) -> Path:
-        return paths.logs / f"{self.name}.log"
-
-    def running_pid(self, paths: StackPaths) -> int | None:
-        """The pid this stack started for the service, if that process is still alive."""
-        pid_file = self.pid_file(paths)
-        if not pid_file.exists():
-            return None
-        pid = int(pid_file.read_text().strip() or 0)
-        if pid <= 0 or not _process_alive(pid):
-            return None
-        return pid
-
-    def start(self, paths: StackPaths, env: dict[str, str]) -> str:
-        """Start the service unless it already runs; wait until it is healthy. Returns what happened."""
-        if self.running_pid(paths) is not None and self.is_healthy(env):
-            return "already running"
-        if self.running_pid(paths) is None:
-            for port in (self.port, *self.extra_ports):
-                if port_in_use(port):
-                    raise StackError(
-                        f"{self.name}: port 127.0.0.1:{port} is taken by a process this stack did not start "
-                        f"(find it with `ss -ltnp 'sport = :{port}'`), so {self.name} cannot start"
-                    )
-            paths.logs.mkdir(parents=True, exist_ok=True)
-            paths.run.mkdir(parents=True, exist_ok=True)
-            env = dict(env)  # what prepare() adds is for this service's process only
-            self.prepare(paths, env)
-            log = self.log_file(paths).open("ab")
-            process = subprocess.Popen(
-                self.command(paths, env),
-                env=env,
-                cwd=paths.data,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-            self.pid_file(paths).write_text(str(process.pid))
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.running_pid(paths) is None:
-                raise StackError(f"{self.name} exited during start-up; its log is {self.log_file(paths)}")
-            if self.is_healthy(env):
-                return "started"
-            time.sleep(0.5)
-        raise StackError(
-            f"{self.name} did not become healthy within {self.start_timeout_s:.0f} s on port {self.port}; "
-            f"its log is {self.log_file(paths)}"
-        )
-
-    def stop(self, paths: StackPaths, timeout_s: float = 30.0) -> str:
-        """Stop the process group this stack started for the service and wait until its ports are free."""
-        pid = self.running_pid(paths)
-        self.pid_file(paths).unlink(missing_ok=True)
-        if pid is None:
-            return "not running"
-        _signal_group(pid, signal.SIGTERM)
-        if not wait_until(lambda: not _group_alive(pid), timeout_s):
-            _signal_group(pid, signal.SIGKILL)
-            wait_until(lambda: not _group_alive(pid), 10.0)
-        for port in (self.port, *self.extra_ports):
-            wait_until(lambda p=port: not port_in_use(p), 10.0)  # type: ignore[misc]
-        return "stopped"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie is dead for our purposes.
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs. The leader is reaped first when it is this process's own child
-    (a test or the demo started the service here): an exited but unreaped leader would keep the group alive."""
-    try:
-        os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        pass  # not our child, or reaped already
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts TCP connections on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.2) -> bool:
-    """Poll `predicate` until it is true or the time is up; return its last value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval_s)
-    return predicate()
-
-
-def http_ok(url: str, accept_statuses: tuple[int, ...] = (200,)) -> bool:
-    """Whether an HTTP GET of url answers with one of the accepted statuses."""
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - local health URLs only
-            return int(response.status) in accept_statuses
-    except urllib.error.HTTPError as error:
-        return error.code in accept_statuses
-    except (urllib.error.URLError, OSError):
-        return False
-
+from stack.process import (  # noqa: F401 - re-exported: the stack's callers import them from here
+    Service,
+    StackError,
+    group_alive,
+    http_ok,
+    port_in_use,
+    signal_group,
+    wait_until,
+)
 
 # --- S3: Versity S3 Gateway over a posix folder ---------------------------------------------------------------------
 
@@ -243,7 +96,8 @@ log.retention.hours=168
 """
 
 
-def _java() -> str:
+def java() -> str:
+    """The Java of $JAVA_HOME, else the one on PATH."""
     java_home = os.environ.get("JAVA_HOME")
     return str(Path(java_home) / "bin" / "java") if java_home else "java"
 
@@ -254,38 +108,27 @@ def _kafka_classpath(paths: StackPaths) -> str:
     return paths.kafka_classpath_file.read_text().strip()
 
 
-def _kafka_prepare(paths: StackPaths, env: dict[str, str]) -> None:
-    kafka_dir = paths.data / "kafka"
+def prepare_kafka_storage(
+    kafka_dir: Path, properties_text: str, classpath: str, env: dict[str, str], timeout_s: float = 120.0
+) -> None:
+    """Write a broker's properties (`{log_dirs}` filled in) and log configuration into `kafka_dir`, and format its
+    storage the first time, with a fresh cluster id; later starts keep the storage (and the messages)."""
     log_dirs = kafka_dir / "logs"
     log_dirs.mkdir(parents=True, exist_ok=True)
     properties = kafka_dir / "server.properties"
-    properties.write_text(KAFKA_PROPERTIES.format(log_dirs=log_dirs))
-    log4j = kafka_dir / "log4j2.yaml"
-    log4j.write_text(KAFKA_LOG4J)
+    properties.write_text(properties_text.replace("{log_dirs}", str(log_dirs)))
+    (kafka_dir / "log4j2.yaml").write_text(KAFKA_LOG4J)
     if (log_dirs / "meta.properties").exists():
         return
-    # Format the storage once, with a fresh cluster id; later starts reuse it.
-    cluster_id = _kafka_random_uuid()
-    result = subprocess.run(
-        [
-            _java(),
-            "-cp",
-            _kafka_classpath(paths),
-            "kafka.tools.StorageTool",
-            "format",
-            "--standalone",
-            "-t",
-            cluster_id,
-            "-c",
-            str(properties),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    command = [java(), "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone"]
+    command += ["-t", _kafka_random_uuid(), "-c", str(properties)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=timeout_s)
     if result.returncode != 0:
         raise StackError(f"kafka: formatting {log_dirs} failed:\n{result.stdout}\n{result.stderr}")
+
+
+def _kafka_prepare(paths: StackPaths, env: dict[str, str]) -> None:
+    prepare_kafka_storage(paths.data / "kafka", KAFKA_PROPERTIES, _kafka_classpath(paths), env)
 
 
 def _kafka_random_uuid() -> str:
@@ -322,7 +165,7 @@ Configuration:
 def _kafka_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     kafka_dir = paths.data / "kafka"
     return [
-        _java(),
+        java(),
         "-Xms256m",
         "-Xmx512m",
         "-XX:+UseG1GC",
@@ -382,10 +225,10 @@ def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         "5000",
         "--workers",
         "1",
-        "--backend-store-uri",
-        f"sqlite:///{db}",
         "--artifacts-destination",
         f"s3://{env.get('MLOPS_MLFLOW_BUCKET', 'mlflow')}/artifacts",
+        # A database given in the environment (the cluster profile's PostgreSQL) wins over the local SQLite file.
+        *([] if env.get("MLFLOW_BACKEND_STORE_URI") else ["--backend-store-uri", f"sqlite:///{db}"]),
     ]
 
 
@@ -436,6 +279,14 @@ AIRFLOW_UNSET = (
     "SPARK_MASTER",
     "SPARK_LOCAL_IP",
     "RAY_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN",
+    "RAY_AUTH_TOKEN_PATH",
+    "MLOPS_HIVE_METASTORE_URI",
+    "MLOPS_HIVE_METASTORE_DIR",
+    "MLOPS_SPARK_CORES_MAX",
+    "MLOPS_SPARK_EXTRA_CLASSPATH",
+    "MLOPS_SPARK_EXECUTOR_CLASSPATH",
     "MLOPS_RAW_BUCKET",
     "MLOPS_LAKE_BUCKET",
     "MLOPS_MLFLOW_BUCKET",

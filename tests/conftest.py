@@ -1,4 +1,5 @@
-"""Shared test set-up. The tier of a test is its folder (tests/unit, tests/integration, tests/e2e), marked here.
+"""Shared test set-up. The tier of a test is its folder (tests/unit, tests/integration, tests/e2e, tests/cluster),
+marked here.
 
 Unit tests need no stack and change no environment. Integration and end-to-end tests talk to the real services that
 `make test` starts (`make stack-up` for one file at a time) and get their endpoints and keys as a `Settings` value
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 TESTS_DIR = Path(__file__).resolve().parent
-TIERS = ("unit", "integration", "e2e")
+TIERS = ("unit", "integration", "e2e", "cluster")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,6 +1,11 @@
 """Spark configuration for the pipeline's jobs: S3 through s3a, a Hive metastore that survives restarts, sizes that
-suit small and large data. The same dict feeds `spark-submit --conf` (Airflow's SparkSubmitOperator, `python -m ml
-preprocess`) and in-process sessions (tests, benchmarks)."""
+suit small and large data, on a local master or a cluster. The same dict feeds `spark-submit --conf` (Airflow's
+SparkSubmitOperator, `python -m ml preprocess`) and in-process sessions (tests, benchmarks).
+
+On a cluster (client deploy mode) the driver runs on the submitting host and the executors in worker processes that
+share nothing with it: no environment, no files. So nothing executor-side names a path of the submitting host, the
+executors get the S3 credentials through the job's Hadoop configuration (`s3a_credentials`, set by the job itself)
+and the `ml` package through `--py-files` (ml.preprocess.submit)."""
 
 from __future__ import annotations
 
@@ -9,20 +14,35 @@ from pathlib import Path
 
 from ml.settings import LakeSettings, S3Settings, SparkSettings
 
+# The initial shuffle partitions of a job on a cluster whose size the settings do not give (no cores_max): adaptive
+# execution coalesces them to what the data needs, and 64 keeps a cluster of up to 32 cores busy.
+CLUSTER_SHUFFLE_PARTITIONS = 64
+
+TEMPORARY_CREDENTIALS = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+SIMPLE_CREDENTIALS = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+
+
+def shuffle_partitions_for(spark: SparkSettings) -> int:
+    """Local: twice this host's cores (at least 4). Cluster: twice `cores_max`, else CLUSTER_SHUFFLE_PARTITIONS (the
+    submitting host's cores say nothing about the cluster's)."""
+    if spark.is_local:
+        return max(4, 2 * (os.cpu_count() or 2))
+    return 2 * spark.cores_max if spark.cores_max else CLUSTER_SHUFFLE_PARTITIONS
+
 
 def spark_conf(
     spark: SparkSettings, s3: S3Settings, lake: LakeSettings, shuffle_partitions: int | None = None
 ) -> dict[str, str]:
-    """`--conf` pairs for a pipeline Spark job. Credentials never appear here: s3a reads them from the environment
-    of the process (spark_submit_env)."""
+    """`--conf` pairs for a pipeline Spark job. Credentials never appear here (the command line, Spark's UI and event
+    log): the driver has them in its environment (spark_submit_env) and hands them to the executors through its
+    Hadoop configuration (s3a_credentials)."""
     conf: dict[str, str] = {
         # Adaptive execution coalesces shuffles; the initial count only needs to fit the cores, not 200.
         "spark.sql.adaptive.enabled": "true",
-        "spark.sql.shuffle.partitions": str(shuffle_partitions or max(4, 2 * (os.cpu_count() or 2))),
+        "spark.sql.shuffle.partitions": str(shuffle_partitions or shuffle_partitions_for(spark)),
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        # s3a against the configured endpoint (path-style for S3-compatible servers), credentials from s3a's default
-        # provider chain (the environment).
+        # s3a against the configured endpoint (path-style for S3-compatible servers).
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
         "spark.hadoop.fs.s3a.endpoint.region": s3.region,
         "spark.hadoop.fs.s3a.fast.upload": "true",
@@ -36,8 +56,17 @@ def spark_conf(
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": f"s3a://{lake.lake_bucket}/warehouse",
     }
-    if spark.metastore_dir:
-        # An embedded Derby metastore kept in a folder of its own (it would land in the working folder otherwise).
+    if spark.cores_max:
+        # Without it one application takes every core of a standalone cluster and a second one waits.
+        conf["spark.cores.max"] = str(spark.cores_max)
+    if spark.local_ip:
+        # The address executors of a cluster connect back to (client mode: the driver runs on this host).
+        conf["spark.driver.host"] = spark.local_ip
+    if spark.metastore_uri:
+        conf["spark.hadoop.hive.metastore.uris"] = spark.metastore_uri
+    elif spark.metastore_dir:
+        # An embedded Derby metastore kept in a folder of its own (it would land in the working folder otherwise); only
+        # the driver opens it.
         hive_dir = Path(spark.metastore_dir)
         conf["spark.hadoop.javax.jdo.option.ConnectionURL"] = (
             f"jdbc:derby:;databaseName={hive_dir / 'metastore_db'};create=true"
@@ -50,18 +79,39 @@ def spark_conf(
         conf["spark.hadoop.fs.s3a.path.style.access"] = "true"
         conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(s3.endpoint_url.startswith("https")).lower()
     if spark.extra_classpath:
-        # On the driver's (and local workers') classpath: no copy of the 700 MB SDK bundle per job, unlike spark.jars.
+        # On the driver's classpath: no copy of the 700 MB SDK bundle per job, unlike spark.jars.
         conf["spark.driver.extraClassPath"] = spark.extra_classpath
-        conf["spark.executor.extraClassPath"] = spark.extra_classpath
+    executor_classpath = spark.extra_classpath if spark.is_local else spark.executor_classpath
+    if executor_classpath:
+        # Local executors share the driver's host; a cluster's workers bring their own jars (a path there, if any).
+        conf["spark.executor.extraClassPath"] = executor_classpath
     return conf
+
+
+def s3a_credentials(s3: S3Settings) -> dict[str, str]:
+    """The s3a settings that carry these credentials in a Hadoop configuration (the job sets them on its own session,
+    so they travel with each job to the executors). Temporary credentials need their session token and s3a's
+    TemporaryAWSCredentialsProvider; the provider is named in both cases, so that a worker's own configuration cannot
+    put another chain first. Without keys: nothing, s3a's default chain of the process applies."""
+    if not (s3.access_key_id and s3.secret_access_key):
+        return {}
+    values = {"fs.s3a.access.key": s3.access_key_id, "fs.s3a.secret.key": s3.secret_access_key}
+    if s3.session_token:
+        return {
+            **values,
+            "fs.s3a.session.token": s3.session_token,
+            "fs.s3a.aws.credentials.provider": TEMPORARY_CREDENTIALS,
+        }
+    return {**values, "fs.s3a.aws.credentials.provider": SIMPLE_CREDENTIALS}
 
 
 def spark_submit_env(spark: SparkSettings, s3: S3Settings) -> dict[str, str]:
     """Environment variables of a spark-submit of a pipeline job: the S3 credentials (they stay out of the command
-    line) and the driver's bind address. Creates the Derby metastore folder when there is one."""
+    line; the job reads them back with Settings.from_env) and the driver's bind address when one is configured.
+    Creates the embedded Derby metastore's folder when there is one."""
     env = s3.subprocess_env()
     if spark.local_ip:
         env["SPARK_LOCAL_IP"] = spark.local_ip
-    if spark.metastore_dir:
+    if spark.metastore_dir and not spark.metastore_uri:
         Path(spark.metastore_dir).mkdir(parents=True, exist_ok=True)
     return env

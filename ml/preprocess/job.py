@@ -5,7 +5,8 @@ duplicates, rows without a target) in one scan of the input, splits it determini
 content, fits the transform on the training split only (means/stds of numerics, frequent categories), writes the
 Parquet splits and `feature_spec.json` (last: it marks the features complete), and registers the splits as
 partitions of a Hive table. The steps are in ml.preprocess.steps. S3 credentials come from the environment that
-spark-submit was given (ml.preprocess.submit), never from the command line.
+spark-submit was given (ml.preprocess.submit), never from the command line; the job puts them into its own Hadoop
+configuration, which carries them to executors that do not share the driver's environment (a cluster's workers).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 from ml.features import SPLITS, FeatureSpec
 from ml.preprocess import steps
+from ml.preprocess.conf import s3a_credentials
 from ml.preprocess.hive import hive_table_name, register_hive_table
-from ml.settings import LakeSettings, Settings
+from ml.settings import LakeSettings, S3Settings, Settings
 from ml.storage import DataError, S3Uri, exists, feature_spec_uri, features_uri, read_json, snapshot_uri
 
 log = logging.getLogger("ml.preprocess.job")
@@ -129,6 +131,18 @@ def _write_splits(spark: Any, encoded: Any, out: S3Uri, counts: dict[str, int]) 
         log.info("wrote %s split (%d rows) to %s", name, counts.get(name, 0), target_uri)
 
 
+def apply_s3a_credentials(spark: Any, s3: S3Settings) -> None:
+    """Put the S3 credentials into the session's Hadoop configuration. Spark builds each job's Hadoop configuration
+    from it and ships that with the tasks, so executors authenticate with these keys instead of whatever their own
+    environment holds (on a cluster: nothing). Spark's UI and event log redact the keys (spark.redaction.regex)."""
+    credentials = s3a_credentials(s3)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in credentials.items():
+        hadoop.set(key, value)
+    provider = credentials.get("fs.s3a.aws.credentials.provider", "s3a's default chain")
+    log.info("s3a credentials for the executors: %s", provider.rsplit(".", 1)[-1])
+
+
 def _summary(spec: FeatureSpec, out: S3Uri, spec_uri: S3Uri, table: str, *, skipped: bool) -> dict[str, Any]:
     return {
         "dataset": spec.dataset,
@@ -165,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     s3 = Settings.from_env(os.environ).s3
     spark = SparkSession.builder.appName(f"preprocess-{args.dataset}-{args.snapshot}").enableHiveSupport().getOrCreate()
     try:
+        apply_s3a_credentials(spark, s3)
         result = preprocess(
             spark,
             args.dataset,

@@ -1,22 +1,29 @@
-"""Running the Spark job through `spark-submit`: the one place that knows the application's path and arguments.
+"""Running the Spark job through `spark-submit`: the one place that knows the application's path, its arguments and
+how the `ml` package reaches the executors (a zip passed as `--py-files`).
 
-Airflow's SparkSubmitOperator runs the same application with the same `--conf` pairs and environment (see
-plugins/mlops_airflow/operators.py); `run_preprocess` is the way to run it from Python (`python -m ml preprocess`).
+Airflow's SparkSubmitOperator runs the same application with the same `--conf` pairs, `--py-files` and environment
+(see plugins/mlops_airflow/operators.py); `run_preprocess` is the way to run it from Python (`python -m ml
+preprocess`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from ml.preprocess.conf import spark_conf, spark_submit_env
-from ml.settings import LakeSettings, S3Settings, SparkSettings
+from ml.settings import ML_PACKAGE, LakeSettings, S3Settings, SparkSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,35 @@ def application_env(spark: SparkSettings, s3: S3Settings) -> dict[str, str]:
     return {**spark_submit_env(spark, s3), "PYTHONPATH": str(PROJECT_ROOT)}
 
 
+def write_ml_zip(folder: Path) -> Path:
+    """A zip of the `ml` package (sources and data files, no bytecode) in `folder`, named after a hash of its
+    content, so that a log line says which code a job ran."""
+    files = sorted(
+        path
+        for path in ML_PACKAGE.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    )
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    target = folder / f"ml-{digest.hexdigest()[:12]}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in files:
+            archive.write(path, path.relative_to(PROJECT_ROOT).as_posix())
+    return target
+
+
+@contextmanager
+def ml_package_zip() -> Iterator[Path]:
+    """The `ml` package as a zip for spark-submit's `--py-files`: Spark puts it on the Python path of the driver and
+    of every executor (a cluster's workers do not have this checkout). Built in a private temporary folder for one
+    job and removed when the job is over."""
+    with tempfile.TemporaryDirectory(prefix="mlops-py-files-") as folder:
+        package = write_ml_zip(Path(folder))
+        log.info("shipping the ml package to the executors as %s", package.name)
+        yield package
+
+
 def spark_submit_binary() -> str:
     """The spark-submit of this Python environment (it must match the pyspark the job imports)."""
     beside = Path(sys.executable).parent / "spark-submit"
@@ -74,21 +110,23 @@ def run_preprocess(
     command += ["--name", f"preprocess-{dataset}"]
     for key, value in spark_conf(spark, s3, lake).items():
         command += ["--conf", f"{key}={value}"]
-    command += [str(APPLICATION), *application_args(dataset, snapshot_id, lake, **job_options)]
     log.info("spark-submit %s for %s snapshot %s", APPLICATION.name, dataset, snapshot_id)
     # spark-submit sends the Python driver's stdout and stderr to its stdout: pass the log on, keep the result line.
     results = []
     reasons = []  # the job's own `error: ...` lines (bad input): the exception carries them, not only the log
     env = {**_inherited_environment(), **application_env(spark, s3)}
-    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
-        assert process.stdout is not None
-        for line in process.stdout:
-            if line.startswith(RESULT_MARKER):
-                results.append(line[len(RESULT_MARKER) :])
-            else:
-                if line.startswith("error: "):
-                    reasons.append(line[len("error: ") :].strip())
-                sys.stderr.write(line)
+    with ml_package_zip() as package:
+        command += ["--py-files", str(package)]
+        command += [str(APPLICATION), *application_args(dataset, snapshot_id, lake, **job_options)]
+        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
+            assert process.stdout is not None
+            for line in process.stdout:
+                if line.startswith(RESULT_MARKER):
+                    results.append(line[len(RESULT_MARKER) :])
+                else:
+                    if line.startswith("error: "):
+                        reasons.append(line[len("error: ") :].strip())
+                    sys.stderr.write(line)
     if process.returncode != 0 or not results:
         reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
         raise RuntimeError(

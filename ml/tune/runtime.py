@@ -1,11 +1,16 @@
-"""Ray for a search: connected or started with the S3 keys in its runtime environment, and its logs (and
-Optuna's) routed through Python logging."""
+"""Ray for a search: connected (a GCS address or a Ray Client `ray://` address, with token authentication) or
+started locally, with the `ml` package and the S3 keys in its runtime environment, and its logs (and Optuna's) routed
+through Python logging."""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
-from ml.settings import RaySettings, S3Settings
+from ml.settings import ML_PACKAGE, RaySettings, S3Settings
 
 log = logging.getLogger(__name__)
 
@@ -14,22 +19,86 @@ log = logging.getLogger(__name__)
 _SNAPSHOT_WARNING = "Experiment state snapshotting has been triggered multiple times"
 
 
+def worker_runtime_env(ray_settings: RaySettings, s3: S3Settings) -> dict[str, Any]:
+    """The job's runtime environment: all that Ray's worker processes get from this driver. They run with their
+    raylet's environment, not ours: the S3 credentials (session token included) go in `env_vars`, for the keyless
+    filesystem (ml.keyless_s3) that signs with the standard AWS chain. On a cluster the `ml` package goes in
+    `py_modules` (uploaded once per content hash); a local Ray's workers import it from this checkout."""
+    runtime_env: dict[str, Any] = {"env_vars": s3.subprocess_env()}
+    if ray_settings.address:
+        runtime_env["py_modules"] = [str(ML_PACKAGE)]
+        runtime_env["excludes"] = ["__pycache__/", "*.pyc"]
+    return runtime_env
+
+
+def ray_driver_env(ray_settings: RaySettings) -> dict[str, str | None]:
+    """The variables Ray's driver side reads during ray.init, as these settings say (None: unset).
+
+    The mode is always explicit: with RAY_AUTH_MODE unset, Ray 2.60 turns token auth on for a local Ray (and writes
+    ~/.ray/auth_token), and whatever the worker's environment holds would decide otherwise. The settings' token goes in
+    RAY_AUTH_TOKEN, which Ray reads before RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token; without one, those sources of
+    the deployment apply. RAY_ADDRESS is unset: ray.init would take it instead of starting the local Ray the settings
+    ask for."""
+    env: dict[str, str | None] = {"RAY_ADDRESS": None, "RAY_AUTH_MODE": ray_settings.resolved_auth_mode}
+    if ray_settings.auth_token and ray_settings.resolved_auth_mode == "token":
+        env["RAY_AUTH_TOKEN"] = ray_settings.auth_token
+    return env
+
+
+@contextmanager
+def _scoped_environment(values: Mapping[str, str | None]) -> Iterator[None]:
+    """Set (or unset, for None) these variables of this process, and put back what was there when the block ends.
+
+    Why the process environment at all: Ray 2.60 reads its auth mode and token only from there (RAY_AUTH_MODE through
+    RayConfig, RAY_AUTH_TOKEN through the C++ AuthenticationTokenLoader; `_system_config` refuses AUTH_MODE). Both are
+    needed only while ray.init connects: the loader caches the token for the life of the process and RayConfig keeps
+    the mode, so the Airflow worker's environment is left as it was found."""
+    saved = {key: os.environ.get(key) for key in values}
+    try:
+        for key, value in values.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _reload_ray_auth() -> None:
+    """Make this process's Ray read its auth mode and token again, from the environment as it is now. RayConfig is
+    built when `ray` is imported, and the token loader keeps the first token it found: this is what Ray does itself
+    when it switches auth on (ray._private.authentication.authentication_token_setup._enable_token_auth,
+    authentication_test_utils.reset_auth_token_state)."""
+    from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]  # compiled, no stubs
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
     """Connect to the configured Ray cluster, else start a local Ray; True when this call started it (the caller
-    shuts it down). Workers get the S3 credentials through the job's runtime environment: they read and write
-    checkpoints with the keyless filesystem (ml.keyless_s3), which signs with the standard AWS chain."""
+    shuts it down). Workers get the code and the S3 credentials through the job's runtime environment only."""
     import ray
 
     if ray.is_initialized():
         return False
-    runtime_env = {"env_vars": s3.subprocess_env()}
-    # (No ray.LoggingConfig: it also sets the driver's root logger, which silenced this module's INFO progress.)
-    if ray_settings.address:
-        log.info("connecting to the Ray cluster at %s", ray_settings.address)
-        ray.init(address=ray_settings.address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        log.info("starting a local Ray")
-        ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+    runtime_env = worker_runtime_env(ray_settings, s3)
+    with _scoped_environment(ray_driver_env(ray_settings)):
+        _reload_ray_auth()
+        # (No ray.LoggingConfig: it also sets the driver's root logger, which silenced this module's INFO progress.)
+        if ray_settings.address:
+            log.info(
+                "connecting to the Ray cluster at %s (auth: %s)", ray_settings.address, ray_settings.resolved_auth_mode
+            )
+            ray.init(address=ray_settings.address, runtime_env=runtime_env, log_to_driver=True)
+        else:
+            log.info("starting a local Ray (auth: %s)", ray_settings.resolved_auth_mode)
+            ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
     return True
 
 

@@ -50,20 +50,26 @@ def s3_settings(aws_conn_id: str) -> S3Settings:
 
 
 def spark_settings(spark_conn_id: str) -> SparkSettings:
-    """What the pipeline adds to Spark jobs from a Spark connection's extra: `extra-classpath` (jars such as the s3a
-    connector), `metastore-dir` (an embedded Derby metastore's folder) and `local-ip` (the driver's bind address).
-    The master is the one SparkSubmitHook submits to (host, and port when there is one)."""
+    """What the pipeline adds to Spark jobs from a Spark connection's extra (docs/PIPELINE.md, "Pointing at a
+    cluster"): `extra-classpath` (jars on this host for the driver, such as the s3a connector),
+    `executor-extra-classpath` (jars that exist on a cluster's workers), `metastore-uri` (a networked Hive metastore)
+    or `metastore-dir` (an embedded Derby metastore's folder), `local-ip` (the driver's address) and `cores-max` (the
+    cores one job may take). The master is the one SparkSubmitHook submits to (host, and port when there is one)."""
     from ml.settings import SparkSettings
 
     conn = BaseHook.get_connection(spark_conn_id)
     extra = _extra(conn)
     master = conn.host or SparkSettings.master
+    cores_max = extra.get("cores-max")
     return SparkSettings(
         # As SparkSubmitHook reads it: host, plus the port when the connection has one (spark://master:7077).
         master=f"{master}:{conn.port}" if conn.port and conn.host else master,
         extra_classpath=str(extra.get("extra-classpath") or ""),
         metastore_dir=extra.get("metastore-dir") or None,
         local_ip=extra.get("local-ip") or None,
+        metastore_uri=extra.get("metastore-uri") or None,
+        executor_classpath=str(extra.get("executor-extra-classpath") or ""),
+        cores_max=int(cores_max) if cores_max not in (None, "") else None,
     )
 
 
@@ -135,8 +141,11 @@ class KafkaEventsHook(BaseHook):
 
 
 class RayHook(BaseHook):
-    """The Ray cluster of a connection (host = the address, e.g. ray://head:10001); without the connection, the
-    search starts a local Ray inside the task."""
+    """The Ray cluster of a connection: the extra's `address` used as given (`10.0.0.5:6380`, `ray://head:10001`),
+    else host and port (a host without a scheme becomes `ray://host:port`, port 10001 by default); the password is the
+    cluster's auth token, and the extra's `auth-mode` (`token` / `disabled`) Ray's RAY_AUTH_MODE when it is not simply
+    "token when there is a token". Without the connection, or without an address, the search starts a local Ray inside
+    the task."""
 
     conn_name_attr = "ray_conn_id"
     default_conn_name = "ray_default"
@@ -150,6 +159,7 @@ class RayHook(BaseHook):
     @cached_property
     def settings(self) -> RaySettings:
         from airflow.sdk.exceptions import AirflowNotFoundException
+        from airflow.sdk.log import mask_secret
 
         from ml.settings import RaySettings
 
@@ -157,6 +167,12 @@ class RayHook(BaseHook):
             conn = self.get_connection(self.ray_conn_id)
         except AirflowNotFoundException:
             return RaySettings(None)
-        if not conn.host:
+        extra = _extra(conn)
+        address = extra.get("address") or None
+        if address is None and conn.host:
+            address = conn.host if "://" in conn.host else f"ray://{conn.host}:{conn.port or 10001}"
+        if address is None:
             return RaySettings(None)
-        return RaySettings(conn.host if "://" in conn.host else f"ray://{conn.host}:{conn.port or 10001}")
+        if conn.password:
+            mask_secret(conn.password)  # as s3_settings does for its keys: never in a task log
+        return RaySettings(address, auth_token=conn.password or None, auth_mode=extra.get("auth-mode") or None)

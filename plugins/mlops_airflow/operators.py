@@ -79,9 +79,8 @@ class IngestOperator(BaseOperator):
 
 
 class FeaturePreprocessOperator(SparkSubmitOperator):
-    """SparkSubmitOperator for the Spark job of `ml.preprocess`: its s3a / Hive configuration, arguments and
-    environment are resolved at run time (not when the DAG is parsed), then the provider's spark-submit runs as
-    usual. Returns the features' summary read back from `feature_spec.json`."""
+    """SparkSubmitOperator for the Spark job of `ml.preprocess`: its configuration, arguments, environment and `ml`
+    zip (`--py-files`) are resolved at run time, not parse time; returns the summary read from `feature_spec.json`."""
 
     template_fields: Sequence[str] = (*SparkSubmitOperator.template_fields, "dataset", "snapshot_id", "lake_bucket")
 
@@ -106,7 +105,7 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         from ml.clients import s3_client
         from ml.features import FeatureSpec
         from ml.preprocess.conf import spark_conf
-        from ml.preprocess.submit import application_args, application_env
+        from ml.preprocess.submit import application_args, application_env, ml_package_zip
         from ml.storage import feature_spec_uri, features_uri, read_json
 
         s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), _lake(self.lake_bucket)
@@ -114,7 +113,13 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         self.conf = {**spark_conf(spark, s3, lake), **(self.conf or {})}
         self.env_vars = {**application_env(spark, s3), **(self.env_vars or {})}
         self.application_args = application_args(str(self.dataset), str(self.snapshot_id), lake)
-        super().execute(context)
+        authored, self._hook = self.py_files, None  # (the provider builds its hook from these attributes)
+        with ml_package_zip() as package:  # the same zip as `python -m ml preprocess` ships, removed afterwards
+            self.py_files = ",".join([str(package), *([authored] if authored else [])])
+            try:
+                super().execute(context)
+            finally:
+                self.py_files = authored
         out = features_uri(lake, str(self.dataset), str(self.snapshot_id))
         spec = FeatureSpec.from_dict(read_json(feature_spec_uri(out), s3_client(s3)))
         return {

@@ -43,20 +43,11 @@ def first_run(airflow_api: AirflowApi, settings: Any, s3_client: Any) -> dict[st
     a run on another new dataset (the shipped cars data, regression) under "other": two runs at once."""
     from ml.datasets import load_shipped, upload_frame
     from ml.storage import S3Uri
+    from tests.support.dag_runs import penguins_run
 
-    raw = settings.lake.raw_bucket
-    dataset, other = f"e2e_{uuid.uuid4().hex[:8]}", f"e2e_cars_{uuid.uuid4().hex[:8]}"
-    upload_frame(load_shipped("penguins"), S3Uri(raw, f"e2e/{dataset}/penguins.csv"), s3_client)
+    conf = penguins_run(settings.lake, s3_client, "e2e", NUM_SAMPLES, MAX_EPOCHS)
+    dataset, raw, other = conf["dataset"], settings.lake.raw_bucket, f"e2e_cars_{uuid.uuid4().hex[:8]}"
     upload_frame(load_shipped("cars"), S3Uri(raw, f"e2e/{other}/cars.csv"), s3_client)
-    conf = {
-        "raw_uri": f"s3://{raw}/e2e/{dataset}/",
-        "dataset": dataset,
-        "target": "species",
-        "task": "classification",
-        "num_samples": NUM_SAMPLES,
-        "max_concurrent_trials": 2,
-        "max_epochs": MAX_EPOCHS,
-    }
     other_conf = {
         **conf,
         "raw_uri": f"s3://{raw}/e2e/{other}/",

@@ -13,22 +13,21 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stack.config import StackPaths, stack_paths
 from stack.services import (
-    KAFKA_LOG4J,
     KAFKA_PROPERTIES,
     Service,
     StackError,
-    _group_alive,
-    _java,
-    _kafka_random_uuid,
+    group_alive,
     http_ok,
+    java,
     kafka_answers,
     port_in_use,
+    prepare_kafka_storage,
+    signal_group,
     wait_until,
 )
 from tests.support.probes import free_port
@@ -52,7 +51,7 @@ class PrivateServer:
 
     def stop(self, timeout_s: float = 30.0) -> str:
         """A clean shutdown (SIGTERM to the group, SIGKILL after `timeout_s`), like `Service.stop`, then its ports
-        free (the process is this test process's child, which stack.services._group_alive reaps)."""
+        free (the process is this test process's child, which stack.process.group_alive reaps)."""
         return self._end(signal.SIGTERM, timeout_s)
 
     def kill(self) -> str:
@@ -64,10 +63,10 @@ class PrivateServer:
         self.service.pid_file(self.paths).unlink(missing_ok=True)
         if pid is None:
             return "not running"
-        _signal_group(pid, sig)
-        if not wait_until(lambda: not _group_alive(pid), timeout_s):
-            _signal_group(pid, signal.SIGKILL)
-            wait_until(lambda: not _group_alive(pid), 10.0)
+        signal_group(pid, sig)
+        if not wait_until(lambda: not group_alive(pid), timeout_s):
+            signal_group(pid, signal.SIGKILL)
+            wait_until(lambda: not group_alive(pid), 10.0)
         for port in self.ports:
             if not wait_until(lambda p=port: not port_in_use(p), 10.0):  # type: ignore[misc]
                 raise StackError(f"{self.service.name}: port {port} still open after the process ended")
@@ -161,40 +160,12 @@ def private_kafka(root: Path) -> PrivateServer:
     paths = StackPaths(root)
 
     def prepare(paths: StackPaths, env: dict[str, str]) -> None:
-        kafka_dir = paths.data / "kafka"
-        log_dirs = kafka_dir / "logs"
-        log_dirs.mkdir(parents=True, exist_ok=True)
-        properties = kafka_dir / "server.properties"
-        properties.write_text(properties_text.replace("{log_dirs}", str(log_dirs)))
-        (kafka_dir / "log4j2.yaml").write_text(KAFKA_LOG4J)
-        if (log_dirs / "meta.properties").exists():
-            return  # a restart keeps the formatted storage (and the messages)
-        result = subprocess.run(
-            [
-                _java(),
-                "-cp",
-                classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "--standalone",
-                "-t",
-                _kafka_random_uuid(),
-                "-c",
-                str(properties),
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            raise StackError(f"private kafka: formatting {log_dirs} failed:\n{result.stdout}\n{result.stderr}")
+        prepare_kafka_storage(paths.data / "kafka", properties_text, classpath, env)
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         kafka_dir = paths.data / "kafka"
         return [
-            _java(),
+            java(),
             "-Xms128m",
             "-Xmx384m",
             "-XX:+UseSerialGC",
@@ -219,10 +190,3 @@ def private_kafka(root: Path) -> PrivateServer:
     )
     env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "JAVA_HOME", "LANG")}
     return PrivateServer(service, paths, env)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass

@@ -50,6 +50,10 @@ def full_env(stack_dir: Path) -> dict[str, str]:
         "SPARK_MASTER": "spark://master:7077",
         "SPARK_LOCAL_IP": "10.0.0.5",
         "RAY_ADDRESS": "ray://head:10001",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+        "MLOPS_SPARK_EXECUTOR_CLASSPATH": "/opt/spark/extra-jars/*",
+        "MLOPS_SPARK_CORES_MAX": "2",
         "MLOPS_STACK_DIR": str(stack_dir),
     }
 
@@ -83,8 +87,10 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
             extra_classpath="/jars/hadoop-aws.jar:/jars/bundle.jar",
             metastore_dir=str(stack_dir / "data" / "hive"),
             local_ip="10.0.0.5",
+            executor_classpath="/opt/spark/extra-jars/*",
+            cores_max=2,
         ),
-        ray=RaySettings("ray://head:10001"),
+        ray=RaySettings("ray://head:10001", auth_token=env["RAY_AUTH_TOKEN"], auth_mode="token"),
     )
     assert settings.kafka.servers == ["k1:9092", "k2:9092"]
 
@@ -149,8 +155,8 @@ def test_subprocess_env_has_only_what_is_set() -> None:
 def test_keys_never_appear_in_a_repr(stack_dir: Path) -> None:
     env = full_env(stack_dir)
     settings = Settings.from_env(env)
-    for text in (repr(settings), str(settings), repr(settings.s3), str(settings.s3), f"{settings}"):
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+    for text in (repr(settings), str(settings), repr(settings.s3), str(settings.ray), f"{settings}"):
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN"):
             assert env[name] not in text
     assert "s3.example" in repr(settings)  # the endpoint is no secret
 
@@ -167,3 +173,125 @@ def test_settings_are_frozen_and_hashable() -> None:
 def test_kafka_servers_list() -> None:
     assert KafkaSettings(" a:1 ,b:2,, ").servers == ["a:1", "b:2"]
     assert KafkaSettings("").servers == []
+
+
+# --- pointing at a cluster (docs/PIPELINE.md) -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("master", "local"),
+    [
+        ("local", True),
+        ("local[*]", True),
+        ("local[4]", True),
+        ("local[2,3]", True),
+        ("spark://127.0.0.1:7077", False),
+        ("yarn", False),
+        ("k8s://https://api:6443", False),
+        ("local-cluster[2,1,1024]", False),  # executors in processes of their own
+    ],
+)
+def test_which_masters_are_local(master: str, local: bool) -> None:
+    assert SparkSettings(master=master).is_local is local
+
+
+def test_a_networked_metastore_needs_no_folder(stack_dir: Path) -> None:
+    uri = "thrift://metastore:9083"
+    spark = Settings.from_env({"MLOPS_STACK_DIR": str(stack_dir), "MLOPS_HIVE_METASTORE_URI": uri}).spark
+    assert (spark.metastore_uri, spark.metastore_dir) == (uri, None), "no Derby folder in the stack for a cluster"
+    explicit = {"MLOPS_HIVE_METASTORE_URI": uri, "MLOPS_HIVE_METASTORE_DIR": str(stack_dir / "hive")}
+    assert Settings.from_env(explicit).spark.metastore_dir is None, "one metastore: the URI wins"
+    settings = Settings.from_env({"MLOPS_STACK_DIR": str(stack_dir), "MLOPS_HIVE_METASTORE_URI": uri})
+    assert Settings.from_env(settings.to_env()).spark == settings.spark
+
+
+def test_cores_max_is_a_positive_whole_number() -> None:
+    assert Settings.from_env({"MLOPS_SPARK_CORES_MAX": " 3 "}).spark.cores_max == 3
+    assert Settings.from_env({"MLOPS_SPARK_CORES_MAX": ""}).spark.cores_max is None
+    for wrong in ("0", "-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="MLOPS_SPARK_CORES_MAX"):
+            Settings.from_env({"MLOPS_SPARK_CORES_MAX": wrong})
+    with pytest.raises(ValueError, match="cores_max"):
+        SparkSettings(cores_max=0)
+
+
+def test_the_new_settings_are_written_only_when_set() -> None:
+    """A child of the local stack gets no variable it did not have (stack.config builds on Settings().to_env())."""
+    written = Settings().to_env()
+    for name in ("MLOPS_HIVE_METASTORE_URI", "MLOPS_SPARK_EXECUTOR_CLASSPATH", "MLOPS_SPARK_CORES_MAX"):
+        assert name not in written
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        assert name not in written
+
+
+def test_the_ray_token_comes_from_ray_auth_token_or_the_file_ray_auth_token_path_names(tmp_path: Path) -> None:
+    token, other = uuid.uuid4().hex, uuid.uuid4().hex
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(f"  {token}  \nsecond line\n")  # as Ray reads it: the first line, trimmed
+    assert Settings.from_env({"RAY_AUTH_TOKEN_PATH": str(token_file)}).ray.auth_token == token
+    # RAY_AUTH_TOKEN first, as for Ray itself
+    both = {"RAY_AUTH_TOKEN": other, "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    assert Settings.from_env(both).ray.auth_token == other
+    assert Settings.from_env({}).ray.auth_token is None
+
+
+@pytest.mark.parametrize("content", [None, "", "\n  \n"], ids=["missing", "empty", "blank-first-line"])
+def test_a_token_path_without_a_token_is_an_error(tmp_path: Path, content: str | None) -> None:
+    """Ray aborts on it rather than fall back; so does from_env, naming the file."""
+    token_file = tmp_path / "auth_token"
+    if content is not None:
+        token_file.write_text(content)
+    with pytest.raises(ValueError, match=str(token_file)):
+        Settings.from_env({"RAY_AUTH_TOKEN_PATH": str(token_file)})
+
+
+def test_the_ray_auth_mode_is_explicit() -> None:
+    token = uuid.uuid4().hex
+    assert RaySettings().resolved_auth_mode == "disabled", "a local Ray without a token: auth off, as today"
+    assert RaySettings("10.0.0.5:6380").resolved_auth_mode == "disabled"
+    assert RaySettings("10.0.0.5:6380", auth_token=token).resolved_auth_mode == "token"
+    assert RaySettings("10.0.0.5:6380", auth_mode="token").resolved_auth_mode == "token"  # token from Ray's own files
+    assert RaySettings("10.0.0.5:6380", auth_token=token, auth_mode="disabled").resolved_auth_mode == "disabled"
+    assert Settings.from_env({"RAY_AUTH_MODE": "TOKEN"}).ray.auth_mode == "token"
+    assert Settings.from_env({"RAY_AUTH_MODE": "disabled"}).ray.auth_mode == "disabled"
+    with pytest.raises(ValueError, match="auth mode"):
+        RaySettings(auth_mode="k8s")
+    # however written, the same settings compare equal (a connection's vs. an environment's)
+    assert RaySettings("h:1", auth_token=token) == RaySettings("h:1", auth_token=token, auth_mode="token")
+    assert RaySettings() == RaySettings(auth_mode="disabled")
+
+
+@pytest.mark.parametrize(
+    "ray",
+    [
+        RaySettings("10.0.0.5:6380", auth_mode="token"),  # the token from Ray's own files (RAY_AUTH_TOKEN_PATH, ~/.ray)
+        RaySettings("10.0.0.5:6380", auth_token=uuid.uuid4().hex, auth_mode="disabled"),
+        RaySettings("ray://head:10001", auth_token=uuid.uuid4().hex),
+        RaySettings(),
+    ],
+    ids=["token-mode-without-token", "disabled-despite-token", "token", "local"],
+)
+def test_the_ray_auth_mode_round_trips(ray: RaySettings) -> None:
+    assert Settings.from_env(Settings(ray=ray).to_env()).ray == ray
+
+
+def test_ray_settings_round_trip_with_the_token(tmp_path: Path) -> None:
+    token_file = tmp_path / "auth_token"
+    token_file.write_text(uuid.uuid4().hex)
+    settings = Settings.from_env({"RAY_ADDRESS": "10.0.0.5:6380", "RAY_AUTH_TOKEN_PATH": str(token_file)})
+    assert settings.to_env()["RAY_AUTH_TOKEN"] == settings.ray.auth_token, "for a child, like the S3 keys"
+    assert Settings.from_env(settings.to_env()).ray == settings.ray
+
+
+def test_every_cluster_setting_is_documented() -> None:
+    """docs/PIPELINE.md, "Pointing at a cluster": each variable from_env reads, each connection extra hooks read."""
+    text = (PROJECT_ROOT / "docs" / "PIPELINE.md").read_text()
+    section = text[text.index("## Pointing at a cluster") :]
+    names = [
+        *("SPARK_MASTER", "MLOPS_SPARK_EXTRA_CLASSPATH", "MLOPS_SPARK_EXECUTOR_CLASSPATH", "MLOPS_HIVE_METASTORE_URI"),
+        *("MLOPS_HIVE_METASTORE_DIR", "MLOPS_SPARK_CORES_MAX", "SPARK_LOCAL_IP"),
+        *("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"),
+        *("extra-classpath", "executor-extra-classpath", "metastore-uri", "metastore-dir", "cores-max", "local-ip"),
+        *("`address`", "password", "auth-mode"),
+    ]
+    assert [name for name in names if name not in section] == []

@@ -58,6 +58,8 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "deploy-mode": "client",
         "extra-classpath": s3a_jars,
         "metastore-dir": str(stack_dir.data / "hive"),
+        "metastore-uri": None,
+        "cores-max": None,
         "local-ip": "127.0.0.1",
     }
     assert json.loads(connections["kafka_default"]["extra"]) == {"bootstrap.servers": "127.0.0.1:9092"}

@@ -2,14 +2,16 @@
 
 The file is validated against the Compose Specification's JSON Schema, taken from the `check-jsonschema` package (which
 vendors it), never from a copy in this repository. The other checks cover what the schema cannot see: images and
-Dockerfiles, mounted code, host ports, health-gated dependencies, one Airflow image and environment, and secrets.
-Each checker is a plain function that returns what is wrong, and the tests also feed it broken copies to show that it
-does fail.
+Dockerfiles, mounted code, host ports, health-gated dependencies, one Airflow image and environment, the connections,
+and secrets. Each checker is a plain function that returns what is wrong, and the tests also feed it broken copies to
+show that it does fail. More in test_docker_compose_entrypoints.py (every program a service names resolves) and
+test_docker_compose_cluster.py (the cluster profile's architecture); both load the file through `load_compose`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -40,17 +42,21 @@ REQUIRED_SERVICES = {
     "postgres",
     "s3",
     "kafka",
-    "spark-master",
-    "spark-worker",
-    "ray-head",
-    "mlflow",
-    "prediction-service",
     "stack-init",
+    "hive-metastore-init",
+    "hive-metastore",
+    "spark-master",
+    "spark-worker-1",
+    "spark-worker-2",
+    "ray-head",
+    "ray-worker",
+    "mlflow",
+    "serve",
 }
 # Host folder -> where every Airflow service must see it.
 MOUNTED_CODE = {"dags": "/opt/airflow/dags", "plugins": "/opt/airflow/plugins", "ml": "/opt/airflow/ml"}
-# The environment every project service but Airflow reads (ml.settings, stack.config), with the values inside the
-# compose network. Airflow's tasks get the same endpoints from connections (EXPECTED_CONNECTIONS).
+# The environment the project's programs read (ml.settings, stack.config), with the values inside the compose network.
+# Airflow's tasks get the same endpoints from connections (EXPECTED_CONNECTIONS).
 PROJECT_ENV = {
     "AWS_ENDPOINT_URL": "http://s3:9000",
     "MLFLOW_S3_ENDPOINT_URL": "http://s3:9000",
@@ -58,12 +64,13 @@ PROJECT_ENV = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092",
     "MLFLOW_TRACKING_URI": "http://mlflow:5000",
     "SPARK_MASTER": "spark://spark-master:7077",
+    "MLOPS_HIVE_METASTORE_URI": "thrift://hive-metastore:9083",
     "RAY_ADDRESS": "ray://ray-head:10001",
     "MLOPS_RAW_BUCKET": "raw",
     "MLOPS_LAKE_BUCKET": "lake",
 }
-# Services allowed to override a PROJECT_ENV value (the Ray head is the cluster, not a client of it).
-PROJECT_ENV_OVERRIDES = {"ray-head": {"RAY_ADDRESS"}}
+# The services whose programs read PROJECT_ENV and the S3 keys: clients of the cluster, not nodes of it.
+PROJECT_CLIENTS = ("stack-init", "mlflow", "serve", "hive-metastore")
 EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_AWS_DEFAULT": "aws",
     "AIRFLOW_CONN_SPARK_DEFAULT": "spark",
@@ -77,10 +84,14 @@ PLACEHOLDER_SECRETS = frozenset(
     {
         "mlops-local-access-key",
         "local-only-s3-secret-change-me",
+        "local-only-postgres-change-me",
         "airflow",
         "mlflow",
+        "metastore",
+        "local-only-ray-token-change-me",
         "local-only-jwt-secret-change-me-0123456789abcdef0123456789abcdef",
         "local-only-api-secret-change-me",
+        "bG9jYWwtb25seS1mZXJuZXQta2V5LWNoYW5nZS1tZSE=",  # base64 of "local-only-fernet-key-change-me!"
     }
 )
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|FERNET_KEY|TOKEN|CREDENTIAL", re.IGNORECASE)
@@ -104,11 +115,15 @@ def compose_schema() -> dict[str, Any]:
     return schema
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    """docker-compose.yaml with its anchors and merge keys resolved (as Compose reads it)."""
+def load_compose() -> dict[str, Any]:
+    """docker-compose.yaml with its anchors and merge keys resolved (as Compose reads it); a fresh copy each call."""
     document: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
     return document
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_compose()
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +150,23 @@ def project_image(compose: dict[str, Any]) -> str:
     """The tag of the project image (docker/Dockerfile)."""
     image: str = compose["x-project-image"]["image"]
     return image
+
+
+def airflow_connections(compose: dict[str, Any]) -> dict[str, str]:
+    """The AIRFLOW_CONN_* variables that airflow-init imports into the metadata database."""
+    return environment({"environment": compose["x-airflow-connections"]})
+
+
+def connection(compose: dict[str, Any], variable: str) -> dict[str, Any]:
+    """One connection's JSON, placeholders filled in as Compose does when no variable is set."""
+    parsed: dict[str, Any] = json.loads(with_defaults(airflow_connections(compose)[variable]))
+    return parsed
+
+
+def dockerfile_copies(stage: str) -> dict[str, str]:
+    """`COPY --from=<stage> SOURCE TARGET` lines of docker/Dockerfile: source -> target."""
+    pattern = rf"^COPY (?:--\S+ )*--from={re.escape(stage)} (\S+) (\S+)$"
+    return dict(re.findall(pattern, PROJECT_DOCKERFILE.read_text(encoding="utf-8"), re.MULTILINE))
 
 
 # --- checkers: each returns the problems it finds ---------------------------------------------------------------------
@@ -299,8 +331,13 @@ def test_project_dockerfile_copies_only_what_exists() -> None:
         for source in [word for word in line.split()[1:] if not word.startswith("--")][:-1]
     ]
     assert {"requirements.txt", "constraints.txt", "ml/", "plugins/", "dags/", "stack/"} <= set(sources)
+    # The jars come from the stack's own Maven projects; the metastore's entry point from docker/.
+    assert {
+        "stack/maven/spark-s3a-pom.xml",
+        "stack/maven/postgresql-pom.xml",
+        "docker/hive_metastore_conf.py",
+    } <= set(sources)
     assert [source for source in sources if not (REPO_ROOT / source).exists()] == []
-    assert (REPO_ROOT / "stack" / "maven" / "spark-s3a-pom.xml").is_file()
 
 
 def test_images_pin_the_versions_the_project_pins(services: dict[str, dict[str, Any]]) -> None:
@@ -329,35 +366,27 @@ def test_project_programs_bypass_the_airflow_entrypoint(compose: dict[str, Any])
             continue
         command = service.get("command")
         program = command[0] if isinstance(command, list) else str(command).split()[0]
-        assert service.get("entrypoint") == ["/usr/bin/dumb-init", "--"], f"{name} would run `airflow {program}`"
-
-
-def _gunicorn_target(command: list[str]) -> tuple[str, str]:
-    """The module and the callable of gunicorn's `module:factory()` argument."""
-    target = next(arg for arg in command[1:] if ":" in arg and not arg[0].isdigit() and not arg.startswith("0.0"))
-    module, _, factory = target.partition(":")
-    return module, factory.removesuffix("()")
+        assert service.get("entrypoint", [])[:2] == ["/usr/bin/dumb-init", "--"], (
+            f"{name} would run `airflow {program}`"
+        )
 
 
 def test_one_shot_and_serving_commands(services: dict[str, dict[str, Any]]) -> None:
-    import importlib
+    """The one-shots run once; the prediction service listens for the host and knows which model to serve (the
+    programs themselves are resolved in test_docker_compose_entrypoints.py)."""
+    from ml.registry.conventions import registered_model_name
+    from ml.serve.app import ServeSettings
 
+    one_shots = {name for name, service in services.items() if service.get("restart") == "no"}
+    assert one_shots == {"stack-init", "airflow-init", "hive-metastore-init"}
     assert services["stack-init"]["command"] == ["python", "-m", "stack.init_resources"]
-    assert importlib.util.find_spec("stack.init_resources") is not None
-    assert services["stack-init"]["restart"] == "no"
-    command = services["prediction-service"]["command"]
-    assert command[:3] == ["gunicorn", "--bind", "0.0.0.0:8000"]
-    module, factory = _gunicorn_target(command)
-    assert callable(getattr(importlib.import_module(module), factory)), f"gunicorn cannot load {module}:{factory}"
+    serve = services["serve"]
+    assert serve["command"][:3] == ["gunicorn", "--bind", "0.0.0.0:8000"]
+    assert serve["command"][-1] == "ml.serve:create_app()"
+    # create_app() refuses to start without a model name: the DAG's default dataset and task register this one.
+    settings = ServeSettings.from_env({key: with_defaults(value) for key, value in environment(serve).items()})
+    assert settings.model_name == registered_model_name("penguins", "classification")
     assert services["airflow-apiserver"]["command"] == "api-server"
-
-
-def test_the_gunicorn_target_check_can_fail() -> None:
-    import importlib
-
-    module, factory = _gunicorn_target(["gunicorn", "--bind", "0.0.0.0:8000", "ml.serve.app:create_app()"])
-    assert (module, factory) == ("ml.serve.app", "create_app")
-    assert not hasattr(importlib.import_module(module), factory)
 
 
 # --- Airflow ----------------------------------------------------------------------------------------------------------
@@ -392,12 +421,29 @@ def test_airflow_components_share_one_image_and_environment(compose: dict[str, A
 
 
 def test_airflow_connections_are_json_of_the_expected_types(compose: dict[str, Any]) -> None:
-    env = environment(compose["x-airflow-common"])
-    assert {key for key in env if key.startswith("AIRFLOW_CONN_")} == set(EXPECTED_CONNECTIONS)
+    assert set(airflow_connections(compose)) == set(EXPECTED_CONNECTIONS)
     for variable, conn_type in EXPECTED_CONNECTIONS.items():
-        assert json.loads(with_defaults(env[variable]))["conn_type"] == conn_type, variable
-    spark = json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])
+        assert connection(compose, variable)["conn_type"] == conn_type, variable
+    spark = connection(compose, "AIRFLOW_CONN_SPARK_DEFAULT")
     assert (spark["host"], spark["port"]) == ("spark://spark-master", 7077)
+
+
+def test_airflow_init_stores_the_connections_and_the_components_do_not_carry_them(compose: dict[str, Any]) -> None:
+    """airflow-init imports the connections into the metadata database (as the stack's prepare_airflow_home does);
+    the long-running components find them there and carry neither them nor the S3 keys in their environment."""
+    from airflow.secrets.local_filesystem import _create_connection
+
+    services = compose["services"]
+    init_env = environment(services["airflow-init"])
+    assert {key: init_env.get(key) for key in airflow_connections(compose)} == airflow_connections(compose)
+    script = services["airflow-init"]["command"][-1]
+    assert "airflow connections import --overwrite" in script and "AIRFLOW_CONN_" in script
+    for variable in EXPECTED_CONNECTIONS:  # what the import builds from each variable (conn id: the lower-case rest)
+        conn_id = variable.removeprefix("AIRFLOW_CONN_").lower()
+        assert _create_connection(conn_id, connection(compose, variable)).conn_id == conn_id
+    for name in set(AIRFLOW_SERVICES) - {"airflow-init"}:
+        env = environment(services[name])
+        assert not [key for key in env if key.startswith("AIRFLOW_CONN_") or key.startswith("AWS_")], name
 
 
 def test_airflow_gets_endpoints_and_keys_only_from_connections(compose: dict[str, Any]) -> None:
@@ -418,45 +464,35 @@ def test_airflow_connections_give_the_tasks_what_the_other_services_use(
     from ml.settings import RaySettings, Settings
     from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, s3_settings, spark_settings
 
-    airflow_env = environment(compose["x-airflow-common"])
     for variable in EXPECTED_CONNECTIONS:
-        monkeypatch.setenv(variable, with_defaults(airflow_env[variable]))
+        monkeypatch.setenv(variable, with_defaults(airflow_connections(compose)[variable]))
     mlops_env = environment({"environment": compose["x-mlops-env"]})
     project = Settings.from_env({key: with_defaults(value) for key, value in mlops_env.items()})
     assert s3_settings("aws_default") == project.s3
     assert KafkaEventsHook().settings == project.kafka
     assert MlflowHook().settings == project.mlflow
-    assert RayHook().settings == project.ray != RaySettings(None), "tasks search on the Ray head, not a local Ray"
+    # Spark: the same master, jars, networked metastore and cores per job; tasks fix no driver address (the Spark
+    # connection test in test_docker_compose_cluster.py), a project container names its own.
     spark = spark_settings("spark_default")
-    assert (spark.master, spark.metastore_dir) == (project.spark.master, project.spark.metastore_dir)
+    assert spark == dataclasses.replace(project.spark, local_ip=None)
+    assert project.spark.metastore_uri and project.spark.metastore_dir is None, "the networked metastore, no Derby"
+    # Ray: the head's client port, with the cluster's token.
+    ray = RayHook().settings
+    assert ray.address == project.ray.address != RaySettings(None).address, "tasks search on the Ray head"
+    assert (ray.auth_token, ray.resolved_auth_mode) == (project.ray.auth_token, project.ray.resolved_auth_mode)
+    assert project.ray.resolved_auth_mode == "token" and project.ray.auth_token
+    airflow_env = environment(compose["x-airflow-common"])
     assert airflow_env["AIRFLOW_VAR_MLOPS_LAKE_BUCKET"] == project.lake.lake_bucket, "the bucket stack-init creates"
 
 
-def test_the_spark_connection_fits_the_image_and_the_network(compose: dict[str, Any]) -> None:
-    """The s3a jars are where docker/Dockerfile puts them, the Derby metastore is on the volume every Airflow service
-    mounts, and the driver's address is the scheduler's (LocalExecutor: tasks run there), which Spark resolves."""
-    extra = json.loads(environment(compose["x-airflow-common"])["AIRFLOW_CONN_SPARK_DEFAULT"])["extra"]
-    copied = re.search(r"^COPY --from=s3a-jars /jars/ (\S+)$", PROJECT_DOCKERFILE.read_text(), re.MULTILINE)
-    assert copied is not None, "docker/Dockerfile no longer copies the s3a jars"
-    assert extra["extra-classpath"] == copied.group(1).rstrip("/") + "/*"
-    assert extra["spark-binary"] == "spark-submit" and extra["deploy-mode"] == "client"
-    volumes = [str(volume) for volume in compose["x-airflow-common"]["volumes"]]
-    data_mount = next(volume.split(":")[1] for volume in volumes if volume.startswith("mlops-data:"))
-    assert extra["metastore-dir"].startswith(data_mount + "/")
-    scheduler = compose["services"]["airflow-scheduler"]
-    assert extra["local-ip"] == "airflow-scheduler" == environment(scheduler)["SPARK_LOCAL_HOSTNAME"]
-    assert "scheduler" in scheduler["command"]
-
-
 def test_project_services_share_the_project_environment(compose: dict[str, Any]) -> None:
+    """The clients of the cluster read the same endpoints and S3 keys (the cluster's nodes carry neither:
+    test_docker_compose_cluster.py)."""
     users = [name for name, service in compose["services"].items() if service.get("image") == project_image(compose)]
-    assert {"stack-init", "mlflow", "prediction-service", "spark-worker", "ray-head", *AIRFLOW_SERVICES} <= set(users)
-    for name in set(users) - set(AIRFLOW_SERVICES):
+    assert {*PROJECT_CLIENTS, *AIRFLOW_SERVICES} <= set(users)
+    for name in PROJECT_CLIENTS:
         env = environment(compose["services"][name])
-        allowed = PROJECT_ENV_OVERRIDES.get(name, set())
-        drift = {
-            key: env.get(key) for key, value in PROJECT_ENV.items() if key not in allowed and env.get(key) != value
-        }
+        drift = {key: env.get(key) for key, value in PROJECT_ENV.items() if env.get(key) != value}
         assert drift == {}, f"{name}: {drift}"
         assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env.keys(), name
 
@@ -467,7 +503,8 @@ def test_project_services_share_the_project_environment(compose: dict[str, Any])
 def test_no_host_port_is_published_twice(services: dict[str, dict[str, Any]]) -> None:
     assert port_clashes(services) == {}
     assert (8080, "tcp") in published_host_ports(services["airflow-apiserver"])
-    assert "ports" not in services["postgres"]
+    # Reachable from the containers only: the databases, the metastore (no authentication), Ray's GCS.
+    assert not [name for name in ("postgres", "hive-metastore", "ray-worker") if "ports" in services[name]]
 
 
 def test_port_clash_detection_can_fail(services: dict[str, dict[str, Any]]) -> None:
@@ -510,7 +547,7 @@ def test_placeholders_are_documented_in_the_file_header() -> None:
         lambda doc: doc["services"]["postgres"]["environment"].update(
             POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-hunter2}"
         ),
-        lambda doc: doc["services"]["mlflow"]["command"].append("postgresql://mlflow:hunter2@mlflow-db/mlflow"),
+        lambda doc: doc["services"]["mlflow"]["command"].append("postgresql://mlflow:hunter2@postgres/mlflow"),
     ],
     ids=["literal-env-secret", "undocumented-default", "password-in-url"],
 )

@@ -5,7 +5,9 @@ recorded. tests/integration/ml/preprocess/test_job.py runs the real application 
 from __future__ import annotations
 
 import logging
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -143,17 +145,42 @@ def test_no_training_rows_is_a_data_error(spark: Any, moto_client: Any, outputs:
     assert outputs.splits == {} and outputs.registered == []
 
 
+def test_the_credentials_reach_the_hadoop_configuration_each_job_ships(spark: Any) -> None:
+    """Set on a live session, they are in the configuration Spark builds for each file scan and write (and sends to
+    the executors with the tasks), not only in the driver's environment."""
+    from ml.settings import S3Settings
+
+    s3 = S3Settings(access_key_id=uuid.uuid4().hex, secret_access_key=uuid.uuid4().hex, session_token=uuid.uuid4().hex)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    keys = ("fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token", "fs.s3a.aws.credentials.provider")
+    try:
+        job.apply_s3a_credentials(spark, s3)
+        per_job = spark._jsparkSession.sessionState().newHadoopConf()
+        assert [per_job.get(key) for key in keys] == [
+            s3.access_key_id,
+            s3.secret_access_key,
+            s3.session_token,
+            "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+        ]
+    finally:
+        for key in keys:  # the session is shared by the module's tests
+            hadoop.unset(key)
+
+
 # main: the spark-submit entry point's contract with ml.preprocess.submit (a result line, or an `error:` line)
 
 
 class StandInSession:
-    """What main builds (SparkSession.builder.appName(...).enableHiveSupport().getOrCreate(), in Spark's spelling) and
-    stop()."""
+    """What main builds (SparkSession.builder.appName(...).enableHiveSupport().getOrCreate(), in Spark's spelling),
+    the Hadoop configuration it writes (sparkContext._jsc.hadoopConfiguration()) and stop()."""
 
     def __init__(self) -> None:
         self.app_name = ""
         self.hive = False
         self.stopped = False
+        self.hadoop: dict[str, str] = {}
+        hadoop_conf = SimpleNamespace(set=self.hadoop.__setitem__)
+        self.sparkContext = SimpleNamespace(_jsc=SimpleNamespace(hadoopConfiguration=lambda: hadoop_conf))
 
     @property
     def builder(self) -> StandInSession:
@@ -203,6 +230,25 @@ def test_main_prints_the_result_line(
     assert seen["lake"] == LakeSettings(lake_bucket="my-lake")
     assert seen["s3_client"].meta.endpoint_url == "http://s3.example:9000"
     assert (seen["seed"], seen["max_categories"], seen["min_category_count"], seen["force"]) == (42, 3, 1, False)
+
+
+def test_main_gives_the_executors_the_credentials_of_its_environment(
+    session: StandInSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """spark-submit's environment holds the keys (ml.preprocess.submit.application_env); the job copies them into its
+    own Hadoop configuration, which Spark ships to executors that do not share the driver's environment."""
+    keys = {name: uuid.uuid4().hex for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")}
+    for name, value in keys.items():
+        monkeypatch.setenv(name, value)
+    before_the_work: dict[str, str] = {}
+    monkeypatch.setattr(job, "preprocess", lambda *args, **options: before_the_work.update(session.hadoop) or {})
+    assert job.main(["--dataset", "d", "--snapshot", "s"]) == 0
+    assert before_the_work == {
+        "fs.s3a.access.key": keys["AWS_ACCESS_KEY_ID"],
+        "fs.s3a.secret.key": keys["AWS_SECRET_ACCESS_KEY"],
+        "fs.s3a.session.token": keys["AWS_SESSION_TOKEN"],
+        "fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+    }
 
 
 def test_main_reports_bad_input_as_an_error_line(

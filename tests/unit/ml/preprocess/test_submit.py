@@ -114,7 +114,11 @@ print("INFO SparkContext: a line of Spark's log")
 if mode == "ok":
     keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PYTHONPATH", "SPARK_LOCAL_IP")
     env = {{key: os.environ.get(key) for key in keys}}
-    print({marker!r} + json.dumps({{"argv": sys.argv[1:], "env": env}}))
+    py_files = sys.argv[sys.argv.index("--py-files") + 1]
+    sys.path.insert(0, py_files)  # what Spark does on the driver and each executor
+    import ml.preprocess.steps
+    shipped = {{"py_files": py_files, "steps": ml.preprocess.steps.__file__}}
+    print({marker!r} + json.dumps({{"argv": sys.argv[1:], "env": env, "shipped": shipped}}))
 elif mode == "bad input":
     print("error: snapshot s of 'd' has no training rows", flush=True)
     sys.exit(2)
@@ -146,6 +150,10 @@ def test_run_preprocess_submits_the_job_and_returns_its_result(
     assert confs == spark_conf(spark, s3, LAKE)
     application = argv.index(str(APPLICATION))
     assert argv[application + 1 :] == application_args("d", "snap", LAKE, seed=3)
+    # the ml package reaches the executors as --py-files, a zip that lives as long as the job
+    assert argv[application - 2] == "--py-files" and argv[application - 1] == result["shipped"]["py_files"]
+    assert result["shipped"]["steps"].startswith(result["shipped"]["py_files"] + "/ml/preprocess/")
+    assert not Path(result["shipped"]["py_files"]).exists()
     assert result["env"] == {
         "AWS_ACCESS_KEY_ID": s3.access_key_id,
         "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
@@ -173,3 +181,34 @@ def test_a_job_without_a_result_line_fails(stand_in: Any) -> None:
     stand_in("silent")
     with pytest.raises(RuntimeError, match=r"exit code 0\); see the Spark log above"):
         run_preprocess("d", "s", s3=keyed_s3(), lake=LAKE, spark=SparkSettings())
+
+
+def test_the_ml_zip_is_the_whole_package_without_bytecode(tmp_path: Path) -> None:
+    """What an executor imports: `ml.preprocess.steps` from the zip alone (an isolated interpreter, away from this
+    checkout), with the package's data files and no __pycache__."""
+    import zipfile
+
+    from ml.preprocess.submit import write_ml_zip
+
+    package = write_ml_zip(tmp_path)
+    names = zipfile.ZipFile(package).namelist()
+    assert "ml/preprocess/steps.py" in names and "ml/__init__.py" in names
+    assert any(name.startswith("ml/schemas/") for name in names), "data files travel with the code"
+    assert not [name for name in names if "__pycache__" in name or name.endswith(".pyc")]
+    code = f"import sys; sys.path.insert(0, {str(package)!r}); import ml.preprocess.steps as s; print(s.__file__)"
+    completed = subprocess.run(
+        [sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert completed.stdout.strip() == f"{package}/ml/preprocess/steps.py"
+    again = tmp_path / "again"
+    again.mkdir()
+    assert write_ml_zip(again).name == package.name, "named after its content: the same code, the same name"
+
+
+def test_the_ml_zip_is_removed_after_the_job() -> None:
+    from ml.preprocess.submit import ml_package_zip
+
+    with ml_package_zip() as package:
+        assert package.is_file() and package.suffix == ".zip"
+        assert package.parent.stat().st_mode & 0o077 == 0, "a private folder: nobody else can swap the code"
+    assert not package.exists() and not package.parent.exists()

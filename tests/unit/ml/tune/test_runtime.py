@@ -1,45 +1,156 @@
-"""ml.tune.runtime: Ray connected or started with the S3 keys in its runtime environment (ray.init faked), and Ray's
-and Optuna's logs routed through the logging tree with Tune's snapshot warning filtered out."""
+"""ml.tune.runtime: Ray connected (GCS or Ray Client address, token auth) or started locally, its workers given the
+`ml` package and the S3 keys through the runtime environment only, the auth variables Ray reads set around ray.init
+and put back (ray.init faked; one check against the installed Ray's own token loader, in a child process); Ray's and
+Optuna's logs routed through the logging tree with Tune's snapshot warning filtered out."""
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _pytest.logging import LogCaptureHandler
 
-from ml.settings import RaySettings, S3Settings
+from ml.settings import PROJECT_ROOT, RaySettings, S3Settings
+from ml.tune import runtime
 from ml.tune.runtime import _SNAPSHOT_WARNING, _DropSnapshotWarning, ensure_ray, route_library_logs
 
 S3 = S3Settings(endpoint_url="http://s3.invalid:9000", access_key_id="id", secret_access_key="sk")
+AUTH_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
 
 
 @pytest.fixture
 def fake_ray(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """ray.init replaced; each call records its arguments and the Ray variables of the environment at that moment
+    (and the test process's Ray configuration is not reloaded)."""
     import ray
 
     calls: list[dict[str, Any]] = []
+
+    def init(**kwargs: Any) -> None:
+        calls.append({**kwargs, "environment": {key: os.environ.get(key) for key in AUTH_VARIABLES}})
+
     monkeypatch.setattr(ray, "is_initialized", lambda: bool(calls))
-    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(runtime, "_reload_ray_auth", lambda: None)
     return calls
 
 
-def test_a_local_ray_is_started_with_the_s3_settings_for_its_workers(fake_ray: list[dict[str, Any]]) -> None:
+@pytest.fixture
+def worker_environment(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """What an Airflow worker's environment might hold: another cluster's address and the local stack's mode."""
+    monkeypatch.setenv("RAY_ADDRESS", "other-cluster:6379")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    return {key: value for key, value in os.environ.items() if key.startswith("RAY_")}
+
+
+def ray_variables() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key.startswith("RAY_")}
+
+
+def test_a_local_ray_is_started_with_the_s3_settings_for_its_workers(
+    fake_ray: list[dict[str, Any]], worker_environment: dict[str, str]
+) -> None:
     assert ensure_ray(RaySettings(), S3) is True
     ((init,),) = [fake_ray]
-    assert init["runtime_env"] == {"env_vars": S3.subprocess_env()}
+    assert init["runtime_env"] == {"env_vars": S3.subprocess_env()}, "a local Ray's workers import this checkout"
     assert init["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "sk"
     assert "address" not in init and init["include_dashboard"] is False
+    # the settings decide, not the worker's environment: no address (a local Ray), auth explicitly disabled
+    assert init["environment"] == {"RAY_ADDRESS": None, "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": None}
+    assert ray_variables() == worker_environment, "the worker's environment is put back"
     assert ensure_ray(RaySettings(), S3) is False  # already up: not ours to shut down
     assert len(fake_ray) == 1
 
 
-def test_a_configured_cluster_is_joined(fake_ray: list[dict[str, Any]]) -> None:
-    assert ensure_ray(RaySettings("ray://head:10001"), S3) is True
-    assert fake_ray[0]["address"] == "ray://head:10001"
-    assert fake_ray[0]["runtime_env"] == {"env_vars": S3.subprocess_env()}
+@pytest.mark.parametrize("address", ["ray://head:10001", "10.0.0.5:6380"], ids=["ray-client", "gcs"])
+def test_a_configured_cluster_is_joined_with_the_code_and_the_keys(
+    fake_ray: list[dict[str, Any]], worker_environment: dict[str, str], address: str
+) -> None:
+    s3 = S3Settings(access_key_id="id", secret_access_key="sk", session_token=uuid.uuid4().hex)
+    assert ensure_ray(RaySettings(address), s3) is True
+    [init] = fake_ray
+    assert init["address"] == address
+    runtime_env = init["runtime_env"]
+    assert runtime_env["env_vars"] == s3.subprocess_env()
+    assert runtime_env["env_vars"]["AWS_SESSION_TOKEN"] == s3.session_token, "temporary credentials work on workers"
+    assert runtime_env["py_modules"] == [str(PROJECT_ROOT / "ml")], "the cluster's workers do not have this checkout"
+    assert "__pycache__/" in runtime_env["excludes"]
+    assert init["environment"]["RAY_AUTH_MODE"] == "disabled", "no token in the settings: auth off, explicitly"
+    assert ray_variables() == worker_environment
+
+
+def test_the_token_is_in_the_environment_during_ray_init_only(
+    fake_ray: list[dict[str, Any]], worker_environment: dict[str, str]
+) -> None:
+    token = uuid.uuid4().hex
+    ensure_ray(RaySettings("ray://head:10001", auth_token=token), S3)
+    [init] = fake_ray
+    assert init["environment"] == {"RAY_ADDRESS": None, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    assert ray_variables() == worker_environment
+    assert token not in json.dumps(init["runtime_env"]), "Ray's workers get their raylet's token, never ours"
+
+
+def test_the_environment_is_put_back_when_ray_init_fails(
+    fake_ray: list[dict[str, Any]], worker_environment: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    def refuse(**kwargs: Any) -> None:
+        raise ConnectionError("Unauthenticated")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    with pytest.raises(ConnectionError):
+        ensure_ray(RaySettings("10.0.0.5:6380", auth_token=uuid.uuid4().hex), S3)
+    assert ray_variables() == worker_environment
+
+
+def test_ray_keeps_the_token_after_the_environment_is_put_back(tmp_path: Path) -> None:
+    """Against the installed Ray, in a child process (its configuration is process-wide): inside the scope Ray's own
+    configuration switches to token mode and its C++ token loader finds the settings' token; once the environment is
+    put back, the loader still answers with it (what the gRPC interceptors of a connected driver use)."""
+    token = uuid.uuid4().hex
+    script = textwrap.dedent(
+        f"""
+        import json, os
+        import ray
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+        from ray._raylet import AuthenticationTokenLoader
+        from ml.settings import RaySettings
+        from ml.tune.runtime import _reload_ray_auth, _scoped_environment, ray_driver_env
+
+        before = is_token_auth_enabled()
+        with _scoped_environment(ray_driver_env(RaySettings("10.0.0.5:6380", auth_token={token!r}))):
+            _reload_ray_auth()
+            inside = AuthenticationTokenLoader.instance().has_token()
+        print(json.dumps({{
+            "before": before,
+            "inside": inside,
+            "after": is_token_auth_enabled(),
+            "header": AuthenticationTokenLoader.instance().get_token_for_http_header(),
+            "environment": {{k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH") or k == "RAY_ADDRESS"}},
+        }}))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
+    env.update(HOME=str(tmp_path), PYTHONPATH=str(PROJECT_ROOT))  # no ~/.ray/auth_token of this machine
+    completed = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    seen = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert (seen["before"], seen["inside"], seen["after"]) == (False, True, True)
+    assert seen["header"] == {"authorization": f"Bearer {token}"}
+    assert seen["environment"] == {}
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ its slice of ml.settings, and the hooks that wrap a client use it as documented.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,6 +84,33 @@ def test_spark_settings_without_extras_add_nothing(connections: Define) -> None:
     connections(spark_local={"conn_type": "spark", "host": "local[2]"})
     assert spark_settings("spark_local") == SparkSettings(
         master="local[2]", extra_classpath="", metastore_dir=None, local_ip=None
+    )
+
+
+@pytest.mark.parametrize("cores", [2, "2"], ids=["number", "text"])
+def test_spark_settings_of_a_cluster_connection(connections: Define, tmp_path: Path, cores: Any) -> None:
+    """The extras of a cluster: jars on the workers, a networked metastore (the Derby folder is then ignored), the
+    cores one job may take."""
+    from mlops_airflow.hooks import spark_settings
+
+    extra = {
+        "deploy-mode": "client",
+        "extra-classpath": SPARK_CLASSPATH,
+        "executor-extra-classpath": "/opt/spark/extra-jars/*",
+        "metastore-uri": "thrift://metastore.unit.test:9083",
+        "metastore-dir": str(tmp_path / "hive"),
+        "local-ip": "10.1.2.3",
+        "cores-max": cores,
+    }
+    connections(spark_cluster={"conn_type": "spark", "host": "spark://spark.unit.test", "port": 7077, "extra": extra})
+    assert spark_settings("spark_cluster") == SparkSettings(
+        master="spark://spark.unit.test:7077",
+        extra_classpath=SPARK_CLASSPATH,
+        metastore_dir=None,
+        local_ip="10.1.2.3",
+        metastore_uri="thrift://metastore.unit.test:9083",
+        executor_classpath="/opt/spark/extra-jars/*",
+        cores_max=2,
     )
 
 
@@ -245,6 +273,41 @@ def test_ray_settings_come_from_the_connection(
 
     connections(ray_default=document)
     assert RayHook().settings == RaySettings(address)
+
+
+@pytest.mark.parametrize(
+    ("document", "address"),
+    [
+        (
+            {"conn_type": "generic", "host": "ignored", "port": 1, "extra": {"address": "10.0.0.5:6380"}},
+            "10.0.0.5:6380",
+        ),
+        ({"conn_type": "generic", "extra": {"address": "ray://head:10001"}}, "ray://head:10001"),
+    ],
+    ids=["gcs-address-wins-over-host", "ray-client-address"],
+)
+def test_the_address_extra_is_used_as_given(connections: Define, document: dict[str, Any], address: str) -> None:
+    from mlops_airflow.hooks import RayHook
+
+    connections(ray_default=document)
+    assert RayHook().settings == RaySettings(address)
+
+
+def test_the_ray_connection_password_is_the_auth_token(connections: Define, monkeypatch: pytest.MonkeyPatch) -> None:
+    import airflow.sdk.log
+
+    from mlops_airflow.hooks import RayHook
+
+    token = uuid.uuid4().hex
+    masked: list[str] = []
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", masked.append)
+    connections(ray_default={"conn_type": "generic", "password": token, "extra": {"address": "10.0.0.5:6380"}})
+    settings = RayHook().settings
+    assert settings == RaySettings("10.0.0.5:6380", auth_token=token)
+    assert settings.resolved_auth_mode == "token"
+    assert token not in repr(settings) and token in masked, "never in a task log"
+    connections(ray_default={"conn_type": "generic", "host": "head", "extra": {"auth-mode": "token"}})
+    assert RayHook().settings == RaySettings("ray://head:10001", auth_mode="token"), "the token from Ray's own files"
 
 
 def test_a_connection_object_works_as_well_as_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -136,10 +137,12 @@ def test_ingest_operator_lets_ingest_infer_the_task(connections: Define, monkeyp
 
 
 class SubmittedJob:
-    """What SparkSubmitHook would run: its command line and the environment it adds for the subprocess."""
+    """What SparkSubmitHook would run: its command line, the environment it adds for the subprocess and the first
+    `--py-files` entry, checked to exist while the job runs."""
 
     command: list[str]
     env: dict[str, str]
+    py_files_seen: Path | None = None
 
 
 @pytest.fixture
@@ -153,6 +156,8 @@ def spark_submit(monkeypatch: pytest.MonkeyPatch) -> SubmittedJob:
         assert_no_credentials_in_environment()
         job.command = self._build_spark_submit_command(application)
         job.env = dict(self._env or {})
+        first = Path((self._py_files or "").split(",")[0])
+        job.py_files_seen = first if first.is_file() else None
 
     monkeypatch.setattr(SparkSubmitHook, "submit", submit)
     return job
@@ -209,9 +214,17 @@ def test_preprocess_operator_resolves_spark_configuration_at_run_time(
     assert conf["spark.sql.warehouse.dir"] == "s3a://unit-lake/warehouse"
     assert conf["spark.hadoop.fs.s3a.endpoint"] == S3_ENDPOINT
     assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
-    assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == SPARK_CLASSPATH
+    # a cluster master (client mode): the driver on this host keeps its jars, the workers bring their own
+    assert conf["spark.driver.extraClassPath"] == SPARK_CLASSPATH
+    assert not [key for key in conf if key.startswith("spark.executor") and SPARK_CLASSPATH in conf[key]]
+    assert "spark.executor.extraClassPath" not in conf
+    assert conf["spark.driver.host"] == "10.1.2.3"
     assert str(tmp_path / "hive" / "metastore_db") in conf["spark.hadoop.javax.jdo.option.ConnectionURL"]
     assert (tmp_path / "hive").is_dir(), "the embedded metastore's folder is made before the job starts"
+    # the ml package reaches the executors as a zip, which lives as long as the job
+    shipped = Path(command[command.index("--py-files") + 1])
+    assert shipped.suffix == ".zip" and shipped == spark_submit.py_files_seen
+    assert not shipped.exists() and operator.py_files is None
 
     assert result == {
         "features_uri": "s3://unit-lake/datasets/d/features/abc",
@@ -259,6 +272,52 @@ def test_preprocess_operator_keeps_the_dag_authors_conf_and_env(
     conf = _conf(spark_submit.command)
     assert (conf["spark.sql.shuffle.partitions"], conf["spark.executor.memory"]) == ("3", "1g")
     assert spark_submit.env["EXTRA"] == "1" and spark_submit.env["AWS_SECRET_ACCESS_KEY"] == S3_KEY
+
+
+def test_preprocess_operator_forwards_temporary_credentials(
+    connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any]
+) -> None:
+    """A session token reaches spark-submit's environment with its keys (the job then hands all three to s3a's
+    TemporaryAWSCredentialsProvider), and nothing of it the command line."""
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    token = uuid.uuid4().hex
+    temporary = {
+        "conn_type": "aws",
+        "login": ACCESS_KEY_ID,
+        "password": S3_KEY,
+        "extra": {"endpoint_url": S3_ENDPOINT, "region_name": "eu-west-1", "aws_session_token": token},
+    }
+    connections("spark_default", aws_default=temporary)
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute({})
+    assert spark_submit.env["AWS_SESSION_TOKEN"] == token and spark_submit.env["AWS_SECRET_ACCESS_KEY"] == S3_KEY
+    assert not [part for part in spark_submit.command if token in part]
+
+
+def test_preprocess_operator_keeps_the_dag_authors_py_files(
+    connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any]
+) -> None:
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    connections("aws_default", "spark_default")
+    operator = FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", py_files="/opt/extra/udfs.zip")
+    operator.execute({})
+    shipped = spark_submit.command[spark_submit.command.index("--py-files") + 1].split(",")
+    assert shipped[1:] == ["/opt/extra/udfs.zip"] and Path(shipped[0]).name.startswith("ml-")
+    assert operator.py_files == "/opt/extra/udfs.zip", "what the DAG author gave is kept for a retry"
+
+
+def test_preprocess_operator_on_a_local_master_shares_the_drivers_jars(
+    connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any]
+) -> None:
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    local = {"conn_type": "spark", "host": "local[2]", "extra": {"extra-classpath": SPARK_CLASSPATH}}
+    connections("aws_default", spark_local=local)
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_local").execute({})
+    conf = _conf(spark_submit.command)
+    assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == SPARK_CLASSPATH
+    assert "SPARK_LOCAL_IP" not in spark_submit.env, "no local-ip extra: no address pinned"
 
 
 # --- SkipIfModelExistsOperator ----------------------------------------------------------------------------------------
@@ -428,6 +487,19 @@ def test_ray_tune_operator_uses_the_ray_connection_and_a_given_space(
     [(config, settings)] = searches
     assert settings["ray"] == RaySettings("ray://ray.unit.test:10001")
     assert config.search_space["num_layers"] == space["num_layers"]
+
+
+def test_ray_tune_operator_passes_the_clusters_token_in_the_settings_only(
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]]
+) -> None:
+    token = uuid.uuid4().hex
+    ray_cluster = {"conn_type": "generic", "password": token, "extra": {"address": "10.0.0.5:6380"}}
+    connections("aws_default", "mlflow_default", "kafka_default", ray_default=ray_cluster)
+    with environment_unchanged():
+        _tune_operator().execute({"run_id": RUN_ID})
+    [(_, settings)] = searches
+    assert settings["ray"] == RaySettings("10.0.0.5:6380", auth_token=token)
+    assert token not in os.environ.values()
 
 
 def test_ray_tune_operator_has_the_tuning_report_link() -> None:
