@@ -9,7 +9,7 @@ import sys
 from ml.settings import Settings
 from stack.config import MLFLOW_BUCKET, PROFILES, active_profile, apply_stack_environment, stack_paths
 from stack.profiles import every_service, profile_named
-from stack.services import StackError
+from stack.services import StackError, port_in_use
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -21,9 +21,10 @@ def _up(args: argparse.Namespace) -> int:
     profile = profile_named(args.profile or active_profile(paths))
     running = [service.name for service in every_service() if service.running_pid(paths) is not None]
     recorded = paths.profile_file.read_text().strip() if paths.profile_file.exists() else None
-    if running and recorded not in (None, profile.name):
+    foreign = [name for name in running if name not in {service.name for service in profile.all_services}]
+    if running and (recorded not in (None, profile.name) or (recorded is None and foreign)):
         raise StackError(
-            f"the {recorded} profile is up ({', '.join(running)}); run `make stack-down` before starting "
+            f"the {recorded or 'other'} profile is up ({', '.join(running)}); run `make stack-down` before starting "
             f"the {profile.name} profile"
         )
     env = apply_stack_environment(profile.name)
@@ -57,10 +58,14 @@ def _up(args: argparse.Namespace) -> int:
 
 def _down(args: argparse.Namespace) -> int:
     paths = stack_paths()
-    for service in reversed(every_service()):
-        if service.pid_file(paths).exists():
-            print(f"{service.name:18} {service.stop(paths)}")
+    stopped = [service for service in reversed(every_service()) if service.pid_file(paths).exists()]
+    for service in stopped:
+        print(f"{service.name:18} {service.stop(paths)}")
     paths.profile_file.unlink(missing_ok=True)
+    # Tear-down frees every port it used: one still taken is a process this stack lost track of.
+    taken = sorted({port for service in stopped for port in service.ports if port_in_use(port)})
+    if taken:
+        raise StackError(f"ports still taken after stopping the stack: {taken} (see `ss -ltnp`)")
     print("stack is down")
     return 0
 

@@ -1,4 +1,5 @@
-"""The cluster profile's services: real multi-process clusters on this machine, each bound to 127.0.0.1.
+"""The cluster profile's services: real multi-process clusters on this machine, bound to 127.0.0.1 where the service
+lets us (Ray's nodes and Hive 2.3's metastore listen on every interface; the README says so).
 
 PostgreSQL (Debian's package) holds the Airflow, MLflow and Hive metastore databases; the Hive metastore is the
 Thrift service of Spark's own Hive 2.3 jars; Spark runs a standalone master and two workers; Ray a head and a worker
@@ -87,8 +88,10 @@ def _postgres_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     password_file.chmod(0o600)
     initdb = [str(postgres_bin_dir() / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=scram-sha-256"]
     initdb += [f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C.UTF-8"]
-    result = subprocess.run([*_as_postgres_user(), *initdb], capture_output=True, text=True, check=False)
-    password_file.unlink(missing_ok=True)
+    try:
+        result = subprocess.run([*_as_postgres_user(), *initdb], capture_output=True, text=True, check=False)
+    finally:
+        password_file.unlink(missing_ok=True)
     if result.returncode != 0:
         raise StackError(f"postgres: initdb of {data_dir} failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
 
@@ -240,8 +243,10 @@ def _create_metastore_schema(paths: StackPaths, env: dict[str, str], folder: Pat
     classpath = f"{_pyspark_jars()}/*:{_classpath_file(paths.postgresql_classpath_file, 'metastore')}"
     command = [java(), "-cp", classpath, "org.datanucleus.store.schema.SchemaTool", "-create", "-api", "JDO"]
     command += ["-props", str(properties), str(folder / "package.jdo")]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=folder, check=False, timeout=300)
-    properties.unlink(missing_ok=True)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, cwd=folder, check=False, timeout=300)
+    finally:
+        properties.unlink(missing_ok=True)  # it holds the metastore's password
     if result.returncode != 0 or not _metastore_schema_exists(paths):
         raise StackError(f"metastore: creating the schema failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
 

@@ -223,6 +223,7 @@ def stack_environment(base: dict[str, str] | None = None, profile: str | None = 
         "PATH": os.pathsep.join([str(venv_bin), base.get("PATH", "/usr/bin:/bin")]),
     }
     env = {**defaults, **base}
+    env["MLOPS_STACK_PROFILE"] = profile  # the one this environment was built for, whatever the caller's said
     # Paths must keep the project's entries even when the caller has its own.
     env["PATH"] = defaults["PATH"] if str(venv_bin) not in base.get("PATH", "") else base["PATH"]
     if "PYTHONPATH" in base and str(REPO_ROOT) not in base["PYTHONPATH"]:

@@ -33,9 +33,10 @@ def profile_named(name: str) -> Profile:
 
 
 def every_service() -> tuple[Service, ...]:
-    """Each service of either profile once (by name), in start order: what `down` may have to stop."""
+    """Each service of either profile once (by name), in start order: what `down` may have to stop (in reverse, so
+    the cluster's services come first here: PostgreSQL must outlive MLflow, which shares a name with the local one)."""
     seen: dict[str, Service] = {}
-    for name in ("local", "cluster"):
+    for name in ("cluster", "local"):
         for service in profile_named(name).all_services:
             seen.setdefault(service.name, service)
     return tuple(seen.values())

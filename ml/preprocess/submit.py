@@ -105,7 +105,9 @@ def run_preprocess(
     """spark-submit the application; Spark's log streams to this process's stderr; returns the job's summary.
     `job_options` are application_args' (seed, max_categories, force)."""
     from ml.preprocess.job import RESULT_MARKER
+    from ml.preprocess.preflight import require_cluster_services
 
+    require_cluster_services(spark)
     command = [spark_submit_binary(), "--master", spark.master, "--driver-memory", driver_memory]
     command += ["--name", f"preprocess-{dataset}"]
     for key, value in spark_conf(spark, s3, lake).items():

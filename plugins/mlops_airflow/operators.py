@@ -105,10 +105,12 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         from ml.clients import s3_client
         from ml.features import FeatureSpec
         from ml.preprocess.conf import spark_conf
+        from ml.preprocess.preflight import require_cluster_services
         from ml.preprocess.submit import application_args, application_env, ml_package_zip
         from ml.storage import feature_spec_uri, features_uri, read_json
 
         s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), _lake(self.lake_bucket)
+        require_cluster_services(spark)
         # The spark-submit subprocess gets the credentials through its environment (env_vars), never the worker.
         self.conf = {**spark_conf(spark, s3, lake), **(self.conf or {})}
         self.env_vars = {**application_env(spark, s3), **(self.env_vars or {})}

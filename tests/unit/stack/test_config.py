@@ -6,15 +6,21 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from cryptography.fernet import Fernet
 
 from ml.settings import Settings
 from stack.config import (
     REPO_ROOT,
     StackPaths,
+    active_profile,
+    cluster_secrets,
     local_credentials,
+    postgres_url,
     stack_environment,
     stack_paths,
 )
@@ -108,3 +114,148 @@ def test_airflow_spark_and_client_defaults_are_loopback(stack_dir: StackPaths) -
         "MLFLOW_S3_ENDPOINT_URL",
     ):
         assert _loopback(env[key]), (key, env[key])
+
+
+# --- profiles ---------------------------------------------------------------------------------------------------------
+
+
+def _record_profile(paths: StackPaths, name: str) -> None:
+    paths.run.mkdir(parents=True, exist_ok=True)
+    paths.profile_file.write_text(name + "\n")
+
+
+def test_the_profile_is_the_variable_then_the_one_up_started_then_local(
+    stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLOPS_STACK_PROFILE", raising=False)
+    assert active_profile(stack_dir, {}) == "local"
+    assert active_profile(stack_dir) == "local", "os.environ when no base is given"
+    _record_profile(stack_dir, "cluster")
+    assert active_profile(stack_dir, {}) == "cluster"
+    assert active_profile(stack_dir, {"MLOPS_STACK_PROFILE": ""}) == "cluster", "an empty variable is unset"
+    assert active_profile(stack_dir, {"MLOPS_STACK_PROFILE": "local"}) == "local", "the variable wins"
+    monkeypatch.setenv("MLOPS_STACK_PROFILE", "local")
+    assert active_profile(stack_dir) == "local"
+    assert active_profile(stack_dir, {}) == "cluster", "a base given replaces os.environ"
+
+
+@pytest.mark.parametrize("where", ["variable", "file"])
+def test_an_unknown_profile_names_the_profiles(stack_dir: StackPaths, where: str) -> None:
+    base = {"MLOPS_STACK_PROFILE": "kubernetes"} if where == "variable" else {}
+    if where == "file":
+        _record_profile(stack_dir, "kubernetes")
+    with pytest.raises(ValueError, match=r"unknown stack profile 'kubernetes'; the profiles are local, cluster"):
+        active_profile(stack_dir, base)
+
+
+# --- the cluster profile's secrets ------------------------------------------------------------------------------------
+
+SECRET_NAMES = {
+    "postgres_password",
+    "airflow_db_password",
+    "mlflow_db_password",
+    "metastore_db_password",
+    "airflow_jwt_secret",
+    "airflow_api_secret_key",
+    "airflow_fernet_key",
+    "ray_auth_token",
+}
+
+
+def test_cluster_secrets_are_generated_once_private_and_stable(stack_dir: StackPaths, tmp_path: Path) -> None:
+    assert not stack_dir.cluster_secrets_file.exists()
+    first = cluster_secrets(stack_dir)
+    assert set(first) == SECRET_NAMES
+    assert stat.S_IMODE(stack_dir.cluster_secrets_file.stat().st_mode) == 0o600
+    assert cluster_secrets(stack_dir) == first == json.loads(stack_dir.cluster_secrets_file.read_text())
+    assert len(set(first.values())) == len(first), "every secret is a value of its own"
+    assert all(len(value) >= 32 for value in first.values()), first.keys()
+    other = cluster_secrets(StackPaths(tmp_path / "other"))
+    assert not set(other.values()) & set(first.values()), "each stack folder has secrets of its own"
+
+
+def test_the_generated_keys_have_the_formats_their_readers_need(stack_dir: StackPaths) -> None:
+    secrets = cluster_secrets(stack_dir)
+    Fernet(secrets["airflow_fernet_key"].encode())  # raises for a key Airflow could not use
+    assert re.fullmatch(r"[0-9a-f]{64}", secrets["ray_auth_token"]), "Ray's own generator: 32 bytes in hex"
+    for name in SECRET_NAMES - {"airflow_fernet_key", "ray_auth_token"}:
+        assert re.fullmatch(r"[A-Za-z0-9_-]+", secrets[name]), f"{name} must need no quoting in a URL"
+
+
+@pytest.mark.parametrize("database", ["airflow", "mlflow", "metastore"])
+def test_postgres_url_names_the_databases_own_role_and_password(stack_dir: StackPaths, database: str) -> None:
+    url = urlsplit(postgres_url(stack_dir, database))
+    assert url.scheme == "postgresql+psycopg2"
+    assert (url.username, url.password) == (database, cluster_secrets(stack_dir)[f"{database}_db_password"])
+    assert (url.hostname, url.port, url.path) == ("127.0.0.1", 5432, f"/{database}")
+    assert postgres_url(stack_dir, database, driver="postgresql").startswith(f"postgresql://{database}:")
+
+
+def test_postgres_url_of_a_database_the_stack_does_not_have_fails(stack_dir: StackPaths) -> None:
+    with pytest.raises(KeyError):
+        postgres_url(stack_dir, "postgres")  # the superuser has no URL: the stack connects to it with psycopg2
+
+
+def test_the_cluster_environment(stack_dir: StackPaths) -> None:
+    env = stack_environment(dict(GIVEN_KEYS), profile="cluster")
+    secrets = cluster_secrets(stack_dir)
+    assert env["MLOPS_STACK_PROFILE"] == "cluster"
+    assert env["SPARK_MASTER"] == "spark://127.0.0.1:7077"
+    assert env["MLOPS_SPARK_CORES_MAX"] == "2"
+    assert env["MLOPS_HIVE_METASTORE_URI"] == "thrift://127.0.0.1:9083"
+    assert env["MLOPS_HIVE_METASTORE_DIR"] == "", "no embedded Derby folder, even for a reader without the URI"
+    assert env["RAY_ADDRESS"] == "127.0.0.1:6380"
+    assert env["RAY_AUTH_MODE"] == "token"
+    token_file = Path(env["RAY_AUTH_TOKEN_PATH"])
+    assert token_file == stack_dir.ray_token_file
+    assert token_file.read_text() == secrets["ray_auth_token"]
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == postgres_url(stack_dir, "airflow")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == secrets["airflow_fernet_key"]
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["airflow_jwt_secret"]
+    # MLflow's and the metastore's database passwords, and the superuser's, are given to their servers only.
+    for name in ("postgres_password", "mlflow_db_password", "metastore_db_password"):
+        assert not any(secrets[name] in value for value in env.values()), name
+
+
+def test_the_cluster_environment_reads_back_as_cluster_settings(stack_dir: StackPaths) -> None:
+    env = stack_environment(dict(GIVEN_KEYS), profile="cluster")
+    settings = Settings.from_env(env)
+    assert settings.spark.master == "spark://127.0.0.1:7077"
+    assert settings.spark.metastore_uri == "thrift://127.0.0.1:9083"
+    assert settings.spark.metastore_dir is None, "no embedded Derby metastore beside a networked one"
+    assert settings.spark.cores_max == 2
+    assert settings.ray.address == "127.0.0.1:6380"
+    assert settings.ray.auth_token == cluster_secrets(stack_dir)["ray_auth_token"]
+    assert settings.ray.auth_mode == "token"
+
+
+def test_the_profile_comes_from_the_callers_variable(stack_dir: StackPaths) -> None:
+    env = stack_environment({**GIVEN_KEYS, "MLOPS_STACK_PROFILE": "cluster"})
+    assert env["SPARK_MASTER"] == "spark://127.0.0.1:7077" and env["RAY_AUTH_MODE"] == "token"
+
+
+def test_the_profile_comes_from_the_one_up_started(stack_dir: StackPaths) -> None:
+    _record_profile(stack_dir, "cluster")
+    assert stack_environment(dict(GIVEN_KEYS))["MLOPS_STACK_PROFILE"] == "cluster"
+
+
+def test_what_the_caller_sets_wins_in_the_cluster_profile_too(stack_dir: StackPaths) -> None:
+    real = {**GIVEN_KEYS, "SPARK_MASTER": "spark://spark-master:7077", "RAY_ADDRESS": "ray://head:10001"}
+    env = stack_environment(real, profile="cluster")
+    assert (env["SPARK_MASTER"], env["RAY_ADDRESS"]) == ("spark://spark-master:7077", "ray://head:10001")
+
+
+def test_the_local_profile_has_no_cluster_settings(stack_dir: StackPaths) -> None:
+    env = stack_environment(dict(GIVEN_KEYS), profile="local")
+    assert env["MLOPS_STACK_PROFILE"] == "local"
+    assert env["RAY_AUTH_MODE"] == "disabled"
+    assert not [key for key in env if key.startswith("AIRFLOW__DATABASE__")]
+    assert "RAY_AUTH_TOKEN_PATH" not in env and "RAY_ADDRESS" not in env
+    assert "MLOPS_HIVE_METASTORE_URI" not in env
+    assert env["SPARK_MASTER"].startswith("local")
+    settings = Settings.from_env(env)
+    assert settings.spark.metastore_dir == str(stack_dir.data / "hive") and settings.spark.metastore_uri is None
+    assert not stack_dir.cluster_secrets_file.exists() and not stack_dir.ray_token_file.exists()

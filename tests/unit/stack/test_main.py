@@ -1,13 +1,18 @@
 """stack/__main__.py (`python -m stack`): the commands that need no running service, in a child process with a
-throwaway stack folder and keys given (so none are generated)."""
+throwaway stack folder and keys given (so none are generated); the profile checks of `up`, `down` and `status` in this
+process, with the services and the stack environment faked so that nothing starts and nothing is probed."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import stack.__main__ as stack_main
 from stack.config import REPO_ROOT, StackPaths
 
 GIVEN_KEY = "given-key-value"
@@ -54,3 +59,177 @@ def test_down_without_a_running_stack_stops_nothing(stack_dir: StackPaths, tmp_p
     result = _stack(stack_dir, "down")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["stack is down"], result.stdout
+
+
+# --- profiles: in this process, with every service and the stack environment faked, so that nothing starts ---------
+
+
+class _Started(Exception):
+    """Raised by the faked stack environment: `up` got past its checks and would start services now."""
+
+
+class _FakeService:
+    def __init__(self, name: str, pid: int | None) -> None:
+        self.name, self.pid = name, pid
+        self.ports: tuple[int, ...] = ()
+        self.stopped = False
+
+    def running_pid(self, paths: StackPaths) -> int | None:
+        return self.pid
+
+    def pid_file(self, paths: StackPaths) -> Path:
+        return paths.run / f"{self.name}.pid"
+
+    def stop(self, paths: StackPaths) -> str:
+        self.stopped = True
+        return "stopped"
+
+
+@pytest.fixture
+def in_process(stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch) -> StackPaths:
+    """`main` in this process, unable to start anything: the stack environment (the first step after `up`'s checks,
+    and the one that would change os.environ) raises _Started."""
+    monkeypatch.delenv("MLOPS_STACK_PROFILE", raising=False)
+
+    def refuse(profile: str | None = None) -> dict[str, str]:
+        raise _Started(profile)
+
+    monkeypatch.setattr(stack_main, "apply_stack_environment", refuse)
+    # `down` checks that the ports it freed are free: never a probe of a real port (the shared stack's) from here.
+    monkeypatch.setattr(stack_main, "port_in_use", lambda port, host="127.0.0.1": False, raising=False)
+    return stack_dir
+
+
+def _running(monkeypatch: pytest.MonkeyPatch, **pids: int | None) -> list[_FakeService]:
+    services = [_FakeService(name.replace("_", "-"), pid) for name, pid in pids.items()]
+    monkeypatch.setattr(stack_main, "every_service", lambda: tuple(services))
+    return services
+
+
+def _record_profile(stack_dir: StackPaths, name: str) -> None:
+    stack_dir.run.mkdir(parents=True, exist_ok=True)
+    stack_dir.profile_file.write_text(name)
+
+
+def test_up_refuses_a_profile_while_the_other_one_is_up(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record_profile(in_process, "local")
+    _running(monkeypatch, s3=101, kafka=None, mlflow=103)
+    assert stack_main.main(["up", "--profile", "cluster"]) == 1
+    error = capsys.readouterr().err
+    assert "the local profile is up (s3, mlflow)" in error
+    assert "run `make stack-down` before starting the cluster profile" in error
+    assert in_process.profile_file.read_text() == "local", "the record of what runs is kept"
+
+
+def test_up_refuses_the_local_profile_while_the_cluster_is_up(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record_profile(in_process, "cluster")
+    _running(monkeypatch, postgres=201)
+    assert stack_main.main(["up", "--profile", "local"]) == 1
+    assert "the cluster profile is up (postgres); run `make stack-down` before starting the local profile" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("MLOPS_STACK_PROFILE", "local")
+    assert stack_main.main(["up"]) == 1, "the profile the variable names"
+    monkeypatch.delenv("MLOPS_STACK_PROFILE")
+    with pytest.raises(_Started, match="cluster"):
+        stack_main.main(["up"])  # without a profile named: the one that is up
+
+
+def test_up_goes_on_for_the_profile_that_is_up_or_when_nothing_runs(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _record_profile(in_process, "local")
+    _running(monkeypatch, s3=101)
+    with pytest.raises(_Started, match="local"):
+        stack_main.main(["up", "--profile", "local"])
+    _running(monkeypatch, s3=None, mlflow=None)  # a profile file left behind, nothing alive
+    with pytest.raises(_Started, match="cluster"):
+        stack_main.main(["up", "--profile", "cluster"])
+
+
+def test_down_stops_what_has_a_pid_file_in_reverse_and_forgets_the_profile(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record_profile(in_process, "cluster")
+    services = _running(monkeypatch, s3=1, postgres=2, ray_head=3)
+    for service in services[:2]:
+        service.pid_file(in_process).write_text(str(service.pid))
+    assert stack_main.main(["down"]) == 0
+    assert [service.stopped for service in services] == [True, True, False]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["postgres", "s3", "stack"], "in reverse start order"
+    assert lines[-1] == "stack is down"
+    assert not in_process.profile_file.exists()
+
+
+def test_down_reports_a_port_still_taken_after_stopping(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _record_profile(in_process, "local")
+    [s3, kafka] = _running(monkeypatch, s3=1, kafka=2)
+    s3.ports, kafka.ports = (9000, 9001), (9092, 9093)
+    s3.pid_file(in_process).write_text("1")  # kafka has no pid file: down does not stop it, nor check its ports
+    probed: list[int] = []
+
+    def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+        probed.append(port)
+        return port == 9001
+
+    monkeypatch.setattr(stack_main, "port_in_use", port_in_use)
+    assert stack_main.main(["down"]) == 1
+    assert sorted(probed) == [9000, 9001]
+    assert "ports still taken after stopping the stack: [9001]" in capsys.readouterr().err
+    assert not in_process.profile_file.exists()
+
+
+def test_status_of_the_cluster_profile_names_it_and_probes_nothing_stopped(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stack.profiles import profile_named
+
+    given: list[str | None] = []
+
+    def environment(profile: str | None = None) -> dict[str, str]:
+        given.append(profile)
+        return {}
+
+    monkeypatch.setattr(stack_main, "apply_stack_environment", environment)
+    # A stopped service is not probed: no request may reach the shared stack from here.
+    for service in (*profile_named("local").all_services, *profile_named("cluster").all_services):
+        monkeypatch.setattr(service, "is_healthy", lambda env: pytest.fail("a stopped service was probed"))
+    assert stack_main.main(["status", "--profile", "cluster"]) == 1, "not all healthy"
+    lines = capsys.readouterr().out.splitlines()
+    assert given == ["cluster"]
+    assert lines[0] == "profile: cluster"
+    states = {line.split()[0]: line.split()[1] for line in lines[1:]}
+    assert states["postgres"] == states["ray-head"] == states["airflow-api-server"] == "stopped"
+    assert "airflow" not in states, "the local profile's `airflow standalone` is not the cluster's"
+
+
+@pytest.mark.parametrize("verb", ["up", "down", "status", "tools", "env", "run"])
+def test_every_verb_takes_the_profile_after_it(verb: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[argparse.Namespace] = []
+
+    def record(args: argparse.Namespace) -> int:
+        seen.append(args)
+        return 0
+
+    monkeypatch.setattr(stack_main, f"_{verb}", record)
+    rest = ["--", "true"] if verb == "run" else []
+    assert stack_main.main([verb, "--profile", "cluster", *rest]) == 0
+    [args] = seen
+    assert args.profile == "cluster"
+    assert stack_main.main([verb, *rest]) == 0 and seen[-1].profile is None, "no default: the variable or file decide"
+    if verb == "run":
+        assert args.command == ["--", "true"]
+
+
+def test_an_unknown_profile_is_refused_by_the_parser(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        stack_main.main(["status", "--profile", "kubernetes"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'kubernetes'" in capsys.readouterr().err

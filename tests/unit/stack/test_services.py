@@ -1,20 +1,18 @@
 """stack/services.py: every service of the local stack listens on 127.0.0.1 only and gets no secret on its command
-line; a Service's life cycle (start, health, pid file, stop, a port someone else holds) on a small HTTP server
-started for the test, never on the shared stack."""
+line; what each service's preparation writes (Kafka's storage with its storage tool faked) and the environment
+Airflow runs in. The Service machinery itself is stack/process.py's (test_process.py)."""
 
 from __future__ import annotations
 
 import re
-import socket
-import sys
-from collections.abc import Iterator
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from stack.config import StackPaths
-from stack.services import Service, StackError, http_ok, port_in_use
-from tests.support.probes import free_port
+from stack.services import StackError
 
 S3_KEY = "test-secret-value-0123456789"
 
@@ -116,58 +114,96 @@ def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
 
-# --- a Service's life cycle -------------------------------------------------------------------------------------------
+# --- Kafka's storage and MLflow's preparation ---------------------------------------------------------------------
 
 
-def _http_service(port: int, command: list[str] | None = None) -> Service:
-    return Service(
-        name="unit-http",
-        port=port,
-        command=lambda paths, env: command or [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
-        is_healthy=lambda env: http_ok(f"http://127.0.0.1:{port}/"),
-        start_timeout_s=60,
-        url=f"http://127.0.0.1:{port}",
-    )
+class _FakeRun:
+    """subprocess.run for Kafka's storage tool: records each command and its environment, answers `returncode`."""
+
+    def __init__(self, returncode: int = 0) -> None:
+        self.returncode = returncode
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def __call__(self, command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(command), kwargs.get("env") or {}))
+        return subprocess.CompletedProcess(command, self.returncode, "formatted? no", "the tool's complaint")
 
 
-@pytest.fixture
-def paths(tmp_path: Path) -> Iterator[StackPaths]:
-    paths = StackPaths(tmp_path)
-    paths.data.mkdir(parents=True)
-    yield paths
+def test_kafka_storage_is_formatted_once_with_the_broker_properties(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stack.services import KAFKA_LOG4J, KAFKA_PROPERTIES, prepare_kafka_storage
+
+    run = _FakeRun()
+    monkeypatch.setattr(subprocess, "run", run)
+    kafka_dir = tmp_path / "kafka"
+    prepare_kafka_storage(kafka_dir, KAFKA_PROPERTIES, "/jars/kafka.jar", {"ONLY": "this"})
+    properties = (kafka_dir / "server.properties").read_text()
+    assert f"log.dirs={kafka_dir / 'logs'}\n" in properties and "{log_dirs}" not in properties
+    assert (kafka_dir / "logs").is_dir()
+    assert (kafka_dir / "log4j2.yaml").read_text() == KAFKA_LOG4J
+    [(command, env)] = run.calls
+    assert command[command.index("-cp") + 1] == "/jars/kafka.jar"
+    assert command[command.index("-cp") + 2 :][:3] == ["kafka.tools.StorageTool", "format", "--standalone"]
+    assert command[command.index("-c") + 1] == str(kafka_dir / "server.properties")
+    cluster_id = command[command.index("-t") + 1]
+    assert len(cluster_id) == 22 and not cluster_id.startswith("-")
+    assert env == {"ONLY": "this"}
+
+    (kafka_dir / "logs" / "meta.properties").write_text("cluster.id=formatted\n")
+    prepare_kafka_storage(kafka_dir, KAFKA_PROPERTIES.replace("num.partitions=3", "num.partitions=5"), "cp", {})
+    assert len(run.calls) == 1, "formatted storage is kept (and its messages with it)"
+    assert "num.partitions=5" in (kafka_dir / "server.properties").read_text(), "the properties are rewritten"
 
 
-def test_a_service_starts_once_is_found_again_and_stops(paths: StackPaths) -> None:
-    port = free_port()
-    service = _http_service(port)
-    try:
-        assert service.start(paths, {}) == "started"
-        pid = service.running_pid(paths)
-        assert pid is not None and service.pid_file(paths).read_text() == str(pid)
-        assert service.start(paths, {}) == "already running"
-        assert service.running_pid(paths) == pid
-    finally:
-        assert service.stop(paths) == "stopped"
-    assert service.running_pid(paths) is None and not service.pid_file(paths).exists()
-    assert not port_in_use(port)
-    assert service.stop(paths) == "not running"
-    assert service.log_file(paths).exists(), "its output went to its log file"
+def test_a_failed_kafka_format_says_what_the_tool_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stack.services import KAFKA_PROPERTIES, prepare_kafka_storage
+
+    monkeypatch.setattr(subprocess, "run", _FakeRun(returncode=1))
+    with pytest.raises(StackError, match=r"kafka: formatting .*logs failed:(.|\n)*the tool's complaint"):
+        prepare_kafka_storage(tmp_path / "kafka", KAFKA_PROPERTIES, "cp", {})
 
 
-def test_a_service_that_exits_during_start_up_names_its_log(paths: StackPaths) -> None:
-    service = _http_service(free_port(), [sys.executable, "-c", "raise SystemExit(3)"])
-    with pytest.raises(StackError, match=r"exited during start-up; its log is .*unit-http\.log"):
-        service.start(paths, {})
+def test_kafka_without_its_jars_says_how_to_get_them(
+    fake_stack: tuple[StackPaths, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stack.services import KAFKA
+
+    paths, env = fake_stack
+    paths.kafka_classpath_file.unlink()
+    monkeypatch.setattr(subprocess, "run", _FakeRun())
+    with pytest.raises(StackError, match=r"kafka\.classpath is missing; run `make tools`"):
+        KAFKA.prepare(paths, env)
+    with pytest.raises(StackError, match="make tools"):
+        KAFKA.command(paths, env)
 
 
-def test_a_port_held_by_another_process_is_reported_not_taken(paths: StackPaths) -> None:
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = int(holder.getsockname()[1])
-        with pytest.raises(StackError, match=f"port 127.0.0.1:{port} is taken by a process this stack did not start"):
-            _http_service(port).start(paths, {})
-    assert not _http_service(port).pid_file(paths).exists()
+def test_kafka_runs_its_generated_properties_from_the_stack_folder(
+    fake_stack: tuple[StackPaths, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stack.services import KAFKA
+
+    paths, env = fake_stack
+    run = _FakeRun()
+    monkeypatch.setattr(subprocess, "run", run)
+    KAFKA.prepare(paths, env)
+    command = KAFKA.command(paths, env)
+    assert command[-2:] == ["kafka.Kafka", str(paths.data / "kafka" / "server.properties")]
+    assert command[command.index("-cp") + 1] == "/nonexistent/kafka.jar"
+    assert f"-Dlog4j2.configurationFile={paths.data / 'kafka' / 'log4j2.yaml'}" in command
+    assert (paths.data / "kafka" / "server.properties").exists() and len(run.calls) == 1
+
+
+def test_mlflow_is_prepared_without_its_job_runner(fake_stack: tuple[StackPaths, dict[str, str]]) -> None:
+    from stack.services import MLFLOW
+
+    paths, env = fake_stack
+    MLFLOW.prepare(paths, env)
+    assert (paths.data / "mlflow").is_dir()
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    chosen = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"}
+    MLFLOW.prepare(paths, chosen)
+    assert chosen["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "true", "what is set wins"
 
 
 # --- Airflow's environment --------------------------------------------------------------------------------------------

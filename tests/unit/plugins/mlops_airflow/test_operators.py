@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -136,21 +137,27 @@ def test_ingest_operator_lets_ingest_infer_the_task(connections: Define, monkeyp
 # --- FeaturePreprocessOperator (spark-submit) -------------------------------------------------------------------------
 
 
+@dataclass
 class SubmittedJob:
     """What SparkSubmitHook would run: its command line, the environment it adds for the subprocess and the first
     `--py-files` entry, checked to exist while the job runs."""
 
-    command: list[str]
-    env: dict[str, str]
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
     py_files_seen: Path | None = None
+    preflights: list[Any] = field(default_factory=list)  # the Spark settings the services were checked for
 
 
 @pytest.fixture
 def spark_submit(monkeypatch: pytest.MonkeyPatch) -> SubmittedJob:
-    """SparkSubmitHook.submit replaced: the hook builds its real command line, nothing is started."""
+    """SparkSubmitHook.submit replaced: the hook builds its real command line, nothing is started. The pre-flight
+    check of the cluster's services records the settings it was given (the unit tests' master does not exist)."""
     from airflow.providers.apache.spark.hooks.spark_submit import SparkSubmitHook
 
+    import ml.preprocess.preflight
+
     job = SubmittedJob()
+    monkeypatch.setattr(ml.preprocess.preflight, "require_cluster_services", job.preflights.append)
 
     def submit(self: Any, application: str = "", **kwargs: Any) -> None:
         assert_no_credentials_in_environment()
@@ -234,6 +241,27 @@ def test_preprocess_operator_resolves_spark_configuration_at_run_time(
         "task": "regression",
     }
     assert feature_spec_in_s3 == [(CONNECTION_S3, "unit-lake", "datasets/d/features/abc/feature_spec.json")]
+
+
+def test_preprocess_operator_checks_the_clusters_services_before_it_submits(
+    connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.preprocess.preflight
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    connections("aws_default", "spark_default")
+    operator = FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_default")
+    operator.execute({})
+    assert [spark.master for spark in spark_submit.preflights] == ["spark://spark.unit.test:7077"]
+
+    def down(spark: Any) -> None:
+        raise ml.preprocess.preflight.ClusterServiceUnreachable(f"the Spark master at {spark.master} is down")
+
+    spark_submit.command = []
+    monkeypatch.setattr(ml.preprocess.preflight, "require_cluster_services", down)
+    with pytest.raises(ml.preprocess.preflight.ClusterServiceUnreachable, match=r"spark\.unit\.test:7077"):
+        FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_default").execute({})
+    assert spark_submit.command == [], "nothing was submitted"
 
 
 def test_preprocess_operator_gives_credentials_to_the_subprocess_only(
