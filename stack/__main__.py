@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 from ml.settings import Settings
-from stack.config import MLFLOW_BUCKET, PROFILES, active_profile, apply_stack_environment, stack_paths
+from stack.config import (
+    MLFLOW_BUCKET,
+    PROFILES,
+    REPO_ROOT,
+    SECRET_VARIABLES,
+    active_profile,
+    apply_stack_environment,
+    stack_environment,
+    stack_paths,
+)
 from stack.profiles import every_service, profile_named
 from stack.services import StackError, port_in_use
 
@@ -96,12 +106,35 @@ def _tools(args: argparse.Namespace) -> int:
 
 
 def _env(args: argparse.Namespace) -> int:
+    callers = dict(os.environ)
     env = apply_stack_environment(args.profile)
     keys = sorted(k for k in env if k.startswith(("AWS_", "MLFLOW_", "KAFKA_", "SPARK_", "MLOPS_", "AIRFLOW", "RAY_")))
     for key in keys:
-        print(f"export {key}='{env[key]}'")
+        if key in SECRET_VARIABLES and key in callers:
+            print(f"# {key}: yours, from this shell's environment")
+        elif key in SECRET_VARIABLES:
+            # Never the secret itself (terminals and CI logs keep what is printed): `eval` runs the lookup instead.
+            lookup = f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {shlex.quote(sys.executable)} -m stack secret"
+            print(f'export {key}="$({lookup} --profile {env["MLOPS_STACK_PROFILE"]} {key})"')
+        else:
+            print(f"export {key}={shlex.quote(env[key])}")
     print(f"export PYTHONPATH='{env['PYTHONPATH']}'")
     print(f"export PATH='{env['PATH']}'")
+    return 0
+
+
+def _secret(args: argparse.Namespace) -> int:
+    if args.name not in SECRET_VARIABLES:
+        raise StackError(
+            f"{args.name} is not one of the stack's secret variables ({', '.join(sorted(SECRET_VARIABLES))})"
+        )
+    # What `env` would give, from the caller's settings but without secrets (or the S3 key id they belong with) that an
+    # `eval` of `env` exported a moment ago: those would hide the stack's own.
+    own = {key: value for key, value in os.environ.items() if key not in {*SECRET_VARIABLES, "AWS_ACCESS_KEY_ID"}}
+    value = stack_environment(own, profile=args.profile).get(args.name)
+    if value is None:
+        raise StackError(f"{args.name} is not set in this profile's environment")
+    print(value)
     return 0
 
 
@@ -150,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("env", parents=[common], help="print the stack's environment as shell exports").set_defaults(
         func=_env
     )
+    secret = sub.add_parser("secret", parents=[common], help="print one secret variable (what `env` refers to)")
+    secret.add_argument("name")
+    secret.set_defaults(func=_secret)
     run = sub.add_parser("run", parents=[common], help="run a command in the stack's environment")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.settings import Settings
-from stack.config import REPO_ROOT, StackPaths
+from stack.config import REPO_ROOT, StackPaths, write_private
 from stack.services import StackError
 
 
@@ -78,10 +78,9 @@ def prepare_airflow_home(paths: StackPaths, env: dict[str, str], metastore_write
     slots of the `spark_metastore` pool (one for an embedded Derby metastore)."""
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     _airflow(["db", "migrate"], env)
-    connections_file = paths.run / "airflow-connections.json"
-    connections_file.parent.mkdir(parents=True, exist_ok=True)
-    connections_file.write_text(json.dumps(connections_from_environment(env), indent=2))
-    connections_file.chmod(0o600)
+    connections_file = write_private(
+        paths.run / "airflow-connections.json", json.dumps(connections_from_environment(env), indent=2)
+    )
     try:
         _airflow(["connections", "import", "--overwrite", str(connections_file)], env)
     finally:
@@ -102,7 +101,6 @@ def write_admin_password(airflow_home: Path) -> Path:
     it stays out of `.stack/logs/airflow.log`."""
     path = airflow_home / SIMPLE_AUTH_FILE
     if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(json.dumps({"admin": secrets.token_urlsafe(16)}) + "\n")
+        write_private(path, json.dumps({"admin": secrets.token_urlsafe(16)}) + "\n")
     path.chmod(0o600)
     return path

@@ -38,6 +38,7 @@ from stack.config import (
     StackPaths,
     cluster_secrets,
     postgres_url,
+    write_private,
 )
 from stack.process import Service, StackError, http_ok, port_in_use
 from stack.services import AIRFLOW, KAFKA, MLFLOW, S3, java
@@ -80,12 +81,10 @@ def _postgres_prepare(paths: StackPaths, env: dict[str, str]) -> None:
         return
     _owned_by_postgres(data_dir)
     # The superuser's password reaches initdb through a file only the server's user can read, never a command line.
-    password_file = socket_dir / "initdb.pw"  # not in the data folder: initdb wants it empty
-    password_file.write_text(cluster_secrets(paths)["postgres_password"] + "\n")
-    if os.geteuid() == 0:
+    password_file = write_private(socket_dir / "initdb.pw", cluster_secrets(paths)["postgres_password"] + "\n")
+    if os.geteuid() == 0:  # (not in the data folder: initdb wants it empty)
         user = pwd.getpwnam("postgres")
         os.chown(password_file, user.pw_uid, user.pw_gid)
-    password_file.chmod(0o600)
     initdb = [str(postgres_bin_dir() / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=scram-sha-256"]
     initdb += [f"--pwfile={password_file}", "--encoding=UTF8", "--locale=C.UTF-8"]
     try:
@@ -234,12 +233,10 @@ def _create_metastore_schema(paths: StackPaths, env: dict[str, str], folder: Pat
     """DataNucleus SchemaTool with the metastore's own package.jdo (44 tables, ~11 s)."""
     with zipfile.ZipFile(next(_pyspark_jars().glob("hive-metastore-*.jar"))) as jar:
         (folder / "package.jdo").write_bytes(jar.read("package.jdo"))
-    properties = folder / "schema.properties"
-    properties.touch(mode=0o600)
     jdo = _metastore_jdo(paths)
     lines = [f"{key}={value}" for key, value in jdo.items()]
     lines += ["datanucleus.identifierFactory=datanucleus1", "datanucleus.rdbms.useLegacyNativeValueStrategy=true"]
-    properties.write_text("\n".join(lines) + "\n")
+    properties = write_private(folder / "schema.properties", "\n".join(lines) + "\n")
     classpath = f"{_pyspark_jars()}/*:{_classpath_file(paths.postgresql_classpath_file, 'metastore')}"
     command = [java(), "-cp", classpath, "org.datanucleus.store.schema.SchemaTool", "-create", "-api", "JDO"]
     command += ["-props", str(properties), str(folder / "package.jdo")]
@@ -254,9 +251,7 @@ def _create_metastore_schema(paths: StackPaths, env: dict[str, str], folder: Pat
 def _metastore_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     folder = paths.data / "metastore"
     (folder / "conf").mkdir(parents=True, exist_ok=True)
-    site = folder / "conf" / "hive-site.xml"
-    site.touch(mode=0o600)
-    site.write_text(_hive_site(paths, env))
+    write_private(folder / "conf" / "hive-site.xml", _hive_site(paths, env))
     if not _metastore_schema_exists(paths):
         _create_metastore_schema(paths, env, folder)
 

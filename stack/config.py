@@ -113,6 +113,34 @@ class StackPaths:
         return self.root / "ray" / "auth_token"
 
 
+# Variables whose values are secrets: `python -m stack env` prints a command that reads each one instead of its value.
+SECRET_VARIABLES = frozenset(
+    {
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "RAY_AUTH_TOKEN",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",  # holds the database password
+        "MLFLOW_BACKEND_STORE_URI",
+    }
+)
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write a file that holds a secret: created (or truncated) with mode 0600 before a byte of it is written, so that
+    it is never readable by others, not even for a moment; an existing file's looser mode is tightened first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+        os.write(descriptor, text.encode())
+    finally:
+        os.close(descriptor)
+    return path
+
+
 def stack_paths() -> StackPaths:
     """The stack folder: `$MLOPS_STACK_DIR`, else `.stack/` in the repository."""
     return StackPaths(Path(os.environ.get("MLOPS_STACK_DIR", REPO_ROOT / ".stack")).resolve())
@@ -125,8 +153,7 @@ def local_credentials(paths: StackPaths) -> dict[str, str]:
         return stored
     paths.root.mkdir(parents=True, exist_ok=True)
     created = {"access_key": "mlops-" + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(30)}
-    paths.credentials_file.write_text(json.dumps(created))
-    paths.credentials_file.chmod(0o600)
+    write_private(paths.credentials_file, json.dumps(created))
     return created
 
 
@@ -159,9 +186,7 @@ def cluster_secrets(paths: StackPaths) -> dict[str, str]:
         "airflow_fernet_key": Fernet.generate_key().decode(),
         "ray_auth_token": secrets.token_hex(32),  # the format of Ray's own generator
     }
-    paths.root.mkdir(parents=True, exist_ok=True)
-    paths.cluster_secrets_file.touch(mode=0o600)
-    paths.cluster_secrets_file.write_text(json.dumps(created))
+    write_private(paths.cluster_secrets_file, json.dumps(created))
     return created
 
 
@@ -176,9 +201,7 @@ def cluster_environment(paths: StackPaths) -> dict[str, str]:
     LocalExecutor and its shared secrets, Ray's token. MLflow's database URL is given to the MLflow server only."""
     secret = cluster_secrets(paths)
     if not paths.ray_token_file.exists():
-        paths.ray_token_file.parent.mkdir(parents=True, exist_ok=True)
-        paths.ray_token_file.touch(mode=0o600)
-        paths.ray_token_file.write_text(secret["ray_auth_token"])
+        write_private(paths.ray_token_file, secret["ray_auth_token"])
     return {
         "SPARK_MASTER": f"spark://127.0.0.1:{SPARK_MASTER_PORT}",
         "MLOPS_SPARK_CORES_MAX": str(SPARK_JOB_CORES_MAX),

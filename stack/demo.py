@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from ml.settings import Settings
@@ -63,10 +64,15 @@ class AirflowApi:
             return None
 
 
-def admin_password() -> str:
+def admin_password_file() -> Path:
+    """The simple auth manager's password file (0600); the demo names it rather than printing the password."""
     from stack.airflow_home import SIMPLE_AUTH_FILE
 
-    return str(json.loads((stack_paths().airflow_home / SIMPLE_AUTH_FILE).read_text())["admin"])
+    return stack_paths().airflow_home / SIMPLE_AUTH_FILE
+
+
+def admin_password() -> str:
+    return str(json.loads(admin_password_file().read_text())["admin"])
 
 
 def wait_for_dag(api: AirflowApi, timeout_s: float = 120) -> None:
@@ -159,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2, default=str))
     print(f"""
 Where to look:
-  Airflow UI        {AIRFLOW}  (user admin, password {admin_password()})
+  Airflow UI        {AIRFLOW}  (user admin, password in {admin_password_file()}, readable by you only)
   tuning report     {AIRFLOW}/mlops/tuning-report?run_id={run_id}
   MLflow            http://127.0.0.1:5000  (experiment {args.dataset}, model {args.dataset}-{task})
   object store      http://127.0.0.1:9001  (versitygw console; keys in .stack/credentials.json)

@@ -316,6 +316,9 @@ def publish_event(
             kafka,
             client_id="mlops-events-sync",
             acks="all",
+            # Explicit, not kafka-python's default: a retried send is never written twice, and a setting that would
+            # silently turn that off raises instead.
+            enable_idempotence=True,
             bootstrap_timeout_ms=timeout_ms,
             max_block_ms=timeout_ms,
             request_timeout_ms=timeout_ms,

@@ -259,3 +259,23 @@ def test_the_local_profile_has_no_cluster_settings(stack_dir: StackPaths) -> Non
     settings = Settings.from_env(env)
     assert settings.spark.metastore_dir == str(stack_dir.data / "hive") and settings.spark.metastore_uri is None
     assert not stack_dir.cluster_secrets_file.exists() and not stack_dir.ray_token_file.exists()
+
+
+def test_write_private_never_lets_others_read_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stack import config
+
+    modes: list[int] = []
+    real_write = os.write
+
+    def write(descriptor: int, data: bytes) -> int:
+        modes.append(stat.S_IMODE(os.fstat(descriptor).st_mode))  # the mode when the first byte is written
+        return real_write(descriptor, data)
+
+    monkeypatch.setattr(config.os, "write", write)
+    loose = tmp_path / "secret.json"
+    loose.write_text("old")
+    loose.chmod(0o644)  # a file left readable by an older version is tightened before it is rewritten
+    for path in (tmp_path / "new" / "secret.json", loose):
+        config.write_private(path, "s3cret")
+        assert path.read_text() == "s3cret" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert modes == [0o600, 0o600]

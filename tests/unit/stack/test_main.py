@@ -5,7 +5,9 @@ process, with the services and the stack environment faked so that nothing start
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -32,15 +34,56 @@ def _stack(stack_dir: StackPaths, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
+def _exports(stdout: str) -> dict[str, str]:
+    lines = [line for line in stdout.splitlines() if line.startswith("export ")]
+    return {key: shlex.split(value)[0] for key, value in (line.removeprefix("export ").split("=", 1) for line in lines)}
+
+
 def test_env_prints_the_stack_environment_as_exports(stack_dir: StackPaths) -> None:
     result = _stack(stack_dir, "env")
     assert result.returncode == 0, result.stderr
-    exports = dict(line.removeprefix("export ").split("=", 1) for line in result.stdout.splitlines())
-    assert exports["KAFKA_BOOTSTRAP_SERVERS"] == "'broker.example:9092'", "what is set wins"
-    assert exports["MLFLOW_TRACKING_URI"] == "'http://127.0.0.1:5000'"
-    assert exports["MLOPS_STACK_DIR"] == f"'{stack_dir.root}'"
+    exports = _exports(result.stdout)
+    assert exports["KAFKA_BOOTSTRAP_SERVERS"] == "broker.example:9092", "what is set wins"
+    assert exports["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert exports["MLOPS_STACK_DIR"] == str(stack_dir.root)
     assert str(REPO_ROOT / "plugins") in exports["PYTHONPATH"]
     assert not stack_dir.credentials_file.exists()
+    # the caller's own secret stays in the caller's shell: not printed again
+    assert GIVEN_KEY not in result.stdout and "AWS_SECRET_ACCESS_KEY" not in exports
+
+
+def test_env_never_prints_a_generated_secret_and_its_eval_still_sets_it(stack_dir: StackPaths) -> None:
+    """Terminals and CI logs keep what is printed: `env` prints a lookup for each secret; `eval` runs it."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    env["MLOPS_STACK_DIR"] = str(stack_dir.root)
+    printed = subprocess.run(
+        [sys.executable, "-m", "stack", "env", "--profile", "cluster"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert printed.returncode == 0, printed.stderr
+    generated = json.loads(stack_dir.credentials_file.read_text())["secret_key"]
+    secrets = json.loads(stack_dir.cluster_secrets_file.read_text())
+    for value in (
+        generated,
+        secrets["airflow_fernet_key"],
+        secrets["airflow_jwt_secret"],
+        secrets["airflow_db_password"],
+    ):
+        assert value not in printed.stdout
+    script = printed.stdout + '\nprintf \'%s\\n\' "$AWS_SECRET_ACCESS_KEY" "$AIRFLOW__CORE__FERNET_KEY"\n'
+    evaluated = subprocess.run(
+        ["bash", "-c", script], cwd="/", env=env, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert evaluated.stdout.split() == [generated, secrets["airflow_fernet_key"]]
+
+
+def test_secret_prints_only_secret_variables(stack_dir: StackPaths) -> None:
+    result = _stack(stack_dir, "secret", "KAFKA_BOOTSTRAP_SERVERS")
+    assert result.returncode == 1 and "not one of the stack's secret variables" in result.stderr
 
 
 def test_run_gives_a_command_the_stack_environment(stack_dir: StackPaths) -> None:
@@ -210,7 +253,7 @@ def test_status_of_the_cluster_profile_names_it_and_probes_nothing_stopped(
     assert "airflow" not in states, "the local profile's `airflow standalone` is not the cluster's"
 
 
-@pytest.mark.parametrize("verb", ["up", "down", "status", "tools", "env", "run"])
+@pytest.mark.parametrize("verb", ["up", "down", "status", "tools", "env", "secret", "run"])
 def test_every_verb_takes_the_profile_after_it(verb: str, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[argparse.Namespace] = []
 
@@ -219,7 +262,7 @@ def test_every_verb_takes_the_profile_after_it(verb: str, monkeypatch: pytest.Mo
         return 0
 
     monkeypatch.setattr(stack_main, f"_{verb}", record)
-    rest = ["--", "true"] if verb == "run" else []
+    rest = {"run": ["--", "true"], "secret": ["AWS_SECRET_ACCESS_KEY"]}.get(verb, [])
     assert stack_main.main([verb, "--profile", "cluster", *rest]) == 0
     [args] = seen
     assert args.profile == "cluster"

@@ -227,7 +227,7 @@ BAD_INPUTS: dict[str, tuple[dict[str, bytes], str]] = {
     ),
     "non_numeric_over_threshold": (
         {"data.csv": _bad_share_csv()},
-        r"FILE: column 'x' is numeric but 5 of 100 values are not numbers \(e\.g\. 'n\.a\.'\), over the allowed",
+        r"FILE: column 'x' is numeric but 5 of 100 values are not numbers \(the first in row 96\), over the allowed",
     ),
     "single_class": (
         {"data.csv": b"x,target\n1,yes\n2,yes\n3,\n"},

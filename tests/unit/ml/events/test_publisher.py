@@ -357,6 +357,8 @@ def test_publish_event_sends_one_validated_event_and_waits(monkeypatch: pytest.M
     assert envelope["dag_run_id"] == "r" and producer.closed == [3]
     [(kafka, kw)] = options
     assert kafka == KAFKA and kw["acks"] == "all" and kw["bootstrap_timeout_ms"] == 3000
+    # the producer's own retries never write an event twice (and a setting that would disable that raises instead)
+    assert kw["enable_idempotence"] is True
     validate_envelope(envelope, PIPELINE_EVENTS)
 
 
