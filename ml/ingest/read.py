@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import zlib
@@ -14,6 +13,12 @@ SUPPORTED = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "par
 # The longest CSV row accepted (pyarrow's parse block; its default of 1 MiB refuses long texts). A longer row is
 # almost always a broken file (an unclosed quote swallows the rest of it), and Spark would hold it in one value.
 MAX_ROW_BYTES = 16 * 1024**2
+# One object is read whole into the worker's memory, and a gzipped one decompressed there: bounds that keep a worker
+# alive whatever the raw bucket holds (a gzip bomb of a few MB expands to terabytes). Larger data: split it into
+# several objects (ingest reads them in parallel) or keep it as Parquet.
+MAX_OBJECT_BYTES = 2 * 1024**3
+MAX_DECOMPRESSED_BYTES = 4 * 1024**3
+_GUNZIP_STEP = 64 * 1024**2
 
 
 def format_of(key: str) -> str | None:
@@ -32,6 +37,12 @@ def source_objects(raw: S3Uri, client: Any) -> list[dict[str, Any]]:
     empty = [obj["Key"] for obj in listed if format_of(obj["Key"]) and obj["Size"] == 0]
     if empty:
         raise DataError(f"s3://{raw.bucket}/{empty[0]}: the file is empty (0 bytes)")
+    large = [obj for obj in objects if obj["Size"] > MAX_OBJECT_BYTES]
+    if large:
+        raise DataError(
+            f"s3://{raw.bucket}/{large[0]['Key']}: {large[0]['Size']} bytes, over the limit of "
+            f"{MAX_OBJECT_BYTES // 1024**3} GiB for one object: split it into several objects under the prefix"
+        )
     if not objects:
         raise DataError(f"{raw}: no CSV or Parquet object found (looked for {', '.join(SUPPORTED)})")
     return sorted(objects, key=lambda obj: obj["Key"])
@@ -49,6 +60,29 @@ def content_hash(raw: S3Uri, objects: list[dict[str, Any]], target: str = "", ta
     return digest.hexdigest()[:16]
 
 
+def gunzip_bounded(body: bytes, where: str, limit: int | None = None) -> bytes:
+    """Decompress gzip data (several members too, as `gzip.decompress` does), step by step, and stop with a DataError
+    as soon as the output passes `limit` (default MAX_DECOMPRESSED_BYTES): a bomb never gets the memory it asks for."""
+    limit = MAX_DECOMPRESSED_BYTES if limit is None else limit
+    out = bytearray()
+    remaining = body
+    while remaining:
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        data = remaining
+        while data and not inflater.eof:
+            out += inflater.decompress(data, _GUNZIP_STEP)
+            data = inflater.unconsumed_tail
+            if len(out) > limit:
+                raise DataError(
+                    f"{where}: decompresses to more than {limit} bytes, the limit for one object (a compression bomb, "
+                    "or a file to split into several objects)"
+                )
+        if not inflater.eof:
+            raise DataError(f"{where}: not a readable CSV file (the gzip data ends early)")
+        remaining = inflater.unused_data.lstrip(b"\0")  # the next member, if any (trailing zero padding is allowed)
+    return bytes(out)
+
+
 def read_table(body: bytes, fmt: str, where: str) -> Any:
     """Parse one object with pyarrow; errors name the object."""
     import pyarrow as pa
@@ -60,7 +94,7 @@ def read_table(body: bytes, fmt: str, where: str) -> Any:
         if fmt == "parquet":
             return pq.read_table(io.BytesIO(body))
         if where.lower().endswith(".gz"):
-            body = gzip.decompress(body)
+            body = gunzip_bounded(body, where)
         table = pacsv.read_csv(
             pa.py_buffer(body),
             read_options=pacsv.ReadOptions(block_size=MAX_ROW_BYTES),

@@ -45,6 +45,28 @@ def test_gzipped_csv() -> None:
     assert parsed.num_rows == 2
 
 
+def test_a_gzip_bomb_stops_at_the_limit_without_getting_the_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ml.ingest.read
+
+    bomb = gzip.compress(b"0" * (64 * 1024**2))  # 64 MiB of zeros in ~64 KiB
+    monkeypatch.setattr(ml.ingest.read, "MAX_DECOMPRESSED_BYTES", 8 * 1024**2)
+    monkeypatch.setattr(ml.ingest.read, "_GUNZIP_STEP", 1024**2)
+    with pytest.raises(DataError, match=r"s3://raw/bomb\.csv\.gz: decompresses to more than 8388608 bytes"):
+        read_table(bomb, "csv", "s3://raw/bomb.csv.gz")
+
+
+def test_gunzip_reads_every_member_and_refuses_a_truncated_stream() -> None:
+    from ml.ingest.read import gunzip_bounded
+
+    two_members = gzip.compress(b"a,y\n1,u\n") + gzip.compress(b"2,v\n")
+    assert gunzip_bounded(two_members, WHERE) == gzip.decompress(two_members) == b"a,y\n1,u\n2,v\n"
+    assert gunzip_bounded(two_members, WHERE, limit=12) == b"a,y\n1,u\n2,v\n"  # exactly the limit is fine
+    with pytest.raises(DataError, match="decompresses to more than 11 bytes"):
+        gunzip_bounded(two_members, WHERE, limit=11)
+    with pytest.raises(DataError, match="gzip data ends early"):
+        gunzip_bounded(gzip.compress(b"a,y\n" * 1000)[:-20], WHERE)
+
+
 def test_parquet_keeps_its_types() -> None:
     buffer = io.BytesIO()
     pq.write_table(pa.table({"x": [1.5, None], "flag": [True, False], "y": ["a", "b"]}), buffer)
@@ -152,6 +174,18 @@ def test_source_objects_under_a_prefix(client: Any) -> None:
     listed = source_objects(S3Uri.parse("s3://raw/toy/a.csv"), client)[0]
     assert {"Key", "ETag", "Size"} <= set(listed)
     assert len(source_objects(S3Uri.parse("s3://raw"), client)) == 5
+
+
+def test_an_object_over_the_size_limit_is_refused_before_it_is_read(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.ingest.read
+
+    put(client, "toy/a.csv", b"a,y\n1,u\n")
+    put(client, "toy/b.csv", b"a,y\n" + b"1,u\n" * 100)
+    monkeypatch.setattr(ml.ingest.read, "MAX_OBJECT_BYTES", 100)
+    with pytest.raises(DataError, match=r"s3://raw/toy/b\.csv: 404 bytes, over the limit .* split it"):
+        source_objects(S3Uri.parse("s3://raw/toy/"), client)
 
 
 def test_an_empty_data_file_is_an_error(client: Any) -> None:
