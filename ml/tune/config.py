@@ -88,10 +88,13 @@ class SearchConfig:
             raise ValueError("dataset and snapshot_id are required")
 
     @classmethod
-    def create(cls, *, search_space: Any = None, s3: S3Settings | None = None, **values: Any) -> SearchConfig:
+    def create(
+        cls, *, search_space: Any = None, s3: S3Settings | None = None, allow_local_files: bool = True, **values: Any
+    ) -> SearchConfig:
         """Like the constructor, with `search_space` in any form `resolve_search_space` takes (None: the default;
-        an s3:// URI is read with `s3`)."""
-        return cls(search_space=resolve_search_space(search_space, s3), **values)
+        an s3:// URI is read with `s3`; a local file only with `allow_local_files`)."""
+        space = resolve_search_space(search_space, s3, allow_local_files=allow_local_files)
+        return cls(search_space=space, **values)
 
     def resolved_features_uri(self, lake: LakeSettings) -> S3Uri:
         if self.features_uri:

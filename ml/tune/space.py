@@ -36,14 +36,27 @@ _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
 _INT_DISTRIBUTIONS = ("randint", "qrandint", "lograndint")
 _FLOAT_DISTRIBUTIONS = ("uniform", "quniform", "loguniform")
 
+# Upper bounds on the sizes a search space may ask for: a trial's memory grows with them (hidden_size^2 x num_layers
+# weights, batch_size rows at once), and a DAG param must not be able to take a worker down.
+MAX_BATCH_SIZE = 65_536
+MAX_NUM_LAYERS = 32
+MAX_HIDDEN_SIZE = 8_192
+# A search space file is a few hundred bytes; anything much larger is not one (and is not read whole).
+MAX_SEARCH_SPACE_BYTES = 64 * 1024
+
+
+def _in_range(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda v: None if low <= v <= high else f"must be in [{low}, {high}]"
+
+
 # What each hyper-parameter accepts: its kind and a check of one value (None when fine, else the reason).
 _PARAM_RULES: dict[str, tuple[str, Callable[[Any], str | None]]] = {
     "lr": ("float", lambda v: None if v > 0 else "must be > 0"),
     "weight_decay": ("float", lambda v: None if v >= 0 else "must be >= 0"),
     "dropout": ("float", lambda v: None if 0 <= v <= 1 else "must be in [0, 1)"),
-    "batch_size": ("int", lambda v: None if v >= 1 else "must be >= 1"),
-    "num_layers": ("int", lambda v: None if v >= 0 else "must be >= 0"),
-    "hidden_size": ("int", lambda v: None if v >= 1 else "must be >= 1"),
+    "batch_size": ("int", _in_range(1, MAX_BATCH_SIZE)),
+    "num_layers": ("int", _in_range(0, MAX_NUM_LAYERS)),
+    "hidden_size": ("int", _in_range(1, MAX_HIDDEN_SIZE)),
     "norm": ("category", lambda v: None if v in NORMS else f"must be one of {list(NORMS)}"),
     "activation": ("category", lambda v: None if v in ACTIVATIONS else f"must be one of {list(ACTIVATIONS)}"),
 }
@@ -58,7 +71,10 @@ def validate_search_space(space: Any) -> dict[str, dict[str, Any]]:
     a bare value is a constant. Raises ValueError naming the offending key.
     """
     if not isinstance(space, Mapping) or not space:
-        raise ValueError(f"search space must be a non-empty mapping of hyper-parameter -> distribution, got {space!r}")
+        # The type only, never the value: it may be the content of whatever file a param pointed at.
+        raise ValueError(
+            f"search space must be a non-empty mapping of hyper-parameter -> distribution, got {type(space).__name__}"
+        )
     normalised: dict[str, dict[str, Any]] = {}
     for key, entry in space.items():
         if key not in _PARAM_RULES:
@@ -158,7 +174,8 @@ S3Source = S3Settings | Callable[[], S3Settings] | None
 
 
 def load_search_space(source: str | Path, s3: S3Source = None) -> dict[str, Any]:
-    """Read a search space from a JSON or YAML file (a local path, or an s3:// URI read with `s3`) and validate it."""
+    """Read a search space from a JSON or YAML file (a local path, or an s3:// URI read with `s3`) and validate it.
+    Files over MAX_SEARCH_SPACE_BYTES are refused unread, and parse errors give a position, never the content."""
     text_source = str(source)
     if text_source.startswith(("s3://", "s3a://")):
         from ml.clients import s3_client
@@ -167,15 +184,15 @@ def load_search_space(source: str | Path, s3: S3Source = None) -> dict[str, Any]
             raise ValueError(f"search space {text_source}: reading from S3 needs S3 settings")
         uri = S3Uri.parse(text_source)
         client = s3_client(s3() if callable(s3) else s3)
-        text = client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode()
+        size = int(client.head_object(Bucket=uri.bucket, Key=uri.key)["ContentLength"])
+        _check_size(text_source, size)
+        raw = client.get_object(Bucket=uri.bucket, Key=uri.key, Range=f"bytes=0-{MAX_SEARCH_SPACE_BYTES}")
+        body: bytes = raw["Body"].read()
     else:
-        text = Path(source).read_text()
-    if text_source.endswith((".yaml", ".yml")):
-        import yaml
-
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+        _check_size(text_source, Path(source).stat().st_size)
+        body = Path(source).read_bytes()
+    _check_size(text_source, len(body))  # (it may have grown since)
+    data = _parse(body, text_source)
     try:
         validate_search_space(data)
     except ValueError as error:
@@ -183,10 +200,40 @@ def load_search_space(source: str | Path, s3: S3Source = None) -> dict[str, Any]
     return dict(data)
 
 
-def resolve_search_space(value: Any, s3: S3Source = None) -> dict[str, Any]:
+def _check_size(where: str, size: int) -> None:
+    if size > MAX_SEARCH_SPACE_BYTES:
+        raise ValueError(
+            f"search space {where}: {size} bytes, over the {MAX_SEARCH_SPACE_BYTES} a search space may have"
+        )
+
+
+def _parse(body: bytes, where: str) -> Any:
+    """JSON or YAML (by the file's suffix); an error says where in the file, not what is there."""
+    try:
+        text = body.decode()
+        if where.endswith((".yaml", ".yml")):
+            import yaml
+
+            try:
+                return yaml.safe_load(text)
+            except yaml.MarkedYAMLError as error:
+                mark = error.problem_mark
+                at = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "an unknown place"
+                raise ValueError(f"search space {where}: not valid YAML ({error.problem or 'error'} at {at})") from None
+            except yaml.YAMLError:
+                raise ValueError(f"search space {where}: not valid YAML") from None
+        return json.loads(text)
+    except UnicodeDecodeError as error:
+        raise ValueError(f"search space {where}: not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"search space {where}: not valid JSON ({error.msg} at line {error.lineno})") from None
+
+
+def resolve_search_space(value: Any, s3: S3Source = None, *, allow_local_files: bool = True) -> dict[str, Any]:
     """A search space from what a DAG param or CLI gives: None (the default), a mapping, a JSON string, the name of a
     shipped space (`default`, `small`: ml/search_spaces/NAME.json), or a JSON/YAML file path or s3:// URI (read with
-    `s3`)."""
+    `s3`). `allow_local_files=False` (Airflow's DAG params) refuses paths on the worker's disk: whoever triggers a run
+    must not be able to make the worker read its files."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return default_search_space()
     if isinstance(value, Mapping):
@@ -205,8 +252,10 @@ def resolve_search_space(value: Any, s3: S3Source = None) -> dict[str, Any]:
     shipped = SEARCH_SPACES_DIR / f"{text}.json"
     if re.fullmatch(r"[A-Za-z0-9_-]+", text) and shipped.is_file():
         return load_search_space(shipped)
+    names = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.json"))
+    if not text.startswith(("s3://", "s3a://")) and not allow_local_files:
+        raise ValueError(f"search space {text!r} is neither JSON, a shipped space {names}, nor an s3:// URI")
     if not text.startswith(("s3://", "s3a://")) and not Path(text).is_file():
-        names = sorted(p.stem for p in SEARCH_SPACES_DIR.glob("*.json"))
         raise ValueError(f"search space {text!r} is neither JSON, a shipped space {names}, nor an existing file")
     return load_search_space(text, s3)
 

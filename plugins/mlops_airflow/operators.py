@@ -208,6 +208,7 @@ class RayTuneOperator(BaseOperator):
             snapshot_id=str(self.snapshot_id),
             run_name=run_id,
             search_space=self.search_space,
+            allow_local_files=False,  # a DAG param never makes the worker read its own files
             num_samples=int(self.num_samples),
             max_concurrent_trials=int(self.max_concurrent_trials),
             max_epochs=int(self.max_epochs),

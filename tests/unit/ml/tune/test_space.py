@@ -85,13 +85,16 @@ def test_bare_values_are_normalised_to_constants() -> None:
         ({"hidden_size": {"type": "choice", "values": 32}}, "hidden_size", "non-empty list"),
         ({"hidden_size": {"type": "uniform", "low": 8, "high": 64}}, "hidden_size", "integer hyper-parameter"),
         ({"hidden_size": {"type": "choice", "values": [32, "64"]}}, "hidden_size", "'64'"),
-        ({"hidden_size": {"type": "lograndint", "low": 0, "high": 64}}, "hidden_size", "must be >= 1"),
+        ({"hidden_size": {"type": "lograndint", "low": 0, "high": 64}}, "hidden_size", r"must be in \[1, 8192\]"),
+        ({"hidden_size": {"type": "choice", "values": [64, 10**9]}}, "hidden_size", r"must be in \[1, 8192\]"),
+        ({"batch_size": {"type": "randint", "low": 1, "high": 2**40}}, "batch_size", r"must be in \[1, 65536\]"),
+        ({"num_layers": 1000}, "num_layers", r"must be in \[0, 32\]"),
         ({"batch_size": {"type": "choice", "values": [True, 64]}}, "batch_size", "True"),
         ({"norm": {"type": "choice", "values": ["batch", "group"]}}, "norm", "'group'"),
         ({"activation": {"type": "uniform", "low": 0, "high": 1}}, "activation", "categorical"),
         ({"activation": 3}, "activation", "not a valid category"),
         ({"num_layers": {"type": "randint", "low": 1.5, "high": 4}}, "num_layers", "1.5"),
-        ({"num_layers": -1}, "num_layers", "must be >= 0"),
+        ({"num_layers": -1}, "num_layers", r"must be in \[0, 32\]"),
         ({"lr": "fast"}, "lr", "'fast'"),
     ],
 )
@@ -130,6 +133,43 @@ def test_search_space_from_yaml_and_json(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("lr:\n  type: loguniform\n  low: -1\n  high: 0.1\n")
     with pytest.raises(ValueError, match=r"bad\.yaml: search space 'lr'"):
         load_search_space(tmp_path / "bad.yaml")
+
+
+def test_a_file_that_is_not_a_search_space_is_never_echoed(tmp_path: Path) -> None:
+    """Errors reach task logs and Kafka events: they say where a file is wrong, never what it holds."""
+    secret = "root:x:0:0:s3cret-value:/root:/bin/bash"
+    for name, body in {
+        "passwd.json": f"{secret}\n",
+        "passwd.yaml": f"{secret}\nsecond: [unclosed\n",
+        "plain.yaml": f"{secret}\n",  # YAML reads this as one string
+        "bytes.json": b"\xff\xfe" + secret.encode(),
+    }.items():
+        path = tmp_path / name
+        path.write_bytes(body if isinstance(body, bytes) else body.encode())
+        with pytest.raises(ValueError) as caught:
+            load_search_space(path)
+        assert "s3cret" not in str(caught.value) and str(path) in str(caught.value), str(caught.value)
+
+
+def test_a_search_space_file_over_the_size_limit_is_refused_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"lr": 0.01, "padding": "x" * 70_000}))
+    with pytest.raises(ValueError, match=r"big\.json: \d+ bytes, over the 65536"):
+        load_search_space(big)
+    with in_memory_s3("lake") as client:
+        client.put_object(Bucket="lake", Key="spaces/big.json", Body=big.read_bytes())
+        with pytest.raises(ValueError, match=r"s3://lake/spaces/big\.json: \d+ bytes, over the 65536"):
+            load_search_space("s3://lake/spaces/big.json", IN_MEMORY_S3)
+
+
+def test_airflow_params_cannot_point_at_the_workers_files(tmp_path: Path) -> None:
+    local = tmp_path / "space.json"
+    local.write_text(json.dumps({"lr": 0.01}))
+    assert resolve_search_space(str(local)) == {"lr": 0.01}  # the CLI may
+    for value in (str(local), "/etc/passwd", "../ml/search_spaces/small.json"):
+        with pytest.raises(ValueError, match="nor an s3:// URI"):
+            resolve_search_space(value, allow_local_files=False)
+    assert resolve_search_space("small", allow_local_files=False) == load_search_space(SEARCH_SPACES_DIR / "small.json")
 
 
 def test_search_space_from_s3() -> None:

@@ -517,6 +517,17 @@ def test_ray_tune_operator_uses_the_ray_connection_and_a_given_space(
     assert config.search_space["num_layers"] == space["num_layers"]
 
 
+def test_ray_tune_operator_never_reads_a_file_of_the_worker(
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]], tmp_path: Path
+) -> None:
+    local = tmp_path / "space.json"
+    local.write_text('{"lr": 0.01}')
+    connections("aws_default", "mlflow_default", "kafka_default")
+    with pytest.raises(ValueError, match="nor an s3:// URI"):
+        _tune_operator(search_space=str(local)).execute({"run_id": RUN_ID})
+    assert searches == []
+
+
 def test_ray_tune_operator_passes_the_clusters_token_in_the_settings_only(
     connections: Define, searches: list[tuple[Any, dict[str, Any]]]
 ) -> None:
