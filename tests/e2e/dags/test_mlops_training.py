@@ -16,6 +16,8 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
+import pytest
+
 from ml.settings import Settings
 from stack.demo import AIRFLOW, DAG_ID, AirflowApi, follow, trigger, trigger_and_follow
 from tests.e2e.conftest import MAX_EPOCHS, NUM_SAMPLES
@@ -174,10 +176,15 @@ def test_kafka_topics_carry_schema_valid_events(
 
 
 def test_tuning_report_page_lists_the_trials(airflow_api: AirflowApi, first_run: dict[str, Any]) -> None:
+    import urllib.error
     import urllib.request
 
     url = f"{AIRFLOW}/mlops/tuning-report?run_id={quote(first_run['run_id'])}"
-    with urllib.request.urlopen(url, timeout=30) as response:
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=30)
+    assert refused.value.code == 401, "the report is behind Airflow's login"
+    request = urllib.request.Request(url, headers={"Authorization": airflow_api.headers["Authorization"]})
+    with urllib.request.urlopen(request, timeout=30) as response:
         page = response.read().decode()
     assert page.count("<tr>") == NUM_SAMPLES + 1  # header + one row per trial
     assert "<svg" in page and "Learning curves" in page

@@ -63,13 +63,45 @@ def tracking(connections: Define, monkeypatch: pytest.MonkeyPatch) -> FakeTracki
     return fake
 
 
+class FakeAuthManager:
+    """Airflow's auth manager as the report's dependency sees it: tokens name users, a user may read some DAGs."""
+
+    def __init__(self) -> None:
+        self.users = {"reader-token": "reader", "stranger-token": "stranger"}
+        self.readable = {"reader": {"mlops_training"}}
+        self.asked: list[tuple[str, str, str | None]] = []
+
+    async def get_user_from_token(self, token: str) -> Any:
+        from jwt import InvalidTokenError
+
+        if token not in self.users:
+            raise InvalidTokenError("bad signature")
+        return SimpleNamespace(name=self.users[token])
+
+    def is_authorized_dag(self, *, method: str, access_entity: Any, details: Any, user: Any) -> bool:
+        self.asked.append((user.name, method, details.id))
+        return details.id in self.readable.get(user.name, set())
+
+
 @pytest.fixture
-def report_client() -> Any:
+def auth(monkeypatch: pytest.MonkeyPatch) -> FakeAuthManager:
+    import airflow.api_fastapi.core_api.security as security
+    from airflow.models.dag import DagModel
+
+    fake = FakeAuthManager()
+    monkeypatch.setattr(security, "get_auth_manager", lambda: fake)
+    monkeypatch.setattr(DagModel, "get_team_name", staticmethod(lambda dag_id, **kw: None))  # no teams here
+    return fake
+
+
+@pytest.fixture
+def report_client(auth: FakeAuthManager) -> Any:
+    """The report app, called as the `reader` user (a Bearer token, as Airflow's REST API takes it)."""
     from fastapi.testclient import TestClient
 
     from mlops_airflow.plugin import _report_app
 
-    return TestClient(_report_app())
+    return TestClient(_report_app(), headers={"Authorization": "Bearer reader-token"})
 
 
 def test_the_plugin_registers_the_link_and_the_report_app() -> None:
@@ -101,6 +133,26 @@ def test_the_tuning_report_shows_the_trials_of_the_run(tracking: FakeTracking, r
 def test_the_tuning_report_of_an_unknown_run_says_so(tracking: FakeTracking, report_client: Any) -> None:
     page = report_client.get("/tuning-report", params={"run_id": "manual__never"}).text
     assert "No tuning run found for this DAG run" in page and "<table" not in page
+
+
+def test_the_tuning_report_is_behind_airflows_login_and_dag_access(
+    tracking: FakeTracking, auth: FakeAuthManager
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlops_airflow.plugin import _report_app
+
+    client = TestClient(_report_app())
+    query = {"run_id": RUN_ID, "dag_id": "mlops_training"}
+    assert client.get("/tuning-report", params=query).status_code == 401  # no token at all
+    assert client.get("/tuning-report", params=query, headers={"Authorization": "Bearer forged"}).status_code == 403
+    stranger = {"Authorization": "Bearer stranger-token"}
+    assert client.get("/tuning-report", params=query, headers=stranger).status_code == 403
+    # the UI's session cookie works as the Bearer header does
+    client.cookies.set("_token", "reader-token")
+    assert client.get("/tuning-report", params=query).status_code == 200
+    assert ("stranger", "GET", "mlops_training") in auth.asked and ("reader", "GET", "mlops_training") in auth.asked
+    assert tracking.queries and len(tracking.built_for) == 1, "MLflow is asked only for the authorized request"
 
 
 def test_the_tuning_report_needs_a_run_id(report_client: Any) -> None:
