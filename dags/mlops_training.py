@@ -25,6 +25,14 @@ from mlops_airflow.operators import (
     SkipIfModelExistsOperator,
 )
 
+# Native rendering (render_template_as_native_obj) passes a rendered string through ast.literal_eval, so a plain
+# "{{ params.target }}" would turn a column named "0x10" into 16 and a dataset "True" into a bool. The names are
+# rendered as their Python repr, which literal_eval turns back into exactly the string given.
+DATASET = "{{ '%r' | format(params.dataset) }}"
+TARGET = "{{ '%r' | format(params.target) }}"
+# MLflow's artifact bucket (the stack's MLOPS_MLFLOW_BUCKET), which raw data must not come from, like the lake's.
+MLFLOW_BUCKET_TEMPLATE = "{{ var.value.get('mlops_mlflow_bucket', 'mlflow') }}"
+
 default_args = {
     "owner": "mlops",
     "retries": 2,
@@ -36,20 +44,32 @@ default_args = {
     "on_failure_callback": callbacks.task_failed,
 }
 
+# The name patterns are ml.ingest.config's *_PATTERN (the DAG file imports no `ml` at parse time; a unit test checks
+# that they agree), anchored with `(?!\n)$`: jsonschema searches with Python's `re`, where a bare `$` also matches
+# before a trailing newline; `\Z` would do in Python but is not ECMA-262 (JSON Schema's regex dialect, which
+# validators outside Python, such as a browser's, use).
 params = {
     "raw_uri": Param(
         "s3://raw/penguins/",
         type="string",
-        pattern=r"^s3a?://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?$",
-        description="Raw CSV/Parquet object or prefix in S3",
+        pattern=r"^s3a?://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/[^\x00-\x1f\x7f]*)?(?!\n)$",
+        description="Raw CSV/Parquet object or prefix in S3 (not in the lake's or MLflow's bucket)",
     ),
     "dataset": Param(
         "penguins",
         type="string",
-        pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,62}$",
+        maxLength=63,
+        pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,62}(?!\n)$",
         description="Dataset name: lake prefix, Hive table, registered model",
     ),
-    "target": Param("species", type="string", minLength=1, description="Column to predict"),
+    "target": Param(
+        "species",
+        type="string",
+        minLength=1,
+        maxLength=128,
+        pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]{1,128}(?!\n)$",
+        description="Column to predict (no control characters or line breaks)",
+    ),
     "task": Param("classification", enum=["classification", "regression"]),
     "search_space": Param(
         None,
@@ -87,13 +107,25 @@ params = {
 )
 def mlops_training() -> None:
     @task(retries=0)
-    def validate_params(**context: object) -> dict[str, object]:
-        """Fail at once, with a clear message, on params that the schema alone cannot check."""
+    def validate_params(lake_bucket: object, mlflow_bucket: object, **context: object) -> dict[str, object]:
+        """Fail at once, with a clear message, on params that the schema alone cannot check (raw data from the
+        pipeline's own buckets), and check the names again with ml's rule (the same as the schemas' patterns)."""
+        from ml.ingest.config import check_ingest_names
         from ml.tune.space import resolve_search_space
         from mlops_airflow.hooks import s3_settings
 
         p = context["params"]  # type: ignore[index]
-        space = resolve_search_space(p["search_space"], lambda: s3_settings("aws_default"))  # type: ignore[index]
+        check_ingest_names(
+            p["raw_uri"],  # type: ignore[index]
+            p["dataset"],  # type: ignore[index]
+            p["target"],  # type: ignore[index]
+            forbidden_buckets=(str(lake_bucket), str(mlflow_bucket)),  # native rendering may make "123" an int
+        )
+        space = resolve_search_space(  # never a file of the worker's: whoever triggers a run must not read those
+            p["search_space"],  # type: ignore[index]
+            lambda: s3_settings("aws_default"),
+            allow_local_files=False,
+        )
         if p["max_concurrent_trials"] > p["num_samples"]:  # type: ignore[index]
             raise ValueError("max_concurrent_trials cannot exceed num_samples")
         return {"dataset": p["dataset"], "search_space_keys": sorted(space)}  # type: ignore[index]
@@ -110,15 +142,15 @@ def mlops_training() -> None:
     ingest_raw_data = IngestOperator(
         task_id="ingest_raw_data",
         raw_uri="{{ params.raw_uri }}",
-        dataset="{{ params.dataset }}",
-        target="{{ params.target }}",
+        dataset=DATASET,
+        target=TARGET,
         ml_task="{{ params.task }}",
         lake_bucket=LAKE_BUCKET_TEMPLATE,
     )
     snapshot_id = ingest_raw_data.output["snapshot_id"]
     check_for_existing_model = SkipIfModelExistsOperator(
         task_id="check_for_existing_model",
-        dataset="{{ params.dataset }}",
+        dataset=DATASET,
         snapshot_id=snapshot_id,
         ml_task="{{ params.task }}",
         force="{{ params.force_retrain }}",
@@ -127,7 +159,7 @@ def mlops_training() -> None:
     )
     preprocess_with_spark = FeaturePreprocessOperator(
         task_id="preprocess_with_spark",
-        dataset="{{ params.dataset }}",
+        dataset=DATASET,
         snapshot_id=snapshot_id,
         lake_bucket=LAKE_BUCKET_TEMPLATE,
         conn_id="spark_default",
@@ -136,7 +168,7 @@ def mlops_training() -> None:
     )
     tune_models = RayTuneOperator(
         task_id="tune_models",
-        dataset="{{ params.dataset }}",
+        dataset=DATASET,
         snapshot_id=snapshot_id,
         lake_bucket=LAKE_BUCKET_TEMPLATE,
         search_space="{{ params.search_space }}",
@@ -163,7 +195,8 @@ def mlops_training() -> None:
         trigger_rule="none_failed_min_one_success",
     )
 
-    validate_params() >> wait_for_raw_data >> ingest_raw_data >> check_for_existing_model
+    checked = validate_params(lake_bucket=LAKE_BUCKET_TEMPLATE, mlflow_bucket=MLFLOW_BUCKET_TEMPLATE)
+    checked >> wait_for_raw_data >> ingest_raw_data >> check_for_existing_model
     check_for_existing_model >> preprocess_with_spark >> tune_models >> register_best_model >> publish_run_summary
     check_for_existing_model >> reuse_existing_model >> publish_run_summary
 

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from ml.settings import LakeSettings
-from stack.config import REPO_ROOT, StackPaths
+from stack.config import MLFLOW_BUCKET, REPO_ROOT, StackPaths
 from stack.process import (  # noqa: F401 - re-exported: the stack's callers import them from here
     Service,
     StackError,
@@ -298,6 +298,8 @@ def _airflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     # The lake bucket reaches the DAG as the Airflow variable mlops_lake_bucket (dags/mlops_training.py): the one
     # that `up` created the bucket for, unless the variable is set otherwise.
     env.setdefault("AIRFLOW_VAR_MLOPS_LAKE_BUCKET", env.get("MLOPS_LAKE_BUCKET") or LakeSettings.lake_bucket)
+    # ... and the MLflow bucket, which a run's raw_uri may not name (validate_params).
+    env.setdefault("AIRFLOW_VAR_MLOPS_MLFLOW_BUCKET", env.get("MLOPS_MLFLOW_BUCKET") or MLFLOW_BUCKET)
     for key in AIRFLOW_UNSET:
         env.pop(key, None)
 

@@ -14,10 +14,42 @@ from ml.storage import S3Uri
 log = logging.getLogger(__name__)
 
 HIVE_DATABASE = "mlops"
+MAX_HIVE_NAME = 256  # the metastore's TBLS.TBL_NAME is a VARCHAR(256) (Hive 2.3's package.jdo, as Spark ships it)
+_PLAIN = re.compile(r"[a-z0-9][a-z0-9_]*")
 
 
 def hive_table_name(dataset: str) -> str:
-    return f"{HIVE_DATABASE}.{re.sub(r'[^a-z0-9_]', '_', dataset.lower())}_features"
+    """`mlops.<name>_features`, one table per dataset name: distinct names never share a table.
+
+    A name of lowercase letters, digits and underscores that starts with a letter or digit is kept as it is (its table
+    exists already: renaming it would orphan it). Any other name is escaped behind a leading `_`, which no kept name
+    has: `_` becomes `__`, an upper-case ASCII letter `_` + the letter in lower case, `-` `_0`, and any other character
+    `_<decimal code point>_` (`My-Data.v2` -> `__my_0_data_46_v2`). The escaping can be read back, hence no two names
+    meet; it keeps Hive's characters, and Spark takes the leading `_` unquoted (Hive's own CLI wants it in backticks).
+    """
+    if not dataset or any(ord(char) < 32 for char in dataset):  # NUL's code point, 0, would also read as `-`
+        raise ValueError(f"dataset {dataset!r} is empty or has control characters: no Hive table name for it")
+    name = dataset if _PLAIN.fullmatch(dataset) else "_" + "".join(_escape(char) for char in dataset)
+    table = f"{name}_features"
+    if len(table) > MAX_HIVE_NAME:
+        raise ValueError(
+            f"dataset {dataset!r} makes a Hive table name of {len(table)} characters, over the metastore's "
+            f"{MAX_HIVE_NAME}: use a shorter name (or fewer characters outside a-z 0-9 _)"
+        )
+    return f"{HIVE_DATABASE}.{table}"
+
+
+def _escape(char: str) -> str:
+    # After a `_`, the next character says what follows: `_`, a letter, `0`, or 1-9 (a code point up to the next `_`).
+    if "a" <= char <= "z" or "0" <= char <= "9":
+        return char
+    if char == "_":
+        return "__"
+    if "A" <= char <= "Z":
+        return "_" + char.lower()
+    if char == "-":  # the one other character the DAG's dataset param allows: kept short, for Hive's length limit
+        return "_0"
+    return f"_{ord(char)}_"
 
 
 def register_hive_table(spark: Any, table: str, spec: FeatureSpec, features: S3Uri) -> None:

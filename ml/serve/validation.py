@@ -1,16 +1,24 @@
 """Request validation of the prediction service: pure functions, unit-tested without a server.
 
 Every refusal is a RequestError with the HTTP status to answer and a message naming the rows, columns and reasons.
+The body's JSON is refused (400) when it holds what the model's float32 inputs cannot take: NaN/Infinity literals
+(Python's json accepts them), numbers beyond float32's range (they would become inf, and the answer NaN), or nesting
+deeper than MAX_JSON_DEPTH (Python's parser recurses).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+import numpy as np
 
 from ml.features import FeatureSpec
 
 MAX_ERRORS_REPORTED = 10
+MAX_JSON_DEPTH = 32  # a good body nests 4 levels ({"rows": [{column: value}]}); the parser recurses per level
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class RequestError(Exception):
@@ -38,15 +46,92 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+class _NonFinite:
+    """What a NaN/Infinity/-Infinity literal parses to: a marker, so that the refusal can say where it was."""
+
+    def __init__(self, literal: str) -> None:
+        self.literal = literal
+
+
 def parse_body(raw: bytes) -> Any:
+    """The body's JSON value, or RequestError (400) naming what is wrong and where."""
     if not raw.strip():
         raise RequestError('empty request body: send JSON {"rows": [{feature: value, ...}, ...]}')
     try:
-        return json.loads(raw)
+        body = json.loads(raw, parse_constant=_NonFinite)
     except UnicodeDecodeError:
         raise RequestError("request body is not UTF-8 JSON") from None
+    except RecursionError:  # the C parser recurses per level: only a body far deeper than the limit gets here
+        raise RequestError(f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as error:
+        if "integer string conversion" in str(error):  # Python's limit on digits (its message advises the server)
+            raise RequestError("request body has a number with too many digits (beyond float32's range)") from None
         raise RequestError(f"request body is not valid JSON: {error}") from None
+    _check_values(body)
+    return body
+
+
+def _check_values(body: Any) -> None:
+    """Refuse non-finite numbers, numbers beyond float32's range and deep nesting, anywhere in the body.
+
+    An explicit stack, not recursion: this walk must not fail on the nesting it is there to refuse. Paths are built
+    for containers only, so that the walk costs little more than the parsing."""
+    if problem := _scalar_problem(body):
+        raise RequestError(f"invalid numbers: {_where(())}: {problem}")
+    problems: list[str] = []
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(body, ())] if isinstance(body, dict | list) else []
+    while stack and len(problems) < MAX_ERRORS_REPORTED:
+        container, path = stack.pop()
+        if len(path) >= MAX_JSON_DEPTH:  # the body is level 1: a container at path length n is at level n + 1
+            raise RequestError(f"{_where(path)}: request body is nested deeper than {MAX_JSON_DEPTH} levels")
+        children: list[tuple[Any, tuple[str | int, ...]]] = []
+        for key, item in container.items() if isinstance(container, dict) else enumerate(container):
+            kind = type(item)  # exact types: json.loads makes no subclasses; the common cases first, for speed
+            if (kind is float and -FLOAT32_MAX <= item <= FLOAT32_MAX) or kind is str or item is None:
+                continue
+            if kind is dict or kind is list:
+                children.append((item, (*path, key)))
+            elif problem := _scalar_problem(item):
+                problems.append(f"{_where((*path, key))}: {problem}")
+        stack.extend(reversed(children))  # popped in document order
+    if problems:
+        more = " (first errors only)" if len(problems) >= MAX_ERRORS_REPORTED else ""
+        raise RequestError("invalid numbers" + more + ": " + "; ".join(problems[:MAX_ERRORS_REPORTED]))
+
+
+def _scalar_problem(value: Any) -> str | None:
+    if isinstance(value, _NonFinite):
+        return f"{value.literal} is not a finite number (send null for a missing value)"
+    if isinstance(value, int | float) and not isinstance(value, bool) and not _within_float32(value):
+        return (
+            f"number out of range ({_number_text(value)}; the model's float32 inputs take magnitudes up to "
+            f"{FLOAT32_MAX:.8g})"
+        )
+    return None
+
+
+def _within_float32(value: float) -> bool:
+    if isinstance(value, int):  # int against float compares exactly, without float(huge int)'s OverflowError
+        return abs(value) <= FLOAT32_MAX
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX  # 1e400 parses as inf
+
+
+def _number_text(value: float) -> str:
+    if isinstance(value, float) and math.isinf(value):  # what the parser made of e.g. 1e400
+        return "beyond even float64"
+    if isinstance(value, int) and abs(value) > 10**20:  # a huge integer would flood the message
+        return f"an integer of {len(str(abs(value)))} digits"
+    return repr(value)
+
+
+def _where(path: tuple[str | int, ...]) -> str:
+    """Where a value is: `row 3, column 'x1'` (then any index below it), or the path from the body's root."""
+    if len(path) >= 2 and path[0] == "rows" and isinstance(path[1], int):
+        where = f"row {path[1]}"
+        if len(path) >= 3:
+            where += f", column {path[2]!r}"
+        return where + (" at " + "".join(f"[{key!r}]" for key in path[3:]) if len(path) > 3 else "")
+    return "the body" + "".join(f"[{key!r}]" for key in path)
 
 
 def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str, Any]]:
@@ -70,7 +155,7 @@ def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str,
     if len(rows) > max_rows:
         raise RequestError(f"too many rows: {len(rows)} > {max_rows} (the service's max_rows); split the request", 413)
 
-    numeric = [f.name for f in spec.numeric]
+    numeric = {f.name: f for f in spec.numeric}
     categorical = [f.name for f in spec.categorical]
     expected = set(numeric) | set(categorical)
     problems: list[str] = []
@@ -86,11 +171,16 @@ def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str,
             problems.append(f"row {index}: missing fields {missing}")
         if unknown:
             problems.append(f"row {index}: unknown fields {unknown} (expected {spec.input_columns})")
-        for name in numeric:
+        for name, feature in numeric.items():
             value = row.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 problems.append(
                     f"row {index}, column {name!r}: expected a number or null, got {_type_name(value)} {_short(value)}"
+                )
+            elif value is not None and not _standardises_within_float32(value, feature.mean, feature.std):
+                problems.append(
+                    f"row {index}, column {name!r}: {_number_text(value)} is beyond the model's range (standardised "
+                    f"with mean {feature.mean:.6g} and std {feature.std:.6g}, it overflows float32)"
                 )
         for name in categorical:
             value = row.get(name)
@@ -103,6 +193,17 @@ def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str,
         more = " (first errors only)" if len(problems) >= MAX_ERRORS_REPORTED else ""
         raise RequestError("invalid rows" + more + ": " + "; ".join(problems[:MAX_ERRORS_REPORTED]), 422)
     return rows
+
+
+def _standardises_within_float32(value: float, mean: float, std: float) -> bool:
+    """Whether the model's input for this value, (value - mean) / std as FeatureSpec.transform computes it, is a
+    finite float32 (a small std can push a value that float32 holds beyond it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return True  # transform imputes it (parse_body refuses it before, for a request)
+    try:
+        return _within_float32((float(value) - mean) / (std or 1.0))
+    except OverflowError:  # an int beyond float64: only when called without parse_body's checks
+        return False
 
 
 def _short(value: Any) -> str:

@@ -5,6 +5,7 @@ imports nothing heavy. (The layering rules, e.g. that `ml` never imports Airflow
 from __future__ import annotations
 
 import ast
+import copy
 import os
 import subprocess
 import sys
@@ -141,6 +142,116 @@ def test_params_have_schemas_that_reject_bad_values(dag: Any) -> None:
             dag.params.get_param(name).resolve(bad)
     assert dag.params.get_param("dataset").resolve("cars") == "cars"
     assert dag.params.get_param("raw_uri").resolve("s3a://raw/cars/") == "s3a://raw/cars/"
+
+
+def _fresh_param(dag: Any, name: str) -> Any:
+    """A copy of the DAG's param: `resolve` keeps the value it checked, and the DAG is shared by the module."""
+    return copy.deepcopy(dag.params.get_param(name))
+
+
+@pytest.mark.parametrize(
+    ("name", "bad"),
+    [
+        ("raw_uri", "s3://raw/penguins/\n"),  # `$` alone matches before a trailing newline
+        ("raw_uri", "s3://raw/pen\tguins/"),
+        ("raw_uri", "s3://raw/a\x00b"),
+        ("dataset", "cars\n"),
+        ("dataset", "c" * 64),
+        ("target", "species\n"),
+        ("target", "spe\ncies"),
+        ("target", "a\x00b"),
+        ("target", "a\x85b"),
+        ("target", "a\u2028b"),
+        ("target", ""),
+        ("target", "t" * 129),
+    ],
+)
+def test_name_params_refuse_line_breaks_and_control_characters(dag: Any, name: str, bad: str) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from ml.ingest.config import check_ingest_names
+
+    with pytest.raises(ParamValidationError):
+        _fresh_param(dag, name).resolve(bad)
+    names = {"raw_uri": "s3://raw/penguins/", "dataset": "penguins", "target": "species", name: bad}
+    with pytest.raises(ValueError, match=name):  # the same rule on the ml side
+        check_ingest_names(**names, forbidden_buckets=())
+
+
+@pytest.mark.parametrize(
+    ("name", "good"),
+    [
+        ("raw_uri", "s3://raw/penguins/"),
+        ("raw_uri", "s3a://my.bucket-1/a b/ü.csv"),
+        ("dataset", "e2e_1234abcd"),
+        ("dataset", "My-Data"),
+        ("target", "0x10"),
+        ("target", "Miles_per_Gallon"),
+        ("target", "Größe (cm)"),
+        ("target", "t" * 128),
+    ],
+)
+def test_name_params_accept_names_that_need_no_escaping(dag: Any, name: str, good: str) -> None:
+    from ml.ingest.config import check_ingest_names
+
+    assert _fresh_param(dag, name).resolve(good) == good
+    names = {"raw_uri": "s3://raw/penguins/", "dataset": "penguins", "target": "species", name: good}
+    check_ingest_names(**names, forbidden_buckets=())
+
+
+def test_name_param_patterns_are_the_ml_checks_patterns(dag: Any) -> None:
+    """The DAG file imports no `ml` at parse time, so it spells the patterns out: they must stay ml's."""
+    from ml.ingest.config import DATASET_PATTERN, RAW_URI_PATTERN, TARGET_PATTERN
+
+    for name, pattern in (("raw_uri", RAW_URI_PATTERN), ("dataset", DATASET_PATTERN), ("target", TARGET_PATTERN)):
+        assert dag.params.get_param(name).schema["pattern"] == f"^{pattern}(?!\\n)$", name
+
+
+@pytest.mark.parametrize("value", ["0x10", "007", "True", "None", "1e3", "[1]", "'q'", "it's", "a\\b", "😀 x"])
+def test_names_reach_the_operators_as_the_exact_strings(dag: Any, value: str) -> None:
+    """Native rendering literal_evals what it renders: "0x10" must not become 16, nor "True" a bool."""
+    env = dag.get_template_env()
+    assert dag.render_template_as_native_obj is True
+    context = {"params": {"raw_uri": "s3://raw/x/", "task": "classification", "dataset": value, "target": value}}
+    ingest = dag.task_dict["ingest_raw_data"]
+    assert ingest.render_template(ingest.target, context, jinja_env=env) == value
+    for task_id in ("ingest_raw_data", "check_for_existing_model", "preprocess_with_spark", "tune_models"):
+        task = dag.task_dict[task_id]
+        rendered = task.render_template(task.dataset, context, jinja_env=env)
+        assert rendered == value and isinstance(rendered, str), task_id
+
+
+def test_raw_data_must_not_come_from_the_lake_or_mlflows_bucket(dag: Any) -> None:
+    from jinja2 import Template
+
+    task = dag.task_dict["validate_params"]
+    var = SimpleNamespace(value=SimpleNamespace(get=lambda name, default=None: default))
+    assert {name: Template(t).render(var=var) for name, t in task.op_kwargs.items()} == {
+        "lake_bucket": "lake",
+        "mlflow_bucket": "mlflow",
+    }
+    params = {"raw_uri": "s3://raw/penguins/", "dataset": "penguins", "target": "species"}
+    params |= {"search_space": None, "num_samples": 8, "max_concurrent_trials": 2}
+    buckets = {"lake_bucket": "prod-lake", "mlflow_bucket": "prod-mlflow"}
+    for bucket in ("prod-lake", "prod-mlflow"):
+        for uri in (f"s3://{bucket}/datasets/penguins/", f"s3a://{bucket}/x.csv", f"s3://{bucket}"):
+            with pytest.raises(ValueError, match=f"bucket '{bucket}'"):
+                task.python_callable(**buckets, params={**params, "raw_uri": uri})
+    assert task.python_callable(**buckets, params=params)["dataset"] == "penguins"
+    assert task.python_callable(**buckets, params={**params, "raw_uri": "s3://lake-raw/p/"})["dataset"] == "penguins"
+
+
+def test_a_search_space_param_never_reads_a_file_of_the_worker(dag: Any, tmp_path: Path) -> None:
+    local = tmp_path / "space.json"
+    local.write_text('{"lr": 0.01}')
+    task = dag.task_dict["validate_params"]
+    params = {"raw_uri": "s3://raw/penguins/", "dataset": "penguins", "target": "species"}
+    params |= {"num_samples": 8, "max_concurrent_trials": 2}
+    buckets = {"lake_bucket": "lake", "mlflow_bucket": "mlflow"}
+    for value in (str(local), "/etc/passwd"):
+        with pytest.raises(ValueError, match="nor an s3:// URI"):
+            task.python_callable(**buckets, params={**params, "search_space": value})
+    assert task.python_callable(**buckets, params={**params, "search_space": "small"})["dataset"] == "penguins"
 
 
 def test_every_task_uses_a_connection_that_the_stack_creates(dag: Any, tmp_path: Path) -> None:

@@ -134,6 +134,14 @@ def test_missing_values_are_imputed_not_refused(client: Any) -> None:
         ({"rows": [{"x1": 1.0, "x2": 1.0, "color": {"a": 1}}]}, None, 422, ["row 0, column 'color'", "object"]),
         ({"rows": [{"x1": 1.0, "x2": 1.0, "color": "red"}] * 6}, None, 413, ["too many rows", "6 > 5"]),
         ({"rows": [{"x1": 1.0, "x2": 1.0, "color": "r" * 3000}]}, None, 413, ["over 2000 bytes", "max_bytes"]),
+        # Numbers the model cannot take and nesting the parser cannot take (issue 14): 400s that say where.
+        (None, b'{"rows": [{"x1": 1' + b"0" * 400 + b', "x2": 1, "color": "red"}]}', 400, ["row 0, column 'x1'"]),
+        (None, b'{"rows": [{"x1": 1e39, "x2": 1, "color": "red"}]}', 400, ["row 0, column 'x1'", "float32"]),
+        (None, b'{"rows": [{"x1": 1e400, "x2": 1, "color": "red"}]}', 400, ["row 0, column 'x1'", "float32"]),
+        (None, b'{"rows": [{"x1": NaN, "x2": 1, "color": "red"}]}', 400, ["row 0, column 'x1'", "NaN"]),
+        (None, b'{"rows": [{"x1": 1, "x2": -Infinity, "color": "red"}]}', 400, ["row 0, column 'x2'", "-Infinity"]),
+        (None, b'{"rows": [{"x1": ' + b"[" * 1500, 400, ["nested deeper than"]),
+        (None, b'{"rows": [{"x1": ' + b"[" * 100 + b"]" * 100 + b"}]}", 400, ["nested deeper than", "row 0"]),
     ],
 )
 def test_bad_requests_are_4xx_json_errors_naming_the_problem(

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 
-from ml.serve.validation import MAX_ERRORS_REPORTED, RequestError, parse_body, validate_rows
+from ml.features import FeatureSpec, NumericFeature
+from ml.serve.validation import MAX_ERRORS_REPORTED, MAX_JSON_DEPTH, RequestError, parse_body, validate_rows
 from tests.support.stand_in_model import make_spec
 
 SPEC = make_spec()  # numeric x1, x2; categorical color
@@ -99,3 +101,87 @@ def test_request_error_defaults_to_400() -> None:
     error = RequestError("bad")
     assert (error.status, error.message, str(error)) == (400, "bad", "bad")
     assert json.dumps({"error": error.message})
+
+
+# --- numbers and nesting that JSON parsing alone lets through (issue 14) ---------------------------------------------
+
+ROW_TAIL = b', "x2": 1, "color": "red"}]}'
+
+
+@pytest.mark.parametrize(
+    ("raw", "names"),
+    [
+        (b'{"rows": [{"x1": NaN' + ROW_TAIL, ["row 0, column 'x1'", "NaN", "not a finite number", "null"]),
+        (b'{"rows": [{"x1": Infinity' + ROW_TAIL, ["row 0, column 'x1'", "Infinity"]),
+        (b'{"rows": [{"x1": 1, "x2": 2, "color": "r"}, {"x1": -Infinity' + ROW_TAIL, ["row 1, column 'x1'"]),
+        (b'{"rows": [{"x1": 1e39' + ROW_TAIL, ["row 0, column 'x1'", "1e+39", "float32"]),
+        (b'{"rows": [{"x1": -3.5e38' + ROW_TAIL, ["row 0, column 'x1'", "float32"]),
+        (b'{"rows": [{"x1": 1e400' + ROW_TAIL, ["row 0, column 'x1'", "beyond even float64"]),
+        (b'{"rows": [{"x1": 1' + b"0" * 400 + ROW_TAIL, ["row 0, column 'x1'", "float32", "401 digits"]),
+        (b'{"rows": [{"x1": 1' + b"0" * 5000 + ROW_TAIL, ["too many digits"]),
+        (b'{"rows": [{"x1": 1, "x2": 1, "color": [1, [NaN]]}]}', ["row 0, column 'color'", "[1][0]", "NaN"]),
+        (b'{"rows": [1e39]}', ["row 0:", "float32"]),
+        (b'{"rows": [], "n": NaN}', ["'n'", "NaN"]),
+        (b"NaN", ["the body", "NaN"]),
+    ],
+)
+def test_parse_body_refuses_non_finite_and_out_of_range_numbers(raw: bytes, names: list[str]) -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_body(raw)
+    assert refused.value.status == 400, refused.value.message
+    for name in names:
+        assert name in refused.value.message, refused.value.message
+    assert "set_int_max_str_digits" not in refused.value.message  # no server-side advice in a client's error
+
+
+def test_parse_body_accepts_numbers_up_to_float32s_range() -> None:
+    biggest = float(np.finfo(np.float32).max)
+    body = parse_body(json.dumps({"rows": [{"x1": biggest, "x2": -biggest, "color": 10**38}]}).encode())
+    assert body == {"rows": [{"x1": biggest, "x2": -biggest, "color": 10**38}]}
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 900, 100_000])
+def test_parse_body_refuses_deep_nesting(depth: int) -> None:
+    raw = b'{"rows": [{"x1": ' + b"[" * depth + b"]" * depth + ROW_TAIL
+    with pytest.raises(RequestError) as refused:
+        parse_body(raw)
+    assert refused.value.status == 400 and "nested deeper than" in refused.value.message, refused.value.message
+    if depth < 1000:  # parsed, then refused by the walk: the message says where
+        assert "row 0, column 'x1'" in refused.value.message
+
+
+def test_parse_body_accepts_nesting_up_to_the_limit() -> None:
+    value: Any = 1.0
+    for _ in range(MAX_JSON_DEPTH):
+        value = [value]
+    assert parse_body(json.dumps(value).encode()) == value
+    with pytest.raises(RequestError, match="nested deeper than"):
+        parse_body(json.dumps([value]).encode())
+
+
+def test_a_value_beyond_the_models_range_once_standardised_is_refused() -> None:
+    """A number within float32's range can still overflow float32 once standardised by a small std."""
+    spec = FeatureSpec(
+        dataset="d",
+        snapshot_id="s",
+        task="regression",
+        target="t",
+        numeric=[NumericFeature("x", fill=0.0, mean=0.0, std=1e-3)],
+        categorical=[],
+    )
+    assert validate_rows({"rows": [{"x": 3e35}]}, spec, max_rows=1)  # 3e38 once standardised: still finite
+    with pytest.raises(RequestError) as refused:
+        validate_rows({"rows": [{"x": 1}, {"x": 3e36}]}, spec, max_rows=2)
+    assert refused.value.status == 422
+    assert "row 1, column 'x'" in refused.value.message and "standardised" in refused.value.message
+
+
+def test_number_problems_are_reported_together_in_document_order() -> None:
+    raw = (
+        b'{"rows": [{"x1": NaN, "x2": 1, "color": "r"}, {"x1": 1, "x2": 2, "color": "r"}, {"x1": 1, "x2": 1e39'
+        + ROW_TAIL
+    )
+    with pytest.raises(RequestError) as refused:
+        parse_body(raw.replace(ROW_TAIL, b', "color": "r"}]}'))
+    message = refused.value.message
+    assert message.index("row 0, column 'x1'") < message.index("row 2, column 'x2'"), message
