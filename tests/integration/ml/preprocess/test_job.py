@@ -233,6 +233,7 @@ def runs(
 ) -> Iterator[Runs]:
     tag = uuid.uuid4().hex[:8]
     names = {kind: f"it_{kind}_{tag}" for kind in ("novel", "regression", "multiclass", "cars", "awkward")}
+    names["awkward"] = f"It-Awkward_{tag}"  # a name whose Hive table is escaped (ml.preprocess.hive)
     prefix = f"tests/preprocess-{tag}"
     client, raw_bucket = s3_client, settings.lake.raw_bucket
 
@@ -515,4 +516,8 @@ def test_unicode_names_huge_cardinality_and_mixed_types(runs: Runs) -> None:
         assert list(frame.columns) == [*spec.feature_columns, LABEL_COLUMN], name
         assert np.isfinite(frame[spec.feature_columns].to_numpy()).all()
     assert sum(spec.rows.values()) == len(awkward.raw)
+    # the escaped table name (upper case, "-") works through Spark and the metastore: created, counted, dropped
+    assert awkward.summary["hive_table"] == hive_table_name(spec.dataset) and ".__it_0_awkward" in hive_table_name(
+        spec.dataset
+    )
     assert awkward.hive == {"total": len(awkward.raw), **spec.rows}
