@@ -139,13 +139,39 @@ def resolve_version(client: Any, name: str, version_or_alias: str) -> Any:
         raise LookupError(f"registered model {name!r} has no version or alias {version_or_alias!r}") from error
 
 
-def load_version(mlflow: MlflowSettings, name: str, version_or_alias: str) -> LoadedModel:
-    """Download a version's checkpoint and feature spec and load them (tensors and JSON only: no code is executed)."""
+# The decisions with which the promotion gate (ml.registry.promote) leaves a version as the champion; a rollback
+# (an operator's explicit choice) writes `rollback.at` instead.
+GATE_PASSED = frozenset({"first_model", "promoted", "already_champion"})
+
+
+class UngatedVersion(LookupError):
+    """A model version that did not pass the promotion gate: the prediction service will not serve it."""
+
+
+def ungated_reason(tags: dict[str, str]) -> str | None:
+    """None when the version's tags show it passed the gate (or was rolled back to), else why it did not."""
+    decision = tags.get("gate.decision")
+    if decision in GATE_PASSED or tags.get("rollback.at"):
+        return None
+    if decision:
+        return f"the promotion gate decided {decision!r} ({tags.get('gate.reason', 'no reason recorded')})"
+    return "it never went through the promotion gate (no gate.decision tag): was the alias moved by hand?"
+
+
+def load_version(
+    mlflow: MlflowSettings, name: str, version_or_alias: str, *, require_gated: bool = False
+) -> LoadedModel:
+    """Download a version's checkpoint and feature spec and load them (tensors and JSON only: no code is executed).
+    `require_gated` (the prediction service): refuse, before downloading anything, a version the gate did not pass
+    (UngatedVersion): an alias moved past the gate does not get served."""
     import mlflow as mlflow_module
 
     from ml.clients import mlflow_client
 
     version = resolve_version(mlflow_client(mlflow), name, version_or_alias)
+    reason = ungated_reason(dict(version.tags)) if require_gated else None
+    if reason:
+        raise UngatedVersion(f"{name} v{version.version} ({version_or_alias}): not served: {reason}")
     with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
         local = Path(
             mlflow_module.artifacts.download_artifacts(

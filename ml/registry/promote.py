@@ -64,11 +64,13 @@ def promote(
             if alias_version(client, model_name, CHAMPION) != champion_before:
                 log.info("%s: champion moved while deciding on v%s: deciding again", model_name, version)
                 continue
+            # The decision's tags first: the prediction service serves only a version whose tags say it passed the
+            # gate (ml.predictor.ungated_reason), so the alias must never point at it before they are there.
+            _record_decision(context, model_name, version, decision, rule)
             if decision.promote:
                 client.set_registered_model_alias(model_name, CHAMPION, version)
                 if alias_version(client, model_name, CHAMPION) != version:  # the lock should make this impossible
                     raise RegistryError(f"{model_name}: champion alias did not stick to v{version}")
-            _record_decision(context, model_name, version, decision, rule)
             run_id = dag_run_id or challenger.tags.get("dag_run_id")
             event = _publish_decision(context, model_name, version, decision, rule, dag_id=dag_id, dag_run_id=run_id)
         break
@@ -180,11 +182,11 @@ def rollback(
     metric = target.tags.get("metric", "unknown")
     with context.lock(model_name):
         previous = alias_version(client, model_name, CHAMPION)
-        client.set_registered_model_alias(model_name, CHAMPION, version)
         at = utc_now_iso(context.clock)
         tags = {"rollback.at": at, "rollback.from_version": previous or "", "rollback.reason": reason}
-        for key, value in {**tags, "champion_since": at}.items():
+        for key, value in {**tags, "champion_since": at}.items():  # before the alias: what serving checks
             client.set_model_version_tag(model_name, version, key, value)
+        client.set_registered_model_alias(model_name, CHAMPION, version)
         previous_tags = client.get_model_version(model_name, previous).tags if previous else {}
         payload = {
             "model_name": model_name,

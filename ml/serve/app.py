@@ -87,7 +87,7 @@ class ServeState:
             self.watcher = PromotionWatcher(
                 self.holder,
                 self.kafka,
-                loader=lambda name, version: load_version(self.mlflow, name, version),
+                loader=lambda name, version: load_version(self.mlflow, name, version, require_gated=True),
                 resolve=self._champion_version,
                 alias_poll_s=self.config.alias_poll_s,
             )
@@ -115,7 +115,7 @@ def build_app(
         raise ValueError("no model to serve: set the model name (MLOPS_SERVE_MODEL, e.g. DATASET-classification)")
     watch = (loaded is None) if watch_promotions is None else watch_promotions
     if loaded is None:
-        loaded = load_version(mlflow, name, CHAMPION)
+        loaded = load_version(mlflow, name, CHAMPION, require_gated=True)
         log.info("%s: serving champion v%s", name, loaded.version)
     state = ServeState(ModelHolder(name, loaded), config, watch, mlflow=mlflow, kafka=kafka)
 

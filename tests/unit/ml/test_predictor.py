@@ -15,11 +15,13 @@ from ml.models import load_model, predict
 from ml.predictor import (
     LoadedModel,
     TabularPredictor,
+    UngatedVersion,
     alias_version,
     download_checkpoint,
     load_version,
     output_frame,
     resolve_version,
+    ungated_reason,
 )
 from ml.settings import MlflowSettings
 from tests.support.stand_in_model import make_checkpoint, make_spec, raw_rows
@@ -170,3 +172,32 @@ def test_load_version_reads_the_versions_artifacts(tmp_path: Path, monkeypatch: 
     assert not Path(download["dst_path"]).exists()  # the download folder is temporary
     labels, _ = model.predictor.predict_rows([{"x1": 1.0, "x2": 0.0, "color": "red"}])
     assert labels == ["yes"]
+
+
+@pytest.mark.parametrize(
+    ("tags", "served"),
+    [
+        ({"gate.decision": "first_model"}, True),
+        ({"gate.decision": "promoted"}, True),
+        ({"gate.decision": "already_champion"}, True),
+        ({"rollback.at": "2026-12-02T00:00:00Z"}, True),  # an operator's explicit rollback
+        ({"gate.decision": "rejected", "gate.reason": "worse than v3"}, False),
+        ({}, False),  # the alias moved by hand, past the gate
+    ],
+)
+def test_serving_refuses_a_version_the_gate_did_not_pass_before_downloading_it(
+    monkeypatch: pytest.MonkeyPatch, tags: dict[str, str], served: bool
+) -> None:
+    mlflow = FakeMlflow()
+    mlflow.add("m", 7, **tags)
+    mlflow.aliases[("m", "champion")] = "7"
+    downloads: list[Any] = []
+    monkeypatch.setattr("mlflow.artifacts.download_artifacts", lambda **kwargs: downloads.append(kwargs) or "/nope")
+    monkeypatch.setattr("ml.clients.mlflow_client", lambda settings: mlflow)
+    settings = MlflowSettings("http://mlflow.example:5000")
+    if served:
+        assert ungated_reason(tags) is None
+        return
+    with pytest.raises(UngatedVersion, match=r"m v7 \(champion\): not served: .*(rejected|never went through)"):
+        load_version(settings, "m", "champion", require_gated=True)
+    assert downloads == []

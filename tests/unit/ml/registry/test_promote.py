@@ -74,6 +74,25 @@ def test_the_first_complete_version_becomes_champion(registry: Registry) -> None
     }
 
 
+def test_the_alias_never_points_at_a_version_before_its_gate_tags_say_so(registry: Registry) -> None:
+    """The prediction service serves only versions whose tags show the gate passed them (ml.predictor): the alias
+    moves after those tags, for a promotion and for a rollback."""
+    from ml.predictor import ungated_reason
+
+    complete(registry.mlflow, 1, 0.8, metric="accuracy")
+    complete(registry.mlflow, 2, 0.9, metric="accuracy")
+    reasons: list[str | None] = []
+
+    def alias_moves() -> None:
+        target = "2" if not reasons else "1"  # the promotion of v2, then the rollback to v1
+        reasons.append(ungated_reason(registry.mlflow.versions[(NAME, target)].tags))
+
+    registry.mlflow.on["set_registered_model_alias"] = [alias_moves, alias_moves]
+    registry.promote("2")
+    rollback(registry.context, NAME, 1, reason="v2 misbehaves")
+    assert reasons == [None, None] and registry.champion == "1"
+
+
 def test_a_worse_version_is_rejected_and_announced_as_a_pipeline_event(registry: Registry) -> None:
     complete(registry.mlflow, 1, 0.8)
     registry.mlflow.aliases[(NAME, "champion")] = "1"

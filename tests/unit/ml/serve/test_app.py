@@ -297,7 +297,8 @@ def test_an_app_that_loads_the_champion_follows_promotions(tmp_path: Path, monke
     model = loaded_model(tmp_path)
     loads: list[tuple[Any, ...]] = []
 
-    def load_version(mlflow: MlflowSettings, name: str, version: str) -> LoadedModel:
+    def load_version(mlflow: MlflowSettings, name: str, version: str, require_gated: bool = False) -> LoadedModel:
+        assert require_gated, "serving loads only versions that passed the promotion gate"
         loads.append((mlflow, name, version))
         return model
 
