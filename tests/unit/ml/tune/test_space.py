@@ -137,12 +137,12 @@ def test_search_space_from_yaml_and_json(tmp_path: Path) -> None:
 
 def test_a_file_that_is_not_a_search_space_is_never_echoed(tmp_path: Path) -> None:
     """Errors reach task logs and Kafka events: they say where a file is wrong, never what it holds."""
-    secret = "root:x:0:0:s3cret-value:/root:/bin/bash"
+    private_line = "root:x:0:0:s3cret-value:/root:/bin/bash"  # what a /etc/passwd might hold
     for name, body in {
-        "passwd.json": f"{secret}\n",
-        "passwd.yaml": f"{secret}\nsecond: [unclosed\n",
-        "plain.yaml": f"{secret}\n",  # YAML reads this as one string
-        "bytes.json": b"\xff\xfe" + secret.encode(),
+        "passwd.json": f"{private_line}\n",
+        "passwd.yaml": f"{private_line}\nsecond: [unclosed\n",
+        "plain.yaml": f"{private_line}\n",  # YAML reads this as one string
+        "bytes.json": b"\xff\xfe" + private_line.encode(),
     }.items():
         path = tmp_path / name
         path.write_bytes(body if isinstance(body, bytes) else body.encode())
