@@ -136,6 +136,7 @@ def local_ray(num_cpus: int, s3: S3Settings | None = None) -> Iterator[None]:
     runtime_env = {"env_vars": s3.subprocess_env()} if s3 is not None else None
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
         ray.init(
+            address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
             num_cpus=num_cpus,
             include_dashboard=False,
             _temp_dir=temp_dir,

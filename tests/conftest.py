@@ -117,6 +117,7 @@ def local_ray(settings: Any) -> Iterator[None]:
 
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
         ray.init(
+            address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
             num_cpus=2,
             include_dashboard=False,
             _temp_dir=temp_dir,

@@ -98,7 +98,10 @@ def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
             ray.init(address=ray_settings.address, runtime_env=runtime_env, log_to_driver=True)
         else:
             log.info("starting a local Ray (auth: %s)", ray_settings.resolved_auth_mode)
-            ray.init(include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+            # "local": a new Ray in this process, never "the latest cluster started on this machine" that ray.init
+            # without an address would look for (/tmp/ray/ray_current_cluster, written by any `ray start`, e.g. the
+            # cluster profile's: a stopped one made the task wait on its GCS forever).
+            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
     return True
 
 

@@ -64,7 +64,8 @@ def test_a_local_ray_is_started_with_the_s3_settings_for_its_workers(
     ((init,),) = [fake_ray]
     assert init["runtime_env"] == {"env_vars": S3.subprocess_env()}, "a local Ray's workers import this checkout"
     assert init["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "sk"
-    assert "address" not in init and init["include_dashboard"] is False
+    # "local" starts a Ray here, never the machine's latest `ray start` cluster (/tmp/ray/ray_current_cluster)
+    assert init["address"] == "local" and init["include_dashboard"] is False
     # the settings decide, not the worker's environment: no address (a local Ray), auth explicitly disabled
     assert init["environment"] == {"RAY_ADDRESS": None, "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": None}
     assert ray_variables() == worker_environment, "the worker's environment is put back"
