@@ -131,7 +131,7 @@ def test_ray_starts_and_runs_a_task() -> None:
     import ray
 
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
         try:
 
             @ray.remote
