@@ -55,18 +55,18 @@ def _scoped_environment(values: Mapping[str, str | None]) -> Iterator[None]:
     the mode, so the Airflow worker's environment is left as it was found."""
     saved = {key: os.environ.get(key) for key in values}
     try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply_to_environment(values)
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _apply_to_environment(saved)
+
+
+def _apply_to_environment(values: Mapping[str, str | None]) -> None:
+    for key, value in values.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _reload_ray_auth() -> None:
