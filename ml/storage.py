@@ -1,8 +1,9 @@
 """S3 access shared by every stage: URI parsing, small object operations on a given client, the lake's key layout.
 
 Lake layout (one place, so that a re-run writes the same keys and two runs never overwrite each other's work):
-  s3://LAKE/datasets/DATASET/snapshots/SNAPSHOT/manifest.json        written last: the snapshot is complete
-  s3://LAKE/datasets/DATASET/snapshots/SNAPSHOT/data/...              the immutable copy of the raw objects
+  s3://LAKE/datasets/DATASET/snapshots/SNAPSHOT/manifest.json        created last, once: the snapshot is complete
+  s3://LAKE/datasets/DATASET/snapshots/SNAPSHOT/data/ATTEMPT/...      each ingest attempt's copy of the raw objects
+                                                                      (the manifest names the one that counts)
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/{train,validation,test}/part-*.parquet
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/feature_spec.json     written last: the features are complete
   s3://LAKE/tune/DATASET/SNAPSHOT/RUN                                 Ray Tune storage (trials, checkpoints)
@@ -12,6 +13,7 @@ Clients come from ml.clients."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +58,8 @@ def list_keys(uri: S3Uri, client: Any) -> list[dict[str, Any]]:
 
 
 NOT_FOUND_CODES = ("404", "NoSuchKey", "NotFound")
+# What S3-compatible servers answer when a conditional put or delete finds its precondition false.
+CONFLICT_CODES = ("PreconditionFailed", "ConditionalRequestConflict", "409", "412")
 
 
 def error_code(error: Any) -> str:
@@ -79,14 +83,34 @@ def read_json(uri: S3Uri, client: Any) -> Any:
     return json.loads(client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read())
 
 
+def _json_body(value: Any) -> bytes:
+    return json.dumps(value, indent=2, sort_keys=True).encode()
+
+
 def write_json(uri: S3Uri, value: Any, client: Any) -> None:
-    body = json.dumps(value, indent=2, sort_keys=True).encode()
-    client.put_object(Bucket=uri.bucket, Key=uri.key, Body=body, ContentType="application/json")
+    client.put_object(Bucket=uri.bucket, Key=uri.key, Body=_json_body(value), ContentType="application/json")
 
 
-def delete_prefix(uri: S3Uri, client: Any) -> int:
-    """Delete every object under a prefix; returns how many. Used to remove partial output after a failure."""
-    keys = [{"Key": obj["Key"]} for obj in list_keys(uri, client)]
+def create_json(uri: S3Uri, value: Any, client: Any) -> bool:
+    """Write `value` at `uri` only if no object is there (a conditional put, `If-None-Match: *`): True when this call
+    created it, False when one existed already (its content is left as it was)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.put_object(
+            Bucket=uri.bucket, Key=uri.key, Body=_json_body(value), ContentType="application/json", IfNoneMatch="*"
+        )
+    except ClientError as error:
+        if error_code(error) in CONFLICT_CODES:
+            return False
+        raise
+    return True
+
+
+def delete_prefix(uri: S3Uri, client: Any, *, keep: Collection[str] = ()) -> int:
+    """Delete every object under a prefix except the URIs in `keep`; returns how many. Used to remove partial output
+    after a failure."""
+    keys = [{"Key": obj["Key"]} for obj in list_keys(uri, client) if f"s3://{uri.bucket}/{obj['Key']}" not in keep]
     for start in range(0, len(keys), 1000):
         client.delete_objects(Bucket=uri.bucket, Delete={"Objects": keys[start : start + 1000], "Quiet": True})
     return len(keys)

@@ -2,13 +2,18 @@
 
 The snapshot id is a hash of the source objects' names, ETags and sizes and of the target (and task, when given), so
 unchanged input gives the same id and copies nothing, while the same files ingested for another target get their own
-snapshot. Objects are copied server-side; `manifest.json` is written last and marks the snapshot complete; on
-any failure the partial snapshot is deleted, so no later run can mistake it for a good one.
+snapshot. Objects are copied server-side into a folder of this attempt's own (`data/attempt-ID/`), and
+`manifest.json` is created last with a conditional put (`If-None-Match: *`): the snapshot is complete once it exists,
+and it is never replaced. Two runs on the same content (say `max_active_runs=2`) may both be copying; the first to
+create the manifest wins, the other keeps the winner's snapshot and removes only its own copies. A failed attempt
+removes only its own folder, never a prefix that a manifest names, so it cannot delete the data another run is reading.
+After a commit, copies of attempts that will never be committed (crashed ones, or a loser still copying) are removed.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -21,6 +26,7 @@ from ml.settings import LakeSettings, S3Settings
 from ml.storage import (
     MANIFEST_FILE,
     S3Uri,
+    create_json,
     delete_prefix,
     exists,
     latest_snapshot_uri,
@@ -74,19 +80,8 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
     target_root = snapshot_uri(lake, config.dataset, snapshot_id)
     manifest_uri = target_root.join(MANIFEST_FILE)
     if exists(manifest_uri, client):
-        manifest = read_json(manifest_uri, client)
         log.info("snapshot %s of %s already exists: nothing copied", snapshot_id, config.dataset)
-        return IngestResult(
-            config.dataset,
-            snapshot_id,
-            str(target_root),
-            str(manifest_uri),
-            manifest["rows"],
-            manifest["task"],
-            manifest["target"],
-            created=False,
-            warnings=manifest["warnings"],
-        )
+        return _existing(config, target_root, manifest_uri, client)
 
     # Objects are read (and copied below) a few at a time; errors still name the first bad object in key order.
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects))) as pool:
@@ -96,10 +91,13 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
     for warning in warnings:
         log.warning(warning)
 
+    # This attempt's own folder: a failure (or losing the commit to a concurrent run) removes this folder only.
+    attempt = target_root.join("data", f"attempt-{uuid.uuid4().hex[:16]}")
+
     def copy(index: int) -> dict[str, Any]:
         obj, table = objects[index], tables[index][1]
         suffix = next(s for s in SUPPORTED if obj["Key"].lower().endswith(s))
-        destination = target_root.join("data", f"part-{index:05d}{suffix}")
+        destination = attempt.join(f"part-{index:05d}{suffix}")
         # A managed copy: server-side, multipart above 5 GB (where one CopyObject is refused), and only of the
         # version that was listed, hashed and validated.
         with _changed_object_is_an_error(f"s3://{raw.bucket}/{obj['Key']}"):
@@ -141,24 +139,29 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
             "warnings": warnings,
             "max_bad_share": config.max_bad_share,
         }
-        write_json(manifest_uri, manifest, client)
-        pointer = {"snapshot_id": snapshot_id, "columns": manifest["columns"], "manifest": str(manifest_uri)}
-        write_json(latest_snapshot_uri(lake, config.dataset), pointer, client)
+        committed = create_json(manifest_uri, manifest, client)
     except BaseException:
         # The clean-up must not replace the error that matters: when the S3 server itself went away, deleting fails
-        # too, and the caller would see a listing error instead of the failed copy. Without a manifest the partial
-        # objects are never trusted, and a re-run overwrites them (same keys).
+        # too, and the caller would see a listing error instead of the failed copy. No manifest names this
+        # attempt's objects, so they are never trusted; the next committed attempt removes them.
         try:
-            removed = delete_prefix(target_root, client)
-            log.error("ingest failed; removed %d partial object(s) under %s", removed, target_root)
+            removed = delete_prefix(attempt, client)
+            log.error("ingest failed; removed %d partial object(s) under %s", removed, attempt)
         except Exception as cleanup_error:
             log.error(
-                "ingest failed, and removing the partial snapshot under %s failed too (%s); it has no "
-                "manifest, so no run uses it, and the next ingest overwrites it",
-                target_root,
+                "ingest failed, and removing its partial copies under %s failed too (%s); no manifest names "
+                "them, so no run uses them, and the next ingest of this snapshot removes them",
+                attempt,
                 cleanup_error,
             )
         raise
+    if not committed:
+        log.info("snapshot %s of %s was committed by another run meanwhile: keeping it", snapshot_id, config.dataset)
+        _remove_uncommitted_copies(target_root, read_json(manifest_uri, client), client)
+        return _existing(config, target_root, manifest_uri, client)
+    _remove_uncommitted_copies(target_root, manifest, client)
+    pointer = {"snapshot_id": snapshot_id, "columns": manifest["columns"], "manifest": str(manifest_uri)}
+    write_json(latest_snapshot_uri(lake, config.dataset), pointer, client)
     log.info("snapshot %s of %s: %d object(s), %d rows, task %s", snapshot_id, config.dataset, len(objects), rows, task)
     return IngestResult(
         config.dataset,
@@ -171,3 +174,32 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
         created=True,
         warnings=warnings,
     )
+
+
+def _existing(config: IngestConfig, target_root: S3Uri, manifest_uri: S3Uri, client: Any) -> IngestResult:
+    """The result of a snapshot that a manifest already marks complete."""
+    manifest = read_json(manifest_uri, client)
+    return IngestResult(
+        config.dataset,
+        manifest["snapshot_id"],
+        str(target_root),
+        str(manifest_uri),
+        manifest["rows"],
+        manifest["task"],
+        manifest["target"],
+        created=False,
+        warnings=manifest["warnings"],
+    )
+
+
+def _remove_uncommitted_copies(target_root: S3Uri, manifest: dict[str, Any], client: Any) -> None:
+    """Delete the copies under `data/` that the committed manifest does not name (failed, crashed or losing attempts;
+    an attempt still copying can no longer commit). Best effort: left-overs are never read, only stored."""
+    data = target_root.join("data")
+    try:
+        removed = delete_prefix(data, client, keep={obj["snapshot_uri"] for obj in manifest["objects"]})
+    except Exception as error:
+        log.warning("could not remove uncommitted copies under %s (%s); they are never read", data, error)
+        return
+    if removed:
+        log.info("removed %d uncommitted object(s) under %s", removed, data)

@@ -14,6 +14,7 @@ from ml.storage import (
     FEATURE_SPEC_FILE,
     MANIFEST_FILE,
     S3Uri,
+    create_json,
     delete_prefix,
     error_code,
     exists,
@@ -178,6 +179,30 @@ def test_list_and_delete_a_prefix_across_pages(client: Any) -> None:
     assert delete_prefix(S3Uri("lake", "run/"), client) == 1005
     assert [obj["Key"] for obj in list_keys(S3Uri("lake", ""), client)] == ["other/keep", "run2/keep"]
     assert delete_prefix(S3Uri("lake", "nothing/"), client) == 0
+
+
+def test_create_json_writes_only_once(client: Any) -> None:
+    uri = S3Uri("lake", "snap/manifest.json")
+    assert create_json(uri, {"run": 1}, client) is True
+    assert create_json(uri, {"run": 2}, client) is False  # the first one stays, unchanged
+    assert read_json(uri, client) == {"run": 1}
+
+
+def test_create_json_raises_what_is_not_a_conflict() -> None:
+    class Denied:
+        def put_object(self, **kwargs: Any) -> None:
+            assert kwargs["IfNoneMatch"] == "*"
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "no"}}, "PutObject")
+
+    with pytest.raises(ClientError, match="AccessDenied"):
+        create_json(S3Uri("lake", "k"), {}, Denied())
+
+
+def test_delete_a_prefix_but_keep_some(client: Any) -> None:
+    for name in ("a", "b", "c"):
+        client.put_object(Bucket="lake", Key=f"run/{name}", Body=b"")
+    assert delete_prefix(S3Uri("lake", "run/"), client, keep={"s3://lake/run/b"}) == 2
+    assert [obj["Key"] for obj in list_keys(S3Uri("lake", ""), client)] == ["run/b"]
 
 
 def test_error_code() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -114,12 +115,13 @@ def test_csv_round_trip(area: Area) -> None:
     }
     [copied] = manifest["objects"]
     assert copied["source"] == source and copied["format"] == "csv" and copied["columns"] == list(frame.columns)
-    assert copied["snapshot_uri"] == f"{result.snapshot_uri}/data/part-00000.csv"
+    attempt = copied["snapshot_uri"].removeprefix(f"{result.snapshot_uri}/data/").removesuffix("/part-00000.csv")
+    assert re.fullmatch("attempt-[0-9a-f]{16}", attempt), copied["snapshot_uri"]
     assert area.read(copied["snapshot_uri"]) == area.read(source)
     assert area.lake_keys() == sorted(
         [
             f"datasets/{area.dataset}/latest.json",
-            f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/data/part-00000.csv",
+            f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/data/{attempt}/part-00000.csv",
             f"datasets/{area.dataset}/snapshots/{result.snapshot_id}/manifest.json",
         ]
     )
@@ -134,7 +136,7 @@ def test_parquet_round_trip(area: Area) -> None:
     assert result.created and result.rows == 250 and result.task == "regression"
     manifest = area.json(result.manifest_uri)
     [copied] = manifest["objects"]
-    assert copied["format"] == "parquet" and copied["snapshot_uri"].endswith("/data/part-00000.parquet")
+    assert copied["format"] == "parquet" and copied["snapshot_uri"].endswith("/part-00000.parquet")
     assert copied["types"][copied["columns"].index("x0")] == "double"
     restored = pq.read_table(io.BytesIO(area.read(copied["snapshot_uri"]))).to_pandas()
     pd.testing.assert_frame_equal(restored, frame)
@@ -146,7 +148,7 @@ def test_gzipped_csv_round_trip(area: Area) -> None:
     result = area.ingest(source)
     assert result.created and result.rows == 120
     [copied] = area.json(result.manifest_uri)["objects"]
-    assert copied["snapshot_uri"].endswith("/data/part-00000.csv.gz")
+    assert copied["snapshot_uri"].endswith("/part-00000.csv.gz")
 
 
 def test_prefix_with_two_files(area: Area) -> None:
@@ -196,6 +198,18 @@ def test_unchanged_input_gives_the_same_snapshot_and_writes_nothing(area: Area) 
     other_target = area.ingest(target="cat0")
     assert other_target.snapshot_id not in (first.snapshot_id, changed.snapshot_id)
     assert other_target.created and other_target.target == "cat0"
+
+
+def test_a_run_that_loses_the_commit_keeps_the_committed_snapshot(area: Area, monkeypatch: pytest.MonkeyPatch) -> None:
+    area.put_frame("a.csv", small_frame(120, seed=5))
+    first = area.ingest()
+    before = area.lake_listing()
+    # As if this run had checked for the manifest before the first run created it: it copies into its own attempt
+    # folder, and the server refuses its manifest (If-None-Match: *).
+    monkeypatch.setattr(snapshot, "exists", lambda uri, client: False)
+    second = area.ingest()
+    assert second == IngestResult(**{**first.to_dict(), "created": False})
+    assert area.lake_listing() == before  # the committed manifest and copies untouched, the loser's copies removed
 
 
 # Bad inputs: a DataError naming the object and the column or reason; nothing written to the lake.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import re
 from typing import Any
 
 import pandas as pd
@@ -67,10 +68,13 @@ def test_a_snapshot_and_its_manifest(s3: S3Settings, lake: LakeSettings, client:
         "target": "categorical",
     }
     assert [o["source"] for o in manifest["objects"]] == [first, second, third]
+    # one attempt's folder holds the copies the manifest names
+    attempt = manifest["objects"][0]["snapshot_uri"].rsplit("/", 1)[0]
+    assert re.fullmatch(rf"{root}/data/attempt-[0-9a-f]{{16}}", attempt)
     assert [o["snapshot_uri"] for o in manifest["objects"]] == [
-        f"{root}/data/part-00000.csv",
-        f"{root}/data/part-00001.csv.gz",
-        f"{root}/data/part-00002.parquet",
+        f"{attempt}/part-00000.csv",
+        f"{attempt}/part-00001.csv.gz",
+        f"{attempt}/part-00002.parquet",
     ]
     assert [o["format"] for o in manifest["objects"]] == ["csv", "csv", "parquet"]
     # each object's own column order, and Parquet's types
@@ -169,7 +173,63 @@ def test_a_failed_copy_leaves_no_manifest(
     assert not any(key.endswith(("manifest.json", "latest.json")) for key in leftovers)
     assert (leftovers == []) is not fail_cleanup
     monkeypatch.undo()
-    assert run(s3, lake).created  # a re-run overwrites any partial objects and completes
+    again = run(s3, lake)  # a re-run completes, and removes what the failed attempt left behind
+    assert again.created
+    manifest = read_json(S3Uri.parse(again.manifest_uri), client)
+    copies = {f"s3://lake/{key}" for key, _ in lake_listing(client) if "/data/" in key}
+    assert copies == {obj["snapshot_uri"] for obj in manifest["objects"]}
+
+
+class SnapshotCommittedMeanwhile:
+    """The real client, where another run commits the same snapshot while this one is copying: the manifest check
+    at the start finds nothing, and the other run's ingest runs (to completion) just before this run's copy number
+    `at`; that copy then fails when `fail` is set."""
+
+    def __init__(self, real: Any, other_run: Any, at: int, fail: bool) -> None:
+        self.real, self.other_run, self.at, self.fail, self.copies = real, other_run, at, fail, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def head_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"].endswith("/manifest.json") and self.copies == 0:
+            raise self.real.exceptions.ClientError({"Error": {"Code": "404"}}, "HeadObject")
+        return self.real.head_object(**kwargs)
+
+    def copy(self, *args: Any, **kwargs: Any) -> None:
+        self.copies += 1
+        if self.copies == self.at:
+            self.other_run()
+            if self.fail:
+                raise ConnectionError("simulated failure during the copy")
+        self.real.copy(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_a_concurrent_run_of_the_same_snapshot_never_deletes_or_replaces_the_committed_one(
+    s3: S3Settings, lake: LakeSettings, client: Any, monkeypatch: pytest.MonkeyPatch, fail: bool
+) -> None:
+    for name in ("a", "b", "c"):
+        put(client, f"toy/{name}.csv", f"x,target\n1,{name}\n2,z\n".encode())
+    committed: list[IngestResult] = []
+    racing = SnapshotCommittedMeanwhile(client, lambda: committed.append(ingest(config(), s3=s3, lake=lake)), 2, fail)
+    monkeypatch.setattr(ml.clients, "s3_client", lambda settings: racing)
+    if fail:
+        # the failing run removes only its own copies: the committed snapshot keeps its manifest and every object
+        with pytest.raises(ConnectionError, match="simulated failure during the copy"):
+            run(s3, lake)
+    else:
+        # the losing run keeps the winner's snapshot, reports it as not created, and removes its own copies
+        assert run(s3, lake) == IngestResult(**{**committed[0].to_dict(), "created": False})
+    monkeypatch.undo()
+    (winner,) = committed
+    manifest = read_json(S3Uri.parse(winner.manifest_uri), client)
+    copies = {f"s3://lake/{key}" for key, _ in lake_listing(client) if "/data/" in key}
+    assert copies == {obj["snapshot_uri"] for obj in manifest["objects"]}
+    for obj in manifest["objects"]:
+        copy = S3Uri.parse(obj["snapshot_uri"])
+        assert client.get_object(Bucket=copy.bucket, Key=copy.key)["Body"].read().endswith(b"2,z\n")
+    assert read_json(latest_snapshot_uri(lake, "toy"), client)["manifest"] == winner.manifest_uri
 
 
 def test_an_object_changed_after_listing_is_not_snapshotted(
