@@ -133,16 +133,20 @@ def local_ray(num_cpus: int, s3: S3Settings | None = None) -> Iterator[None]:
     them: the same path the pipeline takes."""
     import ray
 
+    from ml.settings import RaySettings
+    from ml.tune.runtime import ray_auth_scope
+
     runtime_env = {"env_vars": s3.subprocess_env()} if s3 is not None else None
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        ray.init(
-            address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-            runtime_env=runtime_env,
-        )
+        with ray_auth_scope(RaySettings()):  # token auth, a token of its own, as a task's local Ray
+            ray.init(
+                address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                _temp_dir=temp_dir,
+                log_to_driver=False,
+                runtime_env=runtime_env,
+            )
         try:
             yield
         finally:

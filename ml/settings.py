@@ -105,8 +105,9 @@ class RaySettings:
 
     `address`: a GCS address (`10.0.0.5:6380`, for a driver on a machine that runs a Ray node) or a Ray Client address
     (`ray://head:10001`). `auth_token`: the cluster's token (Ray's `RAY_AUTH_TOKEN`). `auth_mode`: Ray's
-    `RAY_AUTH_MODE`, "token" or "disabled"; left out, it is "token" when a token is given, else "disabled" (what a
-    local Ray gets: ml.tune.runtime sets the mode for every ray.init, whatever the process's environment says)."""
+    `RAY_AUTH_MODE`, "token" or "disabled"; left out, it is "token" for a local Ray (ml.tune.runtime gives it a token of
+    its own when none is set, known only to the task that starts it) and for a cluster when a token is given, else
+    "disabled". ml.tune.runtime sets the mode for every ray.init, whatever the process's environment says."""
 
     address: str | None = None
     auth_token: str | None = field(default=None, repr=False)
@@ -122,7 +123,7 @@ class RaySettings:
     @property
     def implied_auth_mode(self) -> str:
         """The mode these settings get when none is given."""
-        return "token" if self.auth_token else "disabled"
+        return "token" if self.auth_token or self.address is None else "disabled"
 
     @property
     def resolved_auth_mode(self) -> str:

@@ -231,7 +231,6 @@ def stack_environment(base: dict[str, str] | None = None, profile: str | None = 
         **Settings().to_env(),
         "MLOPS_STACK_DIR": str(paths.root),
         "MLOPS_SERVE_URL": "http://127.0.0.1:8000",
-        "RAY_AUTH_MODE": "disabled",
         "AIRFLOW_HOME": str(paths.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),

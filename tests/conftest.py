@@ -115,15 +115,19 @@ def local_ray(settings: Any) -> Iterator[None]:
 
     import ray
 
+    from ml.settings import RaySettings
+    from ml.tune.runtime import ray_auth_scope
+
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        ray.init(
-            address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
-            num_cpus=2,
-            include_dashboard=False,
-            _temp_dir=temp_dir,
-            log_to_driver=False,
-            runtime_env={"env_vars": settings.s3.subprocess_env()},
-        )
+        with ray_auth_scope(RaySettings()):  # token auth, a token of its own, as a task's local Ray
+            ray.init(
+                address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
+                num_cpus=2,
+                include_dashboard=False,
+                _temp_dir=temp_dir,
+                log_to_driver=False,
+                runtime_env={"env_vars": settings.s3.subprocess_env()},
+            )
         try:
             yield
         finally:

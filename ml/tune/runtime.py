@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -37,11 +38,14 @@ def ray_driver_env(ray_settings: RaySettings) -> dict[str, str | None]:
     The mode is always explicit: with RAY_AUTH_MODE unset, Ray 2.60 turns token auth on for a local Ray (and writes
     ~/.ray/auth_token), and whatever the worker's environment holds would decide otherwise. The settings' token goes in
     RAY_AUTH_TOKEN, which Ray reads before RAY_AUTH_TOKEN_PATH and ~/.ray/auth_token; without one, those sources of
-    the deployment apply. RAY_ADDRESS is unset: ray.init would take it instead of starting the local Ray the settings
-    ask for."""
+    the deployment apply, except for a local Ray: it gets a fresh random token, which its processes inherit and no
+    one else knows, so other users of the machine cannot submit work to it. RAY_ADDRESS is unset: ray.init would take
+    it instead of starting the local Ray the settings ask for."""
     env: dict[str, str | None] = {"RAY_ADDRESS": None, "RAY_AUTH_MODE": ray_settings.resolved_auth_mode}
-    if ray_settings.auth_token and ray_settings.resolved_auth_mode == "token":
-        env["RAY_AUTH_TOKEN"] = ray_settings.auth_token
+    if ray_settings.resolved_auth_mode == "token":
+        token = ray_settings.auth_token or (None if ray_settings.address else secrets.token_hex(32))
+        if token:
+            env["RAY_AUTH_TOKEN"] = token
     return env
 
 
@@ -80,6 +84,16 @@ def _reload_ray_auth() -> None:
     AuthenticationTokenLoader.instance().reset_cache()
 
 
+@contextmanager
+def ray_auth_scope(ray_settings: RaySettings) -> Iterator[None]:
+    """Around a ray.init: Ray's auth mode and token as these settings say (a local Ray: a fresh token of its own),
+    re-read by this process's Ray, and the environment put back afterwards. ensure_ray uses it; so do the test and
+    benchmark fixtures that start a local Ray with options of their own."""
+    with _scoped_environment(ray_driver_env(ray_settings)):
+        _reload_ray_auth()
+        yield
+
+
 def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
     """Connect to the configured Ray cluster, else start a local Ray; True when this call started it (the caller
     shuts it down). Workers get the code and the S3 credentials through the job's runtime environment only."""
@@ -88,8 +102,7 @@ def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
     if ray.is_initialized():
         return False
     runtime_env = worker_runtime_env(ray_settings, s3)
-    with _scoped_environment(ray_driver_env(ray_settings)):
-        _reload_ray_auth()
+    with ray_auth_scope(ray_settings):
         # (No ray.LoggingConfig: it also sets the driver's root logger, which silenced this module's INFO progress.)
         if ray_settings.address:
             log.info(
@@ -101,6 +114,8 @@ def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
             # "local": a new Ray in this process, never "the latest cluster started on this machine" that ray.init
             # without an address would look for (/tmp/ray/ray_current_cluster, written by any `ray start`, e.g. the
             # cluster profile's: a stopped one made the task wait on its GCS forever).
+            # Ray's servers listen on every interface whatever node address it is given (it turns 127.0.0.1 into the
+            # routable address on purpose): the token is what keeps others out.
             ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
     return True
 

@@ -130,8 +130,12 @@ def test_mlflow_log_metric_and_register_model(mlflow_client: Any, settings: Sett
 def test_ray_starts_and_runs_a_task() -> None:
     import ray
 
+    from ml.settings import RaySettings
+    from ml.tune.runtime import ray_auth_scope
+
     with tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp") as temp_dir:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
+        with ray_auth_scope(RaySettings()):
+            ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=False)
         try:
 
             @ray.remote

@@ -247,7 +247,8 @@ def test_a_token_path_without_a_token_is_an_error(tmp_path: Path, content: str |
 
 def test_the_ray_auth_mode_is_explicit() -> None:
     token = uuid.uuid4().hex
-    assert RaySettings().resolved_auth_mode == "disabled", "a local Ray without a token: auth off, as today"
+    assert RaySettings().resolved_auth_mode == "token", "a local Ray: token auth (with a token of its own)"
+    assert RaySettings(auth_mode="disabled").resolved_auth_mode == "disabled"
     assert RaySettings("10.0.0.5:6380").resolved_auth_mode == "disabled"
     assert RaySettings("10.0.0.5:6380", auth_token=token).resolved_auth_mode == "token"
     assert RaySettings("10.0.0.5:6380", auth_mode="token").resolved_auth_mode == "token"  # token from Ray's own files
@@ -258,7 +259,7 @@ def test_the_ray_auth_mode_is_explicit() -> None:
         RaySettings(auth_mode="k8s")
     # however written, the same settings compare equal (a connection's vs. an environment's)
     assert RaySettings("h:1", auth_token=token) == RaySettings("h:1", auth_token=token, auth_mode="token")
-    assert RaySettings() == RaySettings(auth_mode="disabled")
+    assert RaySettings() == RaySettings(auth_mode="token")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from _pytest.logging import LogCaptureHandler
 
 from ml.settings import PROJECT_ROOT, RaySettings, S3Settings
 from ml.tune import runtime
-from ml.tune.runtime import _SNAPSHOT_WARNING, _DropSnapshotWarning, ensure_ray, route_library_logs
+from ml.tune.runtime import _SNAPSHOT_WARNING, _DropSnapshotWarning, ensure_ray, ray_driver_env, route_library_logs
 
 S3 = S3Settings(endpoint_url="http://s3.invalid:9000", access_key_id="id", secret_access_key="sk")
 AUTH_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
@@ -66,11 +67,23 @@ def test_a_local_ray_is_started_with_the_s3_settings_for_its_workers(
     assert init["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "sk"
     # "local" starts a Ray here, never the machine's latest `ray start` cluster (/tmp/ray/ray_current_cluster)
     assert init["address"] == "local" and init["include_dashboard"] is False
-    # the settings decide, not the worker's environment: no address (a local Ray), auth explicitly disabled
-    assert init["environment"] == {"RAY_ADDRESS": None, "RAY_AUTH_MODE": "disabled", "RAY_AUTH_TOKEN": None}
+    # the settings decide, not the worker's environment: no address (a local Ray), token auth with a fresh token
+    environment = init["environment"]
+    assert (environment["RAY_ADDRESS"], environment["RAY_AUTH_MODE"]) == (None, "token")
+    assert re.fullmatch("[0-9a-f]{64}", environment["RAY_AUTH_TOKEN"])
     assert ray_variables() == worker_environment, "the worker's environment is put back"
     assert ensure_ray(RaySettings(), S3) is False  # already up: not ours to shut down
     assert len(fake_ray) == 1
+
+
+def test_every_local_ray_gets_its_own_token_unless_one_is_configured() -> None:
+    first, second = (ray_driver_env(RaySettings())["RAY_AUTH_TOKEN"] for _ in range(2))
+    assert first and second and first != second
+    configured = uuid.uuid4().hex
+    assert ray_driver_env(RaySettings(auth_token=configured))["RAY_AUTH_TOKEN"] == configured
+    # a cluster's token comes from its settings or Ray's own files, never made up
+    assert "RAY_AUTH_TOKEN" not in ray_driver_env(RaySettings("10.0.0.5:6380", auth_mode="token"))
+    assert "RAY_AUTH_TOKEN" not in ray_driver_env(RaySettings(auth_mode="disabled"))
 
 
 @pytest.mark.parametrize("address", ["ray://head:10001", "10.0.0.5:6380"], ids=["ray-client", "gcs"])
