@@ -1,7 +1,8 @@
 """The MLflow Model Registry side of the pipeline.
 
   conventions  model names, aliases, version tags and artifacts: what every other part relies on
-  lock         AliasLock, the S3 lock that serialises alias moves of one model (injectable clock)
+  lock         AliasLock, the S3 lock that serialises alias moves of one model: lease renewed while held, and a
+               fence (ensure_held) before every write under it (injectable clock)
   register     register_model: a new version with lineage, idempotent per DAG run
   gate         decide: the promotion rule as a pure function
   rescore      both versions scored on the challenger's test split

@@ -7,11 +7,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.clock import SYSTEM_CLOCK, Clock
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, S3Settings
 from ml.topics import Topic
+
+if TYPE_CHECKING:
+    from ml.registry.lock import AliasLock
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,7 @@ class RegistryContext:
     publish: Publish | None = field(default=None, repr=False)  # None: synchronous sends to `kafka`
     lock_ttl_s: float = 120.0
     lock_wait_s: float = 300.0
+    lock_keep_renewed: bool = True  # the lock's lease renewal thread (a test with a fake clock may turn it off)
 
     @cached_property
     def client(self) -> Any:
@@ -46,8 +50,8 @@ class RegistryContext:
 
         return s3_client(self.s3)
 
-    def lock(self, model_name: str) -> Any:
-        """The alias lock of one registered model (ml.registry.lock)."""
+    def lock(self, model_name: str) -> AliasLock:
+        """The alias lock of one registered model (ml.registry.lock), renewed while held unless turned off."""
         from ml.registry.lock import AliasLock
         from ml.storage import registry_lock_uri
 
@@ -56,6 +60,7 @@ class RegistryContext:
             self.s3_client,
             ttl_s=self.lock_ttl_s,
             wait_s=self.lock_wait_s,
+            keep_renewed=self.lock_keep_renewed,
             clock=self.clock,
         )
 

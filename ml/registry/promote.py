@@ -5,6 +5,12 @@ under the lock the champion is re-read and, if it moved meanwhile, the decision 
 champion. The decision is recorded as `gate.*` version tags and published (model_promoted when the alias moved,
 a model_rejected pipeline event otherwise) under the lock, so promotion events reach consumers in the order the
 alias moved.
+
+The lock's lease is renewed in the background while it is held (a synchronous Kafka publish can take tens of
+seconds), and each write under it (the decision's tags, the alias, the event; the rollback's likewise) is preceded by
+`AliasLock.ensure_held()`: a gate whose lock expired and was taken over raises `LockLost` instead of moving the alias.
+What it wrote before it noticed stays (e.g. `gate.*` tags without the alias move, or an alias move without its
+event); the task fails, and its retry decides again under the lock (an already-champion version re-publishes).
 """
 
 from __future__ import annotations
@@ -60,18 +66,22 @@ def promote(
     for _attempt in range(MAX_DECISIONS):
         champion_before = alias_version(client, model_name, CHAMPION)
         decision = _decide(context, model_name, challenger, champion_before, rule)
-        with context.lock(model_name):
+        with context.lock(model_name) as lock:
             if alias_version(client, model_name, CHAMPION) != champion_before:
                 log.info("%s: champion moved while deciding on v%s: deciding again", model_name, version)
                 continue
             # The decision's tags first: the prediction service serves only a version whose tags say it passed the
             # gate (ml.predictor.ungated_reason), so the alias must never point at it before they are there.
+            # Every write is fenced: a gate whose lock was taken over (it stalled past the TTL) writes nothing more.
+            lock.ensure_held()
             _record_decision(context, model_name, version, decision, rule)
             if decision.promote:
+                lock.ensure_held()
                 client.set_registered_model_alias(model_name, CHAMPION, version)
                 if alias_version(client, model_name, CHAMPION) != version:  # the lock should make this impossible
                     raise RegistryError(f"{model_name}: champion alias did not stick to v{version}")
             run_id = dag_run_id or challenger.tags.get("dag_run_id")
+            lock.ensure_held()  # events leave in the order the alias moved; a retry re-publishes (already_champion)
             event = _publish_decision(context, model_name, version, decision, rule, dag_id=dag_id, dag_run_id=run_id)
         break
     else:
@@ -180,12 +190,14 @@ def rollback(
     if target.tags.get(REGISTRATION_TAG) not in (None, "complete"):
         raise RegistryError(f"{model_name} v{version} is not completely registered ({target.tags[REGISTRATION_TAG]})")
     metric = target.tags.get("metric", "unknown")
-    with context.lock(model_name):
+    with context.lock(model_name) as lock:
         previous = alias_version(client, model_name, CHAMPION)
         at = utc_now_iso(context.clock)
         tags = {"rollback.at": at, "rollback.from_version": previous or "", "rollback.reason": reason}
+        lock.ensure_held()
         for key, value in {**tags, "champion_since": at}.items():  # before the alias: what serving checks
             client.set_model_version_tag(model_name, version, key, value)
+        lock.ensure_held()
         client.set_registered_model_alias(model_name, CHAMPION, version)
         previous_tags = client.get_model_version(model_name, previous).tags if previous else {}
         payload = {
@@ -198,6 +210,7 @@ def rollback(
             "previous_value": test_metric(previous_tags, metric) if previous else None,
             "reason": reason,
         }
+        lock.ensure_held()
         context.send(MODEL_PROMOTED, payload, model_name, None)
     log.info("%s: champion moved from v%s to v%s (%s)", model_name, previous, version, reason)
     return {"model_name": model_name, "champion": version, "previous_champion": previous, "reason": reason}

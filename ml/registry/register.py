@@ -8,8 +8,10 @@ importable where it is loaded (the serving image has it).
 Registration is idempotent per DAG run: the version carries a `dag_run_id` tag; a retried task finds its complete
 version and returns it, and a version left half-registered by a crashed attempt (tag `mlops.registration=pending`)
 is deleted and redone. If anything fails after the version was created, that version is deleted (which also removes
-any alias pointing at it). The slow upload happens outside the alias lock; the version is created and aliased under
-it.
+any alias pointing at it). The slow upload happens outside the alias lock (the look for a complete version before it
+only reads); the clean-up of pending versions, the new version, its alias and tags happen under it, each write
+fenced by `AliasLock.ensure_held()`. A registration whose lock was lost (taken over after it expired) writes nothing
+more: its new version stays pending, and the next attempt of its DAG run deletes it under the lock.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ml.experiments import get_or_create_experiment, quoted
 from ml.json_values import is_finite_number
@@ -40,6 +42,9 @@ from ml.registry.conventions import (
     registered_model_name,
 )
 from ml.storage import S3Uri, read_json
+
+if TYPE_CHECKING:
+    from ml.registry.lock import AliasLock
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +220,12 @@ def register_model(
     client = context.client
     name = registered_model_name(str(evaluation["dataset"]), str(evaluation["task"]))
     _ensure_registered_model(client, name, evaluation)
-    existing = _complete_version_of_run(client, name, dag_run_id)
-    if existing is not None:
-        log.info("%s: DAG run %s already registered version %s", name, dag_run_id, existing.version)
-        return _registration_result(name, existing, created=False)
+    if _complete_version_of_run(client, name, dag_run_id) is not None:  # a retried task: no upload
+        with context.lock(name) as lock:
+            existing = _settle_earlier_attempts(lock, client, name, dag_run_id)
+        if existing is not None:
+            log.info("%s: DAG run %s already registered version %s", name, dag_run_id, existing.version)
+            return _registration_result(name, existing, created=False)
 
     tags = version_tags(
         evaluation,
@@ -232,11 +239,12 @@ def register_model(
     experiment_id = get_or_create_experiment(client, experiment_name or str(evaluation["dataset"]))
     with tempfile.TemporaryDirectory(prefix="mlops-register-") as tmp:
         info = _log_pyfunc_model(context, evaluation, Path(tmp), run_id=parent_run_id, experiment_id=experiment_id)
-    with context.lock(name):
+    with context.lock(name) as lock:
         # A concurrent attempt of the same DAG run may have finished while we uploaded.
-        existing = _complete_version_of_run(client, name, dag_run_id)
+        existing = _settle_earlier_attempts(lock, client, name, dag_run_id)
         if existing is not None:
             return _registration_result(name, existing, created=False)
+        lock.ensure_held()
         version = client.create_model_version(
             name,
             source=info.model_uri,
@@ -247,11 +255,13 @@ def register_model(
         )
         try:
             _wait_ready(context, name, version.version)
+            lock.ensure_held()
             client.set_registered_model_alias(name, CHALLENGER, version.version)
+            lock.ensure_held()
             client.set_model_version_tag(name, version.version, REGISTRATION_TAG, "complete")
             client.set_model_version_tag(name, version.version, "registered_at", utc_now_iso(context.clock))
         except BaseException:
-            _delete_version(client, name, version.version, "its registration failed")
+            _delete_failed_version(lock, client, name, version.version)
             raise
     log.info("%s: registered version %s from %s (DAG run %s)", name, version.version, info.model_uri, dag_run_id)
     result = _registration_result(name, client.get_model_version(name, version.version), created=True)
@@ -268,15 +278,35 @@ def register_model(
 
 
 def _complete_version_of_run(client: Any, name: str, dag_run_id: str) -> Any | None:
-    """This DAG run's complete version; a pending one (left by a crashed attempt) is deleted so it can be redone."""
+    """This DAG run's complete version, if it has one (reads only: safe outside the lock)."""
+    complete = (v for v in versions_of_run(client, name, dag_run_id) if v.tags.get(REGISTRATION_TAG) == "complete")
+    return next(complete, None)
+
+
+def _settle_earlier_attempts(lock: AliasLock, client: Any, name: str, dag_run_id: str) -> Any | None:
+    """Under the lock: this DAG run's complete version, once what its earlier attempts left half-registered (pending,
+    or failed) is deleted so that it can be redone. Each deletion is fenced: deleting a version drops the aliases
+    that point at it, so it must not race a gate that reads or moves them."""
     found = None
     for version in versions_of_run(client, name, dag_run_id):
         if version.tags.get(REGISTRATION_TAG) == "complete" and found is None:
             found = version
         elif version.tags.get(REGISTRATION_TAG) != "complete":
+            lock.ensure_held()
             why = f"an earlier attempt of DAG run {dag_run_id} left it pending"
             _delete_version(client, name, version.version, why)
     return found
+
+
+def _delete_failed_version(lock: AliasLock, client: Any, name: str, version: str) -> None:
+    """Delete the version this attempt failed to complete, if the lock is still ours; otherwise leave it pending (the
+    next attempt of its DAG run deletes it under the lock) rather than drop aliases without it."""
+    try:
+        lock.ensure_held()
+    except Exception as error:  # LockLost, or S3 could not say: never hide the original error
+        log.error("%s: left version %s pending after a failed registration: %s", name, version, error)
+        return
+    _delete_version(client, name, version, "its registration failed")
 
 
 def _wait_ready(context: RegistryContext, name: str, version: str, timeout_s: float = 120.0) -> None:

@@ -1,18 +1,55 @@
 """In-memory stand-ins for the clients that ml.registry (and ml.predictor, ml.serve, ml.events) take as
-arguments (the clock: tests.support.fake_clock): an S3 client with conditional puts and deletes, and an MLflow client
-with registered model versions, tags and aliases. They behave like the real ones where the code under test relies on
-it (error codes, ETags, MlflowException for a missing alias) and nothing more."""
+arguments (the clock: tests.support.fake_clock, and SteppedClock for the lock's renewal thread): an S3 client with
+conditional puts and deletes, and an MLflow client with registered model versions, tags and aliases. They behave like
+the real ones where the code under test relies on it (error codes, ETags, MlflowException for a missing alias) and
+nothing more."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.support.fake_clock import FakeClock
+
+
+class SteppedClock(FakeClock):
+    """A FakeClock whose `sleep` returns only when the test says so (`step`), then moves the clock on by the pause.
+
+    A background thread sleeping on it (the alias lock's renewal) runs exactly as often as the test steps it, and
+    `step` returns once that thread is asleep again: no test waits for time to pass or races the thread. Only the
+    thread under test may sleep on it (a sleep nobody steps blocks)."""
+
+    def __init__(self, wall: float = 1_900_000_000.0, monotonic: float = 100.0) -> None:
+        super().__init__(wall, monotonic)
+        self._changed = threading.Condition()
+        self._asleep = 0  # sleeps begun
+        self._woken = 0  # sleeps let go
+
+    def sleep(self, seconds: float) -> None:
+        with self._changed:
+            self._asleep += 1
+            turn = self._asleep
+            self._changed.notify_all()
+            self._changed.wait_for(lambda: self._woken >= turn)
+        super().sleep(seconds)
+
+    def step(self, *, then_asleep: bool = True) -> None:
+        """Let the sleeping thread go on; with `then_asleep`, return when it sleeps again (else it is ending: join
+        it)."""
+        with self._changed:
+            assert self._changed.wait_for(lambda: self._asleep > self._woken, timeout=_SYNC_S), "nobody is asleep"
+            self._woken += 1
+            self._changed.notify_all()
+            if then_asleep:
+                assert self._changed.wait_for(lambda: self._asleep > self._woken, timeout=_SYNC_S), "not asleep again"
+
+
+_SYNC_S = 30.0  # a safety net against a test that hangs, never a timing: a thread is awaited, not time
 
 
 def client_error(code: str, operation: str = "Operation", status: int = 400) -> Exception:
@@ -248,6 +285,9 @@ def fake_context(
     from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, S3Settings
 
     record = published if published is not None else []
+    # The lock's renewal thread sleeps on the clock, and a FakeClock's sleep returns at once: a test that wants the
+    # renewal passes a SteppedClock and lock_keep_renewed=True.
+    kwargs.setdefault("lock_keep_renewed", False)
     context = RegistryContext(
         mlflow=MlflowSettings("http://mlflow.invalid"),
         s3=S3Settings(endpoint_url="http://s3.invalid"),

@@ -11,8 +11,7 @@ import pytest
 from ml.registry.context import RegistryContext
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, S3Settings
 from ml.topics import MODEL_PROMOTED, PIPELINE_EVENTS
-from tests.support.fake_clock import FakeClock
-from tests.unit.ml.registry.fakes import FakeS3
+from tests.unit.ml.registry.fakes import FakeS3, SteppedClock
 
 UNREACHABLE = KafkaSettings("127.0.0.1:1")  # nothing listens on port 1: a send that reached Kafka would fail
 
@@ -73,14 +72,23 @@ def test_without_a_recorder_send_publishes_to_the_configured_kafka(monkeypatch: 
 
 
 def test_the_lock_lives_in_the_lake_and_uses_the_contexts_clock_and_limits() -> None:
-    clock, s3 = FakeClock(), FakeS3()
+    clock, s3 = SteppedClock(), FakeS3()
     registry = context(clock=clock, lock_ttl_s=7.0, lock_wait_s=3.0)
     registry.__dict__["s3_client"] = s3  # the cached client, as a test injects it
     alias_lock = registry.lock("iris-classification")
     assert str(alias_lock.uri) == "s3://my-lake/locks/registry/iris-classification.lock"
     assert (alias_lock.ttl_s, alias_lock.wait_s, alias_lock.clock, alias_lock.client) == (7.0, 3.0, clock, s3)
+    assert alias_lock.keep_renewed and alias_lock.renew_every_s == 7.0 / 3  # renewed while held, by default
     with alias_lock:
         assert ("my-lake", "locks/registry/iris-classification.lock") in s3.objects
+    assert alias_lock.renewer is not None
+    clock.step(then_asleep=False)  # the renewal thread wakes up after the release and ends
+    alias_lock.renewer.join(timeout=30)
+    assert not alias_lock.renewer.is_alive() and s3.objects == {}
+
+
+def test_a_context_can_turn_the_lock_renewal_off() -> None:
+    assert not context(lock_keep_renewed=False).lock("m").keep_renewed
 
 
 def test_clients_are_built_from_the_settings_once() -> None:

@@ -1,6 +1,8 @@
 """ml.registry.lock.AliasLock on an in-memory S3 with conditional writes and a fake clock: exclusive, waits with
 jittered back-off on the monotonic clock, expires on the wall clock, an expired lock is taken over conditionally, and a
-late release never removes someone else's lock. No test waits for real time to pass."""
+late release never removes someone else's lock; its lease is renewed (conditionally) while held, by a thread the test
+steps through a SteppedClock, and its fence (`ensure_held`) refuses once the lock is no longer ours. No test waits
+for real time to pass."""
 
 from __future__ import annotations
 
@@ -10,16 +12,18 @@ import random
 
 import pytest
 
-from ml.registry.lock import AliasLock, LockTimeout
+from ml.registry.lock import AliasLock, LockLost, LockTimeout
 from ml.storage import S3Uri
 from tests.support.fake_clock import FakeClock
-from tests.unit.ml.registry.fakes import FakeS3, client_error
+from tests.unit.ml.registry.fakes import FakeS3, SteppedClock, client_error
 
 URI = S3Uri("lake", "locks/registry/m.lock")
 
 
-def lock(s3: FakeS3, clock: FakeClock, **kwargs: float) -> AliasLock:
-    return AliasLock(URI, s3, clock=clock, jitter=random.Random(7), **kwargs)  # type: ignore[arg-type]
+def lock(s3: FakeS3, clock: FakeClock, keep_renewed: bool = False, **kwargs: float) -> AliasLock:
+    """A lock on the fakes; its renewal thread only when asked (it needs a SteppedClock: see fakes.SteppedClock)."""
+    jitter = random.Random(7)
+    return AliasLock(URI, s3, clock=clock, jitter=jitter, keep_renewed=keep_renewed, **kwargs)
 
 
 def held_by(s3: FakeS3) -> dict[str, object]:
@@ -154,3 +158,146 @@ def test_the_lock_is_released_when_the_block_fails_and_release_twice_is_harmless
 def test_owners_are_unique_per_lock_object() -> None:
     s3, clock = FakeS3(), FakeClock()
     assert lock(s3, clock).owner != lock(s3, clock).owner
+
+
+# --- the lease: renewed while held ------------------------------------------------------------------------------------
+
+
+def puts(s3: FakeS3) -> list[dict[str, object]]:
+    return [kwargs for name, kwargs in s3.calls if name == "put_object"]
+
+
+def test_renew_extends_the_expiry_with_a_put_conditional_on_our_etag() -> None:
+    s3, clock = FakeS3(), FakeClock()
+    holder = lock(s3, clock, ttl_s=30)
+    holder.acquire()
+    first_etag = s3.objects[(URI.bucket, URI.key)][1]
+    clock.advance(25)
+    assert holder.renew()
+    assert held_by(s3) == {"owner": holder.owner, "expires_at": clock.time() + 30}
+    assert puts(s3)[-1]["IfMatch"] == first_etag  # conditional on what we wrote: nobody else's lock is extended
+    clock.advance(25)  # 50 s after the acquisition: without the renewal it would have expired 20 s ago
+    with pytest.raises(LockTimeout, match=f"held by {holder.owner}"):
+        lock(s3, clock, wait_s=0).acquire()
+    holder.ensure_held()  # the new ETag is remembered: still ours
+    holder.release()
+    assert s3.objects == {}  # the release's conditional delete matched the renewed ETag
+
+
+def test_the_renewal_thread_renews_every_third_of_the_ttl_and_stops_at_release() -> None:
+    s3, clock = FakeS3(), SteppedClock()
+    holder = lock(s3, clock, keep_renewed=True, ttl_s=30)
+    acquired_at = clock.time()
+    holder.acquire()
+    assert holder.renewer is not None and holder.renewer.daemon and holder.renewer.is_alive()
+    for rounds in (1, 2, 3):
+        clock.step()  # one pause of the renewal thread passes; it renews and sleeps again
+        assert held_by(s3)["expires_at"] == acquired_at + 10 * rounds + 30
+    assert clock.sleeps == [10.0, 10.0, 10.0] and len(puts(s3)) == 4  # the create, then three renewals
+    holder.release()
+    clock.step(then_asleep=False)  # it wakes up after the release: it renews nothing and ends
+    holder.renewer.join(timeout=30)
+    assert not holder.renewer.is_alive()
+    assert len(puts(s3)) == 4 and s3.objects == {}
+
+
+def test_a_refused_renewal_means_the_lock_was_lost(caplog: pytest.LogCaptureFixture) -> None:
+    s3, clock = FakeS3(), SteppedClock()
+    slow = lock(s3, clock, keep_renewed=True, ttl_s=30)
+    slow.acquire()
+    clock.advance(31)  # the holder stalled (its renewal thread did not run) past its expiry ...
+    taker = lock(s3, clock, wait_s=0)
+    taker.acquire()  # ... and another writer took the lock over
+    with caplog.at_level(logging.ERROR, logger="ml.registry.lock"):
+        clock.step(then_asleep=False)  # the renewal, late: refused (the ETag changed), recorded, and no more renewals
+        assert slow.renewer is not None
+        slow.renewer.join(timeout=30)
+    assert not slow.renewer.is_alive() and not slow.held and held_by(s3)["owner"] == taker.owner
+    assert slow.lost == f"renewing it was refused (PreconditionFailed); held by {taker.owner} now"
+    assert f"lost the registry lock {URI}" in caplog.text
+    assert not slow.renew()  # a lost lock is not renewed again
+    with pytest.raises(LockLost, match=f"{URI} is no longer ours: .* held by {taker.owner} now"):
+        slow.ensure_held()
+    slow.release()
+    assert held_by(s3)["owner"] == taker.owner  # the late release leaves the taker's lock
+
+
+def test_a_renewal_error_other_than_a_conflict_is_raised_and_the_thread_tries_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    s3, clock = FakeS3(), SteppedClock()
+    holder = lock(s3, clock, keep_renewed=True, ttl_s=30)
+    holder.acquire()
+    s3.fail_with["put_object"] = client_error("SlowDown", status=503)
+    with pytest.raises(ClientError, match="SlowDown"):
+        holder.renew()
+    with caplog.at_level(logging.WARNING, logger="ml.registry.lock"):
+        clock.step()  # the thread's renewal fails the same way: logged, and it sleeps again
+    assert "could not renew the registry lock" in caplog.text and holder.held
+    del s3.fail_with["put_object"]
+    clock.step()
+    assert held_by(s3)["expires_at"] == clock.time() + 30
+    holder.release()
+    clock.step(then_asleep=False)
+    assert holder.renewer is not None
+    holder.renewer.join(timeout=30)
+
+
+# --- the fence: ensure_held ------------------------------------------------------------------------------------------
+
+
+def test_ensure_held_looks_at_the_lock_objects_etag() -> None:
+    s3, clock = FakeS3(), FakeClock()
+    holder = lock(s3, clock, ttl_s=120)
+    holder.acquire()
+    holder.ensure_held()
+    assert [name for name, _ in s3.calls][-1] == "head_object" and len(puts(s3)) == 1  # a look, no write
+    # Someone else's lock replaced ours (e.g. a waiter whose clock runs ahead took it over).
+    s3.objects[(URI.bucket, URI.key)] = (json.dumps({"owner": "other-gate", "expires_at": 0}).encode(), '"theirs"')
+    with pytest.raises(LockLost, match=f"{URI} is no longer ours: its ETag changed; held by other-gate now"):
+        holder.ensure_held()
+    assert not holder.held and len(puts(s3)) == 1  # nothing written to find out
+
+
+def test_ensure_held_refuses_a_removed_or_released_lock_and_one_never_taken() -> None:
+    s3, clock = FakeS3(), FakeClock()
+    holder = lock(s3, clock)
+    with pytest.raises(LockLost, match="not held"):
+        holder.ensure_held()
+    holder.acquire()
+    s3.objects.clear()  # removed by hand
+    with pytest.raises(LockLost, match="it was removed; held by nobody now"):
+        holder.ensure_held()
+    holder.release()
+    with pytest.raises(LockLost, match="not held"):
+        holder.ensure_held()
+
+
+def test_ensure_held_renews_a_lease_that_runs_short() -> None:
+    """A holder whose renewal fell behind: with less than half the TTL left the fence renews (a put conditional on
+    our ETag checks and extends at once); once the lock was taken over that put is refused."""
+    s3, clock = FakeS3(), FakeClock()
+    holder = lock(s3, clock, ttl_s=30)
+    holder.acquire()
+    clock.advance(16)
+    holder.ensure_held()
+    assert puts(s3)[-1]["IfMatch"] is not None and held_by(s3)["expires_at"] == clock.time() + 30
+    clock.advance(31)
+    taker = lock(s3, clock, wait_s=0)
+    taker.acquire()
+    with pytest.raises(LockLost, match=f"renewing it was refused .*held by {taker.owner} now"):
+        holder.ensure_held()
+    assert held_by(s3)["owner"] == taker.owner
+
+
+def test_a_fence_that_cannot_reach_s3_raises_rather_than_lets_the_write_through() -> None:
+    from botocore.exceptions import ClientError
+
+    s3, clock = FakeS3(), FakeClock()
+    holder = lock(s3, clock)
+    holder.acquire()
+    s3.fail_with["head_object"] = client_error("AccessDenied", status=403)
+    with pytest.raises(ClientError, match="AccessDenied"):
+        holder.ensure_held()

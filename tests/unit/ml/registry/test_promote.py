@@ -1,18 +1,22 @@
 """ml.registry.promote on an in-memory registry, S3 and clock: the gate applied under the alias lock, the decision
-recorded and published, a champion that moves while deciding, and the unconditional rollback."""
+recorded and published, a champion that moves while deciding, the unconditional rollback, and the lock's fence and
+renewal (a holder whose lock was taken over moves nothing; a slow publish keeps the lock)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from ml.registry import promote as promote_module
 from ml.registry.context import RegistryError
+from ml.registry.lock import AliasLock, LockLost, LockTimeout
 from ml.registry.promote import register_and_promote, rollback
+from ml.storage import S3Uri
 from ml.topics import MODEL_PROMOTED, PIPELINE_EVENTS
 from tests.support.fake_clock import FakeClock
-from tests.unit.ml.registry.fakes import FakeMlflow, FakeS3, fake_context
+from tests.unit.ml.registry.fakes import FakeMlflow, FakeS3, SteppedClock, fake_context
 
 NAME = "iris-classification"
 LOCK = ("lake", f"locks/registry/{NAME}.lock")
@@ -184,6 +188,59 @@ def test_a_champion_that_keeps_moving_is_an_error(registry: Registry) -> None:
     with pytest.raises(RegistryError, match="the champion kept moving while gating v2"):
         registry.promote("2")
     assert registry.published == [] and "gate.decision" not in registry.mlflow.versions[(NAME, "2")].tags
+
+
+@pytest.mark.parametrize("move", ["promote", "rollback"])
+def test_a_holder_whose_lock_was_taken_over_never_moves_the_alias(registry: Registry, move: str) -> None:
+    complete(registry.mlflow, 1, 0.8)
+    complete(registry.mlflow, 2, 0.9)
+    registry.mlflow.aliases[(NAME, "champion")] = "1"
+    taker = AliasLock(S3Uri(*LOCK), registry.s3, wait_s=0, keep_renewed=False, clock=registry.clock)
+
+    def stall_past_the_ttl_and_lose_the_lock() -> None:
+        registry.clock.advance(121)  # the holder stalls while writing its tags; its lock expires ...
+        taker.acquire()  # ... and another gate takes it over
+
+    registry.mlflow.on["set_model_version_tag"] = [stall_past_the_ttl_and_lose_the_lock]
+    with pytest.raises(LockLost, match=f"{LOCK[1]} is no longer ours: .* held by {taker.owner} now"):
+        registry.promote("2") if move == "promote" else rollback(registry.context, NAME, "2")
+    assert "set_registered_model_alias" not in [method for method, _ in registry.mlflow.calls]
+    assert registry.champion == "1" and registry.published == []
+    assert json.loads(registry.s3.body(*LOCK))["owner"] == taker.owner  # its late release left the taker's lock
+
+
+def test_every_write_under_the_lock_is_fenced(registry: Registry) -> None:
+    complete(registry.mlflow, 1, 0.8)
+    complete(registry.mlflow, 2, 0.9)
+    registry.mlflow.aliases[(NAME, "champion")] = "1"
+    fenced: list[str] = []  # what the last S3 call was when each write began: the fence (a HEAD) or not
+    last_s3_call = lambda what: lambda: fenced.append(f"{what} after {registry.s3.calls[-1][0]}")  # noqa: E731
+    registry.mlflow.on["set_model_version_tag"] = [last_s3_call("tags")]
+    registry.mlflow.on["set_registered_model_alias"] = [last_s3_call("alias")]
+    registry.context.publish = lambda *args: last_s3_call("event")()
+    registry.promote("2")
+    assert fenced == ["tags after head_object", "alias after head_object", "event after head_object"]
+
+
+def test_a_publish_slower_than_the_ttl_keeps_the_lock_by_renewing_it() -> None:
+    mlflow, s3, clock = FakeMlflow(), FakeS3(), SteppedClock()
+    complete(mlflow, 1, 0.8)
+    context = fake_context(mlflow, s3, clock, lock_ttl_s=30, lock_keep_renewed=True)
+    waiters: list[str] = []
+
+    def slow_publish(*args: Any) -> None:
+        for _ in range(4):  # 40 s of a 30 s TTL pass while Kafka takes the event; the renewal thread runs each 10 s
+            clock.step()
+        with pytest.raises(LockTimeout) as refused:  # so another gate still finds the lock held, not expired
+            AliasLock(S3Uri(*LOCK), s3, wait_s=0, keep_renewed=False, clock=clock).acquire()
+        waiters.append(str(refused.value))
+
+    context.publish = slow_publish
+    assert promote_module.promote(context, NAME, "1", metric="accuracy")["promoted"]
+    [refusal] = waiters
+    assert "held by" in refusal and mlflow.aliases[(NAME, "champion")] == "1"
+    assert LOCK not in s3.objects  # released afterwards
+    clock.step(then_asleep=False)  # let the renewal thread see the release and end
 
 
 def test_a_champion_of_another_snapshot_is_rescored(registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:

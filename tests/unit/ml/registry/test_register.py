@@ -1,6 +1,7 @@
 """ml.registry.register without servers: what an evaluation must hold, the tags of a new version, where its files come
-from, and registration's steps on an in-memory registry (idempotent per DAG run, under the alias lock, cleaned up on
-failure). The model upload itself (MLflow's pyfunc logging) is covered by tests/integration/ml/registry."""
+from, and registration's steps on an in-memory registry (idempotent per DAG run, under the alias lock with each write
+fenced, pending leftovers deleted under the lock, cleaned up on failure). The model upload itself (MLflow's pyfunc
+logging) is covered by tests/integration/ml/registry."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ import pytest
 
 from ml.registry import register
 from ml.registry.context import RegistryError
+from ml.registry.lock import AliasLock, LockLost
 from ml.registry.register import check_evaluation, load_evaluation, metric_value, register_model, version_tags
+from ml.storage import S3Uri
 from ml.topics import PIPELINE_EVENTS
 from tests.support.fake_clock import FakeClock
 from tests.support.stand_in_model import make_checkpoint, make_spec
@@ -224,6 +227,45 @@ def test_a_pending_leftover_of_the_run_is_redone(uploaded: list[dict[str, Any]])
     redone = register_model(evaluation(), fake_context(mlflow), dag_id="d", dag_run_id="run-1")
     assert (redone["version"], redone["created"]) == ("2", True)
     assert sorted(v for _, v in mlflow.versions) == ["2"] and mlflow.aliases[(NAME, "challenger")] == "2"
+
+
+@pytest.mark.parametrize("completed_before", [False, True])
+def test_pending_leftovers_are_deleted_under_the_lock_and_fenced(
+    uploaded: list[dict[str, Any]], completed_before: bool
+) -> None:
+    mlflow, s3 = FakeMlflow(), FakeS3()
+    if completed_before:  # a retried task whose version is complete: it returns that, after the clean-up
+        mlflow.add(NAME, 1, dag_run_id="run-1", **{"mlops.registration": "complete"})
+    mlflow.add(NAME, 2, dag_run_id="run-1", **{"mlops.registration": "pending"})
+    lock_key = ("lake", f"locks/registry/{NAME}.lock")
+    at_delete: list[tuple[bool, str]] = []  # (the lock object exists, the S3 call just before: the fence)
+    mlflow.on["delete_model_version"] = [lambda: at_delete.append((lock_key in s3.objects, s3.calls[-1][0]))]
+    result = register_model(evaluation(), fake_context(mlflow, s3), dag_id="d", dag_run_id="run-1")
+    assert at_delete == [(True, "head_object")] and (NAME, "2") not in mlflow.versions
+    assert (result["version"], result["created"]) == (("1", False) if completed_before else ("3", True))
+    assert lock_key not in s3.objects
+
+
+def test_a_registration_that_lost_its_lock_sets_no_alias_and_leaves_its_version_pending(
+    uploaded: list[dict[str, Any]],
+) -> None:
+    mlflow, s3, clock = FakeMlflow(), FakeS3(), FakeClock()
+    taker = AliasLock(S3Uri("lake", f"locks/registry/{NAME}.lock"), s3, wait_s=0, keep_renewed=False, clock=clock)
+
+    def stall_past_the_ttl_and_lose_the_lock() -> None:
+        clock.advance(121)
+        taker.acquire()
+
+    mlflow.on["create_model_version"] = [stall_past_the_ttl_and_lose_the_lock]
+    with pytest.raises(LockLost, match=f"held by {taker.owner} now"):
+        register_model(evaluation(), fake_context(mlflow, s3, clock), dag_id="d", dag_run_id="run-1")
+    called = [method for method, _ in mlflow.calls]
+    assert "set_registered_model_alias" not in called and "delete_model_version" not in called
+    assert mlflow.aliases == {} and mlflow.versions[(NAME, "1")].tags["mlops.registration"] == "pending"
+
+    taker.release()  # the retry deletes the leftover under the lock and registers again
+    again = register_model(evaluation(), fake_context(mlflow, s3, clock), dag_id="d", dag_run_id="run-1")
+    assert (again["version"], again["created"]) == ("2", True) and sorted(v for _, v in mlflow.versions) == ["2"]
 
 
 def test_a_concurrent_attempt_that_finished_first_wins(uploaded: list[dict[str, Any]]) -> None:
