@@ -53,6 +53,10 @@ stack-down: ## stop everything stack-up started
 stack-status: venv ## health of each local service
 	$(STACKCTL) status --profile $(STACK)
 
+.PHONY: compose-env
+compose-env: ## .env for docker-compose.yaml: fresh random credentials, mode 0600; an existing .env is kept (FORCE=1 replaces it)
+	$(if $(wildcard $(PY)),$(PY),python3) -m stack.compose_env $(if $(FORCE),--force)
+
 lint: venv ## ruff format + ruff check (with Airflow's AIR rules), mypy, and a dependency audit (pip-audit)
 	$(VENV)/bin/ruff format --check ml plugins dags stack tests bench
 	$(VENV)/bin/ruff check ml plugins dags stack tests bench

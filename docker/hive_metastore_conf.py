@@ -7,7 +7,7 @@ Thrift service, or DataNucleus SchemaTool).
                      chain, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)
   schema.properties  the JDO connection plus the identifier settings the metastore itself uses, for SchemaTool
 
-The properties are the cluster profile's (stack/cluster.py). Both files hold the database password: they are written
+The properties are the cluster profile's (stack/cluster/metastore.py). Both files hold the database password: they are written
 0600 into the container's own folder, never into the image or a volume.
 
 Environment: METASTORE_JDBC_URL, METASTORE_DB_USER, METASTORE_DB_PASSWORD (required); HIVE_CONF_DIR (default

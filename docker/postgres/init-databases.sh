@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The postgres service's init script (docker-compose.yaml mounts it into /docker-entrypoint-initdb.d): it runs once,
 # when the server starts on an empty data volume. One role and one database of the same name per component, owned by
-# that role, as stack/cluster.py (create_databases) does for the cluster profile: airflow, mlflow, metastore.
+# that role, as stack/cluster/postgres.py (create_databases) does for the cluster profile: airflow, mlflow, metastore.
 # The passwords come from the service's environment; psql quotes them (:'pw'), so no SQL is built from them.
 set -euo pipefail
 

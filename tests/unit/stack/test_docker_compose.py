@@ -2,10 +2,13 @@
 
 The file is validated against the Compose Specification's JSON Schema, taken from the `check-jsonschema` package (which
 vendors it), never from a copy in this repository. The other checks cover what the schema cannot see: images and
-Dockerfiles, mounted code, host ports, health-gated dependencies, one Airflow image and environment, the connections,
-and secrets. Each checker is a plain function that returns what is wrong, and the tests also feed it broken copies to
-show that it does fail. More in test_docker_compose_entrypoints.py (every program a service names resolves) and
-test_docker_compose_cluster.py (the cluster profile's architecture); both load the file through `load_compose`.
+Dockerfiles, mounted code, host ports (published on 127.0.0.1 only), health-gated dependencies, one Airflow image and
+environment, the connections, and credentials: none is written in the file, each is a required variable
+(`${NAME:?...}`) that `make compose-env` (stack/compose_env.py, tested in test_compose_env.py) writes into `.env`.
+Compose interpolates the file here as it would with that `.env`: `interpolate` fills in a fresh set of the generator's
+values (COMPOSE_ENV). Each checker is a plain function that returns what is wrong, and the tests also feed it broken
+copies to show that it does fail. More in test_docker_compose_entrypoints.py (every program a service names resolves)
+and test_docker_compose_cluster.py (the cluster profile's architecture); both load the file through `load_compose`.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Iterator
+import shlex
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -24,6 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
+from stack import compose_env
 from stack.config import KAFKA_VERSION, VERSITYGW_VERSION
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
@@ -79,26 +84,25 @@ EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_RAY_DEFAULT": "generic",
 }
 
-# The only secret values docker-compose.yaml may contain: placeholder defaults for local use, listed in its header.
-PLACEHOLDER_SECRETS = frozenset(
-    {
-        "mlops-local-access-key",
-        "local-only-s3-secret-change-me",
-        "local-only-postgres-change-me",
-        "airflow",
-        "mlflow",
-        "metastore",
-        "local-only-ray-token-change-me",
-        "local-only-jwt-secret-change-me-0123456789abcdef0123456789abcdef",
-        "local-only-api-secret-change-me",
-        "bG9jYWwtb25seS1mZXJuZXQta2V5LWNoYW5nZS1tZSE=",  # base64 of "local-only-fernet-key-change-me!"
-    }
+# What `make compose-env` writes into .env (fresh random values, one set per test run): the variables Compose
+# interpolates the file with here.
+COMPOSE_ENV = compose_env.generate()
+# Names of environment variables, JSON fields and command-line options that hold a credential ...
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|KEY|TOKEN|FERNET|JWT|ACCESS|CREDENTIAL|PRIVATE", re.IGNORECASE)
+# ... unless they name where one is kept or how it is used.
+NOT_A_SECRET_NAME = re.compile(r"(FILE|PATH|DIR|CMD|MODE)$", re.IGNORECASE)
+# Compose's interpolation: $$ (a literal $), ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?message},
+# ${NAME?message}, ${NAME:+alternative}, ${NAME+alternative}, $NAME.
+INTERPOLATION = re.compile(
+    r"\$(?:(?P<escaped>\$)|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
+    r"|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
 )
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|FERNET_KEY|TOKEN|CREDENTIAL", re.IGNORECASE)
-NOT_A_SECRET_NAME = re.compile(r"_(FILE|PATH|CMD)$")
-INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<default>[^}]*))?\}")
+# The only form a credential may take: a required variable, so that Compose refuses to start without its value.
+REQUIRED_VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):?\?[^}]*\}")
 URL_PASSWORD = re.compile(r"://[^/\s:@]+:(?P<password>[^@\s]+)@")
 KNOWN_KEY_FORMATS = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
+# Host ports published on another address than 127.0.0.1: service -> why (none so far).
+PUBLIC_PORTS: dict[str, str] = {}
 
 
 # --- loading ----------------------------------------------------------------------------------------------------------
@@ -141,9 +145,32 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {key: "" if value is None else str(value) for key, value in env.items()}
 
 
-def with_defaults(text: str) -> str:
-    """`text` as Compose interpolates it when no variable is set: ${VAR:-default} -> default, ${VAR} -> ''."""
-    return INTERPOLATION.sub(lambda match: match.group("default") or "", text)
+class MissingVariable(LookupError):
+    """A required variable without a value: Compose refuses to start."""
+
+
+def interpolate(text: str, variables: Mapping[str, str] | None = None) -> str:
+    """`text` as Compose interpolates it with `variables` (by default COMPOSE_ENV, what `make compose-env` writes,
+    and nothing else of this process's environment); a required variable without a value raises MissingVariable."""
+    env = COMPOSE_ENV if variables is None else variables
+
+    def value_of(match: re.Match[str]) -> str:
+        if match.group("escaped"):
+            return "$"
+        name, op, arg = match.group("name") or match.group("bare"), match.group("op"), match.group("arg") or ""
+        value = env.get(name)
+        if op is None:
+            return value or ""
+        present = bool(value) if op.startswith(":") else value is not None
+        if op.endswith("-"):
+            return value if present and value is not None else arg
+        if op.endswith("+"):
+            return arg if present else ""
+        if not present or value is None:
+            raise MissingVariable(f"required variable {name} is missing a value: {arg}")
+        return value
+
+    return INTERPOLATION.sub(value_of, text)
 
 
 def project_image(compose: dict[str, Any]) -> str:
@@ -158,8 +185,8 @@ def airflow_connections(compose: dict[str, Any]) -> dict[str, str]:
 
 
 def connection(compose: dict[str, Any], variable: str) -> dict[str, Any]:
-    """One connection's JSON, placeholders filled in as Compose does when no variable is set."""
-    parsed: dict[str, Any] = json.loads(with_defaults(airflow_connections(compose)[variable]))
+    """One connection's JSON, interpolated as Compose does with the generated .env."""
+    parsed: dict[str, Any] = json.loads(interpolate(airflow_connections(compose)[variable]))
     return parsed
 
 
@@ -229,51 +256,176 @@ def dependency_problems(services: dict[str, dict[str, Any]]) -> list[str]:
     return problems
 
 
-def _strings(node: Any, where: str = "") -> Iterator[tuple[str, str]]:
-    """Every string in a YAML tree (keys and values), with its path."""
+def port_binding_problems(services: dict[str, dict[str, Any]]) -> list[str]:
+    """Ports published on another host address than 127.0.0.1 (no address: every interface), and host networking,
+    unless PUBLIC_PORTS says why."""
+    problems = []
+    for name, service in services.items():
+        if name in PUBLIC_PORTS:
+            continue
+        if service.get("network_mode") == "host":
+            problems.append(f"{name}: network_mode host binds the host's interfaces")
+        for entry in service.get("ports", []):
+            if isinstance(entry, dict):
+                address = entry.get("host_ip")
+            else:
+                parts = str(entry).partition("/")[0].rsplit(":", 2)  # [host_ip:][host:]container
+                address = parts[0] if len(parts) == 3 else None
+            if address != "127.0.0.1":
+                problems.append(f"{name}: {entry!r} is published on {address or 'every interface'}, not 127.0.0.1")
+    return problems
+
+
+def _scalars(node: Any, where: str = "") -> Iterator[tuple[str, str | None, Any]]:
+    """Every scalar of a YAML tree with its path and the mapping key it is the value of (None in a list); mapping
+    keys themselves are yielded as strings without a key."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield f"{where}/{key}", str(key)
-            yield from _strings(value, f"{where}/{key}")
+            yield f"{where}/{key}", None, str(key)
+            if isinstance(value, (dict, list)):
+                yield from _scalars(value, f"{where}/{key}")
+            else:
+                yield f"{where}/{key}", str(key), value
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            yield from _strings(value, f"{where}/{index}")
-    elif isinstance(node, str):
-        yield where, node
+            if isinstance(value, (dict, list)):
+                yield from _scalars(value, f"{where}/{index}")
+            else:
+                yield f"{where}/{index}", None, value
 
 
-def _check_secret_value(where: str, value: str) -> str | None:
-    """Why a value in a secret's place is not allowed, or None: it must be a ${VAR[:-placeholder]} interpolation."""
-    match = INTERPOLATION.fullmatch(value)
-    if match is None:
-        return f"{where}: literal secret {value!r} (use ${{VAR:-placeholder}})"
-    default = match.group("default")
-    if default is not None and default and default not in PLACEHOLDER_SECRETS:
-        return f"{where}: default {default!r} of ${{{match.group('name')}}} is not a documented placeholder"
+def _is_secret_name(name: str) -> bool:
+    return bool(SECRET_NAME.search(name)) and not NOT_A_SECRET_NAME.search(name)
+
+
+def _credential_problem(where: str, value: Any) -> str | None:
+    """Why a credential's value is not allowed, or None: it must be one required variable, ${NAME:?message}."""
+    if value is None or value == "":
+        return f"{where}: no value (a credential must be ${{NAME:?...}}, so that Compose refuses to start without it)"
+    if REQUIRED_VARIABLE.fullmatch(str(value)) is None:
+        return f"{where}: {str(value)!r} is not a required variable ${{NAME:?...}}"
     return None
 
 
-def literal_secrets(document: dict[str, Any]) -> list[str]:
-    """Secrets written into the file instead of interpolated with a documented placeholder default."""
+def _json_credential_problems(where: str, text: str) -> list[str]:
+    """Credentials in a JSON value (an Airflow connection): secret-named fields, and an aws connection's login (the
+    access key id)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return []
     problems = []
-    for name, service in document.get("services", {}).items():
-        for key, value in environment(service).items():
-            if SECRET_NAME.search(key) and not NOT_A_SECRET_NAME.search(key) and value:
-                problem = _check_secret_value(f"services/{name}/environment/{key}", value)
-                if problem:
-                    problems.append(problem)
-    for where, text in _strings(document):
-        for match in INTERPOLATION.finditer(text):
-            default = match.group("default")
-            if SECRET_NAME.search(match.group("name")) and default and default not in PLACEHOLDER_SECRETS:
-                problems.append(f"{where}: default {default!r} of ${{{match.group('name')}}} is not a placeholder")
-        for match in URL_PASSWORD.finditer(text):
-            problem = _check_secret_value(f"{where} (password in a URL)", match.group("password"))
-            if problem:
-                problems.append(problem)
-        if KNOWN_KEY_FORMATS.search(text):
+    objects = [parsed]
+    while objects:
+        node = objects.pop()
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, (dict, list)):
+                    objects.append(value)
+                elif _is_secret_name(key) or (key == "login" and node.get("conn_type") == "aws"):
+                    problems.append(_credential_problem(f"{where} (JSON field {key})", value))
+        elif isinstance(node, list):
+            objects.extend(node)
+    return [problem for problem in problems if problem]
+
+
+def _words(value: Any) -> list[str]:
+    """A command, entrypoint or healthcheck as words; a word with spaces in it (a `bash -c` script, CMD-SHELL) split
+    again as the shell would."""
+    words = [str(word) for word in value] if isinstance(value, list) else [str(value)]
+    result: list[str] = []
+    for word in words:
+        if any(space in word for space in " \n\t"):
+            lexer = shlex.shlex(word, posix=True, punctuation_chars=True)
+            lexer.whitespace_split, lexer.commenters = True, "#"
+            try:
+                result.extend(lexer)
+            except ValueError:
+                result.extend(word.split())
+        else:
+            result.append(word)
+    return result
+
+
+def _argument_problems(where: str, words: list[str]) -> list[str]:
+    """Credentials on a command line: `--password=X`, `--token X`, `NAME=X` with a secret's name."""
+    problems = []
+    for index, word in enumerate(words):
+        name, equals, value = word.partition("=")
+        option = name.lstrip("-")
+        if equals and option and re.fullmatch(r"-{0,2}[A-Za-z_][\w.-]*", name) and _is_secret_name(option):
+            problems.append(_credential_problem(f"{where}: {name}=", value))
+        elif not equals and word.startswith("-") and _is_secret_name(option) and index + 1 < len(words):
+            problems.append(_credential_problem(f"{where}: {word}", words[index + 1]))
+    return [problem for problem in problems if problem]
+
+
+def literal_credentials(document: dict[str, Any]) -> list[str]:
+    """Every credential the file holds that is not a required variable (`${NAME:?message}`): the values of
+    secret-named keys (environment, build arguments, anchors), `NAME=value` items and command-line options, passwords
+    in URLs, credentials in JSON (the Airflow connections), any interpolation of a secret-named variable with a
+    default or without `?`, and known key formats anywhere."""
+    problems: list[str | None] = []
+    for where, key, value in _scalars(document):
+        if key is not None and _is_secret_name(key):
+            problems.append(_credential_problem(where, value))
+        if not isinstance(value, str):
+            continue
+        if key is None:  # a list item: `NAME=value` in an environment list or on a command line
+            problems += _argument_problems(where, [value])
+        for match in INTERPOLATION.finditer(value):
+            name = match.group("name") or match.group("bare")
+            if name and _is_secret_name(name) and not (match.group("op") or "").endswith("?"):
+                problems.append(f"{where}: {match.group(0)} is optional (use ${{{name}:?...}})")
+        for match in URL_PASSWORD.finditer(value):
+            problems.append(_credential_problem(f"{where} (password in a URL)", match.group("password")))
+        if value.lstrip().startswith("{"):
+            problems += _json_credential_problems(where, value)
+        if KNOWN_KEY_FORMATS.search(value):
             problems.append(f"{where}: looks like a real key")
-    return problems
+    for name, service in document.get("services", {}).items():
+        for field in ("entrypoint", "command"):
+            if service.get(field) is not None:
+                problems += _argument_problems(f"services/{name}/{field}", _words(service[field]))
+        test = (service.get("healthcheck") or {}).get("test")
+        if test is not None:
+            problems += _argument_problems(f"services/{name}/healthcheck", _words(test))
+    return sorted({problem for problem in problems if problem})
+
+
+def variable_uses(document: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(where, variable, operator) for every interpolation in the file; the operator is '' for ${NAME} and $NAME."""
+    for where, _, value in _scalars(document):
+        for match in INTERPOLATION.finditer(value) if isinstance(value, str) else ():
+            name = match.group("name") or match.group("bare")
+            if name:
+                yield where, name, match.group("op") or ""
+
+
+def variable_problems(document: dict[str, Any], produced: Mapping[str, str]) -> list[str]:
+    """Variables the file needs that `produced` (what `make compose-env` writes) lacks: each required one, and each
+    one used without a default; and secrets the generator writes that the file never uses."""
+    problems = set()
+    used = set()
+    for where, name, op in variable_uses(document):
+        used.add(name)
+        if not op.endswith("-") and name not in produced:
+            needed = "required" if op.endswith("?") else "used without a default"
+            problems.add(f"{where}: {name} is {needed}, but make compose-env does not write it")
+    problems |= {f"make compose-env writes {name}, which the file never uses" for name in set(produced) - used}
+    return sorted(problems)
+
+
+def missing_required(document: dict[str, Any], variables: Mapping[str, str]) -> set[str]:
+    """The required variables that stop Compose (interpolation fails) when only `variables` are set."""
+    missing = set()
+    for _, value in ((where, value) for where, _, value in _scalars(document) if isinstance(value, str)):
+        for match in INTERPOLATION.finditer(value):
+            try:
+                interpolate(match.group(0), variables)
+            except MissingVariable:
+                missing.add(match.group("name"))
+    return missing
 
 
 # --- the Compose Specification ----------------------------------------------------------------------------------------
@@ -384,7 +536,7 @@ def test_one_shot_and_serving_commands(services: dict[str, dict[str, Any]]) -> N
     assert serve["command"][:3] == ["gunicorn", "--bind", "0.0.0.0:8000"]
     assert serve["command"][-1] == "ml.serve:create_app()"
     # create_app() refuses to start without a model name: the DAG's default dataset and task register this one.
-    settings = ServeSettings.from_env({key: with_defaults(value) for key, value in environment(serve).items()})
+    settings = ServeSettings.from_env({key: interpolate(value) for key, value in environment(serve).items()})
     assert settings.model_name == registered_model_name("penguins", "classification")
     assert services["airflow-apiserver"]["command"] == "api-server"
 
@@ -465,9 +617,9 @@ def test_airflow_connections_give_the_tasks_what_the_other_services_use(
     from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, s3_settings, spark_settings
 
     for variable in EXPECTED_CONNECTIONS:
-        monkeypatch.setenv(variable, with_defaults(airflow_connections(compose)[variable]))
+        monkeypatch.setenv(variable, interpolate(airflow_connections(compose)[variable]))
     mlops_env = environment({"environment": compose["x-mlops-env"]})
-    project = Settings.from_env({key: with_defaults(value) for key, value in mlops_env.items()})
+    project = Settings.from_env({key: interpolate(value) for key, value in mlops_env.items()})
     assert s3_settings("aws_default") == project.s3
     assert KafkaEventsHook().settings == project.kafka
     assert MlflowHook().settings == project.mlflow
@@ -514,6 +666,31 @@ def test_port_clash_detection_can_fail(services: dict[str, dict[str, Any]]) -> N
     assert set(port_clashes(broken)) == {(8080, "tcp"), (9000, "tcp")}
 
 
+def test_published_ports_bind_the_loopback_address_only(services: dict[str, dict[str, Any]]) -> None:
+    """Every port is published on the host's 127.0.0.1 (PUBLIC_PORTS would name an exception and why)."""
+    assert port_binding_problems(services) == []
+    assert len([name for name, service in services.items() if service.get("ports")]) >= 8
+
+
+def test_port_binding_check_can_fail(services: dict[str, dict[str, Any]]) -> None:
+    broken = copy.deepcopy(services)
+    broken["mlflow"]["ports"] = ["5000:5000"]
+    broken["serve"]["ports"] = [{"target": 8000, "published": "8000"}]
+    broken["kafka"]["ports"].append("0.0.0.0:19092:9092/tcp")
+    broken["airflow-apiserver"]["ports"] = ["8080"]  # a random host port, on every interface
+    broken["ray-worker"]["network_mode"] = "host"
+    problems = port_binding_problems(broken)
+    assert len(problems) == 5, problems
+    assert "kafka: '0.0.0.0:19092:9092/tcp' is published on 0.0.0.0, not 127.0.0.1" in problems
+    assert {problem.split(":")[0] for problem in problems} == {
+        "mlflow",
+        "serve",
+        "kafka",
+        "airflow-apiserver",
+        "ray-worker",
+    }
+
+
 def test_health_gated_dependencies_have_healthchecks(services: dict[str, dict[str, Any]]) -> None:
     assert dependency_problems(services) == []
 
@@ -527,31 +704,157 @@ def test_dependency_check_can_fail(services: dict[str, dict[str, Any]]) -> None:
     assert any("stack-init restarts" in problem for problem in problems), problems
 
 
-def test_no_literal_secrets(compose: dict[str, Any]) -> None:
-    assert literal_secrets(compose) == []
+def test_no_credential_is_written_in_the_file(compose: dict[str, Any]) -> None:
+    """Every credential is a required variable, so the file carries none and Compose refuses to start without one."""
+    assert literal_credentials(compose) == []
     assert not KNOWN_KEY_FORMATS.search(COMPOSE_FILE.read_text(encoding="utf-8"))
+    # The checker looks at what matters: the credentials of the file are found as such (and pass as required).
+    env = environment(compose["services"]["airflow-init"])
+    seen = {key for key in env if _is_secret_name(key)}
+    assert {"AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CORE__FERNET_KEY"} <= seen
+    assert {"_AIRFLOW_WWW_USER_PASSWORD", "AWS_ACCESS_KEY_ID"} & seen == {"_AIRFLOW_WWW_USER_PASSWORD"}
 
 
-def test_placeholders_are_documented_in_the_file_header() -> None:
+def test_every_variable_the_file_uses_is_written_by_make_compose_env(compose: dict[str, Any]) -> None:
+    """`make compose-env` + `docker compose up` has every value: each required variable is one the generator
+    writes (and each it writes is used); without them Compose stops, naming exactly the credentials."""
+    assert variable_problems(compose, COMPOSE_ENV) == []
+    assert missing_required(compose, COMPOSE_ENV) == set()
+    assert missing_required(compose, {}) == set(compose_env.SECRETS)
+    texts = [value for _, _, value in _scalars(compose) if isinstance(value, str)]
+    for text in texts:
+        interpolate(text)  # raises MissingVariable where Compose would refuse
+    messages = {match.group(0) for text in texts for match in REQUIRED_VARIABLE.finditer(text)}
+    assert messages and all(message.endswith(":?run make compose-env first}") for message in messages), messages
+
+
+def test_variable_check_can_fail(compose: dict[str, Any]) -> None:
+    broken = copy.deepcopy(compose)
+    broken["services"]["serve"]["environment"]["MLOPS_SERVE_WORKERS"] = "${MLOPS_SERVE_WORKERS}"
+    produced = {key: value for key, value in COMPOSE_ENV.items() if key != "AIRFLOW_JWT_SECRET"}
+    problems = variable_problems(broken, {**produced, "MLOPS_UNUSED_TOKEN": "x"})
+    assert any("AIRFLOW_JWT_SECRET is required, but make compose-env" in problem for problem in problems), problems
+    assert any("MLOPS_SERVE_WORKERS is used without a default" in problem for problem in problems), problems
+    assert "make compose-env writes MLOPS_UNUSED_TOKEN, which the file never uses" in problems
+    assert missing_required(compose, produced) == {"AIRFLOW_JWT_SECRET"}
+    with pytest.raises(MissingVariable, match="AIRFLOW_JWT_SECRET is missing a value: run make compose-env first"):
+        interpolate(environment(compose["services"]["airflow-scheduler"])["AIRFLOW__API_AUTH__JWT_SECRET"], produced)
+
+
+def test_interpolation_follows_compose() -> None:
+    env = {"SET": "v", "EMPTY": ""}
+    cases = {
+        "${SET}|$SET|${UNSET}|$$SET|$${SET}": "v|v||$SET|${SET}",
+        "${SET:-d}|${EMPTY:-d}|${EMPTY-d}|${UNSET-d}": "v|d||d",
+        "${SET:+a}|${EMPTY:+a}|${EMPTY+a}|${UNSET+a}": "a||a|",
+        "${SET:?m}|${EMPTY?m}": "v|",
+    }
+    for text, expected in cases.items():
+        assert interpolate(text, env) == expected, text
+    for text in ("${EMPTY:?m}", "${UNSET?m}", "${UNSET:?m}"):
+        with pytest.raises(MissingVariable):
+            interpolate(text, env)
+
+
+def test_the_credentials_are_documented_in_the_file_header() -> None:
     text = COMPOSE_FILE.read_text(encoding="utf-8")
     header = text[: text.index("\n---")]
-    assert "docker compose up" in header
-    for placeholder in PLACEHOLDER_SECRETS:
-        assert placeholder in header, f"placeholder {placeholder!r} is not documented in the header"
+    assert "make compose-env" in header and "docker compose up" in header
+    assert header.index("make compose-env") < header.index("docker compose up")
+    for name in compose_env.SECRETS:
+        assert re.search(rf"^#\s+{re.escape(name)}\s", header, re.MULTILINE), f"{name} is not documented in the header"
 
 
-@pytest.mark.parametrize(
-    "mutation",
-    [
+def _replace_in(document: dict[str, Any], path: list[str], old: str, new: str) -> None:
+    node: Any = document
+    for key in path[:-1]:
+        node = node[key]
+    assert old in node[path[-1]]
+    node[path[-1]] = node[path[-1]].replace(old, new)
+
+
+FAKE_AWS_KEY_ID = "AKIA" + "Q" * 16  # the format of a real one, assembled so that the repository's scan passes
+SECRET_MUTATIONS = {
+    "literal-env-secret": (
         lambda doc: doc["services"]["mlflow"]["environment"].update(AWS_SECRET_ACCESS_KEY="s3cr3t-from-prod"),
+        "services/mlflow/environment/AWS_SECRET_ACCESS_KEY: 's3cr3t-from-prod' is not a required variable",
+    ),
+    "secret-with-a-default": (
         lambda doc: doc["services"]["postgres"]["environment"].update(
             POSTGRES_PASSWORD="${POSTGRES_PASSWORD:-hunter2}"
         ),
+        "${POSTGRES_PASSWORD:-hunter2} is optional",
+    ),
+    "optional-secret": (
+        lambda doc: doc["services"]["s3"]["environment"].update(ROOT_SECRET_KEY="${MLOPS_S3_SECRET_KEY}"),
+        "${MLOPS_S3_SECRET_KEY} is optional",
+    ),
+    "empty-fernet-key": (
+        lambda doc: doc["services"]["airflow-scheduler"]["environment"].update(AIRFLOW__CORE__FERNET_KEY=""),
+        "AIRFLOW__CORE__FERNET_KEY: no value",
+    ),
+    "password-in-url": (
         lambda doc: doc["services"]["mlflow"]["command"].append("postgresql://mlflow:hunter2@postgres/mlflow"),
-    ],
-    ids=["literal-env-secret", "undocumented-default", "password-in-url"],
-)
-def test_secret_check_can_fail(compose: dict[str, Any], mutation: Any) -> None:
+        "(password in a URL): 'hunter2'",
+    ),
+    "airflow-database-password-in-url": (
+        lambda doc: _replace_in(
+            doc,
+            ["services", "airflow-scheduler", "environment", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+            "${AIRFLOW_DB_PASSWORD:?run make compose-env first}",
+            "airflow",
+        ),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN (password in a URL): 'airflow'",
+    ),
+    "access-key-in-a-connection": (
+        lambda doc: _replace_in(
+            doc,
+            ["services", "airflow-init", "environment", "AIRFLOW_CONN_AWS_DEFAULT"],
+            "${MLOPS_S3_ACCESS_KEY:?run make compose-env first}",
+            "mlops-0123abcd",
+        ),
+        "(JSON field login): 'mlops-0123abcd'",
+    ),
+    "token-in-a-connection": (
+        lambda doc: _replace_in(
+            doc,
+            ["services", "airflow-init", "environment", "AIRFLOW_CONN_RAY_DEFAULT"],
+            "${MLOPS_RAY_AUTH_TOKEN:?run make compose-env first}",
+            "hunter2",
+        ),
+        "(JSON field password): 'hunter2'",
+    ),
+    "password-option": (
+        lambda doc: doc["services"]["mlflow"]["command"].append("--password=hunter2"),
+        "services/mlflow/command: --password=: 'hunter2'",
+    ),
+    "token-option-and-value": (
+        lambda doc: doc["services"]["ray-head"]["command"].extend(["--auth-token", "hunter2"]),
+        "services/ray-head/command: --auth-token: 'hunter2'",
+    ),
+    "secret-in-a-shell-script": (
+        lambda doc: doc["services"]["airflow-init"]["command"].append("export AWS_SECRET_ACCESS_KEY=hunter2; true"),
+        "AWS_SECRET_ACCESS_KEY=: 'hunter2'",
+    ),
+    "environment-list-syntax": (
+        lambda doc: doc["services"]["serve"].update(environment=["MLOPS_SERVE_MODEL=m", "RAY_AUTH_TOKEN=hunter2"]),
+        "services/serve/environment/1: RAY_AUTH_TOKEN=: 'hunter2'",
+    ),
+    "build-argument": (
+        lambda doc: doc["services"]["s3"]["build"].update(args={"ROOT_SECRET_KEY": "hunter2"}),
+        "services/s3/build/args/ROOT_SECRET_KEY: 'hunter2'",
+    ),
+    "known-key-format": (
+        lambda doc: doc["services"]["kafka"]["environment"].update(CLUSTER_ID=FAKE_AWS_KEY_ID),
+        "services/kafka/environment/CLUSTER_ID: looks like a real key",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(SECRET_MUTATIONS), ids=list(SECRET_MUTATIONS))
+def test_credential_check_can_fail(compose: dict[str, Any], case: str) -> None:
+    mutate, expected = SECRET_MUTATIONS[case]
     broken = copy.deepcopy(compose)
-    mutation(broken)
-    assert literal_secrets(broken), "a literal secret went unnoticed"
+    mutate(broken)
+    problems = literal_credentials(broken)
+    assert any(expected in problem for problem in problems), problems

@@ -1,4 +1,4 @@
-"""docker-compose.yaml describes the cluster profile's architecture (stack/cluster.py, docs in ../shared/DESIGN.md):
+"""docker-compose.yaml describes the cluster profile's architecture (stack/cluster/, docs in ../shared/DESIGN.md):
 PostgreSQL with the Airflow, MLflow and metastore databases, Airflow's components on it, a Hive metastore service on
 it, a Spark standalone master with two 1-core workers, a Ray head and worker node with token authentication, MLflow,
 S3, Kafka and the prediction service. Checked without Docker: each checker returns what is wrong, and broken copies
@@ -27,8 +27,8 @@ from tests.unit.stack.test_docker_compose import (
     connection,
     dockerfile_copies,
     environment,
+    interpolate,
     load_compose,
-    with_defaults,
 )
 
 # The cluster's nodes: they run the jobs of others and carry neither the project's code nor its S3 keys.
@@ -77,11 +77,11 @@ def option(argv: list[str], name: str) -> str | None:
 
 
 def command(compose: dict[str, Any], name: str) -> list[str]:
-    return [with_defaults(str(word)) for word in compose["services"][name]["command"]]
+    return [interpolate(str(word)) for word in compose["services"][name]["command"]]
 
 
 def filled_environment(service: dict[str, Any]) -> dict[str, str]:
-    return {key: with_defaults(value) for key, value in environment(service).items()}
+    return {key: interpolate(value) for key, value in environment(service).items()}
 
 
 # --- checkers ---------------------------------------------------------------------------------------------------------
@@ -116,7 +116,8 @@ def _init_script_databases() -> dict[str, str]:
 
 
 def _password_variable(value: str) -> str | None:
-    match = re.fullmatch(r"\$\{(\w+):-[^}]*\}", value)
+    """The variable of a required `${NAME:?message}` value (a credential has no default), else None."""
+    match = re.fullmatch(r"\$\{(\w+):\?[^}]*\}", value)
     return match.group(1) if match else None
 
 
@@ -132,7 +133,7 @@ def database_problems(compose: dict[str, Any]) -> list[str]:
     if not any(m.startswith("./docker/postgres/init-databases.sh:/docker-entrypoint-initdb.d/") for m in mounts):
         problems.append("postgres does not run docker/postgres/init-databases.sh")
     for database, variable in databases.items():
-        if not postgres_env.get(variable, "").startswith(f"${{{variable}:-"):
+        if _password_variable(postgres_env.get(variable, "")) != variable:
             problems.append(f"postgres does not pass {variable} (the {database} role's password) to its init script")
     mlflow_env = environment(services["mlflow"])
     urls = {
@@ -149,7 +150,8 @@ def database_problems(compose: dict[str, Any]) -> list[str]:
         urls[f"metastore ({name})"] = (name, url.replace("://", f"://{user}:{password}@", 1) if "://" in url else url)
     for what, (service, url) in urls.items():
         database = what.split()[0]
-        parts = urlsplit(url)
+        # The password is a `${NAME:?message}`, which a URL parser would take for a port and a query: mask it.
+        parts = urlsplit(re.sub(r"(://[^:/@]+:)[^@]*@", r"\1password@", url, count=1))
         if not parts.scheme.startswith("postgresql"):
             problems.append(f"{service}: the {database} database is not PostgreSQL: {url!r}")
             continue
@@ -160,7 +162,7 @@ def database_problems(compose: dict[str, Any]) -> list[str]:
         in_url = re.search(r"://[^:/@]+:([^@]*)@", url)
         wanted = databases.get(database)
         if wanted is None or in_url is None or _password_variable(in_url.group(1)) != wanted:
-            problems.append(f"{service}: the {database} password is not ${{{wanted}:-...}}")
+            problems.append(f"{service}: the {database} password is not ${{{wanted}:?...}}")
     return problems
 
 
@@ -181,9 +183,9 @@ def ray_problems(compose: dict[str, Any]) -> list[str]:
             problems.append(f"{name}: RAY_AUTH_MODE is {env.get('RAY_AUTH_MODE')!r}, not token")
         tokens[name] = env.get("RAY_AUTH_TOKEN")
     ray_default = connection(compose, "AIRFLOW_CONN_RAY_DEFAULT")
-    token = with_defaults(str(tokens.get("ray-head")))
+    token = interpolate(str(tokens.get("ray-head")))
     if not token or _password_variable(str(tokens.get("ray-head"))) is None:
-        problems.append("ray-head: the token is not a ${VAR:-placeholder}")
+        problems.append("ray-head: the token is not a required ${VAR:?...}")
     problems += [f"{name}: another Ray token" for name, value in tokens.items() if value != tokens.get("ray-head")]
     if ray_default.get("password") != token:
         problems.append("ray_default: its password is not the cluster's token")
@@ -257,7 +259,7 @@ BROKEN_COPIES: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[
     "mlflow-on-its-own-server": (
         _set(
             [SERVICES, "mlflow", "environment", "MLFLOW_BACKEND_STORE_URI"],
-            "postgresql://mlflow:${MLFLOW_DB_PASSWORD:-mlflow}@mlflow-db/mlflow",
+            "postgresql://mlflow:${MLFLOW_DB_PASSWORD:?x}@mlflow-db/mlflow",
         ),
         database_problems,
         "is not postgres:5432/mlflow",
@@ -270,20 +272,35 @@ BROKEN_COPIES: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[
     "airflow-as-superuser": (
         _set(
             [SERVICES, "airflow-scheduler", "environment", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
-            "postgresql+psycopg2://postgres:${POSTGRES_PASSWORD:-x}@postgres:5432/airflow",
+            "postgresql+psycopg2://postgres:${POSTGRES_PASSWORD:?x}@postgres:5432/airflow",
         ),
         database_problems,
         "not as the airflow role",
     ),
     "password-the-role-was-not-created-with": (
-        _set([SERVICES, "hive-metastore-init", "environment", "METASTORE_DB_PASSWORD"], "${HIVE_PASSWORD:-metastore}"),
+        _set([SERVICES, "hive-metastore-init", "environment", "METASTORE_DB_PASSWORD"], "${HIVE_PASSWORD:?x}"),
         database_problems,
         "the metastore password",
+    ),
+    "database-password-with-a-default": (
+        _set([SERVICES, "hive-metastore", "environment", "METASTORE_DB_PASSWORD"], "${METASTORE_DB_PASSWORD:-x}"),
+        database_problems,
+        "hive-metastore: the metastore password is not ${METASTORE_DB_PASSWORD:?...}",
+    ),
+    "init-script-password-with-a-default": (
+        _set([SERVICES, "postgres", "environment", "MLFLOW_DB_PASSWORD"], "${MLFLOW_DB_PASSWORD:-mlflow}"),
+        database_problems,
+        "postgres does not pass MLFLOW_DB_PASSWORD",
     ),
     "init-script-not-mounted": (
         _set([SERVICES, "postgres", "volumes"], ["postgres-data:/var/lib/postgresql/data"]),
         database_problems,
         "does not run docker/postgres/init-databases.sh",
+    ),
+    "token-with-a-default": (
+        _set([SERVICES, "ray-head", "environment", "RAY_AUTH_TOKEN"], "${MLOPS_RAY_AUTH_TOKEN:-x}"),
+        ray_problems,
+        "ray-head: the token is not a required ${VAR:?...}",
     ),
     "worker-without-auth": (
         _set([SERVICES, "ray-worker", "environment", "RAY_AUTH_MODE"], "disabled"),
@@ -291,7 +308,7 @@ BROKEN_COPIES: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[
         "ray-worker: RAY_AUTH_MODE",
     ),
     "scheduler-with-a-token": (
-        _set([SERVICES, "airflow-scheduler", "environment", "RAY_AUTH_TOKEN"], "${OTHER_TOKEN:-x}"),
+        _set([SERVICES, "airflow-scheduler", "environment", "RAY_AUTH_TOKEN"], "${OTHER_TOKEN:?x}"),
         ray_problems,
         "airflow-scheduler: a Ray token in its environment",
     ),
@@ -387,7 +404,7 @@ def test_the_jars_match_what_the_project_pins() -> None:
 
 
 def test_cluster_nodes_carry_no_keys_and_no_project_code(compose: dict[str, Any]) -> None:
-    """As in the cluster profile (stack/cluster.py), the Spark and Ray nodes share nothing with the submitting host:
+    """As in the cluster profile (stack/cluster/), the Spark and Ray nodes share nothing with the submitting host:
     jobs bring the S3 keys (Spark: the job's Hadoop configuration; Ray: the job's runtime_env) and the code (Spark:
     --py-files; Ray: py_modules)."""
     for name in CLUSTER_NODES:

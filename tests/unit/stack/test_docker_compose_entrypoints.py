@@ -39,8 +39,8 @@ from tests.unit.stack.test_docker_compose import (
     PROJECT_DOCKERFILE,
     REPO_ROOT,
     dockerfile_copies,
+    interpolate,
     load_compose,
-    with_defaults,
 )
 
 # The wrappers in front of a service's program.
@@ -63,20 +63,20 @@ def services() -> dict[str, dict[str, Any]]:
 
 
 def _argv(value: Any) -> list[str]:
-    """A command or entrypoint as arguments, Compose's `$$` unescaped and placeholders filled in."""
+    """A command or entrypoint as arguments, interpolated as Compose does (with the generated .env; `$$` -> `$`)."""
     if value is None:
         return []
-    words = shlex.split(value) if isinstance(value, str) else [str(word) for word in value]
-    return [with_defaults(word.replace("$$", "$")) for word in words]
+    return shlex.split(interpolate(value)) if isinstance(value, str) else [interpolate(str(word)) for word in value]
 
 
 SHELL_OPERATORS = frozenset({";", "&&", "||", "|", "&"})
 
 
 def _shell_commands(script: str) -> Iterator[list[str]]:
-    """The simple commands of a shell script, each as arguments: continuation lines joined, lists and pipelines split
-    at their operators (outside quotes), a redirection and what follows it dropped."""
-    text = script.replace("$$", "$").replace("\\\n", " ")
+    """The simple commands of a shell script (as Compose passes it on: interpolated), each as arguments: continuation
+    lines joined, lists and pipelines split at their operators (outside quotes), a redirection and what follows it
+    dropped."""
+    text = script.replace("\\\n", " ")
     for line in text.splitlines():
         lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|<>")
         lexer.whitespace_split = True
@@ -86,7 +86,7 @@ def _shell_commands(script: str) -> Iterator[list[str]]:
             if token in SHELL_OPERATORS:
                 cut = next((i for i, word in enumerate(command) if word.startswith(("<", ">"))), len(command))
                 if command[:cut]:
-                    yield [with_defaults(word) for word in command[:cut]]
+                    yield command[:cut]
                 command = []
             else:
                 command.append(token)
@@ -107,9 +107,9 @@ def programs(name: str, service: dict[str, Any]) -> Iterator[list[str]]:
             yield argv
     test = (service.get("healthcheck") or {}).get("test")
     if isinstance(test, list) and test and test[0] == "CMD-SHELL":
-        yield from _shell_commands(test[1])
+        yield from _shell_commands(interpolate(test[1]))
     elif isinstance(test, list) and test and test[0] == "CMD":
-        yield [with_defaults(word) for word in test[1:]]
+        yield [interpolate(str(word)) for word in test[1:]]
 
 
 # --- resolvers: each returns what is wrong with one program line ---------------------------------------------------
@@ -289,7 +289,7 @@ def entry_point_problems(services: dict[str, dict[str, Any]]) -> list[str]:
     for name, service in services.items():
         if service.get("image") != PROJECT_IMAGE:
             continue
-        conf_dir = with_defaults(str((service.get("environment") or {}).get("HIVE_CONF_DIR", ""))) or None
+        conf_dir = interpolate(str((service.get("environment") or {}).get("HIVE_CONF_DIR", ""))) or None
         for argv in programs(name, service):
             if argv[0].startswith("/opt/mlops/bin/"):
                 problems += [f"{name}: {problem}" for problem in file_problems(argv)]
