@@ -35,8 +35,13 @@ def s3_client(s3: S3Settings) -> Any:
 
 
 def arrow_s3_options(s3: S3Settings, *, with_keys: bool) -> dict[str, Any]:
-    """pyarrow.fs.S3FileSystem arguments for the endpoint (with or without its keys)."""
-    options: dict[str, Any] = {"region": s3.region}
+    """pyarrow.fs.S3FileSystem arguments for the endpoint (with or without its keys).
+
+    Writes upload in the writing thread (`background_writes=False`): Tune's storage filesystem (ml.tune.signing) writes
+    to S3 from inside Arrow's IO thread pool (pyarrow.fs.copy_files closes each stream there), and a background upload
+    would wait for a thread of that pool, all of them taken by such closes: the copy never ends. The pipeline reads
+    through pyarrow, and writes only Tune's state with it."""
+    options: dict[str, Any] = {"region": s3.region, "background_writes": False}
     if s3.endpoint_url:
         scheme, _, host = s3.endpoint_url.partition("://")
         options.update(endpoint_override=host, scheme=scheme)

@@ -11,6 +11,7 @@ from typing import Any
 
 from pyarrow import fs
 
+from ml.arrow_handler import DelegatingHandler
 from ml.clients import arrow_s3_options
 from ml.settings import S3Settings
 
@@ -24,7 +25,7 @@ def keyless_s3_filesystem(s3: S3Settings) -> fs.PyFileSystem:
     return fs.PyFileSystem(KeylessS3Handler(s3))
 
 
-class KeylessS3Handler(fs.FileSystemHandler):
+class KeylessS3Handler(DelegatingHandler):
     """Delegates every call to an S3FileSystem; its pickle carries the endpoint and region only."""
 
     def __init__(self, s3: S3Settings, *, with_keys: bool = True) -> None:
@@ -43,50 +44,8 @@ class KeylessS3Handler(fs.FileSystemHandler):
     def get_type_name(self) -> str:
         return "s3"
 
-    def equals(self, other: Any) -> bool:
-        return self == other
-
-    def normalize_path(self, path: str) -> str:
-        return str(self.inner.normalize_path(path))
-
-    def get_file_info(self, paths: list[str]) -> Any:
-        return self.inner.get_file_info(paths)
-
-    def get_file_info_selector(self, selector: fs.FileSelector) -> Any:
-        return self.inner.get_file_info(selector)
-
-    def create_dir(self, path: str, recursive: bool) -> None:
-        self.inner.create_dir(path, recursive=recursive)
-
-    def delete_dir(self, path: str) -> None:
-        self.inner.delete_dir(path)
-
-    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
-        self.inner.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
     def delete_root_dir_contents(self) -> None:
         raise OSError("refusing to delete every bucket of the S3 endpoint")
-
-    def delete_file(self, path: str) -> None:
-        self.inner.delete_file(path)
-
-    def move(self, src: str, dest: str) -> None:
-        self.inner.move(src, dest)
-
-    def copy_file(self, src: str, dest: str) -> None:
-        self.inner.copy_file(src, dest)
-
-    def open_input_stream(self, path: str) -> Any:
-        return self.inner.open_input_stream(path)
-
-    def open_input_file(self, path: str) -> Any:
-        return self.inner.open_input_file(path)
-
-    def open_output_stream(self, path: str, metadata: Any) -> Any:
-        return self.inner.open_output_stream(path, metadata=metadata)
-
-    def open_append_stream(self, path: str, metadata: Any) -> Any:
-        return self.inner.open_append_stream(path, metadata=metadata)
 
 
 def _keyless_from_endpoint(endpoint_url: str | None, region: str) -> KeylessS3Handler:

@@ -107,11 +107,14 @@ class RaySettings:
     (`ray://head:10001`). `auth_token`: the cluster's token (Ray's `RAY_AUTH_TOKEN`). `auth_mode`: Ray's
     `RAY_AUTH_MODE`, "token" or "disabled"; left out, it is "token" for a local Ray (ml.tune.runtime gives it a token of
     its own when none is set, known only to the task that starts it) and for a cluster when a token is given, else
-    "disabled". ml.tune.runtime sets the mode for every ray.init, whatever the process's environment says."""
+    "disabled". ml.tune.runtime sets the mode for every ray.init, whatever the process's environment says.
+    `state_signing_key`: the stack's key that signs the Tune state a search keeps in S3 and checks it before a retry
+    restores it (ml.tune.signing); a search refuses to run without one."""
 
     address: str | None = None
     auth_token: str | None = field(default=None, repr=False)
     auth_mode: str | None = None
+    state_signing_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.auth_mode is None:
@@ -180,6 +183,7 @@ class Settings:
                 env.get("RAY_ADDRESS") or None,
                 auth_token=_ray_token(env),
                 auth_mode=(env.get("RAY_AUTH_MODE") or "").strip().lower() or None,
+                state_signing_key=env.get("MLOPS_TUNE_STATE_KEY") or None,
             ),
         )
 
@@ -197,6 +201,7 @@ class Settings:
             # The mode only when it is not the one the token implies (Settings() writes no Ray variable).
             "RAY_AUTH_MODE": self.ray.auth_mode if self.ray.auth_mode != self.ray.implied_auth_mode else None,
             "RAY_AUTH_TOKEN": self.ray.auth_token,
+            "MLOPS_TUNE_STATE_KEY": self.ray.state_signing_key,
         }
         spark_additions = {
             # Explicit, so that a child process does not look for them in the stack folder again.

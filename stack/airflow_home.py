@@ -20,8 +20,9 @@ from stack.services import StackError
 def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Airflow connections for the configured endpoints, in `airflow connections import` JSON form. The Spark
     connection's extra carries what the pipeline adds to its jobs (ml.settings.SparkSettings: the s3a jars, the
-    metastore (a Derby folder or a Thrift URI), the cores a job takes, the driver's bind address); a Ray cluster's
-    connection carries its address and token (without one, the tune task starts a local Ray)."""
+    metastore (a Derby folder or a Thrift URI), the cores a job takes, the driver's bind address); the Ray connection
+    carries the key that signs the tune task's state in S3 and, for a cluster, its address and token (without an
+    address, the tune task starts a local Ray)."""
     settings = Settings.from_env(env)
     spark = settings.spark
     master = env["SPARK_MASTER"]
@@ -54,15 +55,19 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
             "extra": json.dumps({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]}),
         },
         "mlflow_default": {"conn_type": "http", "host": env["MLFLOW_TRACKING_URI"]},
-        **({"ray_default": _ray_connection(settings)} if settings.ray.address else {}),
+        **(
+            {"ray_default": _ray_connection(settings)} if settings.ray.address or settings.ray.state_signing_key else {}
+        ),
     }
 
 
 def _ray_connection(settings: Settings) -> dict[str, Any]:
+    # The key's extra is named so that Airflow redacts it ("secret"), in the UI and in task logs.
+    extra = {"address": settings.ray.address, "state-signing-secret": settings.ray.state_signing_key}
     return {
         "conn_type": "generic",
         "password": settings.ray.auth_token,
-        "extra": json.dumps({"address": settings.ray.address}),
+        "extra": json.dumps({name: value for name, value in extra.items() if value}),
     }
 
 

@@ -48,6 +48,7 @@ SECRETS: dict[str, Callable[[], str]] = {
     "MLFLOW_DB_PASSWORD": lambda: secrets.token_urlsafe(24),
     "METASTORE_DB_PASSWORD": lambda: secrets.token_urlsafe(24),
     "MLOPS_RAY_AUTH_TOKEN": lambda: secrets.token_hex(32),  # the format of Ray's own generator
+    "MLOPS_TUNE_STATE_KEY": lambda: secrets.token_urlsafe(32),  # signs the Tune state searches keep in S3
     "_AIRFLOW_WWW_USER_PASSWORD": lambda: secrets.token_urlsafe(16),  # the Airflow admin's
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),  # [api_auth] jwt_secret, shared by every component
     "AIRFLOW_API_SECRET_KEY": lambda: secrets.token_urlsafe(32),  # [api] secret_key

@@ -112,6 +112,10 @@ class StackPaths:
     def ray_token_file(self) -> Path:
         return self.root / "ray" / "auth_token"
 
+    @property
+    def tune_state_key_file(self) -> Path:
+        return self.root / "tune-state-key"
+
 
 # Variables whose values are secrets: `python -m stack env` prints a command that reads each one instead of its value.
 SECRET_VARIABLES = frozenset(
@@ -124,6 +128,7 @@ SECRET_VARIABLES = frozenset(
         "AIRFLOW__CORE__FERNET_KEY",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",  # holds the database password
         "MLFLOW_BACKEND_STORE_URI",
+        "MLOPS_TUNE_STATE_KEY",
     }
 )
 
@@ -154,6 +159,16 @@ def local_credentials(paths: StackPaths) -> dict[str, str]:
     paths.root.mkdir(parents=True, exist_ok=True)
     created = {"access_key": "mlops-" + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(30)}
     write_private(paths.credentials_file, json.dumps(created))
+    return created
+
+
+def tune_state_key(paths: StackPaths) -> str:
+    """The key that signs the Tune state searches keep in S3 (ml.tune.signing), generated once per stack folder (0600),
+    so that every search, retry and Airflow task of one stack signs and checks with the same key."""
+    if paths.tune_state_key_file.exists():
+        return paths.tune_state_key_file.read_text().strip()
+    created = secrets.token_urlsafe(32)
+    write_private(paths.tune_state_key_file, created)
     return created
 
 
@@ -256,6 +271,8 @@ def stack_environment(base: dict[str, str] | None = None, profile: str | None = 
         env["AWS_ACCESS_KEY_ID"] = creds["access_key"]
         env["AWS_SECRET_ACCESS_KEY"] = creds["secret_key"]
     env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
+    if "MLOPS_TUNE_STATE_KEY" not in base:
+        env["MLOPS_TUNE_STATE_KEY"] = tune_state_key(paths)
     return env
 
 

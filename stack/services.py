@@ -291,6 +291,7 @@ AIRFLOW_UNSET = (
     "MLOPS_LAKE_BUCKET",
     "MLOPS_MLFLOW_BUCKET",
     "MLOPS_SERVE_URL",
+    "MLOPS_TUNE_STATE_KEY",  # the tune task takes it from ray_default (stack.airflow_home)
 )
 
 

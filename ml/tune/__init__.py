@@ -4,6 +4,7 @@
   config     SearchConfig (what to search) and SearchResult (what was found, stored in S3)
   search     run_search: start, resume or return a completed search
   state      what a search keeps in S3 besides Tune's state: its manifest and stored result
+  signing    the search's storage filesystem: signs every file it writes, checks every file it reads (the stack's key)
   runtime    Ray for a search (local or a cluster) and its logs
   callbacks  Tune callbacks: metrics to Kafka, nested MLflow runs, progress in the log
   tracking   the search's MLflow parent run

@@ -5,12 +5,15 @@
     `tune.with_parameters` (Ray's object store: trials on one node share the arrays);
   * searches the space with `OptunaSearch` (TPE, seeded) behind a `ConcurrencyLimiter`, and stops weak trials early
     with `ASHAScheduler` on the trial's own `epoch` (what max_t and the grace period count);
-  * stores trials and checkpoints in S3 under `ml.storage.tune_uri(lake, dataset, snapshot, run_name)`. The run name
-    is the resume key: when that folder holds a restorable experiment, the search continues with `Tuner.restore(...,
-    resume_unfinished=True)`: finished trials are kept, unfinished ones continue from their last checkpoint, errored
-    ones stay errored (a search whose trials all failed fails again), and no finished trial runs again. A search that
-    completed before returns its stored result at once. A trial whose worker dies is retried once, from its latest
-    checkpoint (`FailureConfig(max_failures=1)`);
+  * stores trials and checkpoints in S3 under `ml.storage.tune_uri(lake, dataset, snapshot, run_name)`, through a
+    filesystem that signs every file with the stack's key (`RaySettings.state_signing_key`; no key, no search) and
+    checks every file it reads (ml.tune.signing). The run name is the resume key: when that folder holds a restorable
+    experiment whose state carries this stack's signatures (a file that does not: TamperedTuneState, before anything
+    of it is unpickled), the search continues with `Tuner.restore(..., resume_unfinished=True)`: finished trials are
+    kept, unfinished ones continue from their last (checked) checkpoint, errored ones stay errored (a search whose
+    trials all failed fails again), and no finished trial runs again. A search that completed before returns its
+    stored result at once. A trial whose worker dies is retried once, from its latest checkpoint
+    (`FailureConfig(max_failures=1)`);
   * MLflow (unless `mlflow` is None): one parent run per search (ml.tune.tracking) and one nested child run per trial;
   * Kafka (unless `kafka` is None): `KafkaMetricsCallback` publishes every trial-epoch result.
 
@@ -33,12 +36,12 @@ from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client
 from ml.features import FeatureSpec
 from ml.json_values import is_finite_number
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
-from ml.storage import S3Uri, write_json
+from ml.storage import S3Uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
 from ml.tune.runtime import ensure_ray, route_library_logs
 from ml.tune.space import to_tune_space, validate_search_space
-from ml.tune.state import record_or_check_manifest, restorable, stored_result
+from ml.tune.state import record_or_check_manifest, restorable, store_result, stored_result
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +66,16 @@ def run_search(
     `mlflow` None: no tracking; `kafka` None: no metrics stream. `callbacks` are extra ray.tune.Callback objects;
     they are saved with the experiment, and a resumed search keeps the ones saved when it started and ignores new
     ones (its own callbacks are made afresh for the current settings). Raises SearchIncomplete when interrupted,
-    RuntimeError when every trial failed, ValueError when a resumed run's settings differ from the stored ones.
+    RuntimeError when every trial failed, ValueError when a resumed run's settings differ from the stored ones or no
+    state signing key is configured, TamperedTuneState when the state to resume is not signed by this stack.
     """
     from ml.data import load_feature_spec, load_training_data
+    from ml.tune.signing import share_key_with_ray, signed_filesystem
 
     started = time.perf_counter()
+    # Tune's storage, for the whole folder of the search: signed with the stack's key (a ValueError without one),
+    # keyless (Tune pickles its filesystem into the state it stores in S3; the signing key is not pickled either).
+    filesystem = signed_filesystem(keyless_arrow_filesystem(s3), ray.state_signing_key)
     client = s3_client(s3)
     features = config.resolved_features_uri(lake)
     spec = load_feature_spec(features, client)
@@ -75,7 +83,7 @@ def run_search(
     experiment = config.experiment_uri(lake)
     manifest = config.manifest(spec.task)
 
-    stored = stored_result(experiment, manifest, client)
+    stored = stored_result(experiment, manifest, filesystem)
     if stored is not None:
         log.info(
             "search %s already completed: best trial %s, %s=%s (%s)",
@@ -87,11 +95,9 @@ def run_search(
         )
         return stored
 
-    # Tune pickles its filesystem into the experiment state in S3: it must carry no keys.
-    filesystem = keyless_arrow_filesystem(s3)
     experiment_path = f"{experiment.bucket}/{experiment.key}"
-    restoring = restorable(experiment_path, filesystem)
-    record_or_check_manifest(experiment, manifest, restoring, client)
+    restoring = restorable(experiment_path, filesystem)  # checks the signatures of what a restore would read
+    record_or_check_manifest(experiment, manifest, restoring, filesystem)
 
     tracking = mlflow_client(mlflow) if mlflow is not None else None
     parent_run_id = experiment_id = None
@@ -104,6 +110,7 @@ def run_search(
     route_library_logs()
     started_ray = ensure_ray(ray, s3)
     try:
+        share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
         own_callbacks = _pipeline_callbacks(config, metric, mode, mlflow, kafka, parent_run_id, experiment_id)
         data = load_training_data(features, spec, arrow_filesystem(s3))
         if restoring:
@@ -113,7 +120,7 @@ def run_search(
         result = _summarise(results, config, spec, metric, mode, experiment, features, manifest["search_space_hash"])
         result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
         result.wall_time_s = time.perf_counter() - started
-        write_json(result.search_result_uri, result.to_dict(), client)
+        store_result(result, filesystem)
         if tracking is not None and parent_run_id:
             from ml.tune.tracking import finish_parent_run
 

@@ -225,7 +225,8 @@ def test_metrics_survive_a_broker_outage_during_the_search(
             config,
             s3=settings.s3,
             lake=settings.lake,
-            ray=RaySettings(None),  # the module's local Ray (local_ray) is already running
+            # the module's local Ray (local_ray) is already running; the stack's key signs the search's state
+            ray=RaySettings(None, state_signing_key=settings.ray.state_signing_key),
             mlflow=None,
             kafka=KafkaSettings(servers),
             callbacks=[BrokerOutage()],

@@ -22,7 +22,7 @@ print(json.dumps({
     "spark": [spark.master, spark.extra_classpath, spark.metastore_dir, spark.local_ip],
     "kafka": KafkaEventsHook().settings.bootstrap_servers,
     "mlflow": MlflowHook().settings.tracking_uri,
-    "ray": RayHook().settings.address,
+    "ray": [RayHook().settings.address, RayHook().settings.state_signing_key],
 }))
 """
 
@@ -48,7 +48,7 @@ def test_a_prepared_airflow_home_gives_the_hooks_the_stacks_settings(stack_env: 
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
     stored = json.loads(exported.stdout[exported.stdout.index("{") :])
-    assert set(stored) == {"aws_default", "spark_default", "kafka_default", "mlflow_default"}
+    assert set(stored) == {"aws_default", "spark_default", "kafka_default", "mlflow_default", "ray_default"}
 
     airflow_env = {key: value for key, value in env.items() if key not in AIRFLOW_UNSET}
     airflow_env.update({f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(doc) for conn_id, doc in stored.items()})
@@ -73,6 +73,7 @@ def test_a_prepared_airflow_home_gives_the_hooks_the_stacks_settings(stack_env: 
         ],
         "kafka": expected.kafka.bootstrap_servers,
         "mlflow": expected.mlflow.tracking_uri,
-        "ray": expected.ray.address,
+        "ray": [expected.ray.address, expected.ray.state_signing_key],
     }
+    assert expected.ray.state_signing_key, "the tune task gets the stack's Tune state key from ray_default"
     assert expected.spark.extra_classpath, "the stack's s3a jars reach Spark jobs run by Airflow"

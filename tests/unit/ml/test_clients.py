@@ -54,6 +54,7 @@ def test_arrow_options() -> None:
     s3 = keyed("https://s3.example:9443")
     assert clients.arrow_s3_options(s3, with_keys=False) == {
         "region": "eu-west-3",
+        "background_writes": False,
         "endpoint_override": "s3.example:9443",
         "scheme": "https",
     }
@@ -64,7 +65,10 @@ def test_arrow_options() -> None:
         s3.session_token,
     )
     # AWS itself: no endpoint override; no keys: pyarrow's own credential chain
-    assert clients.arrow_s3_options(S3Settings(endpoint_url=None), with_keys=True) == {"region": "us-east-1"}
+    assert clients.arrow_s3_options(S3Settings(endpoint_url=None), with_keys=True) == {
+        "region": "us-east-1",
+        "background_writes": False,
+    }
 
 
 def test_arrow_filesystem_is_cached_per_settings_value() -> None:

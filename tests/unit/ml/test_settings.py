@@ -52,6 +52,7 @@ def full_env(stack_dir: Path) -> dict[str, str]:
         "RAY_ADDRESS": "ray://head:10001",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": uuid.uuid4().hex,
+        "MLOPS_TUNE_STATE_KEY": uuid.uuid4().hex + uuid.uuid4().hex,
         "MLOPS_SPARK_EXECUTOR_CLASSPATH": "/opt/spark/extra-jars/*",
         "MLOPS_SPARK_CORES_MAX": "2",
         "MLOPS_STACK_DIR": str(stack_dir),
@@ -90,7 +91,12 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
             executor_classpath="/opt/spark/extra-jars/*",
             cores_max=2,
         ),
-        ray=RaySettings("ray://head:10001", auth_token=env["RAY_AUTH_TOKEN"], auth_mode="token"),
+        ray=RaySettings(
+            "ray://head:10001",
+            auth_token=env["RAY_AUTH_TOKEN"],
+            auth_mode="token",
+            state_signing_key=env["MLOPS_TUNE_STATE_KEY"],
+        ),
     )
     assert settings.kafka.servers == ["k1:9092", "k2:9092"]
 
@@ -156,7 +162,13 @@ def test_keys_never_appear_in_a_repr(stack_dir: Path) -> None:
     env = full_env(stack_dir)
     settings = Settings.from_env(env)
     for text in (repr(settings), str(settings), repr(settings.s3), str(settings.ray), f"{settings}"):
-        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN"):
+        for name in (
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_SESSION_TOKEN",
+            "RAY_AUTH_TOKEN",
+            "MLOPS_TUNE_STATE_KEY",
+        ):
             assert env[name] not in text
     assert "s3.example" in repr(settings)  # the endpoint is no secret
 
@@ -220,7 +232,7 @@ def test_the_new_settings_are_written_only_when_set() -> None:
     written = Settings().to_env()
     for name in ("MLOPS_HIVE_METASTORE_URI", "MLOPS_SPARK_EXECUTOR_CLASSPATH", "MLOPS_SPARK_CORES_MAX"):
         assert name not in written
-    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+    for name in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "MLOPS_TUNE_STATE_KEY"):
         assert name not in written
 
 
@@ -291,8 +303,8 @@ def test_every_cluster_setting_is_documented() -> None:
     names = [
         *("SPARK_MASTER", "MLOPS_SPARK_EXTRA_CLASSPATH", "MLOPS_SPARK_EXECUTOR_CLASSPATH", "MLOPS_HIVE_METASTORE_URI"),
         *("MLOPS_HIVE_METASTORE_DIR", "MLOPS_SPARK_CORES_MAX", "SPARK_LOCAL_IP"),
-        *("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"),
+        *("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "MLOPS_TUNE_STATE_KEY"),
         *("extra-classpath", "executor-extra-classpath", "metastore-uri", "metastore-dir", "cores-max", "local-ip"),
-        *("`address`", "password", "auth-mode"),
+        *("`address`", "password", "auth-mode", "state-signing-secret"),
     ]
     assert [name for name in names if name not in section] == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ from cryptography.fernet import Fernet
 from ml.settings import Settings
 from stack.config import (
     REPO_ROOT,
+    SECRET_VARIABLES,
     StackPaths,
     active_profile,
     cluster_secrets,
@@ -23,6 +25,7 @@ from stack.config import (
     postgres_url,
     stack_environment,
     stack_paths,
+    tune_state_key,
 )
 
 GIVEN_KEY = "given-key-value"
@@ -85,6 +88,27 @@ def test_local_keys_fill_in_when_none_are_given(stack_dir: StackPaths) -> None:
         credentials["access_key"],
         credentials["secret_key"],
     )
+
+
+def test_the_tune_state_key_is_generated_once_private_and_in_both_profiles(
+    stack_dir: StackPaths, tmp_path: Path
+) -> None:
+    """The key that signs Tune state (ml.tune.signing): one per stack folder, so that a retried task, the CLI and
+    Airflow (ray_default, stack.airflow_home) of one stack sign and check with the same key; a secret of the stack's."""
+    env = stack_environment(dict(GIVEN_KEYS))
+    generated = env["MLOPS_TUNE_STATE_KEY"]
+    assert stat.S_IMODE(stack_dir.tune_state_key_file.stat().st_mode) == 0o600
+    assert generated == tune_state_key(stack_dir) == stack_dir.tune_state_key_file.read_text() and len(generated) >= 32
+    assert stack_environment(dict(GIVEN_KEYS), profile="cluster")["MLOPS_TUNE_STATE_KEY"] == generated
+    assert Settings.from_env(env).ray.state_signing_key == generated
+    assert "MLOPS_TUNE_STATE_KEY" in SECRET_VARIABLES, "`python -m stack env` prints a lookup, never the key"
+    assert tune_state_key(StackPaths(tmp_path / "other")) != generated, "each stack folder has a key of its own"
+
+
+def test_a_tune_state_key_the_caller_sets_wins(stack_dir: StackPaths) -> None:
+    given = secrets.token_urlsafe(32)
+    assert stack_environment({**GIVEN_KEYS, "MLOPS_TUNE_STATE_KEY": given})["MLOPS_TUNE_STATE_KEY"] == given
+    assert not stack_dir.tune_state_key_file.exists()
 
 
 def test_the_project_stays_on_the_paths(stack_dir: StackPaths) -> None:

@@ -7,11 +7,16 @@ The fixture was interrupted with 2 trials finished (a5055a0a, 175adff9), a third
 and do not run again, the running one continues after its checkpoint, the searcher adds the fourth, the search
 completes with 4 trials and stores its result; the callbacks are today's, for the current endpoints (the fixture's
 record none): Kafka gets the epochs that ran after the restore, MLflow a parent run with those trials' child runs.
+
+State written before Tune state was signed (ml.tune.signing) carries no signatures: the upgrade signs such a folder
+once (`sign_tree`, as an operator migrating it would) before it is restored; unsigned, or changed after signing, it
+is refused before anything of it is unpickled, naming the file, and nothing runs.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ import pytest
 
 from ml.settings import Settings
 from ml.storage import S3Uri, delete_prefix, exists, read_json, tune_uri
+from ml.tune.signing import TamperedTuneState
 from tests.integration.ml.tune.support import MetricsTopicReader, search, small_search
 from tests.support.synthetic_features import SyntheticFeatures, write_synthetic_features
 
@@ -78,6 +84,15 @@ def legacy_state(s3_service: None, settings: Settings, s3_client: Any, mlflow_cl
         clean()
 
 
+def _sign(experiment: S3Uri, settings: Settings) -> list[str]:
+    """What migrating a trusted folder written before signing takes: sign it as it is, once."""
+    from ml.clients import keyless_arrow_filesystem
+    from ml.tune.signing import sign_tree
+
+    filesystem = keyless_arrow_filesystem(settings.s3)
+    return sign_tree(filesystem, f"{experiment.bucket}/{experiment.key}", settings.ray.state_signing_key)
+
+
 def test_a_search_state_written_before_the_package_split_is_restored(
     local_ray: None,
     legacy_state: S3Uri,
@@ -89,6 +104,7 @@ def test_a_search_state_written_before_the_package_split_is_restored(
     from ml.events.envelope import validate_envelope
     from ml.topics import TRAINING_METRICS
 
+    assert len(_sign(legacy_state, settings)) == len(_fixture_files())
     config = small_search(DATASET, SNAPSHOT, RUN_NAME, dag_run_id="manual__legacy-v0")
     assert config.experiment_uri(settings.lake) == legacy_state
     # The fixture's manifest is this search's: a resume, not "other settings".
@@ -137,6 +153,42 @@ def test_a_search_state_written_before_the_package_split_is_restored(
     )
     assert {c.data.tags["mlops.trial_id"] for c in children} == set(epochs)
     assert {c.info.status for c in children} == {"FINISHED"}
+
+
+class PlantedCode:
+    """Unpickling this creates `marker`: the proof that code from the folder ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed-then-tuner-pkl-replaced"])
+def test_legacy_state_not_signed_by_this_stack_is_refused_and_nothing_runs(
+    legacy_state: S3Uri, settings: Settings, s3_client: Any, tmp_path: Path, signed: bool
+) -> None:
+    """No Ray is running here: the refusal comes before Ray, MLflow or any Tune code reads the folder."""
+    marker = tmp_path / "planted-code-ran"
+    if signed:
+        _sign(legacy_state, settings)
+        tuner_pkl = legacy_state.join("tuner.pkl")
+        s3_client.put_object(Bucket=tuner_pkl.bucket, Key=tuner_pkl.key, Body=pickle.dumps(PlantedCode(marker)))
+        refusal = rf"{tuner_pkl.key}: its content does not match its signature"
+    else:
+        refusal = rf"{legacy_state.key}/experiment_state-2026-12-02_01-05-25\.json: it has no valid signature"
+    config = small_search(DATASET, SNAPSHOT, RUN_NAME, dag_run_id="manual__legacy-v0")
+    with pytest.raises(TamperedTuneState, match=refusal):
+        search(config, settings, kafka=False)
+    assert not marker.exists(), "code from the folder ran"
+    assert not exists(legacy_state.join("search_result.json"), s3_client)
+    for path in _fixture_files():  # the folder as it was found: nothing ran that would have written to it
+        if path.name != "tuner.pkl" or not signed:
+            stored = s3_client.get_object(
+                Bucket=legacy_state.bucket, Key=legacy_state.join(path.relative_to(FIXTURE).as_posix()).key
+            )
+            assert stored["Body"].read() == path.read_bytes(), path
 
 
 def _result_lines(client: Any, experiment: S3Uri) -> list[str]:

@@ -1,30 +1,36 @@
 """ml.tune.search without Ray or services: choosing the best trial from fake Tune results (never an errored one),
 the restored search's callbacks replaced by fresh ones, which callbacks a search makes, and run_search's control
-flow with Tune, Ray and MLflow replaced by fakes (moto's S3 for the lake): a completed search returns its stored
-result without building a Tuner, a new one starts, an interrupted one resumes, a failing one marks its parent run."""
+flow with Tune, Ray and MLflow replaced by fakes (moto's S3 for the features, a local folder for the search's signed
+storage): a completed search returns its stored result without building a Tuner, a new one starts, an interrupted one
+resumes, a failing one marks its parent run, and none runs without a state signing key."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from pyarrow import fs
 
 import ml.data
 import ml.tune.search as search
 import ml.tune.tracking as tracking
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
-from ml.storage import DataError, S3Uri, exists, read_json, write_json
+from ml.storage import DataError, S3Uri
 from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, PipelineCallback, ProgressLogCallback
-from ml.tune.config import SEARCH_MANIFEST_FILE, SearchConfig, SearchIncomplete, SearchResult
+from ml.tune.config import SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchConfig, SearchIncomplete, SearchResult
+from ml.tune.signing import signed_filesystem
 from ml.tune.space import search_space_hash, validate_search_space
 from tests.support.synthetic_features import IN_MEMORY_S3, in_memory_s3, make_spec
 
 LAKE = LakeSettings()
-RAY = RaySettings()
+RAY = RaySettings(state_signing_key=secrets.token_urlsafe(32))
 KAFKA = KafkaSettings("kafka.invalid:9092")
 MLFLOW = MlflowSettings("http://mlflow.invalid:5000")
 SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}, "hidden_size": 16}
@@ -207,7 +213,8 @@ def test_the_pipeline_callback_marker_is_what_is_replaced() -> None:
 class Recorder:
     """Stands in for everything run_search reaches outside the lake; records what it was asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, storage: Path) -> None:
+        self.storage = fs.SubTreeFileSystem(str(storage), fs.LocalFileSystem())  # stands in for S3 (bucket/key)
         self.calls: list[tuple[Any, ...]] = []
         self.restorable = False
         self.grid: Any = FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4]), _trial("c", [0.6])])
@@ -218,6 +225,24 @@ class Recorder:
         if self.fit_error is not None:
             raise self.fit_error
         return self.grid
+
+    def write(self, name: str, value: Any) -> None:
+        """Write a JSON file of the search's folder as the search does: signed."""
+        self.storage.create_dir(_path(""), recursive=True)
+        with signed_filesystem(self.storage, RAY.state_signing_key).open_output_stream(_path(name)) as stream:
+            stream.write(json.dumps(value).encode())
+
+    def read(self, name: str) -> Any:
+        """A JSON file of the search's folder, read as the search reads it: checked against its signature."""
+        with signed_filesystem(self.storage, RAY.state_signing_key).open_input_stream(_path(name)) as stream:
+            return json.loads(stream.readall())
+
+    def exists(self, name: str) -> bool:
+        return bool(self.storage.get_file_info(_path(name)).type != fs.FileType.NotFound)
+
+
+def _path(name: str) -> str:
+    return f"{EXPERIMENT.bucket}/{EXPERIMENT.key}/{name}"
 
 
 @pytest.fixture
@@ -230,16 +255,16 @@ def lake() -> Iterator[Any]:
 
 
 @pytest.fixture
-def fakes(monkeypatch: pytest.MonkeyPatch) -> Recorder:
+def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     from ray import tune
 
-    recorder = Recorder()
+    recorder = Recorder(tmp_path)
 
     def no_tuner(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a Tuner was built")
 
     monkeypatch.setattr(tune, "Tuner", no_tuner)
-    monkeypatch.setattr(search, "keyless_arrow_filesystem", lambda s3: "keyless-filesystem")
+    monkeypatch.setattr(search, "keyless_arrow_filesystem", lambda s3: recorder.storage)
     monkeypatch.setattr(search, "arrow_filesystem", lambda s3: "filesystem")
     monkeypatch.setattr(search, "restorable", lambda path, filesystem: recorder.restorable)
     monkeypatch.setattr(search, "route_library_logs", lambda: None)
@@ -288,8 +313,8 @@ def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: An
     assert fakes.calls[3] == ("finish", "parent-1")
     assert (result.best_trial_id, result.mlflow_parent_run_id, result.mlflow_experiment_id) == ("b", "parent-1", "7")
     assert result.wall_time_s is not None and result.wall_time_s >= 0
-    assert read_json(EXPERIMENT.join("search_result.json"), lake) == result.to_dict()
-    assert read_json(EXPERIMENT.join(SEARCH_MANIFEST_FILE), lake) == _config().manifest("regression")
+    assert fakes.read(SEARCH_RESULT_FILE) == result.to_dict()
+    assert fakes.read(SEARCH_MANIFEST_FILE) == _config().manifest("regression")
 
 
 def test_a_completed_search_returns_its_stored_result_without_running(lake: Any, fakes: Recorder) -> None:
@@ -311,15 +336,15 @@ def test_a_completed_search_refuses_other_settings(lake: Any, fakes: Recorder, c
 
 
 def test_an_interrupted_search_resumes_with_fresh_callbacks_only(lake: Any, fakes: Recorder) -> None:
-    write_json(EXPERIMENT.join(SEARCH_MANIFEST_FILE), _config().manifest("regression"), lake)
+    fakes.write(SEARCH_MANIFEST_FILE, _config().manifest("regression"))
     fakes.restorable = True
     result = _run(kafka=KAFKA, callbacks=[CallersCallback()])  # new extra callbacks are not added on resume
     assert ("resume", ["ProgressLogCallback", "KafkaMetricsCallback"]) in fakes.calls
-    assert result.mlflow_parent_run_id is None and exists(result.search_result_uri, lake)
+    assert result.mlflow_parent_run_id is None and fakes.exists(SEARCH_RESULT_FILE)
 
 
 def test_an_interrupted_search_refuses_other_settings(lake: Any, fakes: Recorder) -> None:
-    write_json(EXPERIMENT.join(SEARCH_MANIFEST_FILE), _config().manifest("regression"), lake)
+    fakes.write(SEARCH_MANIFEST_FILE, _config().manifest("regression"))
     fakes.restorable = True
     with pytest.raises(ValueError, match="max_epochs"):
         _run(_config(max_epochs=4))
@@ -331,7 +356,7 @@ def test_an_interruption_marks_the_parent_run_killed(lake: Any, fakes: Recorder)
     with pytest.raises(SearchIncomplete):
         _run(mlflow=MLFLOW)
     assert fakes.calls[-1] == ("status", "parent-1", "KILLED")
-    assert not exists(EXPERIMENT.join("search_result.json"), lake)
+    assert not fakes.exists(SEARCH_RESULT_FILE)
 
 
 def test_a_failure_marks_the_parent_run_failed(lake: Any, fakes: Recorder) -> None:
@@ -358,4 +383,26 @@ def test_ray_started_by_the_search_is_shut_down(lake: Any, fakes: Recorder, monk
 def test_features_without_a_spec_fail_clearly(fakes: Recorder) -> None:
     with in_memory_s3("lake"), pytest.raises(DataError, match="no feature spec"):
         _run(_config(dataset="missing"))
+    assert fakes.calls == []
+
+
+def test_no_search_runs_without_a_state_signing_key(lake: Any, fakes: Recorder) -> None:
+    with pytest.raises(ValueError, match="no Tune state signing key configured"):
+        search.run_search(_config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RaySettings(), mlflow=MLFLOW)
+    assert fakes.calls == [] and not fakes.exists(SEARCH_MANIFEST_FILE)  # no parent run, no Ray, nothing written
+
+
+def test_the_search_folder_is_signed_and_an_unsigned_result_is_refused(lake: Any, fakes: Recorder) -> None:
+    from ml.tune.signing import SIGNATURE_SUFFIX, TamperedTuneState
+
+    _run()
+    for name in (SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE):
+        assert fakes.exists(name + SIGNATURE_SUFFIX), name
+    # A result planted by something without the key: refused, never returned as the search's.
+    planted = {**fakes.read(SEARCH_RESULT_FILE), "best_checkpoint_uri": "s3://elsewhere/x"}
+    with fakes.storage.open_output_stream(_path(SEARCH_RESULT_FILE)) as stream:
+        stream.write(json.dumps(planted).encode())
+    fakes.calls.clear()
+    with pytest.raises(TamperedTuneState, match=f"{SEARCH_RESULT_FILE}: its content does not match its signature"):
+        _run()
     assert fakes.calls == []
