@@ -101,6 +101,24 @@ class MlflowHook(BaseHook):
 
         return mlflow_client(self.settings)
 
+    def available_settings(self) -> MlflowSettings:
+        """The settings, once the server has answered a request that reads its store (ml.preflight.require_mlflow):
+        a task whose MLflow, or MLflow's database, is down fails at once naming it instead of retrying for minutes."""
+        from ml.preflight import require_mlflow
+
+        require_mlflow(self.settings)
+        return self.settings
+
+    def test_connection(self) -> tuple[bool, str]:
+        """The Airflow UI's connection test: the same request."""
+        from ml.preflight import ServiceUnavailable
+
+        try:
+            self.available_settings()
+        except ServiceUnavailable as error:
+            return False, str(error)
+        return True, f"the MLflow server at {self.settings.tracking_uri} answers"
+
     def find_model_version(self, model_name: str, tags: dict[str, str]) -> Any | None:
         """The newest version of a registered model whose tags include all of `tags`, or None when there is none.
         An MLflow error propagates: an unreachable registry is not "no model"."""
@@ -145,7 +163,8 @@ class RayHook(BaseHook):
     else host and port (a host without a scheme becomes `ray://host:port`, port 10001 by default); the password is the
     cluster's auth token, and the extra's `auth-mode` (`token` / `disabled`) Ray's RAY_AUTH_MODE when it is not simply
     "token when there is a token". Without the connection, or without an address, the search starts a local Ray inside
-    the task."""
+    the task. The extra's `state-signing-secret` is the key that signs the search's Tune state in S3 (with or without
+    an address; a search refuses to run without one)."""
 
     conn_name_attr = "ray_conn_id"
     default_conn_name = "ray_default"
@@ -168,11 +187,19 @@ class RayHook(BaseHook):
         except AirflowNotFoundException:
             return RaySettings(None)
         extra = _extra(conn)
+        signing_key = extra.get("state-signing-secret") or None
+        if signing_key:
+            mask_secret(signing_key)
         address = extra.get("address") or None
         if address is None and conn.host:
             address = conn.host if "://" in conn.host else f"ray://{conn.host}:{conn.port or 10001}"
         if address is None:
-            return RaySettings(None)
+            return RaySettings(None, state_signing_key=signing_key)
         if conn.password:
             mask_secret(conn.password)  # as s3_settings does for its keys: never in a task log
-        return RaySettings(address, auth_token=conn.password or None, auth_mode=extra.get("auth-mode") or None)
+        return RaySettings(
+            address,
+            auth_token=conn.password or None,
+            auth_mode=extra.get("auth-mode") or None,
+            state_signing_key=signing_key,
+        )

@@ -220,7 +220,7 @@ class RayTuneOperator(BaseOperator):
             s3=s3,
             lake=_lake(self.lake_bucket),
             ray=RayHook(self.ray_conn_id).settings,
-            mlflow=MlflowHook(self.mlflow_conn_id).settings,
+            mlflow=MlflowHook(self.mlflow_conn_id).available_settings(),
             kafka=KafkaEventsHook(self.kafka_conn_id).settings,
         )
         return result.to_dict()
@@ -270,7 +270,7 @@ class RegisterModelOperator(BaseOperator):
         from ml.registry.context import RegistryContext
         from ml.registry.promote import register_and_promote
 
-        s3, mlflow = s3_settings(self.aws_conn_id), MlflowHook(self.mlflow_conn_id).settings
+        s3, mlflow = s3_settings(self.aws_conn_id), MlflowHook(self.mlflow_conn_id).available_settings()
         registry = RegistryContext(
             mlflow=mlflow, s3=s3, lake=_lake(self.lake_bucket), kafka=KafkaEventsHook(self.kafka_conn_id).settings
         )
@@ -388,7 +388,9 @@ class SkipIfModelExistsOperator(BaseBranchOperator):
             return None
         name = registered_model_name(str(self.dataset), str(self.ml_task))
         wanted = {"snapshot_id": str(self.snapshot_id), "code_version": code_version(), REGISTRATION_TAG: "complete"}
-        version = MlflowHook(self.mlflow_conn_id).find_model_version(name, wanted)
+        hook = MlflowHook(self.mlflow_conn_id)
+        hook.available_settings()  # an MLflow that is down, or whose database is, fails here, named
+        version = hook.find_model_version(name, wanted)
         if version is None:
             log.info("no version of %s for snapshot %s and code %s: training", name, self.snapshot_id, code_version())
             return None

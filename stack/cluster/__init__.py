@@ -30,6 +30,7 @@ __all__ = [
     "CLUSTER_SERVICES",
     "DATABASES",
     "METASTORE",
+    "POSTGRES",
     "RAY_HEAD",
     "RAY_WORKER",
     "SPARK_MASTER",

@@ -1,7 +1,7 @@
 """Faults on the cluster profile, from the engines' side: a Spark worker killed (SIGKILL to its process group: the
 worker daemon and its executor) while the preprocessing job runs tasks on it, a Ray worker node killed while one of
-its trials runs, and a job started while the metastore or the Spark master is down. Each killed service is started
-again afterwards, so the stack is whole for the next test."""
+its trials runs, and a job started while the metastore, the Spark master or PostgreSQL is down. Each killed service
+is started again afterwards, so the stack is whole for the next test."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ray import tune
 from ml.settings import Settings
 from stack.cluster import (
     METASTORE,
+    POSTGRES,
     RAY_HEAD,
     RAY_WORKER,
     SPARK_MASTER,
@@ -215,3 +216,40 @@ def test_a_job_started_while_a_cluster_service_is_down_fails_at_once_naming_it(
     with pytest.raises(ClusterServiceUnreachable, match=f"at {address} is not reachable"):
         run_preprocess(dataset, snapshot_id, s3=settings.s3, lake=settings.lake, spark=settings.spark, force=True)
     assert sorted(obj["Key"] for obj in list_keys(out, s3_client)) == before, "nothing written or removed"
+
+
+def test_tasks_started_while_postgresql_is_down_fail_at_once_naming_it(
+    large_snapshot: tuple[str, str],
+    settings: Settings,
+    s3_client: Any,
+    restarted: list[Service],
+) -> None:
+    """PostgreSQL holds the metastore's and MLflow's databases: both services still accept connections without it,
+    so a TCP check would pass and the clients' own retries would take minutes. The preflights ask each for one
+    request that reads its database, and the task fails at once with the service, its address and its database's
+    error; nothing is written. (Airflow itself needs PostgreSQL too, to schedule anything at all.)"""
+    from ml.preflight import ServiceUnavailable, require_mlflow
+    from ml.preprocess.preflight import ClusterServiceUnreachable
+    from ml.preprocess.submit import run_preprocess
+    from ml.storage import features_uri, list_keys
+
+    dataset, snapshot_id = large_snapshot
+    out = features_uri(settings.lake, dataset, snapshot_id)
+    before = sorted(obj["Key"] for obj in list_keys(out, s3_client))
+    restarted.append(POSTGRES)
+    POSTGRES.stop(stack_paths())
+
+    with pytest.raises(ClusterServiceUnreachable) as metastore_failure:
+        run_preprocess(dataset, snapshot_id, s3=settings.s3, lake=settings.lake, spark=settings.spark, force=True)
+    message = str(metastore_failure.value)
+    print(f"\npreprocessing with PostgreSQL down: {message}")
+    assert f"Hive metastore at {settings.spark.metastore_uri} accepts connections but cannot serve" in message
+    assert "postgresql" in message.lower() or "did not answer" in message, message
+    assert sorted(obj["Key"] for obj in list_keys(out, s3_client)) == before, "nothing written or removed"
+
+    with pytest.raises(ServiceUnavailable) as mlflow_failure:
+        require_mlflow(settings.mlflow)
+    message = str(mlflow_failure.value)
+    print(f"MLflow with PostgreSQL down: {message}")
+    assert f"MLflow server at {settings.mlflow.tracking_uri} cannot serve requests (HTTP 5" in message
+    assert "127.0.0.1" in message and "5432" in message, "the database's address, from MLflow's own error"

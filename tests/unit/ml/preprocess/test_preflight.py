@@ -10,6 +10,7 @@ import pytest
 
 from ml.preprocess.preflight import ClusterServiceUnreachable, _endpoints, require_cluster_services
 from ml.settings import SparkSettings
+from tests.unit.ml.preprocess.fake_metastore import databases_answer, fake_metastore, meta_exception_answer
 
 
 @pytest.fixture
@@ -31,10 +32,30 @@ def test_local_spark_with_an_embedded_metastore_needs_nothing() -> None:
     require_cluster_services(SparkSettings(master="local[*]", metastore_dir="/tmp/hive"))
 
 
-def test_a_reachable_master_and_metastore_pass(listening: int) -> None:
-    require_cluster_services(
-        SparkSettings(master=f"spark://127.0.0.1:{listening}", metastore_uri=f"thrift://127.0.0.1:{listening}")
-    )
+def test_a_reachable_master_and_a_serving_metastore_pass(listening: int) -> None:
+    with fake_metastore(databases_answer(["default"])) as metastore:
+        require_cluster_services(
+            SparkSettings(master=f"spark://127.0.0.1:{listening}", metastore_uri=f"thrift://127.0.0.1:{metastore}")
+        )
+
+
+def test_a_metastore_whose_database_is_down_is_named_with_its_error(listening: int) -> None:
+    # what Hive's metastore answers when its PostgreSQL is down: it still accepts connections
+    error = "Unable to open a test connection to the given database. JDBC url = jdbc:postgresql://127.0.0.1:5432/m"
+    with fake_metastore(meta_exception_answer(error)) as metastore:
+        spark = SparkSettings(master=f"spark://127.0.0.1:{listening}", metastore_uri=f"thrift://127.0.0.1:{metastore}")
+        with pytest.raises(ClusterServiceUnreachable) as failure:
+            require_cluster_services(spark)
+    message = str(failure.value)
+    assert f"Hive metastore at thrift://127.0.0.1:{metastore} accepts connections but cannot serve" in message
+    assert "jdbc:postgresql://127.0.0.1:5432/m" in message and "no job was started" in message
+
+
+def test_a_metastore_that_does_not_answer_in_time_is_named(listening: int) -> None:
+    with fake_metastore(None) as metastore:
+        spark = SparkSettings(master=f"spark://127.0.0.1:{listening}", metastore_uri=f"thrift://127.0.0.1:{metastore}")
+        with pytest.raises(ClusterServiceUnreachable, match=r"did not answer within 0\.2 s"):
+            require_cluster_services(spark, metastore_timeout_s=0.2)
 
 
 def test_a_master_that_is_down_is_named_with_its_address(closed: int) -> None:

@@ -33,3 +33,14 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
 
     monkeypatch.setattr(ml.events.publisher, "publish_event", fake_publish)
     return sent
+
+
+@pytest.fixture(autouse=True)
+def mlflow_checks(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """ml.preflight.require_mlflow replaced (the unit tests' MLflow hosts do not exist): the settings it was asked to
+    check, in order."""
+    import ml.preflight
+
+    checked: list[Any] = []
+    monkeypatch.setattr(ml.preflight, "require_mlflow", checked.append)
+    return checked

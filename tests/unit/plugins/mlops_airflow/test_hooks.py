@@ -155,6 +155,30 @@ def test_mlflow_client_is_built_from_the_settings(connections: Define, monkeypat
     assert built == [MlflowSettings(MLFLOW_URI)], "one client per hook"
 
 
+def test_available_settings_are_checked_against_the_server(connections: Define, mlflow_checks: list[Any]) -> None:
+    from mlops_airflow.hooks import MlflowHook
+
+    connections("mlflow_default")
+    assert MlflowHook().available_settings() == MlflowSettings(MLFLOW_URI)
+    assert mlflow_checks == [MlflowSettings(MLFLOW_URI)]
+
+
+def test_the_connection_test_reports_why_mlflow_cannot_serve(
+    connections: Define, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ml.preflight
+    from mlops_airflow.hooks import MlflowHook
+
+    connections("mlflow_default")
+    assert MlflowHook().test_connection() == (True, f"the MLflow server at {MLFLOW_URI} answers")
+
+    def store_down(settings: MlflowSettings) -> None:
+        raise ml.preflight.ServiceUnavailable(f"the MLflow server at {settings.tracking_uri} cannot serve requests")
+
+    monkeypatch.setattr(ml.preflight, "require_mlflow", store_down)
+    assert MlflowHook().test_connection() == (False, f"the MLflow server at {MLFLOW_URI} cannot serve requests")
+
+
 class FakeRegistry:
     """search_model_versions of an MlflowClient: records the query, answers with `versions` or raises `error`."""
 
@@ -308,6 +332,32 @@ def test_the_ray_connection_password_is_the_auth_token(connections: Define, monk
     assert token not in repr(settings) and token in masked, "never in a task log"
     connections(ray_default={"conn_type": "generic", "host": "head", "extra": {"auth-mode": "token"}})
     assert RayHook().settings == RaySettings("ray://head:10001", auth_mode="token"), "the token from Ray's own files"
+
+
+@pytest.mark.parametrize(
+    ("extra", "address"),
+    [({}, None), ({"address": "10.0.0.5:6380"}, "10.0.0.5:6380")],
+    ids=["local-ray", "cluster"],
+)
+def test_the_tune_state_signing_key_is_the_state_signing_secret_extra(
+    connections: Define, monkeypatch: pytest.MonkeyPatch, extra: dict[str, str], address: str | None
+) -> None:
+    """The key that signs a search's Tune state reaches the task with or without a cluster address (a local Ray's
+    search needs it as much), masked in task logs, never in a repr; without it the settings carry none (and the
+    search refuses to run)."""
+    import airflow.sdk.log
+
+    from mlops_airflow.hooks import RayHook
+
+    signing_key = uuid.uuid4().hex + uuid.uuid4().hex
+    masked: list[str] = []
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", masked.append)
+    connections(ray_default={"conn_type": "generic", "extra": {**extra, "state-signing-secret": signing_key}})
+    settings = RayHook().settings
+    assert settings == RaySettings(address, state_signing_key=signing_key)
+    assert signing_key in masked and signing_key not in repr(settings)
+    connections(ray_default={"conn_type": "generic", "extra": extra})
+    assert RayHook().settings.state_signing_key is None
 
 
 def test_a_connection_object_works_as_well_as_a_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -406,7 +406,12 @@ def _ti() -> tuple[Any, dict[str, Any]]:
     ids=["no-model-train", "model-exists-reuse"],
 )
 def test_skip_branch_follows_an_existing_model(
-    connections: Define, registry: Callable[..., FakeRegistry], found: list[Any], expected: str, existing: Any
+    connections: Define,
+    registry: Callable[..., FakeRegistry],
+    mlflow_checks: list[Any],
+    found: list[Any],
+    expected: str,
+    existing: Any,
 ) -> None:
     from ml.lineage import code_version
 
@@ -415,6 +420,7 @@ def test_skip_branch_follows_an_existing_model(
     ti, pushed = _ti()
     with environment_unchanged():
         assert _branch().choose_branch({"ti": ti}) == expected
+    assert mlflow_checks == [MlflowSettings(MLFLOW_URI)], "the server (and its store) checked first"
     assert fake.built_for == [MlflowSettings(MLFLOW_URI)]
     assert fake.queries == [
         f"name = 'd-classification' and tags.`snapshot_id` = 'abc' and tags.`code_version` = '{code_version()}' "
@@ -483,7 +489,7 @@ def _tune_operator(**changes: Any) -> Any:
 
 
 def test_ray_tune_operator_names_the_search_after_the_dag_run(
-    connections: Define, searches: list[tuple[Any, dict[str, Any]]]
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]], mlflow_checks: list[Any]
 ) -> None:
     from ml.tune.space import default_search_space
 
@@ -491,6 +497,7 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(
     with environment_unchanged():
         result = _tune_operator().execute({"run_id": RUN_ID})
     [(config, settings)] = searches
+    assert mlflow_checks == [MlflowSettings(MLFLOW_URI)], "MLflow (and its store) checked before the search"
     assert config.run_name == "manual__2026-01-01T00-00-00-00-00"  # sanitised, identical on every retry
     assert config.dag_run_id == RUN_ID
     assert (config.dataset, config.snapshot_id) == ("d", "abc")
@@ -539,6 +546,19 @@ def test_ray_tune_operator_passes_the_clusters_token_in_the_settings_only(
     [(_, settings)] = searches
     assert settings["ray"] == RaySettings("10.0.0.5:6380", auth_token=token)
     assert token not in os.environ.values()
+
+
+def test_ray_tune_operator_gives_the_search_the_state_signing_key_of_the_ray_connection(
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]]
+) -> None:
+    signing_key = uuid.uuid4().hex + uuid.uuid4().hex
+    local_ray = {"conn_type": "generic", "extra": {"state-signing-secret": signing_key}}
+    connections("aws_default", "mlflow_default", "kafka_default", ray_default=local_ray)
+    with environment_unchanged():
+        _tune_operator().execute({"run_id": RUN_ID})
+    [(_, settings)] = searches
+    assert settings["ray"] == RaySettings(None, state_signing_key=signing_key)
+    assert signing_key not in os.environ.values()
 
 
 def test_ray_tune_operator_has_the_tuning_report_link() -> None:
@@ -602,7 +622,7 @@ def _register_operator(**changes: Any) -> Any:
 
 
 def test_register_operator_passes_its_connections_to_evaluation_and_registry(
-    connections: Define, registration: dict[str, Any]
+    connections: Define, registration: dict[str, Any], mlflow_checks: list[Any]
 ) -> None:
     from airflow.sdk.api.datamodels._generated import DagRunType
 
@@ -612,6 +632,7 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
     operator = _register_operator(metric="", margin="0.05", allow_backfill_promotion="False")
     with environment_unchanged():
         result = operator.execute({"run_id": RUN_ID, "dag_run": SimpleNamespace(run_type=DagRunType.MANUAL)})
+    assert mlflow_checks == [MlflowSettings(MLFLOW_URI)], "MLflow (and its store) checked before any work"
     assert registration["evaluate"] == (
         {"best_trial_id": "t1"},
         {"s3": CONNECTION_S3, "mlflow": MlflowSettings(MLFLOW_URI)},

@@ -32,7 +32,7 @@ def test_the_package_re_exports_what_its_callers_import() -> None:
     owners = {
         airflow: ["AIRFLOW_COMPONENTS"],
         metastore: ["METASTORE"],
-        postgres: ["DATABASES", "create_databases", "postgres_connect"],
+        postgres: ["DATABASES", "POSTGRES", "create_databases", "postgres_connect"],
         ray: ["RAY_HEAD", "RAY_WORKER", "ray_state"],
         spark: ["SPARK_MASTER", "SPARK_WORKERS", "spark_master_state", "spark_worker_state"],
     }
