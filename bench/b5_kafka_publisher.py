@@ -113,32 +113,27 @@ def plain_envelope(epoch: int, topic: Any) -> dict[str, Any]:
 
 
 def create_topic(kafka: KafkaSettings, partitions: int = 3) -> Any:
-    from kafka.admin import NewTopic
-
-    from ml.clients import kafka_admin
+    """The throwaway topic, made by the broker's admin with ACLs for `kafka`'s user (the stack's broker takes logins:
+    stack.kafka_auth.create_throwaway_topic)."""
     from ml.topics import Topic
+    from stack.config import stack_paths
+    from stack.kafka_auth import create_throwaway_topic
 
     name = f"bench.b5.{uuid.uuid4().hex[:10]}"
-    admin = kafka_admin(kafka, client_id="bench-b5-admin")
-    try:
-        admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1)])
-    finally:
-        admin.close()
+    create_throwaway_topic(kafka, stack_paths(), name, partitions)
     return Topic(name, SCHEMA, partitions=partitions, retention_ms=3600 * 1000)
 
 
 def delete_topic(kafka: KafkaSettings, name: str) -> bool:
-    from ml.clients import kafka_admin
+    from stack.config import stack_paths
+    from stack.kafka_auth import delete_throwaway_topic
 
-    admin = kafka_admin(kafka, client_id="bench-b5-admin")
     try:
-        admin.delete_topics([name])
+        delete_throwaway_topic(kafka, stack_paths(), name)
         return True
     except Exception as error:  # reported in the JSON; never hides the figures
         logging.getLogger(__name__).warning("could not delete topic %s: %s", name, error)
         return False
-    finally:
-        admin.close()
 
 
 class TopicRedirect:

@@ -6,6 +6,7 @@ it without opening a new connection pool. Imports are inside the functions: impo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -93,30 +94,89 @@ def mlflow_fluent(mlflow: MlflowSettings) -> Iterator[None]:
         mlflow_module.set_registry_uri(previous_registry)
 
 
-def kafka_producer(kafka: KafkaSettings, **options: Any) -> Any:
-    """A KafkaProducer on the bootstrap servers; `options` are kafka-python's (acks, timeouts, serializers)."""
-    from kafka import KafkaProducer
+_SCRAM_PLAINTEXT_WARNING = "Exchanging credentials in the clear during Sasl Authentication"
 
-    return KafkaProducer(bootstrap_servers=kafka.servers, **options)
+
+class _ScramOverPlaintextIsDebug(logging.Filter):
+    """kafka-python warns on every SCRAM login over SASL_PLAINTEXT that credentials go "in the clear": with SCRAM they
+    do not (the password never leaves the client; a salted proof does), and a warning per connection would fill task
+    logs. The record is kept, at DEBUG. (That the messages themselves are not encrypted is in the README.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() == _SCRAM_PLAINTEXT_WARNING:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """kafka-python's connection arguments for these settings: the bootstrap servers and, for SASL, the login."""
+    options: dict[str, Any] = {"bootstrap_servers": kafka.servers}
+    if kafka.security_protocol != "PLAINTEXT":
+        options["security_protocol"] = kafka.security_protocol
+    if kafka.uses_sasl:
+        scram_log = logging.getLogger("kafka.net.sasl.scram")
+        if not any(isinstance(f, _ScramOverPlaintextIsDebug) for f in scram_log.filters):
+            scram_log.addFilter(_ScramOverPlaintextIsDebug())
+        if not kafka.password:
+            raise ValueError(
+                f"Kafka settings for user {kafka.username!r} at {kafka.bootstrap_servers} carry no password (a "
+                "pickled copy never does): give the password again"
+            )
+        options.update(
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_plain_username=kafka.username,
+            sasl_plain_password=kafka.password,
+        )
+    return options
+
+
+def kafka_bootstrap_hint(kafka: KafkaSettings) -> str:
+    """What a bootstrap timeout may mean besides a broker that is down: kafka-python reports a refused login, or a
+    client that does not log in to a broker that wants it to, only as a KafkaTimeoutError (the cause is in its log)."""
+    if kafka.uses_sasl:
+        return (
+            f"if the broker is up, check the credentials: a wrong password or unknown user ({kafka.username!r}, "
+            f"{kafka.sasl_mechanism} over {kafka.security_protocol}) looks exactly like this"
+        )
+    return (
+        f"if the broker is up, check whether it requires authentication: a client without credentials "
+        f"({kafka.security_protocol}) on a SASL listener looks exactly like this"
+    )
+
+
+def _kafka_client(client_class: Any, kafka: KafkaSettings, options: dict[str, Any]) -> Any:
+    from kafka.errors import KafkaTimeoutError
+
+    try:
+        return client_class(**kafka_options(kafka), **options)
+    except KafkaTimeoutError as error:
+        raise KafkaTimeoutError(f"{error}; {kafka_bootstrap_hint(kafka)}") from error
+
+
+def kafka_producer(kafka: KafkaSettings, **options: Any) -> Any:
+    """A KafkaProducer on the bootstrap servers, logged in as the settings say; `options` are kafka-python's (acks,
+    timeouts, serializers). KafkaTimeoutError when no broker answered (or it refused the login: the message says)."""
+    import kafka as kafka_python
+
+    return _kafka_client(kafka_python.KafkaProducer, kafka, options)
 
 
 def kafka_consumer(kafka: KafkaSettings, **options: Any) -> Any:
     """A KafkaConsumer on the bootstrap servers, subscribed to nothing (callers assign partitions)."""
-    from kafka import KafkaConsumer
+    import kafka as kafka_python
 
-    return KafkaConsumer(bootstrap_servers=kafka.servers, **options)
+    return _kafka_client(kafka_python.KafkaConsumer, kafka, options)
 
 
 def kafka_admin(kafka: KafkaSettings, **options: Any) -> Any:
-    from kafka import KafkaAdminClient
+    """A KafkaAdminClient on the bootstrap servers (what it may do is what the settings' user may do)."""
+    import kafka as kafka_python
 
-    return KafkaAdminClient(bootstrap_servers=kafka.servers, **options)
+    return _kafka_client(kafka_python.KafkaAdminClient, kafka, options)
 
 
 def close_quietly(kafka_client: Any, **options: Any) -> None:
     """Close a Kafka producer or consumer on a path where a close error must not replace the error that matters."""
-    import logging
-
     try:
         kafka_client.close(**options)
     except Exception as error:

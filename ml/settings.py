@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,13 +47,71 @@ class LakeSettings:
     lake_bucket: str = "lake"
 
 
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL")
+KAFKA_SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")  # the ones a username and password log in with
+DEFAULT_KAFKA_SASL_MECHANISM = "SCRAM-SHA-512"
+
+
 @dataclass(frozen=True)
 class KafkaSettings:
+    """Kafka brokers and how a client logs in to them.
+
+    `security_protocol`: kafka-python's; left out, it is SASL_PLAINTEXT when a username is given, else PLAINTEXT (no
+    authentication: a broker of your own without it). With SASL_PLAINTEXT or SASL_SSL the client logs in as `username`
+    with `password` by `sasl_mechanism` (SCRAM-SHA-512 unless given; the local stack's broker takes SCRAM-SHA-512
+    only). The password stays out of every repr, and out of whatever pickles these settings (ml.tune.callbacks)."""
+
     bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # Filled in, so that equal settings compare equal however they were written.
+        protocol = (self.security_protocol or ("SASL_PLAINTEXT" if self.username else "PLAINTEXT")).upper()
+        object.__setattr__(self, "security_protocol", protocol)
+        if protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(f"Kafka security protocol must be one of {KAFKA_SECURITY_PROTOCOLS}, not {protocol!r}")
+        if not self.uses_sasl:
+            if self.sasl_mechanism or self.username or self.password:
+                raise ValueError(
+                    f"Kafka security protocol {protocol} logs in with no username or password: use SASL_PLAINTEXT "
+                    "or SASL_SSL with a username and password, or leave them out"
+                )
+            return
+        mechanism = (self.sasl_mechanism or DEFAULT_KAFKA_SASL_MECHANISM).upper()
+        object.__setattr__(self, "sasl_mechanism", mechanism)
+        if mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(f"Kafka SASL mechanism must be one of {KAFKA_SASL_MECHANISMS}, not {mechanism!r}")
+        if not self.username:
+            raise ValueError(f"Kafka security protocol {protocol} needs a username (and a password)")
 
     @property
     def servers(self) -> list[str]:
         return [server.strip() for server in self.bootstrap_servers.split(",") if server.strip()]
+
+    @property
+    def uses_sasl(self) -> bool:
+        """Whether a client of these settings logs in (SASL_PLAINTEXT or SASL_SSL)."""
+        return str(self.security_protocol).startswith("SASL_")
+
+    def to_env(self) -> dict[str, str]:
+        """The variables Settings.from_env reads these settings from (the password included, for a child process);
+        the protocol only when it is not PLAINTEXT, so that KafkaSettings() writes the bootstrap servers alone."""
+        values = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "MLOPS_KAFKA_SECURITY_PROTOCOL": self.security_protocol if self.security_protocol != "PLAINTEXT" else None,
+            "MLOPS_KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "MLOPS_KAFKA_USERNAME": self.username,
+            "MLOPS_KAFKA_PASSWORD": self.password,
+        }
+        return {key: value for key, value in values.items() if value}
+
+    def without_password(self) -> KafkaSettings:
+        """These settings less the password (what may be pickled): a record of where and as whom, which ml.clients
+        refuses to connect with until the password is given again."""
+        return self if self.password is None else replace(self, password=None)
 
 
 @dataclass(frozen=True)
@@ -168,7 +226,13 @@ class Settings:
                 raw_bucket=env.get("MLOPS_RAW_BUCKET", LakeSettings.raw_bucket),
                 lake_bucket=env.get("MLOPS_LAKE_BUCKET", LakeSettings.lake_bucket),
             ),
-            kafka=KafkaSettings(env.get("KAFKA_BOOTSTRAP_SERVERS", KafkaSettings.bootstrap_servers)),
+            kafka=KafkaSettings(
+                env.get("KAFKA_BOOTSTRAP_SERVERS", KafkaSettings.bootstrap_servers),
+                security_protocol=(env.get("MLOPS_KAFKA_SECURITY_PROTOCOL") or "").strip() or None,
+                sasl_mechanism=(env.get("MLOPS_KAFKA_SASL_MECHANISM") or "").strip() or None,
+                username=env.get("MLOPS_KAFKA_USERNAME") or None,
+                password=env.get("MLOPS_KAFKA_PASSWORD") or None,
+            ),
             mlflow=MlflowSettings(env.get("MLFLOW_TRACKING_URI", MlflowSettings.tracking_uri)),
             spark=SparkSettings(
                 master=env.get("SPARK_MASTER", spark.master),
@@ -193,7 +257,7 @@ class Settings:
         values = {
             "MLOPS_RAW_BUCKET": self.lake.raw_bucket,
             "MLOPS_LAKE_BUCKET": self.lake.lake_bucket,
-            "KAFKA_BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            **self.kafka.to_env(),
             "MLFLOW_TRACKING_URI": self.mlflow.tracking_uri,
             "SPARK_MASTER": self.spark.master,
             "SPARK_LOCAL_IP": self.spark.local_ip,

@@ -9,6 +9,9 @@ import sys
 
 from ml.settings import Settings
 from stack.config import (
+    KAFKA_BOOTSTRAP,
+    KAFKA_CLIENT_USERS,
+    KAFKA_PIPELINE_USER,
     MLFLOW_BUCKET,
     PROFILES,
     REPO_ROOT,
@@ -24,7 +27,8 @@ from stack.services import StackError, port_in_use
 
 def _up(args: argparse.Namespace) -> int:
     from stack.airflow_home import prepare_airflow_home
-    from stack.init_resources import create_buckets, create_topics
+    from stack.init_resources import create_buckets, prepare_kafka
+    from stack.kafka_auth import admin_settings, client_passwords
     from stack.tools import fetch_all
 
     paths = stack_paths()
@@ -50,8 +54,13 @@ def _up(args: argparse.Namespace) -> int:
             created = create_buckets(settings.s3, settings.lake, env.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET))
             print(f"{'':{width}} buckets created: {created or 'none (all exist)'}")
         if service.name == "kafka":
-            created = create_topics(settings.kafka)
-            print(f"{'':{width}} topics created: {created or 'none (all exist)'}")
+            kafka = settings.kafka
+            if kafka.bootstrap_servers == KAFKA_BOOTSTRAP:  # the broker `up` started: its users and ACLs, as admin
+                kafka = admin_settings(paths)
+            done = prepare_kafka(kafka, client_passwords(paths))
+            if "users" in done:
+                print(f"{'':{width}} users: {', '.join(done['users'])}; ACL rules: {done['acls']} (stack.kafka_auth)")
+            print(f"{'':{width}} topics created: {done['topics_created'] or 'none (all exist)'}")
         if service.name == "postgres":
             from stack.cluster import create_databases
 
@@ -107,15 +116,16 @@ def _tools(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     callers = dict(os.environ)
-    env = apply_stack_environment(args.profile)
+    env = apply_stack_environment(args.profile, args.kafka_user)
     keys = sorted(k for k in env if k.startswith(("AWS_", "MLFLOW_", "KAFKA_", "SPARK_", "MLOPS_", "AIRFLOW", "RAY_")))
     for key in keys:
-        if key in SECRET_VARIABLES and key in callers:
+        if key in SECRET_VARIABLES and callers.get(key) == env[key]:
             print(f"# {key}: yours, from this shell's environment")
         elif key in SECRET_VARIABLES:
             # Never the secret itself (terminals and CI logs keep what is printed): `eval` runs the lookup instead.
             lookup = f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {shlex.quote(sys.executable)} -m stack secret"
-            print(f'export {key}="$({lookup} --profile {env["MLOPS_STACK_PROFILE"]} {key})"')
+            options = f"--profile {env['MLOPS_STACK_PROFILE']} --kafka-user {args.kafka_user}"
+            print(f'export {key}="$({lookup} {options} {key})"')
         else:
             print(f"export {key}={shlex.quote(env[key])}")
     print(f"export PYTHONPATH='{env['PYTHONPATH']}'")
@@ -128,10 +138,11 @@ def _secret(args: argparse.Namespace) -> int:
         raise StackError(
             f"{args.name} is not one of the stack's secret variables ({', '.join(sorted(SECRET_VARIABLES))})"
         )
-    # What `env` would give, from the caller's settings but without secrets (or the S3 key id they belong with) that an
-    # `eval` of `env` exported a moment ago: those would hide the stack's own.
-    own = {key: value for key, value in os.environ.items() if key not in {*SECRET_VARIABLES, "AWS_ACCESS_KEY_ID"}}
-    value = stack_environment(own, profile=args.profile).get(args.name)
+    # What `env` would give, from the caller's settings but without secrets (or the S3 key id and the Kafka user they
+    # belong with) that an `eval` of `env` exported a moment ago: those would hide the stack's own.
+    exported = {*SECRET_VARIABLES, "AWS_ACCESS_KEY_ID", "MLOPS_KAFKA_USERNAME"}
+    own = {key: value for key, value in os.environ.items() if key not in exported}
+    value = stack_environment(own, profile=args.profile, kafka_user=args.kafka_user).get(args.name)
     if value is None:
         raise StackError(f"{args.name} is not set in this profile's environment")
     print(value)
@@ -141,7 +152,7 @@ def _secret(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not args.command:
         raise StackError("usage: python -m stack run -- COMMAND [ARGS...]")
-    env = apply_stack_environment(args.profile)
+    env = apply_stack_environment(args.profile, args.kafka_user)
     command = args.command[1:] if args.command[0] == "--" else args.command
     os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process, like `env`
 
@@ -159,6 +170,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="local (default): each engine in its local mode; cluster: PostgreSQL, Airflow's components, a Hive "
         "metastore, Spark standalone and a Ray cluster. Default: $MLOPS_STACK_PROFILE, else the profile that is up",
+    )
+    # Whom the environment's Kafka clients log in to the local broker as.
+    kafka_user = argparse.ArgumentParser(add_help=False)
+    kafka_user.add_argument(
+        "--kafka-user",
+        choices=KAFKA_CLIENT_USERS,
+        default=KAFKA_PIPELINE_USER,
+        help="the local Kafka broker's user the environment logs in as: pipeline (default; writes the pipeline's "
+        "topics) or serving (reads mlops.model.promoted.v1 only: the prediction service)",
     )
     sub = parser.add_subparsers(dest="verb", required=True)
     up = sub.add_parser(
@@ -180,13 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("tools", parents=[common], help="fetch the S3 server binary and the Kafka/Spark jars").set_defaults(
         func=_tools
     )
-    sub.add_parser("env", parents=[common], help="print the stack's environment as shell exports").set_defaults(
-        func=_env
+    sub.add_parser(
+        "env", parents=[common, kafka_user], help="print the stack's environment as shell exports"
+    ).set_defaults(func=_env)
+    secret = sub.add_parser(
+        "secret", parents=[common, kafka_user], help="print one secret variable (what `env` refers to)"
     )
-    secret = sub.add_parser("secret", parents=[common], help="print one secret variable (what `env` refers to)")
     secret.add_argument("name")
     secret.set_defaults(func=_secret)
-    run = sub.add_parser("run", parents=[common], help="run a command in the stack's environment")
+    run = sub.add_parser("run", parents=[common, kafka_user], help="run a command in the stack's environment")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
     args = parser.parse_args(argv)

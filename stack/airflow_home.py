@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ml.settings import Settings
+from ml.settings import KafkaSettings, Settings
 from stack.config import REPO_ROOT, StackPaths, write_private
 from stack.services import StackError
 
@@ -22,7 +22,8 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
     connection's extra carries what the pipeline adds to its jobs (ml.settings.SparkSettings: the s3a jars, the
     metastore (a Derby folder or a Thrift URI), the cores a job takes, the driver's bind address); the Ray connection
     carries the key that signs the tune task's state in S3 and, for a cluster, its address and token (without an
-    address, the tune task starts a local Ray)."""
+    address, the tune task starts a local Ray); the Kafka connection the brokers and the login (the stack's
+    `pipeline` user on the local broker)."""
     settings = Settings.from_env(env)
     spark = settings.spark
     master = env["SPARK_MASTER"]
@@ -50,15 +51,30 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
                 }
             ),
         },
-        "kafka_default": {
-            "conn_type": "kafka",
-            "extra": json.dumps({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]}),
-        },
+        "kafka_default": {"conn_type": "kafka", "extra": json.dumps(kafka_connection_extra(settings.kafka))},
         "mlflow_default": {"conn_type": "http", "host": env["MLFLOW_TRACKING_URI"]},
         **(
             {"ray_default": _ray_connection(settings)} if settings.ray.address or settings.ray.state_signing_key else {}
         ),
     }
+
+
+def kafka_connection_extra(kafka: KafkaSettings) -> dict[str, str]:
+    """A Kafka connection's extra in librdkafka's names, as Airflow's Kafka provider passes it to confluent-kafka (so
+    the provider's hooks and triggers could share the connection); plugins/mlops_airflow/hooks.py reads it back. The
+    password's key ends in "password": Airflow masks it in the UI and in task logs."""
+    extra = {"bootstrap.servers": kafka.bootstrap_servers}
+    if kafka.security_protocol != "PLAINTEXT":
+        extra["security.protocol"] = str(kafka.security_protocol)
+    if kafka.uses_sasl:
+        extra.update(
+            {
+                "sasl.mechanisms": str(kafka.sasl_mechanism),
+                "sasl.username": str(kafka.username),
+                "sasl.password": kafka.password or "",
+            }
+        )
+    return extra
 
 
 def _ray_connection(settings: Settings) -> dict[str, Any]:

@@ -38,8 +38,9 @@ def fernet_key() -> str:
 
 
 # Every credential docker-compose.yaml requires, and how a fresh value is made. Only URL- and JSON-safe characters
-# ([A-Za-z0-9_=-]): the database passwords go into connection URLs, the S3 keys and Ray's token into the Airflow
-# connections' JSON. The formats are the cluster profile's (stack.config.local_credentials, cluster_secrets).
+# ([A-Za-z0-9_=-]): the database passwords go into connection URLs, the S3 keys, Ray's token and the Kafka passwords
+# into the Airflow connections' JSON (and Kafka's JAAS lines). The formats are the stack's (stack.config
+# .local_credentials, cluster_secrets, stack_secrets).
 SECRETS: dict[str, Callable[[], str]] = {
     "MLOPS_S3_ACCESS_KEY": lambda: "mlops-" + secrets.token_hex(6),  # the S3 server's root key, every client's too
     "MLOPS_S3_SECRET_KEY": lambda: secrets.token_urlsafe(30),
@@ -49,6 +50,11 @@ SECRETS: dict[str, Callable[[], str]] = {
     "METASTORE_DB_PASSWORD": lambda: secrets.token_urlsafe(24),
     "MLOPS_RAY_AUTH_TOKEN": lambda: secrets.token_hex(32),  # the format of Ray's own generator
     "MLOPS_TUNE_STATE_KEY": lambda: secrets.token_urlsafe(32),  # signs the Tune state searches keep in S3
+    # The Kafka broker's users (stack.kafka_auth), in the format of stack.config.stack_secrets.
+    "MLOPS_KAFKA_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(30),
+    "MLOPS_KAFKA_CONTROLLER_PASSWORD": lambda: secrets.token_urlsafe(30),
+    "MLOPS_KAFKA_PIPELINE_PASSWORD": lambda: secrets.token_urlsafe(30),
+    "MLOPS_KAFKA_SERVING_PASSWORD": lambda: secrets.token_urlsafe(30),
     "_AIRFLOW_WWW_USER_PASSWORD": lambda: secrets.token_urlsafe(16),  # the Airflow admin's
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),  # [api_auth] jwt_secret, shared by every component
     "AIRFLOW_API_SECRET_KEY": lambda: secrets.token_urlsafe(32),  # [api] secret_key

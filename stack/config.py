@@ -14,10 +14,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.settings import Settings
+from ml.settings import KafkaSettings, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,8 +114,9 @@ class StackPaths:
         return self.root / "ray" / "auth_token"
 
     @property
-    def tune_state_key_file(self) -> Path:
-        return self.root / "tune-state-key"
+    def stack_secrets_file(self) -> Path:
+        """The passwords of the services of both profiles (stack_secrets)."""
+        return self.root / "stack-secrets.json"
 
 
 # Variables whose values are secrets: `python -m stack env` prints a command that reads each one instead of its value.
@@ -129,8 +131,19 @@ SECRET_VARIABLES = frozenset(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",  # holds the database password
         "MLFLOW_BACKEND_STORE_URI",
         "MLOPS_TUNE_STATE_KEY",
+        "MLOPS_KAFKA_PASSWORD",
     }
 )
+
+# The local Kafka broker's users (stack.kafka_auth: the broker's configuration, and what each may do). `admin` and
+# `controller` are the broker's own (super users); the stack's clients log in as `pipeline` (the pipeline, its tests
+# and tools) or `serving` (the prediction service).
+KAFKA_ADMIN_USER = "admin"
+KAFKA_CONTROLLER_USER = "controller"
+KAFKA_PIPELINE_USER = "pipeline"
+KAFKA_SERVING_USER = "serving"
+KAFKA_CLIENT_USERS = (KAFKA_PIPELINE_USER, KAFKA_SERVING_USER)
+KAFKA_BOOTSTRAP = Settings().kafka.bootstrap_servers  # the local broker's client listener (ml.settings' default)
 
 
 def write_private(path: Path, text: str) -> Path:
@@ -159,16 +172,6 @@ def local_credentials(paths: StackPaths) -> dict[str, str]:
     paths.root.mkdir(parents=True, exist_ok=True)
     created = {"access_key": "mlops-" + secrets.token_hex(6), "secret_key": secrets.token_urlsafe(30)}
     write_private(paths.credentials_file, json.dumps(created))
-    return created
-
-
-def tune_state_key(paths: StackPaths) -> str:
-    """The key that signs the Tune state searches keep in S3 (ml.tune.signing), generated once per stack folder (0600),
-    so that every search, retry and Airflow task of one stack signs and checks with the same key."""
-    if paths.tune_state_key_file.exists():
-        return paths.tune_state_key_file.read_text().strip()
-    created = secrets.token_urlsafe(32)
-    write_private(paths.tune_state_key_file, created)
     return created
 
 
@@ -205,6 +208,46 @@ def cluster_secrets(paths: StackPaths) -> dict[str, str]:
     return created
 
 
+# The secrets of stack_secrets, and how each is made (URL-, JSON- and JAAS-safe characters only: [A-Za-z0-9_-]).
+STACK_SECRETS: dict[str, Callable[[], str]] = {
+    **{
+        f"kafka_{user}_password": lambda: secrets.token_urlsafe(30)
+        for user in (KAFKA_ADMIN_USER, KAFKA_CONTROLLER_USER, *KAFKA_CLIENT_USERS)
+    },
+    "tune_state_key": lambda: secrets.token_urlsafe(32),  # signs the Tune state searches keep in S3 (ml.tune.signing)
+}
+
+
+def stack_secrets(paths: StackPaths) -> dict[str, str]:
+    """The secrets of what both profiles run (the Kafka broker's users, the Tune state key): generated once per stack
+    folder (0600), so that none is committed and none is a known default. A secret that an older file lacks is
+    generated and added to it; the ones it has are kept."""
+    stored: dict[str, str] = (
+        json.loads(paths.stack_secrets_file.read_text()) if paths.stack_secrets_file.exists() else {}
+    )
+    missing = {name: make() for name, make in STACK_SECRETS.items() if not stored.get(name)}
+    if missing:
+        stored = {**stored, **missing}
+        write_private(paths.stack_secrets_file, json.dumps(stored))
+    return stored
+
+
+def tune_state_key(paths: StackPaths) -> str:
+    """The key that signs the Tune state searches keep in S3 (ml.tune.signing): one per stack folder, so that every
+    search, retry and Airflow task of one stack signs and checks with the same key."""
+    return stack_secrets(paths)["tune_state_key"]
+
+
+def kafka_user_settings(paths: StackPaths, user: str, bootstrap: str = KAFKA_BOOTSTRAP) -> KafkaSettings:
+    """How `user` logs in to the local broker (SASL/SCRAM-SHA-512 with its generated password)."""
+    if user not in (KAFKA_ADMIN_USER, *KAFKA_CLIENT_USERS):
+        raise ValueError(
+            f"{user!r} is not a Kafka user of the stack ({KAFKA_ADMIN_USER}, {', '.join(KAFKA_CLIENT_USERS)})"
+        )
+    password = stack_secrets(paths)[f"kafka_{user}_password"]
+    return KafkaSettings(bootstrap, "SASL_PLAINTEXT", "SCRAM-SHA-512", username=user, password=password)
+
+
 def postgres_url(paths: StackPaths, database: str, driver: str = "postgresql+psycopg2") -> str:
     """The SQLAlchemy URL of one of the cluster profile's databases (its role has the database's name)."""
     password = cluster_secrets(paths)[f"{database}_db_password"]
@@ -234,9 +277,14 @@ def cluster_environment(paths: StackPaths) -> dict[str, str]:
     }
 
 
-def stack_environment(base: dict[str, str] | None = None, profile: str | None = None) -> dict[str, str]:
+def stack_environment(
+    base: dict[str, str] | None = None, profile: str | None = None, kafka_user: str = KAFKA_PIPELINE_USER
+) -> dict[str, str]:
     """The environment shared by the stack, the tests, Airflow and `python -m ml`: the profile's defaults under
-    `base` (variables already set win)."""
+    `base` (variables already set win). `kafka_user`: whom its Kafka clients log in to the local broker as (the
+    pipeline; `serving` for the prediction service)."""
+    if kafka_user not in KAFKA_CLIENT_USERS:
+        raise ValueError(f"{kafka_user!r} is not a Kafka user of the stack's clients ({', '.join(KAFKA_CLIENT_USERS)})")
     base = dict(os.environ if base is None else base)
     paths = stack_paths()
     profile = profile or active_profile(paths, base)
@@ -273,11 +321,16 @@ def stack_environment(base: dict[str, str] | None = None, profile: str | None = 
     env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
     if "MLOPS_TUNE_STATE_KEY" not in base:
         env["MLOPS_TUNE_STATE_KEY"] = tune_state_key(paths)
+    # The local broker's login as `kafka_user`, unless the caller's Kafka is another broker or a login of its own (one
+    # of the stack's users, as an `eval` of `python -m stack env` exports, is the stack's: replaced).
+    on_stack_broker = base.get("KAFKA_BOOTSTRAP_SERVERS", KAFKA_BOOTSTRAP) == KAFKA_BOOTSTRAP
+    if on_stack_broker and base.get("MLOPS_KAFKA_USERNAME", kafka_user) in KAFKA_CLIENT_USERS:
+        env.update(kafka_user_settings(paths, kafka_user).to_env())
     return env
 
 
-def apply_stack_environment(profile: str | None = None) -> dict[str, str]:
+def apply_stack_environment(profile: str | None = None, kafka_user: str = KAFKA_PIPELINE_USER) -> dict[str, str]:
     """Put the stack environment into `os.environ` (for tests and the CLI) and return it."""
-    env = stack_environment(profile=profile)
+    env = stack_environment(profile=profile, kafka_user=kafka_user)
     os.environ.update(env)
     return env

@@ -1,15 +1,24 @@
-"""Create the buckets and Kafka topics the pipeline expects (idempotent). Used by `make stack-up` and compose."""
+"""Create the buckets and Kafka topics the pipeline expects, and on a broker that takes logins the Kafka users and
+their ACLs (stack.kafka_auth); all idempotent. Used by `make stack-up` and compose (`python -m stack.init_resources`,
+which runs as the broker's admin: MLOPS_KAFKA_USERNAME/MLOPS_KAFKA_PASSWORD, with the client users' passwords in
+MLOPS_KAFKA_PIPELINE_PASSWORD and MLOPS_KAFKA_SERVING_PASSWORD)."""
 
 from __future__ import annotations
 
 import json
 import os
 import sys
+from collections.abc import Mapping
+from typing import Any
 
 from ml.clients import kafka_admin, s3_client
 from ml.settings import KafkaSettings, LakeSettings, S3Settings, Settings
 from ml.topics import ALL_TOPICS
-from stack.config import MLFLOW_BUCKET
+from stack.config import KAFKA_CLIENT_USERS, MLFLOW_BUCKET
+from stack.kafka_auth import ensure_users_and_acls
+
+# Where `main` finds each client user's password (compose's .env; `python -m stack up` reads the stack's secrets).
+USER_PASSWORD_VARIABLES = {user: f"MLOPS_KAFKA_{user.upper()}_PASSWORD" for user in KAFKA_CLIENT_USERS}
 
 
 def create_buckets(s3: S3Settings, lake: LakeSettings, mlflow_bucket: str = MLFLOW_BUCKET) -> list[str]:
@@ -32,7 +41,8 @@ def create_buckets(s3: S3Settings, lake: LakeSettings, mlflow_bucket: str = MLFL
 
 
 def create_topics(kafka: KafkaSettings) -> list[str]:
-    """Create the versioned topics with explicit partitions and retention unless they exist."""
+    """Create the versioned topics with explicit partitions and retention unless they exist (on a broker with ACLs,
+    `kafka` is a user allowed to: the admin)."""
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -59,12 +69,31 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
         admin.close()
 
 
+def prepare_kafka(kafka: KafkaSettings, passwords: Mapping[str, str]) -> dict[str, Any]:
+    """As `kafka`'s user (the broker's admin, when it takes logins): the client users (`passwords`: user -> password)
+    and their ACLs, then the topics. A broker without logins (PLAINTEXT) gets the topics only."""
+    done: dict[str, Any] = {}
+    if kafka.uses_sasl:
+        done.update(ensure_users_and_acls(kafka, passwords))
+    done["topics_created"] = create_topics(kafka)
+    return done
+
+
+def client_passwords_from(env: Mapping[str, str]) -> dict[str, str]:
+    """The client users' passwords from the environment; every one is required."""
+    missing = [name for name in USER_PASSWORD_VARIABLES.values() if not env.get(name)]
+    if missing:
+        raise SystemExit(f"stack.init_resources: {', '.join(missing)} not set (the Kafka users' passwords)")
+    return {user: env[name] for user, name in USER_PASSWORD_VARIABLES.items()}
+
+
 def main() -> int:
     settings = Settings.from_env(os.environ)
     mlflow_bucket = os.environ.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET)
+    passwords = client_passwords_from(os.environ) if settings.kafka.uses_sasl else {}
     result = {
         "buckets_created": create_buckets(settings.s3, settings.lake, mlflow_bucket),
-        "topics_created": create_topics(settings.kafka),
+        **prepare_kafka(settings.kafka, passwords),
     }
     print(json.dumps(result))
     return 0

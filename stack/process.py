@@ -144,6 +144,12 @@ def signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+def java() -> str:
+    """The Java of $JAVA_HOME, else the one on PATH."""
+    java_home = os.environ.get("JAVA_HOME")
+    return str(Path(java_home) / "bin" / "java") if java_home else "java"
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something accepts TCP connections on host:port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

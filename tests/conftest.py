@@ -91,20 +91,15 @@ def unique_prefix() -> str:
 
 
 @pytest.fixture
-def kafka_topic(kafka_service: None, settings: Any) -> Iterator[str]:
-    """A fresh single-partition topic, deleted afterwards."""
-    from kafka.admin import NewTopic
+def kafka_topic(kafka_service: None, settings: Any, stack_env: dict[str, str]) -> Iterator[str]:
+    """A fresh single-partition topic that the settings' Kafka user may write and read, deleted afterwards (created
+    by the broker's admin, with ACLs for that user: stack.kafka_auth.throwaway_topic)."""
+    from stack.config import StackPaths
+    from stack.kafka_auth import throwaway_topic
 
-    from ml.clients import kafka_admin
-
-    name = f"test.{uuid.uuid4().hex[:12]}"
-    admin = kafka_admin(settings.kafka)
-    admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
-    try:
+    paths = StackPaths(Path(stack_env["MLOPS_STACK_DIR"]))
+    with throwaway_topic(settings.kafka, paths, f"test.{uuid.uuid4().hex[:12]}") as name:
         yield name
-    finally:
-        admin.delete_topics([name])
-        admin.close()
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,20 @@ from ml.settings import KafkaSettings
 def open_topic(kafka: KafkaSettings, topic_name: str, *, from_beginning: bool = False, **options: Any) -> Any:
     """A consumer with every partition of `topic_name` assigned, at its end or its beginning.
 
-    "The end" is resolved before this returns, so nothing published afterwards is missed. LookupError when the topic
-    does not exist; `options` are kafka-python's (client_id, timeouts)."""
+    "The end" is resolved before this returns, so nothing published afterwards is missed. LookupError when the broker
+    lists no partition of the topic: it does not exist, or the settings' user may not describe it (a broker with ACLs
+    hides such topics); `options` are kafka-python's (client_id, timeouts). No consumer group: a user with READ and
+    DESCRIBE on the topic is enough."""
     from kafka import TopicPartition
 
     consumer = kafka_consumer(kafka, group_id=None, enable_auto_commit=False, **options)
     try:
         partitions = consumer.partitions_for_topic(topic_name)
         if not partitions:
-            raise LookupError(f"topic {topic_name!r} does not exist on {kafka.bootstrap_servers}")
+            who = f"user {kafka.username!r}" if kafka.uses_sasl else "this client"
+            raise LookupError(
+                f"topic {topic_name!r} on {kafka.bootstrap_servers} does not exist or {who} may not describe it"
+            )
         assigned = [TopicPartition(topic_name, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         (consumer.seek_to_beginning if from_beginning else consumer.seek_to_end)(*assigned)

@@ -1,9 +1,9 @@
 """Ray Tune callbacks of a search: per-epoch metrics to Kafka, nested MLflow runs per trial, progress in the log.
 
 They run in the Tune driver. Tune pickles them into the experiment state (`tuner.pkl`) and brings them back on
-restore, so they hold configuration only (endpoints, ids: no secrets) and make their clients in `setup()`; a
-restored search replaces them with fresh ones for the current settings (ml.tune.search). `PipelineCallback` marks
-them for that.
+restore, so they hold configuration only (endpoints, ids: no secrets; the Kafka password is left out of the pickle)
+and make their clients in `setup()`; a restored search replaces them with fresh ones for the current settings
+(ml.tune.search), which give the password again. `PipelineCallback` marks them for that.
 """
 
 from __future__ import annotations
@@ -81,9 +81,12 @@ class KafkaMetricsCallback(PipelineCallback):
         self.published = 0
 
     def __getstate__(self) -> dict[str, Any]:
+        # The Kafka password never goes into Tune's state (tuner.pkl in S3): where and as whom, but not the secret.
         state = self.__dict__.copy()
         state["_publisher"] = None
         state["published"] = 0
+        if state.get("kafka") is not None:
+            state["kafka"] = state["kafka"].without_password()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -100,6 +103,16 @@ class KafkaMetricsCallback(PipelineCallback):
         if self._publisher is None:
             if self.kafka is None:
                 log.warning("search %s: no Kafka settings recorded; training metrics are not published", self.run_name)
+                self._publisher = _NullPublisher()
+            elif self.kafka.uses_sasl and not self.kafka.password:
+                # An unpickled copy that no one gave the password again (ml.tune.search replaces restored callbacks
+                # with fresh ones; Ray Client mode keeps the pickled ones, see _replace_pipeline_callbacks).
+                log.warning(
+                    "search %s: the Kafka password of user %r is not in this process (Tune's state never holds it); "
+                    "training metrics are not published",
+                    self.run_name,
+                    self.kafka.username,
+                )
                 self._publisher = _NullPublisher()
             else:
                 factory = self.publisher_factory or default_publisher_factory

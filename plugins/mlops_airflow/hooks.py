@@ -130,7 +130,10 @@ class MlflowHook(BaseHook):
 
 
 class KafkaEventsHook(BaseHook):
-    """The pipeline's Kafka brokers from a connection whose extra holds `bootstrap.servers`."""
+    """The pipeline's Kafka brokers and login from a connection's extra, in the names of Airflow's Kafka provider
+    (librdkafka's): `bootstrap.servers` (else host and port), and for a broker that wants a login
+    `security.protocol` (SASL_PLAINTEXT or SASL_SSL), `sasl.mechanisms` (SCRAM-SHA-512 unless given),
+    `sasl.username` and `sasl.password`. Without them the client does not log in (PLAINTEXT)."""
 
     conn_name_attr = "kafka_conn_id"
     default_conn_name = "kafka_default"
@@ -143,13 +146,29 @@ class KafkaEventsHook(BaseHook):
 
     @cached_property
     def settings(self) -> KafkaSettings:
+        from airflow.sdk.log import mask_secret
+
         from ml.settings import KafkaSettings
 
         conn = self.get_connection(self.kafka_conn_id)
-        servers = _extra(conn).get("bootstrap.servers") or (f"{conn.host}:{conn.port or 9092}" if conn.host else "")
+        extra = _extra(conn)
+        servers = extra.get("bootstrap.servers") or (f"{conn.host}:{conn.port or 9092}" if conn.host else "")
         if not servers:
             raise ValueError(f"connection {self.kafka_conn_id!r} has no bootstrap.servers in its extra")
-        return KafkaSettings(str(servers))
+        password = extra.get("sasl.password") or None
+        if password:
+            mask_secret(password)  # as s3_settings does for its keys: never in a task log
+        try:
+            return KafkaSettings(
+                str(servers),
+                security_protocol=extra.get("security.protocol") or None,
+                # librdkafka takes both spellings; the provider's documentation writes `sasl.mechanisms`.
+                sasl_mechanism=extra.get("sasl.mechanisms") or extra.get("sasl.mechanism") or None,
+                username=extra.get("sasl.username") or None,
+                password=password,
+            )
+        except ValueError as error:
+            raise ValueError(f"connection {self.kafka_conn_id!r}: {error}") from None
 
     def publish(self, topic: Any, payload: dict[str, Any], key: str, dag_run_id: str | None = None) -> None:
         """Send one event and wait for the broker (EventPublishError when Kafka does not take it)."""

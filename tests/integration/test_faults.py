@@ -27,7 +27,7 @@ import pytest
 from ray import tune
 
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings, Settings, SparkSettings
-from tests.support.private_services import PrivateServer, private_kafka, private_s3
+from tests.support.private_services import PrivateKafka, PrivateServer, private_s3, running_private_kafka
 from tests.support.probes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,31 +42,21 @@ OUTAGE: dict[str, Any] = {}
 
 
 @pytest.fixture(scope="module")
-def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateServer]:
-    from stack.init_resources import create_topics
-
-    broker = private_kafka(tmp_path_factory.mktemp("kafka"))
-    broker.start()
-    try:
-        # The pipeline's topics, with their partitions, as `make stack-up` makes them.
-        create_topics(KafkaSettings(bootstrap(broker)))
+def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
+    # The users, their ACLs and the pipeline's topics, with their partitions, as `make stack-up` makes them.
+    with running_private_kafka(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker
-    finally:
-        broker.stop()
 
 
-def bootstrap(server: PrivateServer) -> str:
-    return f"127.0.0.1:{server.service.port}"
-
-
-def topic_messages(servers: str, topic: str, timeout_s: float = 20.0, expect: int = 0) -> list[Any]:
-    """Every record of `topic` on `servers` (all partitions, from the beginning): until `expect` are read and no more
-    come for 2 s, or `timeout_s`."""
+def topic_messages(kafka: KafkaSettings, topic: str, timeout_s: float = 20.0, expect: int = 0) -> list[Any]:
+    """Every record of `topic` on `kafka`'s brokers (all partitions, from the beginning): until `expect` are read and
+    no more come for 2 s, or `timeout_s`."""
     from kafka import TopicPartition
 
     from ml.clients import kafka_consumer
 
-    consumer = kafka_consumer(KafkaSettings(servers), enable_auto_commit=False, consumer_timeout_ms=2000)
+    servers = kafka.bootstrap_servers
+    consumer = kafka_consumer(kafka, enable_auto_commit=False, consumer_timeout_ms=2000)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         assert partitions, f"topic {topic} is missing on {servers}"
@@ -84,12 +74,12 @@ def topic_messages(servers: str, topic: str, timeout_s: float = 20.0, expect: in
         consumer.close()
 
 
-def topic_size(servers: str, topic: str) -> int:
+def topic_size(kafka: KafkaSettings, topic: str) -> int:
     from kafka import TopicPartition
 
     from ml.clients import kafka_consumer
 
-    consumer = kafka_consumer(KafkaSettings(servers), request_timeout_ms=5000)
+    consumer = kafka_consumer(kafka, request_timeout_ms=5000)
     try:
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         return sum(consumer.end_offsets(partitions).values()) if partitions else 0
@@ -125,10 +115,10 @@ class BrokerOutage(tune.Callback):
         if OUTAGE["phase"] == "before":
             from stack.services import wait_until
 
-            servers, topic = OUTAGE["bootstrap"], OUTAGE["topic"]
-            if not wait_until(lambda: topic_size(servers, topic) > 0, 20.0, interval_s=0.3):
+            kafka, topic = OUTAGE["kafka"], OUTAGE["topic"]
+            if not wait_until(lambda: topic_size(kafka, topic) > 0, 20.0, interval_s=0.3):
                 OUTAGE["errors"].append("the first trial-epoch message never reached the broker")
-            OUTAGE["delivered_before_stop"] = topic_size(servers, topic)
+            OUTAGE["delivered_before_stop"] = topic_size(kafka, topic)
             OUTAGE["server"].stop()
             OUTAGE.update(phase="down", stopped_at=time.monotonic())
         else:
@@ -160,7 +150,7 @@ def _restart_later() -> None:
 
 def test_metrics_survive_a_broker_outage_during_the_search(
     local_ray: None,
-    private_broker: PrivateServer,
+    private_broker: PrivateKafka,
     s3_service: None,
     settings: Settings,
     monkeypatch: pytest.MonkeyPatch,
@@ -177,7 +167,7 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     from ml.tune.space import load_search_space
     from tests.support.synthetic_features import write_synthetic_features
 
-    servers = bootstrap(private_broker)
+    pipeline = private_broker.settings()  # the pipeline's user, as Airflow's tune task logs in
     # Shortened (a class attribute meant for that) so that messages handed to the client before the outage time out
     # and are requeued while the publisher is closing: the path a long real outage takes with the 30 s default.
     monkeypatch.setattr(EventPublisher, "delivery_timeout_ms", 8000)
@@ -207,7 +197,7 @@ def test_metrics_survive_a_broker_outage_during_the_search(
     OUTAGE.clear()
     OUTAGE.update(
         server=private_broker,
-        bootstrap=servers,
+        kafka=pipeline,
         topic=TRAINING_METRICS.name,
         run_name=run_name,
         num_samples=config.num_samples,
@@ -228,7 +218,7 @@ def test_metrics_survive_a_broker_outage_during_the_search(
             # the module's local Ray (local_ray) is already running; the stack's key signs the search's state
             ray=RaySettings(None, state_signing_key=settings.ray.state_signing_key),
             mlflow=None,
-            kafka=KafkaSettings(servers),
+            kafka=pipeline,
             callbacks=[BrokerOutage()],
         )
         search_done = time.monotonic()
@@ -238,7 +228,7 @@ def test_metrics_survive_a_broker_outage_during_the_search(
         features.cleanup()
     if not private_broker.healthy():  # whatever happened, the broker is up for the reading below
         private_broker.start()
-    records = topic_messages(servers, TRAINING_METRICS.name, expect=len(OUTAGE["expected"]))
+    records = topic_messages(pipeline, TRAINING_METRICS.name, expect=len(OUTAGE["expected"]))
 
     assert not OUTAGE["errors"], OUTAGE["errors"]
     assert result.num_trials == 4 and result.num_errored == 0

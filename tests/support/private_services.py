@@ -13,17 +13,21 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from stack.config import StackPaths, stack_paths
+from ml.settings import KafkaSettings
+from stack.config import KAFKA_ADMIN_USER, KAFKA_CLIENT_USERS, KAFKA_PIPELINE_USER, StackPaths, stack_paths
+from stack.kafka_auth import SCRAM_MECHANISM, BrokerSecrets
+from stack.kafka_broker import KAFKA_PORTS, kafka_command
 from stack.services import (
-    KAFKA_PROPERTIES,
     Service,
     StackError,
     group_alive,
     http_ok,
-    java,
     kafka_answers,
     port_in_use,
     prepare_kafka_storage,
@@ -143,8 +147,33 @@ def private_s3(root: Path, *, region: str = "us-east-1") -> tuple[PrivateServer,
 # --- Kafka: a second single-node KRaft broker ------------------------------------------------------------------------
 
 
-def private_kafka(root: Path) -> PrivateServer:
-    """A Kafka broker+controller (the shared stack's properties, other ports) with its log dirs under `root`."""
+@dataclass
+class PrivateKafka(PrivateServer):
+    """A private broker with the stack's security (SASL/SCRAM-SHA-512 logins, ACLs) and passwords of its own: `admin`
+    (super user) from its start, `pipeline` and `serving` once `prepare()` has made them as `up` does."""
+
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
+    broker_secrets: BrokerSecrets | None = field(default=None, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.service.port}"
+
+    def settings(self, user: str = KAFKA_PIPELINE_USER, password: str | None = None) -> KafkaSettings:
+        """How `user` logs in (with its own password unless another is given)."""
+        return KafkaSettings(self.bootstrap, "SASL_PLAINTEXT", SCRAM_MECHANISM, user, password or self.passwords[user])
+
+    def prepare(self) -> dict[str, Any]:
+        """The users, their ACLs and the pipeline's topics, as `python -m stack up` makes them (as admin)."""
+        from stack.init_resources import prepare_kafka
+
+        clients = {user: self.passwords[user] for user in KAFKA_CLIENT_USERS}
+        return prepare_kafka(self.settings(KAFKA_ADMIN_USER), clients)
+
+
+def private_kafka(root: Path) -> PrivateKafka:
+    """A Kafka broker+controller with the shared stack's configuration (stack.kafka_broker.kafka_properties, the same
+    storage preparation) on free ports, its log dirs and passwords under `root`."""
     classpath_file = stack_paths().kafka_classpath_file
     if not classpath_file.exists():
         raise StackError(f"{classpath_file} is missing; run `make tools` first")
@@ -152,41 +181,45 @@ def private_kafka(root: Path) -> PrivateServer:
     broker, controller = free_port(), free_port()
     while controller == broker:
         controller = free_port()
-    properties_text = KAFKA_PROPERTIES.replace("127.0.0.1:9092", f"127.0.0.1:{broker}").replace(
-        "127.0.0.1:9093", f"127.0.0.1:{controller}"
-    )
-    if "9092" in properties_text or "9093" in properties_text:
-        raise StackError("private Kafka properties still name a shared port")  # the shared broker is never reused
+    if {broker, controller} & set(KAFKA_PORTS):
+        raise StackError("a private Kafka port is a shared one")  # the shared broker is never reused
     paths = StackPaths(root)
+    passwords = {user: secrets.token_urlsafe(30) for user in (KAFKA_ADMIN_USER, *KAFKA_CLIENT_USERS)}
+    broker_secrets = BrokerSecrets(passwords[KAFKA_ADMIN_USER], secrets.token_urlsafe(30))
 
     def prepare(paths: StackPaths, env: dict[str, str]) -> None:
-        prepare_kafka_storage(paths.data / "kafka", properties_text, classpath, env)
+        prepare_kafka_storage(paths.data / "kafka", broker_secrets, classpath, env, ports=(broker, controller))
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
-        kafka_dir = paths.data / "kafka"
-        return [
-            java(),
-            "-Xms128m",
-            "-Xmx384m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            f"-Dlog4j2.configurationFile={kafka_dir / 'log4j2.yaml'}",
-            f"-Dkafka.logs.dir={paths.logs}",
-            "-cp",
-            classpath,
-            "kafka.Kafka",
-            str(kafka_dir / "server.properties"),
-        ]
+        # A smaller, quicker-starting JVM than the stack's.
+        jvm = ("-Xms128m", "-Xmx384m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+        return kafka_command(paths.data / "kafka", paths.logs, classpath, jvm)
 
+    admin = KafkaSettings(
+        f"127.0.0.1:{broker}", "SASL_PLAINTEXT", SCRAM_MECHANISM, KAFKA_ADMIN_USER, passwords[KAFKA_ADMIN_USER]
+    )
     service = Service(
         name="private-kafka",
         port=broker,
         extra_ports=(controller,),
         command=command,
         prepare=prepare,
-        is_healthy=lambda env: kafka_answers(f"127.0.0.1:{broker}"),
+        is_healthy=lambda env: kafka_answers(admin),
         start_timeout_s=120,
         url=f"127.0.0.1:{broker}",
     )
     env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "JAVA_HOME", "LANG")}
-    return PrivateServer(service, paths, env)
+    return PrivateKafka(service, paths, env, passwords=passwords, broker_secrets=broker_secrets)
+
+
+@contextmanager
+def running_private_kafka(root: Path) -> Iterator[PrivateKafka]:
+    """A private broker started and prepared (users, ACLs, topics) as `make stack-up` prepares the stack's; stopped
+    afterwards."""
+    broker = private_kafka(root)
+    broker.start()
+    try:
+        broker.prepare()
+        yield broker
+    finally:
+        broker.stop()

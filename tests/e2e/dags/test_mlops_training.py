@@ -129,7 +129,7 @@ def _consume_all(settings: Settings, topic: str) -> list[tuple[str, dict[str, An
     consumer = kafka_consumer(
         settings.kafka,
         auto_offset_reset="earliest",
-        group_id=f"e2e-{uuid.uuid4().hex[:8]}",
+        group_id=f"mlops-e2e-{uuid.uuid4().hex[:8]}",  # the pipeline's user may use groups named mlops-*
         consumer_timeout_ms=5000,
     )
     consumer.subscribe([topic])
@@ -290,17 +290,19 @@ def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
 def test_no_secret_in_task_logs_xcom_or_the_metadata_database(
     airflow_api: AirflowApi, first_run: dict[str, Any]
 ) -> None:
-    """After the runs above: the S3 secret key and the Airflow admin password appear in no task log, in no service
-    log of the stack (Airflow's own output included), and in no table of Airflow's metadata database (XCom, rendered
-    template fields, run conf, triggers, audit log, ...; connections are stored encrypted with the Fernet key)."""
+    """After the runs above: the S3 secret key, the Airflow admin password and the Kafka password of the pipeline's
+    user (kafka_default's) appear in no task log, in no service log of the stack (Airflow's own output included), and
+    in no table of Airflow's metadata database (XCom, rendered template fields, run conf, triggers, audit log, ...;
+    connections are stored encrypted with the Fernet key)."""
     import sqlite3
 
-    from stack.config import stack_paths
+    from stack.config import stack_paths, stack_secrets
     from stack.demo import admin_password
 
     paths = stack_paths()
     credentials = json.loads(paths.credentials_file.read_text())
     secrets = {"S3 secret key": credentials["secret_key"], "Airflow admin password": admin_password()}
+    secrets["Kafka pipeline password"] = stack_secrets(paths)["kafka_pipeline_password"]  # kafka_default's
     assert all(len(value) >= 8 for value in secrets.values())
     home = paths.airflow_home
     logs = [path for folder in (home / "logs", paths.logs) for path in folder.rglob("*") if path.is_file()]

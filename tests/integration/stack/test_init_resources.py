@@ -3,10 +3,11 @@ changes nothing (what `make stack-up` and compose's stack-init run on every star
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ml.settings import Settings
-from stack.config import MLFLOW_BUCKET
+from stack.config import MLFLOW_BUCKET, StackPaths
 
 
 def test_buckets_exist_and_creating_them_again_creates_none(s3_client: Any, settings: Settings) -> None:
@@ -17,15 +18,20 @@ def test_buckets_exist_and_creating_them_again_creates_none(s3_client: Any, sett
     assert {settings.lake.raw_bucket, settings.lake.lake_bucket, MLFLOW_BUCKET} <= names
 
 
-def test_topics_exist_with_their_partitions_and_retention(kafka_service: None, settings: Settings) -> None:
+def test_topics_exist_with_their_partitions_and_retention(
+    kafka_service: None, settings: Settings, stack_env: dict[str, str]
+) -> None:
     from kafka.admin import ConfigResource, ConfigResourceType
 
     from ml.clients import kafka_admin
     from ml.topics import ALL_TOPICS
     from stack.init_resources import create_topics
+    from stack.kafka_auth import administrator
 
-    assert create_topics(settings.kafka) == []
-    admin = kafka_admin(settings.kafka)
+    # As the broker's admin: the pipeline's user may neither create topics nor read their configuration.
+    admin_kafka = administrator(settings.kafka, StackPaths(Path(stack_env["MLOPS_STACK_DIR"])))
+    assert create_topics(admin_kafka) == []
+    admin = kafka_admin(admin_kafka)
     try:
         described = {topic["name"]: topic for topic in admin.describe_topics([t.name for t in ALL_TOPICS])}
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t.name) for t in ALL_TOPICS])

@@ -12,6 +12,8 @@ import pytest
 from ml import clients
 from ml.settings import KafkaSettings, MlflowSettings, S3Settings
 
+PASSWORD = uuid.uuid4().hex  # a made-up Kafka password, never a real one
+
 
 def keyed(endpoint_url: str | None = "http://127.0.0.1:9000", **overrides: Any) -> S3Settings:
     values = {
@@ -112,6 +114,75 @@ def test_kafka_clients_get_the_bootstrap_servers(monkeypatch: pytest.MonkeyPatch
         ("KafkaConsumer", {"bootstrap_servers": ["a:9092", "b:9092"], "group_id": None}),
         ("KafkaAdminClient", {"bootstrap_servers": ["a:9092", "b:9092"]}),
     ]
+
+
+def test_kafka_clients_log_in_as_the_settings_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kafka
+
+    made: list[tuple[str, dict[str, Any]]] = []
+    for name in ("KafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
+        monkeypatch.setattr(kafka, name, lambda name=name, **options: made.append((name, options)) or name)
+    password = uuid.uuid4().hex
+    settings = KafkaSettings("a:9092", username="pipeline", password=password)
+    clients.kafka_producer(settings, acks="all")
+    clients.kafka_consumer(settings)
+    clients.kafka_admin(settings)
+    login = {
+        "bootstrap_servers": ["a:9092"],
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "pipeline",
+        "sasl_plain_password": password,
+    }
+    assert made == [("KafkaProducer", {**login, "acks": "all"}), ("KafkaConsumer", login), ("KafkaAdminClient", login)]
+
+
+def test_kafka_pythons_scram_in_the_clear_warning_is_kept_at_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """With SCRAM the password never goes over the wire: kafka-python's per-connection warning would only fill logs."""
+    import logging
+
+    clients.kafka_options(KafkaSettings("a:9092", username="pipeline", password="p"))
+    scram_log = logging.getLogger("kafka.net.sasl.scram")
+    with caplog.at_level(logging.DEBUG, "kafka.net.sasl.scram"):
+        scram_log.warning("Exchanging credentials in the clear during Sasl Authentication")
+        scram_log.warning("another warning")
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "Exchanging credentials in the clear during Sasl Authentication"),
+        ("WARNING", "another warning"),
+    ]
+
+
+def test_kafka_settings_without_their_password_connect_nowhere() -> None:
+    record = KafkaSettings("a:9092", username="pipeline", password="p").without_password()
+    with pytest.raises(ValueError, match="user 'pipeline' at a:9092 carry no password"):
+        clients.kafka_producer(record)
+
+
+@pytest.mark.parametrize(
+    ("settings", "hint"),
+    [
+        (
+            KafkaSettings("a:9092", username="pipeline", password=PASSWORD),
+            "check the credentials: a wrong password",
+        ),
+        (KafkaSettings("a:9092"), "whether it requires authentication: a client without credentials"),
+    ],
+)
+def test_a_bootstrap_timeout_says_that_a_refused_login_looks_the_same(
+    monkeypatch: pytest.MonkeyPatch, settings: KafkaSettings, hint: str
+) -> None:
+    """kafka-python reports a refused login only as a bootstrap timeout (the cause is in its log)."""
+    import kafka
+    from kafka.errors import KafkaTimeoutError
+
+    def unable(**options: Any) -> None:
+        raise KafkaTimeoutError("Unable to bootstrap from ['a:9092']")
+
+    monkeypatch.setattr(kafka, "KafkaConsumer", unable)
+    with pytest.raises(KafkaTimeoutError, match="Unable to bootstrap") as raised:
+        clients.kafka_consumer(settings)
+    assert hint in str(raised.value) and "looks exactly like this" in str(raised.value)
+    assert PASSWORD not in str(raised.value), "no password in the message"
 
 
 def test_close_quietly_swallows_close_errors_only() -> None:

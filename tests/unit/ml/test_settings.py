@@ -46,6 +46,10 @@ def full_env(stack_dir: Path) -> dict[str, str]:
         "MLOPS_RAW_BUCKET": "incoming",
         "MLOPS_LAKE_BUCKET": "warehouse",
         "KAFKA_BOOTSTRAP_SERVERS": "k1:9092, k2:9092",
+        "MLOPS_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+        "MLOPS_KAFKA_SASL_MECHANISM": "SCRAM-SHA-256",
+        "MLOPS_KAFKA_USERNAME": "pipeline",
+        "MLOPS_KAFKA_PASSWORD": uuid.uuid4().hex,
         "MLFLOW_TRACKING_URI": "http://mlflow.example:5000",
         "SPARK_MASTER": "spark://master:7077",
         "SPARK_LOCAL_IP": "10.0.0.5",
@@ -81,7 +85,9 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
             session_token=env["AWS_SESSION_TOKEN"],
         ),
         lake=LakeSettings("incoming", "warehouse"),
-        kafka=KafkaSettings("k1:9092, k2:9092"),
+        kafka=KafkaSettings(
+            "k1:9092, k2:9092", "SASL_SSL", "SCRAM-SHA-256", username="pipeline", password=env["MLOPS_KAFKA_PASSWORD"]
+        ),
         mlflow=MlflowSettings("http://mlflow.example:5000"),
         spark=SparkSettings(
             master="spark://master:7077",
@@ -168,6 +174,7 @@ def test_keys_never_appear_in_a_repr(stack_dir: Path) -> None:
             "AWS_SESSION_TOKEN",
             "RAY_AUTH_TOKEN",
             "MLOPS_TUNE_STATE_KEY",
+            "MLOPS_KAFKA_PASSWORD",
         ):
             assert env[name] not in text
     assert "s3.example" in repr(settings)  # the endpoint is no secret
@@ -185,6 +192,41 @@ def test_settings_are_frozen_and_hashable() -> None:
 def test_kafka_servers_list() -> None:
     assert KafkaSettings(" a:1 ,b:2,, ").servers == ["a:1", "b:2"]
     assert KafkaSettings("").servers == []
+
+
+def test_kafka_logs_in_when_given_a_user_and_not_otherwise() -> None:
+    """A broker of your own without logins stays possible: no user, PLAINTEXT, and Settings() writes no login."""
+    anonymous = KafkaSettings("k:9092")
+    assert (anonymous.security_protocol, anonymous.sasl_mechanism, anonymous.uses_sasl) == ("PLAINTEXT", None, False)
+    assert anonymous.to_env() == {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}
+    login = KafkaSettings("k:9092", username="pipeline", password="p")
+    assert (login.security_protocol, login.sasl_mechanism, login.uses_sasl) == ("SASL_PLAINTEXT", "SCRAM-SHA-512", True)
+    assert login == KafkaSettings("k:9092", "sasl_plaintext", "scram-sha-512", "pipeline", "p"), "filled in, upper-case"
+    assert not {key for key in Settings().to_env() if key.startswith("MLOPS_KAFKA_")}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"security_protocol": "SASL_PLAINTEXT"}, "needs a username"),
+        ({"security_protocol": "PLAINTEXT", "username": "u", "password": "p"}, "logs in with no username"),
+        ({"password": "p"}, "logs in with no username"),
+        ({"security_protocol": "KERBEROS"}, "security protocol must be one of"),
+        ({"username": "u", "password": "p", "sasl_mechanism": "GSSAPI"}, "SASL mechanism must be one of"),
+    ],
+)
+def test_inconsistent_kafka_settings_are_refused(options: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        KafkaSettings("k:9092", **options)
+
+
+def test_kafka_settings_round_trip_with_the_login_and_lose_only_the_password_when_asked() -> None:
+    login = KafkaSettings("k:9092", "SASL_SSL", "PLAIN", "pipeline", uuid.uuid4().hex)
+    assert Settings.from_env(Settings(kafka=login).to_env()).kafka == login
+    assert Settings.from_env(Settings(kafka=KafkaSettings("k:9092", "SSL")).to_env()).kafka.security_protocol == "SSL"
+    record = login.without_password()
+    assert record.password is None and record == KafkaSettings("k:9092", "SASL_SSL", "PLAIN", "pipeline")
+    assert KafkaSettings("k:9092").without_password() == KafkaSettings("k:9092")
 
 
 # --- pointing at a cluster (docs/PIPELINE.md) -----------------------------------------------------------------------
@@ -304,6 +346,13 @@ def test_every_cluster_setting_is_documented() -> None:
         *("SPARK_MASTER", "MLOPS_SPARK_EXTRA_CLASSPATH", "MLOPS_SPARK_EXECUTOR_CLASSPATH", "MLOPS_HIVE_METASTORE_URI"),
         *("MLOPS_HIVE_METASTORE_DIR", "MLOPS_SPARK_CORES_MAX", "SPARK_LOCAL_IP"),
         *("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE", "MLOPS_TUNE_STATE_KEY"),
+        *(
+            "MLOPS_KAFKA_SECURITY_PROTOCOL",
+            "MLOPS_KAFKA_SASL_MECHANISM",
+            "MLOPS_KAFKA_USERNAME",
+            "MLOPS_KAFKA_PASSWORD",
+        ),
+        *("security.protocol", "sasl.mechanisms", "sasl.username", "sasl.password"),
         *("extra-classpath", "executor-extra-classpath", "metastore-uri", "metastore-dir", "cores-max", "local-ip"),
         *("`address`", "password", "auth-mode", "state-signing-secret"),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,22 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
     assert connections["mlflow_default"] == {"conn_type": "http", "host": "http://127.0.0.1:5000"}
 
 
+def test_the_kafka_connection_logs_in_as_the_stacks_pipeline_user(stack_dir: StackPaths) -> None:
+    """What `make stack-up` imports: the environment of `python -m stack` (stack.config) holds the pipeline's login
+    to the local broker, and kafka_default carries it in the names of Airflow's Kafka provider."""
+    from stack.config import stack_environment, stack_secrets
+
+    env = stack_environment({"AWS_ACCESS_KEY_ID": "unit-stack-id", "AWS_SECRET_ACCESS_KEY": S3_KEY})
+    extra = json.loads(connections_from_environment(env)["kafka_default"]["extra"])
+    assert extra == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "pipeline",
+        "sasl.password": stack_secrets(stack_dir)["kafka_pipeline_password"],
+    }
+
+
 def test_a_spark_standalone_master_is_split_into_host_and_port(stack_dir: StackPaths) -> None:
     spark = connections_from_environment(_env(stack_dir, SPARK_MASTER="spark://spark-master:7077"))["spark_default"]
     assert (spark["host"], spark["port"]) == ("spark://spark-master", 7077)
@@ -78,13 +95,15 @@ def test_the_hooks_read_back_the_settings_the_environment_describes(
     """What Airflow tasks get through the connections equals what `python -m ml` gets from the same environment."""
     from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, s3_settings, spark_settings
 
-    env = _env(stack_dir, SPARK_MASTER=master)
+    password = uuid.uuid4().hex
+    login = {"MLOPS_KAFKA_USERNAME": "pipeline", "MLOPS_KAFKA_PASSWORD": password}
+    env = _env(stack_dir, SPARK_MASTER=master, **login)
     for conn_id, document in connections_from_environment(env).items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(document))
     expected = Settings.from_env(env)
     assert s3_settings("aws_default") == expected.s3
     assert spark_settings("spark_default") == expected.spark
-    assert KafkaEventsHook().settings == expected.kafka
+    assert KafkaEventsHook().settings == expected.kafka and expected.kafka.password == password
     assert MlflowHook().settings == expected.mlflow
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import stat
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from stack.config import (
     postgres_url,
     stack_environment,
     stack_paths,
+    stack_secrets,
     tune_state_key,
 )
 
@@ -97,8 +99,9 @@ def test_the_tune_state_key_is_generated_once_private_and_in_both_profiles(
     Airflow (ray_default, stack.airflow_home) of one stack sign and check with the same key; a secret of the stack's."""
     env = stack_environment(dict(GIVEN_KEYS))
     generated = env["MLOPS_TUNE_STATE_KEY"]
-    assert stat.S_IMODE(stack_dir.tune_state_key_file.stat().st_mode) == 0o600
-    assert generated == tune_state_key(stack_dir) == stack_dir.tune_state_key_file.read_text() and len(generated) >= 32
+    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
+    stored = json.loads(stack_dir.stack_secrets_file.read_text())["tune_state_key"]
+    assert generated == tune_state_key(stack_dir) == stored and len(generated) >= 32
     assert stack_environment(dict(GIVEN_KEYS), profile="cluster")["MLOPS_TUNE_STATE_KEY"] == generated
     assert Settings.from_env(env).ray.state_signing_key == generated
     assert "MLOPS_TUNE_STATE_KEY" in SECRET_VARIABLES, "`python -m stack env` prints a lookup, never the key"
@@ -108,7 +111,6 @@ def test_the_tune_state_key_is_generated_once_private_and_in_both_profiles(
 def test_a_tune_state_key_the_caller_sets_wins(stack_dir: StackPaths) -> None:
     given = secrets.token_urlsafe(32)
     assert stack_environment({**GIVEN_KEYS, "MLOPS_TUNE_STATE_KEY": given})["MLOPS_TUNE_STATE_KEY"] == given
-    assert not stack_dir.tune_state_key_file.exists()
 
 
 def test_the_project_stays_on_the_paths(stack_dir: StackPaths) -> None:
@@ -303,3 +305,64 @@ def test_write_private_never_lets_others_read_the_file(tmp_path: Path, monkeypat
         config.write_private(path, "s3cret")
         assert path.read_text() == "s3cret" and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert modes == [0o600, 0o600]
+
+
+# --- the local Kafka broker's users ----------------------------------------------------------------------------------
+
+KAFKA_SECRET_NAMES = {f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving")}
+
+
+def test_the_stack_secrets_are_generated_once_private_and_per_stack(stack_dir: StackPaths, tmp_path: Path) -> None:
+    assert not stack_dir.stack_secrets_file.exists()
+    first = stack_secrets(stack_dir)
+    assert set(first) == {*KAFKA_SECRET_NAMES, "tune_state_key"}
+    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
+    assert stack_secrets(stack_dir) == first == json.loads(stack_dir.stack_secrets_file.read_text())
+    assert len(set(first.values())) == len(first) and all(len(value) >= 32 for value in first.values())
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", value) for value in first.values()), "JAAS- and JSON-safe"
+    assert not set(stack_secrets(StackPaths(tmp_path / "other")).values()) & set(first.values())
+
+
+def test_a_secret_an_older_file_lacks_is_added_and_the_others_kept(stack_dir: StackPaths) -> None:
+    stack_dir.root.mkdir(parents=True)
+    stack_dir.stack_secrets_file.write_text(json.dumps({"kafka_admin_password": "kept", "something_else": "kept too"}))
+    secrets = stack_secrets(stack_dir)
+    assert (secrets["kafka_admin_password"], secrets["something_else"]) == ("kept", "kept too")
+    assert KAFKA_SECRET_NAMES <= set(secrets) and json.loads(stack_dir.stack_secrets_file.read_text()) == secrets
+    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
+
+
+def test_the_environment_logs_in_to_the_local_broker_as_the_pipeline(stack_dir: StackPaths) -> None:
+    env = stack_environment(dict(GIVEN_KEYS))
+    kafka = Settings.from_env(env).kafka
+    assert (kafka.bootstrap_servers, kafka.security_protocol, kafka.sasl_mechanism, kafka.username) == (
+        "127.0.0.1:9092",
+        "SASL_PLAINTEXT",
+        "SCRAM-SHA-512",
+        "pipeline",
+    )
+    assert kafka.password == stack_secrets(stack_dir)["kafka_pipeline_password"]
+    serving = Settings.from_env(stack_environment(dict(GIVEN_KEYS), kafka_user="serving")).kafka
+    assert (serving.username, serving.password) == ("serving", stack_secrets(stack_dir)["kafka_serving_password"])
+    # An `eval` of `python -m stack env` exported the pipeline's login a moment ago: asking for serving still works.
+    again = stack_environment(
+        {**GIVEN_KEYS, **{k: v for k, v in env.items() if k.startswith("MLOPS_KAFKA_")}}, kafka_user="serving"
+    )
+    assert Settings.from_env(again).kafka == serving
+    with pytest.raises(ValueError, match="not a Kafka user of the stack"):
+        stack_environment(dict(GIVEN_KEYS), kafka_user="controller")
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        {"KAFKA_BOOTSTRAP_SERVERS": "kafka.example:9092"},  # a broker of your own, without logins
+        {"MLOPS_KAFKA_USERNAME": "alice", "MLOPS_KAFKA_PASSWORD": uuid.uuid4().hex},  # your own login
+    ],
+)
+def test_a_callers_own_kafka_gets_no_stack_login(stack_dir: StackPaths, own: dict[str, str]) -> None:
+    env = stack_environment({**GIVEN_KEYS, **own})
+    assert {key: env.get(key) for key in own} == own
+    assert env.get("MLOPS_KAFKA_PASSWORD") in (None, own.get("MLOPS_KAFKA_PASSWORD"))
+    kafka_passwords = [value for name, value in stack_secrets(stack_dir).items() if name in KAFKA_SECRET_NAMES]
+    assert not [v for v in kafka_passwords if v in env.values()], "no stack Kafka password leaks in"

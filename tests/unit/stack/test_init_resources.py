@@ -4,6 +4,7 @@ Kafka admin clients replaced by doubles. (Against the real services: tests/integ
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -130,3 +131,57 @@ def test_main_reads_the_environment_once_and_reports_what_it_created(
         "buckets_created": ["raw", "compose-lake", "compose-mlflow"],
         "topics_created": [],
     }
+
+
+def test_on_a_broker_with_logins_the_users_and_acls_come_before_the_topics(
+    fake_admin: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stack.init_resources
+
+    done: list[Any] = []
+    monkeypatch.setattr(
+        stack.init_resources,
+        "ensure_users_and_acls",
+        lambda kafka, passwords: done.append((kafka, passwords)) or {"users": sorted(passwords), "acls": 12},
+    )
+    fake_admin.append((None, FakeAdmin(set())))
+    admin = KafkaSettings("kafka.test:9092", username="admin", password="a")
+    result = stack.init_resources.prepare_kafka(admin, {"pipeline": "p", "serving": "s"})
+    assert done == [(admin, {"pipeline": "p", "serving": "s"})]
+    assert result == {"users": ["pipeline", "serving"], "acls": 12, "topics_created": [t.name for t in ALL_TOPICS]}
+    assert fake_admin[-1][0] == admin, "the topics are created as admin"
+    # A broker without logins (one of your own): topics only.
+    done.clear()
+    fake_admin.append((None, FakeAdmin({t.name for t in ALL_TOPICS})))
+    assert stack.init_resources.prepare_kafka(KafkaSettings("kafka.test:9092"), {}) == {"topics_created": []}
+    assert done == []
+
+
+def test_compose_stack_init_logs_in_as_admin_and_needs_the_users_passwords(
+    fake_s3: list[FakeS3], fake_admin: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import stack.init_resources
+
+    made: list[Any] = []
+    monkeypatch.setattr(
+        stack.init_resources, "ensure_users_and_acls", lambda kafka, passwords: made.append((kafka, passwords)) or {}
+    )
+    made_up = {user: uuid.uuid4().hex for user in ("admin", "pipeline", "serving")}  # never real ones
+    for name, value in {
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092",
+        "MLOPS_KAFKA_USERNAME": "admin",
+        "MLOPS_KAFKA_PASSWORD": made_up["admin"],
+        "MLOPS_KAFKA_PIPELINE_PASSWORD": made_up["pipeline"],
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLOPS_KAFKA_SERVING_PASSWORD", raising=False)
+    with pytest.raises(SystemExit, match="MLOPS_KAFKA_SERVING_PASSWORD not set"):
+        stack.init_resources.main()
+    monkeypatch.setenv("MLOPS_KAFKA_SERVING_PASSWORD", made_up["serving"])
+    fake_s3.append(FakeS3({"raw", "lake", "mlflow"}))
+    fake_admin.append((None, FakeAdmin({topic.name for topic in ALL_TOPICS})))
+    assert stack.init_resources.main() == 0
+    [(admin, passwords)] = made
+    assert (admin.bootstrap_servers, admin.username, admin.password) == ("kafka:29092", "admin", made_up["admin"])
+    assert passwords == {"pipeline": made_up["pipeline"], "serving": made_up["serving"]}
+    assert not [value for value in made_up.values() if value in capsys.readouterr().out]

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,40 @@ def test_env_never_prints_a_generated_secret_and_its_eval_still_sets_it(stack_di
         ["bash", "-c", script], cwd="/", env=env, capture_output=True, text=True, timeout=120, check=True
     )
     assert evaluated.stdout.split() == [generated, secrets["airflow_fernet_key"]]
+
+
+def test_env_and_run_log_in_to_the_local_broker_as_the_user_asked_for(stack_dir: StackPaths) -> None:
+    """The pipeline's login by default; `--kafka-user serving` (make serve) the prediction service's. `env` prints a
+    lookup for the password, never the password; its `eval` sets the one that belongs to the user it exports."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
+    env["MLOPS_STACK_DIR"] = str(stack_dir.root)
+
+    def stack(*args: str, shell_env: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "stack", *args],
+            cwd=REPO_ROOT,
+            env=shell_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    code = "import os; print(os.environ['MLOPS_KAFKA_USERNAME'], os.environ['MLOPS_KAFKA_PASSWORD'])"
+    ran = stack("run", "--kafka-user", "serving", "--", sys.executable, "-c", code)
+    assert ran.returncode == 0, ran.stderr
+    passwords = json.loads(stack_dir.stack_secrets_file.read_text())
+    assert ran.stdout.split() == ["serving", passwords["kafka_serving_password"]]
+    for user in ("pipeline", "serving"):
+        printed = stack("env", "--kafka-user", user)
+        assert printed.returncode == 0, printed.stderr
+        assert not [value for value in passwords.values() if value in printed.stdout]
+        script = printed.stdout + '\nprintf \'%s\\n\' "$MLOPS_KAFKA_USERNAME" "$MLOPS_KAFKA_PASSWORD"\n'
+        evaluated = subprocess.run(
+            ["bash", "-c", script], cwd="/", env=env, capture_output=True, text=True, timeout=120
+        )
+        assert evaluated.stdout.split() == [user, passwords[f"kafka_{user}_password"]], evaluated.stderr
+    refused = stack("run", "--kafka-user", "admin", "--", "true")
+    assert refused.returncode != 0 and "invalid choice: 'admin'" in refused.stderr
 
 
 def test_secret_prints_only_secret_variables(stack_dir: StackPaths) -> None:
@@ -276,3 +311,44 @@ def test_an_unknown_profile_is_refused_by_the_parser(capsys: pytest.CaptureFixtu
         stack_main.main(["status", "--profile", "kubernetes"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'kubernetes'" in capsys.readouterr().err
+
+
+class _StartingService(_FakeService):
+    url = "fake"
+
+    def start(self, paths: StackPaths, env: dict[str, str]) -> str:
+        return "started"
+
+
+def test_up_gives_the_local_broker_its_users_and_acls_as_admin(
+    stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After Kafka is healthy, `up` makes pipeline's and serving's credentials and ACLs, and the topics, as the
+    broker's admin (the pipeline's user may do neither): with the stack folder's generated passwords."""
+    import stack.init_resources
+    import stack.tools
+    from stack.config import stack_environment
+    from stack.kafka_auth import admin_settings, client_passwords
+    from stack.profiles import Profile
+
+    monkeypatch.delenv("MLOPS_STACK_PROFILE", raising=False)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KAFKA_BOOTSTRAP_SERVERS", "MLOPS_KAFKA_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    env = stack_environment({"AWS_ACCESS_KEY_ID": "given-id", "AWS_SECRET_ACCESS_KEY": GIVEN_KEY}, profile="local")
+    monkeypatch.setattr(stack_main, "apply_stack_environment", lambda profile=None: env)
+    monkeypatch.setattr(stack_main, "every_service", lambda: ())
+    kafka = _StartingService("kafka", None)
+    monkeypatch.setattr(stack_main, "profile_named", lambda name: Profile("local", (kafka,), (), metastore_writers=1))
+    monkeypatch.setattr(stack.tools, "fetch_all", lambda paths: [])
+    prepared: list[tuple[Any, dict[str, str]]] = []
+
+    def prepare_kafka(kafka_settings: Any, passwords: dict[str, str]) -> dict[str, Any]:
+        prepared.append((kafka_settings, passwords))
+        return {"users": sorted(passwords), "acls": 12, "topics_created": []}
+
+    monkeypatch.setattr(stack.init_resources, "prepare_kafka", prepare_kafka)
+    assert stack_main.main(["up", "--profile", "local", "--no-airflow"]) == 0
+    assert prepared == [(admin_settings(stack_dir), client_passwords(stack_dir))]
+    out = capsys.readouterr().out
+    assert "users: pipeline, serving; ACL rules: 12" in out and "topics created: none (all exist)" in out
+    assert not [password for password in client_passwords(stack_dir).values() if password in out]

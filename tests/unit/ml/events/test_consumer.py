@@ -132,8 +132,20 @@ def test_a_missing_topic_is_a_lookup_error_and_the_consumer_is_closed(
 ) -> None:
     fake = FakeConsumer(partitions)
     queue_consumer(consumers, fake)
-    with pytest.raises(LookupError, match=r"topic 'nope' does not exist on kafka\.invalid:9092"):
+    with pytest.raises(LookupError, match=r"topic 'nope' on kafka\.invalid:9092 does not exist or this client may not"):
         open_topic(KAFKA, "nope")
+    assert fake.closed
+
+
+def test_a_topic_the_user_may_not_describe_looks_missing_and_the_error_says_so(
+    consumers: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    """A broker with ACLs lists no partition of a topic its user may not describe: it may exist all the same."""
+    fake = FakeConsumer(set())
+    queue_consumer(consumers, fake)
+    serving = KafkaSettings("kafka.invalid:9092", username="serving", password="s")
+    with pytest.raises(LookupError, match=r"does not exist or user 'serving' may not describe it"):
+        open_topic(serving, "mlops.pipeline.events.v1")
     assert fake.closed
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import pickle
 import threading
+import uuid
 from types import SimpleNamespace
 from typing import Any
 
@@ -154,17 +155,23 @@ def test_a_failing_publisher_never_fails_the_search(caplog: pytest.LogCaptureFix
     assert "closing the Kafka publisher failed" in caplog.text
 
 
-def test_without_kafka_settings_nothing_is_published(caplog: pytest.LogCaptureFixture) -> None:
-    def factory(kafka: KafkaSettings, dag: str | None) -> Any:
-        raise AssertionError("no publisher without settings")
+def _no_publisher(kafka: KafkaSettings, dag_run_id: str | None) -> Any:
+    raise AssertionError("no publisher may be made here")
 
-    callback = KafkaMetricsCallback("run-1", None, publisher_factory=factory)
+
+def _one_epoch(callback: KafkaMetricsCallback, caplog: pytest.LogCaptureFixture) -> str:
+    """A search of one trial-epoch through the callback; what it logged."""
     trial = _trial()
     with caplog.at_level(logging.WARNING, "ml.tune.callbacks"):
         callback.setup()
         callback.on_trial_result(iteration=1, trials=[trial], trial=trial, result=_result(1))
         callback.on_experiment_end(trials=[trial])
-    assert "no Kafka settings recorded" in caplog.text
+    return caplog.text
+
+
+def test_without_kafka_settings_nothing_is_published(caplog: pytest.LogCaptureFixture) -> None:
+    callback = KafkaMetricsCallback("run-1", None, publisher_factory=_no_publisher)
+    assert "no Kafka settings recorded" in _one_epoch(callback, caplog)
 
 
 def test_kafka_callback_pickles_its_settings_not_its_publisher() -> None:
@@ -176,6 +183,21 @@ def test_kafka_callback_pickles_its_settings_not_its_publisher() -> None:
     assert restored._publisher is None and restored.published == 0
     assert (restored.run_name, restored.kafka, restored.dag_run_id) == ("run-1", KAFKA, "dag-1")
     assert saved._publisher is not None  # pickling leaves the live callback alone
+
+
+def test_the_kafka_password_never_goes_into_tunes_state(caplog: pytest.LogCaptureFixture) -> None:
+    """Tune pickles its callbacks into tuner.pkl in S3: where and as whom, never the password. A copy brought back
+    publishes nothing (the search gives restored searches fresh callbacks with the password: test_search.py)."""
+    password = uuid.uuid4().hex
+    login = KafkaSettings("kafka.invalid:9092", username="pipeline", password=password)
+    saved = KafkaMetricsCallback("run-1", login, dag_run_id="dag-1")
+    pickled = pickle.dumps(saved)
+    assert password.encode() not in pickled
+    restored = pickle.loads(pickled)
+    assert restored.kafka == login.without_password() and saved.kafka == login, "the live callback keeps it"
+
+    restored.publisher_factory = _no_publisher
+    assert "the Kafka password of user 'pipeline' is not in this process" in _one_epoch(restored, caplog)
 
 
 def _legacy(cls: type, state: dict[str, Any]) -> Any:

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import secrets
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -189,6 +190,22 @@ def test_a_restored_search_gets_fresh_callbacks_and_keeps_the_callers() -> None:
     empty = FakeTuner(None)  # a search started without callbacks
     search._replace_pipeline_callbacks(empty, fresh)
     assert empty.run_config.callbacks == fresh
+
+
+def test_a_restored_search_gives_the_kafka_password_again() -> None:
+    """Tune's state holds the metrics callback without its password (ml.tune.callbacks); the fresh one has it."""
+    import pickle
+
+    password = uuid.uuid4().hex
+    login = KafkaSettings("kafka.invalid:9092", username="pipeline", password=password)
+    restored = pickle.loads(pickle.dumps(KafkaMetricsCallback("run-1", login)))
+    assert restored.kafka.password is None
+    tuner = FakeTuner([restored])
+    search._replace_pipeline_callbacks(
+        tuner, search._pipeline_callbacks(_config(), "val_loss", "min", None, login, None, None)
+    )
+    [kafka_callback] = [c for c in tuner.run_config.callbacks if isinstance(c, KafkaMetricsCallback)]
+    assert kafka_callback.kafka == login and kafka_callback.kafka.password == password
 
 
 def test_in_ray_client_mode_the_recorded_callbacks_stay(caplog: pytest.LogCaptureFixture) -> None:

@@ -246,6 +246,48 @@ def test_kafka_settings_come_from_the_connection(connections: Define, document: 
     assert KafkaEventsHook().settings == KafkaSettings(servers)
 
 
+def test_the_kafka_login_comes_from_the_providers_extra_names(
+    connections: Define, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names Airflow's Kafka provider passes to confluent-kafka, so that one connection serves both."""
+    import airflow.sdk.log
+
+    from mlops_airflow.hooks import KafkaEventsHook
+
+    password = uuid.uuid4().hex
+    masked: list[str] = []
+    monkeypatch.setattr(airflow.sdk.log, "mask_secret", masked.append)
+    extra = {
+        "bootstrap.servers": "kafka.unit.test:9092",
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "pipeline",
+        "sasl.password": password,
+        "group.id": "mlops-airflow-watch",  # the provider's; ours reads without a group
+    }
+    connections(kafka_default={"conn_type": "kafka", "extra": extra})
+    settings = KafkaEventsHook().settings
+    assert settings == KafkaSettings("kafka.unit.test:9092", "SASL_PLAINTEXT", "SCRAM-SHA-512", "pipeline", password)
+    assert password not in repr(settings) and password in masked, "never in a task log"
+    # librdkafka's other spelling, and the mechanism's default
+    connections(
+        kafka_default={"conn_type": "kafka", "extra": {**extra, "sasl.mechanisms": None, "sasl.mechanism": "PLAIN"}}
+    )
+    assert KafkaEventsHook().settings.sasl_mechanism == "PLAIN"
+    del extra["sasl.mechanisms"]
+    connections(kafka_default={"conn_type": "kafka", "extra": extra})
+    assert KafkaEventsHook().settings.sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_a_kafka_login_without_a_user_names_the_connection(connections: Define) -> None:
+    from mlops_airflow.hooks import KafkaEventsHook
+
+    extra = {"bootstrap.servers": "k:9092", "security.protocol": "SASL_SSL", "sasl.password": "p"}
+    connections(kafka_half={"conn_type": "kafka", "extra": extra})
+    with pytest.raises(ValueError, match=r"connection 'kafka_half': Kafka security protocol SASL_SSL needs a username"):
+        _ = KafkaEventsHook("kafka_half").settings
+
+
 def test_kafka_connection_without_servers_is_an_error(connections: Define) -> None:
     from mlops_airflow.hooks import KafkaEventsHook
 
