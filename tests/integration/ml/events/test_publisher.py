@@ -143,7 +143,7 @@ def test_publisher_delivers_what_waited_once_the_broker_is_reachable(
             return super()._new_producer()
 
     topic = replace(TRAINING_METRICS, name=kafka_topic)
-    publisher = QuickReconnect(KafkaSettings(f"127.0.0.1:{relay.port}"))
+    publisher = QuickReconnect(replace(settings.kafka, bootstrap_servers=f"127.0.0.1:{relay.port}"))  # same login
     for epoch in range(5):
         publisher.publish(topic, metrics_payload("back", epoch), key=f"back:t0:{epoch}")
     wait_until(lambda: len(attempts) >= 2, "a second connection attempt")  # the first one failed: it keeps trying
