@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from ml.clock import SYSTEM_CLOCK, Clock
 from ml.settings import Settings
 from stack.config import apply_stack_environment, stack_paths
 
@@ -95,14 +96,14 @@ def trigger(api: AirflowApi, conf: dict[str, Any]) -> str:
     return run_id
 
 
-def follow(api: AirflowApi, run_ids: list[str], timeout_s: float) -> dict[str, str]:
+def follow(api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> dict[str, str]:
     """Print each task's state changes of the given runs until all have ended; returns {run_id: state}."""
     from urllib.parse import quote
 
     seen: dict[tuple[str, str], str] = {}
     ended: dict[str, str] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    deadline = clock.monotonic() + timeout_s
+    while clock.monotonic() < deadline:
         for run_id in [r for r in run_ids if r not in ended]:
             path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}"
             tis = api.request("GET", f"{path}/taskInstances")["task_instances"]
@@ -116,7 +117,7 @@ def follow(api: AirflowApi, run_ids: list[str], timeout_s: float) -> dict[str, s
                 ended[run_id] = state
         if len(ended) == len(run_ids):
             return ended
-        time.sleep(3)
+        clock.sleep(3)
     running = [r for r in run_ids if r not in ended]
     raise RuntimeError(f"runs {running} did not finish within {timeout_s:.0f} s; they are still visible at {AIRFLOW}")
 

@@ -7,6 +7,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -112,10 +113,8 @@ def test_trigger_unpauses_then_starts_a_run_with_the_conf(airflow: tuple[FakeAir
 
 
 def test_follow_reports_each_task_state_change_until_every_run_ends(
-    airflow: tuple[FakeAirflow, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    airflow: tuple[FakeAirflow, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import stack.demo
-
     fake, url = airflow
     api = AirflowApi(url, "admin", "pw")
     first, second = trigger(api, {}), trigger(api, {})
@@ -127,8 +126,10 @@ def test_follow_reports_each_task_state_change_until_every_run_ends(
             lambda: fake.runs.update({first: "success", second: "failed"}),
         ]
     )
-    monkeypatch.setattr(stack.demo.time, "sleep", lambda seconds: next(progress)())
-    assert follow(api, [first, second], timeout_s=600) == {first: "success", second: "failed"}
+    # The wait is the clock's: the progress happens in it (patching time.sleep would also hand it to any other
+    # thread of the process that sleeps meanwhile).
+    clock = SimpleNamespace(monotonic=lambda: 0.0, sleep=lambda seconds: next(progress)())
+    assert follow(api, [first, second], timeout_s=600, clock=clock) == {first: "success", second: "failed"}
     out = capsys.readouterr().out
     assert [line.split()[-1] for line in out.splitlines() if "ingest_raw_data" in line] == ["running", "success"]
 
