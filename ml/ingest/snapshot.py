@@ -81,7 +81,7 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
     manifest_uri = target_root.join(MANIFEST_FILE)
     if exists(manifest_uri, client):
         log.info("snapshot %s of %s already exists: nothing copied", snapshot_id, config.dataset)
-        return _existing(config, target_root, manifest_uri, client)
+        return _existing(config, target_root, manifest_uri, read_json(manifest_uri, client))
 
     # Objects are read (and copied below) a few at a time; errors still name the first bad object in key order.
     with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects))) as pool:
@@ -157,8 +157,9 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
         raise
     if not committed:
         log.info("snapshot %s of %s was committed by another run meanwhile: keeping it", snapshot_id, config.dataset)
-        _remove_uncommitted_copies(target_root, read_json(manifest_uri, client), client)
-        return _existing(config, target_root, manifest_uri, client)
+        winner = read_json(manifest_uri, client)
+        _remove_uncommitted_copies(target_root, winner, client)
+        return _existing(config, target_root, manifest_uri, winner)
     _remove_uncommitted_copies(target_root, manifest, client)
     pointer = {"snapshot_id": snapshot_id, "columns": manifest["columns"], "manifest": str(manifest_uri)}
     write_json(latest_snapshot_uri(lake, config.dataset), pointer, client)
@@ -176,9 +177,8 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
     )
 
 
-def _existing(config: IngestConfig, target_root: S3Uri, manifest_uri: S3Uri, client: Any) -> IngestResult:
-    """The result of a snapshot that a manifest already marks complete."""
-    manifest = read_json(manifest_uri, client)
+def _existing(config: IngestConfig, target_root: S3Uri, manifest_uri: S3Uri, manifest: dict[str, Any]) -> IngestResult:
+    """The result of a snapshot that its manifest (already there) marks complete."""
     return IngestResult(
         config.dataset,
         manifest["snapshot_id"],
