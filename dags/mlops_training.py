@@ -175,6 +175,7 @@ def mlops_training() -> None:
         num_samples="{{ params.num_samples }}",
         max_concurrent_trials="{{ params.max_concurrent_trials }}",
         max_epochs="{{ params.max_epochs }}",
+        aws_conn_id="aws_tune",  # the only connection that may write the searches' storage (lake/tune/)
         execution_timeout=timedelta(hours=4),
     )
     register_best_model = RegisterModelOperator(

@@ -18,6 +18,7 @@ from stack.config import (
     SECRET_VARIABLES,
     active_profile,
     apply_stack_environment,
+    on_stack_s3,
     stack_environment,
     stack_paths,
 )
@@ -29,6 +30,7 @@ def _up(args: argparse.Namespace) -> int:
     from stack.airflow_home import prepare_airflow_home
     from stack.init_resources import create_buckets, prepare_kafka
     from stack.kafka_auth import admin_settings, client_passwords
+    from stack.s3_users import ensure_users_and_policies, stack_users
     from stack.tools import fetch_all
 
     paths = stack_paths()
@@ -51,8 +53,15 @@ def _up(args: argparse.Namespace) -> int:
     for service in profile.services:
         print(f"{service.name:{width}} {service.start(paths, env):16} {service.url}", flush=True)
         if service.name == "s3":
-            created = create_buckets(settings.s3, settings.lake, env.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET))
+            mlflow_bucket = env.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET)
+            created = create_buckets(settings.s3, settings.lake, mlflow_bucket)
             print(f"{'':{width}} buckets created: {created or 'none (all exist)'}")
+            if on_stack_s3(paths, env):  # the server `up` started: its users and bucket policies, as root
+                done = ensure_users_and_policies(settings.s3, settings.lake, stack_users(paths), mlflow_bucket)
+                print(
+                    f"{'':{width}} users created: {', '.join(done['s3_users_created']) or 'none (all exist)'}; "
+                    f"policies put: {', '.join(done['bucket_policies_put']) or 'none (all current)'} (stack.s3_users)"
+                )
         if service.name == "kafka":
             kafka = settings.kafka
             if kafka.bootstrap_servers == KAFKA_BOOTSTRAP:  # the broker `up` started: its users and ACLs, as admin

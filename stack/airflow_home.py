@@ -9,16 +9,31 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from ml.settings import KafkaSettings, Settings
-from stack.config import REPO_ROOT, StackPaths, write_private
+from stack.config import (
+    REPO_ROOT,
+    S3_PIPELINE_USER,
+    S3_TUNE_USER,
+    S3_USERS,
+    StackPaths,
+    on_stack_s3,
+    s3_user_keys,
+    write_private,
+)
 from stack.services import StackError
 
 
-def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Airflow connections for the configured endpoints, in `airflow connections import` JSON form. The Spark
+def connections_from_environment(
+    env: dict[str, str], s3_users: Mapping[str, Mapping[str, str]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """Airflow connections for the configured endpoints, in `airflow connections import` JSON form. The AWS
+    connections sign as the stack's S3 users (`s3_users`: user -> its keys, on the stack's own S3 server): aws_default
+    as `pipeline`, aws_tune (the tune task's) as `tune`; without users (another S3), both with the environment's keys.
+    The Spark
     connection's extra carries what the pipeline adds to its jobs (ml.settings.SparkSettings: the s3a jars, the
     metastore (a Derby folder or a Thrift URI), the cores a job takes, the driver's bind address); the Ray connection
     carries the key that signs the tune task's state in S3 and, for a cluster, its address and token (without an
@@ -28,13 +43,20 @@ def connections_from_environment(env: dict[str, str]) -> dict[str, dict[str, Any
     spark = settings.spark
     master = env["SPARK_MASTER"]
     spark_host, _, spark_port = master.rpartition(":") if master.startswith("spark://") else (master, "", "")
-    return {
-        "aws_default": {
+    own_keys = {"access_key": env["AWS_ACCESS_KEY_ID"], "secret_key": env["AWS_SECRET_ACCESS_KEY"]}
+
+    def aws(user: str) -> dict[str, Any]:
+        keys = s3_users[user] if s3_users is not None else own_keys
+        return {
             "conn_type": "aws",
-            "login": env["AWS_ACCESS_KEY_ID"],
-            "password": env["AWS_SECRET_ACCESS_KEY"],
+            "login": keys["access_key"],
+            "password": keys["secret_key"],
             "extra": json.dumps({"endpoint_url": env["AWS_ENDPOINT_URL"], "region_name": env["AWS_DEFAULT_REGION"]}),
-        },
+        }
+
+    return {
+        "aws_default": aws(S3_PIPELINE_USER),
+        "aws_tune": aws(S3_TUNE_USER),
         "spark_default": {
             "conn_type": "spark",
             "host": spark_host,
@@ -99,9 +121,10 @@ def prepare_airflow_home(paths: StackPaths, env: dict[str, str], metastore_write
     slots of the `spark_metastore` pool (one for an embedded Derby metastore)."""
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     _airflow(["db", "migrate"], env)
-    connections_file = write_private(
-        paths.run / "airflow-connections.json", json.dumps(connections_from_environment(env), indent=2)
-    )
+    # On the stack's own S3 server, the tasks sign as its users (stack.s3_users), never with the root key.
+    s3_users = {user: s3_user_keys(paths, user) for user in S3_USERS} if on_stack_s3(paths, env) else None
+    connections = connections_from_environment(env, s3_users)
+    connections_file = write_private(paths.run / "airflow-connections.json", json.dumps(connections, indent=2))
     try:
         _airflow(["connections", "import", "--overwrite", str(connections_file)], env)
     finally:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +145,16 @@ KAFKA_SERVING_USER = "serving"
 KAFKA_CLIENT_USERS = (KAFKA_PIPELINE_USER, KAFKA_SERVING_USER)
 KAFKA_BOOTSTRAP = Settings().kafka.bootstrap_servers  # the local broker's client listener (ml.settings' default)
 
+# The local S3 server's users (stack.s3_users: their bucket policies). The root key (local_credentials) stays the
+# stack's set-up (buckets, users, policies) and the operator's and tests' key; the services get their own: `pipeline`
+# (Airflow's aws_default: reads raw, reads and writes the lake except lake/tune/; Spark and the Hive metastore too),
+# `tune` (Airflow's aws_tune: the tune task and its Ray workers; reads the lake, writes lake/tune/ only) and `mlflow`
+# (the MLflow server's artifact store: the mlflow bucket only). Serving has no S3 key: it loads models through MLflow.
+S3_PIPELINE_USER = "pipeline"
+S3_TUNE_USER = "tune"
+S3_MLFLOW_USER = "mlflow"
+S3_USERS = (S3_PIPELINE_USER, S3_TUNE_USER, S3_MLFLOW_USER)
+
 
 def write_private(path: Path, text: str) -> Path:
     """Write a file that holds a secret: created (or truncated) with mode 0600 before a byte of it is written, so that
@@ -208,6 +218,11 @@ def cluster_secrets(paths: StackPaths) -> dict[str, str]:
     return created
 
 
+def _access_key_maker(user: str) -> Callable[[], str]:
+    """How an S3 user's access key is made: its name (the bucket policies' principal) and a random part."""
+    return lambda: f"mlops-{user}-{secrets.token_hex(6)}"
+
+
 # The secrets of stack_secrets, and how each is made (URL-, JSON- and JAAS-safe characters only: [A-Za-z0-9_-]).
 STACK_SECRETS: dict[str, Callable[[], str]] = {
     **{
@@ -215,13 +230,17 @@ STACK_SECRETS: dict[str, Callable[[], str]] = {
         for user in (KAFKA_ADMIN_USER, KAFKA_CONTROLLER_USER, *KAFKA_CLIENT_USERS)
     },
     "tune_state_key": lambda: secrets.token_urlsafe(32),  # signs the Tune state searches keep in S3 (ml.tune.signing)
+    # The S3 users' keys: the access key names the user (it is the principal of the bucket policies), the secret is
+    # random; both differ per stack, so that no key is a known default.
+    **{f"s3_{user}_access_key": _access_key_maker(user) for user in S3_USERS},
+    **{f"s3_{user}_secret_key": lambda: secrets.token_urlsafe(30) for user in S3_USERS},
 }
 
 
 def stack_secrets(paths: StackPaths) -> dict[str, str]:
-    """The secrets of what both profiles run (the Kafka broker's users, the Tune state key): generated once per stack
-    folder (0600), so that none is committed and none is a known default. A secret that an older file lacks is
-    generated and added to it; the ones it has are kept."""
+    """The secrets of what both profiles run (the Kafka broker's users, the S3 server's users, the Tune state key):
+    generated once per stack folder (0600), so that none is committed and none is a known default. A secret that an
+    older file lacks is generated and added to it; the ones it has are kept."""
     stored: dict[str, str] = (
         json.loads(paths.stack_secrets_file.read_text()) if paths.stack_secrets_file.exists() else {}
     )
@@ -236,6 +255,30 @@ def tune_state_key(paths: StackPaths) -> str:
     """The key that signs the Tune state searches keep in S3 (ml.tune.signing): one per stack folder, so that every
     search, retry and Airflow task of one stack signs and checks with the same key."""
     return stack_secrets(paths)["tune_state_key"]
+
+
+def s3_user_keys(paths: StackPaths, user: str) -> dict[str, str]:
+    """The access and secret key of one of the local S3 server's users (stack.s3_users), in local_credentials' form."""
+    if user not in S3_USERS:
+        raise ValueError(f"{user!r} is not an S3 user of the stack ({', '.join(S3_USERS)})")
+    stored = stack_secrets(paths)
+    return {"access_key": stored[f"s3_{user}_access_key"], "secret_key": stored[f"s3_{user}_secret_key"]}
+
+
+def on_stack_s3(paths: StackPaths, env: Mapping[str, str]) -> bool:
+    """Whether `env` signs with the root key of the stack's own S3 server (which has the stack's users), rather than
+    with keys of another S3 (the operator's own, whose users are theirs to manage)."""
+    return env.get("AWS_ACCESS_KEY_ID") == local_credentials(paths)["access_key"]
+
+
+def as_s3_user(paths: StackPaths, env: dict[str, str], user: str) -> dict[str, str]:
+    """Make `env` (a service's environment) sign as the stack's S3 user `user` instead of with the root key, when it
+    is on the stack's own S3 server; another S3's keys are left as they are. Returns `env`."""
+    if on_stack_s3(paths, env):
+        keys = s3_user_keys(paths, user)
+        env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"] = keys["access_key"], keys["secret_key"]
+        env.pop("AWS_SESSION_TOKEN", None)
+    return env
 
 
 def kafka_user_settings(paths: StackPaths, user: str, bootstrap: str = KAFKA_BOOTSTRAP) -> KafkaSettings:

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from ml.settings import LakeSettings
-from stack.config import MLFLOW_BUCKET, REPO_ROOT, StackPaths
+from stack.config import MLFLOW_BUCKET, REPO_ROOT, S3_MLFLOW_USER, StackPaths, as_s3_user
 from stack.kafka_broker import (  # noqa: F401 - re-exported: the local profile's Kafka broker (stack.kafka_broker)
     KAFKA,
     KAFKA_PROPERTIES,
@@ -30,19 +31,23 @@ from stack.process import (  # noqa: F401 - re-exported: the stack's callers imp
 # --- S3: Versity S3 Gateway over a posix folder ---------------------------------------------------------------------
 
 
-def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
-    root = paths.data / "s3"
+def s3_gateway_command(
+    binary: Path, root: Path, address: str, region: str, webui: tuple[str, str] | None = None
+) -> list[str]:
+    """The S3 server's command line (the local stack's, and the tests' private servers'): a posix backend under
+    `root` (buckets, object versions, sidecar metadata) and its internal IAM (`root/iam`: the users of stack.s3_users,
+    kept in a 0600 file), listening on `address`; `webui`: the web console's address and the gateway it talks to.
+    The root keys are not on it: they go through the environment (ROOT_ACCESS_KEY_ID, ROOT_SECRET_ACCESS_KEY)."""
+    console = ["--webui", webui[0], "--webui-no-tls", "--webui-gateways", webui[1]] if webui else []
     return [
-        str(paths.versitygw),
+        str(binary),
         "--port",
-        "127.0.0.1:9000",
-        "--webui",
-        "127.0.0.1:9001",
-        "--webui-no-tls",
-        "--webui-gateways",
-        "http://127.0.0.1:9000",
+        address,
+        *console,
         "--region",
-        env["AWS_DEFAULT_REGION"],
+        region,
+        "--iam-dir",
+        str(root / "iam"),
         "--quiet",
         "posix",
         "--versioning-dir",
@@ -53,14 +58,28 @@ def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     ]
 
 
+S3_DATA_FOLDERS = ("buckets", "versions", "meta", "iam")
+
+
+def prepare_s3_data(root: Path) -> None:
+    """The S3 server's folders; its IAM folder private (0700: the users' secrets)."""
+    for sub in S3_DATA_FOLDERS:
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "iam").chmod(0o700)
+
+
+def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
+    webui = ("127.0.0.1:9001", "http://127.0.0.1:9000")
+    return s3_gateway_command(paths.versitygw, paths.data / "s3", "127.0.0.1:9000", env["AWS_DEFAULT_REGION"], webui)
+
+
 def _s3_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     # The root keys go through the environment: a command line is readable by every local user.
     env["ROOT_ACCESS_KEY_ID"] = env["AWS_ACCESS_KEY_ID"]
     env["ROOT_SECRET_ACCESS_KEY"] = env["AWS_SECRET_ACCESS_KEY"]
     if not paths.versitygw.exists():
         raise StackError(f"s3: {paths.versitygw} is missing; run `make tools` (needs Go) first")
-    for sub in ("buckets", "versions", "meta"):
-        (paths.data / "s3" / sub).mkdir(parents=True, exist_ok=True)
+    prepare_s3_data(paths.data / "s3")
 
 
 # 403 without credentials is the gateway answering: good enough for liveness.
@@ -99,6 +118,8 @@ def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
 
 def _mlflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     (paths.data / "mlflow").mkdir(parents=True, exist_ok=True)
+    # The artifact store signs as the mlflow user (the mlflow bucket only), not with the root key.
+    as_s3_user(paths, env, S3_MLFLOW_USER)
     # The server's background job runner (GenAI evaluation jobs) starts ~9 worker processes (~2 GiB) we never use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 

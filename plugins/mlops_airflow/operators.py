@@ -150,7 +150,9 @@ class TuningReportLink(BaseOperatorLink):
 
 class RayTuneOperator(BaseOperator):
     """Hyper-parameter search of PyTorch models with Ray Tune (`ml.tune`). The search is named after the DAG run,
-    so a retried task resumes it from S3 instead of starting over; `on_kill` stops the trials."""
+    so a retried task resumes it from S3 instead of starting over; `on_kill` stops the trials. Its AWS connection
+    (`aws_tune`) is the one allowed to write the searches' storage (lake/tune/; stack.s3_users): the search and its
+    Ray workers sign with it and with nothing else."""
 
     template_fields: Sequence[str] = (
         "dataset",
@@ -175,7 +177,7 @@ class RayTuneOperator(BaseOperator):
         max_epochs: int | str = 20,
         cpus_per_trial: float = 1.0,
         lake_bucket: str = DEFAULT_LAKE_BUCKET,
-        aws_conn_id: str = "aws_default",
+        aws_conn_id: str = "aws_tune",
         mlflow_conn_id: str = "mlflow_default",
         kafka_conn_id: str = "kafka_default",
         ray_conn_id: str = "ray_default",

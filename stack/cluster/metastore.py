@@ -9,7 +9,15 @@ from xml.sax.saxutils import escape
 
 from stack.cluster.paths import classpath_file
 from stack.cluster.postgres import postgres_connect
-from stack.config import METASTORE_PORT, POSTGRES_PORT, StackPaths, cluster_secrets, write_private
+from stack.config import (
+    METASTORE_PORT,
+    POSTGRES_PORT,
+    S3_PIPELINE_USER,
+    StackPaths,
+    as_s3_user,
+    cluster_secrets,
+    write_private,
+)
 from stack.process import Service, StackError, port_in_use
 from stack.services import java
 
@@ -81,6 +89,8 @@ def _create_metastore_schema(paths: StackPaths, env: dict[str, str], folder: Pat
 
 
 def _metastore_prepare(paths: StackPaths, env: dict[str, str]) -> None:
+    # It creates the warehouse's folders for the pipeline's Spark jobs: as the pipeline's S3 user, not as root.
+    as_s3_user(paths, env, S3_PIPELINE_USER)
     folder = paths.data / "metastore"
     (folder / "conf").mkdir(parents=True, exist_ok=True)
     write_private(folder / "conf" / "hive-site.xml", _hive_site(paths, env))

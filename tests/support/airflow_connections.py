@@ -18,6 +18,8 @@ import pytest
 
 ACCESS_KEY_ID = "unit-test-access-key"
 S3_KEY = "unit-test-s3-key-0123456789"  # the connection's secret: it must reach `ml`, never os.environ or a log
+TUNE_ACCESS_KEY_ID = "unit-test-tune-access-key"  # aws_tune: the tune task's own keys
+TUNE_S3_KEY = "unit-test-tune-s3-key-0123456789"
 S3_ENDPOINT = "http://s3.unit.test:9000"
 KAFKA_SERVERS = "kafka.unit.test:9092"
 MLFLOW_URI = "http://mlflow.unit.test:5000"
@@ -30,6 +32,12 @@ def connection_documents(metastore_dir: Path) -> dict[str, dict[str, Any]]:
             "conn_type": "aws",
             "login": ACCESS_KEY_ID,
             "password": S3_KEY,
+            "extra": {"endpoint_url": S3_ENDPOINT, "region_name": "eu-west-1"},
+        },
+        "aws_tune": {
+            "conn_type": "aws",
+            "login": TUNE_ACCESS_KEY_ID,
+            "password": TUNE_S3_KEY,
             "extra": {"endpoint_url": S3_ENDPOINT, "region_name": "eu-west-1"},
         },
         "spark_default": {

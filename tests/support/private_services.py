@@ -31,6 +31,8 @@ from stack.services import (
     kafka_answers,
     port_in_use,
     prepare_kafka_storage,
+    prepare_s3_data,
+    s3_gateway_command,
     signal_group,
     wait_until,
 )
@@ -93,38 +95,24 @@ class S3Keys:
     secret_key: str
 
 
-def private_s3(root: Path, *, region: str = "us-east-1") -> tuple[PrivateServer, S3Keys]:
-    """A versitygw on a free port of 127.0.0.1 serving `root/data/s3`, with keys of its own.
+def private_s3(root: Path, *, region: str = "us-east-1", port: int | None = None) -> tuple[PrivateServer, S3Keys]:
+    """A versitygw on a free port of 127.0.0.1 (or `port`) serving `root/data/s3`, with root keys of its own.
 
-    Unlike the shared stack's command line (see stack/services.py) the root keys travel in the environment
-    (ROOT_ACCESS_KEY_ID / ROOT_SECRET_ACCESS_KEY, which versitygw reads), not in argv where `ps` shows them."""
+    The command line and the data folders are the shared stack's (stack.services.s3_gateway_command: posix backend,
+    internal IAM), less the web console; the root keys travel in the environment (ROOT_ACCESS_KEY_ID /
+    ROOT_SECRET_ACCESS_KEY, which versitygw reads), not in argv where `ps` shows them."""
     binary = stack_paths().versitygw
     if not binary.exists():
         raise StackError(f"{binary} is missing; run `make tools` first")
-    port = free_port()
+    port = port or free_port()
     keys = S3Keys("fault-" + secrets.token_hex(6), secrets.token_urlsafe(30))
     paths = StackPaths(root)
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
-        s3 = paths.data / "s3"
-        return [
-            str(binary),
-            "--port",
-            f"127.0.0.1:{port}",
-            "--region",
-            region,
-            "--quiet",
-            "posix",
-            "--versioning-dir",
-            str(s3 / "versions"),
-            "--sidecar",
-            str(s3 / "meta"),
-            str(s3 / "buckets"),
-        ]
+        return s3_gateway_command(binary, paths.data / "s3", f"127.0.0.1:{port}", region)
 
     def prepare(paths: StackPaths, env: dict[str, str]) -> None:
-        for sub in ("buckets", "versions", "meta"):
-            (paths.data / "s3" / sub).mkdir(parents=True, exist_ok=True)
+        prepare_s3_data(paths.data / "s3")
 
     service = Service(
         name="private-s3",

@@ -48,10 +48,11 @@ def s3a_jars(stack_dir: StackPaths) -> str:
 
 def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: StackPaths, s3a_jars: str) -> None:
     connections = connections_from_environment(_env(stack_dir))
-    assert set(connections) == {"aws_default", "spark_default", "kafka_default", "mlflow_default"}
-    aws = connections["aws_default"]
-    assert (aws["conn_type"], aws["login"], aws["password"]) == ("aws", "unit-stack-id", S3_KEY)
-    assert json.loads(aws["extra"]) == {"endpoint_url": "http://127.0.0.1:9000", "region_name": "us-east-1"}
+    assert set(connections) == {"aws_default", "aws_tune", "spark_default", "kafka_default", "mlflow_default"}
+    for conn_id in ("aws_default", "aws_tune"):  # another S3 than the stack's: the environment's keys for both
+        aws = connections[conn_id]
+        assert (aws["conn_type"], aws["login"], aws["password"]) == ("aws", "unit-stack-id", S3_KEY)
+        assert json.loads(aws["extra"]) == {"endpoint_url": "http://127.0.0.1:9000", "region_name": "us-east-1"}
     spark = connections["spark_default"]
     assert (spark["conn_type"], spark["host"], spark["port"]) == ("spark", "local[*]", None)
     assert json.loads(spark["extra"]) == {
@@ -81,6 +82,38 @@ def test_the_kafka_connection_logs_in_as_the_stacks_pipeline_user(stack_dir: Sta
         "sasl.username": "pipeline",
         "sasl.password": stack_secrets(stack_dir)["kafka_pipeline_password"],
     }
+
+
+def test_on_the_stacks_s3_server_the_tasks_sign_as_its_users_never_as_root(
+    stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `make stack-up` imports when the environment holds the root key of the stack's own S3 server:
+    aws_default signs as the pipeline user, aws_tune (the tune task's) as the tune user; the root key is in neither."""
+    import stack.airflow_home
+    from mlops_airflow.hooks import s3_settings
+    from stack.config import local_credentials, s3_user_keys
+
+    root = local_credentials(stack_dir)
+    env = {
+        **_env(stack_dir, AWS_ACCESS_KEY_ID=root["access_key"], AWS_SECRET_ACCESS_KEY=root["secret_key"]),
+        "AIRFLOW_HOME": str(stack_dir.airflow_home),
+    }
+    imported: dict[str, Any] = {}
+
+    def fake_airflow(args: list[str], given_env: dict[str, str]) -> None:
+        if args[:2] == ["connections", "import"]:
+            imported.update(json.loads(Path(args[-1]).read_text()))
+
+    monkeypatch.setattr(stack.airflow_home, "_airflow", fake_airflow)
+    prepare_airflow_home(stack_dir, env)
+    assert root["secret_key"] not in json.dumps(imported) and root["access_key"] not in json.dumps(imported)
+    for conn_id, document in imported.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(document))
+    for conn_id, user in (("aws_default", "pipeline"), ("aws_tune", "tune")):
+        keys = s3_user_keys(stack_dir, user)
+        settings = s3_settings(conn_id)
+        assert (settings.access_key_id, settings.secret_access_key) == (keys["access_key"], keys["secret_key"])
+        assert settings.endpoint_url == "http://127.0.0.1:9000"
 
 
 def test_a_spark_standalone_master_is_split_into_host_and_port(stack_dir: StackPaths) -> None:

@@ -310,15 +310,17 @@ def test_write_private_never_lets_others_read_the_file(tmp_path: Path, monkeypat
 # --- the local Kafka broker's users ----------------------------------------------------------------------------------
 
 KAFKA_SECRET_NAMES = {f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving")}
+S3_KEY_NAMES = {f"s3_{user}_{kind}_key" for user in ("pipeline", "tune", "mlflow") for kind in ("access", "secret")}
 
 
 def test_the_stack_secrets_are_generated_once_private_and_per_stack(stack_dir: StackPaths, tmp_path: Path) -> None:
     assert not stack_dir.stack_secrets_file.exists()
     first = stack_secrets(stack_dir)
-    assert set(first) == {*KAFKA_SECRET_NAMES, "tune_state_key"}
+    assert set(first) == {*KAFKA_SECRET_NAMES, *S3_KEY_NAMES, "tune_state_key"}
     assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
     assert stack_secrets(stack_dir) == first == json.loads(stack_dir.stack_secrets_file.read_text())
-    assert len(set(first.values())) == len(first) and all(len(value) >= 32 for value in first.values())
+    secret = [value for name, value in first.items() if not name.endswith("_access_key")]  # access keys name users
+    assert len(set(first.values())) == len(first) and all(len(value) >= 32 for value in secret)
     assert all(re.fullmatch(r"[A-Za-z0-9_-]+", value) for value in first.values()), "JAAS- and JSON-safe"
     assert not set(stack_secrets(StackPaths(tmp_path / "other")).values()) & set(first.values())
 
@@ -366,3 +368,44 @@ def test_a_callers_own_kafka_gets_no_stack_login(stack_dir: StackPaths, own: dic
     assert env.get("MLOPS_KAFKA_PASSWORD") in (None, own.get("MLOPS_KAFKA_PASSWORD"))
     kafka_passwords = [value for name, value in stack_secrets(stack_dir).items() if name in KAFKA_SECRET_NAMES]
     assert not [v for v in kafka_passwords if v in env.values()], "no stack Kafka password leaks in"
+
+
+# --- the S3 server's users -------------------------------------------------------------------------------------------
+
+
+def test_the_s3_users_keys_are_generated_once_per_stack_and_name_their_user(
+    stack_dir: StackPaths, tmp_path: Path
+) -> None:
+    from stack.config import S3_USERS, s3_user_keys
+
+    keys = {user: s3_user_keys(stack_dir, user) for user in S3_USERS}
+    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
+    assert keys == {user: s3_user_keys(stack_dir, user) for user in S3_USERS}, "a second call changed them"
+    other = StackPaths(tmp_path / "other-stack")
+    for user, pair in keys.items():
+        assert re.fullmatch(rf"mlops-{user}-[0-9a-f]{{12}}", pair["access_key"]), pair["access_key"]
+        assert re.fullmatch(r"[A-Za-z0-9_-]{40}", pair["secret_key"])  # URL- and JSON-safe: it goes into connections
+        assert s3_user_keys(other, user) != pair, "two stacks share a key"
+    assert len({pair["secret_key"] for pair in keys.values()}) == len(S3_USERS)
+    assert local_credentials(stack_dir)["secret_key"] not in {pair["secret_key"] for pair in keys.values()}
+
+
+def test_an_unknown_s3_user_has_no_keys(stack_dir: StackPaths) -> None:
+    from stack.config import s3_user_keys
+
+    with pytest.raises(ValueError, match="not an S3 user"):
+        s3_user_keys(stack_dir, "serving")  # serving loads models through MLflow: it has no S3 key
+
+
+def test_a_service_signs_as_its_s3_user_on_the_stacks_server_only(stack_dir: StackPaths) -> None:
+    from stack.config import as_s3_user, on_stack_s3, s3_user_keys
+
+    root = local_credentials(stack_dir)
+    env = {"AWS_ACCESS_KEY_ID": root["access_key"], "AWS_SECRET_ACCESS_KEY": root["secret_key"]}
+    assert on_stack_s3(stack_dir, env)
+    as_s3_user(stack_dir, env, "mlflow")
+    mlflow = s3_user_keys(stack_dir, "mlflow")
+    assert env == {"AWS_ACCESS_KEY_ID": mlflow["access_key"], "AWS_SECRET_ACCESS_KEY": mlflow["secret_key"]}
+    own = {"AWS_ACCESS_KEY_ID": "AKIA-OWN", "AWS_SECRET_ACCESS_KEY": "own-secret", "AWS_SESSION_TOKEN": "t"}
+    assert not on_stack_s3(stack_dir, own)
+    assert as_s3_user(stack_dir, dict(own), "mlflow") == own, "another S3's keys are the operator's: kept"

@@ -94,7 +94,46 @@ def test_the_s3_gateway_without_its_binary_says_how_to_get_it(fake_stack: tuple[
         _s3_prepare(*fake_stack)
 
 
+def test_the_s3_gateway_keeps_its_users_in_a_private_folder_of_the_stack(
+    fake_stack: tuple[StackPaths, dict[str, str]],
+) -> None:
+    from stack.services import _s3_command, _s3_prepare
+
+    paths, env = fake_stack
+    paths.bin.mkdir()
+    paths.versitygw.write_text("")
+    _s3_prepare(paths, env)
+    assert _flag_values(_s3_command(paths, env), "--iam-dir") == [str(paths.data / "s3" / "iam")]
+    assert (paths.data / "s3" / "iam").stat().st_mode & 0o077 == 0, "the users' secrets are readable by others"
+
+
 # --- MLflow's preparation ------------------------------------------------------------------------------------------
+
+
+def test_mlflow_stores_artifacts_as_the_mlflow_user_never_with_the_root_key(stack_dir: StackPaths) -> None:
+    from stack.config import local_credentials, s3_user_keys
+    from stack.services import MLFLOW
+
+    root = local_credentials(stack_dir)
+    env = {"AWS_ACCESS_KEY_ID": root["access_key"], "AWS_SECRET_ACCESS_KEY": root["secret_key"]}
+    MLFLOW.prepare(stack_dir, env)
+    mlflow = s3_user_keys(stack_dir, "mlflow")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (mlflow["access_key"], mlflow["secret_key"])
+    assert root["secret_key"] not in env.values()
+
+
+def test_mlflow_on_postgres_stores_artifacts_as_the_mlflow_user_too(
+    stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stack.cluster.mlflow
+    from stack.cluster.mlflow import MLFLOW_CLUSTER
+    from stack.config import local_credentials, s3_user_keys
+
+    monkeypatch.setattr(stack.cluster.mlflow, "postgres_url", lambda paths, database: "postgresql://unit")
+    root = local_credentials(stack_dir)
+    env = {"AWS_ACCESS_KEY_ID": root["access_key"], "AWS_SECRET_ACCESS_KEY": root["secret_key"]}
+    MLFLOW_CLUSTER.prepare(stack_dir, env)
+    assert env["AWS_ACCESS_KEY_ID"] == s3_user_keys(stack_dir, "mlflow")["access_key"]
 
 
 def test_mlflow_is_prepared_without_its_job_runner(fake_stack: tuple[StackPaths, dict[str, str]]) -> None:

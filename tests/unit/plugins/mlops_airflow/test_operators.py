@@ -25,12 +25,17 @@ from tests.support.airflow_connections import (
     S3_ENDPOINT,
     S3_KEY,
     SPARK_CLASSPATH,
+    TUNE_ACCESS_KEY_ID,
+    TUNE_S3_KEY,
 )
 
 Define = Callable[..., None]
 
 CONNECTION_S3 = S3Settings(
     endpoint_url=S3_ENDPOINT, region="eu-west-1", access_key_id=ACCESS_KEY_ID, secret_access_key=S3_KEY
+)
+TUNE_CONNECTION_S3 = S3Settings(  # aws_tune: the tune task's own keys
+    endpoint_url=S3_ENDPOINT, region="eu-west-1", access_key_id=TUNE_ACCESS_KEY_ID, secret_access_key=TUNE_S3_KEY
 )
 LAKE = LakeSettings(lake_bucket="unit-lake")
 RUN_ID = "manual__2026-01-01T00:00:00+00:00"
@@ -493,7 +498,7 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(
 ) -> None:
     from ml.tune.space import default_search_space
 
-    connections("aws_default", "mlflow_default", "kafka_default")  # no ray_default: a local Ray
+    connections("aws_tune", "mlflow_default", "kafka_default")  # no ray_default: a local Ray
     with environment_unchanged():
         result = _tune_operator().execute({"run_id": RUN_ID})
     [(config, settings)] = searches
@@ -504,7 +509,7 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(
     assert (config.num_samples, config.max_concurrent_trials, config.max_epochs) == (3, 2, 4)
     assert config.search_space == default_search_space()
     assert settings == {
-        "s3": CONNECTION_S3,
+        "s3": TUNE_CONNECTION_S3,
         "lake": LAKE,
         "ray": RaySettings(None),
         "mlflow": MlflowSettings(MLFLOW_URI),
@@ -517,7 +522,7 @@ def test_ray_tune_operator_uses_the_ray_connection_and_a_given_space(
     connections: Define, searches: list[tuple[Any, dict[str, Any]]]
 ) -> None:
     space = {"num_layers": {"type": "choice", "values": [1, 2]}, "activation": "relu"}
-    connections("aws_default", "mlflow_default", "kafka_default", "ray_default")
+    connections("aws_tune", "mlflow_default", "kafka_default", "ray_default")
     _tune_operator(search_space=space).execute({"run_id": RUN_ID})
     [(config, settings)] = searches
     assert settings["ray"] == RaySettings("ray://ray.unit.test:10001")
@@ -529,7 +534,7 @@ def test_ray_tune_operator_never_reads_a_file_of_the_worker(
 ) -> None:
     local = tmp_path / "space.json"
     local.write_text('{"lr": 0.01}')
-    connections("aws_default", "mlflow_default", "kafka_default")
+    connections("aws_tune", "mlflow_default", "kafka_default")
     with pytest.raises(ValueError, match="nor an s3:// URI"):
         _tune_operator(search_space=str(local)).execute({"run_id": RUN_ID})
     assert searches == []
@@ -540,7 +545,7 @@ def test_ray_tune_operator_passes_the_clusters_token_in_the_settings_only(
 ) -> None:
     token = uuid.uuid4().hex
     ray_cluster = {"conn_type": "generic", "password": token, "extra": {"address": "10.0.0.5:6380"}}
-    connections("aws_default", "mlflow_default", "kafka_default", ray_default=ray_cluster)
+    connections("aws_tune", "mlflow_default", "kafka_default", ray_default=ray_cluster)
     with environment_unchanged():
         _tune_operator().execute({"run_id": RUN_ID})
     [(_, settings)] = searches
@@ -553,7 +558,7 @@ def test_ray_tune_operator_gives_the_search_the_state_signing_key_of_the_ray_con
 ) -> None:
     signing_key = uuid.uuid4().hex + uuid.uuid4().hex
     local_ray = {"conn_type": "generic", "extra": {"state-signing-secret": signing_key}}
-    connections("aws_default", "mlflow_default", "kafka_default", ray_default=local_ray)
+    connections("aws_tune", "mlflow_default", "kafka_default", ray_default=local_ray)
     with environment_unchanged():
         _tune_operator().execute({"run_id": RUN_ID})
     [(_, settings)] = searches

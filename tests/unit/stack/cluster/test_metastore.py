@@ -194,3 +194,16 @@ def test_a_schema_tool_that_times_out_leaves_no_password_file(
     with pytest.raises(subprocess.TimeoutExpired):
         metastore._metastore_prepare(stack, env)
     assert not tool.calls[0]["properties"].exists()
+
+
+def test_the_metastore_creates_warehouse_folders_as_the_pipeline_user_not_as_root(
+    stack: StackPaths, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, fake_pyspark_jars: Path
+) -> None:
+    from stack.config import local_credentials, s3_user_keys
+
+    _schema_states(monkeypatch, True)
+    root = local_credentials(stack)
+    env.update({"AWS_ACCESS_KEY_ID": root["access_key"], "AWS_SECRET_ACCESS_KEY": root["secret_key"]})
+    metastore._metastore_prepare(stack, env)
+    pipeline = s3_user_keys(stack, "pipeline")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (pipeline["access_key"], pipeline["secret_key"])
