@@ -3,8 +3,9 @@
 `evaluate_best(search_result) -> dict` downloads the best checkpoint from S3, predicts the test split, computes the
 task's metrics, and computes the same metrics for a baseline fitted on the training labels only (the majority class
 with the training class frequencies as probabilities, or the training mean). The returned JSON is what model
-registration consumes; it is also written beside the search (`evaluation.json` in the tune folder) and its metrics
-are logged into the search's MLflow parent run (`test_*`, `baseline_test_*`).
+registration consumes; it is also written beside the search (`ml.storage.evaluation_uri`: under the lake's
+`evaluations/`, not in the tune folder, which only the tune task writes) and its metrics are logged into the search's
+MLflow parent run (`test_*`, `baseline_test_*`).
 
 The primary metric follows the search objective: `val_X` -> `X`, except that the training loss maps to the task's
 own loss metric (classification `log_loss`, regression `rmse`), so that the gate compares interpretable numbers.
@@ -24,7 +25,7 @@ import numpy as np
 from ml.json_values import json_safe
 from ml.models import CLASSIFICATION, base_metric_name, compute_metrics, higher_is_better
 from ml.settings import MlflowSettings, S3Settings, Settings
-from ml.storage import S3Uri, write_json
+from ml.storage import S3Uri, evaluation_uri, write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def evaluate_best(
     )
 
     if write_result:
-        write_json(S3Uri.parse(result.experiment_uri).join(EVALUATION_FILE), evaluation, client)
+        write_json(evaluation_uri(result.experiment_uri), evaluation, client)
     if mlflow is not None and result.mlflow_parent_run_id:
         _log_to_parent_run(mlflow, result.mlflow_parent_run_id, evaluation)
     return evaluation

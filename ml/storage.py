@@ -6,7 +6,10 @@ Lake layout (one place, so that a re-run writes the same keys and two runs never
                                                                       (the manifest names the one that counts)
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/{train,validation,test}/part-*.parquet
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/feature_spec.json     written last: the features are complete
-  s3://LAKE/tune/DATASET/SNAPSHOT/RUN                                 Ray Tune storage (trials, checkpoints)
+  s3://LAKE/tune/DATASET/SNAPSHOT/RUN                                 Ray Tune storage (trials, checkpoints): the tune
+                                                                      task's alone (on the stack's S3, no other key
+                                                                      may write it: stack.s3_users)
+  s3://LAKE/evaluations/DATASET/SNAPSHOT/RUN/evaluation.json          the search's best model scored on the test split
   s3://LAKE/locks/registry/MODEL.lock                                 the registry's alias lock
 Clients come from ml.clients."""
 
@@ -139,6 +142,14 @@ def feature_spec_uri(features: S3Uri | str) -> S3Uri:
 
 def tune_uri(lake: LakeSettings, dataset: str, snapshot_id: str, run_name: str) -> S3Uri:
     return lake_root(lake).join("tune", dataset, snapshot_id, run_name)
+
+
+def evaluation_uri(experiment: S3Uri | str) -> S3Uri:
+    """Where the evaluation of a search (its tune folder, `experiment`) is written: under `evaluations/`, beside the
+    tune folder rather than in it, because the task that evaluates (registration) may not write the searches'
+    storage."""
+    experiment = experiment if isinstance(experiment, S3Uri) else S3Uri.parse(experiment)
+    return S3Uri(experiment.bucket, "").join("evaluations", experiment.key.removeprefix("tune/"), "evaluation.json")
 
 
 def latest_snapshot_uri(lake: LakeSettings, dataset: str) -> S3Uri:

@@ -17,7 +17,7 @@ from ml.data import TrainingData
 from ml.evaluate import EVALUATION_FILE, baseline_predictions, evaluate_best, primary_metric, register_cli
 from ml.models import build_model, compute_metrics, save_checkpoint
 from ml.settings import MlflowSettings, Settings
-from ml.storage import S3Uri, read_json, write_json
+from ml.storage import S3Uri, evaluation_uri, read_json, write_json
 from ml.train import configs_from_trial, target_stats, train_model
 from ml.tune.config import SEARCH_RESULT_FILE, SearchResult
 from tests.support.synthetic_features import (
@@ -160,8 +160,9 @@ def test_evaluation_scores_the_checkpoint_and_the_baseline_on_the_test_split(eva
         assert model_score["accuracy"] > baseline_score["accuracy"] + 0.2
     else:
         assert model_score["rmse"] < 0.5 * baseline_score["rmse"]
-    # Stored beside the search, as JSON (no NaN).
-    stored = read_json(EXPERIMENT.join(EVALUATION_FILE), setup.client)
+    # Stored beside the search (not in its tune folder, which only the tune task writes), as JSON (no NaN).
+    stored = read_json(evaluation_uri(EXPERIMENT), setup.client)
+    assert evaluation_uri(EXPERIMENT).key.startswith("evaluations/")
     assert stored == evaluation
     json.dumps(evaluation, allow_nan=False)
 
@@ -189,7 +190,7 @@ def test_evaluation_logs_into_the_parent_run(evaluation_setup: Setup, monkeypatc
     assert fake.dicts == [("parent-1", evaluation, EVALUATION_FILE)]
     # write_result=False: nothing written beside the search.
     assert "Contents" not in evaluation_setup.client.list_objects_v2(
-        Bucket="lake", Prefix=EXPERIMENT.join(EVALUATION_FILE).key
+        Bucket="lake", Prefix=evaluation_uri(EXPERIMENT).key
     )
 
 

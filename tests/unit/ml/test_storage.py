@@ -17,6 +17,7 @@ from ml.storage import (
     create_json,
     delete_prefix,
     error_code,
+    evaluation_uri,
     exists,
     feature_spec_uri,
     features_uri,
@@ -90,6 +91,9 @@ def test_layout() -> None:
     )
     assert str(features_uri(LAKE, "cars", "abc")) == "s3://my-lake/datasets/cars/features/abc"
     assert str(tune_uri(LAKE, "cars", "abc", "run-1")) == "s3://my-lake/tune/cars/abc/run-1"
+    # Beside the tune folder, not in it: only the tune task writes lake/tune/ (stack.s3_users).
+    for experiment in (tune_uri(LAKE, "cars", "abc", "run-1"), "s3://my-lake/tune/cars/abc/run-1"):
+        assert str(evaluation_uri(experiment)) == "s3://my-lake/evaluations/cars/abc/run-1/evaluation.json"
     assert str(latest_snapshot_uri(LAKE, "cars")) == "s3://my-lake/datasets/cars/latest.json"
     assert str(registry_lock_uri(LAKE, "cars-model")) == "s3://my-lake/locks/registry/cars-model.lock"
 

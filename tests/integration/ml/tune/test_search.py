@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from ml.settings import Settings
-from ml.storage import S3Uri, exists, list_keys, read_json
+from ml.storage import S3Uri, evaluation_uri, exists, list_keys, read_json
 from ml.tune.config import SearchResult
 from ml.tune.space import load_search_space
 from tests.integration.ml.tune.support import SMALL_SPACE, MetricsTopicReader, search, small_search
@@ -183,7 +183,7 @@ def test_evaluation_beats_the_majority_baseline(
     assert test["accuracy"] > baseline["accuracy"] + 0.3, (test, baseline)
     assert test["log_loss"] < 0.6 * baseline["log_loss"], (test, baseline)
     assert baseline["roc_auc"] == pytest.approx(0.5)
-    assert read_json(S3Uri.parse(result.experiment_uri).join("evaluation.json"), s3_client) == evaluation
+    assert read_json(evaluation_uri(result.experiment_uri), s3_client) == evaluation
     parent = mlflow_client.get_run(result.mlflow_parent_run_id)
     assert parent.data.metrics["test_accuracy"] == pytest.approx(test["accuracy"])
     assert parent.data.metrics["baseline_test_accuracy"] == pytest.approx(baseline["accuracy"])

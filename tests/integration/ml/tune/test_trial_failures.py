@@ -206,8 +206,9 @@ def test_a_trial_killed_past_its_retry_fails_the_search_and_leaves_nothing_to_re
 ) -> None:
     from botocore.exceptions import ClientError
 
-    from ml.evaluate import EVALUATION_FILE, evaluate_best
+    from ml.evaluate import evaluate_best
     from ml.registry.conventions import registered_model_name
+    from ml.storage import evaluation_uri
     from ml.tune.config import stored_search_result
 
     config = _config(features, "kill-always", num_samples=1, max_concurrent_trials=1)
@@ -230,7 +231,7 @@ def test_a_trial_killed_past_its_retry_fails_the_search_and_leaves_nothing_to_re
     experiment = config.experiment_uri(settings.lake)
     assert exists(experiment.join(SEARCH_MANIFEST_FILE), s3_client)
     assert not exists(experiment.join(SEARCH_RESULT_FILE), s3_client), "a failed search left a registrable result"
-    assert not exists(experiment.join(EVALUATION_FILE), s3_client)
+    assert not exists(evaluation_uri(experiment), s3_client)
 
     # MLflow: the parent run FAILED without a best checkpoint or a stored result; the trial's run FAILED too.
     client = mlflow_client
