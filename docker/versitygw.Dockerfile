@@ -21,12 +21,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --gid 0 --home-dir /data --no-create-home versitygw \
-    && mkdir -p /data/buckets /data/versions /data/meta \
+    && mkdir -p /data/buckets /data/versions /data/meta /data/iam \
     && chown -R 10001:0 /data \
-    && chmod -R g=u /data
+    && chmod -R g=u /data \
+    && chmod 0700 /data/iam
 COPY --from=build /out/versitygw /usr/local/bin/versitygw
 USER 10001
-# A named volume mounted here starts with the folders above (bucket data, object versions, sidecar metadata).
+# A named volume mounted here starts with the folders above (bucket data, object versions, sidecar metadata, the
+# internal IAM's users: --iam-dir /data/iam, private to the gateway's user).
 VOLUME ["/data"]
 EXPOSE 9000 9001
 # The root user's keys come from ROOT_ACCESS_KEY / ROOT_SECRET_KEY (or --access / --secret).

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.config import REPO_ROOT, write_private
+from stack.config import REPO_ROOT, S3_USERS, STACK_SECRETS, write_private
 
 COMPOSE_ENV_FILE = REPO_ROOT / ".env"
 
@@ -42,8 +42,14 @@ def fernet_key() -> str:
 # into the Airflow connections' JSON (and Kafka's JAAS lines). The formats are the stack's (stack.config
 # .local_credentials, cluster_secrets, stack_secrets).
 SECRETS: dict[str, Callable[[], str]] = {
-    "MLOPS_S3_ACCESS_KEY": lambda: "mlops-" + secrets.token_hex(6),  # the S3 server's root key, every client's too
+    "MLOPS_S3_ACCESS_KEY": lambda: "mlops-" + secrets.token_hex(6),  # the S3 server's root key: stack-init's
     "MLOPS_S3_SECRET_KEY": lambda: secrets.token_urlsafe(30),
+    # The S3 server's users (stack.s3_users), in the format of stack.config.stack_secrets.
+    **{
+        f"MLOPS_S3_{user.upper()}_{kind.upper()}_KEY": STACK_SECRETS[f"s3_{user}_{kind}_key"]
+        for user in S3_USERS
+        for kind in ("access", "secret")
+    },
     "POSTGRES_PASSWORD": lambda: secrets.token_urlsafe(24),  # the superuser's
     "AIRFLOW_DB_PASSWORD": lambda: secrets.token_urlsafe(24),  # one role per database (docker/postgres/init-...)
     "MLFLOW_DB_PASSWORD": lambda: secrets.token_urlsafe(24),

@@ -1,7 +1,9 @@
 """Create the buckets and Kafka topics the pipeline expects, and on a broker that takes logins the Kafka users and
 their ACLs (stack.kafka_auth); all idempotent. Used by `make stack-up` and compose (`python -m stack.init_resources`,
 which runs as the broker's admin: MLOPS_KAFKA_USERNAME/MLOPS_KAFKA_PASSWORD, with the client users' passwords in
-MLOPS_KAFKA_PIPELINE_PASSWORD and MLOPS_KAFKA_SERVING_PASSWORD)."""
+MLOPS_KAFKA_PIPELINE_PASSWORD and MLOPS_KAFKA_SERVING_PASSWORD; and as the S3 server's root, which with the S3 users'
+keys in MLOPS_S3_{PIPELINE,TUNE,MLFLOW}_{ACCESS,SECRET}_KEY also makes those users and the buckets' policies:
+stack.s3_users)."""
 
 from __future__ import annotations
 
@@ -14,11 +16,16 @@ from typing import Any
 from ml.clients import kafka_admin, s3_client
 from ml.settings import KafkaSettings, LakeSettings, S3Settings, Settings
 from ml.topics import ALL_TOPICS
-from stack.config import KAFKA_CLIENT_USERS, MLFLOW_BUCKET
+from stack.config import KAFKA_CLIENT_USERS, MLFLOW_BUCKET, S3_USERS
 from stack.kafka_auth import ensure_users_and_acls
+from stack.s3_users import S3User, ensure_users_and_policies
 
 # Where `main` finds each client user's password (compose's .env; `python -m stack up` reads the stack's secrets).
 USER_PASSWORD_VARIABLES = {user: f"MLOPS_KAFKA_{user.upper()}_PASSWORD" for user in KAFKA_CLIENT_USERS}
+# ... and each S3 user's access and secret key (stack.s3_users).
+S3_KEY_VARIABLES = {
+    user: (f"MLOPS_S3_{user.upper()}_ACCESS_KEY", f"MLOPS_S3_{user.upper()}_SECRET_KEY") for user in S3_USERS
+}
 
 
 def create_buckets(s3: S3Settings, lake: LakeSettings, mlflow_bucket: str = MLFLOW_BUCKET) -> list[str]:
@@ -87,14 +94,28 @@ def client_passwords_from(env: Mapping[str, str]) -> dict[str, str]:
     return {user: env[name] for user, name in USER_PASSWORD_VARIABLES.items()}
 
 
+def s3_users_from(env: Mapping[str, str]) -> dict[str, S3User]:
+    """The S3 users' keys from the environment (compose's .env): none (an S3 server whose users are not the stack's
+    to make), or every one of them."""
+    names = {user: tuple(S3_KEY_VARIABLES[user]) for user in S3_USERS}
+    given = [name for pair in names.values() for name in pair if env.get(name)]
+    if not given:
+        return {}
+    missing = [name for pair in names.values() for name in pair if not env.get(name)]
+    if missing:
+        raise SystemExit(f"stack.init_resources: {', '.join(missing)} not set (the S3 users' keys)")
+    return {user: S3User(user, env[access], env[secret]) for user, (access, secret) in names.items()}
+
+
 def main() -> int:
     settings = Settings.from_env(os.environ)
     mlflow_bucket = os.environ.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET)
     passwords = client_passwords_from(os.environ) if settings.kafka.uses_sasl else {}
-    result = {
-        "buckets_created": create_buckets(settings.s3, settings.lake, mlflow_bucket),
-        **prepare_kafka(settings.kafka, passwords),
-    }
+    s3_users = s3_users_from(os.environ)
+    result: dict[str, Any] = {"buckets_created": create_buckets(settings.s3, settings.lake, mlflow_bucket)}
+    if s3_users:  # as the S3 server's root (AWS_ACCESS_KEY_ID): its users and the buckets' policies
+        result.update(ensure_users_and_policies(settings.s3, settings.lake, s3_users, mlflow_bucket))
+    result.update(prepare_kafka(settings.kafka, passwords))
     print(json.dumps(result))
     return 0
 

@@ -78,6 +78,7 @@ PROJECT_ENV = {
 PROJECT_CLIENTS = ("stack-init", "mlflow", "serve", "hive-metastore")
 EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_AWS_DEFAULT": "aws",
+    "AIRFLOW_CONN_AWS_TUNE": "aws",
     "AIRFLOW_CONN_SPARK_DEFAULT": "spark",
     "AIRFLOW_CONN_KAFKA_DEFAULT": "kafka",
     "AIRFLOW_CONN_MLFLOW_DEFAULT": "http",
@@ -620,7 +621,9 @@ def test_airflow_connections_give_the_tasks_what_the_other_services_use(
         monkeypatch.setenv(variable, interpolate(airflow_connections(compose)[variable]))
     mlops_env = environment({"environment": compose["x-mlops-env"]})
     project = Settings.from_env({key: interpolate(value) for key, value in mlops_env.items()})
-    assert s3_settings("aws_default") == project.s3
+    for conn_id, user in (("aws_default", "PIPELINE"), ("aws_tune", "TUNE")):  # the S3 server's users, not root
+        keys = COMPOSE_ENV[f"MLOPS_S3_{user}_ACCESS_KEY"], COMPOSE_ENV[f"MLOPS_S3_{user}_SECRET_KEY"]
+        assert s3_settings(conn_id) == dataclasses.replace(project.s3, access_key_id=keys[0], secret_access_key=keys[1])
     assert KafkaEventsHook().settings == project.kafka
     assert MlflowHook().settings == project.mlflow
     # Spark: the same master, jars, networked metastore and cores per job; tasks fix no driver address (the Spark
@@ -637,16 +640,34 @@ def test_airflow_connections_give_the_tasks_what_the_other_services_use(
     assert airflow_env["AIRFLOW_VAR_MLOPS_LAKE_BUCKET"] == project.lake.lake_bucket, "the bucket stack-init creates"
 
 
+# The S3 key each client of the cluster signs with (stack.s3_users): stack-init the root's (it makes the users), the
+# others their own user's; the prediction service none (it loads models through MLflow's artifact proxy).
+S3_KEY_OF = {
+    "stack-init": "MLOPS_S3",
+    "mlflow": "MLOPS_S3_MLFLOW",
+    "hive-metastore": "MLOPS_S3_PIPELINE",
+    "serve": None,
+}
+
+
 def test_project_services_share_the_project_environment(compose: dict[str, Any]) -> None:
-    """The clients of the cluster read the same endpoints and S3 keys (the cluster's nodes carry neither:
-    test_docker_compose_cluster.py)."""
+    """The clients of the cluster read the same endpoints (the cluster's nodes carry none:
+    test_docker_compose_cluster.py), each with the S3 key of its own user."""
     users = [name for name, service in compose["services"].items() if service.get("image") == project_image(compose)]
     assert {*PROJECT_CLIENTS, *AIRFLOW_SERVICES} <= set(users)
+    assert set(S3_KEY_OF) == set(PROJECT_CLIENTS)
     for name in PROJECT_CLIENTS:
         env = environment(compose["services"][name])
         drift = {key: env.get(key) for key, value in PROJECT_ENV.items() if env.get(key) != value}
         assert drift == {}, f"{name}: {drift}"
-        assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= env.keys(), name
+        prefix = S3_KEY_OF[name]
+        keys = {env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")}
+        expected = (
+            {f"${{{prefix}_{kind}_KEY:?run make compose-env first}}" for kind in ("ACCESS", "SECRET")}
+            if prefix
+            else {None}
+        )
+        assert keys == expected, f"{name} signs with {keys}"
 
 
 # --- ports, dependencies, secrets -------------------------------------------------------------------------------------
@@ -810,7 +831,7 @@ SECRET_MUTATIONS = {
         lambda doc: _replace_in(
             doc,
             ["services", "airflow-init", "environment", "AIRFLOW_CONN_AWS_DEFAULT"],
-            "${MLOPS_S3_ACCESS_KEY:?run make compose-env first}",
+            "${MLOPS_S3_PIPELINE_ACCESS_KEY:?run make compose-env first}",
             "mlops-0123abcd",
         ),
         "(JSON field login): 'mlops-0123abcd'",

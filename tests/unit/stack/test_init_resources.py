@@ -185,3 +185,37 @@ def test_compose_stack_init_logs_in_as_admin_and_needs_the_users_passwords(
     assert (admin.bootstrap_servers, admin.username, admin.password) == ("kafka:29092", "admin", made_up["admin"])
     assert passwords == {"pipeline": made_up["pipeline"], "serving": made_up["serving"]}
     assert not [value for value in made_up.values() if value in capsys.readouterr().out]
+
+
+def test_with_the_s3_users_keys_main_makes_the_users_and_policies_as_root(
+    fake_s3: list[FakeS3], fake_admin: list[Any], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Compose's stack-init: the S3 users' keys from .env (every one required once one is given), made as the S3
+    server's root with the buckets' policies; the output names users, never a key."""
+    import stack.init_resources
+    from stack.s3_users import S3User
+
+    made: list[Any] = []
+    monkeypatch.setattr(
+        stack.init_resources,
+        "ensure_users_and_policies",
+        lambda root, lake, users, bucket: made.append((root, users, bucket)) or {"s3_users_created": sorted(users)},
+    )
+    keys = {
+        user: (f"mlops-{user}-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex) for user in ("pipeline", "tune", "mlflow")
+    }
+    for user, (access, secret) in keys.items():
+        monkeypatch.setenv(f"MLOPS_S3_{user.upper()}_ACCESS_KEY", access)
+        if user != "mlflow":
+            monkeypatch.setenv(f"MLOPS_S3_{user.upper()}_SECRET_KEY", secret)
+    with pytest.raises(SystemExit, match="MLOPS_S3_MLFLOW_SECRET_KEY"):
+        stack.init_resources.main()
+    monkeypatch.setenv("MLOPS_S3_MLFLOW_SECRET_KEY", keys["mlflow"][1])
+    fake_s3.append(FakeS3({"raw", "lake", "mlflow"}))
+    fake_admin.append((None, FakeAdmin({topic.name for topic in ALL_TOPICS})))
+    assert stack.init_resources.main() == 0
+    [(_, users, bucket)] = made
+    assert users == {user: S3User(user, *pair) for user, pair in keys.items()} and bucket == "mlflow"
+    out = capsys.readouterr().out
+    assert json.loads(out)["s3_users_created"] == ["mlflow", "pipeline", "tune"]
+    assert not [secret for _, secret in keys.values() if secret in out]
