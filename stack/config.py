@@ -148,8 +148,9 @@ KAFKA_BOOTSTRAP = Settings().kafka.bootstrap_servers  # the local broker's clien
 # The local S3 server's users (stack.s3_users: their bucket policies). The root key (local_credentials) stays the
 # stack's set-up (buckets, users, policies) and the operator's and tests' key; the services get their own: `pipeline`
 # (Airflow's aws_default: reads raw, reads and writes the lake except lake/tune/; Spark and the Hive metastore too),
-# `tune` (Airflow's aws_tune: the tune task and its Ray workers; reads the lake, writes lake/tune/ only) and `mlflow`
-# (the MLflow server's artifact store: the mlflow bucket only). Serving has no S3 key: it loads models through MLflow.
+# `tune` (Airflow's aws_tune: the tune task and its Ray workers; reads raw and the lake, writes lake/tune/ only) and
+# `mlflow` (the MLflow server's artifact store: the mlflow bucket only). Serving has no S3 key: it loads models
+# through MLflow.
 S3_PIPELINE_USER = "pipeline"
 S3_TUNE_USER = "tune"
 S3_MLFLOW_USER = "mlflow"

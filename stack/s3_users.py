@@ -100,7 +100,8 @@ def bucket_policies(
         lake_bucket: {
             "Version": "2012-10-17",
             "Statement": [
-                _statement("Allow", pipeline, LIST_ACTIONS, lake_bucket),
+                # Listing uploads in progress: Spark's s3a may look for ones to abort under its output.
+                _statement("Allow", pipeline, (*LIST_ACTIONS, "s3:ListBucketMultipartUploads"), lake_bucket),
                 _statement("Allow", pipeline, READ_ACTIONS + WRITE_ACTIONS, f"{lake_bucket}/*"),
                 # An explicit Deny wins over every Allow: the pipeline reads the searches' results, never writes them.
                 _statement("Deny", pipeline, WRITE_ACTIONS, *tune_objects),

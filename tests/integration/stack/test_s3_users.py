@@ -166,7 +166,8 @@ def test_the_pipeline_reads_raw_and_the_searches_and_writes_the_rest_of_the_lake
     assert pipeline.get_object(Bucket=LAKE.raw_bucket, Key="penguins/part-0.csv")["Body"].read() == b"a,b\n1,2\n"
     assert pipeline.list_objects_v2(Bucket=LAKE.raw_bucket, Prefix="penguins/")["KeyCount"] == 1
     assert pipeline.get_object(Bucket=LAKE.lake_bucket, Key=TUNE_STATE)["Body"].read()  # the register task reads it
-    for prefix in ("datasets/d/snapshots/s1", "datasets/d/features/s1", "locks/registry", "warehouse/mlops.db"):
+    prefixes = ("datasets/d/snapshots/s1", "datasets/d/features/s1", "locks/registry", "warehouse/mlops.db")
+    for prefix in (*prefixes, "evaluations/d/s1/run-1"):  # registration writes its evaluation there
         uri = S3Uri(LAKE.lake_bucket, f"{prefix}/test.json")
         write_json(uri, {"written": prefix}, pipeline)
         assert read_json(uri, pipeline) == {"written": prefix}

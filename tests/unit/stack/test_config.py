@@ -406,6 +406,6 @@ def test_a_service_signs_as_its_s3_user_on_the_stacks_server_only(stack_dir: Sta
     as_s3_user(stack_dir, env, "mlflow")
     mlflow = s3_user_keys(stack_dir, "mlflow")
     assert env == {"AWS_ACCESS_KEY_ID": mlflow["access_key"], "AWS_SECRET_ACCESS_KEY": mlflow["secret_key"]}
-    own = {"AWS_ACCESS_KEY_ID": "AKIA-OWN", "AWS_SECRET_ACCESS_KEY": "own-secret", "AWS_SESSION_TOKEN": "t"}
+    own = {"AWS_ACCESS_KEY_ID": "own-id", "AWS_SECRET_ACCESS_KEY": GIVEN_KEY, "AWS_SESSION_TOKEN": uuid.uuid4().hex}
     assert not on_stack_s3(stack_dir, own)
     assert as_s3_user(stack_dir, dict(own), "mlflow") == own, "another S3's keys are the operator's: kept"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import uuid
 import xml.etree.ElementTree as ElementTree
 from typing import Any
 
@@ -148,9 +149,10 @@ def test_users_are_created_once_with_the_least_role_and_updated_when_their_secre
     assert ensure_users(ROOT, users) == {"created": [], "updated": []}
     assert [path for path, _, _ in api.requests] == ["list-users"], "a second set-up changed something"
 
-    changed = {**users, S3_TUNE_USER: S3User(S3_TUNE_USER, KEYS[S3_TUNE_USER], "a-new-secret")}
+    new_secret = uuid.uuid4().hex
+    changed = {**users, S3_TUNE_USER: S3User(S3_TUNE_USER, KEYS[S3_TUNE_USER], new_secret)}
     assert ensure_users(ROOT, changed) == {"created": [], "updated": [S3_TUNE_USER]}
-    assert api.requests[-1] == ("update-user", {"Secret": "a-new-secret", "Role": "user"}, {"access": KEYS["tune"]})
+    assert api.requests[-1] == ("update-user", {"Secret": new_secret, "Role": "user"}, {"access": KEYS["tune"]})
 
 
 def test_the_admin_api_gets_a_signed_patch(monkeypatch: pytest.MonkeyPatch) -> None:
