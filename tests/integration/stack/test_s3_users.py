@@ -17,6 +17,7 @@ import secrets
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,6 +212,34 @@ def test_the_tune_task_writes_its_storage_through_the_filesystem_ray_tune_uses(g
     with pytest.raises(OSError, match=r"(?i)access ?denied"):
         with storage.open_output_stream(f"{LAKE.lake_bucket}/datasets/d/features/s1/planted.parquet") as stream:
             stream.write(b"x")
+
+
+def test_the_tune_task_persists_signed_checkpoints_as_ray_train_does(gateway: Gateway, tmp_path: Path) -> None:
+    """A checkpoint folder copied into the search's storage through the signing filesystem (pyarrow's copy_files, as
+    Ray Train persists one), with the tune user's keys: files and signatures land, and read back verified."""
+    from pyarrow import fs
+
+    from ml.clients import keyless_arrow_filesystem
+    from ml.tune.signing import signed_filesystem
+
+    local = tmp_path / "checkpoint_000002"
+    local.mkdir()
+    (local / "model_state.pt").write_bytes(b"tensors")
+    (local / "model_config.json").write_text("{}")
+    storage = signed_filesystem(
+        keyless_arrow_filesystem(gateway.users[S3_TUNE_USER].settings(gateway.root)), secrets.token_urlsafe(32)
+    )
+    target = f"{LAKE.lake_bucket}/tune/penguins/abc/run-3/checkpoint_000002"
+    fs.copy_files(str(local), target, source_filesystem=fs.LocalFileSystem(), destination_filesystem=storage)
+    with storage.open_input_stream(f"{target}/model_state.pt") as stream:
+        assert stream.read() == b"tensors"
+    keys = [
+        entry["Key"]
+        for entry in gateway.client().list_objects_v2(Bucket=LAKE.lake_bucket, Prefix="tune/penguins/abc/run-3/")[
+            "Contents"
+        ]
+    ]
+    assert len(keys) == 4 and all(key.startswith("tune/penguins/abc/run-3/checkpoint_000002/") for key in keys), keys
 
 
 def test_the_tune_task_reads_the_lake_and_raw_and_writes_nothing_else(gateway: Gateway) -> None:
