@@ -130,8 +130,8 @@ demo: tools $(if $(filter cluster,$(STACK)),postgres) ## the main job end to end
 	$(STACKCTL) up --profile $(STACK) --airflow
 	$(STACKCTL) run --profile $(STACK) -- $(PY) -m stack.demo $(DEMO_ARGS)
 
-serve: stack-up ## the prediction service for MODEL's champion on http://127.0.0.1:8000 (gunicorn; Kafka user serving)
-	$(STACKCTL) run --profile $(STACK) --kafka-user serving -- $(PY) -m ml serve --model $(MODEL)
+serve: stack-up ## the prediction service for MODEL's champion on http://127.0.0.1:8000 (gunicorn; as `serving`: read-only, no S3 key)
+	$(STACKCTL) run --profile $(STACK) --as serving -- $(PY) -m ml serve --model $(MODEL)
 
 tail-metrics: venv ## follow the training-metrics topic in the terminal
 	$(STACKCTL) run --profile $(STACK) -- $(PY) -m ml events tail mlops.training.metrics.v1

@@ -6,7 +6,10 @@ it without opening a new connection pool. Imports are inside the functions: impo
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -67,22 +70,74 @@ def keyless_arrow_filesystem(s3: S3Settings) -> Any:
     return keyless_s3_filesystem(s3)
 
 
+# MLflow's client takes a login from nowhere but the process environment (mlflow.utils.credentials reads these two
+# variables on every request, for the tracking store, the registry and the artifact proxy alike).
+MLFLOW_LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+_mlflow_login_lock = threading.Lock()
+
+
+def use_mlflow_login(mlflow: MlflowSettings) -> None:
+    """Make these settings' login the one MLflow's client sends from this process (no login: none is sent).
+
+    The one place that writes MLflow's login variables: MLflow reads them from the process environment on each
+    request and has no other way in. So a process speaks to MLflow as one identity at a time; the clients of
+    `mlflow_client` and `mlflow_fluent` switch to theirs before each call, which keeps sequential use of two identities
+    (a test that checks the prediction service's user against the pipeline's) correct. Concurrent threads of one
+    process must share one identity (every process of this project has one)."""
+    if mlflow.username and not mlflow.password:
+        raise ValueError(
+            f"MLflow settings for user {mlflow.username!r} at {mlflow.tracking_uri} carry no password (a pickled copy "
+            "never does): give the password again"
+        )
+    with _mlflow_login_lock:
+        for name, value in zip(MLFLOW_LOGIN_VARIABLES, (mlflow.username, mlflow.password), strict=True):
+            if value:
+                os.environ[name] = value
+            else:
+                os.environ.pop(name, None)
+
+
+class _LoggedInMlflowClient:
+    """An MlflowClient whose every call is made with its settings' login (use_mlflow_login)."""
+
+    def __init__(self, mlflow: MlflowSettings, client: Any) -> None:
+        self._mlflow = mlflow
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def logged_in(*args: Any, **kwargs: Any) -> Any:
+            use_mlflow_login(self._mlflow)
+            return attribute(*args, **kwargs)
+
+        return logged_in
+
+
 @lru_cache(maxsize=4)
 def mlflow_client(mlflow: MlflowSettings) -> Any:
-    """An MlflowClient for the tracking server (also the registry)."""
+    """An MlflowClient for the tracking server (also the registry), logged in as the settings say."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.tracking_uri)
+    use_mlflow_login(mlflow)  # refuses settings without their password before any request
+    return _LoggedInMlflowClient(
+        mlflow, MlflowClient(tracking_uri=mlflow.tracking_uri, registry_uri=mlflow.tracking_uri)
+    )
 
 
 @contextmanager
 def mlflow_fluent(mlflow: MlflowSettings) -> Iterator[None]:
-    """MLflow's fluent API (`mlflow.start_run`, `mlflow.pyfunc.log_model`) on this server for the duration of a call.
+    """MLflow's fluent API (`mlflow.start_run`, `mlflow.pyfunc.log_model`) on this server, logged in as the settings
+    say, for the duration of a call.
 
     The fluent API keeps its server in module state; it is set here, and put back afterwards, rather than through
     MLFLOW_TRACKING_URI in the process environment."""
     import mlflow as mlflow_module
 
+    use_mlflow_login(mlflow)
     previous_tracking = mlflow_module.get_tracking_uri()
     previous_registry = mlflow_module.get_registry_uri()
     mlflow_module.set_tracking_uri(mlflow.tracking_uri)

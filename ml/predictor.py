@@ -166,13 +166,15 @@ def load_version(
     (UngatedVersion): an alias moved past the gate does not get served."""
     import mlflow as mlflow_module
 
-    from ml.clients import mlflow_client
+    from ml.clients import mlflow_client, mlflow_fluent
 
     version = resolve_version(mlflow_client(mlflow), name, version_or_alias)
     reason = ungated_reason(dict(version.tags)) if require_gated else None
     if reason:
         raise UngatedVersion(f"{name} v{version.version} ({version_or_alias}): not served: {reason}")
-    with tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
+    # The fluent settings too: MLflow resolves a models:/ URI against the process's registry URI, whatever the call
+    # says; and the download goes through the server's artifact proxy, as this login.
+    with mlflow_fluent(mlflow), tempfile.TemporaryDirectory(prefix="mlops-model-") as tmp:
         local = Path(
             mlflow_module.artifacts.download_artifacts(
                 artifact_uri=f"models:/{name}/{version.version}",

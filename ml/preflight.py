@@ -4,6 +4,7 @@ client retries a 503 for about four minutes and drops the server's message)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -21,11 +22,20 @@ def require_mlflow(mlflow: MlflowSettings, timeout_s: float = 10.0) -> None:
     ServiceUnavailable with the server's own explanation."""
     url = f"{mlflow.tracking_uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
     request = urllib.request.Request(url)  # noqa: S310 - the configured MLflow server's URL
+    if mlflow.username:
+        login = base64.b64encode(f"{mlflow.username}:{mlflow.password or ''}".encode()).decode()
+        request.add_header("Authorization", f"Basic {login}")
     try:
         with urllib.request.urlopen(request, timeout=timeout_s):  # noqa: S310 - the configured MLflow server's URL
             return
     except urllib.error.HTTPError as error:
         reason = _mlflow_error(error)
+        if error.code in (401, 403):
+            who = f"the login of user {mlflow.username!r}" if mlflow.username else "a client without a login"
+            raise ServiceUnavailable(
+                f"the MLflow server at {mlflow.tracking_uri} refused {who} (HTTP {error.code}: {reason}); check the "
+                "connection's login and password"
+            ) from None
         raise ServiceUnavailable(
             f"the MLflow server at {mlflow.tracking_uri} cannot serve requests (HTTP {error.code}: {reason})"
         ) from None

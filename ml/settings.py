@@ -116,9 +116,34 @@ class KafkaSettings:
 
 @dataclass(frozen=True)
 class MlflowSettings:
-    """The MLflow tracking server, which is also the model registry and proxies model artifacts."""
+    """The MLflow tracking server, which is also the model registry and proxies model artifacts.
+
+    `username` and `password`: a login of a server that runs MLflow's basic-auth app (the local stack's does), None for
+    a server without authentication. They reach MLflow's client only through ml.clients (MLflow reads them from the
+    process environment on every request); the password stays out of every repr and out of Tune's state."""
 
     tracking_uri: str = "http://127.0.0.1:5000"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.password and not self.username:
+            raise ValueError(f"MLflow settings for {self.tracking_uri} give a password without a username")
+
+    def to_env(self) -> dict[str, str]:
+        """The variables Settings.from_env reads these settings from (MLflow's own names; the password included, for
+        a child process)."""
+        values = {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "MLFLOW_TRACKING_USERNAME": self.username,
+            "MLFLOW_TRACKING_PASSWORD": self.password,
+        }
+        return {key: value for key, value in values.items() if value}
+
+    def without_password(self) -> MlflowSettings:
+        """These settings less the password (what may be pickled: Tune's state): where and as whom, which ml.clients
+        refuses to connect with until the password is given again."""
+        return self if self.password is None else replace(self, password=None)
 
 
 @dataclass(frozen=True)
@@ -233,7 +258,11 @@ class Settings:
                 username=env.get("MLOPS_KAFKA_USERNAME") or None,
                 password=env.get("MLOPS_KAFKA_PASSWORD") or None,
             ),
-            mlflow=MlflowSettings(env.get("MLFLOW_TRACKING_URI", MlflowSettings.tracking_uri)),
+            mlflow=MlflowSettings(
+                env.get("MLFLOW_TRACKING_URI", MlflowSettings.tracking_uri),
+                username=env.get("MLFLOW_TRACKING_USERNAME") or None,
+                password=env.get("MLFLOW_TRACKING_PASSWORD") or None,
+            ),
             spark=SparkSettings(
                 master=env.get("SPARK_MASTER", spark.master),
                 extra_classpath=env.get("MLOPS_SPARK_EXTRA_CLASSPATH", classpath),
@@ -258,7 +287,7 @@ class Settings:
             "MLOPS_RAW_BUCKET": self.lake.raw_bucket,
             "MLOPS_LAKE_BUCKET": self.lake.lake_bucket,
             **self.kafka.to_env(),
-            "MLFLOW_TRACKING_URI": self.mlflow.tracking_uri,
+            **self.mlflow.to_env(),
             "SPARK_MASTER": self.spark.master,
             "SPARK_LOCAL_IP": self.spark.local_ip,
             "RAY_ADDRESS": self.ray.address,

@@ -9,10 +9,11 @@ import sys
 
 from ml.settings import Settings
 from stack.config import (
+    IDENTITIES,
     KAFKA_BOOTSTRAP,
-    KAFKA_CLIENT_USERS,
-    KAFKA_PIPELINE_USER,
     MLFLOW_BUCKET,
+    MLFLOW_URI,
+    PIPELINE_IDENTITY,
     PROFILES,
     REPO_ROOT,
     SECRET_VARIABLES,
@@ -30,6 +31,7 @@ def _up(args: argparse.Namespace) -> int:
     from stack.airflow_home import prepare_airflow_home
     from stack.init_resources import create_buckets, prepare_kafka
     from stack.kafka_auth import admin_settings, client_passwords
+    from stack.mlflow_auth import prepare_stack_users
     from stack.s3_users import ensure_users_and_policies, stack_users
     from stack.tools import fetch_all
 
@@ -70,6 +72,10 @@ def _up(args: argparse.Namespace) -> int:
             if "users" in done:
                 print(f"{'':{width}} users: {', '.join(done['users'])}; ACL rules: {done['acls']} (stack.kafka_auth)")
             print(f"{'':{width}} topics created: {done['topics_created'] or 'none (all exist)'}")
+        if service.name == "mlflow" and settings.mlflow.tracking_uri == MLFLOW_URI:
+            # The server `up` started: its users and roles, as its admin.
+            changed = prepare_stack_users(paths)
+            print(f"{'':{width}} users and roles: {', '.join(changed) or 'unchanged'} (stack.mlflow_auth)")
         if service.name == "postgres":
             from stack.cluster import create_databases
 
@@ -125,7 +131,7 @@ def _tools(args: argparse.Namespace) -> int:
 
 def _env(args: argparse.Namespace) -> int:
     callers = dict(os.environ)
-    env = apply_stack_environment(args.profile, args.kafka_user)
+    env = apply_stack_environment(args.profile, args.identity)
     keys = sorted(k for k in env if k.startswith(("AWS_", "MLFLOW_", "KAFKA_", "SPARK_", "MLOPS_", "AIRFLOW", "RAY_")))
     for key in keys:
         if key in SECRET_VARIABLES and callers.get(key) == env[key]:
@@ -133,7 +139,7 @@ def _env(args: argparse.Namespace) -> int:
         elif key in SECRET_VARIABLES:
             # Never the secret itself (terminals and CI logs keep what is printed): `eval` runs the lookup instead.
             lookup = f"PYTHONPATH={shlex.quote(str(REPO_ROOT))} {shlex.quote(sys.executable)} -m stack secret"
-            options = f"--profile {env['MLOPS_STACK_PROFILE']} --kafka-user {args.kafka_user}"
+            options = f"--profile {env['MLOPS_STACK_PROFILE']} --as {args.identity}"
             print(f'export {key}="$({lookup} {options} {key})"')
         else:
             print(f"export {key}={shlex.quote(env[key])}")
@@ -149,9 +155,9 @@ def _secret(args: argparse.Namespace) -> int:
         )
     # What `env` would give, from the caller's settings but without secrets (or the S3 key id and the Kafka user they
     # belong with) that an `eval` of `env` exported a moment ago: those would hide the stack's own.
-    exported = {*SECRET_VARIABLES, "AWS_ACCESS_KEY_ID", "MLOPS_KAFKA_USERNAME"}
+    exported = {*SECRET_VARIABLES, "AWS_ACCESS_KEY_ID", "MLOPS_KAFKA_USERNAME", "MLFLOW_TRACKING_USERNAME"}
     own = {key: value for key, value in os.environ.items() if key not in exported}
-    value = stack_environment(own, profile=args.profile, kafka_user=args.kafka_user).get(args.name)
+    value = stack_environment(own, profile=args.profile, identity=args.identity).get(args.name)
     if value is None:
         raise StackError(f"{args.name} is not set in this profile's environment")
     print(value)
@@ -161,7 +167,7 @@ def _secret(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not args.command:
         raise StackError("usage: python -m stack run -- COMMAND [ARGS...]")
-    env = apply_stack_environment(args.profile, args.kafka_user)
+    env = apply_stack_environment(args.profile, args.identity)
     command = args.command[1:] if args.command[0] == "--" else args.command
     os.execvpe(command[0], command, env)  # noqa: S606 - replaces this process, like `env`
 
@@ -180,14 +186,15 @@ def main(argv: list[str] | None = None) -> int:
         help="local (default): each engine in its local mode; cluster: PostgreSQL, Airflow's components, a Hive "
         "metastore, Spark standalone and a Ray cluster. Default: $MLOPS_STACK_PROFILE, else the profile that is up",
     )
-    # Whom the environment's Kafka clients log in to the local broker as.
-    kafka_user = argparse.ArgumentParser(add_help=False)
-    kafka_user.add_argument(
-        "--kafka-user",
-        choices=KAFKA_CLIENT_USERS,
-        default=KAFKA_PIPELINE_USER,
-        help="the local Kafka broker's user the environment logs in as: pipeline (default; writes the pipeline's "
-        "topics) or serving (reads mlops.model.promoted.v1 only: the prediction service)",
+    # Whom the environment's clients act as on the stack's services that take logins.
+    identity = argparse.ArgumentParser(add_help=False)
+    identity.add_argument(
+        "--as",
+        dest="identity",
+        choices=tuple(IDENTITIES),
+        default=PIPELINE_IDENTITY,
+        help="whom the environment logs in to the local Kafka broker and MLflow server as: pipeline (default) or "
+        "serving (the prediction service: reads mlops.model.promoted.v1 and MLflow, writes nothing, no S3 key)",
     )
     sub = parser.add_subparsers(dest="verb", required=True)
     up = sub.add_parser(
@@ -210,14 +217,14 @@ def main(argv: list[str] | None = None) -> int:
         func=_tools
     )
     sub.add_parser(
-        "env", parents=[common, kafka_user], help="print the stack's environment as shell exports"
+        "env", parents=[common, identity], help="print the stack's environment as shell exports"
     ).set_defaults(func=_env)
     secret = sub.add_parser(
-        "secret", parents=[common, kafka_user], help="print one secret variable (what `env` refers to)"
+        "secret", parents=[common, identity], help="print one secret variable (what `env` refers to)"
     )
     secret.add_argument("name")
     secret.set_defaults(func=_secret)
-    run = sub.add_parser("run", parents=[common, kafka_user], help="run a command in the stack's environment")
+    run = sub.add_parser("run", parents=[common, identity], help="run a command in the stack's environment")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)
     args = parser.parse_args(argv)

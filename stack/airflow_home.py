@@ -38,7 +38,8 @@ def connections_from_environment(
     metastore (a Derby folder or a Thrift URI), the cores a job takes, the driver's bind address); the Ray connection
     carries the key that signs the tune task's state in S3 and, for a cluster, its address and token (without an
     address, the tune task starts a local Ray); the Kafka connection the brokers and the login (the stack's
-    `pipeline` user on the local broker)."""
+    `pipeline` user on the local broker); the MLflow connection the server and its login (the stack's `pipeline`
+    user)."""
     settings = Settings.from_env(env)
     spark = settings.spark
     master = env["SPARK_MASTER"]
@@ -74,7 +75,7 @@ def connections_from_environment(
             ),
         },
         "kafka_default": {"conn_type": "kafka", "extra": json.dumps(kafka_connection_extra(settings.kafka))},
-        "mlflow_default": {"conn_type": "http", "host": env["MLFLOW_TRACKING_URI"]},
+        "mlflow_default": _mlflow_connection(settings),
         **(
             {"ray_default": _ray_connection(settings)} if settings.ray.address or settings.ray.state_signing_key else {}
         ),
@@ -97,6 +98,14 @@ def kafka_connection_extra(kafka: KafkaSettings) -> dict[str, str]:
             }
         )
     return extra
+
+
+def _mlflow_connection(settings: Settings) -> dict[str, Any]:
+    # The login of MLflow's basic-auth app (the stack's `pipeline` user); the password is masked by Airflow.
+    login = (
+        {"login": settings.mlflow.username, "password": settings.mlflow.password} if settings.mlflow.username else {}
+    )
+    return {"conn_type": "http", "host": settings.mlflow.tracking_uri, **login}
 
 
 def _ray_connection(settings: Settings) -> dict[str, Any]:

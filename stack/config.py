@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from ml.settings import KafkaSettings, Settings
+from ml.settings import KafkaSettings, MlflowSettings, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,6 +132,7 @@ SECRET_VARIABLES = frozenset(
         "MLFLOW_BACKEND_STORE_URI",
         "MLOPS_TUNE_STATE_KEY",
         "MLOPS_KAFKA_PASSWORD",
+        "MLFLOW_TRACKING_PASSWORD",
     }
 )
 
@@ -155,6 +156,23 @@ S3_PIPELINE_USER = "pipeline"
 S3_TUNE_USER = "tune"
 S3_MLFLOW_USER = "mlflow"
 S3_USERS = (S3_PIPELINE_USER, S3_TUNE_USER, S3_MLFLOW_USER)
+# The local MLflow server's users (stack.mlflow_auth: its basic-auth app, and what each may do). `admin` only sets the
+# others up; the stack's clients log in as `pipeline` or `serving` (read-only).
+MLFLOW_ADMIN_USER = "admin"
+MLFLOW_PIPELINE_USER = "pipeline"
+MLFLOW_SERVING_USER = "serving"
+MLFLOW_CLIENT_USERS = (MLFLOW_PIPELINE_USER, MLFLOW_SERVING_USER)
+MLFLOW_URI = Settings().mlflow.tracking_uri  # the local server (ml.settings' default)
+
+# Whom a process of the stack acts as, on every service that takes logins: the pipeline (Airflow's tasks,
+# `python -m ml`, the tests), or the prediction service (`python -m stack run --as serving`: Kafka's and MLflow's
+# `serving` users, and no S3 key: it reads models through MLflow's artifact proxy).
+PIPELINE_IDENTITY = "pipeline"
+SERVING_IDENTITY = "serving"
+IDENTITIES = {
+    PIPELINE_IDENTITY: {"kafka": KAFKA_PIPELINE_USER, "mlflow": MLFLOW_PIPELINE_USER},
+    SERVING_IDENTITY: {"kafka": KAFKA_SERVING_USER, "mlflow": MLFLOW_SERVING_USER},
+}
 
 
 def write_private(path: Path, text: str) -> Path:
@@ -235,13 +253,18 @@ STACK_SECRETS: dict[str, Callable[[], str]] = {
     # random; both differ per stack, so that no key is a known default.
     **{f"s3_{user}_access_key": _access_key_maker(user) for user in S3_USERS},
     **{f"s3_{user}_secret_key": lambda: secrets.token_urlsafe(30) for user in S3_USERS},
+    **{
+        f"mlflow_{user}_password": lambda: secrets.token_urlsafe(30)
+        for user in (MLFLOW_ADMIN_USER, *MLFLOW_CLIENT_USERS)
+    },
+    "mlflow_flask_secret_key": lambda: secrets.token_urlsafe(32),  # MLflow's basic-auth app's CSRF tokens
 }
 
 
 def stack_secrets(paths: StackPaths) -> dict[str, str]:
-    """The secrets of what both profiles run (the Kafka broker's users, the S3 server's users, the Tune state key):
-    generated once per stack folder (0600), so that none is committed and none is a known default. A secret that an
-    older file lacks is generated and added to it; the ones it has are kept."""
+    """The secrets of what both profiles run (the Kafka broker's, the MLflow server's and the S3 server's users, the
+    Tune state key): generated once per stack folder (0600), so that none is committed and none is a known default.
+    A secret that an older file lacks is generated and added to it; the ones it has are kept."""
     stored: dict[str, str] = (
         json.loads(paths.stack_secrets_file.read_text()) if paths.stack_secrets_file.exists() else {}
     )
@@ -292,6 +315,15 @@ def kafka_user_settings(paths: StackPaths, user: str, bootstrap: str = KAFKA_BOO
     return KafkaSettings(bootstrap, "SASL_PLAINTEXT", "SCRAM-SHA-512", username=user, password=password)
 
 
+def mlflow_user_settings(paths: StackPaths, user: str, tracking_uri: str = MLFLOW_URI) -> MlflowSettings:
+    """How `user` logs in to the local MLflow server (its basic-auth app, with the user's generated password)."""
+    if user not in (MLFLOW_ADMIN_USER, *MLFLOW_CLIENT_USERS):
+        raise ValueError(
+            f"{user!r} is not an MLflow user of the stack ({MLFLOW_ADMIN_USER}, {', '.join(MLFLOW_CLIENT_USERS)})"
+        )
+    return MlflowSettings(tracking_uri, username=user, password=stack_secrets(paths)[f"mlflow_{user}_password"])
+
+
 def postgres_url(paths: StackPaths, database: str, driver: str = "postgresql+psycopg2") -> str:
     """The SQLAlchemy URL of one of the cluster profile's databases (its role has the database's name)."""
     password = cluster_secrets(paths)[f"{database}_db_password"]
@@ -322,13 +354,13 @@ def cluster_environment(paths: StackPaths) -> dict[str, str]:
 
 
 def stack_environment(
-    base: dict[str, str] | None = None, profile: str | None = None, kafka_user: str = KAFKA_PIPELINE_USER
+    base: dict[str, str] | None = None, profile: str | None = None, identity: str = PIPELINE_IDENTITY
 ) -> dict[str, str]:
     """The environment shared by the stack, the tests, Airflow and `python -m ml`: the profile's defaults under
-    `base` (variables already set win). `kafka_user`: whom its Kafka clients log in to the local broker as (the
-    pipeline; `serving` for the prediction service)."""
-    if kafka_user not in KAFKA_CLIENT_USERS:
-        raise ValueError(f"{kafka_user!r} is not a Kafka user of the stack's clients ({', '.join(KAFKA_CLIENT_USERS)})")
+    `base` (variables already set win). `identity`: whom its clients act as on the stack's Kafka broker and MLflow
+    server (IDENTITIES: the pipeline; `serving` for the prediction service, which also gets no S3 key)."""
+    if identity not in IDENTITIES:
+        raise ValueError(f"{identity!r} is not an identity of the stack's clients ({', '.join(IDENTITIES)})")
     base = dict(os.environ if base is None else base)
     paths = stack_paths()
     profile = profile or active_profile(paths, base)
@@ -367,14 +399,23 @@ def stack_environment(
         env["MLOPS_TUNE_STATE_KEY"] = tune_state_key(paths)
     # The local broker's login as `kafka_user`, unless the caller's Kafka is another broker or a login of its own (one
     # of the stack's users, as an `eval` of `python -m stack env` exports, is the stack's: replaced).
+    users = IDENTITIES[identity]
     on_stack_broker = base.get("KAFKA_BOOTSTRAP_SERVERS", KAFKA_BOOTSTRAP) == KAFKA_BOOTSTRAP
-    if on_stack_broker and base.get("MLOPS_KAFKA_USERNAME", kafka_user) in KAFKA_CLIENT_USERS:
-        env.update(kafka_user_settings(paths, kafka_user).to_env())
+    if on_stack_broker and base.get("MLOPS_KAFKA_USERNAME", users["kafka"]) in KAFKA_CLIENT_USERS:
+        env.update(kafka_user_settings(paths, users["kafka"]).to_env())
+    # The same for the local MLflow server's login.
+    on_stack_mlflow = base.get("MLFLOW_TRACKING_URI", MLFLOW_URI) == MLFLOW_URI
+    if on_stack_mlflow and base.get("MLFLOW_TRACKING_USERNAME", users["mlflow"]) in MLFLOW_CLIENT_USERS:
+        env.update(mlflow_user_settings(paths, users["mlflow"]).to_env())
+    if identity == SERVING_IDENTITY:
+        # The prediction service reads models through MLflow's artifact proxy: it holds no S3 key at all.
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            env.pop(key, None)
     return env
 
 
-def apply_stack_environment(profile: str | None = None, kafka_user: str = KAFKA_PIPELINE_USER) -> dict[str, str]:
+def apply_stack_environment(profile: str | None = None, identity: str = PIPELINE_IDENTITY) -> dict[str, str]:
     """Put the stack environment into `os.environ` (for tests and the CLI) and return it."""
-    env = stack_environment(profile=profile, kafka_user=kafka_user)
+    env = stack_environment(profile=profile, identity=identity)
     os.environ.update(env)
     return env

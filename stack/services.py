@@ -17,6 +17,7 @@ from stack.kafka_broker import (  # noqa: F401 - re-exported: the local profile'
     kafka_properties,
     prepare_kafka_storage,
 )
+from stack.mlflow_auth import stack_server_environment
 from stack.process import (  # noqa: F401 - re-exported: the stack's callers import them from here
     Service,
     StackError,
@@ -95,7 +96,7 @@ S3 = Service(
 )
 
 
-# --- MLflow: tracking server + model registry, SQLite backend, artifacts proxied to the S3 server -------------------
+# --- MLflow: tracking server + model registry, SQLite backend, artifacts proxied to the S3 server, basic-auth app ---
 
 
 def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
@@ -103,6 +104,8 @@ def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     return [
         str(REPO_ROOT / ".venv" / "bin" / "mlflow"),
         "server",
+        "--app-name",
+        "basic-auth",  # every request needs a login (stack.mlflow_auth)
         "--host",
         "127.0.0.1",
         "--port",
@@ -122,6 +125,10 @@ def _mlflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:
     as_s3_user(paths, env, S3_MLFLOW_USER)
     # The server's background job runner (GenAI evaluation jobs) starts ~9 worker processes (~2 GiB) we never use.
     env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    env.update(stack_server_environment(paths))
+    # The server's own environment holds no client login (the stack environment's is the pipeline's).
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(key, None)
 
 
 MLFLOW = Service(

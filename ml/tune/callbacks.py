@@ -1,9 +1,9 @@
 """Ray Tune callbacks of a search: per-epoch metrics to Kafka, nested MLflow runs per trial, progress in the log.
 
 They run in the Tune driver. Tune pickles them into the experiment state (`tuner.pkl`) and brings them back on
-restore, so they hold configuration only (endpoints, ids: no secrets; the Kafka password is left out of the pickle)
-and make their clients in `setup()`; a restored search replaces them with fresh ones for the current settings
-(ml.tune.search), which give the password again. `PipelineCallback` marks them for that.
+restore, so they hold configuration only (endpoints, ids: no secrets; the Kafka and MLflow passwords are left out of
+the pickle) and make their clients in `setup()`; a restored search replaces them with fresh ones for the current
+settings (ml.tune.search), which give the passwords again. `PipelineCallback` marks them for that.
 """
 
 from __future__ import annotations
@@ -178,8 +178,11 @@ class MlflowTrialCallback(PipelineCallback):
         self._worker: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
+        # As for Kafka: the MLflow password never goes into Tune's state.
         state = self.__dict__.copy()
         state.update(_client=None, _runs={}, _queue=None, _worker=None)
+        if state.get("mlflow") is not None:
+            state["mlflow"] = state["mlflow"].without_password()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -74,7 +74,8 @@ def spark_settings(spark_conn_id: str) -> SparkSettings:
 
 
 class MlflowHook(BaseHook):
-    """The MLflow tracking server / model registry of an HTTP connection (host = the tracking URI)."""
+    """The MLflow tracking server / model registry of an HTTP connection (host = the tracking URI; login and password
+    = a login of its basic-auth app, if it runs one)."""
 
     conn_name_attr = "mlflow_conn_id"
     default_conn_name = "mlflow_default"
@@ -93,7 +94,8 @@ class MlflowHook(BaseHook):
         host = conn.host or ""
         if "://" not in host:
             host = f"{conn.schema or 'http'}://{host}" + (f":{conn.port}" if conn.port else "")
-        return MlflowSettings(host.rstrip("/"))
+        # The login of a server that runs MLflow's basic-auth app (none: a server without authentication).
+        return MlflowSettings(host.rstrip("/"), username=conn.login or None, password=conn.password or None)
 
     @cached_property
     def client(self) -> Any:

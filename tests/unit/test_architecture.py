@@ -20,7 +20,8 @@ ENVIRONMENT_READERS = {
     "ml/serve/cli.py",
     "ml/preprocess/job.py",
     "ml/preprocess/submit.py",
-    "ml/tune/runtime.py",
+    "ml/tune/runtime.py",  # Ray's token, around ray.init only: Ray reads it nowhere else
+    "ml/clients.py",  # MLflow's login (use_mlflow_login): MLflow's client reads it nowhere else
 }
 # Where clients are built: nothing else constructs a boto3 client, an MlflowClient or a Kafka client.
 CLIENT_CONSTRUCTORS = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient", "MlflowClient", "S3FileSystem"}

@@ -4,6 +4,7 @@ with its keys but pickles without them. Nothing here connects anywhere."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from typing import Any
 
@@ -97,6 +98,47 @@ def test_mlflow_fluent_sets_the_server_for_the_call_only() -> None:
     with pytest.raises(RuntimeError), clients.mlflow_fluent(MlflowSettings("http://other.example:5000")):
         raise RuntimeError("the call failed")
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
+
+
+def test_mlflow_clients_send_their_own_login_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """MLflow reads its login from the process environment per request: each client puts its own there before each
+    call, so two identities used one after the other each send theirs (and a server without logins gets none)."""
+    for name in clients.MLFLOW_LOGIN_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    sent: list[tuple[str | None, str | None]] = []
+
+    class Recording:
+        def search_experiments(self) -> None:
+            sent.append(tuple(os.environ.get(name) for name in clients.MLFLOW_LOGIN_VARIABLES))  # type: ignore[arg-type]
+
+    pipeline = MlflowSettings("http://mlflow.example:5000", "pipeline", uuid.uuid4().hex)
+    serving = MlflowSettings("http://mlflow.example:5000", "serving", uuid.uuid4().hex)
+    anonymous = MlflowSettings("http://other.example:5000")
+    as_pipeline, as_serving, as_nobody = (
+        clients._LoggedInMlflowClient(settings, Recording()) for settings in (pipeline, serving, anonymous)
+    )
+    as_pipeline.search_experiments()
+    as_serving.search_experiments()
+    as_pipeline.search_experiments()
+    as_nobody.search_experiments()
+    assert sent == [
+        ("pipeline", pipeline.password),
+        ("serving", serving.password),
+        ("pipeline", pipeline.password),
+        (None, None),
+    ]
+    with clients.mlflow_fluent(serving):
+        assert os.environ["MLFLOW_TRACKING_USERNAME"] == "serving"
+
+
+def test_mlflow_settings_without_their_password_connect_nowhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    record = MlflowSettings("http://mlflow.example:5000", "pipeline", uuid.uuid4().hex).without_password()
+    with pytest.raises(ValueError, match=r"user 'pipeline' .* carry no password"):
+        clients.mlflow_client(record)
+    with pytest.raises(ValueError, match="carry no password"), clients.mlflow_fluent(record):
+        pass
+    assert "MLFLOW_TRACKING_USERNAME" not in os.environ
 
 
 def test_kafka_clients_get_the_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) -> None:

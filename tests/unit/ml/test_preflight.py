@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +24,9 @@ STORE_DOWN = {
 }
 
 
+logins: list[str | None] = []  # the Authorization header of each request a stand-in got
+
+
 @contextmanager
 def mlflow_stand_in(status: int, body: bytes) -> Iterator[tuple[str, list[str]]]:
     """An HTTP server answering every GET with `status` and `body`; yields its URL and the paths it was asked for."""
@@ -29,6 +35,7 @@ def mlflow_stand_in(status: int, body: bytes) -> Iterator[tuple[str, list[str]]]
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             paths.append(self.path)
+            logins.append(self.headers.get("Authorization"))
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -62,6 +69,25 @@ def test_an_mlflow_whose_database_is_down_fails_at_once_with_its_reason() -> Non
     message = str(failure.value)
     assert message.startswith(f"the MLflow server at {url} cannot serve requests (HTTP 503: TEMPORARILY_UNAVAILABLE")
     assert 'server at "127.0.0.1", port 5432 failed' in message
+
+
+def test_the_login_is_sent_and_a_refused_one_is_named() -> None:
+    password = uuid.uuid4().hex
+    logins.clear()
+    with mlflow_stand_in(200, b'{"experiments": []}') as (url, _):
+        require_mlflow(MlflowSettings(url, "pipeline", password))
+    assert logins == ["Basic " + base64.b64encode(f"pipeline:{password}".encode()).decode()]
+    refused = {"error_code": "UNAUTHENTICATED", "message": "You are not authenticated."}
+    for settings, who in (
+        (MlflowSettings(url, "pipeline", password), "the login of user 'pipeline'"),
+        (MlflowSettings(url), "a client without a login"),
+    ):
+        with mlflow_stand_in(401, json.dumps(refused).encode()) as (url, paths):
+            with pytest.raises(ServiceUnavailable) as failure:
+                require_mlflow(dataclasses.replace(settings, tracking_uri=url))
+        assert len(paths) == 1
+        assert str(failure.value).startswith(f"the MLflow server at {url} refused {who} (HTTP 401: UNAUTHENTICATED")
+        assert password not in str(failure.value)
 
 
 def test_an_error_page_that_is_not_json_is_quoted() -> None:

@@ -51,6 +51,8 @@ def full_env(stack_dir: Path) -> dict[str, str]:
         "MLOPS_KAFKA_USERNAME": "pipeline",
         "MLOPS_KAFKA_PASSWORD": uuid.uuid4().hex,
         "MLFLOW_TRACKING_URI": "http://mlflow.example:5000",
+        "MLFLOW_TRACKING_USERNAME": "pipeline",
+        "MLFLOW_TRACKING_PASSWORD": uuid.uuid4().hex,
         "SPARK_MASTER": "spark://master:7077",
         "SPARK_LOCAL_IP": "10.0.0.5",
         "RAY_ADDRESS": "ray://head:10001",
@@ -88,7 +90,7 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
         kafka=KafkaSettings(
             "k1:9092, k2:9092", "SASL_SSL", "SCRAM-SHA-256", username="pipeline", password=env["MLOPS_KAFKA_PASSWORD"]
         ),
-        mlflow=MlflowSettings("http://mlflow.example:5000"),
+        mlflow=MlflowSettings("http://mlflow.example:5000", "pipeline", env["MLFLOW_TRACKING_PASSWORD"]),
         spark=SparkSettings(
             master="spark://master:7077",
             extra_classpath="/jars/hadoop-aws.jar:/jars/bundle.jar",
@@ -175,6 +177,7 @@ def test_keys_never_appear_in_a_repr(stack_dir: Path) -> None:
             "RAY_AUTH_TOKEN",
             "MLOPS_TUNE_STATE_KEY",
             "MLOPS_KAFKA_PASSWORD",
+            "MLFLOW_TRACKING_PASSWORD",
         ):
             assert env[name] not in text
     assert "s3.example" in repr(settings)  # the endpoint is no secret
@@ -227,6 +230,17 @@ def test_kafka_settings_round_trip_with_the_login_and_lose_only_the_password_whe
     record = login.without_password()
     assert record.password is None and record == KafkaSettings("k:9092", "SASL_SSL", "PLAIN", "pipeline")
     assert KafkaSettings("k:9092").without_password() == KafkaSettings("k:9092")
+
+
+def test_mlflow_settings_round_trip_with_the_login_and_lose_only_the_password_when_asked() -> None:
+    login = MlflowSettings("http://mlflow.example:5000", "pipeline", uuid.uuid4().hex)
+    assert Settings.from_env(Settings(mlflow=login).to_env()).mlflow == login
+    assert "MLFLOW_TRACKING_USERNAME" not in Settings().to_env()
+    record = login.without_password()
+    assert record == MlflowSettings("http://mlflow.example:5000", "pipeline") and record.password is None
+    assert MlflowSettings().without_password() == MlflowSettings()
+    with pytest.raises(ValueError, match="a password without a username"):
+        MlflowSettings("http://mlflow.example:5000", password=uuid.uuid4().hex)
 
 
 # --- pointing at a cluster (docs/PIPELINE.md) -----------------------------------------------------------------------

@@ -68,9 +68,10 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
     assert connections["mlflow_default"] == {"conn_type": "http", "host": "http://127.0.0.1:5000"}
 
 
-def test_the_kafka_connection_logs_in_as_the_stacks_pipeline_user(stack_dir: StackPaths) -> None:
+def test_the_kafka_and_mlflow_connections_log_in_as_the_stacks_pipeline_user(stack_dir: StackPaths) -> None:
     """What `make stack-up` imports: the environment of `python -m stack` (stack.config) holds the pipeline's login
-    to the local broker, and kafka_default carries it in the names of Airflow's Kafka provider."""
+    to the local broker and MLflow server; kafka_default carries it in the names of Airflow's Kafka provider,
+    mlflow_default as its login and password."""
     from stack.config import stack_environment, stack_secrets
 
     env = stack_environment({"AWS_ACCESS_KEY_ID": "unit-stack-id", "AWS_SECRET_ACCESS_KEY": S3_KEY})
@@ -81,6 +82,12 @@ def test_the_kafka_connection_logs_in_as_the_stacks_pipeline_user(stack_dir: Sta
         "sasl.mechanisms": "SCRAM-SHA-512",
         "sasl.username": "pipeline",
         "sasl.password": stack_secrets(stack_dir)["kafka_pipeline_password"],
+    }
+    assert connections_from_environment(env)["mlflow_default"] == {
+        "conn_type": "http",
+        "host": "http://127.0.0.1:5000",
+        "login": "pipeline",
+        "password": stack_secrets(stack_dir)["mlflow_pipeline_password"],
     }
 
 
@@ -129,7 +136,12 @@ def test_the_hooks_read_back_the_settings_the_environment_describes(
     from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, s3_settings, spark_settings
 
     password = uuid.uuid4().hex
-    login = {"MLOPS_KAFKA_USERNAME": "pipeline", "MLOPS_KAFKA_PASSWORD": password}
+    login = {
+        "MLOPS_KAFKA_USERNAME": "pipeline",
+        "MLOPS_KAFKA_PASSWORD": password,
+        "MLFLOW_TRACKING_USERNAME": "pipeline",
+        "MLFLOW_TRACKING_PASSWORD": password,
+    }
     env = _env(stack_dir, SPARK_MASTER=master, **login)
     for conn_id, document in connections_from_environment(env).items():
         monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(document))
@@ -137,7 +149,7 @@ def test_the_hooks_read_back_the_settings_the_environment_describes(
     assert s3_settings("aws_default") == expected.s3
     assert spark_settings("spark_default") == expected.spark
     assert KafkaEventsHook().settings == expected.kafka and expected.kafka.password == password
-    assert MlflowHook().settings == expected.mlflow
+    assert MlflowHook().settings == expected.mlflow and expected.mlflow.password == password
 
 
 def test_preparing_the_home_imports_the_connections_from_a_private_file_it_then_deletes(

@@ -311,12 +311,16 @@ def test_write_private_never_lets_others_read_the_file(tmp_path: Path, monkeypat
 
 KAFKA_SECRET_NAMES = {f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving")}
 S3_KEY_NAMES = {f"s3_{user}_{kind}_key" for user in ("pipeline", "tune", "mlflow") for kind in ("access", "secret")}
+MLFLOW_SECRET_NAMES = {
+    *(f"mlflow_{user}_password" for user in ("admin", "pipeline", "serving")),
+    "mlflow_flask_secret_key",
+}
 
 
 def test_the_stack_secrets_are_generated_once_private_and_per_stack(stack_dir: StackPaths, tmp_path: Path) -> None:
     assert not stack_dir.stack_secrets_file.exists()
     first = stack_secrets(stack_dir)
-    assert set(first) == {*KAFKA_SECRET_NAMES, *S3_KEY_NAMES, "tune_state_key"}
+    assert set(first) == {*KAFKA_SECRET_NAMES, *MLFLOW_SECRET_NAMES, *S3_KEY_NAMES, "tune_state_key"}
     assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
     assert stack_secrets(stack_dir) == first == json.loads(stack_dir.stack_secrets_file.read_text())
     secret = [value for name, value in first.items() if not name.endswith("_access_key")]  # access keys name users
@@ -344,15 +348,41 @@ def test_the_environment_logs_in_to_the_local_broker_as_the_pipeline(stack_dir: 
         "pipeline",
     )
     assert kafka.password == stack_secrets(stack_dir)["kafka_pipeline_password"]
-    serving = Settings.from_env(stack_environment(dict(GIVEN_KEYS), kafka_user="serving")).kafka
+    serving = Settings.from_env(stack_environment(dict(GIVEN_KEYS), identity="serving")).kafka
     assert (serving.username, serving.password) == ("serving", stack_secrets(stack_dir)["kafka_serving_password"])
     # An `eval` of `python -m stack env` exported the pipeline's login a moment ago: asking for serving still works.
     again = stack_environment(
-        {**GIVEN_KEYS, **{k: v for k, v in env.items() if k.startswith("MLOPS_KAFKA_")}}, kafka_user="serving"
+        {**GIVEN_KEYS, **{k: v for k, v in env.items() if k.startswith("MLOPS_KAFKA_")}}, identity="serving"
     )
     assert Settings.from_env(again).kafka == serving
-    with pytest.raises(ValueError, match="not a Kafka user of the stack"):
-        stack_environment(dict(GIVEN_KEYS), kafka_user="controller")
+    with pytest.raises(ValueError, match="not an identity of the stack's clients"):
+        stack_environment(dict(GIVEN_KEYS), identity="controller")
+
+
+def test_the_environment_logs_in_to_the_local_mlflow_as_the_pipeline_and_serving_holds_no_s3_key(
+    stack_dir: StackPaths,
+) -> None:
+    env = stack_environment(dict(GIVEN_KEYS))
+    mlflow = Settings.from_env(env).mlflow
+    secrets = stack_secrets(stack_dir)
+    assert (mlflow.tracking_uri, mlflow.username, mlflow.password) == (
+        "http://127.0.0.1:5000",
+        "pipeline",
+        secrets["mlflow_pipeline_password"],
+    )
+    assert env["AWS_ACCESS_KEY_ID"] == GIVEN_KEYS["AWS_ACCESS_KEY_ID"]
+    serving_env = stack_environment(dict(GIVEN_KEYS), identity="serving")
+    serving = Settings.from_env(serving_env).mlflow
+    assert (serving.username, serving.password) == ("serving", secrets["mlflow_serving_password"])
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(serving_env)
+    # An `eval` of `python -m stack env` exported the pipeline's login a moment ago: asking for serving still works.
+    exported = {k: v for k, v in env.items() if k.startswith("MLFLOW_TRACKING_")}
+    assert Settings.from_env(stack_environment({**GIVEN_KEYS, **exported}, identity="serving")).mlflow == serving
+    # A server of your own, or a login of your own, is left alone.
+    own_server = stack_environment({**GIVEN_KEYS, "MLFLOW_TRACKING_URI": "http://mlflow.example:5000"})
+    assert "MLFLOW_TRACKING_USERNAME" not in own_server
+    own_login = {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": uuid.uuid4().hex}
+    assert Settings.from_env(stack_environment({**GIVEN_KEYS, **own_login})).mlflow.username == "alice"
 
 
 @pytest.mark.parametrize(

@@ -531,7 +531,7 @@ def test_one_shot_and_serving_commands(services: dict[str, dict[str, Any]]) -> N
     from ml.serve.app import ServeSettings
 
     one_shots = {name for name, service in services.items() if service.get("restart") == "no"}
-    assert one_shots == {"stack-init", "airflow-init", "hive-metastore-init"}
+    assert one_shots == {"stack-init", "mlflow-init", "airflow-init", "hive-metastore-init"}
     assert services["stack-init"]["command"] == ["python", "-m", "stack.init_resources"]
     serve = services["serve"]
     assert serve["command"][:3] == ["gunicorn", "--bind", "0.0.0.0:8000"]

@@ -44,7 +44,8 @@ REQUIRED_WAITS = {
     ("airflow-scheduler", "hive-metastore"),
     ("airflow-scheduler", "spark-master"),
     ("airflow-scheduler", "ray-head"),
-    ("airflow-scheduler", "mlflow"),
+    ("airflow-scheduler", "mlflow-init"),
+    ("mlflow-init", "mlflow"),
     ("hive-metastore-init", "postgres"),
     ("hive-metastore", "hive-metastore-init"),
     ("hive-metastore", "postgres"),
@@ -53,7 +54,7 @@ REQUIRED_WAITS = {
     ("mlflow", "s3"),
     *{(worker, "spark-master") for worker in SPARK_WORKERS},
     ("ray-worker", "ray-head"),
-    ("serve", "mlflow"),
+    ("serve", "mlflow-init"),
     ("stack-init", "s3"),
     ("stack-init", "kafka"),
 }

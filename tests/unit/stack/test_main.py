@@ -82,9 +82,10 @@ def test_env_never_prints_a_generated_secret_and_its_eval_still_sets_it(stack_di
     assert evaluated.stdout.split() == [generated, secrets["airflow_fernet_key"]]
 
 
-def test_env_and_run_log_in_to_the_local_broker_as_the_user_asked_for(stack_dir: StackPaths) -> None:
-    """The pipeline's login by default; `--kafka-user serving` (make serve) the prediction service's. `env` prints a
-    lookup for the password, never the password; its `eval` sets the one that belongs to the user it exports."""
+def test_env_and_run_log_in_as_the_identity_asked_for(stack_dir: StackPaths) -> None:
+    """The pipeline's logins by default; `--as serving` (make serve) the prediction service's, on the broker and on
+    MLflow. `env` prints a lookup for each password, never the password; its `eval` sets the one that belongs to the
+    user it exports."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp")}
     env["MLOPS_STACK_DIR"] = str(stack_dir.root)
 
@@ -98,21 +99,24 @@ def test_env_and_run_log_in_to_the_local_broker_as_the_user_asked_for(stack_dir:
             timeout=120,
         )
 
-    code = "import os; print(os.environ['MLOPS_KAFKA_USERNAME'], os.environ['MLOPS_KAFKA_PASSWORD'])"
-    ran = stack("run", "--kafka-user", "serving", "--", sys.executable, "-c", code)
+    logins = ("MLOPS_KAFKA_USERNAME", "MLOPS_KAFKA_PASSWORD", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    code = f"import os; print(*[os.environ[name] for name in {logins}], 'AWS_ACCESS_KEY_ID' in os.environ)"
+    ran = stack("run", "--as", "serving", "--", sys.executable, "-c", code)
     assert ran.returncode == 0, ran.stderr
     passwords = json.loads(stack_dir.stack_secrets_file.read_text())
-    assert ran.stdout.split() == ["serving", passwords["kafka_serving_password"]]
+    serving = ["serving", passwords["kafka_serving_password"], "serving", passwords["mlflow_serving_password"]]
+    assert ran.stdout.split() == [*serving, "False"]
     for user in ("pipeline", "serving"):
-        printed = stack("env", "--kafka-user", user)
+        printed = stack("env", "--as", user)
         assert printed.returncode == 0, printed.stderr
         assert not [value for value in passwords.values() if value in printed.stdout]
-        script = printed.stdout + '\nprintf \'%s\\n\' "$MLOPS_KAFKA_USERNAME" "$MLOPS_KAFKA_PASSWORD"\n'
+        script = printed.stdout + "\nprintf '%s\\n'" + "".join(f' "${name}"' for name in logins) + "\n"
         evaluated = subprocess.run(
             ["bash", "-c", script], cwd="/", env=env, capture_output=True, text=True, timeout=120
         )
-        assert evaluated.stdout.split() == [user, passwords[f"kafka_{user}_password"]], evaluated.stderr
-    refused = stack("run", "--kafka-user", "admin", "--", "true")
+        expected = [user, passwords[f"kafka_{user}_password"], user, passwords[f"mlflow_{user}_password"]]
+        assert evaluated.stdout.split() == expected, evaluated.stderr
+    refused = stack("run", "--as", "admin", "--", "true")
     assert refused.returncode != 0 and "invalid choice: 'admin'" in refused.stderr
 
 

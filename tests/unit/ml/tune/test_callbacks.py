@@ -200,6 +200,16 @@ def test_the_kafka_password_never_goes_into_tunes_state(caplog: pytest.LogCaptur
     assert "the Kafka password of user 'pipeline' is not in this process" in _one_epoch(restored, caplog)
 
 
+def test_the_mlflow_password_never_goes_into_tunes_state() -> None:
+    password = uuid.uuid4().hex
+    login = MlflowSettings("http://mlflow.invalid:5000", "pipeline", password)
+    saved = MlflowTrialCallback("experiment-1", "parent-1", "run-1", login)
+    pickled = pickle.dumps(saved)
+    assert password.encode() not in pickled
+    restored = pickle.loads(pickled)
+    assert restored.mlflow == login.without_password() and saved.mlflow == login, "the live callback keeps it"
+
+
 def _legacy(cls: type, state: dict[str, Any]) -> Any:
     """An object as the single-module ml/tune.py pickled it: its attributes without today's settings field."""
     obj = cls.__new__(cls)

@@ -143,6 +143,14 @@ def test_mlflow_settings_come_from_the_http_connection(connections: Define, docu
     assert MlflowHook().settings == MlflowSettings(MLFLOW_URI)
 
 
+def test_mlflow_settings_carry_the_connections_login(connections: Define) -> None:
+    from mlops_airflow.hooks import MlflowHook
+
+    password = uuid.uuid4().hex
+    connections(mlflow_default={"conn_type": "http", "host": MLFLOW_URI, "login": "pipeline", "password": password})
+    assert MlflowHook().settings == MlflowSettings(MLFLOW_URI, "pipeline", password)
+
+
 def test_mlflow_client_is_built_from_the_settings(connections: Define, monkeypatch: pytest.MonkeyPatch) -> None:
     import ml.clients
     from mlops_airflow.hooks import MlflowHook
