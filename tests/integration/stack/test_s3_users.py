@@ -1,7 +1,8 @@
 """The stack's S3 users against the real S3 server (stack/s3_users.py): the pipeline cannot write the searches'
 storage (lake/tune/), the tune task can and can write nothing else, the MLflow server's user sees its bucket only,
-anonymous and wrongly signed requests are refused, no user can change a policy or a bucket, and setting it all up
-again (a second `make stack-up`, a restart) changes nothing.
+anonymous and wrongly signed requests are refused, no user can change a policy or a bucket, setting it all up again
+(a second `make stack-up`, a restart) changes nothing, and the pipeline's stages run with their own users (a real
+Ray Tune search as tune, the evaluation of registration as pipeline).
 
 The server is a private Versity S3 Gateway (tests/support/private_services.py: the stack's own command line, internal
 IAM included, on a port of 127.0.0.1 in 19100-19109, data under tmp_path), set up by the functions `python -m stack
@@ -318,3 +319,39 @@ def test_no_user_can_change_a_policy_a_bucket_or_the_users(gateway: Gateway, use
     with pytest.raises(AdminApiError, match="HTTP 403"):
         list_users(gateway.users[user].settings(gateway.root))
     assert _state(gateway) == b"state the tune task wrote"
+
+
+# --- the pipeline's stages, each with its own user --------------------------------------------------------------------
+
+
+def test_a_search_runs_as_the_tune_user_and_registration_evaluates_it_as_the_pipeline(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    """The S3 side of a DAG run with the stack's users: features written as the pipeline (the preprocessing job's
+    output), a real Ray Tune search (a local Ray, as the tune task starts one: its workers get the tune user's keys
+    through the runtime environment only) that stores its signed state and checkpoints under lake/tune/, then the
+    register task's evaluation as the pipeline, which reads the search and writes beside it."""
+    import ray
+
+    from ml.evaluate import evaluate_best
+    from ml.settings import RaySettings, Settings
+    from ml.storage import evaluation_uri, read_json
+    from ml.tune.search import run_search
+    from tests.integration.ml.tune.support import small_search
+    from tests.support.synthetic_features import write_synthetic_features
+
+    assert not ray.is_initialized()
+    pipeline = Settings(s3=gateway.users[S3_PIPELINE_USER].settings(gateway.root), lake=LAKE)
+    tune = gateway.users[S3_TUNE_USER].settings(gateway.root)
+    features = write_synthetic_features(
+        pipeline, "classification", 2, rows={"train": 120, "validation": 40, "test": 40}
+    )
+    config = small_search(features.dataset, features.snapshot_id, "s3-users-run", num_samples=2, max_epochs=2)
+    result = run_search(config, s3=tune, lake=LAKE, ray=RaySettings(state_signing_key=secrets.token_urlsafe(32)))
+    assert not ray.is_initialized(), "the search stops the Ray it started"
+    assert result.num_trials == 2 and result.best_checkpoint_uri.startswith(f"s3://{LAKE.lake_bucket}/tune/")
+    stored = gateway.client().list_objects_v2(Bucket=LAKE.lake_bucket, Prefix=f"tune/{features.dataset}/")
+    assert any(entry["Key"].endswith("tuner.pkl") for entry in stored["Contents"])
+
+    evaluation = evaluate_best(result.to_dict(), s3=pipeline.s3)
+    assert read_json(evaluation_uri(result.experiment_uri), gateway.client()) == evaluation
