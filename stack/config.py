@@ -350,6 +350,9 @@ def cluster_environment(paths: StackPaths) -> dict[str, str]:
         "AIRFLOW__API__SECRET_KEY": secret["airflow_api_secret_key"],
         "AIRFLOW__CORE__FERNET_KEY": secret["airflow_fernet_key"],
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": "http://127.0.0.1:8080/execution/",
+        # A task whose processes died (with the scheduler that ran them, under LocalExecutor) is failed and retried
+        # after a minute without a heartbeat, not Airflow's default five (tests/cluster/test_scheduler_failure.py).
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
     }
 
 
