@@ -94,6 +94,22 @@ def ray_auth_scope(ray_settings: RaySettings) -> Iterator[None]:
         yield
 
 
+# Ray Tune copies these from the driver's environment into every trial actor's own runtime environment
+# (ray/tune/execution/class_cache.py), over the job's: a driver whose environment holds S3 keys (a shell after
+# `eval "$(python -m stack env)"`, or the tests under `python -m stack run`) would give its trials those keys instead
+# of the search's (the tune user's, on the stack's S3 server: stack.s3_users).
+TUNE_COPIED_AWS_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
+
+
+@contextmanager
+def without_driver_s3_keys() -> Iterator[None]:
+    """For the duration of a search: this process's environment without the AWS keys Ray Tune would copy into the
+    trials, so that they get only the keys of the job's runtime environment (worker_runtime_env); put back afterwards.
+    The driver itself signs with its settings' keys, never the environment's."""
+    with _scoped_environment(dict.fromkeys(TUNE_COPIED_AWS_VARIABLES)):
+        yield
+
+
 def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
     """Connect to the configured Ray cluster, else start a local Ray; True when this call started it (the caller
     shuts it down). Workers get the code and the S3 credentials through the job's runtime environment only."""

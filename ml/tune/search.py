@@ -39,7 +39,7 @@ from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
 from ml.storage import S3Uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
-from ml.tune.runtime import ensure_ray, route_library_logs
+from ml.tune.runtime import ensure_ray, route_library_logs, without_driver_s3_keys
 from ml.tune.space import to_tune_space, validate_search_space
 from ml.tune.state import record_or_check_manifest, restorable, store_result, stored_result
 
@@ -113,10 +113,11 @@ def run_search(
         share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
         own_callbacks = _pipeline_callbacks(config, metric, mode, mlflow, kafka, parent_run_id, experiment_id)
         data = load_training_data(features, spec, arrow_filesystem(s3))
-        if restoring:
-            results = _resume(config, data, metric, mode, experiment, filesystem, own_callbacks)
-        else:
-            results = _start(config, data, metric, mode, experiment, filesystem, [*own_callbacks, *callbacks])
+        with without_driver_s3_keys():  # the trials get the search's S3 keys, never this process's environment's
+            if restoring:
+                results = _resume(config, data, metric, mode, experiment, filesystem, own_callbacks)
+            else:
+                results = _start(config, data, metric, mode, experiment, filesystem, [*own_callbacks, *callbacks])
         result = _summarise(results, config, spec, metric, mode, experiment, features, manifest["search_space_hash"])
         result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
         result.wall_time_s = time.perf_counter() - started

@@ -213,3 +213,19 @@ def test_tunes_snapshot_warning_is_filtered_out_once(
         state_logger.warning("%s in the last 30 seconds ...", _SNAPSHOT_WARNING)
         state_logger.warning("Experiment state could not be saved")
     assert [r.getMessage() for r in caplog.records] == ["Experiment state could not be saved"]
+
+
+def test_a_search_hides_the_drivers_s3_keys_that_ray_tune_would_copy_into_its_trials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray Tune copies the driver's AWS key variables into every trial's runtime environment, over the job's (where
+    the search puts its own keys): while a search runs they are out of this process's environment, and back after."""
+    from ray.tune.execution.class_cache import ENV_VARS_TO_PROPAGATE
+
+    assert set(runtime.TUNE_COPIED_AWS_VARIABLES) == {name for name in ENV_VARS_TO_PROPAGATE if name.startswith("AWS_")}
+    given = {name: uuid.uuid4().hex for name in runtime.TUNE_COPIED_AWS_VARIABLES}
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    with runtime.without_driver_s3_keys():
+        assert not set(runtime.TUNE_COPIED_AWS_VARIABLES) & set(os.environ)
+    assert {name: os.environ[name] for name in given} == given
