@@ -43,9 +43,11 @@ Cells that live elsewhere:
     (`test_a_spark_worker_killed_mid_job_leaves_its_tasks_to_the_other_worker`), a Ray worker node killed
     mid-search (`test_a_ray_worker_node_killed_mid_search_leaves_its_trials_to_the_head`), PostgreSQL down when tasks
     start (`test_tasks_started_while_postgresql_is_down_fail_at_once_naming_it`), the metastore or the Spark master
-    down at job start (`test_a_job_started_while_a_cluster_service_is_down_fails_at_once_naming_it`).
-Not covered anywhere yet: the Airflow scheduler killed during a run; the S3 server or MLflow killed in the middle of
-a search (their clients' retries make it neither cheap nor deterministic here).
+    down at job start (`test_a_job_started_while_a_cluster_service_is_down_fails_at_once_naming_it`), and the
+    Airflow scheduler killed while the tune task runs (tests/cluster/test_scheduler_failure.py,
+    `test_a_run_survives_its_scheduler_killed_mid_task`).
+Not covered anywhere yet: the S3 server or MLflow killed in the middle of a search (their clients' retries make it
+neither cheap nor deterministic here).
 """
 
 from __future__ import annotations
