@@ -99,8 +99,9 @@ S3 = Service(
 # --- MLflow: tracking server + model registry, SQLite backend, artifacts proxied to the S3 server, basic-auth app ---
 
 
-def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
-    db = paths.data / "mlflow" / "mlflow.db"
+def mlflow_server_command(port: int, artifacts_bucket: str, backend_store_uri: str | None) -> list[str]:
+    """The MLflow server's command line: the basic-auth app on 127.0.0.1:`port`, one worker, artifacts proxied to
+    `artifacts_bucket` (the stack's, and the tests' private servers: tests/support/private_services.py)."""
     return [
         str(REPO_ROOT / ".venv" / "bin" / "mlflow"),
         "server",
@@ -109,14 +110,20 @@ def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         "--host",
         "127.0.0.1",
         "--port",
-        "5000",
+        str(port),
         "--workers",
         "1",
         "--artifacts-destination",
-        f"s3://{env.get('MLOPS_MLFLOW_BUCKET', 'mlflow')}/artifacts",
-        # A database given in the environment (the cluster profile's PostgreSQL) wins over the local SQLite file.
-        *([] if env.get("MLFLOW_BACKEND_STORE_URI") else ["--backend-store-uri", f"sqlite:///{db}"]),
+        f"s3://{artifacts_bucket}/artifacts",
+        *(["--backend-store-uri", backend_store_uri] if backend_store_uri else []),
     ]
+
+
+def _mlflow_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
+    db = paths.data / "mlflow" / "mlflow.db"
+    # A database given in the environment (the cluster profile's PostgreSQL) wins over the local SQLite file.
+    backend = None if env.get("MLFLOW_BACKEND_STORE_URI") else f"sqlite:///{db}"
+    return mlflow_server_command(5000, env.get("MLOPS_MLFLOW_BUCKET", "mlflow"), backend)
 
 
 def _mlflow_prepare(paths: StackPaths, env: dict[str, str]) -> None:

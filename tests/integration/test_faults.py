@@ -27,6 +27,7 @@ import pytest
 from ray import tune
 
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings, Settings, SparkSettings
+from tests.support.kafka_topics import topic_messages
 from tests.support.private_services import PrivateKafka, PrivateServer, private_s3, running_private_kafka
 from tests.support.probes import free_port
 
@@ -46,32 +47,6 @@ def private_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private
     # The users, their ACLs and the pipeline's topics, with their partitions, as `make stack-up` makes them.
     with running_private_kafka(tmp_path_factory.mktemp("kafka")) as broker:
         yield broker
-
-
-def topic_messages(kafka: KafkaSettings, topic: str, timeout_s: float = 20.0, expect: int = 0) -> list[Any]:
-    """Every record of `topic` on `kafka`'s brokers (all partitions, from the beginning): until `expect` are read and
-    no more come for 2 s, or `timeout_s`."""
-    from kafka import TopicPartition
-
-    from ml.clients import kafka_consumer
-
-    servers = kafka.bootstrap_servers
-    consumer = kafka_consumer(kafka, enable_auto_commit=False, consumer_timeout_ms=2000)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        assert partitions, f"topic {topic} is missing on {servers}"
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        records: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = list(consumer)  # until 2 s without a record
-            records.extend(batch)
-            if not batch and len(records) >= expect:
-                break
-        return records
-    finally:
-        consumer.close()
 
 
 def topic_size(kafka: KafkaSettings, topic: str) -> int:

@@ -1,10 +1,12 @@
-"""Private copies of the stack's servers for fault tests: an S3 gateway and a Kafka broker that a test may kill, stop
-and restart without touching the shared stack that other tests use (127.0.0.1:9000, :9092, never stopped here).
+"""Private copies of the stack's servers for fault tests: an S3 gateway, a Kafka broker and an MLflow server that a
+test may kill, stop and restart without touching the shared stack that other tests use (127.0.0.1:9000, :9092, :5000,
+never stopped here).
 
 Each private server is a `stack.services.Service` (the same process machinery as `make stack-up`: own process group,
 pid file, log file, health check) on free ports of 127.0.0.1, with its data, logs and pid files under a folder of
 its own (a pytest tmp_path). It uses the stack's binaries (`.stack/bin/versitygw`, the Kafka classpath of
-`make tools`) read-only. `PrivateServer.kill()` is a crash (SIGKILL to the group); `stop()` a clean shutdown;
+`make tools`; the stack folder of `stack_paths()`, so MLOPS_STACK_DIR from a worktree) read-only, and the venv's
+`mlflow`. `PrivateServer.kill()` is a crash (SIGKILL to the group); `stop()` a clean shutdown;
 `start()` after either restarts it on the same ports with the same data.
 """
 
@@ -19,16 +21,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ml.settings import KafkaSettings
-from stack.config import KAFKA_ADMIN_USER, KAFKA_CLIENT_USERS, KAFKA_PIPELINE_USER, StackPaths, stack_paths
+from ml.settings import KafkaSettings, MlflowSettings, S3Settings
+from stack.config import (
+    KAFKA_ADMIN_USER,
+    KAFKA_CLIENT_USERS,
+    KAFKA_PIPELINE_USER,
+    MLFLOW_ADMIN_USER,
+    MLFLOW_CLIENT_USERS,
+    MLFLOW_PIPELINE_USER,
+    StackPaths,
+    stack_paths,
+)
 from stack.kafka_auth import SCRAM_MECHANISM, BrokerSecrets
 from stack.kafka_broker import KAFKA_PORTS, kafka_command
+from stack.mlflow_auth import ensure_users_and_roles, server_environment, write_auth_config
 from stack.services import (
     Service,
     StackError,
     group_alive,
     http_ok,
     kafka_answers,
+    mlflow_server_command,
     port_in_use,
     prepare_kafka_storage,
     prepare_s3_data,
@@ -211,3 +224,66 @@ def running_private_kafka(root: Path) -> Iterator[PrivateKafka]:
         yield broker
     finally:
         broker.stop()
+
+
+# --- MLflow: a second tracking server with the stack's basic-auth app, artifacts on a private S3 gateway ------------
+
+MLFLOW_PORTS = range(15010, 15020)  # preferred: easy to tell apart from the stack's :5000 in `ss` and logs
+
+
+@dataclass
+class PrivateMlflow(PrivateServer):
+    """A private MLflow server built as the stack's (stack.services.mlflow_server_command, stack.mlflow_auth): the
+    basic-auth app with an `admin` of its own, `pipeline` and `serving` once `prepare()` has made them as `up` does;
+    a SQLite store under its root (a restart keeps it); artifacts proxied to a bucket of a private S3 gateway."""
+
+    passwords: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"http://127.0.0.1:{self.service.port}"
+
+    def settings(self, user: str = MLFLOW_PIPELINE_USER) -> MlflowSettings:
+        return MlflowSettings(self.tracking_uri, user, self.passwords[user])
+
+    def prepare(self) -> list[str]:
+        """The users and roles, as `python -m stack up` makes them (as admin; idempotent)."""
+        clients = {user: self.passwords[user] for user in MLFLOW_CLIENT_USERS}
+        return ensure_users_and_roles(self.tracking_uri, self.passwords[MLFLOW_ADMIN_USER], clients)
+
+
+def _mlflow_port() -> int:
+    for port in MLFLOW_PORTS:
+        if not port_in_use(port):
+            return port
+    return free_port()
+
+
+def private_mlflow(root: Path, s3: S3Settings, artifacts_bucket: str = "mlflow") -> PrivateMlflow:
+    """An MLflow server on a free port of 127.0.0.1 (15010-15019 when one is free) whose artifacts go to
+    `artifacts_bucket` of the S3 endpoint `s3` (which must exist: the server does not create it)."""
+    port = _mlflow_port()
+    paths = StackPaths(root)
+    passwords = {user: secrets.token_urlsafe(30) for user in (MLFLOW_ADMIN_USER, *MLFLOW_CLIENT_USERS)}
+    folder = paths.data / "mlflow"
+
+    def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
+        return mlflow_server_command(port, artifacts_bucket, f"sqlite:///{folder / 'mlflow.db'}")
+
+    def prepare(paths: StackPaths, env: dict[str, str]) -> None:
+        env.update(server_environment(write_auth_config(folder), passwords[MLFLOW_ADMIN_USER], secrets.token_hex(16)))
+
+    service = Service(
+        name="private-mlflow",
+        port=port,
+        command=command,
+        prepare=prepare,
+        is_healthy=lambda env: http_ok(f"http://127.0.0.1:{port}/health"),
+        start_timeout_s=120,
+        url=f"http://127.0.0.1:{port}",
+    )
+    env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG")}
+    # The artifact proxy's S3 client (boto3 in the server) and nothing of the shared stack's.
+    env.update(s3.subprocess_env())
+    env.update(MLFLOW_S3_ENDPOINT_URL=s3.endpoint_url or "", MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return PrivateMlflow(service, paths, env, passwords=passwords)
