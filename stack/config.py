@@ -400,8 +400,8 @@ def stack_environment(
     env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
     if "MLOPS_TUNE_STATE_KEY" not in base:
         env["MLOPS_TUNE_STATE_KEY"] = tune_state_key(paths)
-    # The local broker's login as `kafka_user`, unless the caller's Kafka is another broker or a login of its own (one
-    # of the stack's users, as an `eval` of `python -m stack env` exports, is the stack's: replaced).
+    # The local broker's login as the identity's user, unless the caller's Kafka is another broker or a login of its
+    # own (one of the stack's users, as an `eval` of `python -m stack env` exports, is the stack's: replaced).
     users = IDENTITIES[identity]
     on_stack_broker = base.get("KAFKA_BOOTSTRAP_SERVERS", KAFKA_BOOTSTRAP) == KAFKA_BOOTSTRAP
     if on_stack_broker and base.get("MLOPS_KAFKA_USERNAME", users["kafka"]) in KAFKA_CLIENT_USERS:
