@@ -134,19 +134,25 @@ def mlflow_fluent(mlflow: MlflowSettings) -> Iterator[None]:
     say, for the duration of a call.
 
     The fluent API keeps its server in module state; it is set here, and put back afterwards, rather than through
-    MLFLOW_TRACKING_URI in the process environment."""
+    MLFLOW_TRACKING_URI in the process environment. So is the experiment an earlier `mlflow.set_experiment` chose
+    (of another call, maybe of another server): none during the call, put back afterwards, since MLflow refuses to
+    resume a run of another experiment than the active one."""
     import mlflow as mlflow_module
+    from mlflow.tracking import fluent
 
     use_mlflow_login(mlflow)
     previous_tracking = mlflow_module.get_tracking_uri()
     previous_registry = mlflow_module.get_registry_uri()
+    previous_experiment = fluent._active_experiment_id
     mlflow_module.set_tracking_uri(mlflow.tracking_uri)
     mlflow_module.set_registry_uri(mlflow.tracking_uri)
+    fluent._active_experiment_id = None
     try:
         yield
     finally:
         mlflow_module.set_tracking_uri(previous_tracking)
         mlflow_module.set_registry_uri(previous_registry)
+        fluent._active_experiment_id = previous_experiment
 
 
 _SCRAM_PLAINTEXT_WARNING = "Exchanging credentials in the clear during Sasl Authentication"

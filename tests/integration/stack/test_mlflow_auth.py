@@ -45,8 +45,8 @@ def champion(settings: Any, mlflow_service: None) -> Iterator[tuple[str, str]]:
     client = mlflow_client(settings.mlflow)
     with mlflow_fluent(settings.mlflow), tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "weights.txt").write_text("42")
-        experiment = mlflow.set_experiment(f"/tests/{name}")
-        with mlflow.start_run(experiment_id=experiment.experiment_id) as run:
+        experiment_id = client.create_experiment(f"/tests/{name}")
+        with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.log_artifact(str(Path(tmp) / "weights.txt"), "model")
     client.create_registered_model(name)
     version = client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id)

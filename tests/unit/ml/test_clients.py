@@ -100,6 +100,20 @@ def test_mlflow_fluent_sets_the_server_for_the_call_only() -> None:
     assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before
 
 
+def test_mlflow_fluent_clears_the_active_experiment_for_the_call_only() -> None:
+    """An experiment an earlier `mlflow.set_experiment` chose would make MLflow refuse to resume a run of another
+    experiment (registration resumes the search's parent run): none inside the call, the earlier one after it."""
+    from mlflow.tracking import fluent
+
+    fluent._active_experiment_id = "7"
+    try:
+        with clients.mlflow_fluent(MlflowSettings("http://mlflow.example:5000")):
+            assert fluent._active_experiment_id is None
+        assert fluent._active_experiment_id == "7"
+    finally:
+        fluent._active_experiment_id = None
+
+
 def test_mlflow_clients_send_their_own_login_on_every_call(monkeypatch: pytest.MonkeyPatch) -> None:
     """MLflow reads its login from the process environment per request: each client puts its own there before each
     call, so two identities used one after the other each send theirs (and a server without logins gets none)."""
