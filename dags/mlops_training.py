@@ -79,6 +79,12 @@ params = {
     "num_samples": Param(8, type="integer", minimum=1, maximum=500, description="Trials to run"),
     "max_concurrent_trials": Param(2, type="integer", minimum=1, maximum=64),
     "max_epochs": Param(30, type="integer", minimum=1, maximum=1000),
+    "workers_per_trial": Param(
+        1, type="integer", minimum=1, maximum=64, description="DDP workers per trial (Ray Train); batch size per worker"
+    ),
+    "gpus_per_worker": Param(
+        None, type=["null", "number"], minimum=0, description="null: one per worker when Ray has enough GPUs, else CPU"
+    ),
     "promotion_metric": Param(None, type=["null", "string"], description="null: the task's default metric"),
     "promotion_margin": Param(0.0, type="number", minimum=0, description="How much better the challenger must be"),
     "allow_backfill_promotion": Param(False, type="boolean", description="Let a backfill move the champion alias"),
@@ -175,6 +181,8 @@ def mlops_training() -> None:
         num_samples="{{ params.num_samples }}",
         max_concurrent_trials="{{ params.max_concurrent_trials }}",
         max_epochs="{{ params.max_epochs }}",
+        workers_per_trial="{{ params.workers_per_trial }}",
+        gpus_per_worker="{{ params.gpus_per_worker }}",
         aws_conn_id="aws_tune",  # the only connection that may write the searches' storage (lake/tune/)
         execution_timeout=timedelta(hours=4),
     )

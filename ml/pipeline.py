@@ -27,6 +27,8 @@ def run_pipeline(
     num_samples: int = 8,
     max_concurrent_trials: int = 2,
     max_epochs: int = 30,
+    workers_per_trial: int = 1,
+    gpus_per_worker: float | None = None,
     margin: float = 0.0,
     register: bool = True,
 ) -> dict[str, Any]:
@@ -64,6 +66,8 @@ def run_pipeline(
         num_samples=num_samples,
         max_concurrent_trials=max_concurrent_trials,
         max_epochs=max_epochs,
+        workers_per_trial=workers_per_trial,
+        gpus_per_worker=gpus_per_worker,
         dag_run_id=run_name,
     )
     search = run_search(config, s3=s3, lake=lake, ray=settings.ray, mlflow=settings.mlflow, kafka=settings.kafka)
@@ -105,12 +109,16 @@ def _cli(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         num_samples=args.num_samples,
         max_concurrent_trials=args.max_concurrent,
         max_epochs=args.max_epochs,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_worker=args.gpus_per_worker,
         margin=args.margin,
         register=not args.no_register,
     )
 
 
 def register_cli(subparsers: Any) -> None:
+    from ml.tune.cli import add_parallel_arguments
+
     parser = subparsers.add_parser("run-all", help="every stage in one process, without Airflow")
     parser.add_argument("--raw-uri", required=True)
     parser.add_argument("--dataset", required=True)
@@ -121,6 +129,7 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--num-samples", type=int, default=8)
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--max-epochs", type=int, default=30)
+    add_parallel_arguments(parser)
     parser.add_argument("--margin", type=float, default=0.0, help="promotion margin")
     parser.add_argument("--no-register", action="store_true", help="stop after evaluation")
     parser.set_defaults(handler=_cli)

@@ -21,12 +21,30 @@ def search_config_from_args(args: argparse.Namespace, settings: Settings) -> Sea
         num_samples=args.num_samples,
         max_concurrent_trials=args.max_concurrent,
         cpus_per_trial=args.cpus_per_trial,
+        workers_per_trial=args.workers_per_trial,
+        gpus_per_worker=args.gpus_per_worker,
         max_epochs=args.max_epochs,
         patience=args.patience,
         metric=args.metric,
         mode=args.mode,
         seed=args.seed,
         dag_run_id=args.dag_run_id,
+    )
+
+
+def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of data-parallel trials (`python -m ml tune` and `python -m ml run-all`)."""
+    parser.add_argument(
+        "--workers-per-trial",
+        type=int,
+        default=1,
+        help="DDP workers per trial (Ray Train; > 1 trains each trial data-parallel, batch size per worker)",
+    )
+    parser.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=None,
+        help="default: one GPU per worker when the Ray cluster has enough, else CPU only",
     )
 
 
@@ -64,7 +82,8 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--max-concurrent", type=int, default=2)
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--patience", type=int, default=5)
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="per worker of a data-parallel trial")
+    add_parallel_arguments(parser)
     parser.add_argument("--metric", help=f"validation metric to optimise (default {DEFAULT_METRIC})")
     parser.add_argument("--mode", choices=("min", "max"), help="default: inferred from the metric")
     parser.add_argument("--seed", type=int, default=0)

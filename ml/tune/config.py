@@ -30,7 +30,10 @@ RESUME_INVARIANTS = (
     "seed",
     "grace_period",
     "reduction_factor",
+    "workers_per_trial",
 )
+# What a manifest recorded before a field existed meant (a search stored before data-parallel trials ran 1 worker).
+INVARIANT_DEFAULTS = {"workers_per_trial": 1}
 
 
 class SearchIncomplete(RuntimeError):
@@ -60,7 +63,9 @@ class SearchConfig:
     features_uri: str | None = None  # default: ml.storage.features_uri(lake, dataset, snapshot_id)
     num_samples: int = 8
     max_concurrent_trials: int = 2
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0  # per worker of a data-parallel trial
+    workers_per_trial: int = 1  # > 1: data-parallel trials (Ray Train DDP workers; batch_size is per worker)
+    gpus_per_worker: float | None = None  # None: one per worker when Ray reports enough GPUs, else none
     max_epochs: int = 20
     patience: int = 5
     grace_period: int | None = None
@@ -75,13 +80,22 @@ class SearchConfig:
         self.run_name = sanitize_run_name(self.run_name)
         self.search_space = dict(self.search_space)
         validate_search_space(self.search_space)
-        for name in ("num_samples", "max_concurrent_trials", "max_epochs", "patience", "reduction_factor"):
+        for name in (
+            "num_samples",
+            "max_concurrent_trials",
+            "max_epochs",
+            "patience",
+            "reduction_factor",
+            "workers_per_trial",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.reduction_factor < 2:
             raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor}")
         if self.cpus_per_trial <= 0:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.mode is not None and self.mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {self.mode!r}")
         if not self.dataset or not self.snapshot_id:
@@ -134,6 +148,8 @@ class SearchConfig:
             "reduction_factor": self.reduction_factor,
             "max_concurrent_trials": self.max_concurrent_trials,
             "cpus_per_trial": self.cpus_per_trial,
+            "workers_per_trial": self.workers_per_trial,
+            "gpus_per_worker": self.gpus_per_worker,
         }
 
 

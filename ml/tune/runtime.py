@@ -110,9 +110,13 @@ def without_driver_s3_keys() -> Iterator[None]:
         yield
 
 
-def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
+def ensure_ray(ray_settings: RaySettings, s3: S3Settings, *, state_api: bool = False) -> bool:
     """Connect to the configured Ray cluster, else start a local Ray; True when this call started it (the caller
-    shuts it down). Workers get the code and the S3 credentials through the job's runtime environment only."""
+    shuts it down). Workers get the code and the S3 credentials through the job's runtime environment only.
+
+    `state_api`: a local Ray with its dashboard, which serves Ray's state API. Ray Train needs it: its placement
+    group cleaner asks the state API whether a trial's Train controller is alive, and without an answer the worker
+    group's CPUs stay reserved after Tune stops the trial (ASHA), so that the next trial's workers never start."""
     import ray
 
     if ray.is_initialized():
@@ -132,7 +136,7 @@ def ensure_ray(ray_settings: RaySettings, s3: S3Settings) -> bool:
             # cluster profile's: a stopped one made the task wait on its GCS forever).
             # Ray's servers listen on every interface whatever node address it is given (it turns 127.0.0.1 into the
             # routable address on purpose): the token is what keeps others out.
-            ray.init(address="local", include_dashboard=False, runtime_env=runtime_env, log_to_driver=True)
+            ray.init(address="local", include_dashboard=state_api, runtime_env=runtime_env, log_to_driver=True)
     return True
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client, s3_client
@@ -39,6 +40,7 @@ from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
 from ml.storage import S3Uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
+from ml.tune.parallel import Parallelism, concurrent_trials, resolve_parallelism
 from ml.tune.runtime import ensure_ray, route_library_logs, without_driver_s3_keys
 from ml.tune.space import to_tune_space, validate_search_space
 from ml.tune.state import record_or_check_manifest, restorable, store_result, stored_result
@@ -101,24 +103,27 @@ def run_search(
 
     tracking = mlflow_client(mlflow) if mlflow is not None else None
     parent_run_id = experiment_id = None
-    if tracking is not None:
-        from ml.tune.tracking import start_parent_run
-
-        experiment_id, parent_run_id = start_parent_run(
-            tracking, config, spec, str(features), str(experiment), manifest
-        )
     route_library_logs()
-    started_ray = ensure_ray(ray, s3)
+    started_ray = ensure_ray(ray, s3, state_api=config.workers_per_trial > 1)
     try:
+        # Before anything is recorded: a trial the cluster can never place is an error now, not a search that hangs.
+        parallelism = resolve_parallelism(config.workers_per_trial, config.cpus_per_trial, config.gpus_per_worker)
+        if tracking is not None:
+            from ml.tune.tracking import start_parent_run
+
+            experiment_id, parent_run_id = start_parent_run(
+                tracking, config, spec, str(features), str(experiment), manifest
+            )
         share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
         own_callbacks = _pipeline_callbacks(config, metric, mode, mlflow, kafka, parent_run_id, experiment_id)
         data = load_training_data(features, spec, arrow_filesystem(s3))
+        trials = _Trials(config, data, metric, mode, experiment, filesystem, parallelism)
         with without_driver_s3_keys():  # the trials get the search's S3 keys, never this process's environment's
             if restoring:
-                results = _resume(config, data, metric, mode, experiment, filesystem, own_callbacks)
+                results = _resume(trials, own_callbacks)
             else:
-                results = _start(config, data, metric, mode, experiment, filesystem, [*own_callbacks, *callbacks])
-        result = _summarise(results, config, spec, metric, mode, experiment, features, manifest["search_space_hash"])
+                results = _start(trials, [*own_callbacks, *callbacks])
+        result = _summarise(results, trials, spec, features, manifest["search_space_hash"])
         result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
         result.wall_time_s = time.perf_counter() - started
         store_result(result, filesystem)
@@ -173,72 +178,95 @@ def _pipeline_callbacks(
     return callbacks
 
 
-def _trainable_and_space(config: SearchConfig, data: Any, metric: str, mode: str) -> tuple[Any, dict[str, Any]]:
+@dataclass(frozen=True)
+class _Trials:
+    """What every trial of the search is made of."""
+
+    config: SearchConfig
+    data: Any
+    metric: str
+    mode: str
+    experiment: S3Uri
+    filesystem: Any
+    parallelism: Parallelism
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.experiment.bucket}/{self.experiment.key}"
+
+    def trainable_and_space(self) -> tuple[Any, dict[str, Any]]:
+        from ray import tune
+
+        config, parallelism = self.config, self.parallelism
+        if parallelism.data_parallel:
+            import ray
+
+            from ml.tune.parallel import DataHandle, data_parallel_trainable
+
+            # The arrays go into the object store once; each DDP worker maps them through the handle.
+            trainable = tune.with_parameters(
+                data_parallel_trainable,
+                data=DataHandle(ray.put(self.data)),
+                parallelism=parallelism,
+                experiment_path=self.experiment_path,
+                filesystem=self.filesystem,
+                metric=self.metric,
+                mode=self.mode,
+                checkpoints_to_keep=config.checkpoints_to_keep,
+            )
+        else:
+            from ml.train import tune_trainable
+
+            # with_parameters puts the arrays into the object store once; every trial (and a restored run) gets a
+            # reference.
+            device = "cuda" if parallelism.gpus_per_worker else "cpu"
+            trainable = tune.with_parameters(tune_trainable, data=self.data, device=device)
+        param_space = {
+            **to_tune_space(config.search_space),
+            "max_epochs": config.max_epochs,
+            "patience": config.patience,
+            "seed": config.seed,
+            "metric": self.metric,
+            "mode": self.mode,
+            "threads": max(1, int(config.cpus_per_trial)),
+        }
+        return tune.with_resources(trainable, parallelism.trial_resources()), param_space
+
+
+def _resume(trials: _Trials, own_callbacks: list[Any]) -> Any:
     from ray import tune
 
-    from ml.train import tune_trainable
-
-    # with_parameters puts the arrays into the object store once; every trial (and a restored run) gets a reference.
-    trainable = tune.with_resources(tune.with_parameters(tune_trainable, data=data), {"cpu": config.cpus_per_trial})
-    param_space = {
-        **to_tune_space(config.search_space),
-        "max_epochs": config.max_epochs,
-        "patience": config.patience,
-        "seed": config.seed,
-        "metric": metric,
-        "mode": mode,
-        "threads": max(1, int(config.cpus_per_trial)),
-    }
-    return trainable, param_space
-
-
-def _resume(
-    config: SearchConfig,
-    data: Any,
-    metric: str,
-    mode: str,
-    experiment: S3Uri,
-    filesystem: Any,
-    own_callbacks: list[Any],
-) -> Any:
-    from ray import tune
-
-    experiment_path = f"{experiment.bucket}/{experiment.key}"
-    log.info("resuming search %s from %s", config.run_name, experiment_path)
-    trainable, param_space = _trainable_and_space(config, data, metric, mode)
+    log.info("resuming search %s from %s", trials.config.run_name, trials.experiment_path)
+    trainable, param_space = trials.trainable_and_space()
     # Errored trials (their FailureConfig retries used up) stay errored. Ray 2.60 offers no sound alternative
     # here: resume_errored ran such a trial for one more epoch and ended it as if complete, and restart_errored
     # gave it a new id that OptunaSearch rejects (KeyError); see tests/integration/ml/tune/test_trial_failures.py.
     tuner = tune.Tuner.restore(
-        experiment_path,
+        trials.experiment_path,
         trainable=trainable,
         resume_unfinished=True,
         param_space=param_space,
-        storage_filesystem=filesystem,
+        storage_filesystem=trials.filesystem,
     )
     _replace_pipeline_callbacks(tuner, own_callbacks)
     return tuner.fit()
 
 
-def _start(
-    config: SearchConfig,
-    data: Any,
-    metric: str,
-    mode: str,
-    experiment: S3Uri,
-    filesystem: Any,
-    callbacks: list[Any],
-) -> Any:
+def _start(trials: _Trials, callbacks: list[Any]) -> Any:
     from optuna.samplers import TPESampler
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
-    trainable, param_space = _trainable_and_space(config, data, metric, mode)
+    config, metric, mode = trials.config, trials.metric, trials.mode
+    trainable, param_space = trials.trainable_and_space()
     # TPE starts from random points; with small budgets let it model sooner than Optuna's default of 10.
     sampler = TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.num_samples // 3)))
-    searcher = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=config.max_concurrent_trials)
+    searcher = ConcurrencyLimiter(
+        OptunaSearch(sampler=sampler),
+        max_concurrent=concurrent_trials(trials.parallelism, config.max_concurrent_trials),
+    )
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=config.max_epochs,
@@ -256,14 +284,17 @@ def _start(
             num_samples=config.num_samples,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            reuse_actors=True,
+            # A finished data-parallel trial's thread outlives Tune's 2-s wait for it while its worker group shuts down, and
+            # Tune then errors the next trial instead of starting a fresh actor.
+            reuse_actors=not trials.parallelism.data_parallel,
         ),
         run_config=tune.RunConfig(
             name=config.run_name,
-            storage_path=f"{experiment.bucket}/{experiment.key.rsplit('/', 1)[0]}",
-            storage_filesystem=filesystem,
+            storage_path=trials.experiment_path.rsplit("/", 1)[0],
+            storage_filesystem=trials.filesystem,
             callbacks=callbacks,
-            # Keep the best checkpoints of each trial (Tune always keeps the latest too, for resuming).
+            # Keep the best checkpoints of each trial (Tune always keeps the latest too, for resuming). A
+            # data-parallel trial's checkpoints are kept by its Train run under the same rule (ml.tune.parallel).
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=config.checkpoints_to_keep, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
@@ -292,19 +323,11 @@ def _replace_pipeline_callbacks(tuner: Any, fresh: list[Any]) -> None:
     run_config.callbacks = [*fresh, *kept]
 
 
-def _summarise(
-    results: Any,
-    config: SearchConfig,
-    spec: FeatureSpec,
-    metric: str,
-    mode: str,
-    experiment: S3Uri,
-    features: S3Uri,
-    space_hash: str,
-) -> SearchResult:
+def _summarise(results: Any, trials: _Trials, spec: FeatureSpec, features: S3Uri, space_hash: str) -> SearchResult:
     from ml.data import feature_spec_uri
     from ml.tune.callbacks import result_epoch, result_metrics
 
+    config, metric, mode, experiment = trials.config, trials.metric, trials.mode, trials.experiment
     total = len(results)
     errored = results.num_errors
     unfinished = total - results.num_terminated - errored
@@ -322,10 +345,10 @@ def _summarise(
     # The best kept checkpoint of the trials that finished: an errored trial's scores (Ray's get_best_result ranks
     # them too) and a killed attempt's scores without a kept checkpoint are no basis for a model.
     candidates = [
-        (trial, ckpt, m)
+        (trial, path, m)
         for trial in results
         if trial.error is None
-        for ckpt, m in (trial.best_checkpoints or [])
+        for path, m in _kept_checkpoints(trial, trials)
         if is_finite_number(m.get(metric))
     ]
     if not candidates:
@@ -342,7 +365,7 @@ def _summarise(
         best_params=trial_params(best.config),
         best_epoch=result_epoch(metrics),
         best_validation_metrics={k: v for k, v in result_metrics(metrics).items() if k.startswith("val_")},
-        best_checkpoint_uri=f"s3://{checkpoint.path.lstrip('/')}",
+        best_checkpoint_uri=f"s3://{checkpoint.lstrip('/')}",
         num_trials=total,
         num_errored=errored,
         experiment_uri=str(experiment),
@@ -352,3 +375,12 @@ def _summarise(
         search_space_hash=space_hash,
         dag_run_id=config.dag_run_id,
     )
+
+
+def _kept_checkpoints(trial: Any, trials: _Trials) -> list[tuple[str, dict[str, Any]]]:
+    """(path, metrics) of a finished trial's kept checkpoints: Tune's, or a data-parallel trial's Train run's."""
+    if trials.parallelism.data_parallel:
+        from ml.tune.parallel import kept_checkpoints
+
+        return kept_checkpoints(trial.path, trials.filesystem)
+    return [(checkpoint.path, metrics) for checkpoint, metrics in (trial.best_checkpoints or [])]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.storage import S3Uri
-from ml.tune.config import RESUME_INVARIANTS, SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchResult
+from ml.tune.config import INVARIANT_DEFAULTS, RESUME_INVARIANTS, SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchResult
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ def compare_manifest(experiment: S3Uri, manifest: Mapping[str, Any], filesystem:
     stored = _read_json(experiment.join(SEARCH_MANIFEST_FILE), filesystem)
     if stored is None:
         return
-    changed = {k: (stored.get(k), manifest[k]) for k in RESUME_INVARIANTS if stored.get(k) != manifest[k]}
+    recorded = {k: stored.get(k, INVARIANT_DEFAULTS.get(k)) for k in RESUME_INVARIANTS}
+    changed = {k: (recorded[k], manifest[k]) for k in RESUME_INVARIANTS if recorded[k] != manifest[k]}
     if changed:
         raise ValueError(
             f"{experiment}: run {manifest['run_name']!r} was started with other settings "

@@ -161,6 +161,8 @@ class RayTuneOperator(BaseOperator):
         "num_samples",
         "max_concurrent_trials",
         "max_epochs",
+        "workers_per_trial",
+        "gpus_per_worker",
         "lake_bucket",
     )
     operator_extra_links = (TuningReportLink(),)
@@ -176,6 +178,8 @@ class RayTuneOperator(BaseOperator):
         max_concurrent_trials: int | str = 2,
         max_epochs: int | str = 20,
         cpus_per_trial: float = 1.0,
+        workers_per_trial: int | str = 1,
+        gpus_per_worker: float | str | None = None,
         lake_bucket: str = DEFAULT_LAKE_BUCKET,
         aws_conn_id: str = "aws_tune",
         mlflow_conn_id: str = "mlflow_default",
@@ -191,6 +195,8 @@ class RayTuneOperator(BaseOperator):
         self.max_concurrent_trials = max_concurrent_trials
         self.max_epochs = max_epochs
         self.cpus_per_trial = cpus_per_trial
+        self.workers_per_trial = workers_per_trial
+        self.gpus_per_worker = gpus_per_worker
         self.lake_bucket = lake_bucket
         self.aws_conn_id = aws_conn_id
         self.mlflow_conn_id = mlflow_conn_id
@@ -215,6 +221,8 @@ class RayTuneOperator(BaseOperator):
             max_concurrent_trials=int(self.max_concurrent_trials),
             max_epochs=int(self.max_epochs),
             cpus_per_trial=self.cpus_per_trial,
+            workers_per_trial=int(self.workers_per_trial),
+            gpus_per_worker=None if self.gpus_per_worker in (None, "", "None") else float(self.gpus_per_worker),
             dag_run_id=run_id,
         )
         result = run_search(

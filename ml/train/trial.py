@@ -1,0 +1,61 @@
+"""A single-process Ray Tune trial: `tune_trainable` runs `train_model` as a Ray Tune function trainable that reports
+each epoch's metrics with a checkpoint (`ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(dir))`)
+and resumes from `ray.tune.get_checkpoint()` after a restore. (A data-parallel trial: ml.tune.parallel.)"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ml.data import TrainingData
+from ml.train.config import configs_from_trial, target_stats
+from ml.train.loop import SingleWorker, train_model
+
+
+def numeric_metrics(metrics: dict[str, Any]) -> dict[str, int | float]:
+    """What a trial reports to Tune: the numbers (Tune's result rows and callbacks take nothing else)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def quiet_checkpoint_logs() -> None:
+    """Ray Train logs "Checkpoint successfully created" at INFO for every epoch; forwarded to the driver's stderr it
+    shows as an ERROR line in an Airflow task log. Warnings and errors still come through."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
+@contextmanager
+def local_copy(checkpoint: Any) -> Iterator[Path | None]:
+    """A private local copy of a Ray checkpoint's few small files (None for no checkpoint): `as_directory()`
+    downloads from storage or shares a local copy that others may delete."""
+    if checkpoint is None:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="resume-") as local:
+        with checkpoint.as_directory() as directory:
+            for item in Path(directory).iterdir():
+                if item.is_file():
+                    (Path(local) / item.name).write_bytes(item.read_bytes())
+        yield Path(local)
+
+
+def tune_trainable(config: dict[str, Any], data: TrainingData, device: str = "cpu") -> None:
+    """Ray Tune function trainable: one trial. `data` arrives through `tune.with_parameters` (object store)."""
+    from ray import tune
+
+    quiet_checkpoint_logs()
+    mean, std = target_stats(data.spec, data.train.y)
+    model_config, train_config = configs_from_trial(config, data.spec, target_mean=mean, target_std=std)
+
+    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        # Tune copies the directory to the run's storage (S3) inside report(), before the directory is removed.
+        checkpoint = tune.Checkpoint.from_directory(str(directory)) if directory is not None else None
+        tune.report(numeric_metrics(metrics), checkpoint=checkpoint)
+
+    with local_copy(tune.get_checkpoint()) as resume_from:
+        train_model(
+            data, model_config, train_config, report=report, resume_from=resume_from, group=SingleWorker(device)
+        )
