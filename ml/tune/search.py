@@ -36,7 +36,7 @@ from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client
 from ml.features import FeatureSpec
 from ml.json_values import is_finite_number
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
-from ml.storage import S3Uri
+from ml.storage import S3Uri, feature_spec_uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
 from ml.tune.runtime import ensure_ray, route_library_logs, without_driver_s3_keys
@@ -302,7 +302,6 @@ def _summarise(
     features: S3Uri,
     space_hash: str,
 ) -> SearchResult:
-    from ml.data import feature_spec_uri
     from ml.tune.callbacks import result_epoch, result_metrics
 
     total = len(results)
