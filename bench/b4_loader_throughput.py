@@ -7,6 +7,11 @@ starts from tensors already in memory and, per batch, gathers a random index sli
 the same consumer: an MLP training step (what "training samples/s" means), and separately a bare touch of the batch
 (loader only).
 
+Streamed (reported beside ours, as `streamed_*` against the same reference): `ml.data.ParquetSplit.open` reads the
+split's footers, then `ml.data.StreamedBatches` (one worker, default block and shuffle-buffer sizes) reads it from the
+S3 server again every epoch, block by block, as a data-parallel worker whose shard does not fit in memory would; the
+footer read and every epoch's reads are counted in its time.
+
     python -m stack run -- .venv/bin/python -m bench.b4_loader_throughput [--rows 200000] [--features 32] [--epochs 5]
 """
 
@@ -68,6 +73,20 @@ def ours(
     return time.perf_counter() - started, read_s, rows
 
 
+def streamed(
+    features: Any, s3: S3Settings, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]
+) -> tuple[float, int]:
+    from ml.clients import arrow_filesystem
+    from ml.data import ParquetSplit, StreamedBatches
+
+    started = time.perf_counter()
+    filesystem = arrow_filesystem(s3)
+    split = ParquetSplit.open(features.uri, "train", features.spec, filesystem)
+    batches = StreamedBatches(split, filesystem, batch_size, seed=0)
+    rows = sum(_consume(batches.epoch(epoch), consumer) for epoch in range(epochs))
+    return time.perf_counter() - started, rows
+
+
 def reference(X: Any, y: Any, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]) -> tuple[float, int]:
     import torch
 
@@ -109,6 +128,8 @@ def run(
             ours_s, read_s, ours_rows = ours(data, settings.s3, epochs, batch_size, consumer)
             consumer = _consumers(X.shape[1], 3)[name]
             ref_s, ref_rows = reference(X, y, epochs, batch_size, consumer)
+            consumer = _consumers(X.shape[1], 3)[name]
+            streamed_s, streamed_rows = streamed(data, settings.s3, epochs, batch_size, consumer)
             results[name] = {
                 "ours_samples_per_s": ours_rows / ours_s,
                 "reference_samples_per_s": ref_rows / ref_s,
@@ -117,12 +138,16 @@ def run(
                 "ours_parquet_read_s": read_s,
                 "reference_s": ref_s,
                 "ratio_without_read": (ours_rows / (ours_s - read_s)) / (ref_rows / ref_s),
+                "streamed_samples_per_s": streamed_rows / streamed_s,
+                "streamed_ratio": (streamed_rows / streamed_s) / (ref_rows / ref_s),
+                "streamed_s": streamed_s,
             }
     finally:
         data.cleanup()
     return {
         "name": "B4 loader throughput",
         "ratio": results["train_step"]["ratio"],
+        "streamed_ratio": results["train_step"]["streamed_ratio"],
         "target": ">= 0.8",
         "rows": rows,
         "features": X.shape[1],

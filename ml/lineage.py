@@ -21,7 +21,7 @@ MODEL_SOURCES = (
     "features.py",
     "preprocess/job.py",
     "preprocess/steps.py",
-    "data.py",
+    "data",
     "train.py",
     "models.py",
     "tune/space.py",

@@ -37,7 +37,7 @@ from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client
 from ml.features import FeatureSpec
 from ml.json_values import is_finite_number
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
-from ml.storage import S3Uri
+from ml.storage import S3Uri, feature_spec_uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
 from ml.tune.parallel import Parallelism, concurrent_trials, resolve_parallelism
@@ -284,8 +284,8 @@ def _start(trials: _Trials, callbacks: list[Any]) -> Any:
             num_samples=config.num_samples,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            # A finished data-parallel trial's thread outlives Tune's 2-s wait for it while its worker group shuts down, and
-            # Tune then errors the next trial instead of starting a fresh actor.
+            # A finished data-parallel trial's thread outlives Tune's 2-s wait for it while its worker group shuts
+            # down, and Tune then errors the next trial instead of starting a fresh actor.
             reuse_actors=not trials.parallelism.data_parallel,
         ),
         run_config=tune.RunConfig(
@@ -324,7 +324,6 @@ def _replace_pipeline_callbacks(tuner: Any, fresh: list[Any]) -> None:
 
 
 def _summarise(results: Any, trials: _Trials, spec: FeatureSpec, features: S3Uri, space_hash: str) -> SearchResult:
-    from ml.data import feature_spec_uri
     from ml.tune.callbacks import result_epoch, result_metrics
 
     config, metric, mode, experiment = trials.config, trials.metric, trials.mode, trials.experiment

@@ -107,10 +107,16 @@ def make_training_data(
 
 
 def feature_objects(
-    spec: FeatureSpec, splits: dict[str, SplitArrays], uri: S3Uri, *, parts: int = 2
+    spec: FeatureSpec,
+    splits: dict[str, SplitArrays],
+    uri: S3Uri,
+    *,
+    parts: int = 2,
+    row_group_size: int | None = None,
 ) -> list[tuple[S3Uri, bytes]]:
-    """The objects of a features folder as the Spark job writes them: per split `parts` Parquet parts and a
-    `_SUCCESS` marker, then `feature_spec.json` (last: its presence marks the folder complete)."""
+    """The objects of a features folder as the Spark job writes them: per split `parts` Parquet parts (row groups
+    of `row_group_size` rows; default: one per part) and a `_SUCCESS` marker, then `feature_spec.json` (last: its
+    presence marks the folder complete)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -122,7 +128,7 @@ def feature_objects(
             columns = {c: pa.array(split.X[start:stop, i], pa.float32()) for i, c in enumerate(spec.feature_columns)}
             columns[LABEL_COLUMN] = pa.array(split.y[start:stop]).cast(label_type)
             buffer = io.BytesIO()
-            pq.write_table(pa.table(columns), buffer)
+            pq.write_table(pa.table(columns), buffer, row_group_size=row_group_size)
             objects.append(
                 (uri.join(name, f"part-{part:05d}-{uuid.uuid4().hex[:8]}-c000.snappy.parquet"), buffer.getvalue())
             )
@@ -198,10 +204,17 @@ class LocalLake:
         path.write_bytes(body)
 
     def write_features(
-        self, spec: FeatureSpec, splits: dict[str, SplitArrays], uri: S3Uri, *, client: Any = None, parts: int = 2
+        self,
+        spec: FeatureSpec,
+        splits: dict[str, SplitArrays],
+        uri: S3Uri,
+        *,
+        client: Any = None,
+        parts: int = 2,
+        row_group_size: int | None = None,
     ) -> None:
         """The features folder here, and into `client` (an S3 client) too when one is given."""
-        for key, body in feature_objects(spec, splits, uri, parts=parts):
+        for key, body in feature_objects(spec, splits, uri, parts=parts, row_group_size=row_group_size):
             self.put(key, body)
             if client is not None:
                 client.put_object(Bucket=key.bucket, Key=key.key, Body=body)

@@ -1,5 +1,5 @@
-"""ml.data: the feature spec and splits read from a features folder (moto's S3 and a local folder laid out like the
-lake), tensors over read-only arrays, seeded batches."""
+"""ml.data.arrays: the feature spec and splits read from a features folder (moto's S3 and a local folder laid out
+like the lake), the Arrow conversion, tensors over read-only arrays, seeded batches and their shards."""
 
 from __future__ import annotations
 
@@ -14,7 +14,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ml.data import SplitArrays, TensorBatches, load_feature_spec, load_training_data, read_split, to_tensors
+from ml.data import (
+    SplitArrays,
+    TensorBatches,
+    load_feature_spec,
+    load_training_data,
+    read_split,
+    split_arrays,
+    to_tensors,
+)
 from ml.storage import DataError, S3Uri
 from tests.support.synthetic_features import LocalLake, in_memory_s3, make_arrays, make_spec
 
@@ -109,6 +117,13 @@ def test_a_missing_split_folder_names_the_split(lake: LocalLake) -> None:
         read_split(FEATURES, "train", spec, lake.filesystem)
 
 
+def test_a_part_that_is_not_parquet_names_the_split(lake: LocalLake) -> None:
+    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
+    lake.put(FEATURES.join("train", "part-00000.parquet"), b"not parquet at all")
+    with pytest.raises(DataError, match=r"features/snap/train: cannot read the train split"):
+        read_split(FEATURES, "train", spec, lake.filesystem)
+
+
 def _columns(spec: Any, rows: int = 4, **overrides: pa.Array) -> dict[str, pa.Array]:
     columns: dict[str, pa.Array] = {c: pa.array(np.zeros(rows), pa.float32()) for c in spec.feature_columns}
     columns["label"] = pa.array([0] * rows, pa.int32())
@@ -141,6 +156,17 @@ def test_non_finite_regression_labels_are_refused(lake: LocalLake) -> None:
     _write_split(lake, "train", _columns(spec, label=pa.array([1.0, np.nan, 2.0, 3.0], pa.float64())))
     with pytest.raises(DataError, match="non-finite labels in the train split"):
         read_split(FEATURES, "train", spec, lake.filesystem)
+
+
+def test_a_record_batch_converts_as_its_table_does() -> None:
+    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
+    table = pa.table(_columns(spec, rows=3, x1=pa.array([1.5, 2.5, 3.5], pa.float32())))
+    args: dict[str, Any] = {"feature_columns": spec.feature_columns, "task": spec.task, "num_outputs": 3}
+    whole = split_arrays(table, "train", FEATURES, **args)
+    batch = split_arrays(table.to_batches()[0], "train", FEATURES, **args)
+    np.testing.assert_array_equal(whole.X, batch.X)
+    np.testing.assert_array_equal(whole.y, batch.y)
+    assert whole.X[:, 1].tolist() == [1.5, 2.5, 3.5] and whole.y.dtype == np.int64
 
 
 def test_an_empty_split_is_refused_for_training(lake: LocalLake) -> None:
@@ -193,3 +219,45 @@ def test_tensors_share_memory_with_read_only_arrays() -> None:
     X.setflags(write=False)  # as arrays from Ray's object store are
     tensor, _ = to_tensors(SplitArrays("train", X, np.zeros(4, dtype=np.int64)))
     assert tensor.data_ptr() == X.ctypes.data
+
+
+def test_one_worker_is_the_default_and_an_epoch_is_an_iteration() -> None:
+    X, y = torch.arange(23, dtype=torch.float32).unsqueeze(1), torch.arange(23)
+    default = TensorBatches(X, y, batch_size=5, generator=torch.Generator().manual_seed(3))
+    explicit = TensorBatches(X, y, 5, generator=torch.Generator().manual_seed(3), rank=0, world_size=1)
+    assert explicit.rows_per_epoch == 23 and len(explicit) == len(default)
+    for epoch in range(2):
+        assert torch.equal(torch.cat([xb for xb, _ in default]), torch.cat([xb for xb, _ in explicit.epoch(epoch)]))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("rows,world_size", [(23, 2), (23, 3), (31, 3)])
+def test_workers_take_disjoint_shards_of_one_permutation(rows: int, world_size: int, shuffle: bool) -> None:
+    X, y = torch.arange(rows, dtype=torch.float32).unsqueeze(1), torch.arange(rows)
+    shards = [
+        TensorBatches(
+            X, y, 4, shuffle=shuffle, generator=torch.Generator().manual_seed(7), rank=r, world_size=world_size
+        )
+        for r in range(world_size)
+    ]
+    assert {len(shard) for shard in shards} == {len(shards[0])}
+    for epoch in range(2):
+        seen = []
+        for shard in shards:
+            batches = list(shard.epoch(epoch))
+            assert len(batches) == len(shard)
+            assert all(torch.equal(xb[:, 0].long(), yb) for xb, yb in batches)
+            ids = torch.cat([yb for _, yb in batches]).tolist()
+            assert len(ids) == shard.rows_per_epoch == rows // world_size  # 4 does not leave a single row here
+            seen.append(set(ids))
+        assert sum(len(ids) for ids in seen) == len(set().union(*seen))  # disjoint
+
+
+def test_a_shard_needs_a_valid_rank_and_a_row_per_worker() -> None:
+    X, y = torch.zeros(3, 2), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"rank must be in 0..1, got 2"):
+        TensorBatches(X, y, 2, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="world_size must be >= 1"):
+        TensorBatches(X, y, 2, world_size=0)
+    with pytest.raises(ValueError, match="3 rows cannot give each of 4 workers a row"):
+        TensorBatches(X, y, 2, rank=1, world_size=4)
