@@ -22,11 +22,12 @@ MODEL_SOURCES = (
     "preprocess/job.py",
     "preprocess/steps.py",
     "data",
-    "train.py",
+    "train",
     "models.py",
     "tune/space.py",
     "tune/config.py",
     "tune/search.py",
+    "tune/parallel.py",
     "search_spaces",
 )
 

@@ -29,6 +29,7 @@ def run_pipeline(
     max_epochs: int = 30,
     workers_per_trial: int = 1,
     gpus_per_worker: float | None = None,
+    cache_mb: float = 1024.0,
     margin: float = 0.0,
     register: bool = True,
 ) -> dict[str, Any]:
@@ -68,6 +69,7 @@ def run_pipeline(
         max_epochs=max_epochs,
         workers_per_trial=workers_per_trial,
         gpus_per_worker=gpus_per_worker,
+        cache_mb=cache_mb,
         dag_run_id=run_name,
     )
     search = run_search(config, s3=s3, lake=lake, ray=settings.ray, mlflow=settings.mlflow, kafka=settings.kafka)
@@ -111,6 +113,7 @@ def _cli(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         max_epochs=args.max_epochs,
         workers_per_trial=args.workers_per_trial,
         gpus_per_worker=args.gpus_per_worker,
+        cache_mb=args.cache_mb,
         margin=args.margin,
         register=not args.no_register,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,11 @@ def kafka_topic(kafka_service: None, settings: Any, stack_env: dict[str, str]) -
         yield name
 
 
-@pytest.fixture(scope="module")
-def local_ray(settings: Any) -> Iterator[None]:
-    """A local Ray for one test module, with its own short temp dir (Ray's socket paths are long). Its workers get
-    the S3 keys through the job's runtime environment, as ml.tune.search.ensure_ray gives them."""
+@contextmanager
+def _local_ray(settings: Any, *, state_api: bool) -> Iterator[None]:
+    """A local Ray with its own short temp dir (Ray's socket paths are long). Its workers get the S3 keys through the
+    job's runtime environment, as ml.tune.search.ensure_ray gives them; `state_api`: with the dashboard, which Ray
+    Train needs (ml.tune.runtime.ensure_ray)."""
     import tempfile
 
     import ray
@@ -118,7 +120,7 @@ def local_ray(settings: Any) -> Iterator[None]:
             ray.init(
                 address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
                 num_cpus=2,
-                include_dashboard=False,
+                include_dashboard=state_api,
                 _temp_dir=temp_dir,
                 log_to_driver=False,
                 runtime_env={"env_vars": settings.s3.subprocess_env()},
@@ -127,3 +129,17 @@ def local_ray(settings: Any) -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray(settings: Any) -> Iterator[None]:
+    """A local Ray for one test module."""
+    with _local_ray(settings, state_api=False):
+        yield
+
+
+@pytest.fixture(scope="module")
+def local_ray_with_state_api(settings: Any) -> Iterator[None]:
+    """A local Ray for one test module of data-parallel trials (Ray Train)."""
+    with _local_ray(settings, state_api=True):
+        yield

@@ -21,18 +21,28 @@ from ml.data.arrays import (
     split_arrays,
     to_tensors,
 )
-from ml.data.stream import ParquetSplit, ParquetUnit, StreamedBatches
+from ml.data.stream import (
+    ParquetSplit,
+    ParquetUnit,
+    StreamedBatches,
+    StreamingData,
+    label_moments,
+    training_data,
+)
 
 __all__ = [
     "ParquetSplit",
     "ParquetUnit",
     "SplitArrays",
     "StreamedBatches",
+    "StreamingData",
     "TensorBatches",
     "TrainingData",
+    "label_moments",
     "load_feature_spec",
     "load_training_data",
     "read_split",
     "split_arrays",
     "to_tensors",
+    "training_data",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.data import StreamingData, TrainingData
 from ml.features import FeatureSpec
 from ml.json_values import json_safe
 from ml.models import CLASSIFICATION, ModelConfig
@@ -95,8 +96,19 @@ def target_stats(spec: FeatureSpec, y: np.ndarray) -> tuple[float, float]:
     """Regression: the training labels' mean and std (std 1 when constant); classification: identity."""
     if spec.task == CLASSIFICATION or len(y) == 0:
         return 0.0, 1.0
-    mean = float(np.mean(y, dtype=np.float64))
-    std = float(np.std(y, dtype=np.float64))
+    return _standardisation(float(np.mean(y, dtype=np.float64)), float(np.std(y, dtype=np.float64)))
+
+
+def training_target_stats(data: TrainingData | StreamingData) -> tuple[float, float]:
+    """`target_stats` of a trial's training labels, in memory or streamed (the driver's moments of them)."""
+    if isinstance(data, StreamingData):
+        if data.spec.task == CLASSIFICATION:
+            return 0.0, 1.0
+        return _standardisation(data.target_mean, data.target_std)
+    return target_stats(data.spec, data.train.y)
+
+
+def _standardisation(mean: float, std: float) -> tuple[float, float]:
     return mean, (std if std > 0 and math.isfinite(std) else 1.0)
 
 

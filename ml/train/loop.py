@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ml.data import SplitArrays, TensorBatches, TrainingData, to_tensors
+from ml.data import SplitArrays, StreamedBatches, StreamingData, TensorBatches, TrainingData, to_tensors
 from ml.models import CLASSIFICATION, ModelConfig, build_model, compute_metrics, is_improvement, loss_fn, metric_names
 from ml.train.config import TrainConfig
 from ml.train.state import LoopState, load_training_state, save_training_state
@@ -147,7 +147,7 @@ def evaluate_split(
 
 
 def train_model(
-    data: TrainingData,
+    data: TrainingData | StreamingData,
     model_config: ModelConfig,
     train_config: TrainConfig,
     *,
@@ -170,10 +170,7 @@ def train_model(
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     # The same seed on every worker: each epoch's permutation is shared, and each worker takes its own part of it.
     shuffle = torch.Generator().manual_seed(train_config.seed)
-    X, y = to_tensors(data.train)
-    batches = TensorBatches(
-        X, y, train_config.batch_size, generator=shuffle, rank=group.rank, world_size=group.world_size
-    )
+    batches = _training_batches(data, train_config, shuffle, group)
     state = LoopState()
     if resume_from is not None:
         state = load_training_state(Path(resume_from), model, optimizer, shuffle, model_config)
@@ -196,7 +193,7 @@ def train_model(
         )
         metrics: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
         if validates:
-            metrics.update(evaluate_split(model, model_config, data.validation, device=group.device))
+            metrics.update(evaluate_split(model, model_config, _validation(data), device=group.device))
         metrics["epoch_time_s"] = time.perf_counter() - started
 
         score = metrics.get(train_config.metric, math.nan)
@@ -236,6 +233,27 @@ def train_model(
     result.best_epoch = state.best_epoch
     result.best_metrics = next((m for m in state.history if m["epoch"] == state.best_epoch), {})
     return result
+
+
+def _training_batches(
+    data: TrainingData | StreamingData, train_config: TrainConfig, shuffle: torch.Generator, group: WorkerGroup
+) -> TensorBatches | StreamedBatches:
+    """This worker's batches: sliced from the arrays in memory, or read block by block from S3."""
+    if isinstance(data, StreamingData):
+        return StreamedBatches(
+            data.train,
+            data.filesystem,
+            train_config.batch_size,
+            seed=train_config.seed,
+            rank=group.rank,
+            world_size=group.world_size,
+        )
+    X, y = to_tensors(data.train)
+    return TensorBatches(X, y, train_config.batch_size, generator=shuffle, rank=group.rank, world_size=group.world_size)
+
+
+def _validation(data: TrainingData | StreamingData) -> SplitArrays | Iterable[SplitArrays]:
+    return data.validation.blocks(data.filesystem) if isinstance(data, StreamingData) else data.validation
 
 
 def _train_one_epoch(

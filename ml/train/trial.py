@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ml.data import TrainingData
-from ml.train.config import configs_from_trial, target_stats
+from ml.data import StreamingData, TrainingData
+from ml.train.config import configs_from_trial, training_target_stats
 from ml.train.loop import SingleWorker, train_model
 
 
@@ -42,12 +42,13 @@ def local_copy(checkpoint: Any) -> Iterator[Path | None]:
         yield Path(local)
 
 
-def tune_trainable(config: dict[str, Any], data: TrainingData, device: str = "cpu") -> None:
-    """Ray Tune function trainable: one trial. `data` arrives through `tune.with_parameters` (object store)."""
+def tune_trainable(config: dict[str, Any], data: TrainingData | StreamingData, device: str = "cpu") -> None:
+    """Ray Tune function trainable: one trial. `data` arrives through `tune.with_parameters` (object store): the
+    arrays, or the footers of splits the trial streams from S3."""
     from ray import tune
 
     quiet_checkpoint_logs()
-    mean, std = target_stats(data.spec, data.train.y)
+    mean, std = training_target_stats(data)
     model_config, train_config = configs_from_trial(config, data.spec, target_mean=mean, target_std=std)
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:

@@ -23,6 +23,7 @@ def search_config_from_args(args: argparse.Namespace, settings: Settings) -> Sea
         cpus_per_trial=args.cpus_per_trial,
         workers_per_trial=args.workers_per_trial,
         gpus_per_worker=args.gpus_per_worker,
+        cache_mb=args.cache_mb,
         max_epochs=args.max_epochs,
         patience=args.patience,
         metric=args.metric,
@@ -45,6 +46,12 @@ def add_parallel_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="default: one GPU per worker when the Ray cluster has enough, else CPU only",
+    )
+    parser.add_argument(
+        "--cache-mb",
+        type=float,
+        default=1024.0,
+        help="splits up to this size are read once and shared in memory; larger ones are streamed from S3",
     )
 
 

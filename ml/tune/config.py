@@ -66,6 +66,9 @@ class SearchConfig:
     cpus_per_trial: float = 1.0  # per worker of a data-parallel trial
     workers_per_trial: int = 1  # > 1: data-parallel trials (Ray Train DDP workers; batch_size is per worker)
     gpus_per_worker: float | None = None  # None: one per worker when Ray reports enough GPUs, else none
+    # Splits whose float32 arrays take at most this many MiB are read once and shared through Ray's object store;
+    # larger ones are streamed from S3 by every trial (worker), in memory bounded by the batch and block sizes.
+    cache_mb: float = 1024.0
     max_epochs: int = 20
     patience: int = 5
     grace_period: int | None = None
@@ -94,6 +97,8 @@ class SearchConfig:
             raise ValueError(f"reduction_factor must be >= 2, got {self.reduction_factor}")
         if self.cpus_per_trial <= 0:
             raise ValueError(f"cpus_per_trial must be > 0, got {self.cpus_per_trial}")
+        if self.cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {self.cache_mb}")
         if self.gpus_per_worker is not None and self.gpus_per_worker < 0:
             raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.mode is not None and self.mode not in ("min", "max"):

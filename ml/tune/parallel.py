@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.train import METRICS_FILE, TRAINING_STATE_FILE, configs_from_trial, target_stats, train_model
+from ml.train import METRICS_FILE, TRAINING_STATE_FILE, configs_from_trial, train_model
+from ml.train.config import training_target_stats
 from ml.train.trial import local_copy, numeric_metrics, quiet_checkpoint_logs
 
 if TYPE_CHECKING:
@@ -133,7 +134,8 @@ class RayTrainWorkers:
 @dataclass(frozen=True)
 class DataHandle:
     """The trial's data for its workers: an object-store reference, so that each worker maps the arrays the driver
-    put there once instead of receiving a pickled copy through the trainer's config."""
+    put there once instead of receiving a pickled copy through the trainer's config (streamed splits: their
+    footers, which each worker reads its shard with)."""
 
     ref: Any
 
@@ -200,7 +202,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     group = RayTrainWorkers(context.get_world_rank(), context.get_world_size(), str(get_device()))
     data = loop_config["data"].resolve()
-    mean, std = target_stats(data.spec, data.train.y)
+    mean, std = training_target_stats(data)
     model_config, train_config = configs_from_trial(
         {**loop_config["trial"], "threads": loop_config["threads"]}, data.spec, target_mean=mean, target_std=std
     )

@@ -71,7 +71,7 @@ def run_search(
     RuntimeError when every trial failed, ValueError when a resumed run's settings differ from the stored ones or no
     state signing key is configured, TamperedTuneState when the state to resume is not signed by this stack.
     """
-    from ml.data import load_feature_spec, load_training_data
+    from ml.data import load_feature_spec, training_data
     from ml.tune.signing import share_key_with_ray, signed_filesystem
 
     started = time.perf_counter()
@@ -99,7 +99,6 @@ def run_search(
 
     experiment_path = f"{experiment.bucket}/{experiment.key}"
     restoring = restorable(experiment_path, filesystem)  # checks the signatures of what a restore would read
-    record_or_check_manifest(experiment, manifest, restoring, filesystem)
 
     tracking = mlflow_client(mlflow) if mlflow is not None else None
     parent_run_id = experiment_id = None
@@ -108,6 +107,7 @@ def run_search(
     try:
         # Before anything is recorded: a trial the cluster can never place is an error now, not a search that hangs.
         parallelism = resolve_parallelism(config.workers_per_trial, config.cpus_per_trial, config.gpus_per_worker)
+        record_or_check_manifest(experiment, manifest, restoring, filesystem)
         if tracking is not None:
             from ml.tune.tracking import start_parent_run
 
@@ -116,7 +116,13 @@ def run_search(
             )
         share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
         own_callbacks = _pipeline_callbacks(config, metric, mode, mlflow, kafka, parent_run_id, experiment_id)
-        data = load_training_data(features, spec, arrow_filesystem(s3))
+        data = training_data(
+            features,
+            spec,
+            arrow_filesystem(s3),
+            trial_filesystem=keyless_arrow_filesystem(s3),
+            cache_bytes=int(config.cache_mb * 2**20),
+        )
         trials = _Trials(config, data, metric, mode, experiment, filesystem, parallelism)
         with without_driver_s3_keys():  # the trials get the search's S3 keys, never this process's environment's
             if restoring:

@@ -189,6 +189,12 @@ def test_the_command_passes_every_option(monkeypatch: pytest.MonkeyPatch) -> Non
         "1",
         "--max-epochs",
         "6",
+        "--workers-per-trial",
+        "2",
+        "--gpus-per-worker",
+        "0",
+        "--cache-mb",
+        "64",
         "--margin",
         "0.1",
         "--no-register",
@@ -204,6 +210,9 @@ def test_the_command_passes_every_option(monkeypatch: pytest.MonkeyPatch) -> Non
                 "num_samples": 4,
                 "max_concurrent_trials": 1,
                 "max_epochs": 6,
+                "workers_per_trial": 2,
+                "gpus_per_worker": 0.0,
+                "cache_mb": 64.0,
                 "margin": 0.1,
                 "register": False,
             },
@@ -212,6 +221,7 @@ def test_the_command_passes_every_option(monkeypatch: pytest.MonkeyPatch) -> Non
     defaults = parse("--raw-uri", "s3://in/d/", "--dataset", "d", "--target", "y", "--run-name", "r")
     assert (defaults.task, defaults.search_space, defaults.num_samples, defaults.max_concurrent) == (None, None, 8, 2)
     assert (defaults.max_epochs, defaults.margin, defaults.no_register) == (30, 0.0, False)
+    assert (defaults.workers_per_trial, defaults.gpus_per_worker, defaults.cache_mb) == (1, None, 1024.0)
 
 
 @pytest.mark.parametrize("missing", ["--raw-uri", "--dataset", "--target", "--run-name"])

@@ -53,6 +53,12 @@ def test_every_option_reaches_the_config(tmp_path: Any) -> None:
         "2",
         "--cpus-per-trial",
         "0.5",
+        "--workers-per-trial",
+        "2",
+        "--gpus-per-worker",
+        "1",
+        "--cache-mb",
+        "0",
         "--metric",
         "val_accuracy",
         "--mode",
@@ -67,6 +73,7 @@ def test_every_option_reaches_the_config(tmp_path: Any) -> None:
     assert (config.features_uri, config.num_samples, config.max_concurrent_trials) == ("s3://other/features", 6, 3)
     assert (config.max_epochs, config.patience, config.cpus_per_trial, config.seed) == (9, 2, 0.5, 4)
     assert (config.metric, config.mode, config.dag_run_id) == ("val_accuracy", "max", "manual__1")
+    assert (config.workers_per_trial, config.gpus_per_worker, config.cache_mb) == (2, 1.0, 0.0)
 
 
 def test_bad_values_are_refused() -> None:
@@ -74,6 +81,12 @@ def test_bad_values_are_refused() -> None:
         _parse("--mode", "best")
     with pytest.raises(ValueError, match="num_samples must be >= 1"):
         search_config_from_args(_parse("--num-samples", "0"), SETTINGS)
+    with pytest.raises(ValueError, match="workers_per_trial must be >= 1"):
+        search_config_from_args(_parse("--workers-per-trial", "0"), SETTINGS)
+    with pytest.raises(ValueError, match="gpus_per_worker must be >= 0"):
+        search_config_from_args(_parse("--gpus-per-worker", "-1"), SETTINGS)
+    with pytest.raises(ValueError, match="cache_mb must be >= 0"):
+        search_config_from_args(_parse("--cache-mb", "-1"), SETTINGS)
     with pytest.raises(ValueError, match="not valid JSON"):
         search_config_from_args(_parse("--search-space", "{lr"), SETTINGS)
 

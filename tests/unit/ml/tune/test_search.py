@@ -26,6 +26,7 @@ from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
 from ml.storage import DataError, S3Uri
 from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, PipelineCallback, ProgressLogCallback
 from ml.tune.config import SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchConfig, SearchIncomplete, SearchResult
+from ml.tune.parallel import Parallelism
 from ml.tune.signing import signed_filesystem
 from ml.tune.space import search_space_hash, validate_search_space
 from tests.support.synthetic_features import IN_MEMORY_S3, in_memory_s3, make_spec
@@ -86,7 +87,8 @@ class FakeResultGrid(list):
 def _summarise(grid: FakeResultGrid, config: SearchConfig | None = None, mode: str = "min") -> SearchResult:
     config = config or _config()
     spec = make_spec("d", "snap", "regression", 1)
-    return search._summarise(grid, config, spec, "val_loss", mode, EXPERIMENT, FEATURES, search_space_hash(SPACE))
+    trials = search._Trials(config, None, "val_loss", mode, EXPERIMENT, None, Parallelism())
+    return search._summarise(grid, trials, spec, FEATURES, search_space_hash(SPACE))
 
 
 def test_trial_names_are_short_and_stable() -> None:
@@ -286,18 +288,15 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     monkeypatch.setattr(search, "restorable", lambda path, filesystem: recorder.restorable)
     monkeypatch.setattr(search, "route_library_logs", lambda: None)
 
-    def ensure_ray(ray: RaySettings, s3: Any) -> bool:
+    def ensure_ray(ray: RaySettings, s3: Any, *, state_api: bool) -> bool:
         recorder.calls.append(("ensure_ray", ray, s3))
         return False
 
     monkeypatch.setattr(search, "ensure_ray", ensure_ray)
-    monkeypatch.setattr(ml.data, "load_training_data", lambda features, spec, filesystem: ("data", str(features)))
-    monkeypatch.setattr(
-        search, "_start", lambda config, data, metric, mode, experiment, fs, cbs: recorder.fit("start", cbs)
-    )
-    monkeypatch.setattr(
-        search, "_resume", lambda config, data, metric, mode, experiment, fs, cbs: recorder.fit("resume", cbs)
-    )
+    monkeypatch.setattr(search, "resolve_parallelism", lambda workers, cpus, gpus: Parallelism(workers, cpus, 0.0))
+    monkeypatch.setattr(ml.data, "training_data", lambda features, spec, filesystem, **options: ("data", str(features)))
+    monkeypatch.setattr(search, "_start", lambda trials, cbs: recorder.fit("start", cbs))
+    monkeypatch.setattr(search, "_resume", lambda trials, cbs: recorder.fit("resume", cbs))
     monkeypatch.setattr(search, "mlflow_client", lambda mlflow: "mlflow-client")
     monkeypatch.setattr(
         tracking,
@@ -321,8 +320,8 @@ def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: An
     extra = CallersCallback()
     result = _run(mlflow=MLFLOW, kafka=KAFKA, callbacks=[extra])
 
-    assert fakes.calls[0] == ("parent", "mlflow-client")
-    assert fakes.calls[1] == ("ensure_ray", RAY, IN_MEMORY_S3)
+    assert fakes.calls[0] == ("ensure_ray", RAY, IN_MEMORY_S3)  # a trial Ray cannot place fails before a parent run
+    assert fakes.calls[1] == ("parent", "mlflow-client")
     assert fakes.calls[2] == (
         "start",
         ["ProgressLogCallback", "MlflowTrialCallback", "KafkaMetricsCallback", "CallersCallback"],
@@ -365,7 +364,18 @@ def test_an_interrupted_search_refuses_other_settings(lake: Any, fakes: Recorder
     fakes.restorable = True
     with pytest.raises(ValueError, match="max_epochs"):
         _run(_config(max_epochs=4))
-    assert fakes.calls == []
+    assert [call[0] for call in fakes.calls] == ["ensure_ray"]  # no parent run, no Tuner
+    with pytest.raises(ValueError, match="workers_per_trial"):
+        _run(_config(workers_per_trial=2))
+
+
+def test_a_search_recorded_before_data_parallel_trials_resumes_with_one_worker(lake: Any, fakes: Recorder) -> None:
+    manifest = _config().manifest("regression")
+    del manifest["workers_per_trial"], manifest["gpus_per_worker"]
+    fakes.write(SEARCH_MANIFEST_FILE, manifest)
+    fakes.restorable = True
+    _run()
+    assert ("resume", ["ProgressLogCallback"]) in fakes.calls
 
 
 def test_an_interruption_marks_the_parent_run_killed(lake: Any, fakes: Recorder) -> None:
@@ -387,7 +397,7 @@ def test_ray_started_by_the_search_is_shut_down(lake: Any, fakes: Recorder, monk
     import ray
 
     shutdowns: list[bool] = []
-    monkeypatch.setattr(search, "ensure_ray", lambda ray_settings, s3: True)
+    monkeypatch.setattr(search, "ensure_ray", lambda ray_settings, s3, state_api: True)
     monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(True))
     fakes.fit_error = RuntimeError("Tune broke")
     with pytest.raises(RuntimeError):

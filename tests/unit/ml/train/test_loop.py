@@ -328,3 +328,113 @@ def test_the_trainable_resumes_after_its_checkpoint(tmp_path: Path, monkeypatch:
     for before, after in zip(full.reports[1:], resumed.reports, strict=True):
         assert after["train_loss"] == before["train_loss"] and after["val_loss"] == before["val_loss"]
     assert sorted(p.name for p in (tmp_path / "full" / "epoch1").iterdir())  # the restored checkpoint is untouched
+
+
+# -- streamed splits and data-parallel groups
+
+
+def _streamed(tmp_path: Path, task: str = "classification", classes: int = 2) -> tuple[Any, Any]:
+    """The same splits in memory and as a StreamingData over a local folder laid out like the lake."""
+    from ml.data import StreamingData, training_data
+    from ml.storage import S3Uri
+    from tests.support.synthetic_features import LocalLake
+
+    memory = make_training_data(task, classes)
+    lake = LocalLake(tmp_path)
+    uri = S3Uri("lake", "features")
+    lake.write_features(memory.spec, {"train": memory.train, "validation": memory.validation}, uri, row_group_size=50)
+    streamed = training_data(uri, memory.spec, lake.filesystem, trial_filesystem=lake.filesystem, cache_bytes=0)
+    assert isinstance(streamed, StreamingData)
+    return memory, streamed
+
+
+@pytest.mark.parametrize("task,classes", [("classification", 3), ("regression", 1)])
+def test_a_streamed_split_trains_and_validates_on_every_row(tmp_path: Path, task: str, classes: int) -> None:
+    from ml.train.config import training_target_stats
+
+    memory, streamed = _streamed(tmp_path, task, classes)
+    mean, std = training_target_stats(streamed)
+    assert (mean, std) == pytest.approx(target_stats(memory.spec, memory.train.y))
+    model_config, train_config = configs_from_trial(
+        {"num_layers": 1, "hidden_size": 16, "lr": 1e-2, "batch_size": 64, "max_epochs": 4, "patience": 4},
+        memory.spec,
+        target_mean=mean,
+        target_std=std,
+    )
+    result = train_model(streamed, model_config, train_config)
+    assert [m["epoch"] for m in result.history] == [1, 2, 3, 4]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    # Validation streamed block by block gives what the whole split in memory gives.
+    in_memory = evaluate_split(result.model, model_config, memory.validation)
+    streamed_blocks = evaluate_split(result.model, model_config, streamed.validation.blocks(streamed.filesystem))
+    assert streamed_blocks == pytest.approx(in_memory, rel=1e-5)
+    again = train_model(streamed, model_config, train_config)  # seeded by (seed, epoch): reproducible
+    assert [m["train_loss"] for m in again.history] == [m["train_loss"] for m in result.history]
+
+
+class _FakeGroup:
+    """A worker of a data-parallel group without a process group: `agree` answers what rank 0 decided."""
+
+    def __init__(self, rank: int, world_size: int, decisions: list[bool]) -> None:
+        self.rank, self.world_size, self.device = rank, world_size, "cpu"
+        self.decisions = decisions
+        self.asked: list[bool] = []
+
+    def wrap(self, model: Any) -> Any:
+        return model
+
+    def agree(self, stop: bool) -> bool:
+        self.asked.append(stop)
+        return self.decisions[len(self.asked) - 1]
+
+
+def test_a_worker_other_than_rank_0_trains_its_shard_and_follows_rank_0() -> None:
+    data = make_training_data("classification", 2)
+    model_config, train_config = _configs(data, max_epochs=5, patience=5)
+    reports: list[tuple[dict[str, Any], Any]] = []
+    group = _FakeGroup(1, 2, [False, True])  # rank 0 stops after epoch 2
+    result = train_model(data, model_config, train_config, report=lambda m, d: reports.append((m, d)), group=group)
+    assert [m["epoch"] for m in result.history] == [1, 2]
+    assert all(directory is None for _, directory in reports)  # only rank 0 writes checkpoints
+    assert not any(key.startswith("val_") for metrics, _ in reports for key in metrics)  # nor validates
+
+
+def test_rank_0_validates_checkpoints_and_its_decision_is_asked_every_epoch(tmp_path: Path) -> None:
+    data = make_training_data("classification", 2)
+    model_config, train_config = _configs(data, max_epochs=3, patience=3)
+    kept: list[set[str]] = []
+
+    def report(metrics: dict[str, Any], directory: Path | None) -> None:
+        assert directory is not None and "val_loss" in metrics
+        kept.append({p.name for p in directory.iterdir()})
+
+    group = _FakeGroup(0, 2, [False, False, False])
+    train_model(data, model_config, train_config, report=report, group=group)
+    assert group.asked == [False, False, False] and len(kept) == 3
+    assert {METRICS_FILE, TRAINING_STATE_FILE} <= kept[0]
+
+
+def test_in_a_group_a_diverged_step_does_not_end_the_epoch_early() -> None:
+    from ml.train.loop import _train_one_epoch
+
+    data = make_training_data("regression", 1)
+    model_config, _ = _configs(data)
+    from ml.models import build_model
+
+    model = build_model(model_config)
+    calls = []
+
+    class Optimizer:
+        def zero_grad(self, set_to_none: bool) -> None:
+            calls.append("zero")
+
+        def step(self) -> None:
+            calls.append("step")
+
+    X = torch.full((8, len(data.spec.feature_columns)), math.nan)
+    batches = [(X[:4], torch.zeros(4)), (X[4:], torch.zeros(4))]
+    loss, diverged = _train_one_epoch(model, model_config, Optimizer(), batches, "cpu", alone=False)
+    assert diverged and math.isnan(loss) and calls.count("step") == 2  # every batch's all-reduce happens
+    calls.clear()
+    loss, diverged = _train_one_epoch(model, model_config, Optimizer(), batches, "cpu", alone=True)
+    assert diverged and calls.count("step") == 0  # alone: stop at the first non-finite loss

@@ -1,0 +1,114 @@
+"""ml.tune.parallel: the resources of data-parallel trials (checked against the cluster before a search starts), how
+many run at once, the worker group's decisions, and the kept checkpoints read back from a Train run's storage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+from ml.tune.parallel import (
+    CHECKPOINT_PREFIX,
+    TRAIN_RUN_NAME,
+    Parallelism,
+    RayTrainWorkers,
+    concurrent_trials,
+    kept_checkpoints,
+    resolve_parallelism,
+)
+
+
+def _cluster(monkeypatch: pytest.MonkeyPatch, *nodes: dict[str, float]) -> None:
+    """A fake connected cluster of these nodes' resources."""
+    total: dict[str, float] = {}
+    for node in nodes:
+        for key, value in node.items():
+            total[key] = total.get(key, 0) + value
+    monkeypatch.setattr(ray, "cluster_resources", lambda: total)
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": node} for node in nodes])
+
+
+def test_parallelism_refuses_bad_values_and_asks_tune_for_what_a_trial_needs() -> None:
+    with pytest.raises(ValueError, match="workers_per_trial must be >= 1"):
+        Parallelism(0)
+    with pytest.raises(ValueError, match="a worker needs"):
+        Parallelism(2, 0)
+    single = Parallelism(1, 2.0, 1.0)
+    assert not single.data_parallel and single.trial_resources() == {"cpu": 2.0, "gpu": 1.0}
+    group = Parallelism(2, 1.0)
+    # The trial function only drives its trainer: no CPU, or 1 + 2 workers would dead-lock a 2-CPU cluster.
+    assert group.data_parallel and group.trial_resources()["cpu"] == 0 and group.trial_resources()["memory"] > 0
+
+
+def test_gpus_default_to_one_per_worker_only_when_the_cluster_has_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cluster(monkeypatch, {"CPU": 4.0})
+    assert resolve_parallelism(2, 1.0, None).gpus_per_worker == 0
+    _cluster(monkeypatch, {"CPU": 4.0, "GPU": 1.0})
+    assert resolve_parallelism(2, 1.0, None).gpus_per_worker == 0  # one GPU for two workers: CPU
+    assert resolve_parallelism(1, 1.0, None).gpus_per_worker == 1
+    _cluster(monkeypatch, {"CPU": 4.0, "GPU": 2.0})
+    assert resolve_parallelism(2, 1.0, None) == Parallelism(2, 1.0, 1.0)
+    assert resolve_parallelism(2, 1.0, 0).gpus_per_worker == 0  # asked for CPU only
+
+
+@pytest.mark.parametrize(
+    "nodes,workers,cpus,gpus,message",
+    [
+        ([{"CPU": 2.0}], 3, 1.0, 0.0, r"3 worker\(s\) x 1 CPU need 3 CPU, the cluster has 2"),
+        ([{"CPU": 1.0}, {"CPU": 1.0}], 1, 2.0, 0.0, "no node has 2 CPU for one worker"),
+        ([{"CPU": 4.0}], 2, 1.0, 1.0, r"need 2 GPU, the cluster has 0"),
+    ],
+)
+def test_a_trial_the_cluster_can_never_place_is_an_error_before_the_search(
+    monkeypatch: pytest.MonkeyPatch,
+    nodes: list[dict[str, float]],
+    workers: int,
+    cpus: float,
+    gpus: float,
+    message: str,
+) -> None:
+    _cluster(monkeypatch, *nodes)
+    with pytest.raises(ValueError, match=message) as error:
+        resolve_parallelism(workers, cpus, gpus)
+    assert "lower workers_per_trial" in str(error.value)
+
+
+def test_only_as_many_data_parallel_trials_run_at_once_as_the_cpus_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    _cluster(monkeypatch, {"CPU": 2.0})
+    assert concurrent_trials(Parallelism(2, 1.0), 4) == 1
+    assert concurrent_trials(Parallelism(3, 1.0), 4) == 1  # never 0
+    assert concurrent_trials(Parallelism(1, 1.0), 4) == 4  # single-process trials: Tune queues them itself
+    _cluster(monkeypatch, {"CPU": 8.0})
+    assert concurrent_trials(Parallelism(2, 1.0), 3) == 3
+
+
+def test_a_single_worker_decides_alone() -> None:
+    workers = RayTrainWorkers(0, 1, "cpu")
+    assert workers.agree(True) and not workers.agree(False)
+
+
+def _checkpoint(trial: Path, epoch: int, metrics: dict[str, Any], files: tuple[str, ...] | None = None) -> None:
+    folder = trial / TRAIN_RUN_NAME / f"{CHECKPOINT_PREFIX}{epoch:04d}"
+    folder.mkdir(parents=True)
+    for name in files or ("model_state.pt", "model_config.json", "training_state.pt"):
+        (folder / name).write_bytes(b"x")
+    if files is None:
+        (folder / "metrics.json").write_text(json.dumps({"metrics": metrics, "history": []}))
+
+
+def test_kept_checkpoints_are_the_complete_ones_with_their_metrics(tmp_path: Path) -> None:
+    from pyarrow import fs
+
+    trial = tmp_path / "trial_a"
+    _checkpoint(trial, 2, {"epoch": 2, "val_loss": 0.5})
+    _checkpoint(trial, 3, {"epoch": 3, "val_loss": None})  # NaN is stored as null
+    _checkpoint(trial, 4, {}, files=("model_state.pt",))  # an upload cut short by a killed worker
+    (trial / TRAIN_RUN_NAME / "checkpoint_manager_snapshot.json").write_text("{}")
+    kept = kept_checkpoints(str(trial), fs.LocalFileSystem())
+    assert [Path(path).name for path, _ in kept] == [f"{CHECKPOINT_PREFIX}0002", f"{CHECKPOINT_PREFIX}0003"]
+    assert kept[0][1] == {"epoch": 2, "val_loss": 0.5}
+    assert kept[1][1]["val_loss"] != kept[1][1]["val_loss"]  # NaN again
+    assert kept_checkpoints(str(tmp_path / "never_ran"), fs.LocalFileSystem()) == []
