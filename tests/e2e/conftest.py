@@ -40,7 +40,8 @@ def airflow_api(
 @pytest.fixture(scope="session")
 def first_run(airflow_api: AirflowApi, settings: Any, s3_client: Any) -> dict[str, Any]:
     """Upload a copy of the penguins data under a new dataset name and run the DAG once on it; at the same moment,
-    a run on another new dataset (the shipped cars data, regression) under "other": two runs at once."""
+    a run on another new dataset (the shipped cars data, regression, trials of 2 DDP workers) under "other": two
+    runs at once."""
     from ml.datasets import load_shipped, upload_frame
     from ml.storage import S3Uri
     from tests.support.dag_runs import penguins_run
@@ -55,6 +56,7 @@ def first_run(airflow_api: AirflowApi, settings: Any, s3_client: Any) -> dict[st
         "target": "Miles_per_Gallon",
         "task": "regression",
         "max_concurrent_trials": 1,
+        "workers_per_trial": 2,  # data-parallel trials (Ray Train DDP) under Airflow
     }
     run_id, other_run_id = trigger(airflow_api, conf), trigger(airflow_api, other_conf)
     states = follow(airflow_api, [run_id, other_run_id], timeout_s=1800)

@@ -234,6 +234,7 @@ def test_a_run_on_another_dataset_at_the_same_time_has_its_own_model(
         assert airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"] == champion.tags["snapshot_id"]
     evaluation = airflow_api.xcom(other["run_id"], "register_best_model")["evaluation"]
     assert evaluation["task"] == "regression" and evaluation["test_metrics"]["rmse"] > 0
+    assert "/train/checkpoint_epoch_" in evaluation["checkpoint_uri"]  # trained data-parallel by Ray Train
 
 
 def test_two_runs_at_once_on_the_same_dataset_keep_the_aliases_consistent(
