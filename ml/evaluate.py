@@ -17,8 +17,8 @@ import argparse
 import logging
 import tempfile
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from ml.json_values import json_safe
 from ml.models import CLASSIFICATION, base_metric_name, compute_metrics, higher_is_better
 from ml.settings import MlflowSettings, S3Settings, Settings
 from ml.storage import S3Uri, evaluation_uri, write_json
+
+if TYPE_CHECKING:
+    from ml.data import SplitArrays
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +44,45 @@ def primary_metric(task: str, objective: str) -> str:
 
 
 def baseline_predictions(
-    task: str, train_y: np.ndarray, rows: int, num_classes: int | None = None
+    task: str, train_y: np.ndarray | Iterable[np.ndarray], rows: int, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A trivial model fitted on the training labels: (predictions, probabilities or None) for `rows` rows."""
+    """A trivial model fitted on the training labels (an array, or its blocks: only their class counts or sum are
+    kept): (predictions, probabilities or None) for `rows` rows."""
+    blocks = [train_y] if isinstance(train_y, np.ndarray) else train_y
     if task == CLASSIFICATION:
-        k = int(num_classes or (int(train_y.max()) + 1 if len(train_y) else 1))
-        counts = np.bincount(train_y.astype(np.int64), minlength=k).astype(np.float64)
+        counts = np.zeros(int(num_classes or 0), dtype=np.float64)
+        for block in blocks:
+            found = np.bincount(block.astype(np.int64), minlength=len(counts)).astype(np.float64)
+            counts = np.pad(counts, (0, len(found) - len(counts))) + found
+        if not len(counts):
+            counts = np.zeros(1)
+        k = len(counts)
         priors = counts / counts.sum() if counts.sum() else np.full(k, 1.0 / k)
         return np.full(rows, int(np.argmax(counts))), np.tile(priors, (rows, 1))
-    mean = float(np.mean(train_y, dtype=np.float64)) if len(train_y) else 0.0
-    return np.full(rows, mean), None
+    total, count = 0.0, 0
+    for block in blocks:
+        total += float(np.sum(block, dtype=np.float64))
+        count += len(block)
+    return np.full(rows, total / count if count else 0.0), None
+
+
+def predict_blocks(model: Any, blocks: Iterable[SplitArrays]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """`ml.models.predict` over a split's blocks: (predictions, probabilities or None, labels), in the split's order."""
+    from ml.models import predict
+
+    outputs: list[np.ndarray] = []
+    probabilities: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for block in blocks:
+        predicted, probability = predict(model, block.X)
+        outputs.append(predicted)
+        if probability is not None:
+            probabilities.append(probability)
+        labels.append(block.y)
+    if not outputs:
+        return np.empty(0), None, np.empty(0)
+    joined = np.concatenate(probabilities) if probabilities else None
+    return np.concatenate(outputs), joined, np.concatenate(labels)
 
 
 def evaluate_best(
@@ -59,8 +91,8 @@ def evaluate_best(
     """Evaluate a SearchResult (object, dict, JSON file path or s3:// URI) on the test split; returns the JSON dict.
     The metrics go into the search's MLflow parent run unless `mlflow` is None."""
     from ml.clients import arrow_filesystem, s3_client
-    from ml.data import load_feature_spec, read_split
-    from ml.models import load_model, predict
+    from ml.data import ParquetSplit, load_feature_spec
+    from ml.models import load_model
     from ml.predictor import download_checkpoint
     from ml.tune.config import load_search_result
 
@@ -76,17 +108,20 @@ def evaluate_best(
         download_checkpoint(result.best_checkpoint_uri, directory, client)
         model = load_model(directory)
 
+    # Both splits are streamed block by block: only the model's outputs and the labels are kept, never the features.
     filesystem = arrow_filesystem(s3)
-    test = read_split(features, "test", spec, filesystem)
-    train = read_split(features, "train", spec, filesystem, labels_only=True)
+    test = ParquetSplit.open(features, "test", spec, filesystem)
+    train = ParquetSplit.open(features, "train", spec, filesystem)
     if test.rows == 0:
         raise ValueError(f"{features}: the test split is empty")
     num_classes = spec.num_outputs if spec.task == CLASSIFICATION else None
 
-    predictions, probabilities = predict(model, test.X)
-    test_metrics = compute_metrics(spec.task, test.y, predictions, probabilities, num_classes=num_classes)
-    base_predictions, base_probabilities = baseline_predictions(spec.task, train.y, test.rows, num_classes)
-    baseline_metrics = compute_metrics(spec.task, test.y, base_predictions, base_probabilities, num_classes=num_classes)
+    predictions, probabilities, test_y = predict_blocks(model, test.blocks(filesystem))
+    test_metrics = compute_metrics(spec.task, test_y, predictions, probabilities, num_classes=num_classes)
+    base_predictions, base_probabilities = baseline_predictions(
+        spec.task, train.labels(filesystem), test.rows, num_classes
+    )
+    baseline_metrics = compute_metrics(spec.task, test_y, base_predictions, base_probabilities, num_classes=num_classes)
 
     metric = primary_metric(spec.task, result.metric)
     evaluation = json_safe(

@@ -25,7 +25,7 @@ def rescore_on_test_split(
     the challenger's preprocessing had imputed or lumped into `__other__` reach the champion as the imputed value / an
     unseen category: the comparison stays on identical rows and labels."""
     from ml.clients import arrow_filesystem
-    from ml.data import read_split
+    from ml.data import ParquetSplit
     from ml.models import base_metric_name, compute_metrics
 
     challenger = load_version(context.mlflow, name, challenger_version)
@@ -34,27 +34,41 @@ def rescore_on_test_split(
     if not features_uri:
         raise RegistryError(f"{name} v{challenger_version} has no features_uri tag: cannot re-score the champion")
     spec = challenger.spec
-    split = read_split(features_uri, "test", spec, arrow_filesystem(context.s3))
+    filesystem = arrow_filesystem(context.s3)
+    split = ParquetSplit.open(features_uri, "test", spec, filesystem)
     base = base_metric_name(metric)
 
-    outputs, probabilities = challenger.predictor.predict_matrix(split.X)
-    challenger_metrics = compute_metrics(spec.task, split.y, outputs, probabilities, num_classes=spec.num_outputs)
-    raw_rows = features_to_raw_rows(spec, split.X)
-    champion_outputs, champion_probabilities = champion.predictor.predict_matrix(champion.spec.transform(raw_rows))
+    # Block by block: the features of one block at a time, the outputs and labels of the whole split.
+    labels, outputs, probabilities, champion_outputs, champion_probabilities = [], [], [], [], []
+    for block in split.blocks(filesystem):
+        labels.append(block.y)
+        predicted, probability = challenger.predictor.predict_matrix(block.X)
+        outputs.append(predicted)
+        probabilities.append(probability)
+        raw_rows = features_to_raw_rows(spec, block.X)
+        predicted, probability = champion.predictor.predict_matrix(champion.spec.transform(raw_rows))
+        champion_outputs.append(predicted)
+        champion_probabilities.append(probability)
+    y = _joined(labels)
+    challenger_metrics = compute_metrics(
+        spec.task, y, _joined(outputs), _joined(probabilities), num_classes=spec.num_outputs
+    )
+    champion_output = _joined(champion_outputs)
+    champion_probability = _joined(champion_probabilities)
     if spec.task == "classification" and spec.classes:
         # Express the champion's classes in the challenger's label indices (a class it lacks is never predicted).
         position = {label: index for index, label in enumerate(spec.classes)}
         champion_classes = champion.spec.classes or []
-        mapped = np.array([position.get(champion_classes[int(i)], -1) for i in champion_outputs], dtype=np.int64)
+        mapped = np.array([position.get(champion_classes[int(i)], -1) for i in champion_output], dtype=np.int64)
         reordered = None
-        if champion_probabilities is not None:
+        if champion_probability is not None:
             reordered = np.zeros((len(mapped), len(spec.classes)))
             for source_index, label in enumerate(champion_classes):
                 if label in position:
-                    reordered[:, position[label]] = champion_probabilities[:, source_index]
-        champion_metrics = compute_metrics(spec.task, split.y, mapped, reordered, num_classes=spec.num_outputs)
+                    reordered[:, position[label]] = champion_probability[:, source_index]
+        champion_metrics = compute_metrics(spec.task, y, mapped, reordered, num_classes=spec.num_outputs)
     else:
-        champion_metrics = compute_metrics(spec.task, split.y, champion_outputs, None)
+        champion_metrics = compute_metrics(spec.task, y, champion_output, None)
     if base not in challenger_metrics:
         raise RegistryError(f"metric {metric!r} is not computed for {spec.task} (have {sorted(challenger_metrics)})")
     log.info(
@@ -70,6 +84,13 @@ def rescore_on_test_split(
         champion_metrics[base],
     )
     return float(challenger_metrics[base]), float(champion_metrics[base])
+
+
+def _joined(parts: list[Any]) -> Any:
+    """The blocks' arrays end to end (None when the predictor gives none, e.g. no probabilities for regression)."""
+    if not parts or parts[0] is None:
+        return None if parts else np.empty(0)
+    return np.concatenate(parts)
 
 
 def features_to_raw_rows(spec: FeatureSpec, features: np.ndarray) -> list[dict[str, Any]]:

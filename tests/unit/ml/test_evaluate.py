@@ -56,6 +56,33 @@ def test_baselines_without_training_labels() -> None:
     assert inferred is not None and inferred.shape == (1, 2)
 
 
+def test_baselines_from_streamed_label_blocks_equal_the_whole_array() -> None:
+    labels = np.array([0, 2, 2, 1, 2, 3, 3, 3])
+    blocks = iter([labels[:3], labels[3:5], labels[5:]])  # a later block shows a class the first did not
+    whole = baseline_predictions("classification", labels, 2)
+    streamed = baseline_predictions("classification", blocks, 2)
+    assert whole[0].tolist() == streamed[0].tolist() and np.allclose(whole[1], streamed[1])  # type: ignore[arg-type]
+    values = np.array([1.0, 2.0, 6.0, 7.0])
+    assert baseline_predictions("regression", iter([values[:1], values[1:]]), 1)[0].tolist() == [4.0]
+
+
+def test_predictions_over_blocks_equal_one_pass_over_the_split() -> None:
+    from ml.data import SplitArrays
+    from ml.evaluate import predict_blocks
+    from ml.models import build_model, predict
+    from tests.support.synthetic_features import make_training_data
+
+    data = make_training_data("classification", 3)
+    model_config, _ = configs_from_trial({"num_layers": 1, "hidden_size": 8}, data.spec)
+    model = build_model(model_config)
+    split = data.validation
+    blocks = [SplitArrays("v", split.X[i : i + 7], split.y[i : i + 7]) for i in range(0, split.rows, 7)]
+    predictions, probabilities, labels = predict_blocks(model, blocks)
+    expected, expected_probabilities = predict(model, split.X)
+    assert predictions.tolist() == expected.tolist() and np.allclose(probabilities, expected_probabilities)  # type: ignore[arg-type]
+    assert labels.tolist() == split.y.tolist()
+
+
 def test_primary_metric_follows_the_objective() -> None:
     assert primary_metric("classification", "val_loss") == "log_loss"
     assert primary_metric("regression", "val_loss") == "rmse"
