@@ -160,3 +160,53 @@ def test_a_trial_the_cluster_cannot_place_fails_before_the_search_starts(
     with pytest.raises(ValueError, match=r"cannot be placed.*3 worker\(s\) x 1 CPU need 3 CPU, the cluster has 2"):
         search(config, settings)
     assert not exists(config.experiment_uri(settings.lake).join(SEARCH_MANIFEST_FILE), s3_client)
+
+
+# Tune brings callbacks back from their pickle on restore: the records live in module state, which survives that.
+RESULTS: list[tuple[int, str, int]] = []  # (phase, trial id, epoch)
+PHASE = {"now": 1, "interrupt_at": 0}
+
+
+class RecordAndInterrupt(tune.Callback):
+    """Records every result; in phase 1, interrupts the search like Ctrl+C once a trial reports its second epoch."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        RESULTS.append((PHASE["now"], trial.trial_id, int(result["epoch"])))
+        if PHASE["interrupt_at"] and result["epoch"] == PHASE["interrupt_at"]:
+            PHASE["interrupt_at"] = 0  # once
+            os.kill(os.getpid(), signal.SIGINT)  # Tune saves its state and returns
+
+
+def test_an_interrupted_data_parallel_search_resumes_each_trial_from_its_train_checkpoint(
+    local_ray_with_state_api: None, features: SyntheticFeatures, settings: Settings
+) -> None:
+    from ml.tune.config import SearchIncomplete
+
+    config = small_search(
+        features.dataset,
+        features.snapshot_id,
+        f"ddp-resume-{uuid.uuid4().hex[:8]}",
+        workers_per_trial=2,
+        num_samples=2,
+        max_epochs=4,
+        patience=4,
+        grace_period=4,  # no ASHA stop: every trial runs its 4 epochs
+    )
+    RESULTS.clear()
+    PHASE.update(now=1, interrupt_at=2)
+    with pytest.raises(SearchIncomplete):
+        search(config, settings, mlflow=False, kafka=False, callbacks=[RecordAndInterrupt()])
+    interrupted = {trial for _, trial, _ in RESULTS}
+    assert len(interrupted) == 1, RESULTS
+    PHASE["now"] = 2
+    result = search(config, settings, mlflow=False, kafka=False)
+    assert (result.num_trials, result.num_errored) == (2, 0)
+    (trial,) = interrupted
+    before = [epoch for phase, t, epoch in RESULTS if phase == 1 and t == trial]
+    after = [epoch for phase, t, epoch in RESULTS if phase == 2 and t == trial]
+    assert before[:2] == [1, 2] and after and after[-1] == 4, RESULTS
+    # Resumed from the Train run's latest checkpoint, not from scratch: epoch 1 never runs again, and no epoch but
+    # the one in flight at the interruption runs twice.
+    assert 1 not in after and len(Counter(before + after)) >= len(before + after) - 1, RESULTS
+    others = [epoch for phase, t, epoch in RESULTS if phase == 2 and t != trial]
+    assert others == [1, 2, 3, 4], RESULTS
