@@ -1,10 +1,13 @@
-"""`mlops_training` on the cluster profile, and evidence from the engines themselves that the work was distributed:
-Spark's master, Ray's state API, the Hive metastore used by two applications at once, metadata in PostgreSQL."""
+"""`mlops_training` on the cluster profile, a data-parallel trial across both Ray nodes, and evidence from the engines
+themselves that the work was distributed: Spark's master, Ray's state API, the Hive metastore used by two
+applications at once, metadata in PostgreSQL."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+from ml.settings import Settings
 from stack.demo import AirflowApi
 
 
@@ -95,3 +98,43 @@ def test_two_spark_applications_use_the_hive_table_at_once(
         assert holder_id in {app["id"] for app in master["activeapps"]}, "the holder's session was still open"
         assert {app["id"]: app["state"] for app in master["completedapps"]}.get(reader_id) == "FINISHED"
     assert int(held_count) == int(count) == sum(preprocess["rows"].values()) > 300
+
+
+def test_a_data_parallel_trial_spans_both_ray_nodes(cluster_stack: dict[str, str], settings: Settings) -> None:
+    """Two 1-CPU DDP workers of one trial on the head and the worker node (one CPU each): gloo across the nodes,
+    the splits streamed from S3 by each worker, the best checkpoint kept by the trial's Train run."""
+    import time
+
+    from ml.storage import S3Uri
+    from stack.cluster import ray_state
+    from stack.config import stack_paths
+    from tests.integration.ml.tune.support import search, small_search
+    from tests.support.synthetic_features import write_synthetic_features
+
+    features = write_synthetic_features(settings, "classification", 2, rows={"train": 4000, "validation": 500})
+    started_ms = int(time.time() * 1000)
+    try:
+        config = small_search(
+            features.dataset,
+            features.snapshot_id,
+            f"cluster-ddp-{uuid.uuid4().hex[:8]}",
+            num_samples=1,
+            max_epochs=2,
+            workers_per_trial=2,
+            cache_mb=0.01,  # over the cap: each worker streams its shard
+        )
+        result = search(config, settings, mlflow=False, kafka=False)
+        assert (result.num_trials, result.num_errored) == (1, 0)
+        assert "/train/checkpoint_epoch_" in S3Uri.parse(result.best_checkpoint_uri).key
+        paths = stack_paths()
+        nodes = {node["node_id"] for node in ray_state(paths, "nodes") if node["state"] == "ALIVE"}
+        # This search is a Ray driver job of its own; a dead actor's detail has no start time of its own.
+        drivers = {job["job_id"] for job in ray_state(paths, "jobs", detail=True) if job["start_time"] >= started_ms}
+        workers = [
+            actor
+            for actor in ray_state(paths, "actors", detail=True)
+            if actor["class_name"] == "RayTrainWorker" and actor["job_id"] in drivers
+        ]
+        assert len(workers) == 2 and {actor["node_id"] for actor in workers} == nodes, workers
+    finally:
+        features.cleanup()

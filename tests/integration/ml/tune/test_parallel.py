@@ -99,11 +99,15 @@ def test_a_data_parallel_search_streams_its_splits_and_keeps_the_best_train_chec
 def test_kafka_and_mlflow_see_one_result_per_trial_epoch_not_one_per_worker(
     searched: tuple, mlflow_client: Any
 ) -> None:
+    from ml.events.envelope import validate_envelope
+    from ml.topics import TRAINING_METRICS
+
     result, messages, _ = searched
     keys = [key for key, _ in messages]
     assert keys and Counter(keys).most_common(1)[0][1] == 1, "a trial-epoch was published twice"
     epochs: dict[str, list[int]] = {}
     for _, envelope in messages:
+        validate_envelope(envelope, TRAINING_METRICS)
         payload = envelope["payload"]
         assert "val_loss" in payload["metrics"]  # rank 0's metrics: only it validates
         epochs.setdefault(payload["trial_id"], []).append(payload["epoch"])
