@@ -38,7 +38,7 @@ from urllib.parse import quote
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import argument_parser, benchmark_settings, ratio, report
+from bench.common import argument_parser, benchmark_settings, delete_run_outputs, ratio, report
 from ml.settings import Settings
 
 DAG_ID = "mlops_training"
@@ -247,33 +247,6 @@ def stage_comparison(airflow: dict[str, Any], in_process: dict[str, Any]) -> lis
     return rows
 
 
-def cleanup(settings: Settings, dataset: str) -> list[str]:
-    """Delete what a run left for `dataset` (lake folders, MLflow experiment and model); returns what failed."""
-    from ml.clients import mlflow_client, s3_client
-    from ml.registry.conventions import registered_model_name
-    from ml.storage import S3Uri, delete_prefix, lake_root
-
-    problems = []
-    root = lake_root(settings.lake)
-    for folder in (root.join("datasets", dataset), root.join("tune", dataset)):
-        try:
-            delete_prefix(S3Uri(folder.bucket, folder.key.rstrip("/") + "/"), s3_client(settings.s3))
-        except Exception as error:
-            problems.append(f"{folder}: {error}")
-    client = mlflow_client(settings.mlflow)
-    try:
-        client.delete_registered_model(registered_model_name(dataset, TASK))
-    except Exception as error:
-        problems.append(f"model {registered_model_name(dataset, TASK)}: {error}")
-    try:
-        experiment = client.get_experiment_by_name(dataset)
-        if experiment is not None:
-            client.delete_experiment(experiment.experiment_id)
-    except Exception as error:
-        problems.append(f"experiment {dataset}: {error}")
-    return problems
-
-
 def median_stages(tables: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Per stage row, the median of each number over the pairs."""
     rows = []
@@ -346,7 +319,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
                     results[side] = run_in_process(settings, datasets[side], conf)
         finally:
             if not args.keep:
-                left.update({name: cleanup(settings, name) for name in datasets.values()})
+                left.update({name: delete_run_outputs(settings, name, TASK) for name in datasets.values()})
         overlaps = {}
         for side in order:
             window_start, window_end = results[side].pop("_window")

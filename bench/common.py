@@ -153,6 +153,35 @@ def local_ray(num_cpus: int, s3: S3Settings | None = None) -> Iterator[None]:
             ray.shutdown()
 
 
+def delete_run_outputs(settings: Settings, dataset: str, task: str, *, model: bool = True) -> list[str]:
+    """Delete what a pipeline run left for `dataset` (its lake folders, MLflow experiment and, with `model`, its
+    registered model); returns what failed, as text (best effort: a benchmark reports it rather than failing)."""
+    from ml.clients import mlflow_client, s3_client
+    from ml.registry.conventions import registered_model_name
+    from ml.storage import S3Uri, delete_prefix, lake_root
+
+    problems = []
+    root = lake_root(settings.lake)
+    for folder in (root.join("datasets", dataset), root.join("tune", dataset)):
+        try:
+            delete_prefix(S3Uri(folder.bucket, folder.key.rstrip("/") + "/"), s3_client(settings.s3))
+        except Exception as error:
+            problems.append(f"{folder}: {error}")
+    client = mlflow_client(settings.mlflow)
+    if model:
+        try:
+            client.delete_registered_model(registered_model_name(dataset, task))
+        except Exception as error:
+            problems.append(f"model {registered_model_name(dataset, task)}: {error}")
+    try:
+        experiment = client.get_experiment_by_name(dataset)
+        if experiment is not None:
+            client.delete_experiment(experiment.experiment_id)
+    except Exception as error:
+        problems.append(f"experiment {dataset}: {error}")
+    return problems
+
+
 def _memory_bytes() -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
