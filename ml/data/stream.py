@@ -6,9 +6,10 @@ filesystem, so it pickles small to trials and DDP workers, and each of them read
 `StreamedBatches.epoch(e)` lays the units end to end in an order seeded by (seed, e), the same on every rank; rank r
 takes the contiguous rows [r*m, (r+1)*m) of them (m = rows // world_size), reads only the units that overlap them,
 `block_rows` rows at a time, and mixes rows through a shuffle buffer of `shuffle_rows` rows seeded by (seed, e, r).
-A worker holds about block_rows + shuffle_rows + batch_size rows (twice that while a buffer is shuffled, plus the
-compressed column chunks of the row group pyarrow is decoding), however large the split. Every rank yields the same
-number of batches: DDP needs that (a rank with one batch more waits forever in its all-reduce).
+A background thread reads and decodes up to `PREFETCH_BLOCKS` blocks ahead while the current rows train. A worker
+holds about (1 + PREFETCH_BLOCKS) * block_rows + shuffle_rows + batch_size rows (the buffer twice while it is shuffled,
+plus the compressed column chunks of the row group pyarrow is decoding), however large the split. Every rank yields
+the same number of batches: DDP needs that (a rank with one batch more waits forever in its all-reduce).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import itertools
 import logging
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -39,9 +40,12 @@ if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BLOCK_ROWS = 65536
 SHUFFLE_ROWS = 65536
+# Blocks read and decoded ahead by a background thread while the current ones train (pyarrow decodes without the GIL).
+PREFETCH_BLOCKS = 2
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,8 @@ class StreamedBatches:
         rng = np.random.default_rng([self.seed, epoch, 1, self.rank])
         pending: list[SplitArrays] = []
         held = 0
-        for block in self.split._read(self.filesystem, self._pieces(epoch), self.block_rows):
+        blocks = self.split._read(self.filesystem, self._pieces(epoch), self.block_rows)
+        for block in prefetched(blocks, PREFETCH_BLOCKS):
             pending.append(block)
             held += block.rows
             if held >= self.shuffle_rows:
@@ -279,6 +284,56 @@ class StreamedBatches:
             yield torch.from_numpy(X[full:]), torch.from_numpy(y[full:])
         # A copy, so that the carried rows do not keep this whole buffer alive.
         return SplitArrays(self.split.name, X[full:].copy(), y[full:].copy())
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+_END = object()
+
+
+def prefetched(items: Iterator[T], depth: int) -> Iterator[T]:
+    """The items of `items`, produced by a background thread at most `depth` ahead of the consumer, in order; an
+    error in the producer is raised in the consumer. Closing the consumer early stops the producer at its next item."""
+    import queue
+    import threading
+
+    ready: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.5)  # wakes up to see `stop` when the consumer has gone
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer(item):
+                    return
+        except BaseException as error:  # handed to the consumer, which raises it
+            offer(_Failed(error))
+            return
+        offer(_END)
+
+    thread = threading.Thread(target=produce, name="prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
 
 
 def _check_positive(**values: int) -> None:

@@ -331,3 +331,35 @@ def test_an_empty_training_split_is_refused(lake: LocalLake) -> None:
     lake.write_features(spec, make_arrays(spec, {"train": 0, "validation": 5}), FEATURES, parts=1)
     with pytest.raises(DataError, match="empty split"):
         training_data(FEATURES, spec, lake.filesystem, trial_filesystem=None, cache_bytes=0)
+
+
+def test_prefetched_items_arrive_in_order_and_an_error_reaches_the_consumer() -> None:
+    from ml.data.stream import prefetched
+
+    assert list(prefetched(iter(range(50)), 2)) == list(range(50))
+
+    def failing() -> Any:
+        yield 1
+        raise DataError("part-3.parquet: truncated")
+
+    got = []
+    with pytest.raises(DataError, match="truncated"):
+        for item in prefetched(failing(), 2):
+            got.append(item)
+    assert got == [1]
+
+
+def test_the_producer_never_runs_more_than_its_depth_ahead_of_the_consumer() -> None:
+    from ml.data.stream import prefetched
+
+    produced: list[int] = []
+
+    def endless() -> Any:
+        for number in range(10**9):
+            produced.append(number)
+            yield number
+
+    items = prefetched(endless(), 2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()  # the consumer goes away
+    assert len(produced) <= 3 + 2 + 1  # never more than `depth` ahead (plus the one being offered)
