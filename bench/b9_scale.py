@@ -98,7 +98,7 @@ TRIAL_TITLES = ("ImplicitFunc", "_Inner", "FunctionTrainable", "TrainController"
 RAY_SERVERS = ("raylet", "gcs_server", "plasma_store")
 RAY_SCRIPTS = ("ray/dashboard", "ray/_private", "ray/autoscaler", "ray/util/client", "ray_client_server")
 
-# run-all's log lines that the benchmark reads: which path the splits took (ml.data.stream.training_data), and when
+# run-all's log lines that the benchmark reads: which path the splits took (ml.data.source.training_data), and when
 # each stage ended (ml.pipeline), to tell which stage a memory peak fell in.
 _CACHED = re.compile(r"splits of [0-9.]+ MB cached in memory")
 _STREAMED = re.compile(r"splits of [0-9.]+ MB .* streamed from S3")

@@ -21,14 +21,8 @@ from ml.data.arrays import (
     split_arrays,
     to_tensors,
 )
-from ml.data.stream import (
-    ParquetSplit,
-    ParquetUnit,
-    StreamedBatches,
-    StreamingData,
-    label_moments,
-    training_data,
-)
+from ml.data.source import StreamingData, label_moments, training_data
+from ml.data.stream import ParquetSplit, ParquetUnit, StreamedBatches
 
 __all__ = [
     "ParquetSplit",

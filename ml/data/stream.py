@@ -25,7 +25,6 @@ import numpy as np
 
 from ml.data.arrays import (
     SplitArrays,
-    TrainingData,
     batch_count,
     check_columns,
     check_sharding,
@@ -340,62 +339,3 @@ def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-
-
-@dataclass(frozen=True)
-class StreamingData:
-    """What a trial needs when its splits stay in S3: the spec, the splits' footers, a filesystem that pickles without
-    keys (ml.keyless_s3: every trial and worker signs with its own), and the training labels' mean and std (what
-    regression standardises with; 0 and 1 for classification), computed once by the driver from the labels alone."""
-
-    spec: FeatureSpec
-    train: ParquetSplit
-    validation: ParquetSplit
-    filesystem: Any
-    target_mean: float = 0.0
-    target_std: float = 1.0
-
-
-def label_moments(split: ParquetSplit, filesystem: Any) -> tuple[float, float]:
-    """The labels' mean and (population) standard deviation, block by block (Chan's pairwise update: exact in
-    float64 whatever the number of rows, with one block of labels in memory)."""
-    count, mean, squares = 0, 0.0, 0.0
-    for labels in split.labels(filesystem):
-        values = labels.astype(np.float64)
-        n = len(values)
-        if not n:
-            continue
-        block_mean = float(values.mean())
-        block_squares = float(((values - block_mean) ** 2).sum())
-        total = count + n
-        delta = block_mean - mean
-        mean += delta * n / total
-        squares += block_squares + delta * delta * count * n / total
-        count = total
-    return mean, (squares / count) ** 0.5 if count else 0.0
-
-
-def training_data(
-    features: S3Uri | str, spec: FeatureSpec, filesystem: Any, *, trial_filesystem: Any, cache_bytes: int
-) -> TrainingData | StreamingData:
-    """The train and validation splits for a search's trials, decided by size: read into memory here when their
-    arrays take at most `cache_bytes` (shared with the trials through Ray's object store: the fastest path, B4), else
-    described by their footers for every trial to stream from S3 with `trial_filesystem` (memory flat in the number
-    of rows, B9). Footers are read either way; an empty split is a DataError."""
-    train = ParquetSplit.open(features, "train", spec, filesystem)
-    validation = ParquetSplit.open(features, "validation", spec, filesystem)
-    if train.rows == 0 or validation.rows == 0:
-        raise DataError(f"{features}: empty split (train {train.rows} rows, validation {validation.rows} rows)")
-    size = train.array_bytes + validation.array_bytes
-    if size <= cache_bytes:
-        log.info("splits of %.1f MB cached in memory (limit %.1f MB)", size / 2**20, cache_bytes / 2**20)
-        return TrainingData(spec, train.read(filesystem), validation.read(filesystem))
-    mean, std = label_moments(train, filesystem) if spec.task != "classification" else (0.0, 1.0)
-    log.info(
-        "splits of %.1f MB (%d + %d rows) streamed from S3 by the trials (cache limit %.1f MB)",
-        size / 2**20,
-        train.rows,
-        validation.rows,
-        cache_bytes / 2**20,
-    )
-    return StreamingData(spec, train, validation, trial_filesystem, mean, std)

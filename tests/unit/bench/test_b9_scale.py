@@ -184,10 +184,10 @@ def test_stage_at_reads_the_stage_from_its_end_times() -> None:
 def test_log_watch_tells_the_split_path_and_stage_ends() -> None:
     watch = b9_scale.LogWatch(started=100.0)
     watch.feed("2026 INFO ml.pipeline: stage ingest done in 3.2 s\n", 104.5)
-    watch.feed("INFO ml.data.stream: splits of 300.5 MB (800000 + 100000 rows) streamed from S3 by the trials\n", 110)
+    watch.feed("INFO ml.data.source: splits of 300.5 MB (800000 + 100000 rows) streamed from S3 by the trials\n", 110)
     assert watch.stage_ends == {"ingest": 4.5}
     assert watch.split_path == "streamed"
-    watch.feed("INFO ml.data.stream: splits of 5.1 MB cached in memory (limit 64.0 MB)\n", 111)
+    watch.feed("INFO ml.data.source: splits of 5.1 MB cached in memory (limit 64.0 MB)\n", 111)
     assert watch.split_path == "cached"
 
 
@@ -299,7 +299,7 @@ def test_help_runs_without_services(capsys: pytest.CaptureFixture[str]) -> None:
 _FAKE_RUN_ALL = """
 import json, sys, time
 print("INFO ml.pipeline: stage ingest done in 0.1 s", file=sys.stderr, flush=True)
-print("INFO ml.data.stream: splits of 5.0 MB cached in memory (limit 64.0 MB)", file=sys.stderr, flush=True)
+print("INFO ml.data.source: splits of 5.0 MB cached in memory (limit 64.0 MB)", file=sys.stderr, flush=True)
 time.sleep(0.5)
 print("INFO ml.pipeline: stage tune done in 0.5 s", file=sys.stderr, flush=True)
 print(json.dumps({"timings_s": {"ingest": 0.1, "tune": 0.5}, "total_s": 0.6, "rows": 900, "num_trials": 1}))

@@ -59,7 +59,7 @@ def searched(
     run_name = f"ddp-{uuid.uuid4().hex[:8]}"
     reader = MetricsTopicReader(settings)
     records = _Records()
-    stream_log = logging.getLogger("ml.data.stream")
+    stream_log = logging.getLogger("ml.data.source")
     stream_log.addHandler(records)
     previous = stream_log.level
     stream_log.setLevel(logging.INFO)

@@ -289,50 +289,6 @@ def test_batches_refuse_bad_arguments(lake: LocalLake) -> None:
         split.blocks(lake.filesystem, block_rows=0)
 
 
-# -- what a search hands its trials
-
-
-def test_labels_are_read_without_the_features_and_their_moments_are_exact(lake: LocalLake) -> None:
-    from ml.data import label_moments
-
-    split, train = _open(lake, task="regression")
-    labels = list(split.labels(lake.filesystem, block_rows=4))
-    assert max(len(block) for block in labels) <= 4
-    np.testing.assert_array_equal(np.concatenate(labels), train.y)
-    mean, std = label_moments(split, lake.filesystem)
-    assert (mean, std) == pytest.approx((float(np.mean(train.y, dtype=np.float64)), float(np.std(train.y))), rel=1e-6)
-
-
-@pytest.mark.parametrize("task", ["classification", "regression"])
-def test_splits_are_cached_or_streamed_by_their_size(lake: LocalLake, task: str) -> None:
-    from ml.data import StreamingData, TrainingData, training_data
-
-    spec = make_spec("d", "snap", task, 3 if task == "classification" else 1, rows={"train": 60, "validation": 20})
-    splits = make_arrays(spec, {"train": 60, "validation": 20})
-    lake.write_features(spec, splits, FEATURES, row_group_size=7)
-    size = (60 + 20) * (len(spec.feature_columns) * 4 + (8 if task == "classification" else 4))
-    cached = training_data(FEATURES, spec, lake.filesystem, trial_filesystem="keyless", cache_bytes=size)
-    assert isinstance(cached, TrainingData)
-    np.testing.assert_array_equal(cached.train.X, splits["train"].X)
-    streamed = training_data(FEATURES, spec, lake.filesystem, trial_filesystem="keyless", cache_bytes=size - 1)
-    assert isinstance(streamed, StreamingData)
-    assert (streamed.train.rows, streamed.validation.rows, streamed.filesystem) == (60, 20, "keyless")
-    if task == "regression":
-        assert streamed.target_mean == pytest.approx(float(np.mean(splits["train"].y, dtype=np.float64)), rel=1e-6)
-    else:
-        assert (streamed.target_mean, streamed.target_std) == (0.0, 1.0)
-    assert pickle.loads(pickle.dumps(streamed)) == streamed  # small: the footers, never the rows
-
-
-def test_an_empty_training_split_is_refused(lake: LocalLake) -> None:
-    from ml.data import training_data
-
-    spec = make_spec("d", "snap", "classification", 3, rows={"train": 0, "validation": 5})
-    lake.write_features(spec, make_arrays(spec, {"train": 0, "validation": 5}), FEATURES, parts=1)
-    with pytest.raises(DataError, match="empty split"):
-        training_data(FEATURES, spec, lake.filesystem, trial_filesystem=None, cache_bytes=0)
-
-
 def test_prefetched_items_arrive_in_order_and_an_error_reaches_the_consumer() -> None:
     from ml.data.stream import prefetched
 
