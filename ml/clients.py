@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
+from ml.process_env import apply_to_environment
 from ml.settings import KafkaSettings, MlflowSettings, S3Settings
 
 
@@ -90,11 +90,7 @@ def use_mlflow_login(mlflow: MlflowSettings) -> None:
             "never does): give the password again"
         )
     with _mlflow_login_lock:
-        for name, value in zip(MLFLOW_LOGIN_VARIABLES, (mlflow.username, mlflow.password), strict=True):
-            if value:
-                os.environ[name] = value
-            else:
-                os.environ.pop(name, None)
+        apply_to_environment(dict(zip(MLFLOW_LOGIN_VARIABLES, (mlflow.username, mlflow.password), strict=True)))
 
 
 class _LoggedInMlflowClient:

@@ -5,12 +5,12 @@ through Python logging."""
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ml.process_env import scoped_environment
 from ml.settings import ML_PACKAGE, RaySettings, S3Settings
 
 log = logging.getLogger(__name__)
@@ -49,30 +49,6 @@ def ray_driver_env(ray_settings: RaySettings) -> dict[str, str | None]:
     return env
 
 
-@contextmanager
-def _scoped_environment(values: Mapping[str, str | None]) -> Iterator[None]:
-    """Set (or unset, for None) these variables of this process, and put back what was there when the block ends.
-
-    Why the process environment at all: Ray 2.60 reads its auth mode and token only from there (RAY_AUTH_MODE through
-    RayConfig, RAY_AUTH_TOKEN through the C++ AuthenticationTokenLoader; `_system_config` refuses AUTH_MODE). Both are
-    needed only while ray.init connects: the loader caches the token for the life of the process and RayConfig keeps
-    the mode, so the Airflow worker's environment is left as it was found."""
-    saved = {key: os.environ.get(key) for key in values}
-    try:
-        _apply_to_environment(values)
-        yield
-    finally:
-        _apply_to_environment(saved)
-
-
-def _apply_to_environment(values: Mapping[str, str | None]) -> None:
-    for key, value in values.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
 def _reload_ray_auth() -> None:
     """Make this process's Ray read its auth mode and token again, from the environment as it is now. RayConfig is
     built when `ray` is imported, and the token loader keeps the first token it found: this is what Ray does itself
@@ -87,9 +63,11 @@ def _reload_ray_auth() -> None:
 @contextmanager
 def ray_auth_scope(ray_settings: RaySettings) -> Iterator[None]:
     """Around a ray.init: Ray's auth mode and token as these settings say (a local Ray: a fresh token of its own),
-    re-read by this process's Ray, and the environment put back afterwards. ensure_ray uses it; so do the test and
-    benchmark fixtures that start a local Ray with options of their own."""
-    with _scoped_environment(ray_driver_env(ray_settings)):
+    re-read by this process's Ray, and the environment put back afterwards (ml.process_env: Ray reads both only from
+    there, and needs them only while ray.init connects: the token loader caches the token for the life of the process
+    and RayConfig keeps the mode, so the Airflow worker's environment is left as it was found). ensure_ray uses it;
+    so do the test and benchmark fixtures that start a local Ray with options of their own."""
+    with scoped_environment(ray_driver_env(ray_settings)):
         _reload_ray_auth()
         yield
 
@@ -106,7 +84,7 @@ def without_driver_s3_keys() -> Iterator[None]:
     """For the duration of a search: this process's environment without the AWS keys Ray Tune would copy into the
     trials, so that they get only the keys of the job's runtime environment (worker_runtime_env); put back afterwards.
     The driver itself signs with its settings' keys, never the environment's."""
-    with _scoped_environment(dict.fromkeys(TUNE_COPIED_AWS_VARIABLES)):
+    with scoped_environment(dict.fromkeys(TUNE_COPIED_AWS_VARIABLES)):
         yield
 
 

@@ -10,9 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 ML = REPO / "ml"
 
 # The entry points: the only modules of `ml` that read the process environment (os.environ / os.getenv), to build
-# settings (Settings.from_env) or to compose a subprocess's environment; and the one exception that writes it,
-# ml/tune/runtime.py: Ray reads its auth mode and token only from the environment, so they are set around ray.init
-# and put back (tests/unit/ml/tune/test_runtime.py checks the environment is left as it was).
+# settings (Settings.from_env) or to compose a subprocess's environment; and ml/process_env.py, the one module that
+# writes it, for Ray (its auth mode and token around ray.init, the AWS keys Tune would copy) and MLflow (its login),
+# which read those settings nowhere else (tests/unit/ml/tune/test_runtime.py checks Ray's are put back).
 ENVIRONMENT_READERS = {
     "ml/settings.py",
     "ml/__main__.py",
@@ -20,8 +20,7 @@ ENVIRONMENT_READERS = {
     "ml/serve/cli.py",
     "ml/preprocess/job.py",
     "ml/preprocess/submit.py",
-    "ml/tune/runtime.py",  # Ray's token, around ray.init only: Ray reads it nowhere else
-    "ml/clients.py",  # MLflow's login (use_mlflow_login): MLflow's client reads it nowhere else
+    "ml/process_env.py",  # Ray's token around ray.init, MLflow's login: the libraries read them nowhere else
 }
 # Where clients are built: nothing else constructs a boto3 client, an MlflowClient or a Kafka client.
 CLIENT_CONSTRUCTORS = {"KafkaProducer", "KafkaConsumer", "KafkaAdminClient", "MlflowClient", "S3FileSystem"}

@@ -140,10 +140,11 @@ def test_ray_keeps_the_token_after_the_environment_is_put_back(tmp_path: Path) -
         from ray._private.authentication.authentication_utils import is_token_auth_enabled
         from ray._raylet import AuthenticationTokenLoader
         from ml.settings import RaySettings
-        from ml.tune.runtime import _reload_ray_auth, _scoped_environment, ray_driver_env
+        from ml.process_env import scoped_environment
+        from ml.tune.runtime import _reload_ray_auth, ray_driver_env
 
         before = is_token_auth_enabled()
-        with _scoped_environment(ray_driver_env(RaySettings("10.0.0.5:6380", auth_token={token!r}))):
+        with scoped_environment(ray_driver_env(RaySettings("10.0.0.5:6380", auth_token={token!r}))):
             _reload_ray_auth()
             inside = AuthenticationTokenLoader.instance().has_token()
         print(json.dumps({{
