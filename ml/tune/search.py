@@ -1,8 +1,11 @@
 """The search: Ray Tune (Optuna TPE + ASHA) over `ml.train.tune_trainable`, resumable, tracked, streamed.
 
 `run_search(config, s3=..., lake=..., ray=..., mlflow=..., kafka=...) -> SearchResult`:
-  * reads `feature_spec.json` and the train/validation splits once, and hands them to the trials through
-    `tune.with_parameters` (Ray's object store: trials on one node share the arrays);
+  * reads `feature_spec.json` and the train/validation splits' footers; splits up to `cache_mb` are read once and
+    handed to the trials through `tune.with_parameters` (Ray's object store: trials on one node share the arrays),
+    larger ones are streamed from S3 by every trial (ml.data.source);
+  * trains each trial in one process, or data-parallel on `workers_per_trial` Ray Train workers (ml.tune.parallel),
+    after checking that the cluster can place them;
   * searches the space with `OptunaSearch` (TPE, seeded) behind a `ConcurrencyLimiter`, and stops weak trials early
     with `ASHAScheduler` on the trial's own `epoch` (what max_t and the grace period count);
   * stores trials and checkpoints in S3 under `ml.storage.tune_uri(lake, dataset, snapshot, run_name)`, through a
