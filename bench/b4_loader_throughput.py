@@ -12,12 +12,18 @@ split's footers, then `ml.data.StreamedBatches` (one worker, default block and s
 S3 server again every epoch, block by block, as a data-parallel worker whose shard does not fit in memory would; the
 footer read and every epoch's reads are counted in its time.
 
-    python -m stack run -- .venv/bin/python -m bench.b4_loader_throughput [--rows 200000] [--features 32] [--epochs 5]
+The DDP figure (`ddp_speedup`, no target): the same streamed split trained by `--ddp-workers` Ray Train workers (DDP
+over gloo, one CPU and one torch thread each, every worker streaming its own shard) against one worker, in one local
+Ray; samples/s = all workers' rows / the slowest worker's loop time (the worker group's start is left out). On a
+2-core machine two workers cannot show much gain: the figure says what DDP costs or gains here, nothing more.
+
+    python -m stack run -- .venv/bin/python -m bench.b4_loader_throughput [--rows 200000] [--epochs 5] [--ddp-workers 2]
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -26,7 +32,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import argument_parser, benchmark_settings, report
+from bench.common import argument_parser, benchmark_settings, local_ray, report
 from ml.settings import S3Settings, Settings
 
 
@@ -87,6 +93,70 @@ def streamed(
     return time.perf_counter() - started, rows
 
 
+def _ddp_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: its shard of the streamed split, `epochs` times, through a DDP-wrapped MLP step; reports
+    the rows it trained and the seconds its loop took (the worker group's start is not in them)."""
+    import ray.train
+    import torch
+    from ray.train.torch import prepare_model
+
+    torch.set_num_threads(1)
+    from ml.data import StreamedBatches
+
+    context = ray.train.get_context()
+    batches = StreamedBatches(
+        config["split"],
+        config["filesystem"],
+        config["batch_size"],
+        seed=0,
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+    )
+    torch.manual_seed(0)
+    model = prepare_model(
+        torch.nn.Sequential(torch.nn.Linear(config["width"], 64), torch.nn.ReLU(), torch.nn.Linear(64, 3)),
+        move_to_device=False,
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    started = time.perf_counter()
+    rows = 0
+    for epoch in range(config["epochs"]):
+        for xb, yb in batches.epoch(epoch):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+            rows += xb.shape[0]
+    ray.train.report({"rows": rows, "loop_s": time.perf_counter() - started})
+
+
+def data_parallel(features: Any, s3: S3Settings, epochs: int, batch_size: int, workers: int) -> dict[str, float]:
+    """Samples/s of `workers` DDP workers (Ray Train, gloo) streaming the split, as a data-parallel trial trains:
+    all workers' rows / the slowest worker's loop time."""
+    from ray.train.v2.api.config import RunConfig, ScalingConfig
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
+
+    from ml.clients import arrow_filesystem, keyless_arrow_filesystem
+    from ml.data import ParquetSplit
+
+    split = ParquetSplit.open(features.uri, "train", features.spec, arrow_filesystem(s3))
+    with tempfile.TemporaryDirectory(prefix="b4-ddp-") as storage:
+        result = TorchTrainer(
+            _ddp_loop,
+            train_loop_config={
+                "split": split,
+                "filesystem": keyless_arrow_filesystem(s3),
+                "batch_size": batch_size,
+                "epochs": epochs,
+                "width": len(split.feature_columns),
+            },
+            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name=f"b4-ddp-{workers}", storage_path=storage),
+        ).fit()
+    # Rank 0's report is the result's; every worker trains the same number of rows, so the total is rows x workers.
+    rows, loop_s = result.metrics["rows"] * workers, result.metrics["loop_s"]
+    return {"samples_per_s": rows / loop_s, "loop_s": loop_s, "rows": rows}
+
+
 def reference(X: Any, y: Any, epochs: int, batch_size: int, consumer: Callable[[Any, Any], None]) -> tuple[float, int]:
     import torch
 
@@ -104,7 +174,12 @@ def reference(X: Any, y: Any, epochs: int, batch_size: int, consumer: Callable[[
 
 
 def run(
-    settings: Settings, rows: int = 200000, features: int = 32, epochs: int = 5, batch_size: int = 256
+    settings: Settings,
+    rows: int = 200000,
+    features: int = 32,
+    epochs: int = 5,
+    batch_size: int = 256,
+    ddp_workers: int = 2,
 ) -> dict[str, Any]:
     import torch
 
@@ -142,12 +217,23 @@ def run(
                 "streamed_ratio": (streamed_rows / streamed_s) / (ref_rows / ref_s),
                 "streamed_s": streamed_s,
             }
+        # The DDP figure: the same streamed split trained by 2 Ray Train workers against 1, in one local Ray.
+        with local_ray(ddp_workers, settings.s3, state_api=True):
+            one = data_parallel(data, settings.s3, epochs, batch_size, 1)
+            many = data_parallel(data, settings.s3, epochs, batch_size, ddp_workers)
+        results["data_parallel"] = {
+            "workers": ddp_workers,
+            "one_worker": one,
+            "workers_together": many,
+            "speedup": many["samples_per_s"] / one["samples_per_s"],
+        }
     finally:
         data.cleanup()
     return {
         "name": "B4 loader throughput",
         "ratio": results["train_step"]["ratio"],
         "streamed_ratio": results["train_step"]["streamed_ratio"],
+        "ddp_speedup": results["data_parallel"]["speedup"],
         "target": ">= 0.8",
         "rows": rows,
         "features": X.shape[1],
@@ -163,8 +249,10 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     parser.add_argument("--features", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--ddp-workers", type=int, default=2, help="the DDP figure: this many workers against 1")
     args = parser.parse_args(argv)
-    return report("b4_loader_throughput", run(settings, args.rows, args.features, args.epochs, args.batch_size))
+    figures = run(settings, args.rows, args.features, args.epochs, args.batch_size, args.ddp_workers)
+    return report("b4_loader_throughput", figures)
 
 
 if __name__ == "__main__":

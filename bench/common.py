@@ -125,9 +125,10 @@ def same_work_search(
 
 
 @contextmanager
-def local_ray(num_cpus: int, s3: S3Settings | None = None) -> Iterator[None]:
+def local_ray(num_cpus: int, s3: S3Settings | None = None, *, state_api: bool = False) -> Iterator[None]:
     """A local Ray for the block, started before any clock (as a cluster would already be up): `num_cpus` CPUs, no
-    dashboard, workers' logs kept off the driver, its files in a folder of its own under /tmp (short socket paths).
+    dashboard (`state_api`: with it, as Ray Train needs), workers' logs kept off the driver, its files in a folder of
+    its own under /tmp (short socket paths).
 
     With `s3`, its workers get the keys through the job's runtime environment, as ml.tune.runtime.ensure_ray gives
     them: the same path the pipeline takes."""
@@ -142,7 +143,7 @@ def local_ray(num_cpus: int, s3: S3Settings | None = None) -> Iterator[None]:
             ray.init(
                 address="local",  # never the machine's latest `ray start` cluster (the cluster profile's)
                 num_cpus=num_cpus,
-                include_dashboard=False,
+                include_dashboard=state_api,
                 _temp_dir=temp_dir,
                 log_to_driver=False,
                 runtime_env=runtime_env,
