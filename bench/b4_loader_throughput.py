@@ -126,7 +126,11 @@ def _ddp_loop(config: dict[str, Any]) -> None:
             torch.nn.functional.cross_entropy(model(xb), yb).backward()
             optimizer.step()
             rows += xb.shape[0]
-    ray.train.report({"rows": rows, "loop_s": time.perf_counter() - started})
+    metrics = {"rows": rows, "loop_s": time.perf_counter() - started}
+    # Train V2 hands a run's metrics back only with a checkpoint: rank 0 reports an empty one.
+    with tempfile.TemporaryDirectory() as directory:
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if context.get_world_rank() == 0 else None
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 def data_parallel(features: Any, s3: S3Settings, epochs: int, batch_size: int, workers: int) -> dict[str, float]:
