@@ -102,7 +102,7 @@ RAY_SCRIPTS = ("ray/dashboard", "ray/_private", "ray/autoscaler", "ray/util/clie
 # each stage ended (ml.pipeline), to tell which stage a memory peak fell in.
 _CACHED = re.compile(r"splits of [0-9.]+ MB cached in memory")
 _STREAMED = re.compile(r"splits of [0-9.]+ MB .* streamed from S3")
-_STAGE_DONE = re.compile(r"stage (\w+) done in")
+_STAGE_DONE = re.compile(r"stage (\w+) done in [\d.]+ s(?: \(peak RSS so far ([\d.]+) MiB\))?")
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -315,6 +315,7 @@ class LogWatch:
     split_path: str | None = None
     split_line: str | None = None
     stage_ends: dict[str, float] = field(default_factory=dict)
+    driver_peak_after_mib: dict[str, float] = field(default_factory=dict)  # run-all's own ru_maxrss at each stage end
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
 
     def feed(self, line: str, now: float) -> None:
@@ -325,6 +326,8 @@ class LogWatch:
         found = _STAGE_DONE.search(line)
         if found:
             self.stage_ends[found.group(1)] = round(now - self.started, 2)
+            if found.group(2):
+                self.driver_peak_after_mib[found.group(1)] = float(found.group(2))
 
     def follow(self, stream: IO[str]) -> None:
         for line in stream:
@@ -405,6 +408,7 @@ def run_size(settings: Settings, rows: int, raw_uri: str, dataset: str, args: An
         "split_path": watch.split_path,
         "split_log": watch.split_line,
         "stage_ends_s": watch.stage_ends,
+        "driver_peak_after_stage_mib": watch.driver_peak_after_mib,
         "memory": sampler.tracker.to_dict(watch.stage_ends),
     }
     if status != "ok":

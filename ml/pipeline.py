@@ -7,12 +7,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import time
 from typing import Any
 
 from ml.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory since it started (Linux reports KiB): logged after each stage, so that the
+    stage that raised it shows (benchmark B9 reads it)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_pipeline(
@@ -49,7 +56,7 @@ def run_pipeline(
 
     def timed(stage: str, started: float) -> None:
         timings[stage] = round(time.perf_counter() - started, 2)
-        log.info("stage %s done in %.1f s", stage, timings[stage])
+        log.info("stage %s done in %.1f s (peak RSS so far %.0f MiB)", stage, timings[stage], peak_rss_mib())
 
     started = time.perf_counter()
     s3, lake = settings.s3, settings.lake

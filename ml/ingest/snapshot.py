@@ -21,7 +21,7 @@ from typing import Any
 
 from ml.ingest.config import IngestConfig, IngestResult
 from ml.ingest.read import SUPPORTED, content_hash, format_of, read_table, source_objects
-from ml.ingest.validate import check_drift, validate
+from ml.ingest.validate import ObjectSummary, check_drift, summarise, validate
 from ml.settings import LakeSettings, S3Settings
 from ml.storage import (
     MANIFEST_FILE,
@@ -49,12 +49,12 @@ def _copy_config() -> Any:
     return TransferConfig(multipart_threshold=_SINGLE_COPY_LIMIT, multipart_chunksize=512 * 1024**2)
 
 
-def _read_object(client: Any, bucket: str, obj: dict[str, Any]) -> tuple[str, Any]:
-    """(URI, pyarrow table) of one listed object, exactly the listed version (its ETag)."""
+def _check_object(client: Any, bucket: str, obj: dict[str, Any], config: IngestConfig) -> ObjectSummary:
+    """Read one listed object, exactly the listed version (its ETag), check it on its own, and keep only its summary."""
     where = f"s3://{bucket}/{obj['Key']}"
     with _changed_object_is_an_error(where):
         body = client.get_object(Bucket=bucket, Key=obj["Key"], IfMatch=obj["ETag"])["Body"].read()
-    return where, read_table(body, format_of(obj["Key"]) or "csv", where)
+    return summarise(where, read_table(body, format_of(obj["Key"]) or "csv", where), config)
 
 
 @contextmanager
@@ -83,10 +83,14 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
         log.info("snapshot %s of %s already exists: nothing copied", snapshot_id, config.dataset)
         return _existing(config, target_root, manifest_uri, read_json(manifest_uri, client))
 
-    # Objects are read (and copied below) a few at a time; errors still name the first bad object in key order.
-    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects))) as pool:
-        tables = list(pool.map(lambda obj: _read_object(client, raw.bucket, obj), objects))
-    kinds, task, rows, warnings = validate(tables, config)
+    # Objects are read and checked a few at a time, each table dropped once summarised (memory: READ_THREADS objects,
+    # not the dataset); errors still name the first bad object in key order (map yields in order).
+    pool = ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects)))
+    try:
+        summaries = list(pool.map(lambda obj: _check_object(client, raw.bucket, obj, config), objects))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a bad object stops the reading of those not yet started
+    kinds, task, rows, warnings = validate(summaries, config)
     warnings += check_drift(lake, config.dataset, kinds, config, client)
     for warning in warnings:
         log.warning(warning)
@@ -95,7 +99,7 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
     attempt = target_root.join("data", f"attempt-{uuid.uuid4().hex[:16]}")
 
     def copy(index: int) -> dict[str, Any]:
-        obj, table = objects[index], tables[index][1]
+        obj, summary = objects[index], summaries[index]
         suffix = next(s for s in SUPPORTED if obj["Key"].lower().endswith(s))
         destination = attempt.join(f"part-{index:05d}{suffix}")
         # A managed copy: server-side, multipart above 5 GB (where one CopyObject is refused), and only of the
@@ -115,8 +119,8 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
             "size": obj["Size"],
             "format": format_of(obj["Key"]) or "csv",
             "snapshot_uri": str(destination),
-            "columns": table.column_names,
-            "types": [str(t) for t in table.schema.types],
+            "columns": summary.columns,
+            "types": summary.types,
         }
 
     try:

@@ -5,6 +5,7 @@ Errors are DataErrors that name the object, the column and the reason."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from ml.features import NON_FINITE_WORDS, NUMBER_PATTERN
@@ -81,37 +82,71 @@ def infer_task(table: Any, target: str) -> str:
     return "classification" if integral and len(distinct) <= 20 else "regression"
 
 
-def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[str, str], str, int, list[str]]:
-    """Check every object and their agreement; return (column kinds, task, rows, warnings)."""
+@dataclass(frozen=True)
+class ObjectSummary:
+    """What the checks keep of one parsed object. The table itself is dropped once this is made, so an ingest holds
+    one table per reading thread whatever the number of objects (B9: driver memory flat in the rows)."""
+
+    where: str
+    columns: list[str]
+    types: list[str]
+    rows: int
+    kinds: dict[str, str]
+    warnings: list[str]
+    task_guess: str | None  # infer_task on this object alone; None when the task was given
+    target_values: frozenset[str]  # distinct target values as text, at most MAX_CLASSES + 1 (for classification)
+
+
+def summarise(where: str, table: Any, config: IngestConfig) -> ObjectSummary:
+    """Check one object on its own (rows, delimiter, target, column kinds) and keep what the checks across objects
+    need."""
     import pyarrow.compute as pc
 
+    if table.num_rows == 0:
+        raise DataError(f"{where}: no data rows (header only or empty)")
+    if len(table.column_names) == 1 and any(sep in table.column_names[0] for sep in (";", "\t", "|")):
+        raise DataError(
+            f"{where}: only one column {table.column_names[0][:80]!r} was found; the file looks delimited by "
+            "something other than ',' (CSV must be comma-separated)"
+        )
+    if config.target not in table.column_names:
+        raise DataError(
+            f"{where}: target column {config.target!r} is missing (columns: {', '.join(table.column_names)})"
+        )
+    if table.column(config.target).null_count == table.num_rows:
+        raise DataError(f"{where}: target column {config.target!r} has no values")
+    kinds, warnings = column_kinds(table, where, config.max_bad_share)
+    values: frozenset[str] = frozenset()
+    if config.task != "regression":
+        distinct = pc.unique(pc.drop_null(table.column(config.target)))
+        values = frozenset(str(v) for v in distinct.slice(0, MAX_CLASSES + 1).to_pylist())
+    return ObjectSummary(
+        where,
+        list(table.column_names),
+        [str(t) for t in table.schema.types],
+        table.num_rows,
+        kinds,
+        warnings,
+        None if config.task else infer_task(table, config.target),
+        values,
+    )
+
+
+def validate(objects: list[ObjectSummary], config: IngestConfig) -> tuple[dict[str, str], str, int, list[str]]:
+    """Check the objects' agreement, in key order; return (column kinds, task, rows, warnings)."""
     source = config.raw_uri  # errors about the objects together name the source
     kinds: dict[str, str] | None = None
     kind_seen_in: dict[str, str] = {}
     warnings: list[str] = []
-    rows = 0
-    for where, table in tables:
-        if table.num_rows == 0:
-            raise DataError(f"{where}: no data rows (header only or empty)")
-        if len(table.column_names) == 1 and any(sep in table.column_names[0] for sep in (";", "\t", "|")):
-            raise DataError(
-                f"{where}: only one column {table.column_names[0][:80]!r} was found; the file looks delimited by "
-                "something other than ',' (CSV must be comma-separated)"
-            )
-        if config.target not in table.column_names:
-            raise DataError(
-                f"{where}: target column {config.target!r} is missing (columns: {', '.join(table.column_names)})"
-            )
-        if table.column(config.target).null_count == table.num_rows:
-            raise DataError(f"{where}: target column {config.target!r} has no values")
-        file_kinds, file_warnings = column_kinds(table, where, config.max_bad_share)
-        warnings += file_warnings
+    for summary in objects:
+        where = summary.where
+        warnings += summary.warnings
         if kinds is None:
-            kinds = dict(file_kinds)
-        elif set(file_kinds) != set(kinds):
-            raise DataError(f"{where}: columns differ from the other files: {sorted(set(file_kinds) ^ set(kinds))}")
+            kinds = dict(summary.kinds)
+        elif set(summary.kinds) != set(kinds):
+            raise DataError(f"{where}: columns differ from the other files: {sorted(set(summary.kinds) ^ set(kinds))}")
         else:
-            for name, kind in file_kinds.items():
+            for name, kind in summary.kinds.items():
                 # A column that is empty in one file takes its kind from the others.
                 if kind == "empty":
                     continue
@@ -120,35 +155,32 @@ def validate(tables: list[tuple[str, Any]], config: IngestConfig) -> tuple[dict[
                         f"{where}: column {name!r} is {kind} here but {kinds[name]} in {kind_seen_in[name]}"
                     )
                 kinds[name] = kind
-        for name, kind in file_kinds.items():
+        for name, kind in summary.kinds.items():
             if kind != "empty":
                 kind_seen_in.setdefault(name, where)
-        rows += table.num_rows
     assert kinds is not None
     for name, kind in kinds.items():
         if kind == "empty":
             if name == config.target:
                 raise DataError(f"{source}: target column {config.target!r} has no values")
             warnings.append(f"{source}: column {name!r} has no values in any file and is dropped from the features")
-    task = config.task or infer_task(tables[0][1], config.target)
+    task = config.task or objects[0].task_guess
     if task not in ("classification", "regression"):
         raise DataError(f"task must be classification or regression, not {task!r}")
     if task == "regression" and kinds[config.target] != "numeric":
         raise DataError(f"{source}: target column {config.target!r} is not numeric, so the task cannot be regression")
     if task == "classification":
-        classes = set()
-        for _, table in tables:
-            classes |= {str(v) for v in pc.unique(pc.drop_null(table.column(config.target))).to_pylist()}
+        classes = frozenset().union(*(summary.target_values for summary in objects))
         if len(classes) < 2:
             raise DataError(
                 f"{source}: target column {config.target!r} has a single class {sorted(classes)}: nothing to learn"
             )
         if len(classes) > MAX_CLASSES:
             raise DataError(
-                f"{source}: target column {config.target!r} has {len(classes)} classes "
-                f"(> {MAX_CLASSES}); is it a regression target? pass --task regression"
+                f"{source}: target column {config.target!r} has more than {MAX_CLASSES} classes; "
+                "is it a regression target? pass --task regression"
             )
-    return kinds, task, rows, warnings
+    return kinds, task, sum(summary.rows for summary in objects), warnings
 
 
 def check_drift(

@@ -187,6 +187,10 @@ def test_log_watch_tells_the_split_path_and_stage_ends() -> None:
     watch.feed("INFO ml.data.source: splits of 300.5 MB (800000 + 100000 rows) streamed from S3 by the trials\n", 110)
     assert watch.stage_ends == {"ingest": 4.5}
     assert watch.split_path == "streamed"
+    assert watch.driver_peak_after_mib == {}  # an older log line, without the peak
+    watch.feed("INFO ml.pipeline: stage tune done in 30.0 s (peak RSS so far 1234 MiB)\n", 140)
+    assert watch.stage_ends == {"ingest": 4.5, "tune": 40.0}
+    assert watch.driver_peak_after_mib == {"tune": 1234.0}
     watch.feed("INFO ml.data.source: splits of 5.1 MB cached in memory (limit 64.0 MB)\n", 111)
     assert watch.split_path == "cached"
 

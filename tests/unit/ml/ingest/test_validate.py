@@ -12,7 +12,7 @@ import pytest
 from ml.features import parse_number
 from ml.ingest.config import IngestConfig
 from ml.ingest.read import read_table
-from ml.ingest.validate import MAX_CLASSES, check_drift, column_kinds, infer_task, validate
+from ml.ingest.validate import MAX_CLASSES, check_drift, column_kinds, infer_task, summarise, validate
 from ml.settings import LakeSettings
 from ml.storage import DataError, latest_snapshot_uri, write_json
 
@@ -107,60 +107,65 @@ def test_what_counts_as_a_number() -> None:
             column_kinds(table(v=["1", "2", "3", odd]), WHERE, 0.0)
 
 
-# validate
+# summarise + validate
+
+
+def check(objects: list[tuple[str, pa.Table]], settings: IngestConfig) -> tuple[dict[str, str], str, int, list[str]]:
+    """What ingest does: each object summarised on its own (its table then dropped), then the summaries together."""
+    return validate([summarise(where, parsed, settings) for where, parsed in objects], settings)
 
 
 def test_valid_table() -> None:
-    kinds, task, rows, warnings = validate([(WHERE, csv("x,c,y\n1,a,yes\n2,b,no\n3,,yes\n"))], config())
+    kinds, task, rows, warnings = check([(WHERE, csv("x,c,y\n1,a,yes\n2,b,no\n3,,yes\n"))], config())
     assert kinds == {"x": "numeric", "c": "categorical", "y": "categorical"}
     assert (task, rows, warnings) == ("classification", 3, [])
 
 
 def test_header_only() -> None:
     with pytest.raises(DataError, match=rf"{WHERE}: no data rows"):
-        validate([(WHERE, csv("x,y\n"))], config())
+        check([(WHERE, csv("x,y\n"))], config())
 
 
 def test_wrong_delimiter() -> None:
     with pytest.raises(DataError, match=rf"{WHERE}: only one column 'x;y'.*comma-separated"):
-        validate([(WHERE, csv("x;y\n1;a\n2;b\n"))], config())
+        check([(WHERE, csv("x;y\n1;a\n2;b\n"))], config())
 
 
 def test_missing_target() -> None:
     with pytest.raises(DataError, match=rf"{WHERE}: target column 'label' is missing \(columns: x, y\)"):
-        validate([(WHERE, csv("x,y\n1,a\n2,b\n"))], config("label"))
+        check([(WHERE, csv("x,y\n1,a\n2,b\n"))], config("label"))
 
 
 def test_target_without_values() -> None:
     with pytest.raises(DataError, match=rf"{WHERE}: target column 'y' has no values"):
-        validate([(WHERE, csv("x,y\n1,\n2,\n"))], config())
+        check([(WHERE, csv("x,y\n1,\n2,\n"))], config())
 
 
 def test_all_null_column_is_dropped_with_a_warning() -> None:
-    kinds, _, _, warnings = validate([(WHERE, csv("x,gone,y\n1,,a\n2,,b\n"))], config())
+    kinds, _, _, warnings = check([(WHERE, csv("x,gone,y\n1,,a\n2,,b\n"))], config())
     assert kinds["gone"] == "empty"
     assert any("'gone'" in w and "dropped" in w for w in warnings)
 
 
 def test_single_class() -> None:
     with pytest.raises(DataError, match=r"s3://raw/toy/: target column 'y' has a single class \['a'\]"):
-        validate([(WHERE, csv("x,y\n1,a\n2,a\n3,\n"))], config())
+        check([(WHERE, csv("x,y\n1,a\n2,a\n3,\n"))], config())
 
 
 def test_too_many_classes() -> None:
     frame = table(x=list(range(150)), y=[f"c{i}" for i in range(150)])
-    with pytest.raises(DataError, match="150 classes"):
-        validate([(WHERE, frame)], config())
+    with pytest.raises(DataError, match=f"more than {MAX_CLASSES} classes"):
+        check([(WHERE, frame)], config())
 
 
 def test_regression_needs_a_numeric_target() -> None:
     with pytest.raises(DataError, match="'y' is not numeric"):
-        validate([(WHERE, csv("x,y\n1,a\n2,b\n"))], config(task="regression"))
+        check([(WHERE, csv("x,y\n1,a\n2,b\n"))], config(task="regression"))
 
 
 def test_bad_task() -> None:
     with pytest.raises(DataError, match="task must be"):
-        validate([(WHERE, csv("x,y\n1,a\n2,b\n"))], config(task="ranking"))
+        check([(WHERE, csv("x,y\n1,a\n2,b\n"))], config(task="ranking"))
 
 
 def test_task_inference() -> None:
@@ -175,41 +180,57 @@ def test_files_must_agree() -> None:
     first = ("s3://raw/toy/a.csv", csv("x,c,y\n1,a,u\n2,b,v\n"))
     other_columns = ("s3://raw/toy/b.csv", csv("x,d,y\n1,a,u\n2,b,v\n"))
     with pytest.raises(DataError, match=r"s3://raw/toy/b\.csv: columns differ.*\['c', 'd'\]"):
-        validate([first, other_columns], config())
+        check([first, other_columns], config())
     retyped = ("s3://raw/toy/b.csv", csv("x,c,y\nabc,a,u\ndef,b,v\n"))
     with pytest.raises(
         DataError,
         match=r"s3://raw/toy/b\.csv: column 'x' is categorical here but numeric in "
         r"s3://raw/toy/a\.csv",
     ):
-        validate([first, retyped], config())
+        check([first, retyped], config())
     # Same columns in another order, and a column that is empty in one file only: fine.
     reordered = ("s3://raw/toy/b.csv", csv("y,c,x\nw,,3\n"))
-    kinds, _, rows, warnings = validate([first, reordered], config())
+    kinds, _, rows, warnings = check([first, reordered], config())
     assert kinds == {"x": "numeric", "c": "categorical", "y": "categorical"} and rows == 3 and warnings == []
 
 
 def test_a_column_empty_in_the_first_file_takes_its_kind_from_the_others() -> None:
     first = ("s3://raw/toy/a.csv", csv("x,c,y\n,,u\n,,v\n"))
     second = ("s3://raw/toy/b.csv", csv("x,c,y\n1,a,u\n2,b,v\n"))
-    kinds, _, rows, warnings = validate([first, second], config())
+    kinds, _, rows, warnings = check([first, second], config())
     assert kinds == {"x": "numeric", "c": "categorical", "y": "categorical"} and rows == 4 and warnings == []
+
+
+def test_classes_are_counted_over_all_objects() -> None:
+    only_a = ("s3://raw/toy/a.csv", csv("x,y\n1,a\n2,a\n"))
+    only_b = ("s3://raw/toy/b.csv", csv("x,y\n3,b\n"))
+    assert check([only_a, only_b], config())[1:3] == ("classification", 3)
+    halves = [(f"s3://raw/toy/{i}.csv", table(x=[1] * 60, y=[f"c{i}-{j}" for j in range(60)])) for i in range(2)]
+    with pytest.raises(DataError, match=f"more than {MAX_CLASSES} classes"):
+        check(halves, config())
+
+
+def test_the_task_is_guessed_from_the_first_object() -> None:
+    integers = ("s3://raw/toy/a.csv", table(x=[1, 2], y=[0, 1]))
+    fractions = ("s3://raw/toy/b.csv", table(x=[1, 2], y=[0.5, 1.5]))
+    assert check([integers, fractions], config())[1] == "classification"
+    assert check([fractions, integers], config())[1] == "regression"
 
 
 def test_a_target_of_nan_only_has_no_values() -> None:
     with pytest.raises(DataError, match=r"s3://raw/toy/: target column 'y' has no values"):
-        validate([(WHERE, table(x=[1, 2], y=[float("nan"), float("nan")]))], config())
+        check([(WHERE, table(x=[1, 2], y=[float("nan"), float("nan")]))], config())
 
 
 def test_class_count_limit() -> None:
     def classes(count: int) -> pa.Table:
         return table(x=list(range(count)), y=[f"c{i}" for i in range(count)])
 
-    assert validate([(WHERE, classes(MAX_CLASSES))], config())[1] == "classification"
-    with pytest.raises(DataError, match=rf"{MAX_CLASSES + 1} classes .*--task regression"):
-        validate([(WHERE, classes(MAX_CLASSES + 1))], config())
+    assert check([(WHERE, classes(MAX_CLASSES))], config())[1] == "classification"
+    with pytest.raises(DataError, match=rf"more than {MAX_CLASSES} classes.*--task regression"):
+        check([(WHERE, classes(MAX_CLASSES + 1))], config())
     # the same column as a regression target is fine
-    assert validate([(WHERE, table(x=[1, 2, 3], y=[0, 1, 2]))], config(task="regression"))[1] == "regression"
+    assert check([(WHERE, table(x=[1, 2, 3], y=[0, 1, 2]))], config(task="regression"))[1] == "regression"
 
 
 # What counts as a number: the ingest check (pyarrow's RE2) and ml.features.parse_number agree on every spelling.
