@@ -85,6 +85,12 @@ params = {
     "gpus_per_worker": Param(
         None, type=["null", "number"], minimum=0, description="null: one per worker when Ray has enough GPUs, else CPU"
     ),
+    "cache_mb": Param(
+        1024,
+        type="number",
+        minimum=0,
+        description="Splits whose arrays fit in this many MB are cached in memory; larger ones are streamed from S3",
+    ),
     "promotion_metric": Param(None, type=["null", "string"], description="null: the task's default metric"),
     "promotion_margin": Param(0.0, type="number", minimum=0, description="How much better the challenger must be"),
     "allow_backfill_promotion": Param(False, type="boolean", description="Let a backfill move the champion alias"),
@@ -183,6 +189,7 @@ def mlops_training() -> None:
         max_epochs="{{ params.max_epochs }}",
         workers_per_trial="{{ params.workers_per_trial }}",
         gpus_per_worker="{{ params.gpus_per_worker }}",
+        cache_mb="{{ params.cache_mb }}",
         aws_conn_id="aws_tune",  # the only connection that may write the searches' storage (lake/tune/)
         execution_timeout=timedelta(hours=4),
     )

@@ -163,6 +163,7 @@ class RayTuneOperator(BaseOperator):
         "max_epochs",
         "workers_per_trial",
         "gpus_per_worker",
+        "cache_mb",
         "lake_bucket",
     )
     operator_extra_links = (TuningReportLink(),)
@@ -180,6 +181,7 @@ class RayTuneOperator(BaseOperator):
         cpus_per_trial: float = 1.0,
         workers_per_trial: int | str = 1,
         gpus_per_worker: float | str | None = None,
+        cache_mb: float | str = 1024.0,
         lake_bucket: str = DEFAULT_LAKE_BUCKET,
         aws_conn_id: str = "aws_tune",
         mlflow_conn_id: str = "mlflow_default",
@@ -197,6 +199,7 @@ class RayTuneOperator(BaseOperator):
         self.cpus_per_trial = cpus_per_trial
         self.workers_per_trial = workers_per_trial
         self.gpus_per_worker = gpus_per_worker
+        self.cache_mb = cache_mb
         self.lake_bucket = lake_bucket
         self.aws_conn_id = aws_conn_id
         self.mlflow_conn_id = mlflow_conn_id
@@ -223,6 +226,7 @@ class RayTuneOperator(BaseOperator):
             cpus_per_trial=self.cpus_per_trial,
             workers_per_trial=int(self.workers_per_trial),
             gpus_per_worker=None if self.gpus_per_worker in (None, "", "None") else float(self.gpus_per_worker),
+            cache_mb=float(self.cache_mb),
             dag_run_id=run_id,
         )
         result = run_search(

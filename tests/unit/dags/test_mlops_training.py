@@ -136,11 +136,15 @@ def test_params_have_schemas_that_reject_bad_values(dag: Any) -> None:
         ("dataset", "9 bad"),
         ("promotion_margin", -1),
         ("max_concurrent_trials", "two"),
+        ("workers_per_trial", 0),
+        ("gpus_per_worker", -1),
+        ("cache_mb", -1),
     ]
     for name, bad in bad_values:
         with pytest.raises(ParamValidationError):
             dag.params.get_param(name).resolve(bad)
     assert dag.params.get_param("dataset").resolve("cars") == "cars"
+    assert dag.params.get_param("cache_mb").resolve(0) == 0  # 0: always stream
     assert dag.params.get_param("raw_uri").resolve("s3a://raw/cars/") == "s3a://raw/cars/"
 
 

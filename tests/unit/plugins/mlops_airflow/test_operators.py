@@ -518,6 +518,20 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(
     assert result == {"best_params": {"lr": 0.1}, "num_trials": 3}
 
 
+def test_ray_tune_operator_passes_the_data_parallel_and_cache_settings(
+    connections: Define, searches: list[tuple[Any, dict[str, Any]]]
+) -> None:
+    connections("aws_tune", "mlflow_default", "kafka_default")
+    _tune_operator().execute({"run_id": RUN_ID})
+    # Rendered DAG params arrive as text; "None" is a null gpus_per_worker (Ray decides).
+    _tune_operator(workers_per_trial="2", gpus_per_worker="0.5", cache_mb="64").execute({"run_id": RUN_ID})
+    _tune_operator(gpus_per_worker="None").execute({"run_id": RUN_ID})
+    defaults, given, null_gpus = (config for config, _ in searches)
+    assert (defaults.workers_per_trial, defaults.gpus_per_worker, defaults.cache_mb) == (1, None, 1024.0)
+    assert (given.workers_per_trial, given.gpus_per_worker, given.cache_mb) == (2, 0.5, 64.0)
+    assert null_gpus.gpus_per_worker is None
+
+
 def test_ray_tune_operator_uses_the_ray_connection_and_a_given_space(
     connections: Define, searches: list[tuple[Any, dict[str, Any]]]
 ) -> None:
