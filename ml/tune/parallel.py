@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.train import METRICS_FILE, TRAINING_STATE_FILE, configs_from_trial, train_model
-from ml.train.config import training_target_stats
-from ml.train.trial import local_copy, numeric_metrics, quiet_checkpoint_logs
+from ml.train import METRICS_FILE, TRAINING_STATE_FILE
+from ml.train.trial import numeric_metrics, quiet_checkpoint_logs, train_trial
 
 if TYPE_CHECKING:
     from torch import nn
@@ -193,19 +192,12 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     """One DDP worker: the trial's training loop on its shard of every epoch."""
     import ray.train
     from ray.train.torch import get_device
-
-    quiet_checkpoint_logs()
     from ray.train.v2._internal.execution import context as train_context
 
     # Train logs every report with its metrics at INFO, under a logger named by its file's path.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     context = ray.train.get_context()
     group = RayTrainWorkers(context.get_world_rank(), context.get_world_size(), str(get_device()))
-    data = loop_config["data"].resolve()
-    mean, std = training_target_stats(data)
-    model_config, train_config = configs_from_trial(
-        {**loop_config["trial"], "threads": loop_config["threads"]}, data.spec, target_mean=mean, target_std=std
-    )
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         # Every worker reports (Train waits for all of them); rank 0's metrics and checkpoint are the trial's.
@@ -218,8 +210,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{int(metrics['epoch']):04d}",
         )
 
-    with local_copy(ray.train.get_checkpoint()) as resume_from:
-        train_model(data, model_config, train_config, report=report, resume_from=resume_from, group=group)
+    trial = {**loop_config["trial"], "threads": loop_config["threads"]}
+    checkpoint = ray.train.get_checkpoint()
+    train_trial(trial, loop_config["data"].resolve(), report=report, checkpoint=checkpoint, group=group)
 
 
 def kept_checkpoints(trial_path: str, filesystem: Any) -> list[tuple[str, dict[str, Any]]]:

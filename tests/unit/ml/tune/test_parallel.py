@@ -1,15 +1,18 @@
 """ml.tune.parallel: the resources of data-parallel trials (checked against the cluster before a search starts), how
-many run at once, the worker group's decisions, and the kept checkpoints read back from a Train run's storage."""
+many run at once, the worker group's decisions, a worker's loop with Train's session functions replaced, and the kept
+checkpoints read back from a Train run's storage."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import ray
 
+from ml.train import METRICS_FILE, TRAINING_STATE_FILE
 from ml.tune.parallel import (
     CHECKPOINT_PREFIX,
     TRAIN_RUN_NAME,
@@ -88,6 +91,42 @@ def test_only_as_many_data_parallel_trials_run_at_once_as_the_cpus_hold(monkeypa
 def test_a_single_worker_decides_alone() -> None:
     workers = RayTrainWorkers(0, 1, "cpu")
     assert workers.agree(True) and not workers.agree(False)
+
+
+def test_a_worker_trains_the_trial_with_its_threads_and_names_each_epochs_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ml.tune.parallel import _worker_loop
+    from tests.support.synthetic_features import make_training_data
+
+    reports: list[tuple[dict[str, Any], str | None, set[str]]] = []
+
+    def report(metrics: dict[str, Any], *, checkpoint: Any = None, checkpoint_dir_name: str | None = None) -> None:
+        reports.append((dict(metrics), checkpoint_dir_name, {p.name for p in Path(checkpoint.path).iterdir()}))
+
+    context = SimpleNamespace(get_world_rank=lambda: 0, get_world_size=lambda: 1)
+    monkeypatch.setattr(ray.train, "get_context", lambda: context)
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(ray.train, "report", report)
+    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cpu"))
+    monkeypatch.setattr(ray.train.torch, "prepare_model", lambda model, move_to_device: model)
+    data = make_training_data("classification", 2)
+    trial = {"lr": 1e-2, "batch_size": 64, "num_layers": 1, "hidden_size": 8, "max_epochs": 2, "patience": 2}
+    threads = torch.get_num_threads()
+    try:
+        _worker_loop({"trial": {**trial, "threads": 2}, "data": SimpleNamespace(resolve=lambda: data), "threads": 1})
+        assert torch.get_num_threads() == 1  # the worker's CPUs, not the trial's own setting
+    finally:
+        torch.set_num_threads(threads)
+    assert [(m["epoch"], name) for m, name, _ in reports] == [
+        (1, "checkpoint_epoch_0001"),
+        (2, "checkpoint_epoch_0002"),
+    ]
+    assert all("val_loss" in m and {METRICS_FILE, TRAINING_STATE_FILE} <= files for m, _, files in reports)
 
 
 def _checkpoint(trial: Path, epoch: int, metrics: dict[str, Any], files: tuple[str, ...] | None = None) -> None:
