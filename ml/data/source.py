@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +65,13 @@ def _training_splits(features: S3Uri | str, spec: FeatureSpec, filesystem: Any) 
     return train, validation
 
 
-def label_moments(split: ParquetSplit, filesystem: Any) -> tuple[float, float]:
-    """The labels' mean and (population) standard deviation, block by block (Chan's pairwise update: exact in
-    float64 whatever the number of rows, with one block of labels in memory)."""
+def label_moments(labels: Iterable[np.ndarray]) -> tuple[float, float]:
+    """The mean and (population) standard deviation of labels given block by block (a split's `labels()`, or one
+    array): Chan's pairwise update, exact in float64 whatever the number of rows, with one block in memory; (0, 0)
+    for no labels."""
     count, mean, squares = 0, 0.0, 0.0
-    for labels in split.labels(filesystem):
-        values = labels.astype(np.float64)
+    for block in labels:
+        values = block.astype(np.float64)
         n = len(values)
         if not n:
             continue
@@ -95,7 +97,7 @@ def training_data(
     if size <= cache_bytes:
         log.info("splits of %.1f MB cached in memory (limit %.1f MB)", size / 2**20, cache_bytes / 2**20)
         return TrainingData(spec, train.read(filesystem), validation.read(filesystem))
-    mean, std = label_moments(train, filesystem) if spec.task != "classification" else (0.0, 1.0)
+    mean, std = label_moments(train.labels(filesystem)) if spec.task != "classification" else (0.0, 1.0)
     log.info(
         "splits of %.1f MB (%d + %d rows) streamed from S3 by the trials (cache limit %.1f MB)",
         size / 2**20,

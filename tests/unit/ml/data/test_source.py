@@ -165,8 +165,19 @@ def test_labels_are_read_without_the_features_and_their_moments_are_exact(lake: 
     labels = list(split.labels(lake.filesystem, block_rows=4))
     assert max(len(block) for block in labels) <= 4
     np.testing.assert_array_equal(np.concatenate(labels), train.y)
-    mean, std = label_moments(split, lake.filesystem)
+    mean, std = label_moments(labels)
     assert (mean, std) == pytest.approx((float(np.mean(train.y, dtype=np.float64)), float(np.std(train.y))), rel=1e-6)
+    assert label_moments([train.y]) == pytest.approx((mean, std), rel=1e-12)  # one block: the same moments
+
+
+def test_label_moments_skip_empty_blocks_and_stay_exact_far_from_zero() -> None:
+    from ml.data import label_moments
+
+    assert label_moments([]) == (0.0, 0.0)
+    assert label_moments([np.array([], dtype=np.float32)]) == (0.0, 0.0)
+    values = 1e9 + np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])  # a naive sum of squares loses the spread here
+    mean, std = label_moments([values[:2], np.array([]), values[2:3], values[3:]])
+    assert (mean, std) == pytest.approx((1e9 + 4.0, 2.0), rel=1e-12)
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])
