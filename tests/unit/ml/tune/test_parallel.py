@@ -16,22 +16,36 @@ from ml.train import METRICS_FILE, TRAINING_STATE_FILE
 from ml.tune.parallel import (
     CHECKPOINT_PREFIX,
     TRAIN_RUN_NAME,
+    ClusterResources,
     Parallelism,
     RayTrainWorkers,
+    cluster_resources,
     concurrent_trials,
     kept_checkpoints,
     resolve_parallelism,
 )
 
 
-def _cluster(monkeypatch: pytest.MonkeyPatch, *nodes: dict[str, float]) -> None:
-    """A fake connected cluster of these nodes' resources."""
+def _cluster(*nodes: dict[str, float]) -> ClusterResources:
+    """A cluster of these nodes' resources, without Ray."""
     total: dict[str, float] = {}
     for node in nodes:
         for key, value in node.items():
             total[key] = total.get(key, 0) + value
-    monkeypatch.setattr(ray, "cluster_resources", lambda: total)
-    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": node} for node in nodes])
+    return ClusterResources(total, nodes)
+
+
+def test_the_cluster_is_read_from_ray_once_with_its_live_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    live, dead = {"CPU": 4.0, "GPU": 1.0}, {"CPU": 8.0}
+    monkeypatch.setattr(ray, "cluster_resources", lambda: calls.append("total") or {"CPU": 4.0, "GPU": 1.0})
+    nodes = [{"Alive": True, "Resources": live}, {"Alive": False, "Resources": dead}, {"Alive": True}]
+    monkeypatch.setattr(ray, "nodes", lambda: calls.append("nodes") or nodes)
+    cluster = cluster_resources()
+    assert cluster == ClusterResources({"CPU": 4.0, "GPU": 1.0}, (live, {}))
+    assert sorted(calls) == ["nodes", "total"]
+    live["CPU"] = 0.0
+    assert cluster.nodes[0]["CPU"] == 4.0  # a snapshot, not Ray's own objects
 
 
 def test_parallelism_refuses_bad_values_and_asks_tune_for_what_a_trial_needs() -> None:
@@ -46,15 +60,14 @@ def test_parallelism_refuses_bad_values_and_asks_tune_for_what_a_trial_needs() -
     assert group.data_parallel and group.trial_resources()["cpu"] == 0 and group.trial_resources()["memory"] > 0
 
 
-def test_gpus_default_to_one_per_worker_only_when_the_cluster_has_enough(monkeypatch: pytest.MonkeyPatch) -> None:
-    _cluster(monkeypatch, {"CPU": 4.0})
-    assert resolve_parallelism(2, 1.0, None).gpus_per_worker == 0
-    _cluster(monkeypatch, {"CPU": 4.0, "GPU": 1.0})
-    assert resolve_parallelism(2, 1.0, None).gpus_per_worker == 0  # one GPU for two workers: CPU
-    assert resolve_parallelism(1, 1.0, None).gpus_per_worker == 1
-    _cluster(monkeypatch, {"CPU": 4.0, "GPU": 2.0})
-    assert resolve_parallelism(2, 1.0, None) == Parallelism(2, 1.0, 1.0)
-    assert resolve_parallelism(2, 1.0, 0).gpus_per_worker == 0  # asked for CPU only
+def test_gpus_default_to_one_per_worker_only_when_the_cluster_has_enough() -> None:
+    assert resolve_parallelism(2, 1.0, None, _cluster({"CPU": 4.0})).gpus_per_worker == 0
+    one_gpu = _cluster({"CPU": 4.0, "GPU": 1.0})
+    assert resolve_parallelism(2, 1.0, None, one_gpu).gpus_per_worker == 0  # one GPU for two workers: CPU
+    assert resolve_parallelism(1, 1.0, None, one_gpu).gpus_per_worker == 1
+    two_gpus = _cluster({"CPU": 4.0, "GPU": 1.0}, {"GPU": 1.0})
+    assert resolve_parallelism(2, 1.0, None, two_gpus) == Parallelism(2, 1.0, 1.0)
+    assert resolve_parallelism(2, 1.0, 0, two_gpus).gpus_per_worker == 0  # asked for CPU only
 
 
 @pytest.mark.parametrize(
@@ -66,26 +79,20 @@ def test_gpus_default_to_one_per_worker_only_when_the_cluster_has_enough(monkeyp
     ],
 )
 def test_a_trial_the_cluster_can_never_place_is_an_error_before_the_search(
-    monkeypatch: pytest.MonkeyPatch,
-    nodes: list[dict[str, float]],
-    workers: int,
-    cpus: float,
-    gpus: float,
-    message: str,
+    nodes: list[dict[str, float]], workers: int, cpus: float, gpus: float, message: str
 ) -> None:
-    _cluster(monkeypatch, *nodes)
     with pytest.raises(ValueError, match=message) as error:
-        resolve_parallelism(workers, cpus, gpus)
+        resolve_parallelism(workers, cpus, gpus, _cluster(*nodes))
     assert "lower workers_per_trial" in str(error.value)
 
 
-def test_only_as_many_data_parallel_trials_run_at_once_as_the_cpus_hold(monkeypatch: pytest.MonkeyPatch) -> None:
-    _cluster(monkeypatch, {"CPU": 2.0})
-    assert concurrent_trials(Parallelism(2, 1.0), 4) == 1
-    assert concurrent_trials(Parallelism(3, 1.0), 4) == 1  # never 0
-    assert concurrent_trials(Parallelism(1, 1.0), 4) == 4  # single-process trials: Tune queues them itself
-    _cluster(monkeypatch, {"CPU": 8.0})
-    assert concurrent_trials(Parallelism(2, 1.0), 3) == 3
+def test_only_as_many_data_parallel_trials_run_at_once_as_the_cpus_hold() -> None:
+    small = _cluster({"CPU": 2.0})
+    assert concurrent_trials(Parallelism(2, 1.0), 4, small) == 1
+    assert concurrent_trials(Parallelism(3, 1.0), 4, small) == 1  # never 0
+    assert concurrent_trials(Parallelism(1, 1.0), 4, small) == 4  # single-process trials: Tune queues them itself
+    assert concurrent_trials(Parallelism(2, 1.0), 3, _cluster({"CPU": 8.0})) == 3
+    assert concurrent_trials(Parallelism(2, 2.0), 4, _cluster({"CPU": 4.0}, {"CPU": 4.0})) == 2  # by the totals
 
 
 def test_a_single_worker_decides_alone() -> None:
