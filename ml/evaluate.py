@@ -18,17 +18,15 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ml.data import ParquetSplit, SplitArrays, label_moments, load_feature_spec
 from ml.json_values import json_safe
 from ml.models import CLASSIFICATION, base_metric_name, compute_metrics, higher_is_better
 from ml.settings import MlflowSettings, S3Settings, Settings
 from ml.storage import S3Uri, evaluation_uri, write_json
-
-if TYPE_CHECKING:
-    from ml.data import SplitArrays
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +44,9 @@ def primary_metric(task: str, objective: str) -> str:
 def baseline_predictions(
     task: str, train_y: np.ndarray | Iterable[np.ndarray], rows: int, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """A trivial model fitted on the training labels (an array, or its blocks: only their class counts or sum are
-    kept): (predictions, probabilities or None) for `rows` rows."""
+    """A trivial model fitted on the training labels (an array, or its blocks: only their class counts or moments are
+    kept): (predictions, probabilities or None) for `rows` rows; the regression baseline is the labels' mean (0 for
+    none), as `label_moments` computes it for the trials' standardisation."""
     blocks = [train_y] if isinstance(train_y, np.ndarray) else train_y
     if task == CLASSIFICATION:
         counts = np.zeros(int(num_classes or 0), dtype=np.float64)
@@ -59,11 +58,8 @@ def baseline_predictions(
         k = len(counts)
         priors = counts / counts.sum() if counts.sum() else np.full(k, 1.0 / k)
         return np.full(rows, int(np.argmax(counts))), np.tile(priors, (rows, 1))
-    total, count = 0.0, 0
-    for block in blocks:
-        total += float(np.sum(block, dtype=np.float64))
-        count += len(block)
-    return np.full(rows, total / count if count else 0.0), None
+    mean, _ = label_moments(blocks)
+    return np.full(rows, mean), None
 
 
 def predict_blocks(model: Any, blocks: Iterable[SplitArrays]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
@@ -91,7 +87,6 @@ def evaluate_best(
     """Evaluate a SearchResult (object, dict, JSON file path or s3:// URI) on the test split; returns the JSON dict.
     The metrics go into the search's MLflow parent run unless `mlflow` is None."""
     from ml.clients import arrow_filesystem, s3_client
-    from ml.data import ParquetSplit, load_feature_spec
     from ml.models import load_model
     from ml.predictor import download_checkpoint
     from ml.tune.config import load_search_result

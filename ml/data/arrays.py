@@ -1,8 +1,9 @@
-"""Feature splits from S3 into arrays in memory, and batches by slicing tensors over them.
+"""Feature splits as arrays in memory, and batches by slicing tensors over them.
 
-A split (`train/`, `validation/`, `test/` under the features URI) is read once with pyarrow into a float32 matrix
-in `spec.feature_columns` order plus a label vector; training then shuffles with a seeded generator and slices
-contiguous batches: no per-row Dataset/DataLoader, so the loader costs one gather per epoch.
+A split (`train/`, `validation/`, `test/` under the features URI) in memory is a float32 matrix in
+`spec.feature_columns` order plus a label vector (`SplitArrays`; ml.data.source reads it whole, through
+ml.data.stream's reader); training then shuffles with a seeded generator and slices contiguous batches: no per-row
+Dataset/DataLoader, so the loader costs one gather per epoch.
 
 For tuning, the driver reads the splits once and Tune hands them to every trial through `tune.with_parameters`,
 which puts the numpy arrays into Ray's object store: trials on one node share them without copying. Reads take a
@@ -12,7 +13,6 @@ conversion from Arrow to arrays, with the checks every read makes; ml.data.strea
 
 from __future__ import annotations
 
-import logging
 import warnings
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,8 +25,6 @@ from ml.storage import NOT_FOUND_CODES, DataError, S3Uri, error_code, feature_sp
 
 if TYPE_CHECKING:
     import torch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -76,8 +74,8 @@ def split_arrays(
 ) -> SplitArrays:
     """An Arrow table or record batch as arrays: X float32 C-order in `feature_columns` order, y int64 class indices
     (classification) or float32 values; DataError naming `uri` for missing columns, nulls, labels outside
-    0..num_outputs-1 and non-finite values. The one conversion of the whole split (read_split) and of streamed
-    blocks (ml.data.stream)."""
+    0..num_outputs-1 and non-finite values. The one conversion of every block that ml.data.stream reads (a whole
+    split is read as its blocks)."""
     import pyarrow as pa
 
     table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
@@ -135,37 +133,6 @@ def open_dataset(uri: S3Uri, split: str, filesystem: Any) -> Any:
         return ds.dataset(f"{uri.bucket}/{uri.key}", filesystem=filesystem, format="parquet")
     except (OSError, pa.ArrowInvalid) as error:
         raise DataError(f"{uri}: cannot read the {split} split: {error}") from error
-
-
-def read_split(
-    features: S3Uri | str, split: str, spec: FeatureSpec, filesystem: Any, *, labels_only: bool = False
-) -> SplitArrays:
-    """Read one split's Parquet parts (Spark's `_SUCCESS` and other `_`/`.` files are ignored) into numpy."""
-    uri = split_uri(features, split)
-    dataset = open_dataset(uri, split, filesystem)
-    wanted = [] if labels_only else list(spec.feature_columns)
-    check_columns(dataset.schema.names, wanted, uri, split)
-    table = dataset.to_table(columns=[*wanted, LABEL_COLUMN])
-    arrays = split_arrays(
-        table,
-        split,
-        uri,
-        feature_columns=wanted,
-        task=spec.task,
-        num_outputs=spec.num_outputs,
-        classes=spec.classes,
-    )
-    log.info("read %s split: %d rows x %d features from %s", split, arrays.rows, arrays.X.shape[1], uri)
-    return arrays
-
-
-def load_training_data(features: S3Uri | str, spec: FeatureSpec, filesystem: Any) -> TrainingData:
-    """The spec plus the train and validation splits (the test split stays untouched until evaluation)."""
-    train = read_split(features, "train", spec, filesystem)
-    validation = read_split(features, "validation", spec, filesystem)
-    if train.rows == 0 or validation.rows == 0:
-        raise DataError(f"{features}: empty split (train {train.rows} rows, validation {validation.rows} rows)")
-    return TrainingData(spec, train, validation)
 
 
 def to_tensors(split: SplitArrays) -> tuple[torch.Tensor, torch.Tensor]:

@@ -76,7 +76,7 @@ class ParquetSplit:
     feature_columns: tuple[str, ...]
     task: str
     num_outputs: int
-    classes: tuple[str, ...] | None = None  # only to name the classes in a bad-label error, as read_split does
+    classes: tuple[str, ...] | None = None  # only to name the classes in a bad-label error
 
     @property
     def rows(self) -> int:
@@ -91,7 +91,8 @@ class ParquetSplit:
     @classmethod
     def open(cls, features: S3Uri | str, split: str, spec: FeatureSpec, filesystem: Any) -> ParquetSplit:
         """List the split's Parquet parts (`_`/`.` files such as Spark's `_SUCCESS` are ignored) and read each
-        footer; DataError naming the split's URI as read_split raises it. An empty split is allowed (rows == 0)."""
+        footer; DataError naming the split's URI when it cannot be read or lacks a column. An empty split is
+        allowed (rows == 0)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -128,7 +129,7 @@ class ParquetSplit:
             yield block.y
 
     def read(self, filesystem: Any, *, block_rows: int = BLOCK_ROWS) -> SplitArrays:
-        """The whole split, as read_split gives it, filled block by block into preallocated arrays."""
+        """The whole split, filled block by block into preallocated arrays (what read_split gives)."""
         X = np.empty((self.rows, len(self.feature_columns)), dtype=np.float32)
         y = np.empty(self.rows, dtype=np.int64 if self.task == "classification" else np.float32)
         at = 0

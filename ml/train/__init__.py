@@ -27,7 +27,7 @@ from ml.train.loop import (
     train_model,
 )
 from ml.train.state import METRICS_FILE, TRAINING_STATE_FILE
-from ml.train.trial import tune_trainable
+from ml.train.trial import train_trial, tune_trainable
 
 __all__ = [
     "DEFAULT_METRIC",
@@ -48,6 +48,7 @@ __all__ = [
     "seed_everything",
     "target_stats",
     "train_model",
+    "train_trial",
     "trial_params",
     "tune_trainable",
 ]

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ml.train import METRICS_FILE, TRAINING_STATE_FILE, configs_from_trial, train_model
-from ml.train.config import training_target_stats
-from ml.train.trial import local_copy, numeric_metrics, quiet_checkpoint_logs
+from ml.train import METRICS_FILE, TRAINING_STATE_FILE
+from ml.train.trial import numeric_metrics, quiet_checkpoint_logs, train_trial
 
 if TYPE_CHECKING:
     from torch import nn
@@ -62,17 +62,33 @@ class Parallelism:
         return {"cpu": self.cpus_per_worker, "gpu": self.gpus_per_worker}
 
 
-def resolve_parallelism(workers: int, cpus_per_worker: float, gpus_per_worker: float | None) -> Parallelism:
-    """The trial's resources on the connected cluster: `gpus_per_worker` None takes one GPU per worker when Ray
-    reports enough GPUs for all of a trial's workers, else none. Raises ValueError, naming what is missing, when no
-    node set of the cluster can ever place the trial (a search that would wait forever)."""
+@dataclass(frozen=True)
+class ClusterResources:
+    """The connected cluster's resources, read once for a search: its totals and each live node's (Ray's names:
+    "CPU", "GPU", ...). What `resolve_parallelism` and `concurrent_trials` decide from, without Ray."""
+
+    total: Mapping[str, float]
+    nodes: tuple[Mapping[str, float], ...] = ()
+
+
+def cluster_resources() -> ClusterResources:
+    """What the connected Ray cluster has now (`ray.cluster_resources()` and the live nodes' `ray.nodes()`)."""
     import ray
 
-    total = ray.cluster_resources()
+    nodes = tuple(dict(node.get("Resources", {})) for node in ray.nodes() if node.get("Alive"))
+    return ClusterResources(dict(ray.cluster_resources()), nodes)
+
+
+def resolve_parallelism(
+    workers: int, cpus_per_worker: float, gpus_per_worker: float | None, cluster: ClusterResources
+) -> Parallelism:
+    """The trial's resources on `cluster`: `gpus_per_worker` None takes one GPU per worker when the cluster has
+    enough GPUs for all of a trial's workers, else none. Raises ValueError, naming what is missing, when no node set
+    of the cluster can ever place the trial (a search that would wait forever)."""
+    total = cluster.total
     if gpus_per_worker is None:
         gpus_per_worker = 1.0 if total.get("GPU", 0) >= workers else 0.0
     parallelism = Parallelism(workers, cpus_per_worker, gpus_per_worker)
-    per_node = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
     problems = []
     for resource, each in (("CPU", parallelism.cpus_per_worker), ("GPU", parallelism.gpus_per_worker)):
         if not each:
@@ -82,7 +98,7 @@ def resolve_parallelism(workers: int, cpus_per_worker: float, gpus_per_worker: f
                 f"{workers} worker(s) x {each:g} {resource} need {each * workers:g} {resource}, "
                 f"the cluster has {total.get(resource, 0):g}"
             )
-        elif not any(node.get(resource, 0) >= each for node in per_node):
+        elif not any(node.get(resource, 0) >= each for node in cluster.nodes):
             problems.append(f"no node has {each:g} {resource} for one worker")
     if problems:
         raise ValueError(
@@ -93,14 +109,12 @@ def resolve_parallelism(workers: int, cpus_per_worker: float, gpus_per_worker: f
     return parallelism
 
 
-def concurrent_trials(parallelism: Parallelism, requested: int) -> int:
+def concurrent_trials(parallelism: Parallelism, requested: int, cluster: ClusterResources) -> int:
     """At most as many data-parallel trials at once as the cluster's CPUs hold worker groups: a trial whose workers
     cannot start waits in Train for a limited time and then fails, where it should wait its turn in Tune."""
-    import ray
-
     if not parallelism.data_parallel:
         return requested
-    cpus = ray.cluster_resources().get("CPU", 0)
+    cpus = cluster.total.get("CPU", 0)
     fits = max(1, int(cpus // (parallelism.cpus_per_worker * parallelism.workers)))
     if fits < requested:
         log.info("%d data-parallel trial(s) at once (the cluster's %g CPUs), not %d", fits, cpus, requested)
@@ -193,19 +207,12 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     """One DDP worker: the trial's training loop on its shard of every epoch."""
     import ray.train
     from ray.train.torch import get_device
-
-    quiet_checkpoint_logs()
     from ray.train.v2._internal.execution import context as train_context
 
     # Train logs every report with its metrics at INFO, under a logger named by its file's path.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     context = ray.train.get_context()
     group = RayTrainWorkers(context.get_world_rank(), context.get_world_size(), str(get_device()))
-    data = loop_config["data"].resolve()
-    mean, std = training_target_stats(data)
-    model_config, train_config = configs_from_trial(
-        {**loop_config["trial"], "threads": loop_config["threads"]}, data.spec, target_mean=mean, target_std=std
-    )
 
     def report(metrics: dict[str, Any], directory: Path | None) -> None:
         # Every worker reports (Train waits for all of them); rank 0's metrics and checkpoint are the trial's.
@@ -218,8 +225,9 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             checkpoint_dir_name=f"{CHECKPOINT_PREFIX}{int(metrics['epoch']):04d}",
         )
 
-    with local_copy(ray.train.get_checkpoint()) as resume_from:
-        train_model(data, model_config, train_config, report=report, resume_from=resume_from, group=group)
+    trial = {**loop_config["trial"], "threads": loop_config["threads"]}
+    checkpoint = ray.train.get_checkpoint()
+    train_trial(trial, loop_config["data"].resolve(), report=report, checkpoint=checkpoint, group=group)
 
 
 def kept_checkpoints(trial_path: str, filesystem: Any) -> list[tuple[str, dict[str, Any]]]:

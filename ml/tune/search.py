@@ -43,7 +43,7 @@ from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
 from ml.storage import S3Uri, feature_spec_uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
-from ml.tune.parallel import Parallelism, concurrent_trials, resolve_parallelism
+from ml.tune.parallel import Parallelism, cluster_resources, concurrent_trials, resolve_parallelism
 from ml.tune.runtime import ensure_ray, route_library_logs, without_driver_s3_keys
 from ml.tune.space import to_tune_space, validate_search_space
 from ml.tune.state import record_or_check_manifest, restorable, store_result, stored_result
@@ -109,7 +109,11 @@ def run_search(
     started_ray = ensure_ray(ray, s3, state_api=config.workers_per_trial > 1)
     try:
         # Before anything is recorded: a trial the cluster can never place is an error now, not a search that hangs.
-        parallelism = resolve_parallelism(config.workers_per_trial, config.cpus_per_trial, config.gpus_per_worker)
+        # The cluster is read once: the trials' resources and how many run at once come from the same figures.
+        cluster = cluster_resources()
+        parallelism = resolve_parallelism(
+            config.workers_per_trial, config.cpus_per_trial, config.gpus_per_worker, cluster
+        )
         record_or_check_manifest(experiment, manifest, restoring, filesystem)
         if tracking is not None:
             from ml.tune.tracking import start_parent_run
@@ -131,7 +135,8 @@ def run_search(
             if restoring:
                 results = _resume(trials, own_callbacks)
             else:
-                results = _start(trials, [*own_callbacks, *callbacks])
+                at_once = concurrent_trials(parallelism, config.max_concurrent_trials, cluster)
+                results = _start(trials, [*own_callbacks, *callbacks], at_once)
         result = _summarise(results, trials, spec, features, manifest["search_space_hash"])
         result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
         result.wall_time_s = time.perf_counter() - started
@@ -261,7 +266,7 @@ def _resume(trials: _Trials, own_callbacks: list[Any]) -> Any:
     return tuner.fit()
 
 
-def _start(trials: _Trials, callbacks: list[Any]) -> Any:
+def _start(trials: _Trials, callbacks: list[Any], max_concurrent: int) -> Any:
     from optuna.samplers import TPESampler
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -272,10 +277,7 @@ def _start(trials: _Trials, callbacks: list[Any]) -> Any:
     trainable, param_space = trials.trainable_and_space()
     # TPE starts from random points; with small budgets let it model sooner than Optuna's default of 10.
     sampler = TPESampler(seed=config.seed, n_startup_trials=max(2, min(10, config.num_samples // 3)))
-    searcher = ConcurrencyLimiter(
-        OptunaSearch(sampler=sampler),
-        max_concurrent=concurrent_trials(trials.parallelism, config.max_concurrent_trials),
-    )
+    searcher = ConcurrencyLimiter(OptunaSearch(sampler=sampler), max_concurrent=max_concurrent)
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=config.max_epochs,

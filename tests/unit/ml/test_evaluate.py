@@ -66,6 +66,16 @@ def test_baselines_from_streamed_label_blocks_equal_the_whole_array() -> None:
     assert baseline_predictions("regression", iter([values[:1], values[1:]]), 1)[0].tolist() == [4.0]
 
 
+def test_the_regression_baseline_is_the_float64_mean_that_standardisation_uses() -> None:
+    from ml.data import label_moments
+
+    blocks = [np.array([], np.float32), np.array([0.1, 0.2], np.float32), np.array([0.6], np.float32)]
+    values, _ = baseline_predictions("regression", iter(blocks), 2)
+    expected = float(np.mean(np.concatenate(blocks), dtype=np.float64))  # of the float32 labels, not 0.3 exactly
+    assert values.dtype == np.float64 and values.tolist() == pytest.approx([expected] * 2, rel=1e-15)
+    assert values[0] == label_moments(blocks)[0]
+
+
 def test_predictions_over_blocks_equal_one_pass_over_the_split() -> None:
     from ml.data import SplitArrays
     from ml.evaluate import predict_blocks

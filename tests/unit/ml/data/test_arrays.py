@@ -1,16 +1,14 @@
-"""ml.data.arrays: the feature spec and splits read from a features folder (moto's S3 and a local folder laid out
-like the lake), the Arrow conversion, tensors over read-only arrays, seeded batches and their shards."""
+"""ml.data.arrays: the feature spec read from a features folder (moto's S3), the Arrow conversion, tensors over
+read-only arrays, seeded batches and their shards. (Splits read whole: test_source.py.)"""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -18,8 +16,6 @@ from ml.data import (
     SplitArrays,
     TensorBatches,
     load_feature_spec,
-    load_training_data,
-    read_split,
     split_arrays,
     to_tensors,
 )
@@ -40,12 +36,6 @@ def _write(lake: LocalLake, task: str = "classification", classes: int = 3, *, c
     splits = make_arrays(spec, ROWS)
     lake.write_features(spec, splits, FEATURES, client=client)
     return spec, splits
-
-
-def _write_split(lake: LocalLake, split: str, columns: dict[str, pa.Array]) -> None:
-    buffer = io.BytesIO()
-    pq.write_table(pa.table(columns), buffer)
-    lake.put(FEATURES.join(split, "part-00000.parquet"), buffer.getvalue())
 
 
 # -- the feature spec
@@ -75,106 +65,19 @@ def test_other_s3_errors_are_not_hidden(s3: Any) -> None:
         load_feature_spec(S3Uri("no-such-bucket", "features"), s3)
 
 
-# -- splits
-
-
-@pytest.mark.parametrize("task,classes", [("classification", 3), ("regression", 1)])
-def test_a_split_reads_into_float32_features_in_spec_order(lake: LocalLake, task: str, classes: int) -> None:
-    spec, splits = _write(lake, task, classes)
-    split = read_split(FEATURES, "train", spec, lake.filesystem)  # Spark's _SUCCESS marker is ignored
-    assert split.name == "train" and split.rows == ROWS["train"]
-    assert split.X.dtype == np.float32 and split.X.flags["C_CONTIGUOUS"]
-    assert split.X.shape == (ROWS["train"], len(spec.feature_columns))
-    np.testing.assert_array_equal(split.X, splits["train"].X)
-    assert split.y.dtype == (np.int64 if task == "classification" else np.float32)
-    np.testing.assert_allclose(split.y, splits["train"].y)
-
-
-def test_labels_only_reads_no_feature_columns(lake: LocalLake) -> None:
-    spec, splits = _write(lake, "regression", 1)
-    split = read_split(str(FEATURES), "train", spec, lake.filesystem, labels_only=True)
-    assert split.X.shape == (ROWS["train"], 0)
-    np.testing.assert_allclose(split.y, splits["train"].y)
-
-
-def test_training_data_is_train_and_validation(lake: LocalLake) -> None:
-    spec, splits = _write(lake)
-    data = load_training_data(FEATURES, spec, lake.filesystem)
-    assert data.spec == spec
-    assert (data.train.rows, data.validation.rows) == (ROWS["train"], ROWS["validation"])
-    np.testing.assert_array_equal(data.validation.X, splits["validation"].X)
-
-
-def test_unknown_split(lake: LocalLake) -> None:
-    spec, _ = _write(lake)
-    with pytest.raises(ValueError, match="unknown split 'holdout'"):
-        read_split(FEATURES, "holdout", spec, lake.filesystem)
-
-
-def test_a_missing_split_folder_names_the_split(lake: LocalLake) -> None:
-    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
-    with pytest.raises(DataError, match=r"features/snap/train: cannot read the train split"):
-        read_split(FEATURES, "train", spec, lake.filesystem)
-
-
-def test_a_part_that_is_not_parquet_names_the_split(lake: LocalLake) -> None:
-    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
-    lake.put(FEATURES.join("train", "part-00000.parquet"), b"not parquet at all")
-    with pytest.raises(DataError, match=r"features/snap/train: cannot read the train split"):
-        read_split(FEATURES, "train", spec, lake.filesystem)
-
-
-def _columns(spec: Any, rows: int = 4, **overrides: pa.Array) -> dict[str, pa.Array]:
-    columns: dict[str, pa.Array] = {c: pa.array(np.zeros(rows), pa.float32()) for c in spec.feature_columns}
-    columns["label"] = pa.array([0] * rows, pa.int32())
-    columns.update(overrides)
-    return columns
-
-
-@pytest.mark.parametrize(
-    "change,message",
-    [
-        ({"x1": None}, r"columns missing from the train split: \['x1'\]"),
-        ({"x0": pa.array([0.0, None, 1.0, 2.0], pa.float32())}, "column 'x0' has 1 nulls"),
-        ({"label": pa.array([0, None, 1, 1], pa.int32())}, "column 'label' has 1 nulls"),
-        ({"label": pa.array([0, 3, 1, -1], pa.int32())}, r"2 labels outside 0..2"),
-        ({"x2": pa.array([0.0, np.inf, 1.0, 2.0], pa.float32())}, "non-finite feature values in the train split"),
-    ],
-)
-def test_bad_classification_splits_name_the_problem(lake: LocalLake, change: dict, message: str) -> None:
-    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
-    columns = _columns(spec, **{k: v for k, v in change.items() if v is not None})
-    for key in [k for k, v in change.items() if v is None]:
-        del columns[key]
-    _write_split(lake, "train", columns)
-    with pytest.raises(DataError, match=message):
-        read_split(FEATURES, "train", spec, lake.filesystem)
-
-
-def test_non_finite_regression_labels_are_refused(lake: LocalLake) -> None:
-    spec = make_spec("d", "snap", "regression", 1, rows=ROWS)
-    _write_split(lake, "train", _columns(spec, label=pa.array([1.0, np.nan, 2.0, 3.0], pa.float64())))
-    with pytest.raises(DataError, match="non-finite labels in the train split"):
-        read_split(FEATURES, "train", spec, lake.filesystem)
+# -- the Arrow conversion
 
 
 def test_a_record_batch_converts_as_its_table_does() -> None:
     spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
-    table = pa.table(_columns(spec, rows=3, x1=pa.array([1.5, 2.5, 3.5], pa.float32())))
+    columns: dict[str, Any] = {c: pa.array(np.zeros(3), pa.float32()) for c in spec.feature_columns}
+    table = pa.table({**columns, "x1": pa.array([1.5, 2.5, 3.5], pa.float32()), "label": pa.array([0, 1, 2])})
     args: dict[str, Any] = {"feature_columns": spec.feature_columns, "task": spec.task, "num_outputs": 3}
     whole = split_arrays(table, "train", FEATURES, **args)
     batch = split_arrays(table.to_batches()[0], "train", FEATURES, **args)
     np.testing.assert_array_equal(whole.X, batch.X)
     np.testing.assert_array_equal(whole.y, batch.y)
     assert whole.X[:, 1].tolist() == [1.5, 2.5, 3.5] and whole.y.dtype == np.int64
-
-
-def test_an_empty_split_is_refused_for_training(lake: LocalLake) -> None:
-    spec = make_spec("d", "snap", "classification", 3, rows=ROWS)
-    _write_split(lake, "train", _columns(spec))
-    _write_split(lake, "validation", _columns(spec, rows=0))
-    with pytest.raises(DataError, match=r"empty split \(train 4 rows, validation 0 rows\)"):
-        load_training_data(FEATURES, spec, lake.filesystem)
 
 
 # -- tensors and batches

@@ -1,5 +1,5 @@
-"""ml.train: the training loop (seeded, early stopping, divergence, a checkpoint per epoch, resumable), trial configs,
-and the Ray Tune trainable with Tune's report/get_checkpoint replaced by fakes."""
+"""ml.train: the training loop (seeded, early stopping, divergence, a checkpoint per epoch, resumable, streamed,
+data-parallel) and trial configs. (The trial and the Ray Tune trainable: test_trial.py.)"""
 
 from __future__ import annotations
 
@@ -25,7 +25,6 @@ from ml.train import (
     target_stats,
     train_model,
     trial_params,
-    tune_trainable,
 )
 from tests.support.synthetic_features import make_spec, make_training_data
 
@@ -250,84 +249,6 @@ def test_trial_params_are_the_hyper_parameters_as_json() -> None:
     assert params == {"lr": 0.01, "hidden_size": 32, "norm": "batch"}
     assert json.loads(json.dumps(params)) == params  # numpy scalars become JSON numbers
     assert set(trial_params({k: 1 for k in (*HPARAMS, "threads")})) == set(HPARAMS)
-
-
-# -- the Ray Tune trainable, with Tune's session functions replaced
-
-
-class FakeTuneSession:
-    """Stands in for ray.tune.report / ray.tune.get_checkpoint: keeps each report's metrics and a copy of its
-    checkpoint directory (which lives only during the call)."""
-
-    def __init__(self, keep: Path, checkpoint: Any = None) -> None:
-        self.keep = keep
-        self.checkpoint = checkpoint
-        self.reports: list[dict[str, Any]] = []
-
-    def report(self, metrics: dict[str, Any], *, checkpoint: Any = None) -> None:
-        self.reports.append(dict(metrics))
-        assert checkpoint is not None, "every epoch reports a checkpoint"
-        shutil.copytree(checkpoint.path, self.keep / f"epoch{metrics['epoch']}")
-
-    def get_checkpoint(self) -> Any:
-        return self.checkpoint
-
-
-def _trial_config(**overrides: Any) -> dict[str, Any]:
-    return {
-        "lr": 1e-2,
-        "batch_size": 64,
-        "num_layers": 1,
-        "hidden_size": 16,
-        "max_epochs": 3,
-        "patience": 3,
-        "seed": 2,
-        "metric": "val_loss",
-        "mode": "min",
-        "threads": 1,
-        **overrides,
-    }
-
-
-def test_the_trainable_reports_every_epoch_with_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ray import tune
-
-    data = make_training_data("regression")
-    session = FakeTuneSession(tmp_path)
-    monkeypatch.setattr(tune, "report", session.report)
-    monkeypatch.setattr(tune, "get_checkpoint", session.get_checkpoint)
-    tune_trainable(_trial_config(), data)
-
-    assert [m["epoch"] for m in session.reports] == [1, 2, 3]
-    assert all(isinstance(v, int | float) for m in session.reports for v in m.values())
-    assert {"train_loss", "val_loss", "val_rmse", "epoch_time_s"} <= set(session.reports[0])
-    saved = sorted(p.name for p in (tmp_path / "epoch3").iterdir())
-    assert saved == sorted([METRICS_FILE, "model_config.json", "model_state.pt", TRAINING_STATE_FILE])
-    # The regression model carries the training labels' scale (what serving needs).
-    config = json.loads((tmp_path / "epoch3" / "model_config.json").read_text())
-    assert (config["target_mean"], config["target_std"]) == pytest.approx(target_stats(data.spec, data.train.y))
-
-
-def test_the_trainable_resumes_after_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ray import tune
-
-    data = make_training_data("classification", 2)
-    full = FakeTuneSession(tmp_path / "full")
-    (tmp_path / "full").mkdir()
-    monkeypatch.setattr(tune, "report", full.report)
-    monkeypatch.setattr(tune, "get_checkpoint", full.get_checkpoint)
-    tune_trainable(_trial_config(dropout=0.2), data)
-
-    resumed = FakeTuneSession(tmp_path / "resumed", tune.Checkpoint.from_directory(str(tmp_path / "full" / "epoch1")))
-    (tmp_path / "resumed").mkdir()
-    monkeypatch.setattr(tune, "report", resumed.report)
-    monkeypatch.setattr(tune, "get_checkpoint", resumed.get_checkpoint)
-    tune_trainable(_trial_config(dropout=0.2), data)
-
-    assert [m["epoch"] for m in resumed.reports] == [2, 3]  # continues after epoch 1; does not start over
-    for before, after in zip(full.reports[1:], resumed.reports, strict=True):
-        assert after["train_loss"] == before["train_loss"] and after["val_loss"] == before["val_loss"]
-    assert sorted(p.name for p in (tmp_path / "full" / "epoch1").iterdir())  # the restored checkpoint is untouched
 
 
 # -- streamed splits and data-parallel groups

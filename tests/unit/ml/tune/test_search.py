@@ -26,7 +26,7 @@ from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
 from ml.storage import DataError, S3Uri
 from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, PipelineCallback, ProgressLogCallback
 from ml.tune.config import SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchConfig, SearchIncomplete, SearchResult
-from ml.tune.parallel import Parallelism
+from ml.tune.parallel import ClusterResources, Parallelism
 from ml.tune.signing import signed_filesystem
 from ml.tune.space import search_space_hash, validate_search_space
 from tests.support.synthetic_features import IN_MEMORY_S3, in_memory_s3, make_spec
@@ -238,9 +238,17 @@ class Recorder:
         self.restorable = False
         self.grid: Any = FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4]), _trial("c", [0.6])])
         self.fit_error: BaseException | None = None
+        self.cluster = ClusterResources({"CPU": 8.0}, ({"CPU": 8.0},))  # what a fake Ray cluster has
+        self.cluster_reads = 0
+        self.at_once: int | None = None
 
-    def fit(self, kind: str, callbacks: list[Any]) -> Any:
+    def cluster_resources(self) -> ClusterResources:
+        self.cluster_reads += 1
+        return self.cluster
+
+    def fit(self, kind: str, callbacks: list[Any], at_once: int | None = None) -> Any:
         self.calls.append((kind, [type(c).__name__ for c in callbacks]))
+        self.at_once = at_once
         if self.fit_error is not None:
             raise self.fit_error
         return self.grid
@@ -293,9 +301,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
         return False
 
     monkeypatch.setattr(search, "ensure_ray", ensure_ray)
-    monkeypatch.setattr(search, "resolve_parallelism", lambda workers, cpus, gpus: Parallelism(workers, cpus, 0.0))
+    monkeypatch.setattr(search, "cluster_resources", recorder.cluster_resources)
     monkeypatch.setattr(ml.data, "training_data", lambda features, spec, filesystem, **options: ("data", str(features)))
-    monkeypatch.setattr(search, "_start", lambda trials, cbs: recorder.fit("start", cbs))
+    monkeypatch.setattr(search, "_start", lambda trials, cbs, at_once: recorder.fit("start", cbs, at_once))
     monkeypatch.setattr(search, "_resume", lambda trials, cbs: recorder.fit("resume", cbs))
     monkeypatch.setattr(search, "mlflow_client", lambda mlflow: "mlflow-client")
     monkeypatch.setattr(
@@ -331,6 +339,25 @@ def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: An
     assert result.wall_time_s is not None and result.wall_time_s >= 0
     assert fakes.read(SEARCH_RESULT_FILE) == result.to_dict()
     assert fakes.read(SEARCH_MANIFEST_FILE) == _config().manifest("regression")
+
+
+@pytest.mark.parametrize("workers,at_once", [(1, 3), (2, 2), (4, 1)])
+def test_the_cluster_is_read_once_for_the_trials_resources_and_how_many_run_at_once(
+    lake: Any, fakes: Recorder, workers: int, at_once: int
+) -> None:
+    fakes.cluster = ClusterResources({"CPU": 4.0}, ({"CPU": 2.0}, {"CPU": 2.0}))
+    fakes.fit_error = RuntimeError("stopped after the start")  # the trials' results are not the point here
+    with pytest.raises(RuntimeError, match="stopped after the start"):
+        _run(_config(workers_per_trial=workers, max_concurrent_trials=3))
+    assert fakes.cluster_reads == 1
+    assert fakes.at_once == at_once  # 4 CPUs: 2 groups of 2 workers, 1 of 4; single-process trials as asked
+
+
+def test_a_trial_the_cluster_cannot_place_fails_before_anything_is_recorded(lake: Any, fakes: Recorder) -> None:
+    fakes.cluster = ClusterResources({"CPU": 4.0}, ({"CPU": 2.0}, {"CPU": 2.0}))
+    with pytest.raises(ValueError, match="no node has 3 CPU for one worker"):
+        _run(_config(cpus_per_trial=3.0), mlflow=MLFLOW)
+    assert [call[0] for call in fakes.calls] == ["ensure_ray"] and not fakes.exists(SEARCH_MANIFEST_FILE)
 
 
 def test_a_completed_search_returns_its_stored_result_without_running(lake: Any, fakes: Recorder) -> None:
