@@ -105,11 +105,13 @@ def test_topics_are_created_with_their_partitions_and_retention(fake_admin: list
     admin = FakeAdmin({"mlops.model.promoted.v1"}, racing={"mlops.pipeline.events.v1"})
     fake_admin.append((None, admin))
     created = create_topics(KafkaSettings("kafka.test:9092"))
-    assert created == ["mlops.training.metrics.v1"], "existing and concurrently created topics are left alone"
-    [new] = admin.new
-    wanted = next(topic for topic in ALL_TOPICS if topic.name == new.name)
-    assert (new.num_partitions, new.replication_factor) == (wanted.partitions, 1)
-    assert new.topic_configs == {"retention.ms": str(wanted.retention_ms)}
+    expected = ["mlops.training.metrics.v1", "mlops.training.metrics.v2"]
+    assert created == expected, "existing and concurrently created topics are left alone"
+    assert [new.name for new in admin.new] == expected
+    for new in admin.new:
+        wanted = next(topic for topic in ALL_TOPICS if topic.name == new.name)
+        assert (new.num_partitions, new.replication_factor) == (wanted.partitions, 1)
+        assert new.topic_configs == {"retention.ms": str(wanted.retention_ms)}
     assert admin.closed
     assert fake_admin[-1][0] == KafkaSettings("kafka.test:9092")
 

@@ -24,11 +24,16 @@ from ml.events.envelope import (
     training_metrics_key,
     validate_envelope,
 )
-from ml.topics import ALL_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS, Topic
+from ml.topics import ALL_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS, TRAINING_METRICS_V2, Topic
 from tests.support.fake_clock import FakeClock
-from tests.unit.ml.events.samples import METRICS, PIPELINE, PROMOTED
+from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED
 
-PAYLOADS = {TRAINING_METRICS: METRICS, PIPELINE_EVENTS: PIPELINE, MODEL_PROMOTED: PROMOTED}
+PAYLOADS = {
+    TRAINING_METRICS: METRICS,
+    TRAINING_METRICS_V2: METRICS_V2,
+    PIPELINE_EVENTS: PIPELINE,
+    MODEL_PROMOTED: PROMOTED,
+}
 
 
 # --- schemas and envelopes -------------------------------------------------------------------------------------------
