@@ -159,7 +159,9 @@ def test_kafka_topics_carry_schema_valid_events(
         assert seen == list(range(1, len(seen) + 1)) and len(seen) <= MAX_EPOCHS, (trial, seen)
     # v2 carries the same trial-epochs, each saying which dataset, snapshot and model it is about.
     snapshot_id = airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"]
-    with_subject = [(k, m) for k, m in _consume_all(settings, TRAINING_METRICS_V2.name) if m.get("dag_run_id") == run_id]
+    with_subject = [
+        (k, m) for k, m in _consume_all(settings, TRAINING_METRICS_V2.name) if m.get("dag_run_id") == run_id
+    ]
     assert sorted(k for k, _ in with_subject) == sorted(k for k, _ in metrics)
     for _, message in with_subject:
         validate_envelope(message, TRAINING_METRICS_V2)
