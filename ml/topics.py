@@ -14,7 +14,15 @@ class Topic:
 
 
 DAY_MS = 24 * 3600 * 1000
+# v1 is kept for existing consumers (its schema is closed, so the dataset fields could not be added to it); new
+# consumers read v2, which says which dataset, snapshot and model a metric belongs to. Both carry every trial-epoch.
 TRAINING_METRICS = Topic("mlops.training.metrics.v1", "training_metrics.v1", partitions=3, retention_ms=7 * DAY_MS)
+TRAINING_METRICS_V2 = Topic("mlops.training.metrics.v2", "training_metrics.v2", partitions=3, retention_ms=7 * DAY_MS)
 PIPELINE_EVENTS = Topic("mlops.pipeline.events.v1", "pipeline_event.v1", partitions=1, retention_ms=30 * DAY_MS)
 MODEL_PROMOTED = Topic("mlops.model.promoted.v1", "model_promoted.v1", partitions=1, retention_ms=365 * DAY_MS)
-ALL_TOPICS: tuple[Topic, ...] = (TRAINING_METRICS, PIPELINE_EVENTS, MODEL_PROMOTED)
+# The pipeline's own events, each an envelope of ml.events.envelope validated against its schema.
+ALL_TOPICS: tuple[Topic, ...] = (TRAINING_METRICS, TRAINING_METRICS_V2, PIPELINE_EVENTS, MODEL_PROMOTED)
+# The S3 server's bucket notifications (AWS's event format, not an envelope: ml.events.s3_notifications reads them).
+S3_EVENTS = Topic("mlops.s3.events.v1", "aws_s3_event", partitions=1, retention_ms=7 * DAY_MS)
+# Every topic the stack creates on its broker.
+BROKER_TOPICS: tuple[Topic, ...] = (*ALL_TOPICS, S3_EVENTS)

@@ -7,15 +7,17 @@ stack.s3_users)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from ml.clients import kafka_admin, s3_client
 from ml.settings import KafkaSettings, LakeSettings, S3Settings, Settings
-from ml.topics import ALL_TOPICS
+from ml.topics import BROKER_TOPICS
 from stack.config import KAFKA_CLIENT_USERS, MLFLOW_BUCKET, S3_USERS
 from stack.kafka_auth import ensure_users_and_acls
 from stack.s3_users import S3User, ensure_users_and_policies
@@ -57,7 +59,7 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
     try:
         existing = set(admin.list_topics())
         created = []
-        for topic in ALL_TOPICS:
+        for topic in BROKER_TOPICS:
             if topic.name in existing:
                 continue
             new = NewTopic(
@@ -71,9 +73,33 @@ def create_topics(kafka: KafkaSettings) -> list[str]:
                 created.append(topic.name)
             except TopicAlreadyExistsError:
                 pass
+        _wait_for_leaders(admin, [topic.name for topic in BROKER_TOPICS])
         return created
     finally:
         admin.close()
+
+
+_pause = time.sleep  # the tests' fake broker needs no real pause
+
+
+def _wait_for_leaders(admin: Any, names: list[str], timeout_s: float = 60.0) -> None:
+    """Return once every partition of `names` has a leader: a new topic is committed before the broker serves it, and
+    the S3 server, started right after, refuses to start when its first notification finds no partition."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = admin.describe_topics(names)
+        waiting = [
+            topic["name"]
+            for topic in described
+            if topic["error_code"]
+            or not topic["partitions"]
+            or any(p["error_code"] or p["leader_id"] < 0 for p in topic["partitions"])
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kafka topics without a leader after {timeout_s:.0f} s: {', '.join(waiting)}")
+        _pause(0.2)  # polling the broker for a state change, bounded by the deadline
 
 
 def prepare_kafka(kafka: KafkaSettings, passwords: Mapping[str, str]) -> dict[str, Any]:
@@ -107,14 +133,24 @@ def s3_users_from(env: Mapping[str, str]) -> dict[str, S3User]:
     return {user: S3User(user, env[access], env[secret]) for user, (access, secret) in names.items()}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.init_resources", description=__doc__)
+    parser.add_argument(
+        "--kafka-only",
+        action="store_true",
+        help="the Kafka users, ACLs and topics only (compose's kafka-init: before the S3 server, whose notifications "
+        "need their topic)",
+    )
+    args = parser.parse_args(argv)
     settings = Settings.from_env(os.environ)
-    mlflow_bucket = os.environ.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET)
     passwords = client_passwords_from(os.environ) if settings.kafka.uses_sasl else {}
-    s3_users = s3_users_from(os.environ)
-    result: dict[str, Any] = {"buckets_created": create_buckets(settings.s3, settings.lake, mlflow_bucket)}
-    if s3_users:  # as the S3 server's root (AWS_ACCESS_KEY_ID): its users and the buckets' policies
-        result.update(ensure_users_and_policies(settings.s3, settings.lake, s3_users, mlflow_bucket))
+    result: dict[str, Any] = {}
+    if not args.kafka_only:
+        mlflow_bucket = os.environ.get("MLOPS_MLFLOW_BUCKET", MLFLOW_BUCKET)
+        s3_users = s3_users_from(os.environ)
+        result["buckets_created"] = create_buckets(settings.s3, settings.lake, mlflow_bucket)
+        if s3_users:  # as the S3 server's root (AWS_ACCESS_KEY_ID): its users and the buckets' policies
+            result.update(ensure_users_and_policies(settings.s3, settings.lake, s3_users, mlflow_bucket))
     result.update(prepare_kafka(settings.kafka, passwords))
     print(json.dumps(result))
     return 0

@@ -1,7 +1,9 @@
 """Who may use the local Kafka broker, and for what: its SASL configuration, its users and their ACLs (issue 14).
 
 The broker (stack.kafka_broker.KAFKA, and the private brokers of the tests, from the same functions) refuses anonymous
-clients: its client listener takes SASL/SCRAM-SHA-512 only, its authorizer (StandardAuthorizer) denies whatever no
+clients: its client listener takes SASL/SCRAM-SHA-512 only (the stack's broker has one more listener on 127.0.0.1,
+without login, for the S3 server's notifications: its ANONYMOUS principal may write ml.topics.S3_EVENTS and nothing
+else), its authorizer (StandardAuthorizer) denies whatever no
 ACL allows (`allow.everyone.if.no.acl.found=false`). Its users, each with a password generated per stack folder
 (stack.config.stack_secrets):
 
@@ -14,6 +16,7 @@ ACL allows (`allow.everyone.if.no.acl.found=false`). Its users, each with a pass
               the topics of ml.topics, READ on consumer groups whose id starts with `mlops-`.
   serving     the prediction service: READ and DESCRIBE on mlops.model.promoted.v1 only (it follows the topic with
               assign(), without a consumer group); it can write nothing.
+  ANONYMOUS   (no user: the S3 server on the notifications listener) WRITE and DESCRIBE on mlops.s3.events.v1 only.
 
 `ensure_users_and_acls` (run by `python -m stack up` and `python -m stack.init_resources` as admin) creates or updates
 the SCRAM credentials of pipeline and serving and adds their ACLs; both are idempotent, so a second `up` changes
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml.settings import KafkaSettings
-from ml.topics import ALL_TOPICS, MODEL_PROMOTED
+from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS
 from stack.config import (
     KAFKA_ADMIN_USER,
     KAFKA_BOOTSTRAP,
@@ -45,6 +48,7 @@ from stack.config import (
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192  # Kafka's minimum for SCRAM-SHA-512 is 4096
+KAFKA_NOTIFIER_PRINCIPAL = "ANONYMOUS"  # Kafka's principal for a connection that did not log in
 CONSUMER_GROUP_PREFIX = "mlops-"  # the pipeline's consumer groups (Airflow's Kafka provider needs one even to assign)
 
 
@@ -61,12 +65,16 @@ class Grant:
 
 
 def stack_grants() -> tuple[Grant, ...]:
-    """What the stack's client users may do (admin and controller are super users and need no ACL)."""
-    topics = tuple(topic.name for topic in ALL_TOPICS)
+    """What the stack's client users may do (admin and controller are super users and need no ACL). The pipeline
+    writes and reads every topic (it writes the S3 notifications topic too, to replay notifications the S3 server
+    could not send); ANONYMOUS, the principal of the S3 server's login-less listener (stack.kafka_broker), may only
+    write that topic."""
+    topics = tuple(topic.name for topic in BROKER_TOPICS)
     return (
         *(Grant(KAFKA_PIPELINE_USER, "topic", name, ("WRITE", "READ", "DESCRIBE")) for name in topics),
         Grant(KAFKA_PIPELINE_USER, "group", CONSUMER_GROUP_PREFIX, ("READ",), prefixed=True),
         Grant(KAFKA_SERVING_USER, "topic", MODEL_PROMOTED.name, ("READ", "DESCRIBE")),
+        Grant(KAFKA_NOTIFIER_PRINCIPAL, "topic", S3_EVENTS.name, ("WRITE", "DESCRIBE")),
     )
 
 

@@ -31,9 +31,9 @@ KAFKA_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={controller}
-listeners=SASL_PLAINTEXT://{broker},CONTROLLER://{controller}
-advertised.listeners=SASL_PLAINTEXT://{broker},CONTROLLER://{controller}
-listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT
+listeners=SASL_PLAINTEXT://{broker},CONTROLLER://{controller}{notifier_listener}
+advertised.listeners=SASL_PLAINTEXT://{broker},CONTROLLER://{controller}{notifier_listener}
+listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT{notifier_protocol}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=SASL_PLAINTEXT
 log.dirs={log_dirs}
@@ -48,6 +48,11 @@ group.initial.rebalance.delay.ms=0
 log.retention.hours=168
 """
 KAFKA_PORTS = (9092, 9093)  # the client listener (SASL_PLAINTEXT) and the KRaft controller listener
+# The S3 server's bucket notifications come in on a listener of their own: its Kafka client (segmentio/kafka-go in
+# Versity S3 Gateway) cannot log in, so this listener takes no login, is bound to 127.0.0.1, and its anonymous
+# principal may only write ml.topics.S3_EVENTS (stack.kafka_auth.stack_grants).
+KAFKA_NOTIFIER_PORT = 9094
+NOTIFIER_LISTENER = "S3EVENTS"
 
 
 def kafka_properties(
@@ -55,11 +60,18 @@ def kafka_properties(
     broker_secrets: BrokerSecrets,
     broker_port: int = KAFKA_PORTS[0],
     controller_port: int = KAFKA_PORTS[1],
+    notifier_port: int | None = None,
 ) -> str:
     """A broker's server.properties: KAFKA_PROPERTIES on these ports of 127.0.0.1 with its log dirs, plus the SASL
-    and authorizer settings (stack.kafka_auth). The stack's broker and the tests' private brokers both use this."""
+    and authorizer settings (stack.kafka_auth); with `notifier_port`, the S3 server's login-less listener there too.
+    The stack's broker and the tests' private brokers both use this."""
+    notifier = f",{NOTIFIER_LISTENER}://127.0.0.1:{notifier_port}" if notifier_port else ""
     text = KAFKA_PROPERTIES.format(
-        broker=f"127.0.0.1:{broker_port}", controller=f"127.0.0.1:{controller_port}", log_dirs=log_dirs
+        broker=f"127.0.0.1:{broker_port}",
+        controller=f"127.0.0.1:{controller_port}",
+        log_dirs=log_dirs,
+        notifier_listener=notifier,
+        notifier_protocol=f",{NOTIFIER_LISTENER}:PLAINTEXT" if notifier_port else "",
     )
     return text + broker_security_properties(broker_secrets)
 
@@ -77,6 +89,7 @@ def prepare_kafka_storage(
     env: dict[str, str],
     *,
     ports: tuple[int, int] = KAFKA_PORTS,
+    notifier_port: int | None = None,
     timeout_s: float = 120.0,
 ) -> None:
     """Write a broker's properties (mode 0600: they hold its passwords) and log configuration into `kafka_dir`, and
@@ -90,7 +103,7 @@ def prepare_kafka_storage(
     log_dirs = kafka_dir / "logs"
     log_dirs.mkdir(parents=True, exist_ok=True)
     properties = kafka_dir / "server.properties"
-    write_private(properties, kafka_properties(log_dirs, broker_secrets, *ports))
+    write_private(properties, kafka_properties(log_dirs, broker_secrets, *ports, notifier_port=notifier_port))
     (kafka_dir / "log4j2.yaml").write_text(KAFKA_LOG4J)
     fingerprint_file = kafka_dir / "sasl-storage"
     fingerprint = storage_fingerprint(broker_secrets)
@@ -136,7 +149,9 @@ def prepare_kafka_storage(
 
 
 def _kafka_prepare(paths: StackPaths, env: dict[str, str]) -> None:
-    prepare_kafka_storage(paths.data / "kafka", broker_secrets(paths), _kafka_classpath(paths), env)
+    prepare_kafka_storage(
+        paths.data / "kafka", broker_secrets(paths), _kafka_classpath(paths), env, notifier_port=KAFKA_NOTIFIER_PORT
+    )
 
 
 def _kafka_random_uuid() -> str:
@@ -222,10 +237,10 @@ def _kafka_healthy(env: dict[str, str]) -> bool:
 KAFKA = Service(
     name="kafka",
     port=KAFKA_PORTS[0],
-    extra_ports=KAFKA_PORTS[1:],
+    extra_ports=(*KAFKA_PORTS[1:], KAFKA_NOTIFIER_PORT),
     command=_kafka_command,
     prepare=_kafka_prepare,
     is_healthy=_kafka_healthy,
     start_timeout_s=90,
-    url="127.0.0.1:9092 (SASL_PLAINTEXT, SCRAM-SHA-512)",
+    url="127.0.0.1:9092 (SASL_PLAINTEXT, SCRAM-SHA-512); S3 notifications in on 127.0.0.1:9094",
 )

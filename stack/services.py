@@ -4,14 +4,17 @@ broker, with its SASL logins and ACLs, has a module of its own (stack.kafka_brok
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ml.settings import LakeSettings
+from ml.topics import S3_EVENTS
 from stack.config import MLFLOW_BUCKET, REPO_ROOT, S3_MLFLOW_USER, StackPaths, as_s3_user
 from stack.kafka_broker import (  # noqa: F401 - re-exported: the local profile's Kafka broker (stack.kafka_broker)
     KAFKA,
+    KAFKA_NOTIFIER_PORT,
     KAFKA_PROPERTIES,
     kafka_answers,
     kafka_properties,
@@ -32,19 +35,38 @@ from stack.process import (  # noqa: F401 - re-exported: the stack's callers imp
 # --- S3: Versity S3 Gateway over a posix folder ---------------------------------------------------------------------
 
 
+# Which notifications the S3 server sends (its filter file): created objects only, every way they are created (put,
+# POST form, copy, multipart upload). Removals and tagging start no training.
+S3_EVENT_FILTER = {"s3:ObjectCreated:*": True}
+
+
 def s3_gateway_command(
-    binary: Path, root: Path, address: str, region: str, webui: tuple[str, str] | None = None
+    binary: Path,
+    root: Path,
+    address: str,
+    region: str,
+    webui: tuple[str, str] | None = None,
+    notify_kafka: str | None = None,
 ) -> list[str]:
     """The S3 server's command line (the local stack's, and the tests' private servers'): a posix backend under
     `root` (buckets, object versions, sidecar metadata) and its internal IAM (`root/iam`: the users of stack.s3_users,
-    kept in a 0600 file), listening on `address`; `webui`: the web console's address and the gateway it talks to.
-    The root keys are not on it: they go through the environment (ROOT_ACCESS_KEY_ID, ROOT_SECRET_ACCESS_KEY)."""
+    kept in a 0600 file), listening on `address`; `webui`: the web console's address and the gateway it talks to;
+    `notify_kafka`: the Kafka listener (host:port) its bucket notifications go to, on ml.topics.S3_EVENTS, filtered
+    by `root/event-filter.json` (prepare_s3_data writes it). The root keys are not on it: they go through the
+    environment (ROOT_ACCESS_KEY_ID, ROOT_SECRET_ACCESS_KEY)."""
     console = ["--webui", webui[0], "--webui-no-tls", "--webui-gateways", webui[1]] if webui else []
+    filter_file = str(root / "event-filter.json")
+    events = (
+        ["--event-kafka-url", notify_kafka, "--event-kafka-topic", S3_EVENTS.name, "--event-filter", filter_file]
+        if notify_kafka
+        else []
+    )
     return [
         str(binary),
         "--port",
         address,
         *console,
+        *events,
         "--region",
         region,
         "--iam-dir",
@@ -63,15 +85,19 @@ S3_DATA_FOLDERS = ("buckets", "versions", "meta", "iam")
 
 
 def prepare_s3_data(root: Path) -> None:
-    """The S3 server's folders; its IAM folder private (0700: the users' secrets)."""
+    """The S3 server's folders, its IAM folder private (0700: the users' secrets), and its notifications filter."""
     for sub in S3_DATA_FOLDERS:
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "iam").chmod(0o700)
+    (root / "event-filter.json").write_text(json.dumps(S3_EVENT_FILTER) + "\n")
 
 
 def _s3_command(paths: StackPaths, env: dict[str, str]) -> list[str]:
     webui = ("127.0.0.1:9001", "http://127.0.0.1:9000")
-    return s3_gateway_command(paths.versitygw, paths.data / "s3", "127.0.0.1:9000", env["AWS_DEFAULT_REGION"], webui)
+    notify = f"127.0.0.1:{KAFKA_NOTIFIER_PORT}"
+    return s3_gateway_command(
+        paths.versitygw, paths.data / "s3", "127.0.0.1:9000", env["AWS_DEFAULT_REGION"], webui, notify_kafka=notify
+    )
 
 
 def _s3_prepare(paths: StackPaths, env: dict[str, str]) -> None:
@@ -219,6 +245,8 @@ AIRFLOW = Service(
     url="http://127.0.0.1:8080 (login: admin, password in .stack/airflow/simple_auth_manager_passwords.json.generated)",
 )
 
-# Start order matters: MLflow writes artifacts into the S3 server. Airflow is started on demand (`up --airflow`).
-SERVICES: tuple[Service, ...] = (S3, KAFKA, MLFLOW)
+# Start order matters: the S3 server sends a test notification when it starts and refuses to start when Kafka (or the
+# notifications topic, which `up` creates right after starting Kafka) is not there; MLflow writes artifacts into the S3
+# server. Airflow is started on demand (`up --airflow`).
+SERVICES: tuple[Service, ...] = (KAFKA, S3, MLFLOW)
 ALL_SERVICES: tuple[Service, ...] = (*SERVICES, AIRFLOW)

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray import tune
@@ -20,7 +21,7 @@ from ray import tune
 from ml.events.envelope import training_metrics_key
 from ml.experiments import TRIAL_RUN_KIND, quoted
 from ml.settings import KafkaSettings, MlflowSettings
-from ml.topics import TRAINING_METRICS
+from ml.topics import TRAINING_METRICS, TRAINING_METRICS_V2
 from ml.train import trial_params
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,23 @@ def default_publisher_factory(kafka: KafkaSettings, dag_run_id: str | None) -> A
     return EventPublisher(kafka, dag_run_id=dag_run_id)
 
 
+@dataclass(frozen=True)
+class MetricsSubject:
+    """What a search's metrics are about: added to every training_metrics.v2 payload."""
+
+    dataset: str
+    snapshot_id: str
+    task: str
+    model_name: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
 class KafkaMetricsCallback(PipelineCallback):
-    """Publishes each trial-epoch result to ml.topics.TRAINING_METRICS (key `run_name:trial_id:epoch`)."""
+    """Publishes each trial-epoch result (key `run_name:trial_id:epoch`) to ml.topics.TRAINING_METRICS_V2, with its
+    `subject`, and to the older TRAINING_METRICS (v1, without it) for existing consumers. A callback restored from the
+    state of a search started before v2 has no subject and publishes v1 only."""
 
     close_timeout_s = 30.0  # how long the end of the search waits for buffered messages (a broker that is down)
 
@@ -71,10 +87,12 @@ class KafkaMetricsCallback(PipelineCallback):
         kafka: KafkaSettings | None,
         *,
         dag_run_id: str | None = None,
+        subject: MetricsSubject | None = None,
         publisher_factory: PublisherFactory | None = None,
     ) -> None:
         self.run_name = run_name
         self.dag_run_id = dag_run_id
+        self.subject = subject
         self.kafka = kafka
         self.publisher_factory = publisher_factory
         self._publisher: Any = None
@@ -94,6 +112,7 @@ class KafkaMetricsCallback(PipelineCallback):
         if "kafka" not in state:
             servers = state.pop("bootstrap_servers", None)
             state["kafka"] = KafkaSettings(servers) if servers else None
+        state.setdefault("subject", None)  # pickled before training_metrics.v2
         self.__dict__.update(state)
 
     def setup(self, *args: Any, **info: Any) -> None:
@@ -135,7 +154,10 @@ class KafkaMetricsCallback(PipelineCallback):
     ) -> None:
         payload, key = self.message(trial, result)
         try:
-            self._ensure_publisher().publish(TRAINING_METRICS, payload, key)  # never blocks: buffered
+            publisher = self._ensure_publisher()
+            publisher.publish(TRAINING_METRICS, payload, key)  # never blocks: buffered
+            if self.subject is not None:
+                publisher.publish(TRAINING_METRICS_V2, {**payload, **self.subject.to_dict()}, key)
             self.published += 1
         except Exception:  # a metrics stream must never fail the search
             log.warning("could not publish %s", key, exc_info=True)

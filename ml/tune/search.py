@@ -122,7 +122,7 @@ def run_search(
                 tracking, config, spec, str(features), str(experiment), manifest
             )
         share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
-        own_callbacks = _pipeline_callbacks(config, metric, mode, mlflow, kafka, parent_run_id, experiment_id)
+        own_callbacks = _pipeline_callbacks(config, spec.task, mlflow, kafka, parent_run_id, experiment_id)
         data = training_data(
             features,
             spec,
@@ -174,21 +174,23 @@ def run_search(
 
 def _pipeline_callbacks(
     config: SearchConfig,
-    metric: str,
-    mode: str,
+    task: str,
     mlflow: MlflowSettings | None,
     kafka: KafkaSettings | None,
     parent_run_id: str | None,
     experiment_id: str | None,
 ) -> list[Any]:
-    """The search's own callbacks for the current settings."""
-    from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, ProgressLogCallback
+    """The search's own callbacks for the current settings (`task`: the features' task)."""
+    from ml.registry.conventions import registered_model_name
+    from ml.tune.callbacks import KafkaMetricsCallback, MetricsSubject, MlflowTrialCallback, ProgressLogCallback
 
+    metric, mode = config.objective(task)
     callbacks: list[Any] = [ProgressLogCallback(config.run_name, metric, mode, config.num_samples)]
     if mlflow is not None and parent_run_id and experiment_id:
         callbacks.append(MlflowTrialCallback(experiment_id, parent_run_id, config.run_name, mlflow))
     if kafka is not None:
-        callbacks.append(KafkaMetricsCallback(config.run_name, kafka, dag_run_id=config.dag_run_id))
+        subject = MetricsSubject(config.dataset, config.snapshot_id, task, registered_model_name(config.dataset, task))
+        callbacks.append(KafkaMetricsCallback(config.run_name, kafka, dag_run_id=config.dag_run_id, subject=subject))
     return callbacks
 
 

@@ -42,10 +42,11 @@ __all__ = [
     "spark_worker_state",
 ]
 
-# Start order: PostgreSQL first; the metastore needs it and S3; MLflow needs both; Spark workers need their master.
+# Start order: Kafka before S3 (the S3 server's notifications: stack.services.SERVICES); the metastore needs
+# PostgreSQL and S3; MLflow needs both; Spark workers need their master.
 CLUSTER_SERVICES: tuple[Service, ...] = (
-    S3,
     KAFKA,
+    S3,
     POSTGRES,
     MLFLOW_CLUSTER,
     METASTORE,

@@ -33,7 +33,7 @@ from stack.config import (
     stack_paths,
 )
 from stack.kafka_auth import SCRAM_MECHANISM, BrokerSecrets
-from stack.kafka_broker import KAFKA_PORTS, kafka_command
+from stack.kafka_broker import KAFKA_NOTIFIER_PORT, KAFKA_PORTS, kafka_command
 from stack.mlflow_auth import ensure_users_and_roles, server_environment, write_auth_config
 from stack.services import (
     Service,
@@ -108,8 +108,11 @@ class S3Keys:
     secret_key: str
 
 
-def private_s3(root: Path, *, region: str = "us-east-1", port: int | None = None) -> tuple[PrivateServer, S3Keys]:
-    """A versitygw on a free port of 127.0.0.1 (or `port`) serving `root/data/s3`, with root keys of its own.
+def private_s3(
+    root: Path, *, region: str = "us-east-1", port: int | None = None, notify_kafka: str | None = None
+) -> tuple[PrivateServer, S3Keys]:
+    """A versitygw on a free port of 127.0.0.1 (or `port`) serving `root/data/s3`, with root keys of its own;
+    `notify_kafka`: the Kafka listener its bucket notifications go to (a private broker's `notifier_bootstrap`).
 
     The command line and the data folders are the shared stack's (stack.services.s3_gateway_command: posix backend,
     internal IAM), less the web console; the root keys travel in the environment (ROOT_ACCESS_KEY_ID /
@@ -122,7 +125,7 @@ def private_s3(root: Path, *, region: str = "us-east-1", port: int | None = None
     paths = StackPaths(root)
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
-        return s3_gateway_command(binary, paths.data / "s3", f"127.0.0.1:{port}", region)
+        return s3_gateway_command(binary, paths.data / "s3", f"127.0.0.1:{port}", region, notify_kafka=notify_kafka)
 
     def prepare(paths: StackPaths, env: dict[str, str]) -> None:
         prepare_s3_data(paths.data / "s3")
@@ -155,10 +158,18 @@ class PrivateKafka(PrivateServer):
 
     passwords: dict[str, str] = field(default_factory=dict, repr=False)
     broker_secrets: BrokerSecrets | None = field(default=None, repr=False)
+    notifier_port: int | None = None
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.service.port}"
+
+    @property
+    def notifier_bootstrap(self) -> str:
+        """The login-less listener an S3 server's notifications come in on (private_kafka(notifier=True))."""
+        if self.notifier_port is None:
+            raise ValueError("this broker has no notifications listener: private_kafka(root, notifier=True)")
+        return f"127.0.0.1:{self.notifier_port}"
 
     def settings(self, user: str = KAFKA_PIPELINE_USER, password: str | None = None) -> KafkaSettings:
         """How `user` logs in (with its own password unless another is given)."""
@@ -172,24 +183,36 @@ class PrivateKafka(PrivateServer):
         return prepare_kafka(self.settings(KAFKA_ADMIN_USER), clients)
 
 
-def private_kafka(root: Path) -> PrivateKafka:
+def private_kafka(root: Path, *, notifier: bool = False) -> PrivateKafka:
     """A Kafka broker+controller with the shared stack's configuration (stack.kafka_broker.kafka_properties, the same
-    storage preparation) on free ports, its log dirs and passwords under `root`."""
+    storage preparation) on free ports, its log dirs and passwords under `root`; with `notifier`, the S3
+    notifications listener the stack's broker has too."""
     classpath_file = stack_paths().kafka_classpath_file
     if not classpath_file.exists():
         raise StackError(f"{classpath_file} is missing; run `make tools` first")
     classpath = classpath_file.read_text().strip()
-    broker, controller = free_port(), free_port()
-    while controller == broker:
-        controller = free_port()
-    if {broker, controller} & set(KAFKA_PORTS):
+    ports: list[int] = []
+    while len(ports) < (3 if notifier else 2):
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    broker, controller = ports[0], ports[1]
+    notifier_port = ports[2] if notifier else None
+    if set(ports) & {*KAFKA_PORTS, KAFKA_NOTIFIER_PORT}:
         raise StackError("a private Kafka port is a shared one")  # the shared broker is never reused
     paths = StackPaths(root)
     passwords = {user: secrets.token_urlsafe(30) for user in (KAFKA_ADMIN_USER, *KAFKA_CLIENT_USERS)}
     broker_secrets = BrokerSecrets(passwords[KAFKA_ADMIN_USER], secrets.token_urlsafe(30))
 
     def prepare(paths: StackPaths, env: dict[str, str]) -> None:
-        prepare_kafka_storage(paths.data / "kafka", broker_secrets, classpath, env, ports=(broker, controller))
+        prepare_kafka_storage(
+            paths.data / "kafka",
+            broker_secrets,
+            classpath,
+            env,
+            ports=(broker, controller),
+            notifier_port=notifier_port,
+        )
 
     def command(paths: StackPaths, env: dict[str, str]) -> list[str]:
         # A smaller, quicker-starting JVM than the stack's.
@@ -202,7 +225,7 @@ def private_kafka(root: Path) -> PrivateKafka:
     service = Service(
         name="private-kafka",
         port=broker,
-        extra_ports=(controller,),
+        extra_ports=tuple(ports[1:]),
         command=command,
         prepare=prepare,
         is_healthy=lambda env: kafka_answers(admin),
@@ -210,14 +233,16 @@ def private_kafka(root: Path) -> PrivateKafka:
         url=f"127.0.0.1:{broker}",
     )
     env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "JAVA_HOME", "LANG")}
-    return PrivateKafka(service, paths, env, passwords=passwords, broker_secrets=broker_secrets)
+    return PrivateKafka(
+        service, paths, env, passwords=passwords, broker_secrets=broker_secrets, notifier_port=notifier_port
+    )
 
 
 @contextmanager
-def running_private_kafka(root: Path) -> Iterator[PrivateKafka]:
+def running_private_kafka(root: Path, *, notifier: bool = False) -> Iterator[PrivateKafka]:
     """A private broker started and prepared (users, ACLs, topics) as `make stack-up` prepares the stack's; stopped
     afterwards."""
-    broker = private_kafka(root)
+    broker = private_kafka(root, notifier=notifier)
     broker.start()
     try:
         broker.prepare()

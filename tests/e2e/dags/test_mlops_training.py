@@ -143,7 +143,7 @@ def test_kafka_topics_carry_schema_valid_events(
     airflow_api: AirflowApi, first_run: dict[str, Any], settings: Settings
 ) -> None:
     from ml.events.envelope import validate_envelope
-    from ml.topics import MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS
+    from ml.topics import MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS, TRAINING_METRICS_V2
 
     run_id = first_run["run_id"]
     metrics = [(k, m) for k, m in _consume_all(settings, TRAINING_METRICS.name) if m.get("dag_run_id") == run_id]
@@ -157,6 +157,21 @@ def test_kafka_topics_carry_schema_valid_events(
     for trial in trials:
         seen = sorted(epoch for t, epoch in epochs if t == trial)
         assert seen == list(range(1, len(seen) + 1)) and len(seen) <= MAX_EPOCHS, (trial, seen)
+    # v2 carries the same trial-epochs, each saying which dataset, snapshot and model it is about.
+    snapshot_id = airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"]
+    with_subject = [
+        (k, m) for k, m in _consume_all(settings, TRAINING_METRICS_V2.name) if m.get("dag_run_id") == run_id
+    ]
+    assert sorted(k for k, _ in with_subject) == sorted(k for k, _ in metrics)
+    for _, message in with_subject:
+        validate_envelope(message, TRAINING_METRICS_V2)
+        subject = {name: message["payload"][name] for name in ("dataset", "snapshot_id", "task", "model_name")}
+        assert subject == {
+            "dataset": first_run["conf"]["dataset"],
+            "snapshot_id": snapshot_id,
+            "task": "classification",
+            "model_name": f"{first_run['conf']['dataset']}-classification",
+        }
 
     events = [m for _, m in _consume_all(settings, PIPELINE_EVENTS.name) if m.get("dag_run_id") == run_id]
     for message in events:
@@ -167,7 +182,7 @@ def test_kafka_topics_carry_schema_valid_events(
     assert any(event == "run_succeeded" for event, _ in kinds)
     [summary] = [m["payload"]["details"] for m in events if m["payload"]["event"] == "run_summary"]
     assert summary["outcome"] == "trained" and summary["num_trials"] == NUM_SAMPLES
-    assert summary["snapshot_id"] == airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"]
+    assert summary["snapshot_id"] == snapshot_id
 
     promoted = [m for _, m in _consume_all(settings, MODEL_PROMOTED.name) if m.get("dag_run_id") == run_id]
     assert promoted, "the first model of a dataset becomes champion, and that is published"

@@ -531,8 +531,9 @@ def test_one_shot_and_serving_commands(services: dict[str, dict[str, Any]]) -> N
     from ml.serve.app import ServeSettings
 
     one_shots = {name for name, service in services.items() if service.get("restart") == "no"}
-    assert one_shots == {"stack-init", "mlflow-init", "airflow-init", "hive-metastore-init"}
+    assert one_shots == {"kafka-init", "stack-init", "mlflow-init", "airflow-init", "hive-metastore-init"}
     assert services["stack-init"]["command"] == ["python", "-m", "stack.init_resources"]
+    assert services["kafka-init"]["command"] == ["python", "-m", "stack.init_resources", "--kafka-only"]
     serve = services["serve"]
     assert serve["command"][:3] == ["gunicorn", "--bind", "0.0.0.0:8000"]
     assert serve["command"][-1] == "ml.serve:create_app()"
@@ -540,6 +541,25 @@ def test_one_shot_and_serving_commands(services: dict[str, dict[str, Any]]) -> N
     settings = ServeSettings.from_env({key: interpolate(value) for key, value in environment(serve).items()})
     assert settings.model_name == registered_model_name("penguins", "classification")
     assert services["airflow-apiserver"]["command"] == "api-server"
+
+
+def test_the_s3_server_notifies_created_objects_to_kafka_once_its_topic_exists(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    from ml.topics import S3_EVENTS
+    from stack.services import S3_EVENT_FILTER
+
+    s3 = services["s3"]
+    command = s3["command"]
+    assert command[command.index("--event-kafka-url") + 1] == "kafka:29094"
+    assert command[command.index("--event-kafka-topic") + 1] == S3_EVENTS.name
+    filter_path = command[command.index("--event-filter") + 1]
+    assert command.index("--event-filter") < command.index("posix"), "a gateway option, before the backend"
+    [mounted] = [volume for volume in s3["volumes"] if volume.endswith(f":{filter_path}:ro")]
+    assert json.loads((REPO_ROOT / mounted.split(":")[0]).read_text()) == S3_EVENT_FILTER, "the local stack's filter"
+    # It exits when its start-up test notification fails: the topic (kafka-init) before it, and Kafka before that.
+    assert s3["depends_on"] == {"kafka-init": {"condition": "service_completed_successfully"}}
+    assert services["kafka-init"]["depends_on"] == {"kafka": {"condition": "service_healthy"}}
 
 
 # --- Airflow ----------------------------------------------------------------------------------------------------------

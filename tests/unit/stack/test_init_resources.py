@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ml.settings import KafkaSettings, LakeSettings, S3Settings
-from ml.topics import ALL_TOPICS
+from ml.topics import BROKER_TOPICS
 
 
 def _client_error(code: str) -> Exception:
@@ -39,6 +39,8 @@ class FakeAdmin:
         self.existing, self.racing = set(existing), set(racing)
         self.new: list[Any] = []
         self.closed = False
+        self.described = 0
+        self.leaderless_rounds = 0
 
     def list_topics(self) -> list[str]:
         return sorted(self.existing)
@@ -50,6 +52,13 @@ class FakeAdmin:
             if topic.name in self.racing:  # another stack-up created it after our listing
                 raise TopicAlreadyExistsError(topic.name)
             self.new.append(topic)
+
+    def describe_topics(self, names: list[str]) -> list[dict[str, Any]]:
+        self.described += 1
+        known = self.existing | self.racing | {topic.name for topic in self.new}
+        leader = 1 if self.described > self.leaderless_rounds else -1  # a new topic gets its leader a moment later
+        partitions = [{"error_code": 0, "partition_index": 0, "leader_id": leader}]  # kafka-python's answer
+        return [{"name": name, "error_code": 0 if name in known else 3, "partitions": partitions} for name in names]
 
     def close(self) -> None:
         self.closed = True
@@ -105,11 +114,13 @@ def test_topics_are_created_with_their_partitions_and_retention(fake_admin: list
     admin = FakeAdmin({"mlops.model.promoted.v1"}, racing={"mlops.pipeline.events.v1"})
     fake_admin.append((None, admin))
     created = create_topics(KafkaSettings("kafka.test:9092"))
-    assert created == ["mlops.training.metrics.v1"], "existing and concurrently created topics are left alone"
-    [new] = admin.new
-    wanted = next(topic for topic in ALL_TOPICS if topic.name == new.name)
-    assert (new.num_partitions, new.replication_factor) == (wanted.partitions, 1)
-    assert new.topic_configs == {"retention.ms": str(wanted.retention_ms)}
+    expected = ["mlops.training.metrics.v1", "mlops.training.metrics.v2", "mlops.s3.events.v1"]
+    assert created == expected, "existing and concurrently created topics are left alone"
+    assert [new.name for new in admin.new] == expected
+    for new in admin.new:
+        wanted = next(topic for topic in BROKER_TOPICS if topic.name == new.name)
+        assert (new.num_partitions, new.replication_factor) == (wanted.partitions, 1)
+        assert new.topic_configs == {"retention.ms": str(wanted.retention_ms)}
     assert admin.closed
     assert fake_admin[-1][0] == KafkaSettings("kafka.test:9092")
 
@@ -125,12 +136,36 @@ def test_main_reads_the_environment_once_and_reports_what_it_created(
     monkeypatch.setenv("MLOPS_LAKE_BUCKET", "compose-lake")
     monkeypatch.setenv("MLOPS_MLFLOW_BUCKET", "compose-mlflow")
     fake_s3.append(FakeS3(set()))
-    fake_admin.append((None, FakeAdmin({topic.name for topic in ALL_TOPICS})))
-    assert main() == 0
+    fake_admin.append((None, FakeAdmin({topic.name for topic in BROKER_TOPICS})))
+    assert main([]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "buckets_created": ["raw", "compose-lake", "compose-mlflow"],
         "topics_created": [],
     }
+
+
+def test_topics_are_served_before_create_topics_returns(fake_admin: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import stack.init_resources
+    from stack.init_resources import create_topics
+
+    pauses: list[float] = []
+    monkeypatch.setattr(stack.init_resources, "_pause", pauses.append)
+    admin = FakeAdmin(set())
+    admin.leaderless_rounds = 3  # the broker serves the new topics on the fourth look
+    fake_admin.append((None, admin))
+    create_topics(KafkaSettings("kafka.test:9092"))
+    assert admin.described == 4 and len(pauses) == 3
+
+
+def test_kafka_only_touches_no_s3_server(
+    fake_s3: list[FakeS3], fake_admin: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stack.init_resources import main
+
+    fake_admin.append((None, FakeAdmin(set())))
+    assert main(["--kafka-only"]) == 0  # compose's kafka-init, which runs before the S3 server exists
+    assert fake_s3 == []
+    assert json.loads(capsys.readouterr().out) == {"topics_created": [t.name for t in BROKER_TOPICS]}
 
 
 def test_on_a_broker_with_logins_the_users_and_acls_come_before_the_topics(
@@ -148,11 +183,11 @@ def test_on_a_broker_with_logins_the_users_and_acls_come_before_the_topics(
     admin = KafkaSettings("kafka.test:9092", username="admin", password="a")
     result = stack.init_resources.prepare_kafka(admin, {"pipeline": "p", "serving": "s"})
     assert done == [(admin, {"pipeline": "p", "serving": "s"})]
-    assert result == {"users": ["pipeline", "serving"], "acls": 12, "topics_created": [t.name for t in ALL_TOPICS]}
+    assert result == {"users": ["pipeline", "serving"], "acls": 12, "topics_created": [t.name for t in BROKER_TOPICS]}
     assert fake_admin[-1][0] == admin, "the topics are created as admin"
     # A broker without logins (one of your own): topics only.
     done.clear()
-    fake_admin.append((None, FakeAdmin({t.name for t in ALL_TOPICS})))
+    fake_admin.append((None, FakeAdmin({t.name for t in BROKER_TOPICS})))
     assert stack.init_resources.prepare_kafka(KafkaSettings("kafka.test:9092"), {}) == {"topics_created": []}
     assert done == []
 
@@ -176,11 +211,11 @@ def test_compose_stack_init_logs_in_as_admin_and_needs_the_users_passwords(
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MLOPS_KAFKA_SERVING_PASSWORD", raising=False)
     with pytest.raises(SystemExit, match="MLOPS_KAFKA_SERVING_PASSWORD not set"):
-        stack.init_resources.main()
+        stack.init_resources.main([])
     monkeypatch.setenv("MLOPS_KAFKA_SERVING_PASSWORD", made_up["serving"])
     fake_s3.append(FakeS3({"raw", "lake", "mlflow"}))
-    fake_admin.append((None, FakeAdmin({topic.name for topic in ALL_TOPICS})))
-    assert stack.init_resources.main() == 0
+    fake_admin.append((None, FakeAdmin({topic.name for topic in BROKER_TOPICS})))
+    assert stack.init_resources.main([]) == 0
     [(admin, passwords)] = made
     assert (admin.bootstrap_servers, admin.username, admin.password) == ("kafka:29092", "admin", made_up["admin"])
     assert passwords == {"pipeline": made_up["pipeline"], "serving": made_up["serving"]}
@@ -209,11 +244,11 @@ def test_with_the_s3_users_keys_main_makes_the_users_and_policies_as_root(
         if user != "mlflow":
             monkeypatch.setenv(f"MLOPS_S3_{user.upper()}_SECRET_KEY", secret)
     with pytest.raises(SystemExit, match="MLOPS_S3_MLFLOW_SECRET_KEY"):
-        stack.init_resources.main()
+        stack.init_resources.main([])
     monkeypatch.setenv("MLOPS_S3_MLFLOW_SECRET_KEY", keys["mlflow"][1])
     fake_s3.append(FakeS3({"raw", "lake", "mlflow"}))
-    fake_admin.append((None, FakeAdmin({topic.name for topic in ALL_TOPICS})))
-    assert stack.init_resources.main() == 0
+    fake_admin.append((None, FakeAdmin({topic.name for topic in BROKER_TOPICS})))
+    assert stack.init_resources.main([]) == 0
     [(_, users, bucket)] = made
     assert users == {user: S3User(user, *pair) for user, pair in keys.items()} and bucket == "mlflow"
     out = capsys.readouterr().out

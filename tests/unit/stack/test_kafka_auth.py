@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ml.settings import KafkaSettings
-from ml.topics import ALL_TOPICS, MODEL_PROMOTED
+from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS
 from stack.config import StackPaths, stack_secrets
 from stack.kafka_auth import (
     Grant,
@@ -38,14 +38,23 @@ def test_the_pipeline_writes_and_reads_its_topics_and_serving_only_reads_promoti
     pipeline = {rule for rule in rules if rule[0] == "pipeline"}
     serving = {rule for rule in rules if rule[0] == "serving"}
     assert pipeline == {
-        *{("pipeline", "topic", topic.name, op, False) for topic in ALL_TOPICS for op in ("WRITE", "READ", "DESCRIBE")},
+        *{
+            ("pipeline", "topic", topic.name, op, False)
+            for topic in BROKER_TOPICS
+            for op in ("WRITE", "READ", "DESCRIBE")
+        },
         ("pipeline", "group", "mlops-", "READ", True),  # consumer groups named mlops-* (none else)
     }
     assert serving == {
         ("serving", "topic", MODEL_PROMOTED.name, "READ", False),
         ("serving", "topic", MODEL_PROMOTED.name, "DESCRIBE", False),
     }, "serving writes nothing and reads with assign(), without a group"
-    assert {rule[0] for rule in rules} == {"pipeline", "serving"}, "admin and controller are super users"
+    anonymous = {rule for rule in rules if rule[0] == "ANONYMOUS"}
+    assert anonymous == {
+        ("ANONYMOUS", "topic", S3_EVENTS.name, "WRITE", False),
+        ("ANONYMOUS", "topic", S3_EVENTS.name, "DESCRIBE", False),
+    }, "the S3 server's login-less listener writes its notifications and nothing else"
+    assert {rule[0] for rule in rules} == {"pipeline", "serving", "ANONYMOUS"}, "admin and controller: super users"
     assert not [rule for rule in rules if rule[3] in ("ALL", "ALTER", "CREATE", "DELETE", "ALTER_CONFIGS")]
 
 

@@ -195,8 +195,13 @@ def test_kafka_runs_its_generated_properties_from_the_stack_folder(
     assert len(run.calls) == 1
     # The stack's broker runs the properties the private test brokers are built from, with the stack's passwords.
     written = (paths.data / "kafka" / "server.properties").read_text()
-    assert written == kafka_properties(paths.data / "kafka" / "logs", broker_secrets(paths))
+    assert written == kafka_properties(paths.data / "kafka" / "logs", broker_secrets(paths), notifier_port=9094)
     assert stack_secrets(paths)["kafka_admin_password"] in written
+    # One more listener than the private brokers: the S3 server's notifications, on loopback, without a login.
+    properties = dict(line.split("=", 1) for line in written.splitlines() if "=" in line and not line.startswith("#"))
+    assert properties["listeners"].split(",")[-1] == "S3EVENTS://127.0.0.1:9094"
+    assert properties["listener.security.protocol.map"].split(",")[-1] == "S3EVENTS:PLAINTEXT"
+    assert "S3EVENTS" not in kafka_properties(paths.data / "kafka" / "logs", broker_secrets(paths))
 
 
 def test_the_health_check_logs_in_as_admin(

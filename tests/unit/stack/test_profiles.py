@@ -17,7 +17,7 @@ def _names(services: tuple[object, ...]) -> list[str]:
 def test_the_local_profile() -> None:
     local = profile_named("local")
     assert local.name == "local"
-    assert _names(local.services) == ["s3", "kafka", "mlflow"]
+    assert _names(local.services) == ["kafka", "s3", "mlflow"], "the S3 server needs Kafka up for its notifications"
     assert _names(local.airflow) == ["airflow"]
     assert local.all_services == (*local.services, *local.airflow)
 
@@ -26,8 +26,8 @@ def test_the_cluster_profile() -> None:
     cluster = profile_named("cluster")
     assert cluster.name == "cluster"
     assert _names(cluster.services) == [
-        "s3",
         "kafka",
+        "s3",
         "postgres",
         "mlflow",
         "metastore",

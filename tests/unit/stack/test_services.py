@@ -4,6 +4,7 @@ stack/process.py's (test_process.py); the Kafka broker's, stack/kafka_broker.py'
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -52,6 +53,24 @@ def test_s3_gateway_listens_on_loopback_only(fake_stack: tuple[StackPaths, dict[
     assert all(_loopback(value) for value in _flag_values(command, "--webui-gateways"))
     assert not {"--admin-port", "--ap", "--website"} & set(command), "an extra listener without a loopback check"
     assert _loopback(S3.url.split()[0])
+
+
+def test_the_s3_gateway_notifies_created_objects_to_the_brokers_loopback_listener(
+    fake_stack: tuple[StackPaths, dict[str, str]],
+) -> None:
+    from ml.topics import S3_EVENTS
+    from stack.services import S3, _s3_command
+
+    paths, env = fake_stack
+    command = _s3_command(paths, env)
+    assert _flag_values(command, "--event-kafka-url") == ["127.0.0.1:9094"]
+    assert _flag_values(command, "--event-kafka-topic") == [S3_EVENTS.name]
+    [filter_file] = _flag_values(command, "--event-filter")
+    assert command.index("--event-filter") < command.index("posix"), "a gateway option, before the backend"
+    paths.bin.mkdir()
+    paths.versitygw.write_text("")
+    S3.prepare(paths, env)
+    assert json.loads(Path(filter_file).read_text()) == {"s3:ObjectCreated:*": True}
 
 
 def test_mlflow_server_binds_loopback(fake_stack: tuple[StackPaths, dict[str, str]]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.settings import Settings
+from ml.topics import Topic
 from ml.tune.config import SearchConfig, SearchResult
 from ml.tune.space import SEARCH_SPACES_DIR, load_search_space
 
@@ -50,13 +51,15 @@ def search(
 
 
 class MetricsTopicReader:
-    """Reads the training-metrics topic from the end it had when created (other runs share the topic)."""
+    """Reads a training-metrics topic (v1 unless told) from the end it had when created (other runs share the topic),
+    or from its beginning."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, topic: Topic | None = None, *, from_beginning: bool = False) -> None:
         from ml.events.consumer import open_topic
         from ml.topics import TRAINING_METRICS
 
-        self.consumer = open_topic(settings.kafka, TRAINING_METRICS.name, consumer_timeout_ms=1000)
+        name = (topic or TRAINING_METRICS).name
+        self.consumer = open_topic(settings.kafka, name, from_beginning=from_beginning, consumer_timeout_ms=1000)
 
     def read(self, key_prefix: str, deadline_s: float = 60.0) -> list[tuple[str, dict[str, Any]]]:
         """Every message published since, up to the topic's end now (a search flushes its publisher before it

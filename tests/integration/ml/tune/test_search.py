@@ -150,6 +150,25 @@ def test_kafka_sees_one_message_per_trial_epoch(searched: tuple, mlflow_client: 
         assert envelope["dag_run_id"] == f"manual__{result.run_name}"
 
 
+def test_v2_says_which_dataset_snapshot_and_model_each_metric_is_about(searched: tuple, settings: Settings) -> None:
+    from ml.events.envelope import validate_envelope
+    from ml.topics import TRAINING_METRICS_V2
+
+    result, v1_messages = searched
+    v2_messages = MetricsTopicReader(settings, TRAINING_METRICS_V2, from_beginning=True).read(f"{result.run_name}:")
+    assert sorted(key for key, _ in v2_messages) == sorted(key for key, _ in v1_messages)
+    v1_payloads = {key: envelope["payload"] for key, envelope in v1_messages}
+    subject = {
+        "dataset": result.dataset,
+        "snapshot_id": result.snapshot_id,
+        "task": "classification",
+        "model_name": f"{result.dataset}-classification",
+    }
+    for key, envelope in v2_messages:
+        validate_envelope(envelope, TRAINING_METRICS_V2)
+        assert envelope["payload"] == {**v1_payloads[key], **subject}
+
+
 def test_a_completed_search_is_not_run_again(
     searched: tuple, classification_features: SyntheticFeatures, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,11 +24,24 @@ from ml.events.envelope import (
     training_metrics_key,
     validate_envelope,
 )
-from ml.topics import ALL_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS, Topic
+from ml.topics import (
+    ALL_TOPICS,
+    MODEL_PROMOTED,
+    PIPELINE_EVENTS,
+    S3_EVENTS,
+    TRAINING_METRICS,
+    TRAINING_METRICS_V2,
+    Topic,
+)
 from tests.support.fake_clock import FakeClock
-from tests.unit.ml.events.samples import METRICS, PIPELINE, PROMOTED
+from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED
 
-PAYLOADS = {TRAINING_METRICS: METRICS, PIPELINE_EVENTS: PIPELINE, MODEL_PROMOTED: PROMOTED}
+PAYLOADS = {
+    TRAINING_METRICS: METRICS,
+    TRAINING_METRICS_V2: METRICS_V2,
+    PIPELINE_EVENTS: PIPELINE,
+    MODEL_PROMOTED: PROMOTED,
+}
 
 
 # --- schemas and envelopes -------------------------------------------------------------------------------------------
@@ -41,7 +54,9 @@ def test_every_topic_has_a_valid_json_schema() -> None:
         schema = load_schema(topic.schema)
         jsonschema.validators.validator_for(schema).check_schema(schema)
         assert schema["properties"]["schema"]["const"] == topic.schema
-    with pytest.raises(EventValidationError, match=r"unknown event schema 'nope\.v9' \(known: model_promoted\.v1"):
+    notifications = load_schema(S3_EVENTS.schema)  # AWS's format, not an envelope (ml.events.s3_notifications)
+    jsonschema.validators.validator_for(notifications).check_schema(notifications)
+    with pytest.raises(EventValidationError, match=r"unknown event schema 'nope\.v9' \(known: aws_s3_event, model_"):
         load_schema("nope.v9")
 
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import pytest
 
-from ml.events.envelope import make_envelope, validate_envelope
+from ml.events.envelope import EventValidationError, make_envelope, validate_envelope
 from ml.experiments import TRIAL_RUN_KIND
 from ml.settings import KafkaSettings, MlflowSettings
-from ml.topics import TRAINING_METRICS
+from ml.topics import TRAINING_METRICS, TRAINING_METRICS_V2
 from ml.tune.callbacks import (
     KafkaMetricsCallback,
+    MetricsSubject,
     MlflowTrialCallback,
     PipelineCallback,
     ProgressLogCallback,
@@ -141,6 +142,52 @@ def test_kafka_payload_matches_the_topic_schema() -> None:
     payload, key = callback.message(trial, {"epoch": 2, "val_loss": 0.3, "val_r2": float("inf")})
     validate_envelope(make_envelope(TRAINING_METRICS, payload, "dag-1"), TRAINING_METRICS)
     assert key == "run-1:abc123:2"
+
+
+SUBJECT = MetricsSubject("cars", "snap-1", "regression", "cars-regression")
+
+
+def test_with_a_subject_each_trial_epoch_also_goes_to_v2_saying_what_it_is_about() -> None:
+    publisher = FakePublisher()
+    callback = KafkaMetricsCallback("run-1", KAFKA, subject=SUBJECT, publisher_factory=lambda kafka, dag: publisher)
+    trial = _trial()
+    for epoch in (1, 2):
+        callback.on_trial_result(iteration=epoch, trials=[trial], trial=trial, result=_result(epoch, val_loss=0.4))
+    assert callback.published == 2  # trial-epochs, not messages
+    assert [(topic, key) for topic, _, key in publisher.messages] == [
+        (TRAINING_METRICS.name, "run-1:abc123:1"),
+        (TRAINING_METRICS_V2.name, "run-1:abc123:1"),
+        (TRAINING_METRICS.name, "run-1:abc123:2"),
+        (TRAINING_METRICS_V2.name, "run-1:abc123:2"),
+    ]
+    (_, v1, _), (_, v2, _) = publisher.messages[:2]
+    assert v2 == {
+        **v1,
+        "dataset": "cars",
+        "snapshot_id": "snap-1",
+        "task": "regression",
+        "model_name": "cars-regression",
+    }
+    validate_envelope(make_envelope(TRAINING_METRICS_V2, v2, "dag-1"), TRAINING_METRICS_V2)
+    with pytest.raises(EventValidationError):  # v1 stays closed: the subject would break its strict consumers
+        validate_envelope(make_envelope(TRAINING_METRICS, v2, "dag-1"), TRAINING_METRICS)
+    with pytest.raises(EventValidationError):  # and v2 requires it
+        validate_envelope(make_envelope(TRAINING_METRICS_V2, v1, "dag-1"), TRAINING_METRICS_V2)
+
+
+def test_a_callback_pickled_before_v2_has_no_subject_and_publishes_v1_only() -> None:
+    old = KafkaMetricsCallback("run-1", KAFKA)
+    state = old.__getstate__()
+    del state["subject"]  # as in a tuner.pkl written before training_metrics.v2
+    restored = KafkaMetricsCallback.__new__(KafkaMetricsCallback)
+    restored.__setstate__(state)
+    publisher = FakePublisher()
+    restored.publisher_factory = lambda kafka, dag: publisher
+    trial = _trial()
+    restored.on_trial_result(iteration=1, trials=[trial], trial=trial, result=_result(1, val_loss=0.4))
+    assert [topic for topic, _, _ in publisher.messages] == [TRAINING_METRICS.name]
+    kept = pickle.loads(pickle.dumps(KafkaMetricsCallback("run-1", KAFKA, subject=SUBJECT)))
+    assert kept.subject == SUBJECT
 
 
 def test_a_failing_publisher_never_fails_the_search(caplog: pytest.LogCaptureFixture) -> None:

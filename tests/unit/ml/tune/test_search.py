@@ -24,7 +24,13 @@ import ml.tune.search as search
 import ml.tune.tracking as tracking
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
 from ml.storage import DataError, S3Uri
-from ml.tune.callbacks import KafkaMetricsCallback, MlflowTrialCallback, PipelineCallback, ProgressLogCallback
+from ml.tune.callbacks import (
+    KafkaMetricsCallback,
+    MetricsSubject,
+    MlflowTrialCallback,
+    PipelineCallback,
+    ProgressLogCallback,
+)
 from ml.tune.config import SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchConfig, SearchIncomplete, SearchResult
 from ml.tune.parallel import ClusterResources, Parallelism
 from ml.tune.signing import signed_filesystem
@@ -158,15 +164,18 @@ def test_a_search_whose_trials_all_failed_fails() -> None:
 
 def test_a_search_makes_the_callbacks_its_settings_ask_for() -> None:
     config = _config()
-    (progress,) = search._pipeline_callbacks(config, "val_loss", "min", None, None, None, None)
+    (progress,) = search._pipeline_callbacks(config, "classification", None, None, None, None)
     assert isinstance(progress, ProgressLogCallback)
     assert (progress.run_name, progress.metric, progress.mode, progress.num_samples) == ("run-1", "val_loss", "min", 3)
     # MLflow needs the parent run it nests under.
-    assert len(search._pipeline_callbacks(config, "val_loss", "min", MLFLOW, None, None, None)) == 1
-    made = search._pipeline_callbacks(config, "val_loss", "min", MLFLOW, KAFKA, "parent-1", "7")
+    assert len(search._pipeline_callbacks(config, "classification", MLFLOW, None, None, None)) == 1
+    made = search._pipeline_callbacks(config, "classification", MLFLOW, KAFKA, "parent-1", "7")
     assert [type(c) for c in made] == [ProgressLogCallback, MlflowTrialCallback, KafkaMetricsCallback]
     assert (made[1].experiment_id, made[1].parent_run_id, made[1].mlflow) == ("7", "parent-1", MLFLOW)
     assert (made[2].run_name, made[2].kafka, made[2].dag_run_id) == ("run-1", KAFKA, "manual__1")
+    assert made[2].subject == MetricsSubject("d", "snap", "classification", "d-classification")
+    regression = search._pipeline_callbacks(config, "regression", None, KAFKA, None, None)
+    assert regression[-1].subject.model_name == "d-regression"
 
 
 class CallersCallback:
@@ -184,7 +193,7 @@ def test_a_restored_search_gets_fresh_callbacks_and_keeps_the_callers() -> None:
     old_mlflow = MlflowTrialCallback("1", "old-parent", "run-1", None)
     callers = CallersCallback()
     tuner = FakeTuner([ProgressLogCallback("run-1", "val_loss", "min", 3), old_mlflow, old_kafka, callers])
-    fresh = search._pipeline_callbacks(_config(), "val_loss", "min", MLFLOW, KAFKA, "parent-2", "7")
+    fresh = search._pipeline_callbacks(_config(), "classification", MLFLOW, KAFKA, "parent-2", "7")
     search._replace_pipeline_callbacks(tuner, fresh)
     assert tuner.run_config.callbacks == [*fresh, callers]
     assert not any(c in tuner.run_config.callbacks for c in (old_kafka, old_mlflow))
@@ -204,7 +213,7 @@ def test_a_restored_search_gives_the_kafka_password_again() -> None:
     assert restored.kafka.password is None
     tuner = FakeTuner([restored])
     search._replace_pipeline_callbacks(
-        tuner, search._pipeline_callbacks(_config(), "val_loss", "min", None, login, None, None)
+        tuner, search._pipeline_callbacks(_config(), "classification", None, login, None, None)
     )
     [kafka_callback] = [c for c in tuner.run_config.callbacks if isinstance(c, KafkaMetricsCallback)]
     assert kafka_callback.kafka == login and kafka_callback.kafka.password == password
