@@ -1,10 +1,10 @@
 """S3 bucket notifications (AWS's event message structure) as the S3 server writes them to ml.topics.S3_EVENTS.
 
 The local stack's S3 server (Versity S3 Gateway) sends one message per created object, with the key as it is; on AWS
-the same records come through S3 -> SQS or EventBridge, with the key URL-encoded. `created_objects` turns one message into the objects it says were created, and
-refuses anything else with a NotificationError naming what is wrong: the caller logs it and goes on, a malformed
-message must never stop a watcher. The server's start-up test message (`s3:TestEvent`) carries no record and is no
-error: it gives no object.
+the same records come through S3 -> SQS or EventBridge, with the key URL-encoded. `created_objects` turns one message
+into the objects it says were created, and refuses anything else with a NotificationError naming what is wrong: the
+caller logs it and goes on, a malformed message must never stop a watcher. The server's start-up test message
+(`s3:TestEvent`) carries no record and is no error: it gives no object.
 """
 
 from __future__ import annotations
