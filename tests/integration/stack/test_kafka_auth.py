@@ -21,7 +21,7 @@ from ml.clients import close_quietly, kafka_admin, kafka_consumer, kafka_produce
 from ml.events.consumer import open_topic
 from ml.events.publisher import EventPublishError, publish_event
 from ml.settings import KafkaSettings
-from ml.topics import ALL_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS
+from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS
 from stack.kafka_broker import kafka_properties
 from tests.integration.ml.events.support import read_all
 from tests.support.private_services import PrivateKafka, running_private_kafka
@@ -122,7 +122,7 @@ def test_the_pipeline_writes_its_topics_and_administers_nothing(broker: PrivateK
         publish_event(pipeline, topic, payload, key="k")
     admin = kafka_admin(pipeline, **FAST)
     try:
-        assert set(admin.list_topics()) == {topic.name for topic in ALL_TOPICS}, "it sees its own topics only"
+        assert set(admin.list_topics()) == {topic.name for topic in BROKER_TOPICS}, "it sees its own topics only"
         with pytest.raises(TopicAuthorizationFailedError):
             admin.create_topics([NewTopic(f"test.{uuid.uuid4().hex[:8]}", num_partitions=1, replication_factor=1)])
     finally:
