@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B7 and B9 one after another; summarise.
+"""`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B9 one after another; summarise.
 
 This runner is the entry point: it builds the settings (endpoints, buckets, credentials: ml.settings.Settings) once
 from its environment and passes them to every benchmark (`MLOPS_BENCH_SETTINGS`, see bench.common). Each benchmark
@@ -57,6 +57,12 @@ BENCHMARKS = (
     ),
     Benchmark("B6", "b6_ingest_vs_awscli", ("--files", "4", "--mb-per-file", "8", "--repeat", "1")),
     Benchmark("B7", "b7_airflow_overhead", ("--pairs", "1")),
+    Benchmark(
+        "B8",
+        "b8_predict_path",
+        ("--rounds", "2", "--seconds", "0.3", "--http-rounds", "1", "--http-seconds", "3"),
+        secondary="single_row_ratio",
+    ),
     Benchmark("B9", "b9_scale", ("--rows", "20000,100000"), secondary="wall_per_row_ratio"),
 )
 

@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 # Paths relative to the `ml` package; a folder means every .py and .json file in it.
 MODEL_SOURCES = (
-    "features.py",
+    "features",
     "preprocess/job.py",
     "preprocess/steps.py",
     "data",

@@ -41,7 +41,7 @@ def test_every_listed_source_exists() -> None:
     files = model_source_files()
     assert files == sorted(set(files), key=files.index)  # no file twice
     assert {p.relative_to(PACKAGE_DIR).as_posix() for p in files} >= {
-        "features.py",
+        "features/spec.py",
         "preprocess/steps.py",
         "train/loop.py",
         "search_spaces/default.json",
@@ -99,7 +99,7 @@ def test_changes_outside_the_model_sources_keep_the_version(copy_package: Callab
 @pytest.mark.parametrize(
     "change",
     [
-        "features.py",
+        "features/spec.py",
         "preprocess/steps.py",
         "preprocess/job.py",
         "train/loop.py",

@@ -1,0 +1,31 @@
+"""bench.b8_predict_path's pure parts: the spec and rows it times, the ABBA rounds and the ports it may take (no
+servers started)."""
+
+from __future__ import annotations
+
+from bench import b8_predict_path as b8
+
+
+def test_rows_carry_every_input_column_and_transform_alike() -> None:
+    from tests.support.rowwise_transform import rowwise_transform
+
+    spec = b8.bench_spec()
+    rows = b8.client_rows(200, seed=1)
+    assert all(set(row) == set(spec.input_columns) for row in rows)
+    assert any(value is None for row in rows for value in row.values())  # some missing values
+    assert {row["c0"] for row in rows} - set(spec.categorical[0].categories)  # some unseen categories
+    assert spec.transform(rows).tobytes() == rowwise_transform(spec, rows).tobytes()
+    assert len(spec.feature_columns) == b8.NUMERIC + b8.CATEGORICAL * (b8.LEVELS + 1)
+
+
+def test_rounds_alternate_the_order_of_the_sides() -> None:
+    order: list[str] = []
+    sides = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    measured = b8.alternating(sides, rows=1, rounds=2, seconds=0.0)  # 3 calls per side and round at least
+    assert order == ["a"] * 3 + ["b"] * 3 + ["b"] * 3 + ["a"] * 3
+    assert [len(values) for values in measured.values()] == [2, 2]
+
+
+def test_ports_avoid_the_stack_and_ray() -> None:
+    assert {5000, 8000, 8080, 6379, 8265, 10001, 9092} <= b8.AVOID
+    assert b8.free_port() not in b8.AVOID
