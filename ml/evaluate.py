@@ -24,7 +24,8 @@ import numpy as np
 
 from ml.data import ParquetSplit, SplitArrays, label_moments, load_feature_spec
 from ml.json_values import json_safe
-from ml.models import CLASSIFICATION, base_metric_name, compute_metrics, higher_is_better
+from ml.metrics import compute_metrics, constant_prediction_metrics
+from ml.models import CLASSIFICATION, base_metric_name, higher_is_better
 from ml.settings import MlflowSettings, S3Settings, Settings
 from ml.storage import S3Uri, evaluation_uri, write_json
 
@@ -41,12 +42,13 @@ def primary_metric(task: str, objective: str) -> str:
     return base
 
 
-def baseline_predictions(
-    task: str, train_y: np.ndarray | Iterable[np.ndarray], rows: int, num_classes: int | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
+def baseline_prediction(
+    task: str, train_y: np.ndarray | Iterable[np.ndarray], num_classes: int | None = None
+) -> tuple[float, np.ndarray | None]:
     """A trivial model fitted on the training labels (an array, or its blocks: only their class counts or moments are
-    kept): (predictions, probabilities or None) for `rows` rows; the regression baseline is the labels' mean (0 for
-    none), as `label_moments` computes it for the trials' standardisation."""
+    kept): the (prediction, class probabilities or None) it gives every row. Classification: the majority class and
+    the training class frequencies (uniform for no labels); regression: the labels' mean (0 for none), as
+    `label_moments` computes it for the trials' standardisation. `ml.metrics.constant_prediction_metrics` scores it."""
     blocks = [train_y] if isinstance(train_y, np.ndarray) else train_y
     if task == CLASSIFICATION:
         counts = np.zeros(int(num_classes or 0), dtype=np.float64)
@@ -57,28 +59,46 @@ def baseline_predictions(
             counts = np.zeros(1)
         k = len(counts)
         priors = counts / counts.sum() if counts.sum() else np.full(k, 1.0 / k)
-        return np.full(rows, int(np.argmax(counts))), np.tile(priors, (rows, 1))
+        return int(np.argmax(counts)), priors
     mean, _ = label_moments(blocks)
-    return np.full(rows, mean), None
+    return mean, None
 
 
-def predict_blocks(model: Any, blocks: Iterable[SplitArrays]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """`ml.models.predict` over a split's blocks: (predictions, probabilities or None, labels), in the split's order."""
+def predict_blocks(
+    model: Any, blocks: Iterable[SplitArrays], rows: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """`ml.models.predict` over a split's `rows` rows in blocks: (predictions, probabilities or None, labels), in the
+    split's order. Each block's outputs are copied into arrays sized for the split, so that memory holds the results
+    and one block's outputs, never a list of blocks and their concatenation."""
     from ml.models import predict
 
-    outputs: list[np.ndarray] = []
-    probabilities: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
+    predictions: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    filled = 0
     for block in blocks:
+        if not len(block.y):
+            continue  # an empty block's outputs have no shape to size the results by
         predicted, probability = predict(model, block.X)
-        outputs.append(predicted)
-        if probability is not None:
-            probabilities.append(probability)
-        labels.append(block.y)
-    if not outputs:
+        end = filled + len(predicted)
+        if end > rows:
+            raise ValueError(f"the blocks hold more than the split's {rows} rows")
+        if predictions is None:
+            predictions = np.empty(rows, predicted.dtype)
+            labels = np.empty(rows, block.y.dtype)
+            if probability is not None:
+                probabilities = np.empty((rows, probability.shape[1]), probability.dtype)
+        assert labels is not None
+        predictions[filled:end] = predicted
+        labels[filled:end] = block.y
+        if probabilities is not None:
+            probabilities[filled:end] = probability
+        filled = end
+    if filled != rows:
+        raise ValueError(f"the blocks hold {filled} rows, the split {rows}")
+    if predictions is None or labels is None:
         return np.empty(0), None, np.empty(0)
-    joined = np.concatenate(probabilities) if probabilities else None
-    return np.concatenate(outputs), joined, np.concatenate(labels)
+    return predictions, probabilities, labels
 
 
 def evaluate_best(
@@ -111,12 +131,11 @@ def evaluate_best(
         raise ValueError(f"{features}: the test split is empty")
     num_classes = spec.num_outputs if spec.task == CLASSIFICATION else None
 
-    predictions, probabilities, test_y = predict_blocks(model, test.blocks(filesystem))
+    predictions, probabilities, test_y = predict_blocks(model, test.blocks(filesystem), test.rows)
     test_metrics = compute_metrics(spec.task, test_y, predictions, probabilities, num_classes=num_classes)
-    base_predictions, base_probabilities = baseline_predictions(
-        spec.task, train.labels(filesystem), test.rows, num_classes
-    )
-    baseline_metrics = compute_metrics(spec.task, test_y, base_predictions, base_probabilities, num_classes=num_classes)
+    del predictions, probabilities
+    baseline = baseline_prediction(spec.task, train.labels(filesystem), num_classes)
+    baseline_metrics = constant_prediction_metrics(spec.task, test_y, *baseline, num_classes=num_classes)
 
     metric = primary_metric(spec.task, result.metric)
     evaluation = json_safe(

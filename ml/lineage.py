@@ -24,6 +24,7 @@ MODEL_SOURCES = (
     "data",
     "train",
     "models.py",
+    "metrics.py",  # the validation metrics choose the epoch and the trial
     "tune/space.py",
     "tune/config.py",
     "tune/search.py",

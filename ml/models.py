@@ -1,4 +1,6 @@
-"""The model family for tabular features, its losses and metrics, and checkpoints that never unpickle code.
+"""The model family for tabular features, its losses and metric names, and checkpoints that never unpickle code.
+
+The metrics themselves are computed in `ml.metrics`.
 
 An MLP: `num_layers` hidden blocks of Linear -> normalisation -> activation -> dropout, then a Linear head.
   classification: `output_dim` logits (two for a binary task), cross-entropy loss.
@@ -172,90 +174,31 @@ def loss_fn(config: ModelConfig, output: torch.Tensor, target: torch.Tensor) -> 
 def predict(
     model: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 65536
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Inference in eval mode: (class indices, class probabilities) or (values, None). Batched to bound memory."""
+    """Inference in eval mode: (class indices, float64 class probabilities) or (float64 values, None). Batched, each
+    batch's outputs written into the result, so that memory holds the result and one batch."""
     import torch
 
     features = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
+    rows = features.shape[0]
+    task = getattr(model, "task", None)
+    result: np.ndarray | None = None
     was_training = model.training
     model.eval()
-    outputs = []
     try:
         with torch.inference_mode():
-            for start in range(0, features.shape[0], batch_size):
-                outputs.append(model(features[start : start + batch_size]))
+            for start in range(0, rows, batch_size):
+                out = model(features[start : start + batch_size])
+                if result is None:
+                    task = task or (REGRESSION if out.ndim == 1 else CLASSIFICATION)
+                    result = np.empty((rows, *out.shape[1:]) if task == CLASSIFICATION else rows, np.float64)
+                if task == CLASSIFICATION:
+                    out = torch.softmax(out, dim=-1)
+                result[start : start + out.shape[0]] = out.numpy()
     finally:
         model.train(was_training)
-    if not outputs:
-        out = torch.zeros((0,))
-    else:
-        out = torch.cat(outputs)
-    task = getattr(model, "task", REGRESSION if out.ndim == 1 else CLASSIFICATION)
-    if task == CLASSIFICATION:
-        probabilities = torch.softmax(out, dim=-1).numpy().astype(np.float64)
-        return probabilities.argmax(axis=1), probabilities
-    return out.numpy().astype(np.float64), None
-
-
-def compute_metrics(
-    task: str,
-    y_true: np.ndarray,
-    predictions: np.ndarray,
-    probabilities: np.ndarray | None = None,
-    *,
-    num_classes: int | None = None,
-) -> dict[str, float]:
-    """Task metrics as plain floats (NaN where undefined, e.g. ROC-AUC with one class present).
-
-    classification: accuracy, f1_macro, roc_auc (binary: of the positive class; else one-vs-rest macro), log_loss.
-    regression: rmse, mae, r2.
-    """
-    from sklearn import metrics
-
-    y_true = np.asarray(y_true)
-    predictions = np.asarray(predictions)
-    if task == CLASSIFICATION:
-        labels = list(range(num_classes or (probabilities.shape[1] if probabilities is not None else 0)))
-        y = y_true.astype(np.int64)
-        result = {
-            "accuracy": float(metrics.accuracy_score(y, predictions)),
-            "f1_macro": float(
-                metrics.f1_score(y, predictions, average="macro", labels=labels or None, zero_division=0)
-            ),
-        }
-        result["roc_auc"] = _roc_auc(y, probabilities, labels)
-        if probabilities is not None and len(y):
-            clipped = np.clip(probabilities, 1e-15, 1.0)
-            clipped = clipped / clipped.sum(axis=1, keepdims=True)
-            result["log_loss"] = float(metrics.log_loss(y, clipped, labels=labels))
-        else:
-            result["log_loss"] = math.nan
-        return result
-    if task == REGRESSION:
-        y_float = y_true.astype(np.float64)
-        pred = predictions.astype(np.float64)
-        return {
-            "rmse": float(math.sqrt(metrics.mean_squared_error(y_float, pred))) if len(y_float) else math.nan,
-            "mae": float(metrics.mean_absolute_error(y_float, pred)) if len(y_float) else math.nan,
-            # r2 is undefined for fewer than two samples or a constant target.
-            "r2": float(metrics.r2_score(y_float, pred)) if len(y_float) > 1 and np.ptp(y_float) > 0 else math.nan,
-        }
-    raise ValueError(f"unknown task {task!r}")
-
-
-def _roc_auc(y: np.ndarray, probabilities: np.ndarray | None, labels: list[int]) -> float:
-    from sklearn import metrics
-
-    if probabilities is None or len(np.unique(y)) < 2:
-        return math.nan
-    try:
-        if probabilities.shape[1] == 2:
-            return float(metrics.roc_auc_score(y, probabilities[:, 1]))
-        # One-vs-rest macro over the classes present in y (an absent class has no defined AUC).
-        present = sorted(int(c) for c in np.unique(y))
-        scores = [metrics.roc_auc_score(y == c, probabilities[:, c]) for c in present]
-        return float(np.mean(scores))
-    except ValueError:
-        return math.nan
+    if task == CLASSIFICATION and result is not None:
+        return result.argmax(axis=1), result
+    return (np.empty(0) if result is None else result), None
 
 
 def metric_names(task: str) -> tuple[str, ...]:

@@ -26,7 +26,8 @@ def rescore_on_test_split(
     unseen category: the comparison stays on identical rows and labels."""
     from ml.clients import arrow_filesystem
     from ml.data import ParquetSplit
-    from ml.models import base_metric_name, compute_metrics
+    from ml.metrics import compute_metrics
+    from ml.models import base_metric_name
 
     challenger = load_version(context.mlflow, name, challenger_version)
     champion = load_version(context.mlflow, name, champion_version)

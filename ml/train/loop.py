@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ml.data import SplitArrays, StreamedBatches, StreamingData, TensorBatches, TrainingData, to_tensors
-from ml.models import CLASSIFICATION, ModelConfig, build_model, compute_metrics, is_improvement, loss_fn, metric_names
+from ml.metrics import compute_metrics
+from ml.models import CLASSIFICATION, ModelConfig, build_model, is_improvement, loss_fn, metric_names
 from ml.train.config import TrainConfig
 from ml.train.state import LoopState, load_training_state, save_training_state
 
@@ -132,7 +133,7 @@ def evaluate_split(
     y_true = np.concatenate(labels) if labels else np.empty(0)
     loss = loss_sum / rows if rows else math.nan
     if not bool(torch.isfinite(out).all()):
-        # A diverged model's outputs are no predictions (scikit-learn refuses NaN): every task metric is undefined,
+        # A diverged model's outputs are no predictions (the metrics refuse NaN): every task metric is undefined,
         # so the epoch never counts as an improvement and the loop stops on the diverged loss or on patience.
         undefined = {f"{prefix}{name}": math.nan for name in metric_names(config.task) if name != "loss"}
         return {f"{prefix}loss": loss, **undefined}

@@ -101,7 +101,8 @@ def split_parquet(spec: FeatureSpec, rows: list[dict[str, Any]]) -> bytes:
 
 
 def score(spec: FeatureSpec, checkpoint: Path, rows: list[dict[str, Any]]) -> dict[str, float]:
-    from ml.models import compute_metrics, load_model, predict
+    from ml.metrics import compute_metrics
+    from ml.models import load_model, predict
 
     outputs, probabilities = predict(load_model(checkpoint), spec.transform(rows))
     return compute_metrics(spec.task, true_labels(spec, rows), outputs, probabilities, num_classes=spec.num_outputs)

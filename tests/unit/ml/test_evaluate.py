@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from ml.data import TrainingData
-from ml.evaluate import EVALUATION_FILE, baseline_predictions, evaluate_best, primary_metric, register_cli
-from ml.models import build_model, compute_metrics, save_checkpoint
+from ml.evaluate import EVALUATION_FILE, baseline_prediction, evaluate_best, primary_metric, register_cli
+from ml.metrics import compute_metrics
+from ml.models import build_model, save_checkpoint
 from ml.settings import MlflowSettings, Settings
 from ml.storage import S3Uri, evaluation_uri, read_json, write_json
 from ml.train import configs_from_trial, target_stats, train_model
@@ -38,59 +39,69 @@ ROWS = {"train": 300, "validation": 100, "test": 100}
 
 
 def test_baselines_use_training_labels_only() -> None:
-    predictions, probabilities = baseline_predictions("classification", np.array([0, 2, 2, 1, 2]), 3, num_classes=3)
-    assert predictions.tolist() == [2, 2, 2]
-    assert probabilities is not None and np.allclose(probabilities[0], [0.2, 0.2, 0.6])
-    values, none = baseline_predictions("regression", np.array([1.0, 2.0, 6.0]), 2)
-    assert values.tolist() == [3.0, 3.0] and none is None
+    prediction, probabilities = baseline_prediction("classification", np.array([0, 2, 2, 1, 2]), num_classes=3)
+    assert prediction == 2 and probabilities is not None and np.allclose(probabilities, [0.2, 0.2, 0.6])
+    assert baseline_prediction("regression", np.array([1.0, 2.0, 6.0])) == (3.0, None)
 
 
 def test_baselines_without_training_labels() -> None:
-    predictions, probabilities = baseline_predictions("classification", np.array([], dtype=np.int64), 2, num_classes=4)
-    assert predictions.tolist() == [0, 0] and probabilities is not None
+    prediction, probabilities = baseline_prediction("classification", np.array([], dtype=np.int64), num_classes=4)
+    assert prediction == 0 and probabilities is not None
     assert np.allclose(probabilities, 0.25)  # uniform when nothing is known
-    values, _ = baseline_predictions("regression", np.array([]), 2)
-    assert values.tolist() == [0.0, 0.0]
+    assert baseline_prediction("regression", np.array([])) == (0.0, None)
     # Without num_classes, the classes are the ones the labels show.
-    _, inferred = baseline_predictions("classification", np.array([0, 1, 1]), 1)
-    assert inferred is not None and inferred.shape == (1, 2)
+    _, inferred = baseline_prediction("classification", np.array([0, 1, 1]))
+    assert inferred is not None and inferred.shape == (2,)
 
 
 def test_baselines_from_streamed_label_blocks_equal_the_whole_array() -> None:
     labels = np.array([0, 2, 2, 1, 2, 3, 3, 3])
     blocks = iter([labels[:3], labels[3:5], labels[5:]])  # a later block shows a class the first did not
-    whole = baseline_predictions("classification", labels, 2)
-    streamed = baseline_predictions("classification", blocks, 2)
-    assert whole[0].tolist() == streamed[0].tolist() and np.allclose(whole[1], streamed[1])  # type: ignore[arg-type]
+    whole = baseline_prediction("classification", labels)
+    streamed = baseline_prediction("classification", blocks)
+    assert whole[0] == streamed[0] and np.allclose(whole[1], streamed[1])  # type: ignore[arg-type]
     values = np.array([1.0, 2.0, 6.0, 7.0])
-    assert baseline_predictions("regression", iter([values[:1], values[1:]]), 1)[0].tolist() == [4.0]
+    assert baseline_prediction("regression", iter([values[:1], values[1:]]))[0] == 4.0
 
 
 def test_the_regression_baseline_is_the_float64_mean_that_standardisation_uses() -> None:
     from ml.data import label_moments
 
     blocks = [np.array([], np.float32), np.array([0.1, 0.2], np.float32), np.array([0.6], np.float32)]
-    values, _ = baseline_predictions("regression", iter(blocks), 2)
+    value, _ = baseline_prediction("regression", iter(blocks))
     expected = float(np.mean(np.concatenate(blocks), dtype=np.float64))  # of the float32 labels, not 0.3 exactly
-    assert values.dtype == np.float64 and values.tolist() == pytest.approx([expected] * 2, rel=1e-15)
-    assert values[0] == label_moments(blocks)[0]
+    assert value == pytest.approx(expected, rel=1e-15)
+    assert value == label_moments(blocks)[0]
 
 
-def test_predictions_over_blocks_equal_one_pass_over_the_split() -> None:
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_predictions_over_blocks_equal_one_pass_over_the_split(task: str) -> None:
     from ml.data import SplitArrays
     from ml.evaluate import predict_blocks
     from ml.models import build_model, predict
     from tests.support.synthetic_features import make_training_data
 
-    data = make_training_data("classification", 3)
+    data = make_training_data(task, 3 if task == "classification" else 1)
     model_config, _ = configs_from_trial({"num_layers": 1, "hidden_size": 8}, data.spec)
     model = build_model(model_config)
     split = data.validation
-    blocks = [SplitArrays("v", split.X[i : i + 7], split.y[i : i + 7]) for i in range(0, split.rows, 7)]
-    predictions, probabilities, labels = predict_blocks(model, blocks)
+    # An empty block first: the results are sized by the first block with rows.
+    blocks = [SplitArrays("v", split.X[:0], split.y[:0])]
+    blocks += [SplitArrays("v", split.X[i : i + 7], split.y[i : i + 7]) for i in range(0, split.rows, 7)]
+    predictions, probabilities, labels = predict_blocks(model, blocks, split.rows)
     expected, expected_probabilities = predict(model, split.X)
-    assert predictions.tolist() == expected.tolist() and np.allclose(probabilities, expected_probabilities)  # type: ignore[arg-type]
-    assert labels.tolist() == split.y.tolist()
+    # Equal to the float32 rounding of the linear layers, whose kernels differ by batch size.
+    assert predictions.dtype == expected.dtype and np.allclose(predictions, expected, rtol=1e-5, atol=1e-6)
+    if task == "classification":
+        assert probabilities is not None and expected_probabilities is not None
+        assert probabilities.dtype == np.float64 and np.allclose(probabilities, expected_probabilities, rtol=1e-6)
+    else:
+        assert probabilities is None
+    assert labels.dtype == split.y.dtype and labels.tolist() == split.y.tolist()
+    with pytest.raises(ValueError, match="more than the split's"):
+        predict_blocks(model, blocks, split.rows - 1)
+    with pytest.raises(ValueError, match="the blocks hold"):
+        predict_blocks(model, blocks, split.rows + 1)
 
 
 def test_primary_metric_follows_the_objective() -> None:
@@ -188,9 +199,9 @@ def test_evaluation_scores_the_checkpoint_and_the_baseline_on_the_test_split(eva
     # The baseline is fitted on the training labels only, and scored like the model.
     test, train = setup.splits["test"], setup.splits["train"]
     num_classes = setup.spec.num_outputs if task == "classification" else None
-    expected = compute_metrics(
-        task, test.y, *baseline_predictions(task, train.y, test.rows, num_classes), num_classes=num_classes
-    )
+    prediction, row = baseline_prediction(task, train.y, num_classes)
+    repeated = None if row is None else np.tile(row, (test.rows, 1))
+    expected = compute_metrics(task, test.y, np.full(test.rows, prediction), repeated, num_classes=num_classes)
     assert evaluation["baseline_test_metrics"] == pytest.approx({k: v for k, v in expected.items()}, nan_ok=True)
     model_score, baseline_score = evaluation["test_metrics"], evaluation["baseline_test_metrics"]
     if task == "classification":

@@ -104,6 +104,7 @@ def test_changes_outside_the_model_sources_keep_the_version(copy_package: Callab
         "preprocess/job.py",
         "train/loop.py",
         "models.py",
+        "metrics.py",
         "tune/space.py",
         "search_spaces/default.json",
         "new search space",

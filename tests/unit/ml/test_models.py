@@ -1,4 +1,4 @@
-"""ml.models: shapes per task and hyper-parameters, metrics on known inputs, checkpoints that load tensors only."""
+"""ml.models: shapes per task and hyper-parameters, metric names, checkpoints that load tensors only."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from ml.models import (
     ModelConfig,
     base_metric_name,
     build_model,
-    compute_metrics,
     higher_is_better,
     is_improvement,
     load_model,
@@ -93,47 +92,6 @@ def test_config_round_trip_and_unknown_keys() -> None:
         ModelConfig.from_dict({**config.to_dict(), "depth": 3})
 
 
-def test_classification_metrics_on_known_inputs() -> None:
-    y = np.array([0, 0, 1, 1])
-    probabilities = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
-    metrics = compute_metrics("classification", y, probabilities.argmax(axis=1), probabilities, num_classes=2)
-    assert metrics["accuracy"] == pytest.approx(0.75)
-    # Class 0: precision 1, recall 0.5 -> F1 2/3; class 1: precision 2/3, recall 1 -> F1 0.8.
-    assert metrics["f1_macro"] == pytest.approx((2 / 3 + 0.8) / 2)
-    # Positive-class scores 0.1, 0.6 (negatives) vs 0.7, 0.8 (positives): every pair is ordered correctly.
-    assert metrics["roc_auc"] == pytest.approx(1.0)
-    assert metrics["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.4, 0.7, 0.8])))
-
-
-def test_multiclass_auc_is_one_vs_rest_macro() -> None:
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(0)
-    y = np.array([0, 1, 2] * 10)
-    probabilities = rng.dirichlet(np.ones(3), size=30)
-    metrics = compute_metrics("classification", y, probabilities.argmax(axis=1), probabilities, num_classes=3)
-    expected = np.mean([roc_auc_score(y == c, probabilities[:, c]) for c in range(3)])
-    assert metrics["roc_auc"] == pytest.approx(expected)
-    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, probabilities, multi_class="ovr", average="macro"))
-
-
-def test_auc_is_nan_when_one_class_is_present() -> None:
-    metrics = compute_metrics(
-        "classification", np.array([1, 1]), np.array([1, 0]), np.array([[0.2, 0.8], [0.6, 0.4]]), num_classes=2
-    )
-    assert math.isnan(metrics["roc_auc"])
-    assert metrics["accuracy"] == 0.5
-
-
-def test_regression_metrics_on_known_inputs() -> None:
-    y = np.array([1.0, 2.0, 3.0, 4.0])
-    pred = np.array([1.0, 2.0, 3.0, 6.0])
-    metrics = compute_metrics("regression", y, pred)
-    assert metrics["rmse"] == pytest.approx(1.0)  # sqrt(4 / 4)
-    assert metrics["mae"] == pytest.approx(0.5)
-    assert metrics["r2"] == pytest.approx(1 - 4 / 5)  # SS_res 4, SS_tot 5
-
-
 def test_higher_is_better_and_modes() -> None:
     assert higher_is_better("val_accuracy") and higher_is_better("test_roc_auc") and higher_is_better("r2")
     assert not higher_is_better("val_loss") and not higher_is_better("rmse") and not higher_is_better("test_log_loss")
@@ -151,25 +109,6 @@ def test_metric_names_per_task_and_split_prefixes() -> None:
     for name in ("val_rmse", "validation_rmse", "test_rmse", "baseline_test_rmse", "train_rmse", "rmse"):
         assert base_metric_name(name) == "rmse", name
     assert base_metric_name("baseline_test_accuracy") == "accuracy"  # the longer prefix, not "test_"
-
-
-def test_unknown_task_has_no_metrics() -> None:
-    with pytest.raises(ValueError, match="unknown task"):
-        compute_metrics("ranking", np.array([1.0]), np.array([1.0]))
-
-
-def test_regression_metrics_of_one_row_or_a_constant_target() -> None:
-    one = compute_metrics("regression", np.array([2.0]), np.array([3.0]))
-    assert one["rmse"] == pytest.approx(1.0) and one["mae"] == pytest.approx(1.0) and math.isnan(one["r2"])
-    empty = compute_metrics("regression", np.array([]), np.array([]))
-    assert all(math.isnan(value) for value in empty.values())
-    constant = compute_metrics("regression", np.array([5.0, 5.0, 5.0]), np.array([5.0, 4.0, 6.0]))
-    assert math.isnan(constant["r2"])
-
-
-def test_log_loss_without_probabilities_is_nan() -> None:
-    metrics = compute_metrics("classification", np.array([0, 1]), np.array([0, 1]), None, num_classes=2)
-    assert metrics["accuracy"] == 1.0 and math.isnan(metrics["log_loss"]) and math.isnan(metrics["roc_auc"])
 
 
 def test_predict_returns_labels_and_probabilities() -> None:

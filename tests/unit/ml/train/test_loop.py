@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ml.models import ModelConfig, compute_metrics
+from ml.metrics import compute_metrics
+from ml.models import ModelConfig
 from ml.train import (
     HPARAMS,
     METRICS_FILE,
