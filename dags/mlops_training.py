@@ -1,7 +1,8 @@
 """mlops_training: S3 ingest -> Spark preprocessing -> Ray Tune over PyTorch -> registration -> Kafka.
 
-Runs daily and whenever new raw data lands (the `raw_data` asset, see dags/raw_data_watch.py), and on demand from the
-web UI, `airflow dags trigger mlops_training --conf '{...}'` or the REST API. This file only wires tasks: the work is
+Runs daily (on the default params), when new raw data lands under a prefix of dags/event_routes.yaml (started by
+dags/raw_data_events.py with that dataset's params), and on demand from the web UI,
+`airflow dags trigger mlops_training --conf '{...}'` or the REST API. This file only wires tasks: the work is
 in `ml/`, the Airflow glue in `plugins/mlops_airflow/`.
 """
 
@@ -11,10 +12,9 @@ from datetime import timedelta
 
 from airflow.providers.amazon.aws.sensors.s3 import S3KeySensor
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from mlops_airflow import callbacks
-from mlops_airflow.assets import RAW_DATA
 from mlops_airflow.operators import (
     LAKE_BUCKET_TEMPLATE,
     FeaturePreprocessOperator,
@@ -95,18 +95,23 @@ params = {
     "promotion_margin": Param(0.0, type="number", minimum=0, description="How much better the challenger must be"),
     "allow_backfill_promotion": Param(False, type="boolean", description="Let a backfill move the champion alias"),
     "force_retrain": Param(False, type="boolean", description="Train even if a model exists for this data and code"),
+    "event": Param(
+        None,
+        type=["null", "object"],
+        description="Set by raw_data_events: the uploads that started this run (null: a scheduled or manual run)",
+    ),
 }
 
 
 @dag(
     dag_id="mlops_training",
-    # No start date, no immediate run: unpausing the DAG waits for the next 03:00 UTC (or new raw data) instead of
+    # No start date, no immediate run: unpausing the DAG waits for the next 03:00 UTC instead of
     # starting a run for the last missed slot, which would also hold one of the max_active_runs seats. A zero delta,
     # not False: with False, Airflow 3.3 still runs the missed slot when unpaused within 10% of the interval after it
     # (until 05:24 UTC here).
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=timedelta(0)), assets=RAW_DATA
-    ),
+    # Uploads start runs through raw_data_events (with the uploaded dataset's params), not through an asset here: a
+    # run scheduled by an asset would get the default params, that is penguins, whatever dataset changed.
+    schedule=CronTriggerTimetable("0 3 * * *", timezone="UTC", run_immediately=timedelta(0)),
     catchup=False,
     max_active_runs=2,
     default_args=default_args,

@@ -70,16 +70,20 @@ def error_code(error: Any) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
-def exists(uri: S3Uri, client: Any) -> bool:
+def current_etag(uri: S3Uri, client: Any) -> str | None:
+    """The object's ETag now (quoted, as S3 gives it); None when there is no such object."""
     from botocore.exceptions import ClientError
 
     try:
-        client.head_object(Bucket=uri.bucket, Key=uri.key)
-        return True
+        return str(client.head_object(Bucket=uri.bucket, Key=uri.key)["ETag"])
     except ClientError as error:
         if error_code(error) in NOT_FOUND_CODES:
-            return False
+            return None
         raise
+
+
+def exists(uri: S3Uri, client: Any) -> bool:
+    return current_etag(uri, client) is not None
 
 
 def read_json(uri: S3Uri, client: Any) -> Any:

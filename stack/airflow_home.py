@@ -75,11 +75,26 @@ def connections_from_environment(
             ),
         },
         "kafka_default": {"conn_type": "kafka", "extra": json.dumps(kafka_connection_extra(settings.kafka))},
+        "kafka_s3_events": {
+            "conn_type": "kafka",
+            "extra": json.dumps({**kafka_connection_extra(settings.kafka), **S3_EVENTS_CONSUMER}),
+        },
         "mlflow_default": _mlflow_connection(settings),
         **(
             {"ray_default": _ray_connection(settings)} if settings.ray.address or settings.ray.state_signing_key else {}
         ),
     }
+
+
+# The asset watcher's consumer (plugins/mlops_airflow/assets.py): a group of its own (the pipeline user may read
+# groups named mlops-*), offsets committed only by the shared-stream trigger after the asset event is stored, the
+# topic read from its start the first time, and a dead triggerer's partitions handed to its successor within 10 s.
+S3_EVENTS_CONSUMER = {
+    "group.id": "mlops-airflow-raw-uploads",
+    "enable.auto.commit": "false",
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": "10000",
+}
 
 
 def kafka_connection_extra(kafka: KafkaSettings) -> dict[str, str]:

@@ -1,7 +1,10 @@
 """`make demo`: the main job end to end on this machine, through Airflow's REST API as a user would drive it.
 
-Uploads the demo dataset to the raw bucket, unpauses and triggers `mlops_training`, shows progress while it runs, and
-prints a summary with where to look. Assumes `python -m stack up --airflow` ran (the Makefile does it).
+Unpauses `mlops_training` and uploads the demo dataset to the raw bucket: the upload itself starts the run (the S3
+server notifies it through Kafka, Airflow's asset watcher and raw_data_events start the dataset's training with its
+params from dags/event_routes.yaml), which the demo follows, then prints a summary with where to look. Then it uploads
+a second dataset and follows the run that upload starts. A dataset no route covers is triggered through the REST API
+instead. Assumes `python -m stack up --airflow` ran (the Makefile does it).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from stack.config import apply_stack_environment, stack_paths
 
 AIRFLOW = "http://127.0.0.1:8080"
 DAG_ID = "mlops_training"
+ROUTES = Path(__file__).resolve().parents[1] / "dags" / "event_routes.yaml"
 
 
 class AirflowApi:
@@ -128,51 +132,86 @@ def trigger_and_follow(api: AirflowApi, conf: dict[str, Any], timeout_s: float) 
     return run_id, follow(api, [run_id], timeout_s)[run_id]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__)
-    parser.add_argument("--dataset", default="penguins", help="shipped dataset to upload: penguins or cars")
-    parser.add_argument("--target", default=None, help="default: the dataset's documented target")
-    parser.add_argument("--task", default=None, choices=["classification", "regression"])
-    parser.add_argument("--num-samples", type=int, default=8)
-    parser.add_argument("--max-epochs", type=int, default=30)
-    parser.add_argument("--timeout-s", type=float, default=1800)
-    args = parser.parse_args(argv)
-    settings = Settings.from_env(apply_stack_environment())
+def runs_started_by(api: AirflowApi, uris: set[str]) -> list[dict[str, Any]]:
+    """The latest runs (100) whose conf lists any of `uris` as an upload that started them (raw_data_events)."""
+    runs = api.request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?limit=100&order_by=-id")["dag_runs"]
+    return [run for run in runs if uris & set(((run.get("conf") or {}).get("event") or {}).get("objects", []))]
 
+
+def wait_for_upload_run(api: AirflowApi, uri: str, timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> str:
+    """The id of the run the upload of `uri` started, once it exists."""
+    deadline = clock.monotonic() + timeout_s
+    while clock.monotonic() < deadline:
+        started = runs_started_by(api, {uri})
+        if started:
+            run_id: str = started[0]["dag_run_id"]
+            print(f"the upload of {uri} started {DAG_ID} run {run_id}", flush=True)
+            return run_id
+        clock.sleep(3)
+    raise RuntimeError(
+        f"no {DAG_ID} run started for {uri} within {timeout_s:.0f} s: see the raw_data_events DAG at {AIRFLOW} and "
+        f"the triggerer's log (.stack/logs/airflow.log)"
+    )
+
+
+def _run_dataset(api: AirflowApi, settings: Settings, dataset: str, timeout_s: float) -> tuple[str, str, str]:
+    """Upload a shipped dataset and follow the run it starts (or, under no route, a triggered one); returns
+    (run_id, state, task)."""
     from ml.clients import s3_client
     from ml.datasets import SHIPPED, load_shipped, upload_frame
+    from ml.events.routes import load_routes
+    from ml.events.s3_notifications import CreatedObject
     from ml.storage import S3Uri
 
-    target = args.target or SHIPPED[args.dataset][1]
-    task = args.task or ("regression" if args.dataset == "cars" and target == "Miles_per_Gallon" else "classification")
-    raw_key = S3Uri(settings.lake.raw_bucket, f"{args.dataset}/{args.dataset}.csv")
-    uploaded = upload_frame(load_shipped(args.dataset), raw_key, s3_client(settings.s3))
-    print(f"uploaded {uploaded['rows']} rows of {args.dataset} to {uploaded['uri']}")
+    raw_key = S3Uri(settings.lake.raw_bucket, f"{dataset}/{dataset}.csv")
+    route = load_routes(ROUTES).route_for(CreatedObject(raw_key.bucket, raw_key.key, None, None, "", ""))
+    uploaded = upload_frame(load_shipped(dataset), raw_key, s3_client(settings.s3))
+    print(f"\nuploaded {uploaded['rows']} rows of {dataset} to {uploaded['uri']}", flush=True)
+    if route is not None:
+        run_id = wait_for_upload_run(api, uploaded["uri"], timeout_s=600)
+        return run_id, follow(api, [run_id], timeout_s)[run_id], route.task
+    target = SHIPPED[dataset][1]
+    task = "regression" if dataset == "cars" else "classification"
+    print(f"no route in {ROUTES} covers {uploaded['uri']}: triggering the run through the REST API")
+    conf = {"raw_uri": f"s3://{raw_key.bucket}/{dataset}/", "dataset": dataset, "target": target, "task": task}
+    run_id, state = trigger_and_follow(api, conf, timeout_s)
+    return run_id, state, task
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.demo", description=__doc__)
+    parser.add_argument("--dataset", default="penguins", choices=["penguins", "cars"], help="the main run's dataset")
+    parser.add_argument(
+        "--second-dataset", default=None, choices=["penguins", "cars", "none"], help="default: the other one"
+    )
+    parser.add_argument("--timeout-s", type=float, default=1800, help="for each run")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env(apply_stack_environment())
+    second = args.second_dataset or ("cars" if args.dataset == "penguins" else "penguins")
 
     api = AirflowApi(AIRFLOW, "admin", admin_password())
     wait_for_dag(api)
-    conf = {
-        "raw_uri": f"s3://{settings.lake.raw_bucket}/{args.dataset}/",
-        "dataset": args.dataset,
-        "target": target,
-        "task": task,
-        "num_samples": args.num_samples,
-        "max_epochs": args.max_epochs,
-    }
-    run_id, state = trigger_and_follow(api, conf, args.timeout_s)
+    api.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})  # runs started while paused would queue
+    run_id, state, task = _run_dataset(api, settings, args.dataset, args.timeout_s)
     summary = api.xcom(run_id, "publish_run_summary")
     print(f"\nrun {run_id}: {state}")
     if summary:
         print(json.dumps(summary, indent=2, default=str))
+    states = [state]
+    if second != "none" and state == "success":
+        second_run, second_state, _ = _run_dataset(api, settings, second, args.timeout_s)
+        print(f"\nrun {second_run} (started by the upload of {second}): {second_state}")
+        states.append(second_state)
     print(f"""
 Where to look:
   Airflow UI        {AIRFLOW}  (user admin, password in {admin_password_file()}, readable by you only)
+                    DAGs mlops_training and raw_data_events; Assets: raw_uploads
   tuning report     {AIRFLOW}/mlops/tuning-report?run_id={run_id}
   MLflow            http://127.0.0.1:5000  (experiment {args.dataset}, model {args.dataset}-{task})
   object store      http://127.0.0.1:9001  (versitygw console; keys in .stack/credentials.json)
   Kafka events      make tail-metrics   /   python -m ml events tail mlops.pipeline.events.v1 --from-beginning
   predictions       make serve, then POST http://127.0.0.1:8000/predict""")
-    return 0 if state == "success" else 1
+    return 0 if all(s == "success" for s in states) else 1
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""`python -m ml events tail TOPIC` and `python -m ml events schemas`."""
+"""`python -m ml events tail TOPIC`, `python -m ml events schemas` and `python -m ml events replay-uploads PREFIX`."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ml.events import replay
 from ml.events.consumer import tail
 from ml.events.envelope import SCHEMA_DIR, load_schema, topic_by_name
 from ml.settings import Settings
@@ -37,7 +38,9 @@ def _cli_schemas(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 
 def register_cli(subparsers: Any) -> None:
-    parser = subparsers.add_parser("events", help="Kafka events: follow a topic, list the event schemas")
+    parser = subparsers.add_parser(
+        "events", help="Kafka events: follow a topic, list the event schemas, replay upload notifications"
+    )
     commands = parser.add_subparsers(dest="events_command", required=True, metavar="COMMAND")
     tail_parser = commands.add_parser("tail", help="print a topic's events as readable lines")
     tail_parser.add_argument("topic", help="topic or schema name, e.g. mlops.training.metrics.v1")
@@ -47,3 +50,4 @@ def register_cli(subparsers: Any) -> None:
     tail_parser.set_defaults(handler=_cli_tail, writes_stdout=True)
     schemas_parser = commands.add_parser("schemas", help="list the event schemas and their topics")
     schemas_parser.set_defaults(handler=_cli_schemas)
+    replay.register(commands)

@@ -9,7 +9,9 @@ caller logs it and goes on, a malformed message must never stop a watcher. The s
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -35,10 +37,25 @@ class CreatedObject:
     etag: str | None  # without quotes
     event: str  # s3:ObjectCreated:Put, ...:CompleteMultipartUpload, ...
     event_time: str
+    sequencer: str | None = None  # AWS orders the events of one key by it; the local server may leave it out
 
     @property
     def uri(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def fingerprint(self) -> str:
+        """The same for every delivery of one notification (Kafka and S3 deliver at least once), different for two
+        uploads of one key: what a consumer remembers so that no object is acted on twice."""
+        return "|".join((self.uri, self.etag or "", self.event_time, self.sequencer or ""))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CreatedObject:
+        """Back from `as_dict` (an asset event's payload); KeyError/TypeError on anything else."""
+        return cls(**{field.name: data[field.name] for field in dataclasses.fields(cls) if field.name in data})
 
 
 @cache
@@ -82,6 +99,7 @@ def created_objects(value: bytes | str, *, url_encoded_keys: bool = True) -> lis
                 etag=etag.strip('"') if etag else None,
                 event=record["eventName"],
                 event_time=record["eventTime"],
+                sequencer=data.get("sequencer"),
             )
         )
     return created

@@ -2,7 +2,30 @@
 
 from __future__ import annotations
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, AssetWatcher
 
-# The raw bucket: an event on it (from raw_data_watch, or POST /api/v2/assets/events) triggers mlops_training.
-RAW_DATA = Asset(name="raw_data", uri="s3://raw/")
+from mlops_airflow.triggers import S3NotificationTrigger
+
+RAW_BUCKET = "raw"
+# The Kafka connection of the watcher: the pipeline's login, a consumer group of its own and no auto-commit (the
+# shared-stream trigger refuses to start without `enable.auto.commit=false`). stack.airflow_home writes it.
+S3_EVENTS_CONNECTION = "kafka_s3_events"
+S3_EVENTS_TOPIC = "mlops.s3.events.v1"  # ml.topics.S3_EVENTS (no `ml` import at parse time; a unit test checks it)
+
+# Uploads to the raw bucket, as the S3 server notifies them through Kafka: each notification is an asset event (its
+# objects in the payload) and schedules raw_data_events, which starts the training of the dataset that changed.
+RAW_UPLOADS = Asset(
+    name="raw_uploads",
+    uri=f"s3://{RAW_BUCKET}/",
+    watchers=[
+        AssetWatcher(
+            name="s3_notifications",
+            trigger=S3NotificationTrigger(
+                topics=[S3_EVENTS_TOPIC],
+                buckets=[RAW_BUCKET],
+                kafka_config_id=S3_EVENTS_CONNECTION,
+                url_encoded_keys=False,  # Versity S3 Gateway sends keys as they are (AWS: True)
+            ),
+        )
+    ],
+)

@@ -35,6 +35,11 @@ def airflow_api(
     yield api
     if started_here:
         AIRFLOW_SERVICE.stop(paths)
+        # tests/e2e/dags/test_raw_data_events.py replaces standalone's triggerer with one of its own
+        from stack.cluster import AIRFLOW_COMPONENTS
+
+        for component in AIRFLOW_COMPONENTS:
+            component.stop(paths)
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ stack.services.s3_gateway_command with its notification flags), so that stopping
 What is proven: an upload is notified on ml.topics.S3_EVENTS in AWS's format, with the object's key and ETag; the
 login-less listener lets its ANONYMOUS principal write that topic and nothing else; with the broker down, uploads still
 succeed and their notifications are lost (the S3 server retries, then drops them: documented, with the recovery),
-while uploads after the broker is back are notified again.
+while uploads after the broker is back are notified again, and `python -m ml events replay-uploads` sends the lost
+notification.
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from kafka.errors import KafkaError, TopicAuthorizationFailedError
 
 from ml.clients import close_quietly, kafka_consumer, kafka_producer
 from ml.events.consumer import open_topic
+from ml.events.replay import replay_uploads
 from ml.events.s3_notifications import CreatedObject, created_objects
 from ml.settings import KafkaSettings, S3Settings
+from ml.storage import S3Uri
 from ml.topics import S3_EVENTS, TRAINING_METRICS
 from stack.process import wait_until
 from tests.support.private_services import PrivateKafka, PrivateServer, S3Keys, private_s3, running_private_kafka
@@ -136,3 +139,13 @@ def test_uploads_succeed_while_kafka_is_down_and_later_ones_are_notified_again(
     finally:
         close_quietly(lost)
     assert back_key in keys and down_key not in keys, "the upload made while Kafka was down is not on the topic"
+
+    # The recovery: `python -m ml events replay-uploads` notifies the prefix's objects again, as the watcher reads them.
+    consumer = open_topic(broker.settings(), S3_EVENTS.name)
+    try:
+        replayed = replay_uploads(S3Uri.parse(f"s3://{BUCKET}/{down_key}"), client, broker.settings())
+        assert replayed["replayed"] == 1
+        [created] = _notified(broker, consumer, down_key)
+    finally:
+        close_quietly(consumer)
+    assert created.etag == client.head_object(Bucket=BUCKET, Key=down_key)["ETag"].strip('"')

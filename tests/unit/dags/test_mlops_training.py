@@ -26,7 +26,7 @@ def dag(dagbag: Any) -> Any:
 
 def test_dagbag_imports_without_errors(dagbag: Any) -> None:
     assert dagbag.import_errors == {}
-    assert {"mlops_training", "raw_data_watch"} <= set(dagbag.dags)
+    assert {"mlops_training", "raw_data_events"} <= set(dagbag.dags)
 
 
 def test_training_dag_wiring(dag: Any) -> None:
@@ -330,7 +330,7 @@ def test_unpausing_never_starts_a_run_for_the_last_missed_slot(
     monkeypatch.setattr(airflow.timetables.trigger, "utcnow", lambda: moment)
     # The timetable as the scheduler gets it: serialized with the DAG (JSON) and decoded on its side.
     schedule = decode_timetable(json.loads(json.dumps(encode_timetable(dagbag.dags["mlops_training"].timetable))))
-    info = schedule.timetable.next_dagrun_info(
+    info = schedule.next_dagrun_info(
         last_automated_data_interval=None, restriction=TimeRestriction(earliest=None, latest=None, catchup=False)
     )
     assert info is not None and info.run_after > moment

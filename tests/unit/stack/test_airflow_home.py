@@ -48,7 +48,14 @@ def s3a_jars(stack_dir: StackPaths) -> str:
 
 def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: StackPaths, s3a_jars: str) -> None:
     connections = connections_from_environment(_env(stack_dir))
-    assert set(connections) == {"aws_default", "aws_tune", "spark_default", "kafka_default", "mlflow_default"}
+    assert set(connections) == {
+        "aws_default",
+        "aws_tune",
+        "spark_default",
+        "kafka_default",
+        "kafka_s3_events",
+        "mlflow_default",
+    }
     for conn_id in ("aws_default", "aws_tune"):  # another S3 than the stack's: the environment's keys for both
         aws = connections[conn_id]
         assert (aws["conn_type"], aws["login"], aws["password"]) == ("aws", "unit-stack-id", S3_KEY)
@@ -65,6 +72,14 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "local-ip": "127.0.0.1",
     }
     assert json.loads(connections["kafka_default"]["extra"]) == {"bootstrap.servers": "127.0.0.1:9092"}
+    # The asset watcher's: no auto-commit (the shared-stream trigger refuses to start otherwise), a group of its own.
+    assert json.loads(connections["kafka_s3_events"]["extra"]) == {
+        "bootstrap.servers": "127.0.0.1:9092",
+        "group.id": "mlops-airflow-raw-uploads",
+        "enable.auto.commit": "false",
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": "10000",
+    }
     assert connections["mlflow_default"] == {"conn_type": "http", "host": "http://127.0.0.1:5000"}
 
 

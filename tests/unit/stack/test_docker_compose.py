@@ -81,6 +81,7 @@ EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_AWS_TUNE": "aws",
     "AIRFLOW_CONN_SPARK_DEFAULT": "spark",
     "AIRFLOW_CONN_KAFKA_DEFAULT": "kafka",
+    "AIRFLOW_CONN_KAFKA_S3_EVENTS": "kafka",
     "AIRFLOW_CONN_MLFLOW_DEFAULT": "http",
     "AIRFLOW_CONN_RAY_DEFAULT": "generic",
 }
@@ -599,6 +600,11 @@ def test_airflow_connections_are_json_of_the_expected_types(compose: dict[str, A
         assert connection(compose, variable)["conn_type"] == conn_type, variable
     spark = connection(compose, "AIRFLOW_CONN_SPARK_DEFAULT")
     assert (spark["host"], spark["port"]) == ("spark://spark-master", 7077)
+    # The asset watcher's connection: kafka_default's login plus the consumer settings the local stack gives it.
+    from stack.airflow_home import S3_EVENTS_CONSUMER
+
+    watcher = connection(compose, "AIRFLOW_CONN_KAFKA_S3_EVENTS")["extra"]
+    assert watcher == {**connection(compose, "AIRFLOW_CONN_KAFKA_DEFAULT")["extra"], **S3_EVENTS_CONSUMER}
 
 
 def test_airflow_init_stores_the_connections_and_the_components_do_not_carry_them(compose: dict[str, Any]) -> None:

@@ -44,8 +44,18 @@ def test_a_created_object_is_read_with_its_etag_unquoted() -> None:
         etag="0f343b0931126a20f133d67c2b018a3b",
         event="s3:ObjectCreated:Put",
         event_time="2026-12-02T21:00:00Z",
+        sequencer="1",
     )
     assert created.uri == "s3://raw/cars/part-1.csv"
+    assert CreatedObject.from_dict(json.loads(json.dumps(created.as_dict()))) == created
+
+
+def test_a_fingerprint_is_the_same_for_one_notification_and_differs_between_uploads_of_one_key() -> None:
+    [first] = created_objects(_message(_record()))
+    [again] = created_objects(_message(_record()))  # delivered twice
+    later = {**_record(), "eventTime": "2026-12-02T21:05:00Z"}
+    [rewritten] = created_objects(_message(later))  # the same key and content, uploaded again
+    assert first.fingerprint == again.fingerprint != rewritten.fingerprint
 
 
 def test_keys_are_decoded_as_aws_encodes_them() -> None:

@@ -1,0 +1,87 @@
+"""plugins/mlops_airflow/triggers.py: the watcher's trigger reads S3 notifications off Kafka into asset events; it
+runs in ack mode (the Kafka provider's shared-stream producer commits only after the events are stored)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.unit.ml.events.test_s3_notifications import _message, _record
+
+
+def trigger() -> Any:
+    from mlops_airflow.triggers import S3NotificationTrigger
+
+    return S3NotificationTrigger(
+        topics=["mlops.s3.events.v1"], buckets=["raw"], kafka_config_id="kafka_s3_events", url_encoded_keys=False
+    )
+
+
+def test_it_serializes_to_an_importable_class_with_every_argument() -> None:
+    from airflow.providers.apache.kafka.triggers.shared_stream import KafkaSharedStreamProducer
+    from airflow.providers.common.compat.module_loading import import_string
+
+    classpath, kwargs = trigger().serialize()
+    rebuilt = import_string(classpath)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs)
+    assert kwargs["buckets"] == ["raw"] and kwargs["url_encoded_keys"] is False
+    assert kwargs["kafka_config_id"] == "kafka_s3_events" and kwargs["topics"] == ["mlops.s3.events.v1"]
+    producer = type(rebuilt).create_shared_stream_producer(kwargs)
+    assert isinstance(producer, KafkaSharedStreamProducer), "ack mode: offsets committed after the event is stored"
+
+
+def test_the_watched_topic_and_bucket_are_the_pipelines() -> None:
+    from ml.topics import S3_EVENTS
+    from mlops_airflow.assets import RAW_BUCKET, RAW_UPLOADS, S3_EVENTS_TOPIC
+
+    assert S3_EVENTS_TOPIC == S3_EVENTS.name and RAW_UPLOADS.uri == f"s3://{RAW_BUCKET}/"
+    [watcher] = RAW_UPLOADS.watchers
+    assert watcher.trigger.topics == [S3_EVENTS.name] and watcher.trigger.buckets == [RAW_BUCKET]
+
+
+async def _stream(*values: Any) -> AsyncIterator[Any]:
+    for value in values:
+        yield value
+
+
+def _filtered(*values: Any) -> list[Any]:
+    async def collect() -> list[Any]:
+        return [event.payload async for event in trigger().filter_shared_stream(_stream(*values))]
+
+    return asyncio.run(collect())
+
+
+def test_one_event_per_notification_of_watched_created_objects(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    values = [
+        _message(_record(key="cars/a b+c.csv"), _record(key="cars/b.csv")),  # one upload notified with two records
+        b"not json",
+        json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put"}]}).encode(),  # not a notification
+        json.dumps({"Event": "s3:TestEvent", "Bucket": "raw"}).encode(),  # the server's start-up test message
+        _message(_record(event="s3:ObjectRemoved:Delete")),
+        _message(_record(bucket="lake", key="datasets/x.parquet")),
+        None,  # a tombstone
+        _message(_record(key="penguins/p.csv")),
+    ]
+    events = _filtered(*values)
+    assert [[o["key"] for o in event["objects"]] for event in events] == [
+        ["cars/a b+c.csv", "cars/b.csv"],
+        ["penguins/p.csv"],
+    ]
+    assert events[0]["objects"][0] == {
+        "bucket": "raw",
+        "key": "cars/a b+c.csv",  # as the gateway sent it: not URL-decoded
+        "size": 1234,
+        "etag": "0f343b0931126a20f133d67c2b018a3b",
+        "event": "s3:ObjectCreated:Put",
+        "event_time": "2026-12-02T21:00:00Z",
+        "sequencer": "1",
+    }
+    logged = caplog.text
+    assert logged.count("skipped a malformed message") == 3  # not JSON, not a notification, the tombstone
+    assert "s3://lake/datasets/x.parquet: bucket 'lake' is not watched" in logged
