@@ -15,15 +15,16 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
 from mlops_airflow import callbacks
+from mlops_airflow.assets import RAW_UPLOADS
+from mlops_airflow.lineage import FEATURES, SNAPSHOTS
 from mlops_airflow.operators import (
-    LAKE_BUCKET_TEMPLATE,
     FeaturePreprocessOperator,
     IngestOperator,
-    PublishRunSummaryOperator,
     RayTuneOperator,
     RegisterModelOperator,
-    SkipIfModelExistsOperator,
 )
+from mlops_airflow.run_outcome import PublishRunSummaryOperator, SkipIfModelExistsOperator
+from mlops_airflow.templating import LAKE_BUCKET_TEMPLATE
 
 # Native rendering (render_template_as_native_obj) passes a rendered string through ast.literal_eval, so a plain
 # "{{ params.target }}" would turn a column named "0x10" into 16 and a dataset "True" into a bool. The names are
@@ -163,6 +164,7 @@ def mlops_training() -> None:
         target=TARGET,
         ml_task="{{ params.task }}",
         lake_bucket=LAKE_BUCKET_TEMPLATE,
+        inlets=[RAW_UPLOADS],  # lineage (outlets: the snapshot, plugins/mlops_airflow/lineage.py)
     )
     snapshot_id = ingest_raw_data.output["snapshot_id"]
     check_for_existing_model = SkipIfModelExistsOperator(
@@ -182,6 +184,7 @@ def mlops_training() -> None:
         conn_id="spark_default",
         driver_memory="2g",
         pool="spark_metastore",  # one Hive (Derby) metastore writer at a time
+        inlets=[SNAPSHOTS],
     )
     tune_models = RayTuneOperator(
         task_id="tune_models",
@@ -197,6 +200,7 @@ def mlops_training() -> None:
         cache_mb="{{ params.cache_mb }}",
         aws_conn_id="aws_tune",  # the only connection that may write the searches' storage (lake/tune/)
         execution_timeout=timedelta(hours=4),
+        inlets=[FEATURES],
     )
     register_best_model = RegisterModelOperator(
         task_id="register_best_model",
@@ -205,6 +209,7 @@ def mlops_training() -> None:
         metric="{{ params.promotion_metric }}",
         margin="{{ params.promotion_margin }}",
         allow_backfill_promotion="{{ params.allow_backfill_promotion }}",
+        inlets=[FEATURES],  # it scores the test split (outlets: the model version)
     )
     reuse_existing_model = EmptyOperator(task_id="reuse_existing_model")
     publish_run_summary = PublishRunSummaryOperator(

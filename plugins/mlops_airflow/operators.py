@@ -2,38 +2,23 @@
 return, and hands back a small JSON-able value for XCom (URIs, ids, small metric dicts).
 
 The work lives in `ml` (testable without Airflow); `execute()` only turns connections into settings and makes the
-call. Nothing here writes the worker's environment.
+call. Nothing here writes the worker's environment. The run's branch and summary operators are in run_outcome.py.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from functools import cached_property
 from typing import Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseOperator, BaseOperatorLink
-from airflow.sdk.bases.branch import BaseBranchOperator
 
-from ml.settings import LakeSettings  # settings types only: cheap to import when DAGs are parsed
+from mlops_airflow import lineage
 from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, s3_settings, spark_settings
+from mlops_airflow.templating import DEFAULT_LAKE_BUCKET, as_bool, lake_settings
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LAKE_BUCKET = LakeSettings.lake_bucket
-# What a DAG passes as `lake_bucket`: the Airflow variable `mlops_lake_bucket`, else the default (rendered when the task
-# runs, not when the DAG is parsed).
-LAKE_BUCKET_TEMPLATE = "{{ var.value.get('mlops_lake_bucket', '" + DEFAULT_LAKE_BUCKET + "') }}"
-
-
-def _as_bool(value: Any) -> bool:
-    """A templated flag: a bool under native rendering, "True"/"true"/"1" as text."""
-    return str(value).lower() in ("true", "1")
-
-
-def _lake(lake_bucket: str) -> LakeSettings:
-    return LakeSettings(lake_bucket=str(lake_bucket))
 
 
 class IngestOperator(BaseOperator):
@@ -54,7 +39,7 @@ class IngestOperator(BaseOperator):
         aws_conn_id: str = "aws_default",
         **kwargs: Any,
     ) -> None:
-        super().__init__(multiple_outputs=True, **kwargs)
+        super().__init__(multiple_outputs=True, **{"outlets": [lineage.SNAPSHOTS], **kwargs})
         self.raw_uri = raw_uri
         self.dataset = dataset
         self.target = target
@@ -67,7 +52,7 @@ class IngestOperator(BaseOperator):
         from ml.ingest.snapshot import ingest
 
         config = IngestConfig(str(self.raw_uri), str(self.dataset), str(self.target), task=self.ml_task or None)
-        result = ingest(config, s3=s3_settings(self.aws_conn_id), lake=_lake(self.lake_bucket))
+        result = ingest(config, s3=s3_settings(self.aws_conn_id), lake=lake_settings(self.lake_bucket))
         log.info(
             "snapshot %s (%s): %d rows, %s",
             result.snapshot_id,
@@ -75,6 +60,8 @@ class IngestOperator(BaseOperator):
             result.rows,
             result.task,
         )
+        snapshot = lineage.snapshot_asset(result.snapshot_uri, result.dataset, result.snapshot_id)
+        lineage.record(context, lineage.SNAPSHOTS, snapshot, {"raw_uri": config.raw_uri, "rows": result.rows})
         return result.to_dict()
 
 
@@ -95,7 +82,11 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
     ) -> None:
         from ml.preprocess.submit import APPLICATION  # a path only: importing it loads neither Spark nor pandas
 
-        super().__init__(application=str(APPLICATION), name="preprocess-{{ params.dataset }}", **kwargs)
+        super().__init__(
+            application=str(APPLICATION),
+            name="preprocess-{{ params.dataset }}",
+            **{"outlets": [lineage.FEATURES], **kwargs},
+        )
         self.dataset = dataset
         self.snapshot_id = snapshot_id
         self.lake_bucket = lake_bucket
@@ -109,7 +100,7 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         from ml.preprocess.submit import application_args, application_env, ml_package_zip
         from ml.storage import feature_spec_uri, features_uri, read_json
 
-        s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), _lake(self.lake_bucket)
+        s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), lake_settings(self.lake_bucket)
         require_cluster_services(spark)
         # The spark-submit subprocess gets the credentials through its environment (env_vars), never the worker.
         self.conf = {**spark_conf(spark, s3, lake), **(self.conf or {})}
@@ -124,6 +115,10 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
                 self.py_files = authored
         out = features_uri(lake, str(self.dataset), str(self.snapshot_id))
         spec = FeatureSpec.from_dict(read_json(feature_spec_uri(out), s3_client(s3)))
+        dataset, snapshot_id = str(self.dataset), str(self.snapshot_id)
+        made_from = lineage.snapshot_name(dataset, snapshot_id)
+        features = lineage.features_asset(str(out), dataset, snapshot_id)
+        lineage.record(context, lineage.FEATURES, features, {"made_from": made_from, "rows": spec.rows})
         return {
             "features_uri": str(out),
             "feature_spec_uri": str(feature_spec_uri(out)),
@@ -232,7 +227,7 @@ class RayTuneOperator(BaseOperator):
         result = run_search(
             config,
             s3=s3,
-            lake=_lake(self.lake_bucket),
+            lake=lake_settings(self.lake_bucket),
             ray=RayHook(self.ray_conn_id).settings,
             mlflow=MlflowHook(self.mlflow_conn_id).available_settings(),
             kafka=KafkaEventsHook(self.kafka_conn_id).settings,
@@ -268,7 +263,7 @@ class RegisterModelOperator(BaseOperator):
         kafka_conn_id: str = "kafka_default",
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(**{"outlets": [lineage.MODEL_VERSIONS], **kwargs})
         self.search_result = search_result
         self.metric = metric
         self.margin = margin
@@ -286,7 +281,10 @@ class RegisterModelOperator(BaseOperator):
 
         s3, mlflow = s3_settings(self.aws_conn_id), MlflowHook(self.mlflow_conn_id).available_settings()
         registry = RegistryContext(
-            mlflow=mlflow, s3=s3, lake=_lake(self.lake_bucket), kafka=KafkaEventsHook(self.kafka_conn_id).settings
+            mlflow=mlflow,
+            s3=s3,
+            lake=lake_settings(self.lake_bucket),
+            kafka=KafkaEventsHook(self.kafka_conn_id).settings,
         )
         dag_run = context["dag_run"]
         is_backfill = str(getattr(dag_run, "run_type", "")).lower().endswith("backfill")
@@ -300,120 +298,11 @@ class RegisterModelOperator(BaseOperator):
             metric=self.metric or None,
             margin=float(self.margin),
             is_backfill=is_backfill,
-            allow_backfill_promotion=_as_bool(self.allow_backfill_promotion),
+            allow_backfill_promotion=as_bool(self.allow_backfill_promotion),
             task_id=self.task_id,
         )
+        version = lineage.model_version_asset(decision["model_name"], decision["version"])
+        made_from = lineage.features_name(evaluation["dataset"], evaluation["snapshot_id"])
+        extra = {"made_from": made_from, "decision": decision["decision"], "promoted": decision["promoted"]}
+        lineage.record(context, lineage.MODEL_VERSIONS, version, extra)
         return {"evaluation": evaluation, **decision}
-
-
-class PublishRunSummaryOperator(BaseOperator):
-    """Publish the run's summary (snapshot, best trial, registered or reused model) as a pipeline event, from the
-    upstream tasks' results (XComArgs; a skipped task's result is None, the branch's `existing_model` is {} when the
-    run trained)."""
-
-    template_fields: Sequence[str] = ("snapshot", "search", "registered", "existing_model")
-
-    def __init__(
-        self,
-        *,
-        snapshot: Any,
-        search: Any = None,
-        registered: Any = None,
-        existing_model: Any = None,
-        kafka_conn_id: str = "kafka_default",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.snapshot = snapshot
-        self.search = search
-        self.registered = registered
-        self.existing_model = existing_model
-        self.kafka_conn_id = kafka_conn_id
-
-    @cached_property
-    def kafka_hook(self) -> KafkaEventsHook:
-        return KafkaEventsHook(self.kafka_conn_id)
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        from ml.events.envelope import pipeline_event_key
-        from ml.topics import PIPELINE_EVENTS
-
-        snapshot, search, registered = self.snapshot or {}, self.search or {}, self.registered or {}
-        existing = self.existing_model or None  # {} from the branch when it trained
-        summary = {
-            "dataset": snapshot.get("dataset"),
-            "snapshot_id": snapshot.get("snapshot_id"),
-            "rows": snapshot.get("rows"),
-            "outcome": "reused_existing_model" if existing else "trained",
-            "existing_model": existing,
-            "best_params": search.get("best_params"),
-            "num_trials": search.get("num_trials"),
-            "test_metrics": (registered.get("evaluation") or {}).get("test_metrics"),
-            "model": {k: v for k, v in registered.items() if k != "evaluation"} or None,
-        }
-        payload = {"dag_id": self.dag_id, "task_id": self.task_id, "event": "run_summary", "details": summary}
-        key = pipeline_event_key(self.dag_id, context["run_id"], self.task_id, "run_summary")
-        self.kafka_hook.publish(PIPELINE_EVENTS, payload, key, dag_run_id=context["run_id"])
-        log.info("run summary published to %s: %s", PIPELINE_EVENTS.name, summary)
-        return summary
-
-
-class SkipIfModelExistsOperator(BaseBranchOperator):
-    """Branch: when a model version already exists for this snapshot and code version, follow `reuse_task_id` and
-    skip the expensive steps (the log says which version and why); otherwise follow `train_task_id`. The XCom
-    `existing_model` holds that version, `{}` when training: Airflow reads a None XCom as a missing one, and an
-    XComArg of a missing key fails the task that consumes it. An MLflow error fails the task: an unreachable
-    registry would otherwise start hours of tuning that fail at registration."""
-
-    template_fields: Sequence[str] = ("dataset", "snapshot_id", "ml_task", "force")
-
-    def __init__(
-        self,
-        *,
-        dataset: str,
-        snapshot_id: str,
-        ml_task: str,
-        train_task_id: str,
-        reuse_task_id: str,
-        force: bool | str = False,
-        mlflow_conn_id: str = "mlflow_default",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.dataset = dataset
-        self.snapshot_id = snapshot_id
-        self.ml_task = ml_task
-        self.train_task_id = train_task_id
-        self.reuse_task_id = reuse_task_id
-        self.force = force
-        self.mlflow_conn_id = mlflow_conn_id
-
-    def choose_branch(self, context: Any) -> str:
-        existing = self._existing_model()
-        context["ti"].xcom_push(key="existing_model", value=existing or {})
-        return self.reuse_task_id if existing else self.train_task_id
-
-    def _existing_model(self) -> dict[str, str] | None:
-        from ml.lineage import code_version
-        from ml.registry.conventions import REGISTRATION_TAG, registered_model_name
-
-        if _as_bool(self.force):
-            log.info("force_retrain is set: training even if a model exists")
-            return None
-        name = registered_model_name(str(self.dataset), str(self.ml_task))
-        wanted = {"snapshot_id": str(self.snapshot_id), "code_version": code_version(), REGISTRATION_TAG: "complete"}
-        hook = MlflowHook(self.mlflow_conn_id)
-        hook.available_settings()  # an MLflow that is down, or whose database is, fails here, named
-        version = hook.find_model_version(name, wanted)
-        if version is None:
-            log.info("no version of %s for snapshot %s and code %s: training", name, self.snapshot_id, code_version())
-            return None
-        log.info(
-            "SKIPPING preprocessing, tuning and registration: version %s of %s was already trained on snapshot %s "
-            "with code version %s (set the param force_retrain to train anyway)",
-            version.version,
-            name,
-            self.snapshot_id,
-            code_version(),
-        )
-        return {"model": name, "version": str(version.version)}

@@ -333,7 +333,7 @@ def preprocess_stage(walk: Walk) -> Any:
 
 
 def branch_stage(walk: Walk) -> Any:
-    from mlops_airflow.operators import SkipIfModelExistsOperator
+    from mlops_airflow.run_outcome import SkipIfModelExistsOperator
 
     operator = SkipIfModelExistsOperator(
         task_id="check_for_existing_model",

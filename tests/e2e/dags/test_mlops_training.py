@@ -123,6 +123,37 @@ def test_mlflow_has_nested_trials_and_a_champion_with_lineage(
     assert evaluation["test_metrics"]["accuracy"] > evaluation["baseline_test_metrics"]["accuracy"] + 0.2
 
 
+def test_the_asset_views_show_raw_data_snapshot_features_and_model_version(
+    airflow_api: AirflowApi, first_run: dict[str, Any]
+) -> None:
+    """Lineage in Airflow (plugins/mlops_airflow/lineage.py): the run's tasks emitted one asset event each through
+    their aliases, each naming the asset it was made from; the raw bucket's asset is read by the ingest task."""
+    run_id, dataset = first_run["run_id"], first_run["dataset"]
+    events = airflow_api.request(
+        "GET", f"/api/v2/assets/events?source_dag_id={DAG_ID}&source_run_id={quote(run_id)}&limit=100"
+    )["asset_events"]
+    by_task = {event["source_task_id"]: event for event in events}
+    snapshot_id = airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"]
+    registered = airflow_api.xcom(run_id, "register_best_model")
+    snapshot, features, model = (
+        by_task["ingest_raw_data"],
+        by_task["preprocess_with_spark"],
+        by_task["register_best_model"],
+    )
+    assert snapshot["name"] == f"snapshot/{dataset}/{snapshot_id}"
+    assert snapshot["extra"]["raw_uri"] == first_run["conf"]["raw_uri"]
+    assert features["name"] == f"features/{dataset}/{snapshot_id}"
+    assert features["extra"]["made_from"] == snapshot["name"]
+    assert model["name"] == f"model/{registered['model_name']}/{registered['version']}"
+    assert model["uri"] == f"models:/{registered['model_name']}/{registered['version']}"
+    assert model["extra"]["made_from"] == features["name"]
+
+    [raw] = airflow_api.request("GET", "/api/v2/assets?name_pattern=raw_uploads")["assets"]
+    assert {(task["dag_id"], task["task_id"]) for task in raw["consuming_tasks"]} >= {(DAG_ID, "ingest_raw_data")}
+    assert [dag["dag_id"] for dag in raw["scheduled_dags"]] == ["raw_data_events"]
+    assert [watcher["name"] for watcher in raw["watchers"]] == ["s3_notifications"]
+
+
 def _consume_all(settings: Settings, topic: str) -> list[tuple[str, dict[str, Any]]]:
     from ml.clients import kafka_consumer
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,7 +24,7 @@ import pytest
 
 from ml.settings import Settings
 from stack.demo import AirflowApi, follow, runs_started_by
-from stack.process import wait_until
+from stack.process import group_alive, signal_group, wait_until
 
 EVENTS_DAG = "raw_data_events"
 TRAINING_DAG = "mlops_training"
@@ -101,15 +102,20 @@ def triggerer_restarted(events_api: AirflowApi, stack_env: dict[str, str]) -> It
 
     paths = stack_paths()
     triggerer = next(service for service in AIRFLOW_COMPONENTS if service.name == "airflow-triggerer")
-    standalone = AIRFLOW.running_pid(paths)
-    assert standalone is not None
-    # standalone runs each component as `airflow <component>`, its own child: that one and what it started.
-    [component] = [child for child in psutil.Process(standalone).children() if child.cmdline()[-1:] == ["triggerer"]]
-    doomed = [component, *component.children(recursive=True)]
-    for process in doomed:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(doomed, timeout=30)
+    replaced = triggerer.running_pid(paths)
+    if replaced is not None:  # a second run of this test against the same Airflow: kill the earlier replacement
+        signal_group(replaced, signal.SIGKILL)
+        assert wait_until(lambda: not group_alive(replaced), 30)
+    else:
+        # standalone runs each component as `airflow <component>`, its own child: that one and what it started.
+        standalone = AIRFLOW.running_pid(paths)
+        assert standalone is not None
+        [component] = [c for c in psutil.Process(standalone).children() if c.cmdline()[-1:] == ["triggerer"]]
+        doomed = [component, *component.children(recursive=True)]
+        for process in doomed:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        psutil.wait_procs(doomed, timeout=30)
     yield lambda: triggerer.start(paths, stack_env)
     pid = triggerer.running_pid(paths)
     if pid is None:  # the test failed before starting it: start it, later tests need a triggerer

@@ -335,3 +335,17 @@ def test_unpausing_never_starts_a_run_for_the_last_missed_slot(
     )
     assert info is not None and info.run_after > moment
     assert (info.run_after.hour, info.run_after.minute) == (3, 0)
+
+
+def test_tasks_declare_the_lineage_assets_they_read_and_write(dagbag: Any) -> None:
+    """raw -> snapshot -> features -> model version, as Airflow's asset views show it (tests/e2e checks the events)."""
+    tasks = dagbag.dags["mlops_training"].task_dict
+
+    def names(assets: list[Any]) -> list[str]:
+        return [asset.name for asset in assets]
+
+    lineage = {task_id: (names(tasks[task_id].inlets), names(tasks[task_id].outlets)) for task_id in tasks}
+    assert lineage["ingest_raw_data"] == (["raw_uploads"], ["mlops_snapshots"])
+    assert lineage["preprocess_with_spark"] == (["mlops_snapshots"], ["mlops_features"])
+    assert lineage["tune_models"] == (["mlops_features"], [])
+    assert lineage["register_best_model"] == (["mlops_features"], ["mlops_model_versions"])

@@ -39,7 +39,7 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 def test_the_parser_lists_every_stage() -> None:
     commands = subcommands(entry.build_parser())
     assert set(commands) == STAGES
-    assert set(subcommands(commands["events"])) == {"schemas", "tail"}
+    assert set(subcommands(commands["events"])) == {"schemas", "tail", "replay-uploads"}
     # every stage module contributes, and every command has a handler
     for name in entry.STAGE_MODULES:
         assert callable(importlib.import_module(name).register_cli), name

@@ -1,7 +1,7 @@
-"""plugins/mlops_airflow/operators.py, with the `ml` stages replaced by doubles: each operator passes the settings of
-its own connections (and nothing else) to `ml`, returns a small JSON value for XCom, and never writes the worker's
-environment. Connections are `AIRFLOW_CONN_*` variables (conftest.py), defined per test: exactly the ones the
-operator declares. (The real stages under a real Airflow: tests/e2e.)"""
+"""plugins/mlops_airflow/operators.py and run_outcome.py, with the `ml` stages replaced by doubles: each operator
+passes the settings of its own connections (and nothing else) to `ml`, returns a small JSON value for XCom, and never
+writes the worker's environment. Connections are `AIRFLOW_CONN_*` variables (conftest.py), defined per test: exactly
+the ones the operator declares. (The real stages under a real Airflow: tests/e2e.)"""
 
 from __future__ import annotations
 
@@ -56,21 +56,36 @@ def assert_no_credentials_in_environment() -> None:
     assert not {ACCESS_KEY_ID, S3_KEY} & set(os.environ.values()), "a connection's key is in os.environ"
 
 
+class OutletEvents:
+    """context["outlet_events"] as the Task SDK gives it: `[alias].add(asset, extra=...)`; `.added[alias name]`."""
+
+    def __init__(self) -> None:
+        self.added: dict[str, list[tuple[Any, Any]]] = {}
+
+    def __getitem__(self, alias: Any) -> Any:
+        events = self.added.setdefault(alias.name, [])
+        return SimpleNamespace(add=lambda asset, extra=None: events.append((asset, extra)))
+
+
+def lineage_context(**values: Any) -> dict[str, Any]:
+    return {"outlet_events": OutletEvents(), **values}
+
+
 # --- which connections each operator declares ------------------------------------------------------------------------
 
 
 def test_each_operator_declares_only_the_connections_it_uses() -> None:
-    from mlops_airflow import operators
+    from mlops_airflow import operators, run_outcome
 
     declared = {
         cls.__name__: sorted(name for name in inspect.signature(cls.__init__).parameters if name.endswith("conn_id"))
         for cls in (
             operators.IngestOperator,
             operators.FeaturePreprocessOperator,
-            operators.SkipIfModelExistsOperator,
+            run_outcome.SkipIfModelExistsOperator,
             operators.RayTuneOperator,
             operators.RegisterModelOperator,
-            operators.PublishRunSummaryOperator,
+            run_outcome.PublishRunSummaryOperator,
         )
     }
     assert declared == {
@@ -119,9 +134,14 @@ def test_ingest_operator_needs_only_the_aws_connection(connections: Define, monk
     operator = IngestOperator(
         task_id="ingest", raw_uri="s3://raw/d/", dataset="d", target="y", ml_task="regression", lake_bucket="unit-lake"
     )
+    context = lineage_context()
     with environment_unchanged():
-        result = operator.execute({})
+        result = operator.execute(context)
     assert calls == [(IngestConfig("s3://raw/d/", "d", "y", task="regression"), CONNECTION_S3, LAKE)]
+    [(snapshot, extra)] = context["outlet_events"].added["mlops_snapshots"]
+    assert operator.outlets[0].name == "mlops_snapshots", "the alias is the task's outlet"
+    assert (snapshot.name, snapshot.uri) == ("snapshot/d/abc", "s3://unit-lake/datasets/d/snapshots/abc")
+    assert extra == {"raw_uri": "s3://raw/d/", "rows": _ingest_result().rows}
     assert result == _ingest_result().to_dict()
     assert operator.multiple_outputs is True, "task.output['snapshot_id'] is an XCom of its own"
 
@@ -135,7 +155,9 @@ def test_ingest_operator_lets_ingest_infer_the_task(connections: Define, monkeyp
     monkeypatch.setattr(
         ml.ingest.snapshot, "ingest", lambda config, **settings: configs.append(config) or _ingest_result()
     )
-    IngestOperator(task_id="ingest", raw_uri="s3://raw/d/", dataset="d", target="y", ml_task="").execute({})
+    IngestOperator(task_id="ingest", raw_uri="s3://raw/d/", dataset="d", target="y", ml_task="").execute(
+        lineage_context()
+    )
     assert configs[0].task is None
 
 
@@ -214,8 +236,12 @@ def test_preprocess_operator_resolves_spark_configuration_at_run_time(
         "nothing is resolved when the DAG is parsed"
     )
     connections("aws_default", "spark_default")  # and no other
+    context = lineage_context()
     with environment_unchanged():
-        result = operator.execute({})
+        result = operator.execute(context)
+    [(features, extra)] = context["outlet_events"].added["mlops_features"]
+    assert (features.name, features.uri) == ("features/d/abc", "s3://unit-lake/datasets/d/features/abc")
+    assert extra["made_from"] == "snapshot/d/abc", "the chain: features made from the snapshot"
 
     command = spark_submit.command
     assert command[command.index("--master") + 1] == "spark://spark.unit.test:7077"
@@ -256,7 +282,7 @@ def test_preprocess_operator_checks_the_clusters_services_before_it_submits(
 
     connections("aws_default", "spark_default")
     operator = FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_default")
-    operator.execute({})
+    operator.execute(lineage_context())
     assert [spark.master for spark in spark_submit.preflights] == ["spark://spark.unit.test:7077"]
 
     def down(spark: Any) -> None:
@@ -265,7 +291,9 @@ def test_preprocess_operator_checks_the_clusters_services_before_it_submits(
     spark_submit.command = []
     monkeypatch.setattr(ml.preprocess.preflight, "require_cluster_services", down)
     with pytest.raises(ml.preprocess.preflight.ClusterServiceUnreachable, match=r"spark\.unit\.test:7077"):
-        FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_default").execute({})
+        FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_default").execute(
+            lineage_context()
+        )
     assert spark_submit.command == [], "nothing was submitted"
 
 
@@ -279,7 +307,7 @@ def test_preprocess_operator_gives_credentials_to_the_subprocess_only(
     connections("aws_default", "spark_default")
     operator = FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc")
     with environment_unchanged():
-        operator.execute({})
+        operator.execute(lineage_context())
     assert not [part for part in spark_submit.command if S3_KEY in part or ACCESS_KEY_ID in part]
     assert not [value for value in (operator.conf or {}).values() if S3_KEY in str(value)]
     assert spark_submit.env["AWS_ACCESS_KEY_ID"] == ACCESS_KEY_ID
@@ -301,7 +329,7 @@ def test_preprocess_operator_keeps_the_dag_authors_conf_and_env(
         snapshot_id="abc",
         conf={"spark.sql.shuffle.partitions": "3", "spark.executor.memory": "1g"},
         env_vars={"EXTRA": "1"},
-    ).execute({})
+    ).execute(lineage_context())
     conf = _conf(spark_submit.command)
     assert (conf["spark.sql.shuffle.partitions"], conf["spark.executor.memory"]) == ("3", "1g")
     assert spark_submit.env["EXTRA"] == "1" and spark_submit.env["AWS_SECRET_ACCESS_KEY"] == S3_KEY
@@ -322,7 +350,7 @@ def test_preprocess_operator_forwards_temporary_credentials(
         "extra": {"endpoint_url": S3_ENDPOINT, "region_name": "eu-west-1", "aws_session_token": token},
     }
     connections("spark_default", aws_default=temporary)
-    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute({})
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute(lineage_context())
     assert spark_submit.env["AWS_SESSION_TOKEN"] == token and spark_submit.env["AWS_SECRET_ACCESS_KEY"] == S3_KEY
     assert not [part for part in spark_submit.command if token in part]
 
@@ -334,7 +362,7 @@ def test_preprocess_operator_keeps_the_dag_authors_py_files(
 
     connections("aws_default", "spark_default")
     operator = FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", py_files="/opt/extra/udfs.zip")
-    operator.execute({})
+    operator.execute(lineage_context())
     shipped = spark_submit.command[spark_submit.command.index("--py-files") + 1].split(",")
     assert shipped[1:] == ["/opt/extra/udfs.zip"] and Path(shipped[0]).name.startswith("ml-")
     assert operator.py_files == "/opt/extra/udfs.zip", "what the DAG author gave is kept for a retry"
@@ -347,7 +375,9 @@ def test_preprocess_operator_on_a_local_master_shares_the_drivers_jars(
 
     local = {"conn_type": "spark", "host": "local[2]", "extra": {"extra-classpath": SPARK_CLASSPATH}}
     connections("aws_default", spark_local=local)
-    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_local").execute({})
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc", conn_id="spark_local").execute(
+        lineage_context()
+    )
     conf = _conf(spark_submit.command)
     assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == SPARK_CLASSPATH
     assert "SPARK_LOCAL_IP" not in spark_submit.env, "no local-ip extra: no address pinned"
@@ -384,7 +414,7 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Callable[..., FakeRegistry]:
 
 
 def _branch(force: Any = False) -> Any:
-    from mlops_airflow.operators import SkipIfModelExistsOperator
+    from mlops_airflow.run_outcome import SkipIfModelExistsOperator
 
     return SkipIfModelExistsOperator(
         task_id="check",
@@ -602,7 +632,7 @@ def test_ray_tune_operator_on_kill_stops_ray_only_when_running(monkeypatch: pyte
 
 # --- RegisterModelOperator --------------------------------------------------------------------------------------------
 
-EVALUATION = {"dataset": "d", "metric": "accuracy", "test_metrics": {"accuracy": 0.9}}
+EVALUATION = {"dataset": "d", "snapshot_id": "abc", "metric": "accuracy", "test_metrics": {"accuracy": 0.9}}
 DECISION = {"model_name": "d-classification", "version": "3", "decision": "promoted", "promoted": True}
 
 
@@ -649,8 +679,12 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
 
     connections("aws_default", "mlflow_default", "kafka_default")  # and no other
     operator = _register_operator(metric="", margin="0.05", allow_backfill_promotion="False")
+    context = lineage_context(run_id=RUN_ID, dag_run=SimpleNamespace(run_type=DagRunType.MANUAL))
     with environment_unchanged():
-        result = operator.execute({"run_id": RUN_ID, "dag_run": SimpleNamespace(run_type=DagRunType.MANUAL)})
+        result = operator.execute(context)
+    [(version, extra)] = context["outlet_events"].added["mlops_model_versions"]
+    assert (version.name, version.uri) == ("model/d-classification/3", "models:/d-classification/3")
+    assert extra == {"made_from": "features/d/abc", "decision": "promoted", "promoted": True}
     assert mlflow_checks == [MlflowSettings(MLFLOW_URI)], "MLflow (and its store) checked before any work"
     assert registration["evaluate"] == (
         {"best_trial_id": "t1"},
@@ -689,7 +723,7 @@ def test_register_operator_tells_the_gate_about_backfills(
 
     connections("aws_default", "mlflow_default", "kafka_default")
     dag_run = SimpleNamespace(run_type=DagRunType[run_type])
-    _register_operator(allow_backfill_promotion=allow).execute({"run_id": RUN_ID, "dag_run": dag_run})
+    _register_operator(allow_backfill_promotion=allow).execute(lineage_context(run_id=RUN_ID, dag_run=dag_run))
     options = registration["register"][2]
     assert (options["is_backfill"], options["allow_backfill_promotion"]) == expected
 
@@ -700,7 +734,7 @@ def test_register_operator_tells_the_gate_about_backfills(
 def _summary_operator(**values: Any) -> Any:
     from airflow.sdk import DAG
 
-    from mlops_airflow.operators import PublishRunSummaryOperator
+    from mlops_airflow.run_outcome import PublishRunSummaryOperator
 
     with DAG("unit_dag", schedule=None):
         return PublishRunSummaryOperator(task_id="publish_run_summary", **values)
