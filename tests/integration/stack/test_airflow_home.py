@@ -48,7 +48,15 @@ def test_a_prepared_airflow_home_gives_the_hooks_the_stacks_settings(stack_env: 
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
     stored = json.loads(exported.stdout[exported.stdout.index("{") :])
-    assert set(stored) == {"aws_default", "aws_tune", "spark_default", "kafka_default", "mlflow_default", "ray_default"}
+    assert set(stored) == {
+        "aws_default",
+        "aws_tune",
+        "spark_default",
+        "kafka_default",
+        "kafka_s3_events",  # the asset watcher's (plugins/mlops_airflow/assets.py)
+        "mlflow_default",
+        "ray_default",
+    }
 
     airflow_env = {key: value for key, value in env.items() if key not in AIRFLOW_UNSET}
     airflow_env.update({f"AIRFLOW_CONN_{conn_id.upper()}": json.dumps(doc) for conn_id, doc in stored.items()})
