@@ -19,10 +19,12 @@ from typing import Any
 
 from ml.events.routes import Routes
 from ml.events.s3_notifications import CreatedObject
+from ml.topics import S3_EVENTS
 
 log = logging.getLogger(__name__)
 
-REMEMBER_FOR = timedelta(days=7)  # the topic's retention: no older notification can be delivered again
+# The notifications topic's retention: no older notification can be delivered again.
+REMEMBER_FOR = timedelta(milliseconds=S3_EVENTS.retention_ms)
 MAX_LISTED_OBJECTS = 100  # in a run's conf; the count is always there
 
 
