@@ -156,7 +156,8 @@ class SparkSettings:
     Hive metastore; `metastore_uri`: a networked Hive metastore (`thrift://host:9083`), which replaces the embedded one
     (metastore_dir is then None). `local_ip`: the driver's address, where executors of a cluster connect back to it.
     `cores_max`: the cores one job may take from a standalone cluster (`spark.cores.max`; None: all of them), which also
-    sizes the shuffle partitions of a cluster job."""
+    sizes the shuffle partitions of a cluster job. `lineage_classpath`: the OpenLineage Spark listener's jars on the
+    submitting host (ml.preprocess.lineage; empty: jobs send no OpenLineage events)."""
 
     master: str = "local[*]"
     extra_classpath: str = ""
@@ -165,6 +166,7 @@ class SparkSettings:
     metastore_uri: str | None = None
     executor_classpath: str = ""
     cores_max: int | None = None
+    lineage_classpath: str = ""
 
     def __post_init__(self) -> None:
         if self.metastore_uri:
@@ -235,8 +237,7 @@ class Settings:
         # The Spark additions: given explicitly, or found in the local stack's folder (`make tools` writes the s3a
         # classpath there; the embedded metastore lives there too, unless a networked metastore is configured).
         stack_dir = Path(env.get("MLOPS_STACK_DIR") or PROJECT_ROOT / ".stack")
-        classpath_file = stack_dir / "jars" / "spark-s3a.classpath"
-        classpath = classpath_file.read_text().strip() if classpath_file.is_file() else ""
+        classpath, lineage_classpath = (_classpath_in(stack_dir, name) for name in ("spark-s3a", "spark-lineage"))
         metastore_uri = env.get("MLOPS_HIVE_METASTORE_URI") or None
         embedded_metastore = None if metastore_uri else str(stack_dir / "data" / "hive")
         return cls(
@@ -271,6 +272,7 @@ class Settings:
                 metastore_uri=metastore_uri,
                 executor_classpath=env.get("MLOPS_SPARK_EXECUTOR_CLASSPATH", ""),
                 cores_max=_positive_int(env, "MLOPS_SPARK_CORES_MAX"),
+                lineage_classpath=env.get("MLOPS_SPARK_LINEAGE_CLASSPATH", lineage_classpath),
             ),
             ray=RaySettings(
                 env.get("RAY_ADDRESS") or None,
@@ -303,9 +305,16 @@ class Settings:
             "MLOPS_HIVE_METASTORE_URI": self.spark.metastore_uri,
             "MLOPS_SPARK_EXECUTOR_CLASSPATH": self.spark.executor_classpath,
             "MLOPS_SPARK_CORES_MAX": str(self.spark.cores_max) if self.spark.cores_max else None,
+            "MLOPS_SPARK_LINEAGE_CLASSPATH": self.spark.lineage_classpath,
         }
         written = {key: value for key, value in {**values, **spark_additions}.items() if value}
         return {**self.s3.subprocess_env(), **written}
+
+
+def _classpath_in(stack_dir: Path, name: str) -> str:
+    """The classpath `make tools` wrote to the stack folder's `jars/NAME.classpath`, or "" when there is none."""
+    path = stack_dir / "jars" / f"{name}.classpath"
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def _positive_int(env: Mapping[str, str], name: str) -> int | None:

@@ -24,5 +24,9 @@ MODEL_PROMOTED = Topic("mlops.model.promoted.v1", "model_promoted.v1", partition
 ALL_TOPICS: tuple[Topic, ...] = (TRAINING_METRICS, TRAINING_METRICS_V2, PIPELINE_EVENTS, MODEL_PROMOTED)
 # The S3 server's bucket notifications (AWS's event format, not an envelope: ml.events.s3_notifications reads them).
 S3_EVENTS = Topic("mlops.s3.events.v1", "aws_s3_event", partitions=1, retention_ms=7 * DAY_MS)
+# OpenLineage run events of Airflow's tasks and the Spark job (OpenLineage's own JSON, not an envelope: its schema is
+# OpenLineage's spec, which openlineage-python's models implement). The name is the one OpenLineage consumers
+# (Marquez, DataHub) are set up with by default. Several partitions would break the per-job order its client keys for.
+OPENLINEAGE = Topic("openlineage", "openlineage.RunEvent", partitions=1, retention_ms=30 * DAY_MS)
 # Every topic the stack creates on its broker.
-BROKER_TOPICS: tuple[Topic, ...] = (*ALL_TOPICS, S3_EVENTS)
+BROKER_TOPICS: tuple[Topic, ...] = (*ALL_TOPICS, S3_EVENTS, OPENLINEAGE)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.settings import KafkaSettings, Settings
+from ml.topics import OPENLINEAGE
 from stack.config import (
     REPO_ROOT,
     S3_PIPELINE_USER,
@@ -71,6 +72,7 @@ def connections_from_environment(
                     "metastore-uri": spark.metastore_uri,
                     "cores-max": spark.cores_max,
                     "local-ip": spark.local_ip,
+                    "lineage-classpath": spark.lineage_classpath,
                 }
             ),
         },
@@ -79,6 +81,7 @@ def connections_from_environment(
             "conn_type": "kafka",
             "extra": json.dumps({**kafka_connection_extra(settings.kafka), **S3_EVENTS_CONSUMER}),
         },
+        "openlineage_default": openlineage_connection(settings.kafka),
         "mlflow_default": _mlflow_connection(settings),
         **(
             {"ray_default": _ray_connection(settings)} if settings.ray.address or settings.ray.state_signing_key else {}
@@ -113,6 +116,19 @@ def kafka_connection_extra(kafka: KafkaSettings) -> dict[str, str]:
             }
         )
     return extra
+
+
+OPENLINEAGE_CONNECTION = "openlineage_default"  # [openlineage] config_conn_id of the stack's Airflow
+
+
+def openlineage_connection(kafka: KafkaSettings) -> dict[str, Any]:
+    """The OpenLineage provider's client configuration (`[openlineage] config_conn_id`): its Kafka transport to
+    ml.topics.OPENLINEAGE on the pipeline's broker with the pipeline's login, flushed after each event (a task's
+    process may end right after it). In a connection rather than in airflow.cfg, so the password is stored encrypted
+    and masked like the other connections'."""
+    config = {**kafka_connection_extra(kafka), "client.id": "airflow-openlineage", "acks": "all"}
+    transport = {"type": "kafka", "topic": OPENLINEAGE.name, "config": config, "flush": True}
+    return {"conn_type": "generic", "extra": json.dumps({"transport": transport})}
 
 
 def _mlflow_connection(settings: Settings) -> dict[str, Any]:

@@ -25,7 +25,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Pinned versions of what the stack fetches from the registries (Python packages are pinned in constraints.txt).
 VERSITYGW_MODULE = "github.com/versity/versitygw/cmd/versitygw"
 VERSITYGW_VERSION = "v1.8.0"
-KAFKA_VERSION = "4.1.1"  # also in stack/maven/kafka-pom.xml
+KAFKA_VERSION = "4.1.1"  # also in stack/maven/kafka-pom.xml and spark-lineage-pom.xml
 HADOOP_AWS_VERSION = "3.5.0"  # must equal pyspark/jars/hadoop-client-api-*.jar; also in stack/maven/spark-s3a-pom.xml
 
 # The bucket of MLflow's artifacts (the pipeline's own are ml.settings.LakeSettings'); `python -m stack.init_resources`
@@ -91,6 +91,10 @@ class StackPaths:
     @property
     def spark_s3a_classpath_file(self) -> Path:
         return self.jars / "spark-s3a.classpath"
+
+    @property
+    def spark_lineage_classpath_file(self) -> Path:
+        return self.jars / "spark-lineage.classpath"
 
     @property
     def versitygw(self) -> Path:
@@ -381,6 +385,11 @@ def stack_environment(
         "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": "8080",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        # OpenLineage events of every task and DAG run, to the broker (stack.airflow_home.openlineage_connection).
+        "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID": "openlineage_default",
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "mlops-airflow",
+        # The Spark job's events name the submitting task as their parent (ml.preprocess.lineage).
+        "AIRFLOW__OPENLINEAGE__SPARK_INJECT_PARENT_JOB_INFO": "True",
         "MLOPS_STACK_PROFILE": profile,
         **(cluster_environment(paths) if profile == "cluster" else {}),
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "plugins")]),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseHook
 
 if TYPE_CHECKING:
+    from ml.preprocess.lineage import SparkLineage
     from ml.settings import KafkaSettings, MlflowSettings, RaySettings, S3Settings, SparkSettings
 
 
@@ -53,8 +54,9 @@ def spark_settings(spark_conn_id: str) -> SparkSettings:
     """What the pipeline adds to Spark jobs from a Spark connection's extra (docs/PIPELINE.md, "Pointing at a
     cluster"): `extra-classpath` (jars on this host for the driver, such as the s3a connector),
     `executor-extra-classpath` (jars that exist on a cluster's workers), `metastore-uri` (a networked Hive metastore)
-    or `metastore-dir` (an embedded Derby metastore's folder), `local-ip` (the driver's address) and `cores-max` (the
-    cores one job may take). The master is the one SparkSubmitHook submits to (host, and port when there is one)."""
+    or `metastore-dir` (an embedded Derby metastore's folder), `local-ip` (the driver's address), `cores-max` (the
+    cores one job may take) and `lineage-classpath` (the OpenLineage Spark listener's jars on this host). The master
+    is the one SparkSubmitHook submits to (host, and port when there is one)."""
     from ml.settings import SparkSettings
 
     conn = BaseHook.get_connection(spark_conn_id)
@@ -70,6 +72,7 @@ def spark_settings(spark_conn_id: str) -> SparkSettings:
         metastore_uri=extra.get("metastore-uri") or None,
         executor_classpath=str(extra.get("executor-extra-classpath") or ""),
         cores_max=int(cores_max) if cores_max not in (None, "") else None,
+        lineage_classpath=str(extra.get("lineage-classpath") or ""),
     )
 
 
@@ -148,35 +151,66 @@ class KafkaEventsHook(BaseHook):
 
     @cached_property
     def settings(self) -> KafkaSettings:
-        from airflow.sdk.log import mask_secret
-
-        from ml.settings import KafkaSettings
-
         conn = self.get_connection(self.kafka_conn_id)
         extra = _extra(conn)
         servers = extra.get("bootstrap.servers") or (f"{conn.host}:{conn.port or 9092}" if conn.host else "")
-        if not servers:
-            raise ValueError(f"connection {self.kafka_conn_id!r} has no bootstrap.servers in its extra")
-        password = extra.get("sasl.password") or None
-        if password:
-            mask_secret(password)  # as s3_settings does for its keys: never in a task log
-        try:
-            return KafkaSettings(
-                str(servers),
-                security_protocol=extra.get("security.protocol") or None,
-                # librdkafka takes both spellings; the provider's documentation writes `sasl.mechanisms`.
-                sasl_mechanism=extra.get("sasl.mechanisms") or extra.get("sasl.mechanism") or None,
-                username=extra.get("sasl.username") or None,
-                password=password,
-            )
-        except ValueError as error:
-            raise ValueError(f"connection {self.kafka_conn_id!r}: {error}") from None
+        return kafka_settings_from_librdkafka(
+            {**extra, "bootstrap.servers": servers}, f"connection {self.kafka_conn_id!r}"
+        )
 
     def publish(self, topic: Any, payload: dict[str, Any], key: str, dag_run_id: str | None = None) -> None:
         """Send one event and wait for the broker (EventPublishError when Kafka does not take it)."""
         from ml.events.publisher import publish_event
 
         publish_event(self.settings, topic, payload, key, dag_run_id=dag_run_id)
+
+
+def kafka_settings_from_librdkafka(config: dict[str, Any], source: str) -> KafkaSettings:
+    """KafkaSettings from a client configuration in librdkafka's names (a Kafka connection's extra, the OpenLineage
+    provider's Kafka transport); `source` names it in errors. The password is masked in task logs."""
+    from airflow.sdk.log import mask_secret
+
+    from ml.settings import KafkaSettings
+
+    servers = config.get("bootstrap.servers")
+    if not servers:
+        raise ValueError(f"{source} has no bootstrap.servers")
+    password = config.get("sasl.password") or None
+    if password:
+        mask_secret(password)  # as s3_settings does for its keys: never in a task log
+    try:
+        return KafkaSettings(
+            str(servers),
+            security_protocol=config.get("security.protocol") or None,
+            # librdkafka takes both spellings; the provider's documentation writes `sasl.mechanisms`.
+            sasl_mechanism=config.get("sasl.mechanisms") or config.get("sasl.mechanism") or None,
+            username=config.get("sasl.username") or None,
+            password=password,
+        )
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
+
+
+def openlineage_spark_target() -> SparkLineage | None:
+    """Where the Spark listener sends a job's OpenLineage events: the OpenLineage provider's own transport (its
+    `[openlineage] config_conn_id` connection, or `[openlineage] transport`) when that is Kafka, in its namespace.
+    None when OpenLineage is off or sends elsewhere (an HTTP transport reaches Spark through the provider's
+    `spark_inject_transport_info` instead)."""
+    from airflow.providers.openlineage import conf as openlineage_conf
+
+    from ml.preprocess.lineage import SparkLineage
+
+    if openlineage_conf.is_disabled():
+        return None
+    conn_id = openlineage_conf.config_conn_id()
+    transport = (
+        _extra(BaseHook.get_connection(conn_id)).get("transport") if conn_id else openlineage_conf.transport()
+    ) or {}
+    if transport.get("type") != "kafka":
+        return None
+    source = f"OpenLineage's Kafka transport ({f'connection {conn_id!r}' if conn_id else '[openlineage] transport'})"
+    kafka = kafka_settings_from_librdkafka(dict(transport.get("config") or {}), source)
+    return SparkLineage(kafka=kafka, topic=str(transport["topic"]), namespace=openlineage_conf.namespace())
 
 
 class RayHook(BaseHook):

@@ -9,19 +9,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
 from mlops_airflow import lineage
-from mlops_airflow.hooks import KafkaEventsHook, MlflowHook, RayHook, s3_settings, spark_settings
+from mlops_airflow.hooks import (
+    KafkaEventsHook,
+    MlflowHook,
+    RayHook,
+    openlineage_spark_target,
+    s3_settings,
+    spark_settings,
+)
 from mlops_airflow.templating import DEFAULT_LAKE_BUCKET, as_bool, lake_settings
+
+if TYPE_CHECKING:
+    from ml.settings import SparkSettings
 
 log = logging.getLogger(__name__)
 
 
-class IngestOperator(BaseOperator):
+class IngestOperator(lineage.OpenLineageDatasets, BaseOperator):
     """Validate raw objects in S3 and snapshot them into the lake (`ml.ingest`); returns the snapshot's summary,
     each of its keys also as an XCom of its own (`task.output["snapshot_id"]`)."""
 
@@ -61,11 +71,18 @@ class IngestOperator(BaseOperator):
             result.task,
         )
         snapshot = lineage.snapshot_asset(result.snapshot_uri, result.dataset, result.snapshot_id)
-        lineage.record(context, lineage.SNAPSHOTS, snapshot, {"raw_uri": config.raw_uri, "rows": result.rows})
+        self.record_lineage(
+            context,
+            lineage.SNAPSHOTS,
+            snapshot,
+            {"raw_uri": config.raw_uri, "rows": result.rows},
+            read=[lineage.s3_dataset(config.raw_uri)],
+            wrote=[lineage.s3_dataset(result.snapshot_uri)],
+        )
         return result.to_dict()
 
 
-class FeaturePreprocessOperator(SparkSubmitOperator):
+class FeaturePreprocessOperator(lineage.OpenLineageDatasets, SparkSubmitOperator):
     """SparkSubmitOperator for the Spark job of `ml.preprocess`: its configuration, arguments, environment and `ml`
     zip (`--py-files`) are resolved at run time, not parse time; returns the summary read from `feature_spec.json`."""
 
@@ -98,13 +115,14 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         from ml.preprocess.conf import spark_conf
         from ml.preprocess.preflight import require_cluster_services
         from ml.preprocess.submit import application_args, application_env, ml_package_zip
-        from ml.storage import feature_spec_uri, features_uri, read_json
+        from ml.storage import feature_spec_uri, features_uri, read_json, snapshot_uri
 
         s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), lake_settings(self.lake_bucket)
         require_cluster_services(spark)
         # The spark-submit subprocess gets the credentials through its environment (env_vars), never the worker.
-        self.conf = {**spark_conf(spark, s3, lake), **(self.conf or {})}
-        self.env_vars = {**application_env(spark, s3), **(self.env_vars or {})}
+        lineage_conf, lineage_env = self._openlineage_listener(spark)
+        self.conf = {**spark_conf(spark, s3, lake), **lineage_conf, **(self.conf or {})}
+        self.env_vars = {**application_env(spark, s3), **lineage_env, **(self.env_vars or {})}
         self.application_args = application_args(str(self.dataset), str(self.snapshot_id), lake)
         authored, self._hook = self.py_files, None  # (the provider builds its hook from these attributes)
         with ml_package_zip() as package:  # the same zip as `python -m ml preprocess` ships, removed afterwards
@@ -118,7 +136,14 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
         dataset, snapshot_id = str(self.dataset), str(self.snapshot_id)
         made_from = lineage.snapshot_name(dataset, snapshot_id)
         features = lineage.features_asset(str(out), dataset, snapshot_id)
-        lineage.record(context, lineage.FEATURES, features, {"made_from": made_from, "rows": spec.rows})
+        self.record_lineage(
+            context,
+            lineage.FEATURES,
+            features,
+            {"made_from": made_from, "rows": spec.rows},
+            read=[lineage.s3_dataset(str(snapshot_uri(lake, dataset, snapshot_id)))],
+            wrote=[lineage.s3_dataset(str(out))],
+        )
         return {
             "features_uri": str(out),
             "feature_spec_uri": str(feature_spec_uri(out)),
@@ -126,6 +151,20 @@ class FeaturePreprocessOperator(SparkSubmitOperator):
             "num_features": len(spec.feature_columns),
             "task": spec.task,
         }
+
+    @staticmethod
+    def _openlineage_listener(spark: SparkSettings) -> tuple[dict[str, str], dict[str, str]]:
+        """The OpenLineage Spark listener's conf and environment when OpenLineage sends to Kafka and the connection
+        names the listener's jars (ml.preprocess.lineage); nothing otherwise."""
+        from ml.preprocess.lineage import listener_conf, listener_env
+
+        target = openlineage_spark_target()
+        if target is None:
+            return {}, {}
+        if not spark.lineage_classpath:
+            log.info("the Spark job sends no OpenLineage events: its connection names no lineage-classpath")
+            return {}, {}
+        return listener_conf(spark, target), listener_env(target)
 
 
 class TuningReportLink(BaseOperatorLink):
@@ -143,7 +182,7 @@ class TuningReportLink(BaseOperatorLink):
         return f"{base.rstrip('/')}/mlops/tuning-report?dag_id={quote(ti_key.dag_id)}&run_id={quote(ti_key.run_id)}"
 
 
-class RayTuneOperator(BaseOperator):
+class RayTuneOperator(lineage.OpenLineageDatasets, BaseOperator):
     """Hyper-parameter search of PyTorch models with Ray Tune (`ml.tune`). The search is named after the DAG run,
     so a retried task resumes it from S3 instead of starting over; `on_kill` stops the trials. Its AWS connection
     (`aws_tune`) is the one allowed to write the searches' storage (lake/tune/; stack.s3_users): the search and its
@@ -202,10 +241,11 @@ class RayTuneOperator(BaseOperator):
         self.ray_conn_id = ray_conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from ml.storage import features_uri, tune_uri
         from ml.tune.config import SearchConfig
         from ml.tune.search import run_search
 
-        s3 = s3_settings(self.aws_conn_id)
+        s3, lake = s3_settings(self.aws_conn_id), lake_settings(self.lake_bucket)
         run_id = context["run_id"]
         # The run id names the search: a retried task resumes it from S3 instead of starting over.
         config = SearchConfig.create(
@@ -227,10 +267,15 @@ class RayTuneOperator(BaseOperator):
         result = run_search(
             config,
             s3=s3,
-            lake=lake_settings(self.lake_bucket),
+            lake=lake,
             ray=RayHook(self.ray_conn_id).settings,
             mlflow=MlflowHook(self.mlflow_conn_id).available_settings(),
             kafka=KafkaEventsHook(self.kafka_conn_id).settings,
+        )
+        dataset, snapshot_id = str(self.dataset), str(self.snapshot_id)
+        self.report_lineage(
+            read=[lineage.s3_dataset(str(features_uri(lake, dataset, snapshot_id)))],
+            wrote=[lineage.s3_dataset(str(tune_uri(lake, dataset, snapshot_id, config.run_name)))],
         )
         return result.to_dict()
 
@@ -243,7 +288,7 @@ class RayTuneOperator(BaseOperator):
             ray.shutdown()
 
 
-class RegisterModelOperator(BaseOperator):
+class RegisterModelOperator(lineage.OpenLineageDatasets, BaseOperator):
     """Score the best trial on the untouched test split, register it in MLflow with lineage, and run the promotion
     gate (`ml.evaluate`, `ml.registry`). Returns the version and the gate's decision."""
 
@@ -278,12 +323,14 @@ class RegisterModelOperator(BaseOperator):
         from ml.lineage import code_version
         from ml.registry.context import RegistryContext
         from ml.registry.promote import register_and_promote
+        from ml.storage import features_uri
 
         s3, mlflow = s3_settings(self.aws_conn_id), MlflowHook(self.mlflow_conn_id).available_settings()
+        lake = lake_settings(self.lake_bucket)
         registry = RegistryContext(
             mlflow=mlflow,
             s3=s3,
-            lake=lake_settings(self.lake_bucket),
+            lake=lake,
             kafka=KafkaEventsHook(self.kafka_conn_id).settings,
         )
         dag_run = context["dag_run"]
@@ -304,5 +351,13 @@ class RegisterModelOperator(BaseOperator):
         version = lineage.model_version_asset(decision["model_name"], decision["version"])
         made_from = lineage.features_name(evaluation["dataset"], evaluation["snapshot_id"])
         extra = {"made_from": made_from, "decision": decision["decision"], "promoted": decision["promoted"]}
-        lineage.record(context, lineage.MODEL_VERSIONS, version, extra)
+        features = features_uri(lake, evaluation["dataset"], evaluation["snapshot_id"])
+        self.record_lineage(
+            context,
+            lineage.MODEL_VERSIONS,
+            version,
+            extra,
+            read=[lineage.s3_dataset(str(features))],
+            wrote=[lineage.model_dataset(mlflow.tracking_uri, decision["model_name"], decision["version"])],
+        )
         return {"evaluation": evaluation, **decision}

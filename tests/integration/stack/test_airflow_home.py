@@ -54,6 +54,7 @@ def test_a_prepared_airflow_home_gives_the_hooks_the_stacks_settings(stack_env: 
         "spark_default",
         "kafka_default",
         "kafka_s3_events",  # the asset watcher's (plugins/mlops_airflow/assets.py)
+        "openlineage_default",  # the OpenLineage provider's transport ([openlineage] config_conn_id)
         "mlflow_default",
         "ray_default",
     }

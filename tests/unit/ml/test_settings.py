@@ -35,6 +35,7 @@ def stack_dir(tmp_path: Path) -> Path:
     """A stack folder with the s3a classpath file that `make stack-up` writes."""
     (tmp_path / "jars").mkdir()
     (tmp_path / "jars" / "spark-s3a.classpath").write_text("/jars/hadoop-aws.jar:/jars/bundle.jar\n")
+    (tmp_path / "jars" / "spark-lineage.classpath").write_text("/jars/openlineage-spark.jar:/jars/kafka-clients.jar\n")
     return tmp_path
 
 
@@ -98,6 +99,7 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
             local_ip="10.0.0.5",
             executor_classpath="/opt/spark/extra-jars/*",
             cores_max=2,
+            lineage_classpath="/jars/openlineage-spark.jar:/jars/kafka-clients.jar",
         ),
         ray=RaySettings(
             "ray://head:10001",

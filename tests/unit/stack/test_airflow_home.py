@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from ml.settings import Settings
+from ml.topics import OPENLINEAGE
 from stack.airflow_home import (
     SIMPLE_AUTH_FILE,
     connections_from_environment,
@@ -37,12 +38,16 @@ def _env(stack: StackPaths, **changes: str) -> dict[str, str]:
     }
 
 
+LINEAGE_JARS = "/m2/openlineage-spark_2.13-1.53.0.jar:/m2/kafka-clients-4.1.1.jar"
+
+
 @pytest.fixture
 def s3a_jars(stack_dir: StackPaths) -> str:
-    """The classpath file `make tools` writes (the s3a connector's jars)."""
+    """The classpath files `make tools` writes (the s3a connector's jars, and the OpenLineage listener's)."""
     classpath = "/m2/hadoop-aws-3.5.0.jar:/m2/bundle-2.29.jar"
     stack_dir.jars.mkdir(parents=True)
     stack_dir.spark_s3a_classpath_file.write_text(classpath + "\n")
+    stack_dir.spark_lineage_classpath_file.write_text(LINEAGE_JARS + "\n")
     return classpath
 
 
@@ -54,6 +59,7 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "spark_default",
         "kafka_default",
         "kafka_s3_events",
+        "openlineage_default",
         "mlflow_default",
     }
     for conn_id in ("aws_default", "aws_tune"):  # another S3 than the stack's: the environment's keys for both
@@ -70,6 +76,7 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "metastore-uri": None,
         "cores-max": None,
         "local-ip": "127.0.0.1",
+        "lineage-classpath": LINEAGE_JARS,
     }
     assert json.loads(connections["kafka_default"]["extra"]) == {"bootstrap.servers": "127.0.0.1:9092"}
     # The asset watcher's: no auto-commit (the shared-stream trigger refuses to start otherwise), a group of its own.
@@ -98,6 +105,10 @@ def test_the_kafka_and_mlflow_connections_log_in_as_the_stacks_pipeline_user(sta
         "sasl.username": "pipeline",
         "sasl.password": stack_secrets(stack_dir)["kafka_pipeline_password"],
     }
+    # The OpenLineage transport logs in as the same user, to the lineage topic.
+    lineage = json.loads(connections_from_environment(env)["openlineage_default"]["extra"])
+    assert lineage["transport"]["config"] == {**extra, "client.id": "airflow-openlineage", "acks": "all"}
+    assert (lineage["transport"]["type"], lineage["transport"]["topic"]) == ("kafka", OPENLINEAGE.name)
     assert connections_from_environment(env)["mlflow_default"] == {
         "conn_type": "http",
         "host": "http://127.0.0.1:5000",

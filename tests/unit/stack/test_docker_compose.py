@@ -28,6 +28,7 @@ import jsonschema
 import pytest
 import yaml
 
+from ml.settings import KafkaSettings
 from stack import compose_env
 from stack.config import KAFKA_VERSION, VERSITYGW_VERSION
 
@@ -82,6 +83,7 @@ EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_SPARK_DEFAULT": "spark",
     "AIRFLOW_CONN_KAFKA_DEFAULT": "kafka",
     "AIRFLOW_CONN_KAFKA_S3_EVENTS": "kafka",
+    "AIRFLOW_CONN_OPENLINEAGE_DEFAULT": "generic",
     "AIRFLOW_CONN_MLFLOW_DEFAULT": "http",
     "AIRFLOW_CONN_RAY_DEFAULT": "generic",
 }
@@ -489,6 +491,7 @@ def test_project_dockerfile_copies_only_what_exists() -> None:
     assert {
         "stack/maven/spark-s3a-pom.xml",
         "stack/maven/postgresql-pom.xml",
+        "stack/maven/spark-lineage-pom.xml",
         "docker/hive_metastore_conf.py",
     } <= set(sources)
     assert [source for source in sources if not (REPO_ROOT / source).exists()] == []
@@ -605,6 +608,17 @@ def test_airflow_connections_are_json_of_the_expected_types(compose: dict[str, A
 
     watcher = connection(compose, "AIRFLOW_CONN_KAFKA_S3_EVENTS")["extra"]
     assert watcher == {**connection(compose, "AIRFLOW_CONN_KAFKA_DEFAULT")["extra"], **S3_EVENTS_CONSUMER}
+    # OpenLineage's transport: what the local stack writes, on compose's broker and login.
+    from stack.airflow_home import openlineage_connection
+
+    kafka = connection(compose, "AIRFLOW_CONN_KAFKA_DEFAULT")["extra"]
+    settings = KafkaSettings(
+        kafka["bootstrap.servers"], username=kafka["sasl.username"], password=kafka["sasl.password"]
+    )
+    expected = json.loads(openlineage_connection(settings)["extra"])
+    assert connection(compose, "AIRFLOW_CONN_OPENLINEAGE_DEFAULT")["extra"] == expected
+    common = compose["x-airflow-common"]["environment"]
+    assert common["AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID"] == "openlineage_default"
 
 
 def test_airflow_init_stores_the_connections_and_the_components_do_not_carry_them(compose: dict[str, Any]) -> None:

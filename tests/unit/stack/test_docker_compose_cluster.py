@@ -397,10 +397,15 @@ def test_the_jars_match_what_the_project_pins() -> None:
     assert [jar.name for jar in hadoop_client] == [f"hadoop-client-api-{HADOOP_AWS_VERSION}.jar"]
     assert pinned("spark-s3a-pom.xml", "hadoop-aws") == HADOOP_AWS_VERSION
     assert pinned("postgresql-pom.xml", "postgresql") == "42.7.14"
+    # The OpenLineage listener's Kafka client is the broker's version.
+    from stack.config import KAFKA_VERSION
+
+    assert pinned("spark-lineage-pom.xml", "kafka-clients") == KAFKA_VERSION
     copies = dockerfile_copies("jars")
     assert copies == {
         "/jars/spark-s3a/": "/opt/mlops/jars/spark-s3a/",
         "/jars/postgresql/": "/opt/mlops/jars/postgresql/",
+        "/jars/spark-lineage/": "/opt/mlops/jars/spark-lineage/",
     }
 
 

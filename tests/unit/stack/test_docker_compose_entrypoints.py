@@ -49,6 +49,7 @@ WRAPPERS = ("/usr/bin/dumb-init", "--")
 MAVEN_JAR_FOLDERS = {
     "/opt/mlops/jars/spark-s3a": "stack/maven/spark-s3a-pom.xml",
     "/opt/mlops/jars/postgresql": "stack/maven/postgresql-pom.xml",
+    "/opt/mlops/jars/spark-lineage": "stack/maven/spark-lineage-pom.xml",
 }
 SPARK_JARS = "/opt/mlops/jars/spark"  # the pyspark wheel's jars folder (a link the Dockerfile makes)
 

@@ -6,6 +6,7 @@ the ones the operator declares. (The real stages under a real Airflow: tests/e2e
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from tests.support.airflow_connections import (
     SPARK_CLASSPATH,
     TUNE_ACCESS_KEY_ID,
     TUNE_S3_KEY,
+    connection_documents,
 )
 
 Define = Callable[..., None]
@@ -69,6 +71,18 @@ class OutletEvents:
 
 def lineage_context(**values: Any) -> dict[str, Any]:
     return {"outlet_events": OutletEvents(), **values}
+
+
+def openlineage_io(operator: Any) -> tuple[list[tuple[str, str, str | None]], list[tuple[str, str, str | None]]]:
+    """What the operator answers the OpenLineage provider after it ran: (namespace, name, version) of its inputs and
+    outputs, read off OpenLineage's own dataset classes."""
+
+    def described(dataset: Any) -> tuple[str, str, str | None]:
+        version = dataset.facets.get("version")
+        return dataset.namespace, dataset.name, version.datasetVersion if version else None
+
+    facets = operator.get_openlineage_facets_on_complete(None)
+    return [described(d) for d in facets.inputs], [described(d) for d in facets.outputs]
 
 
 # --- which connections each operator declares ------------------------------------------------------------------------
@@ -142,6 +156,10 @@ def test_ingest_operator_needs_only_the_aws_connection(connections: Define, monk
     assert operator.outlets[0].name == "mlops_snapshots", "the alias is the task's outlet"
     assert (snapshot.name, snapshot.uri) == ("snapshot/d/abc", "s3://unit-lake/datasets/d/snapshots/abc")
     assert extra == {"raw_uri": "s3://raw/d/", "rows": _ingest_result().rows}
+    assert openlineage_io(operator) == (
+        [("s3://raw", "d", None)],
+        [("s3://unit-lake", "datasets/d/snapshots/abc", None)],
+    )
     assert result == _ingest_result().to_dict()
     assert operator.multiple_outputs is True, "task.output['snapshot_id'] is an XCom of its own"
 
@@ -242,6 +260,10 @@ def test_preprocess_operator_resolves_spark_configuration_at_run_time(
     [(features, extra)] = context["outlet_events"].added["mlops_features"]
     assert (features.name, features.uri) == ("features/d/abc", "s3://unit-lake/datasets/d/features/abc")
     assert extra["made_from"] == "snapshot/d/abc", "the chain: features made from the snapshot"
+    assert openlineage_io(operator) == (
+        [("s3://unit-lake", "datasets/d/snapshots/abc", None)],
+        [("s3://unit-lake", "datasets/d/features/abc", None)],
+    )
 
     command = spark_submit.command
     assert command[command.index("--master") + 1] == "spark://spark.unit.test:7077"
@@ -315,6 +337,79 @@ def test_preprocess_operator_gives_credentials_to_the_subprocess_only(
     assert spark_submit.env["AWS_ENDPOINT_URL"] == S3_ENDPOINT
     assert spark_submit.env["SPARK_LOCAL_IP"] == "10.1.2.3"
     assert Path(spark_submit.env["PYTHONPATH"]) == REPO, "the driver imports `ml` from the repository"
+
+
+@pytest.fixture
+def openlineage_to_kafka(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The OpenLineage provider configured as the stack configures it: its client in connection openlineage_default
+    (a Kafka transport with a login). Returns the transport's password. (The provider caches its configuration,
+    except under pytest.)"""
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID", "openlineage_default")
+    monkeypatch.setenv("AIRFLOW__OPENLINEAGE__NAMESPACE", "unit-namespace")
+    return uuid.uuid4().hex
+
+
+def _openlineage_connection(password: str) -> dict[str, Any]:
+    config = {
+        "bootstrap.servers": KAFKA_SERVERS,
+        "security.protocol": "SASL_PLAINTEXT",
+        "sasl.mechanisms": "SCRAM-SHA-512",
+        "sasl.username": "lineage-user",
+        "sasl.password": password,
+    }
+    return {"conn_type": "generic", "extra": {"transport": {"type": "kafka", "topic": "lineage", "config": config}}}
+
+
+def test_preprocess_operator_adds_the_openlineage_listener_with_its_login_in_the_environment_only(
+    connections: Define,
+    spark_submit: SubmittedJob,
+    feature_spec_in_s3: list[Any],
+    openlineage_to_kafka: str,
+    tmp_path: Path,
+) -> None:
+    """OpenLineage sends to Kafka and the Spark connection names the listener's jars: the job gets the listener on
+    the driver's classpath, Airflow's namespace, and the transport (with its password) in spark-submit's
+    environment, never on the command line."""
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    password = openlineage_to_kafka
+    spark = {**connection_documents(tmp_path / "hive")["spark_default"]}
+    spark["extra"] = {**spark["extra"], "lineage-classpath": "/opt/lineage/ol.jar:/opt/lineage/kafka.jar"}
+    connections("aws_default", spark_default=spark, openlineage_default=_openlineage_connection(password))
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute(lineage_context())
+    conf = _conf(spark_submit.command)
+    assert conf["spark.extraListeners"] == "io.openlineage.spark.agent.OpenLineageSparkListener"
+    assert conf["spark.openlineage.namespace"] == "unit-namespace"
+    assert conf["spark.driver.extraClassPath"] == f"{SPARK_CLASSPATH}:/opt/lineage/ol.jar:/opt/lineage/kafka.jar"
+    transport = json.loads(spark_submit.env["OPENLINEAGE__TRANSPORT"])
+    assert (transport["type"], transport["topicName"]) == ("kafka", "lineage")
+    assert transport["properties"]["bootstrap.servers"] == KAFKA_SERVERS
+    assert f'password="{password}"' in transport["properties"]["sasl.jaas.config"]
+    assert not [part for part in spark_submit.command if password in part]
+
+
+def test_preprocess_operator_adds_no_listener_without_its_jars_or_without_openlineage(
+    connections: Define,
+    spark_submit: SubmittedJob,
+    feature_spec_in_s3: list[Any],
+    openlineage_to_kafka: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    connections("aws_default", "spark_default", openlineage_default=_openlineage_connection(openlineage_to_kafka))
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute(lineage_context())
+    assert "spark.extraListeners" not in _conf(spark_submit.command), "no lineage-classpath in spark_default"
+    assert "OPENLINEAGE__TRANSPORT" not in spark_submit.env
+
+    # The jars, but OpenLineage not configured (no transport at all): no listener either.
+    monkeypatch.delenv("AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID")
+    spark = {**connection_documents(tmp_path / "hive")["spark_default"]}
+    spark["extra"] = {**spark["extra"], "lineage-classpath": "/opt/lineage/ol.jar"}
+    connections("aws_default", spark_default=spark)
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute(lineage_context())
+    assert "spark.extraListeners" not in _conf(spark_submit.command), "OpenLineage is off"
 
 
 def test_preprocess_operator_keeps_the_dag_authors_conf_and_env(
@@ -529,8 +624,9 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(
     from ml.tune.space import default_search_space
 
     connections("aws_tune", "mlflow_default", "kafka_default")  # no ray_default: a local Ray
+    operator = _tune_operator()
     with environment_unchanged():
-        result = _tune_operator().execute({"run_id": RUN_ID})
+        result = operator.execute({"run_id": RUN_ID})
     [(config, settings)] = searches
     assert mlflow_checks == [MlflowSettings(MLFLOW_URI)], "MLflow (and its store) checked before the search"
     assert config.run_name == "manual__2026-01-01T00-00-00-00-00"  # sanitised, identical on every retry
@@ -545,6 +641,10 @@ def test_ray_tune_operator_names_the_search_after_the_dag_run(
         "mlflow": MlflowSettings(MLFLOW_URI),
         "kafka": KafkaSettings(KAFKA_SERVERS),
     }
+    assert openlineage_io(operator) == (
+        [("s3://unit-lake", "datasets/d/features/abc", None)],
+        [("s3://unit-lake", f"tune/d/abc/{config.run_name}", None)],
+    ), "OpenLineage: the search read the features and wrote its storage"
     assert result == {"best_params": {"lr": 0.1}, "num_trials": 3}
 
 
@@ -685,6 +785,10 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
     [(version, extra)] = context["outlet_events"].added["mlops_model_versions"]
     assert (version.name, version.uri) == ("model/d-classification/3", "models:/d-classification/3")
     assert extra == {"made_from": "features/d/abc", "decision": "promoted", "promoted": True}
+    assert openlineage_io(operator) == (
+        [("s3://unit-lake", "datasets/d/features/abc", None)],
+        [(MLFLOW_URI.rstrip("/"), "models/d-classification", "3")],
+    )
     assert mlflow_checks == [MlflowSettings(MLFLOW_URI)], "MLflow (and its store) checked before any work"
     assert registration["evaluate"] == (
         {"best_trial_id": "t1"},
