@@ -182,7 +182,8 @@ def request_path(
 
 
 def served_app() -> Any:
-    """gunicorn's factory for /predict: the model in $MLOPS_B8_MODEL_DIR injected, no registry, no Kafka."""
+    """gunicorn's factory for /predict: the model in $MLOPS_B8_MODEL_DIR injected, no registry, no Kafka (no watcher,
+    no metrics messages)."""
     from ml.predictor import LoadedModel, TabularPredictor
     from ml.serve.app import ServeSettings, build_app
     from ml.settings import KafkaSettings, MlflowSettings
@@ -194,7 +195,7 @@ def served_app() -> Any:
 
         predictor.spec.__class__.transform = rowwise_transform  # type: ignore[method-assign,assignment]  # here only
     return build_app(
-        ServeSettings("b8-local"),
+        ServeSettings("b8-local", metrics_enabled=False),  # /predict itself: publishing's cost is B10's to measure
         mlflow=MlflowSettings("http://mlflow.invalid"),  # never called: the model is injected, no watcher
         kafka=KafkaSettings("kafka.invalid:9092"),
         loaded=LoadedModel("b8-local", "1", predictor, {"gate.decision": "first_model"}),

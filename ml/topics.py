@@ -20,8 +20,16 @@ TRAINING_METRICS = Topic("mlops.training.metrics.v1", "training_metrics.v1", par
 TRAINING_METRICS_V2 = Topic("mlops.training.metrics.v2", "training_metrics.v2", partitions=3, retention_ms=7 * DAY_MS)
 PIPELINE_EVENTS = Topic("mlops.pipeline.events.v1", "pipeline_event.v1", partitions=1, retention_ms=30 * DAY_MS)
 MODEL_PROMOTED = Topic("mlops.model.promoted.v1", "model_promoted.v1", partitions=1, retention_ms=365 * DAY_MS)
+# One message per prediction request (ml.serve.telemetry), keyed by model and request: spread over the partitions.
+SERVING_METRICS = Topic("mlops.serving.metrics.v1", "serving_metrics.v1", partitions=3, retention_ms=7 * DAY_MS)
 # The pipeline's own events, each an envelope of ml.events.envelope validated against its schema.
-ALL_TOPICS: tuple[Topic, ...] = (TRAINING_METRICS, TRAINING_METRICS_V2, PIPELINE_EVENTS, MODEL_PROMOTED)
+ALL_TOPICS: tuple[Topic, ...] = (
+    TRAINING_METRICS,
+    TRAINING_METRICS_V2,
+    PIPELINE_EVENTS,
+    MODEL_PROMOTED,
+    SERVING_METRICS,
+)
 # The S3 server's bucket notifications (AWS's event format, not an envelope: ml.events.s3_notifications reads them).
 S3_EVENTS = Topic("mlops.s3.events.v1", "aws_s3_event", partitions=1, retention_ms=7 * DAY_MS)
 # OpenLineage run events of Airflow's tasks and the Spark job (OpenLineage's own JSON, not an envelope: its schema is

@@ -14,8 +14,9 @@ ACL allows (`allow.everyone.if.no.acl.found=false`). Its users, each with a pass
               file, so that changing admin's SCRAM password never locks the broker out of its controller).
   pipeline    the pipeline (Airflow's tasks, `python -m ml`, Tune's metrics, the tests): WRITE, READ and DESCRIBE on
               the topics of ml.topics, READ on consumer groups whose id starts with `mlops-`.
-  serving     the prediction service: READ and DESCRIBE on mlops.model.promoted.v1 only (it follows the topic with
-              assign(), without a consumer group); it can write nothing.
+  serving     the prediction service: READ and DESCRIBE on mlops.model.promoted.v1 (it follows the topic with
+              assign(), without a consumer group), WRITE and DESCRIBE on mlops.serving.metrics.v1 (its per-request
+              metrics); nothing else.
   ANONYMOUS   (no user: the S3 server on the notifications listener) WRITE and DESCRIBE on mlops.s3.events.v1 only.
 
 `ensure_users_and_acls` (run by `python -m stack up` and `python -m stack.init_resources` as admin) creates or updates
@@ -34,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml.settings import KafkaSettings
-from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS
+from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS, SERVING_METRICS
 from stack.config import (
     KAFKA_ADMIN_USER,
     KAFKA_BOOTSTRAP,
@@ -67,13 +68,14 @@ class Grant:
 def stack_grants() -> tuple[Grant, ...]:
     """What the stack's client users may do (admin and controller are super users and need no ACL). The pipeline
     writes and reads every topic (it writes the S3 notifications topic too, to replay notifications the S3 server
-    could not send); ANONYMOUS, the principal of the S3 server's login-less listener (stack.kafka_broker), may only
-    write that topic."""
+    could not send); serving reads promotions and writes its own metrics; ANONYMOUS, the principal of the S3 server's
+    login-less listener (stack.kafka_broker), may only write that topic."""
     topics = tuple(topic.name for topic in BROKER_TOPICS)
     return (
         *(Grant(KAFKA_PIPELINE_USER, "topic", name, ("WRITE", "READ", "DESCRIBE")) for name in topics),
         Grant(KAFKA_PIPELINE_USER, "group", CONSUMER_GROUP_PREFIX, ("READ",), prefixed=True),
         Grant(KAFKA_SERVING_USER, "topic", MODEL_PROMOTED.name, ("READ", "DESCRIBE")),
+        Grant(KAFKA_SERVING_USER, "topic", SERVING_METRICS.name, ("WRITE", "DESCRIBE")),
         Grant(KAFKA_NOTIFIER_PRINCIPAL, "topic", S3_EVENTS.name, ("WRITE", "DESCRIBE")),
     )
 

@@ -96,6 +96,10 @@ def pipeline_event_key(dag_id: str, dag_run_id: str | None, task_id: str | None,
     return f"{dag_id}:{dag_run_id or '-'}:{task_id or '-'}:{event}"
 
 
+def serving_metrics_key(model_name: str, request_id: str) -> str:
+    return f"{model_name}:{request_id}"
+
+
 def topic_by_name(name: str) -> Topic | None:
     """The pipeline topic with this name or schema name, or None."""
     return next((t for t in ALL_TOPICS if name in (t.name, t.schema)), None)

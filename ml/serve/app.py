@@ -6,15 +6,25 @@ Endpoints
                  (probabilities and classes for classification only)
   GET  /health   liveness plus the version served and the watcher's state
   GET  /model    version, test metrics, lineage tags, gate decision of the model served
+  GET  /metrics  Prometheus text format (ml.serve.prometheus): requests and latency by endpoint, status and model
+                 version, model load time, the Kafka metrics messages' delivered/failed/dropped counts
+
+Every response carries an X-Request-Id header. Every /predict request, answered or refused, is published to
+`mlops.serving.metrics.v1` (ml.serve.telemetry: latency, rows, model and version, status, a prediction summary, and
+the validated inputs of a sampled fraction of requests) from Flask's after_request, through a bounded buffer that never
+blocks: with the broker down requests keep their latency, messages are dropped and counted, and publishing resumes
+when it returns.
 
 Every bad request is a 4xx JSON {"error": "..."} naming what is wrong; an unexpected failure is a 500 JSON and the
 worker keeps serving. Predictions are `FeatureSpec.transform` + `ml.models.predict` on the raw rows, the same code
 offline evaluation runs (`ml.predictor.TabularPredictor`).
 
-Hot reload of the champion: ml.serve.reload. Settings: `ServeSettings` (the model, limits, alias poll period) plus the
-MLflow and Kafka slices; `ml.serve.create_app()` reads them from the environment (MLOPS_SERVE_MODEL,
-MLOPS_SERVE_MAX_ROWS (1000), MLOPS_SERVE_MAX_BYTES (1 MiB), MLOPS_SERVE_ALIAS_POLL_S (300), KAFKA_BOOTSTRAP_SERVERS,
-MLFLOW_TRACKING_URI).
+Hot reload of the champion: ml.serve.reload. Settings: `ServeSettings` (the model, limits, alias poll period,
+metrics) plus the MLflow and Kafka slices; `ml.serve.create_app()` reads them from the environment (MLOPS_SERVE_MODEL,
+MLOPS_SERVE_MAX_ROWS (1000), MLOPS_SERVE_MAX_BYTES (1 MiB), MLOPS_SERVE_ALIAS_POLL_S (300), MLOPS_SERVE_METRICS (1:
+publish to Kafka; 0: /metrics only), MLOPS_SERVE_METRICS_BUFFER (10000 messages), MLOPS_SERVE_PAYLOAD_SAMPLE_RATE
+(0.0: no inputs logged), MLOPS_SERVE_PAYLOAD_MAX_ROWS (100), PROMETHEUS_MULTIPROC_DIR (set by `python -m ml serve`),
+KAFKA_BOOTSTRAP_SERVERS, MLFLOW_TRACKING_URI).
 """
 
 from __future__ import annotations
@@ -22,17 +32,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ml.clock import SYSTEM_CLOCK, Clock
 from ml.json_values import json_safe
 from ml.predictor import LoadedModel, load_version, resolve_version
 from ml.registry.conventions import CHAMPION
+from ml.serve.prometheus import ServingMetrics
 from ml.serve.reload import ModelHolder, PromotionWatcher
+from ml.serve.telemetry import MAX_LOGGED_ROWS_CAP, Publisher, RequestRecord, Sampler, ServingTelemetry
 from ml.serve.validation import RequestError, parse_body, validate_rows
 from ml.settings import KafkaSettings, MlflowSettings
 
@@ -41,38 +55,72 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_ROWS = 1000
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_ALIAS_POLL_S = 300.0
+DEFAULT_METRICS_BUFFER = 10000
+DEFAULT_MAX_LOGGED_ROWS = 100
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """The service's own settings: which model, and its limits."""
+    """The service's own settings: which model, its limits, and its run-time metrics."""
 
     model_name: str | None = None
     max_rows: int = DEFAULT_MAX_ROWS
     max_bytes: int = DEFAULT_MAX_BYTES
     alias_poll_s: float = DEFAULT_ALIAS_POLL_S
+    metrics_enabled: bool = True  # publish each /predict request to mlops.serving.metrics.v1 (/metrics is always on)
+    metrics_buffer: int = DEFAULT_METRICS_BUFFER  # messages waiting for Kafka before the oldest is dropped
+    payload_sample_rate: float = 0.0  # the fraction of requests whose validated inputs go into their message
+    max_logged_rows: int = DEFAULT_MAX_LOGGED_ROWS  # rows of a sampled request logged, at most
+    prometheus_multiproc_dir: str | None = None  # gunicorn's workers share their metrics there (ml.serve.prometheus)
+
+    def __post_init__(self) -> None:
+        if self.metrics_buffer < 1:
+            raise ValueError(f"metrics_buffer must be at least 1, got {self.metrics_buffer}")
+        if not 0.0 <= self.payload_sample_rate <= 1.0:
+            raise ValueError(f"payload_sample_rate must be within [0, 1], got {self.payload_sample_rate}")
+        if not 1 <= self.max_logged_rows <= MAX_LOGGED_ROWS_CAP:
+            raise ValueError(f"max_logged_rows must be within [1, {MAX_LOGGED_ROWS_CAP}], got {self.max_logged_rows}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ServeSettings:
+        flag = env.get("MLOPS_SERVE_METRICS", "1").strip().lower()
+        if flag not in _FLAGS:
+            raise ValueError(f"MLOPS_SERVE_METRICS must be 1 or 0 (true/false), got {flag!r}")
         return cls(
             model_name=env.get("MLOPS_SERVE_MODEL") or None,
             max_rows=int(env.get("MLOPS_SERVE_MAX_ROWS", DEFAULT_MAX_ROWS)),
             max_bytes=int(env.get("MLOPS_SERVE_MAX_BYTES", DEFAULT_MAX_BYTES)),
             alias_poll_s=float(env.get("MLOPS_SERVE_ALIAS_POLL_S", DEFAULT_ALIAS_POLL_S)),
+            metrics_enabled=_FLAGS[flag],
+            metrics_buffer=int(env.get("MLOPS_SERVE_METRICS_BUFFER", DEFAULT_METRICS_BUFFER)),
+            payload_sample_rate=float(env.get("MLOPS_SERVE_PAYLOAD_SAMPLE_RATE", 0.0)),
+            max_logged_rows=int(env.get("MLOPS_SERVE_PAYLOAD_MAX_ROWS", DEFAULT_MAX_LOGGED_ROWS)),
+            prometheus_multiproc_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
         )
 
 
 class ServeState:
-    """What the app holds: the model, the settings and the (per-process) promotion watcher."""
+    """What the app holds: the model, the settings, the (per-process) promotion watcher and the run-time metrics."""
 
     def __init__(
-        self, holder: ModelHolder, config: ServeSettings, watch: bool, *, mlflow: MlflowSettings, kafka: KafkaSettings
+        self,
+        holder: ModelHolder,
+        config: ServeSettings,
+        watch: bool,
+        *,
+        mlflow: MlflowSettings,
+        kafka: KafkaSettings,
+        telemetry: ServingTelemetry,
+        metrics: ServingMetrics,
     ) -> None:
         self.holder = holder
         self.config = config
         self.watch = watch
         self.mlflow = mlflow
         self.kafka = kafka
+        self.telemetry = telemetry
+        self.metrics = metrics
         self.watcher: PromotionWatcher | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -107,17 +155,36 @@ def build_app(
     kafka: KafkaSettings,
     loaded: LoadedModel | None = None,
     watch_promotions: bool | None = None,
+    publisher_factory: Callable[[], Publisher] | None = None,
+    sampler: Sampler | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> Flask:
     """The Flask app serving `config.model_name`'s champion (loaded from MLflow unless `loaded` injects one, as tests
-    do). The promotion watcher runs by default only when the app loads its model from the registry itself."""
+    do). The promotion watcher runs by default only when the app loads its model from the registry itself.
+    `publisher_factory` (default: an EventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests inject
+    them); with `config.metrics_enabled` off nothing is published."""
     name = config.model_name or (loaded.name if loaded else None)
     if not name:
         raise ValueError("no model to serve: set the model name (MLOPS_SERVE_MODEL, e.g. DATASET-classification)")
     watch = (loaded is None) if watch_promotions is None else watch_promotions
+    metrics = ServingMetrics(config.prometheus_multiproc_dir)
     if loaded is None:
+        started = time.perf_counter()
         loaded = load_version(mlflow, name, CHAMPION, require_gated=True)
+        metrics.observe_model_load(time.perf_counter() - started)
         log.info("%s: serving champion v%s", name, loaded.version)
-    state = ServeState(ModelHolder(name, loaded), config, watch, mlflow=mlflow, kafka=kafka)
+    if publisher_factory is None:
+        publisher_factory = _event_publisher(kafka, config.metrics_buffer)
+    telemetry = ServingTelemetry(
+        publisher_factory if config.metrics_enabled else None,
+        sample_rate=config.payload_sample_rate,
+        max_logged_rows=config.max_logged_rows,
+        sampler=sampler,
+        clock=clock,
+    )
+    holder = ModelHolder(name, loaded)
+    holder.load_observer = metrics.observe_model_load
+    state = ServeState(holder, config, watch, mlflow=mlflow, kafka=kafka, telemetry=telemetry, metrics=metrics)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_bytes
@@ -125,17 +192,30 @@ def build_app(
     app.extensions["mlops_serve"] = state
 
     @app.before_request
-    def _start_watcher() -> None:
+    def _start_request() -> None:
+        # The record first: every request, even one refused before its view runs, gets its metrics.
+        g.serve_request = telemetry.start(state.holder.current)
         state.ensure_watcher()
+
+    @app.after_request
+    def _record_request(response: Response) -> Response:
+        record: RequestRecord | None = g.get("serve_request")
+        if record is not None:
+            response.headers["X-Request-Id"] = record.request_id
+            _record_metrics(state, record, response.status_code)
+        return response
 
     @app.post("/predict")
     def predict() -> Response:
-        model = state.holder.current  # one model for the whole request, even if a reload swaps it meanwhile
+        record: RequestRecord = g.serve_request
+        model = record.model  # one model for the whole request, even if a reload swaps it meanwhile
         rows = validate_rows(parse_body(request.get_data(cache=False)), model.spec, config.max_rows)
+        record.rows = rows
         try:
             outputs, probabilities = model.predictor.predict_rows(rows)
         except ValueError as error:  # a value the spec cannot transform: the client's data, not a server fault
             raise RequestError(str(error), 422) from None
+        record.outputs = outputs
         body: dict[str, Any] = {"model": state.holder.name, "version": model.version, "predictions": outputs}
         if probabilities is not None:
             body["probabilities"] = [[float(p) for p in row] for row in probabilities]
@@ -179,6 +259,12 @@ def build_app(
             }
         )
 
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        metrics.sync_publisher(telemetry.stats(), telemetry.errors)
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
     @app.errorhandler(RequestError)
     def _request_error(error: RequestError) -> tuple[Response, int]:
         return jsonify({"error": error.message}), error.status
@@ -197,6 +283,29 @@ def build_app(
 
     state.ensure_watcher()
     return app
+
+
+def _event_publisher(kafka: KafkaSettings, buffer_size: int) -> Callable[[], Publisher]:
+    def factory() -> Publisher:
+        from ml.events.publisher import EventPublisher
+
+        return EventPublisher(kafka, buffer_size=buffer_size)
+
+    return factory
+
+
+def _record_metrics(state: ServeState, record: RequestRecord, status: int) -> None:
+    """Prometheus for every request, a Kafka message for /predict. Never raises: metrics must not fail a request."""
+    try:
+        latency_s = state.telemetry.latency_s(record)
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rows = len(record.outputs) if record.outputs is not None and status < 400 else 0
+        state.metrics.observe_request(endpoint, status, record.model.version, latency_s, rows)
+        if endpoint == "/predict":
+            state.telemetry.publish(record, state.holder.name, status, latency_s)
+        state.metrics.sync_publisher(state.telemetry.stats(), state.telemetry.errors)
+    except Exception:
+        log.exception("recording the metrics of %s %s failed (the request is answered)", request.method, request.path)
 
 
 def serve_state(app: Flask) -> ServeState:

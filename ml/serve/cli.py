@@ -1,10 +1,18 @@
-"""`python -m ml serve`: the prediction service in the foreground (gunicorn, or Werkzeug's server with --dev)."""
+"""`python -m ml serve`: the prediction service in the foreground (gunicorn, or Werkzeug's server with --dev).
+
+Under gunicorn, /metrics adds up the metrics of all workers: the command gives gunicorn a private, empty
+PROMETHEUS_MULTIPROC_DIR (a new temporary folder, removed when gunicorn exits: metrics files of an earlier run would
+be added to this one's) and its configuration ml.serve.gunicorn_conf (which marks exited workers dead there).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +27,7 @@ def _cli_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not model:
         raise ValueError("which model? pass --model NAME (e.g. DATASET-classification) or set MLOPS_SERVE_MODEL")
     if args.dev:
-        app = build_app(
-            ServeSettings(model, config.max_rows, config.max_bytes, config.alias_poll_s),
-            mlflow=settings.mlflow,
-            kafka=settings.kafka,
-        )
+        app = build_app(dataclasses.replace(config, model_name=model), mlflow=settings.mlflow, kafka=settings.kafka)
         app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
         return 0
     import subprocess
@@ -39,14 +43,20 @@ def _cli_serve(args: argparse.Namespace, settings: Settings) -> int:
         str(args.threads),
         "--access-logfile",
         "-",
+        "--config",
+        "python:ml.serve.gunicorn_conf",
         "ml.serve:create_app()",
     ]
+    # Private (mkdtemp: 0700) and fresh: it replaces any PROMETHEUS_MULTIPROC_DIR of the caller's environment.
+    metrics_dir = tempfile.mkdtemp(prefix="mlops-serve-prometheus-")
     # gunicorn's workers build the app from the environment: the settings travel there, to the child only.
-    env = {**os.environ, **settings.to_env(), "MLOPS_SERVE_MODEL": model}
+    env = {**os.environ, **settings.to_env(), "MLOPS_SERVE_MODEL": model, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     try:
         return subprocess.call(command, env=env)
     except KeyboardInterrupt:
         return 130
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def register_cli(subparsers: Any) -> None:

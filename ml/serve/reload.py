@@ -40,6 +40,7 @@ class ModelHolder:
         self.current = loaded
         self.reloads = 0
         self.last_reload_error: str | None = None
+        self.load_observer: Callable[[float], None] | None = None  # told each reload's load time (Prometheus)
         self._reload_lock = threading.Lock()
 
     def reload_champion(self, loader: Loader, resolve: Resolver) -> bool:
@@ -56,17 +57,17 @@ class ModelHolder:
                 self.last_reload_error = f"{type(error).__name__}: {error}"
                 log.exception("%s: reloading the champion failed; still serving v%s", self.name, self.current.version)
                 return False
+            load_s = time.perf_counter() - started
             previous = self.current.version
             self.current = loaded  # the atomic swap
             self.reloads += 1
             self.last_reload_error = None
-            log.info(
-                "%s: now serving v%s (was v%s; loaded in %.1f s)",
-                self.name,
-                loaded.version,
-                previous,
-                time.perf_counter() - started,
-            )
+            log.info("%s: now serving v%s (was v%s; loaded in %.1f s)", self.name, loaded.version, previous, load_s)
+            if self.load_observer is not None:
+                try:
+                    self.load_observer(load_s)
+                except Exception:  # a metric must not undo a reload that succeeded
+                    log.exception("%s: recording the load time failed", self.name)
             return True
 
 

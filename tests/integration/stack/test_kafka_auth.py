@@ -1,6 +1,7 @@
 """The stack's Kafka security against a real broker (stack/kafka_broker.py, stack/kafka_auth.py): anonymous clients
 and wrong passwords are refused, the pipeline's user publishes promotion events, the serving user follows them with
-assign() and may write nothing, and preparing the broker again (a second `make stack-up`, a restart) changes nothing.
+assign() and may write only its metrics, and preparing the broker again (a second `make stack-up`, a restart) changes
+nothing.
 
 The broker is a private one (tests/support/private_services.py: the stack's own properties and storage preparation,
 on free ports of 127.0.0.1, with passwords of its own), prepared as `python -m stack up` prepares the stack's; the
@@ -21,7 +22,7 @@ from ml.clients import close_quietly, kafka_admin, kafka_consumer, kafka_produce
 from ml.events.consumer import open_topic
 from ml.events.publisher import EventPublishError, publish_event
 from ml.settings import KafkaSettings
-from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, TRAINING_METRICS
+from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, SERVING_METRICS, TRAINING_METRICS
 from stack.kafka_broker import kafka_properties
 from tests.integration.ml.events.support import read_all
 from tests.support.private_services import PrivateKafka, running_private_kafka
@@ -36,6 +37,18 @@ PROMOTED = {
     "value": 0.9,
     "previous_value": 0.8,
     "reason": "better",
+}
+SERVED = {
+    "request_id": uuid.uuid4().hex,
+    "model_name": "m",
+    "model_version": "2",
+    "task": "classification",
+    "status": 200,
+    "latency_ms": 1.5,
+    "rows": 1,
+    "prediction_summary": {"count": 1, "class_counts": {"yes": 1}},
+    "rows_logged": 0,
+    "inputs": None,
 }
 
 
@@ -91,9 +104,9 @@ def test_the_pipeline_publishes_a_promotion_and_serving_follows_it_without_a_gro
     assert sent["event_id"] in again.value.decode()
 
 
-def test_serving_may_not_write_the_promotion_topic(broker: PrivateKafka) -> None:
-    """Its produce request is refused for the topic. An idempotent producer (publish_event's, kafka-python's default)
-    is refused one step earlier: its producer id needs WRITE on some topic (KIP-679), and serving has none."""
+def test_serving_writes_its_metrics_and_may_not_write_the_promotion_topic(broker: PrivateKafka) -> None:
+    """Its produce request is refused for the promotion topic, idempotent or not (serving's WRITE on its metrics topic
+    gives an idempotent producer its producer id, KIP-679: the refusal is then the topic's)."""
     serving = broker.settings("serving")
     producer = kafka_producer(serving, acks="all", enable_idempotence=False, **FAST)
     try:
@@ -101,8 +114,9 @@ def test_serving_may_not_write_the_promotion_topic(broker: PrivateKafka) -> None
             producer.send(MODEL_PROMOTED.name, key=b"m", value=b"{}").get(timeout=10)
     finally:
         close_quietly(producer)
-    with pytest.raises(EventPublishError, match="ClusterAuthorizationFailedError"):
+    with pytest.raises(EventPublishError, match="AuthorizationFailedError"):
         publish_event(serving, MODEL_PROMOTED, PROMOTED, key="m", timeout_s=10)
+    publish_event(serving, SERVING_METRICS, SERVED, key="m:" + SERVED["request_id"], timeout_s=10)
 
 
 def test_serving_sees_no_other_topic(broker: PrivateKafka) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ml.settings import KafkaSettings
-from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS
+from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS, SERVING_METRICS
 from stack.config import StackPaths, stack_secrets
 from stack.kafka_auth import (
     Grant,
@@ -33,7 +33,7 @@ def _rules(grants: list[Grant] | tuple[Grant, ...]) -> set[tuple[str, str, str, 
     return {(g.user, g.resource, g.name, op, g.prefixed) for g in grants for op in g.operations}
 
 
-def test_the_pipeline_writes_and_reads_its_topics_and_serving_only_reads_promotions() -> None:
+def test_the_pipeline_writes_and_reads_its_topics_and_serving_reads_promotions_and_writes_its_metrics() -> None:
     rules = _rules(stack_grants())
     pipeline = {rule for rule in rules if rule[0] == "pipeline"}
     serving = {rule for rule in rules if rule[0] == "serving"}
@@ -48,7 +48,9 @@ def test_the_pipeline_writes_and_reads_its_topics_and_serving_only_reads_promoti
     assert serving == {
         ("serving", "topic", MODEL_PROMOTED.name, "READ", False),
         ("serving", "topic", MODEL_PROMOTED.name, "DESCRIBE", False),
-    }, "serving writes nothing and reads with assign(), without a group"
+        ("serving", "topic", SERVING_METRICS.name, "WRITE", False),
+        ("serving", "topic", SERVING_METRICS.name, "DESCRIBE", False),
+    }, "serving reads promotions with assign(), without a group, writes its metrics, and reads nothing else"
     anonymous = {rule for rule in rules if rule[0] == "ANONYMOUS"}
     assert anonymous == {
         ("ANONYMOUS", "topic", S3_EVENTS.name, "WRITE", False),

@@ -27,3 +27,15 @@ PROMOTED = {
     "previous_value": 0.95,
     "reason": "better by 0.02",
 }
+SERVING = {
+    "request_id": "0123456789abcdef0123456789abcdef",
+    "model_name": "penguins-classification",
+    "model_version": "4",
+    "task": "classification",
+    "status": 200,
+    "latency_ms": 3.25,
+    "rows": 3,
+    "prediction_summary": {"count": 3, "class_counts": {"Adelie": 2, "Gentoo": 1}},
+    "rows_logged": 2,
+    "inputs": {"bill_length_mm": [39.1, None], "island": ["Biscoe", "Dream"]},
+}

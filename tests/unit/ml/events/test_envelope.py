@@ -29,18 +29,20 @@ from ml.topics import (
     MODEL_PROMOTED,
     PIPELINE_EVENTS,
     S3_EVENTS,
+    SERVING_METRICS,
     TRAINING_METRICS,
     TRAINING_METRICS_V2,
     Topic,
 )
 from tests.support.fake_clock import FakeClock
-from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED
+from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED, SERVING
 
 PAYLOADS = {
     TRAINING_METRICS: METRICS,
     TRAINING_METRICS_V2: METRICS_V2,
     PIPELINE_EVENTS: PIPELINE,
     MODEL_PROMOTED: PROMOTED,
+    SERVING_METRICS: SERVING,
 }
 
 

@@ -88,3 +88,74 @@ def test_serve_needs_a_model(monkeypatch: pytest.MonkeyPatch) -> None:
     args = parse([])
     with pytest.raises(ValueError, match="--model NAME"):
         args.handler(args, SETTINGS)
+
+
+def test_gunicorn_gets_a_private_fresh_prometheus_folder_and_its_hook_and_the_folder_is_removed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Prometheus' multiprocess mode: every worker writes its metrics under PROMETHEUS_MULTIPROC_DIR; the command makes
+    a new private one (an earlier run's files would be added to this run's), replacing any the caller had, and gives
+    gunicorn ml.serve.gunicorn_conf (child_exit marks exited workers dead)."""
+    import stat
+    import subprocess
+
+    seen: list[dict[str, Any]] = []
+
+    def call(command: list[str], env: dict[str, str]) -> int:
+        folder = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+        seen.append(
+            {
+                "command": command,
+                "folder": folder,
+                "mode": stat.S_IMODE(folder.stat().st_mode),
+                "empty": not any(folder.iterdir()),
+            }
+        )
+        (folder / "counter_123.db").write_bytes(b"x")  # what a worker leaves there
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", call)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))  # the caller's: not used
+    args = parse(["--model", "iris-classification"])
+    assert args.handler(args, SETTINGS) == 0
+    [run] = seen
+    command = run["command"]
+    assert command[command.index("--config") + 1] == "python:ml.serve.gunicorn_conf"
+    assert command.index("--config") < len(command) - 1 and command[-1] == "ml.serve:create_app()"
+    assert run["folder"] != tmp_path and run["empty"] and run["mode"] == 0o700
+    assert not run["folder"].exists(), "removed when gunicorn exits"
+
+
+def test_the_prometheus_folder_is_removed_on_ctrl_c_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    folders: list[Path] = []
+
+    def call(command: list[str], env: dict[str, str]) -> int:
+        folders.append(Path(env["PROMETHEUS_MULTIPROC_DIR"]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess, "call", call)
+    args = parse(["--model", "iris-classification"])
+    assert args.handler(args, SETTINGS) == 130
+    assert len(folders) == 1 and not folders[0].exists()
+
+
+def test_dev_keeps_the_metrics_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[ServeSettings] = []
+
+    class App:
+        def run(self, **options: Any) -> None:
+            pass
+
+    monkeypatch.setattr("ml.serve.app.build_app", lambda config, **kwargs: built.append(config) or App())
+    monkeypatch.setenv("MLOPS_SERVE_PAYLOAD_SAMPLE_RATE", "0.1")
+    monkeypatch.setenv("MLOPS_SERVE_METRICS", "0")
+    args = parse(["--model", "iris-classification", "--dev"])
+    assert args.handler(args, SETTINGS) == 0
+    [config] = built
+    assert (config.model_name, config.payload_sample_rate, config.metrics_enabled) == (
+        "iris-classification",
+        0.1,
+        False,
+    )
