@@ -1,8 +1,10 @@
 """OpenLineage from Airflow (issue 15): the OpenLineage provider's listener sends the events of every task and DAG run
 to the broker's `openlineage` topic (connection openlineage_default, stack.airflow_home), and the pipeline's
-operators tell it what each task read and wrote (plugins/mlops_airflow/lineage.py). Checked on the e2e run: every
-event on the topic is an OpenLineage RunEvent by openlineage-python's models, and the run's events chain raw data ->
-snapshot -> features -> (search) -> registered model version.
+operators tell it what each task read and wrote (plugins/mlops_airflow/lineage.py); the preprocessing job's
+OpenLineage Spark listener (ml/preprocess/lineage.py) sends Spark's own events there too. Checked on the e2e run:
+every event on the topic is an OpenLineage RunEvent by openlineage-python's models, the run's events chain raw data
+-> snapshot -> features -> (search) -> registered model version, and the Spark job's events hang under the
+preprocessing task, reading the snapshot's files and writing the features' splits.
 """
 
 from __future__ import annotations
@@ -80,3 +82,34 @@ def test_every_task_and_the_dag_run_send_valid_openlineage_events_chaining_the_d
         f"models/{registered['model_name']}",
     )
     assert model["facets"]["version"]["datasetVersion"] == str(registered["version"])
+
+
+def test_the_spark_jobs_events_name_the_preprocessing_task_as_parent_and_its_files(
+    airflow_api: AirflowApi, first_run: dict[str, Any], settings: Settings
+) -> None:
+    run_id, dataset = first_run["run_id"], first_run["dataset"]
+    docs = _lineage_events(settings)
+    [task] = [
+        d
+        for d in docs
+        if d["job"]["name"] == f"{DAG_ID}.preprocess_with_spark" and d["eventType"] == "COMPLETE"
+        if _dag_run_id(d) == run_id
+    ]
+
+    def parent_run(doc: dict[str, Any]) -> str | None:
+        parent = (doc["run"].get("facets") or {}).get("parent")
+        return parent["run"]["runId"] if parent else None
+
+    spark = [d for d in docs if "/integration/spark" in d["producer"]]
+    # The application's events name the Airflow task's run as parent (spark_inject_parent_job_info).
+    applications = {d["run"]["runId"] for d in spark if parent_run(d) == task["run"]["runId"]}
+    assert len(applications) == 1, "one Spark application under the preprocessing task"
+    actions = [d for d in spark if parent_run(d) in applications and d["eventType"] == "COMPLETE"]
+    lake = f"s3://{settings.lake.lake_bucket}"
+    snapshot_id = airflow_api.xcom(run_id, "ingest_raw_data")["snapshot_id"]
+    written = {name for d in actions for namespace, name in _datasets(d, "outputs") if namespace == lake}
+    read = {name for d in actions for namespace, name in _datasets(d, "inputs") if namespace == lake}
+    features = f"datasets/{dataset}/features/{snapshot_id}"
+    assert {f"{features}/{split}" for split in ("train", "validation", "test")} <= written
+    assert read and all(name.startswith(f"datasets/{dataset}/snapshots/{snapshot_id}/") for name in read), read
+    assert {d["job"]["namespace"] for d in spark if d["run"]["runId"] in applications} == {NAMESPACE}
