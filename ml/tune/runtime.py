@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -114,8 +115,23 @@ def ensure_ray(ray_settings: RaySettings, s3: S3Settings, *, state_api: bool = F
             # cluster profile's: a stopped one made the task wait on its GCS forever).
             # Ray's servers listen on every interface whatever node address it is given (it turns 127.0.0.1 into the
             # routable address on purpose): the token is what keeps others out.
-            ray.init(address="local", include_dashboard=state_api, runtime_env=runtime_env, log_to_driver=True)
+            with scoped_environment(local_ray_address_env()):
+                ray.init(address="local", include_dashboard=state_api, runtime_env=runtime_env, log_to_driver=True)
     return True
+
+
+def local_ray_address_env() -> dict[str, str]:
+    """The GCS port a new local Ray is to listen on, and its address as RAY_ADDRESS, for the ray.init that starts it:
+    its processes inherit both, so the ones that look their cluster up by itself find this one. Without it they scan
+    the machine for Ray's GCS servers, and with two local Rays at once (two tune tasks) Ray Train's placement group
+    cleaner failed with "Found multiple active Ray instances": the worker group's CPUs stayed reserved after a trial
+    and the next trial's workers never started. (ray.init(address="local") itself ignores RAY_ADDRESS.)"""
+    import ray
+
+    with socket.socket() as probe:  # a free port now; Ray binds it a moment later
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    return {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
 
 
 class _DropSnapshotWarning(logging.Filter):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import ray
 from _pytest.logging import LogCaptureHandler
 
 from ml.settings import PROJECT_ROOT, RaySettings, S3Settings
@@ -25,7 +26,7 @@ from ml.tune import runtime
 from ml.tune.runtime import _SNAPSHOT_WARNING, _DropSnapshotWarning, ensure_ray, ray_driver_env, route_library_logs
 
 S3 = S3Settings(endpoint_url="http://s3.invalid:9000", access_key_id="id", secret_access_key="sk")
-AUTH_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+AUTH_VARIABLES = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_GCS_SERVER_PORT")
 
 
 @pytest.fixture
@@ -67,9 +68,12 @@ def test_a_local_ray_is_started_with_the_s3_settings_for_its_workers(
     assert init["runtime_env"]["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "sk"
     # "local" starts a Ray here, never the machine's latest `ray start` cluster (/tmp/ray/ray_current_cluster)
     assert init["address"] == "local" and init["include_dashboard"] is False
-    # the settings decide, not the worker's environment: no address (a local Ray), token auth with a fresh token
+    # the settings decide, not the worker's environment: a local Ray on a port of its own, which its processes find
+    # as RAY_ADDRESS (not the worker's other cluster), token auth with a fresh token
     environment = init["environment"]
-    assert (environment["RAY_ADDRESS"], environment["RAY_AUTH_MODE"]) == (None, "token")
+    port = int(environment["RAY_GCS_SERVER_PORT"])
+    assert environment["RAY_ADDRESS"] == f"{ray.util.get_node_ip_address()}:{port}" and 0 < port < 65536
+    assert environment["RAY_AUTH_MODE"] == "token"
     assert re.fullmatch("[0-9a-f]{64}", environment["RAY_AUTH_TOKEN"])
     assert ray_variables() == worker_environment, "the worker's environment is put back"
     assert ensure_ray(RaySettings(), S3) is False  # already up: not ours to shut down
@@ -109,7 +113,12 @@ def test_the_token_is_in_the_environment_during_ray_init_only(
     token = uuid.uuid4().hex
     ensure_ray(RaySettings("ray://head:10001", auth_token=token), S3)
     [init] = fake_ray
-    assert init["environment"] == {"RAY_ADDRESS": None, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    assert init["environment"] == {
+        "RAY_ADDRESS": None,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": token,
+        "RAY_GCS_SERVER_PORT": None,  # a cluster's port is the cluster's
+    }
     assert ray_variables() == worker_environment
     assert token not in json.dumps(init["runtime_env"]), "Ray's workers get their raylet's token, never ours"
 
