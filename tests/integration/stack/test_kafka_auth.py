@@ -114,7 +114,7 @@ def test_serving_writes_its_metrics_and_may_not_write_the_promotion_topic(broker
             producer.send(MODEL_PROMOTED.name, key=b"m", value=b"{}").get(timeout=10)
     finally:
         close_quietly(producer)
-    with pytest.raises(EventPublishError, match="AuthorizationFailedError"):
+    with pytest.raises(EventPublishError, match="TopicAuthorizationFailedError"):
         publish_event(serving, MODEL_PROMOTED, PROMOTED, key="m", timeout_s=10)
     publish_event(serving, SERVING_METRICS, SERVED, key="m:" + SERVED["request_id"], timeout_s=10)
 
@@ -179,5 +179,5 @@ def test_preparing_again_and_restarting_changes_nothing(
     model = f"model-{uuid.uuid4().hex[:8]}"
     publish_event(broker.settings("pipeline"), MODEL_PROMOTED, {**PROMOTED, "model_name": model}, key=model)
     assert [r for r in read_all(broker.settings("serving"), MODEL_PROMOTED.name, 3) if r.key.decode() == model]
-    with pytest.raises(EventPublishError, match="ClusterAuthorizationFailedError"):
+    with pytest.raises(EventPublishError, match="TopicAuthorizationFailedError"):
         publish_event(broker.settings("serving"), MODEL_PROMOTED, PROMOTED, key="m", timeout_s=10)
