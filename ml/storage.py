@@ -5,6 +5,7 @@ Lake layout (one place, so that a re-run writes the same keys and two runs never
   s3://LAKE/datasets/DATASET/snapshots/SNAPSHOT/data/ATTEMPT/...      each ingest attempt's copy of the raw objects
                                                                       (the manifest names the one that counts)
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/{train,validation,test}/part-*.parquet
+  s3://LAKE/datasets/DATASET/features/SNAPSHOT/training_distributions.json   what the drift monitor compares with
   s3://LAKE/datasets/DATASET/features/SNAPSHOT/feature_spec.json     written last: the features are complete
   s3://LAKE/tune/DATASET/SNAPSHOT/RUN                                 Ray Tune storage (trials, checkpoints): the tune
                                                                       task's alone (on the stack's S3, no other key
@@ -136,12 +137,19 @@ def features_uri(lake: LakeSettings, dataset: str, snapshot_id: str) -> S3Uri:
 
 
 FEATURE_SPEC_FILE = "feature_spec.json"
+TRAINING_DISTRIBUTIONS_FILE = "training_distributions.json"
 MANIFEST_FILE = "manifest.json"
 
 
 def feature_spec_uri(features: S3Uri | str) -> S3Uri:
     """The spec beside a features folder's splits: written last, its presence marks the features complete."""
     return (features if isinstance(features, S3Uri) else S3Uri.parse(features)).join(FEATURE_SPEC_FILE)
+
+
+def training_distributions_uri(features: S3Uri | str) -> S3Uri:
+    """The training distributions (ml.features.distributions) beside a features folder's spec, written just before
+    it. A model version's `feature_spec_uri` tag names the spec: the folder that holds it is the features folder."""
+    return (features if isinstance(features, S3Uri) else S3Uri.parse(features)).join(TRAINING_DISTRIBUTIONS_FILE)
 
 
 def tune_uri(lake: LakeSettings, dataset: str, snapshot_id: str, run_name: str) -> S3Uri:

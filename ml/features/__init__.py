@@ -9,11 +9,17 @@ Categorical values are keyed by `normalise_category`, which the Spark job mirror
   rules     what the Spark job mirrors: the constants, `normalise_category`, `parse_number`
   spec      the dataclasses: `FeatureSpec` and its features
   columnar  `FeatureSpec.transform`, column by column (numpy; pyarrow for strings in numeric columns)
+  distributions  the training distributions the drift monitor compares with (a file beside the spec, not in it)
 """
 
 from __future__ import annotations
 
 from ml.features.columnar import PYTHON_WHITESPACE
+from ml.features.distributions import (
+    CategoricalDistribution,
+    NumericDistribution,
+    TrainingDistributions,
+)
 from ml.features.rules import (
     BOOLEAN_SPELLINGS,
     INTEGRAL_DECIMAL_PATTERN,
@@ -38,9 +44,12 @@ __all__ = [
     "PYTHON_WHITESPACE",
     "SPEC_VERSION",
     "SPLITS",
+    "CategoricalDistribution",
     "CategoricalFeature",
     "FeatureSpec",
+    "NumericDistribution",
     "NumericFeature",
+    "TrainingDistributions",
     "normalise_category",
     "parse_number",
 ]

@@ -2,11 +2,13 @@
 
 Reads a snapshot through s3a, cleans it (types, non-finite values, blank strings and the usual null spellings,
 duplicates, rows without a target) in one scan of the input, splits it deterministically by a hash of each row's
-content, fits the transform on the training split only (means/stds of numerics, frequent categories), writes the
-Parquet splits and `feature_spec.json` (last: it marks the features complete), and registers the splits as
-partitions of a Hive table. The steps are in ml.preprocess.steps. S3 credentials come from the environment that
-spark-submit was given (ml.preprocess.submit), never from the command line; the job puts them into its own Hadoop
-configuration, which carries them to executors that do not share the driver's environment (a cluster's workers).
+content, fits the transform on the training split only (means/stds of numerics, frequent categories) and the
+training distributions the drift monitor compares with (ml.preprocess.distributions), writes the Parquet splits,
+`training_distributions.json` and `feature_spec.json` (last: it marks the features complete), and registers the
+splits as partitions of a Hive table. The steps are in ml.preprocess.steps. S3 credentials come from the environment
+that spark-submit was given (ml.preprocess.submit), never from the command line; the job puts them into its own
+Hadoop configuration, which carries them to executors that do not share the driver's environment (a cluster's
+workers).
 """
 
 from __future__ import annotations
@@ -21,9 +23,19 @@ from typing import Any
 from ml.features import SPLITS, FeatureSpec
 from ml.preprocess import steps
 from ml.preprocess.conf import s3a_credentials
+from ml.preprocess.distributions import fit_distributions
 from ml.preprocess.hive import hive_table_name, register_hive_table
 from ml.settings import LakeSettings, S3Settings, Settings
-from ml.storage import DataError, S3Uri, exists, feature_spec_uri, features_uri, read_json, snapshot_uri
+from ml.storage import (
+    DataError,
+    S3Uri,
+    exists,
+    feature_spec_uri,
+    features_uri,
+    read_json,
+    snapshot_uri,
+    training_distributions_uri,
+)
 
 log = logging.getLogger("ml.preprocess.job")
 
@@ -64,6 +76,8 @@ def preprocess(
         if not force:
             spec = FeatureSpec.from_dict(read_json(spec_uri, s3_client))
             log.info("features of snapshot %s already exist at %s: skipped", snapshot_id, out)
+            if not exists(training_distributions_uri(out), s3_client):
+                log.warning("%s has no training distributions (written before they existed): --force writes them", out)
             register_hive_table(spark, table, spec, out)
             return _summary(spec, out, spec_uri, table, skipped=True)
         # Forced: the old spec goes first, so a run that dies while rewriting the splits leaves no spec beside them
@@ -98,6 +112,7 @@ def preprocess(
     numeric_features = steps.fit_numeric(train, numeric)
     categorical_features = steps.fit_categorical(train, categorical, max_categories, min_category_count)
     classes = steps.class_labels(prepared) if task == "classification" else None
+    distributions = fit_distributions(train, numeric, categorical_features, dataset=dataset, snapshot_id=snapshot_id)
     spec = FeatureSpec(
         dataset=dataset,
         snapshot_id=snapshot_id,
@@ -112,9 +127,9 @@ def preprocess(
     encoded = steps.encode(prepared, numeric_features, categorical_features, classes)
     _write_splits(spark, encoded, out, counts)
     prepared.unpersist()
-    s3_client.put_object(
-        Bucket=spec_uri.bucket, Key=spec_uri.key, Body=spec.to_json().encode(), ContentType="application/json"
-    )
+    # The distributions before the spec: a spec beside the splits still means that everything is there.
+    for uri, document in ((training_distributions_uri(out), distributions.to_json()), (spec_uri, spec.to_json())):
+        s3_client.put_object(Bucket=uri.bucket, Key=uri.key, Body=document.encode(), ContentType="application/json")
     register_hive_table(spark, table, spec, out)
     return _summary(spec, out, spec_uri, table, skipped=False)
 

@@ -12,11 +12,20 @@ from typing import Any
 
 import pytest
 
-from ml.features import LABEL_COLUMN, SPLITS, FeatureSpec
+from ml.features import LABEL_COLUMN, OTHER, SPLITS, FeatureSpec, TrainingDistributions
 from ml.preprocess import job, steps
 from ml.preprocess.hive import hive_table_name
 from ml.settings import LakeSettings
-from ml.storage import DataError, exists, feature_spec_uri, features_uri, read_json, snapshot_uri, write_json
+from ml.storage import (
+    DataError,
+    exists,
+    feature_spec_uri,
+    features_uri,
+    read_json,
+    snapshot_uri,
+    training_distributions_uri,
+    write_json,
+)
 
 LAKE = LakeSettings(lake_bucket="lake")
 ROWS = 60
@@ -103,6 +112,44 @@ def test_a_snapshot_becomes_splits_a_spec_and_a_table(
         "num_features": len(spec.feature_columns),
         "skipped": False,
     }
+
+
+def test_the_training_distributions_are_written_beside_the_spec(
+    spark: Any, moto_client: Any, outputs: Outputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_snapshot(moto_client, tmp_path)
+    written: list[str] = []
+    put_object = moto_client.put_object
+    monkeypatch.setattr(moto_client, "put_object", lambda **kw: written.append(kw["Key"]) or put_object(**kw))
+    run(spark, moto_client)
+    features = features_uri(LAKE, "toy", "snap")
+    # the distributions before the spec: the spec is still what marks the features complete
+    assert written[-2:] == [training_distributions_uri(features).key, feature_spec_uri(features).key]
+    distributions = TrainingDistributions.from_dict(read_json(training_distributions_uri(features), moto_client))
+    spec = FeatureSpec.from_dict(read_json(feature_spec_uri(features), moto_client))
+    assert (distributions.dataset, distributions.snapshot_id, distributions.rows) == ("toy", "snap", spec.rows["train"])
+    x = distributions.feature("x")
+    # x is 0..59 without the row that has no target: the training rows' x are distinct integers in 0..59
+    assert (x.count, x.missing) == (spec.rows["train"], 0.0) and 0 <= x.min < x.max <= ROWS - 1
+    assert x.mean == pytest.approx(spec.numeric[0].mean) and x.std == pytest.approx(spec.numeric[0].std)
+    assert len(x.edges) == 9 and sum(x.fractions) == pytest.approx(1.0)
+    c = distributions.feature("c")
+    assert c.categories == spec.categorical[0].categories and c.bins[-1] == OTHER
+    assert sum(c.fractions) == pytest.approx(1.0) and c.fractions[-1] == 0.0  # every category kept
+
+
+def test_features_without_distributions_are_kept_with_a_warning(
+    spark: Any, moto_client: Any, outputs: Outputs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_snapshot(moto_client, tmp_path)
+    run(spark, moto_client)
+    old = training_distributions_uri(features_uri(LAKE, "toy", "snap"))
+    moto_client.delete_object(Bucket=old.bucket, Key=old.key)  # features written before distributions existed
+    with caplog.at_level(logging.WARNING, logger="ml.preprocess.job"):
+        assert run(spark, moto_client)["skipped"] is True
+    assert "has no training distributions" in caplog.text
+    assert run(spark, moto_client, force=True)["skipped"] is False
+    assert exists(old, moto_client)
 
 
 def test_existing_features_are_kept_unless_forced(
