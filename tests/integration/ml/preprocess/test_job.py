@@ -521,3 +521,25 @@ def test_unicode_names_huge_cardinality_and_mixed_types(runs: Runs) -> None:
         spec.dataset
     )
     assert awkward.hive == {"total": len(awkward.raw), **spec.rows}
+
+
+def test_training_distributions_are_written_beside_the_spec(runs: Runs, s3_client: Any, settings: Settings) -> None:
+    """What the drift monitor compares live traffic with (ml.features.distributions), from the same training rows as
+    the spec's statistics: every input feature, bin shares summing to 1, the spec's mean and categories."""
+    from ml.features.distributions import TrainingDistributions
+    from ml.storage import training_distributions_uri
+
+    spec = runs.novel.spec
+    assert spec is not None
+    uri = training_distributions_uri(features_uri(settings.lake, spec.dataset, spec.snapshot_id))
+    text = s3_client.get_object(Bucket=uri.bucket, Key=uri.key)["Body"].read().decode()
+    distributions = TrainingDistributions.from_json(text)
+    assert (distributions.dataset, distributions.snapshot_id) == (spec.dataset, spec.snapshot_id)
+    assert [d.name for d in distributions.numeric] == [f.name for f in spec.numeric]
+    assert [d.name for d in distributions.categorical] == [f.name for f in spec.categorical]
+    for numeric, feature in zip(distributions.numeric, spec.numeric, strict=True):
+        assert sum(numeric.fractions) == pytest.approx(1.0)
+        assert numeric.mean == pytest.approx(feature.mean, rel=1e-6)
+    for categorical, category_feature in zip(distributions.categorical, spec.categorical, strict=True):
+        assert categorical.categories == category_feature.categories
+        assert sum(categorical.fractions) == pytest.approx(1.0)
