@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from airflow.sdk import Asset, AssetAlias
 
@@ -64,10 +63,10 @@ class LineageDataset:
 
 def s3_dataset(uri: str) -> LineageDataset:
     """`s3://BUCKET/KEY` as OpenLineage names it (namespace `s3://BUCKET`, name KEY, `/` for the bucket itself)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("s3", "s3a") or not parts.netloc:
-        raise ValueError(f"not an S3 URI: {uri!r}")
-    return LineageDataset(f"s3://{parts.netloc}", parts.path.strip("/") or "/")
+    from ml.storage import S3Uri
+
+    parsed = S3Uri.parse(uri)
+    return LineageDataset(f"s3://{parsed.bucket}", parsed.key.strip("/") or "/")
 
 
 def model_dataset(registry_uri: str, model_name: str, version: str | int) -> LineageDataset:
