@@ -23,8 +23,9 @@ def numeric_metrics(metrics: dict[str, Any]) -> dict[str, int | float]:
 
 
 def quiet_checkpoint_logs() -> None:
-    """Ray Train logs "Checkpoint successfully created" at INFO for every epoch; forwarded to the driver's stderr it
-    shows as an ERROR line in an Airflow task log. Warnings and errors still come through."""
+    """Ray Train logs "Checkpoint successfully created" at INFO for every epoch, on the worker's stderr, which the
+    driver logs at WARNING (ml.tune.runtime.log_worker_output): a task log flooded with warnings. Warnings and errors
+    still come through."""
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 

@@ -1,6 +1,6 @@
 """Ray for a search: connected (a GCS address or a Ray Client `ray://` address, with token authentication) or
-started locally, with the `ml` package and the S3 keys in its runtime environment, and its logs (and Optuna's) routed
-through Python logging."""
+started locally, with the `ml` package and the S3 keys in its runtime environment, and its logs, its workers' output and
+Optuna's logs routed through Python logging."""
 
 from __future__ import annotations
 
@@ -15,6 +15,11 @@ from ml.process_env import scoped_environment
 from ml.settings import ML_PACKAGE, RaySettings, S3Settings
 
 log = logging.getLogger(__name__)
+worker_output_log = logging.getLogger("ml.tune.workers")
+
+# The name under which ray.init(log_to_driver=True) registers its printer of the workers' output (ray.shutdown removes
+# it by that name, so the replacement takes it too).
+_RAY_PRINT_HANDLER = "ray_print_logs"
 
 # Tune's warning that per-epoch checkpoints force frequent state snapshots (B2 measures their cost): it would flood
 # task logs, so it is filtered out of the log rather than switched off through Ray's environment variable.
@@ -117,6 +122,7 @@ def ensure_ray(ray_settings: RaySettings, s3: S3Settings, *, state_api: bool = F
             # routable address on purpose): the token is what keeps others out.
             with scoped_environment(local_ray_address_env()):
                 ray.init(address="local", include_dashboard=state_api, runtime_env=runtime_env, log_to_driver=True)
+    log_worker_output()
     return True
 
 
@@ -132,6 +138,42 @@ def local_ray_address_env() -> dict[str, str]:
         probe.bind(("", 0))
         port = probe.getsockname()[1]
     return {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"{ray.util.get_node_ip_address()}:{port}"}
+
+
+def log_worker_output() -> None:
+    """The workers' stdout and stderr, which Ray forwards to the driver, go through logging (stdout at INFO, stderr at
+    WARNING, logger `ml.tune.workers`) instead of Ray printing them on this process's stderr.
+
+    Under Airflow every stderr line is an ERROR in the task log, and a worker's stderr carries what is not an error of
+    the search: Python's default log handler, abseil's lock diagnostics, the traceback a trial actor prints when Ray
+    stops it with SIGTERM at shutdown. A trial that fails is logged at ERROR by Tune on the driver ("Trial task failed
+    for trial ..."), with its traceback. Ray has no public hook for this: its printer is replaced by name, and keeps
+    the autoscaler's event lines."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printers = [handler for name, handler in dispatcher.handlers if name == _RAY_PRINT_HANDLER]
+    if not printers:
+        return  # log_to_driver=False, or a Ray Client connection (its logs come another way)
+    ray_printer = printers[0]
+
+    def handle(batch: dict[str, Any]) -> None:
+        if batch.get("pid") == "autoscaler":
+            ray_printer(batch)  # Ray filters the autoscaler's monitor log down to its events (nodes added, removed)
+        else:
+            log_worker_lines(batch)
+
+    dispatcher.remove_handler(_RAY_PRINT_HANDLER)
+    dispatcher.add_handler(_RAY_PRINT_HANDLER, handle)
+
+
+def log_worker_lines(batch: dict[str, Any]) -> None:
+    """One batch of a worker's lines (Ray's log monitor message: pid, actor or task name, is_err, lines)."""
+    level = logging.WARNING if batch.get("is_err") else logging.INFO
+    source = " ".join(
+        str(part) for part in (batch.get("actor_name") or batch.get("task_name"), batch.get("pid")) if part
+    )
+    for line in batch.get("lines", []):
+        worker_output_log.log(level, "(%s) %s", source, line)
 
 
 class _DropSnapshotWarning(logging.Filter):

@@ -239,3 +239,69 @@ def test_a_search_hides_the_drivers_s3_keys_that_ray_tune_would_copy_into_its_tr
     with runtime.without_driver_s3_keys():
         assert not set(runtime.TUNE_COPIED_AWS_VARIABLES) & set(os.environ)
     assert {name: os.environ[name] for name in given} == given
+
+
+@pytest.fixture
+def ray_printer(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Ray's dispatcher of the workers' output holding a stand-in for the printer ray.init(log_to_driver=True)
+    registers; the batches that printer receives are recorded."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    printed: list[dict[str, Any]] = []
+    monkeypatch.setattr(dispatcher, "handlers", [("ray_print_logs", printed.append)])
+    return printed
+
+
+def test_the_workers_output_goes_through_logging_at_its_streams_level(
+    ray_printer: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under Airflow a line on stderr is an ERROR in the task log; a worker's stderr holds log lines and Ray's own
+    diagnostics (a failed trial is Tune's ERROR on the driver), so it is logged at WARNING, its stdout at INFO."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    runtime.log_worker_output()
+    sigterm = '  File "ray/_private/worker.py", line 1063, in sigterm_handler'
+    with caplog.at_level(logging.INFO, "ml.tune.workers"):
+        dispatcher.emit({"pid": 25015, "actor_name": "tune_trainable", "is_err": True, "lines": ["Exception", sigterm]})
+        dispatcher.emit({"pid": 7, "task_name": "load", "is_err": False, "lines": ["epoch 1"]})
+        dispatcher.emit({"pid": 8, "is_err": True, "lines": ["[mutex.cc : 452] RAW: Lock blocking 0x7f"]})
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.WARNING, "(tune_trainable 25015) Exception"),
+        (logging.WARNING, f"(tune_trainable 25015) {sigterm}"),
+        (logging.INFO, "(load 7) epoch 1"),
+        (logging.WARNING, "(8) [mutex.cc : 452] RAW: Lock blocking 0x7f"),
+    ]
+    assert ray_printer == [], "nothing printed on the process's own streams"
+    assert [name for name, _ in dispatcher.handlers] == ["ray_print_logs"], "ray.shutdown removes it by that name"
+
+
+def test_the_autoscalers_events_are_left_to_rays_printer(
+    ray_printer: list[dict[str, Any]], caplog: pytest.LogCaptureFixture
+) -> None:
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    runtime.log_worker_output()
+    batch = {"pid": "autoscaler", "is_err": False, "lines": ["Adding 1 node(s) of type worker"]}
+    with caplog.at_level(logging.INFO, "ml.tune.workers"):
+        dispatcher.emit(batch)
+    assert ray_printer == [batch] and caplog.records == []
+
+
+def test_without_rays_printer_nothing_is_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """log_to_driver=False or a Ray Client connection: no printer of the workers' output to replace."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    monkeypatch.setattr(dispatcher, "handlers", [])
+    runtime.log_worker_output()
+    assert dispatcher.handlers == []
+
+
+def test_ensure_ray_routes_the_workers_output_after_ray_init(
+    fake_ray: list[dict[str, Any]], ray_printer: list[dict[str, Any]]
+) -> None:
+    """ray.init registers Ray's printer, so the replacement comes after it (a connected cluster's workers too)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    ensure_ray(RaySettings(address="ray-head:6379", auth_token="t" * 64), S3)
+    ((name, handler),) = dispatcher.handlers
+    assert name == "ray_print_logs" and handler != ray_printer.append
