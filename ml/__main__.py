@@ -27,6 +27,7 @@ STAGE_MODULES = (
     "ml.registry.cli",
     "ml.events.cli",
     "ml.serve.cli",
+    "ml.drift.cli",
     "ml.pipeline",
 )
 

@@ -7,6 +7,7 @@ it without opening a new connection pool. Imports are inside the functions: impo
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -185,6 +186,28 @@ def kafka_options(kafka: KafkaSettings) -> dict[str, Any]:
             sasl_plain_password=kafka.password,
         )
     return options
+
+
+JAVA_LOGIN_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def java_kafka_properties(kafka: KafkaSettings) -> dict[str, str]:
+    """The Java Kafka client's connection properties for these settings (a JVM's producer or consumer: the OpenLineage
+    Spark listener, Spark's Kafka source): the bootstrap servers, the protocol and, for SASL, the login as a JAAS
+    entry, which holds the password: never put it on a command line."""
+    properties = {"bootstrap.servers": kafka.bootstrap_servers, "security.protocol": str(kafka.security_protocol)}
+    if kafka.uses_sasl:
+        mechanism = str(kafka.sasl_mechanism)
+        properties["sasl.mechanism"] = mechanism
+        properties["sasl.jaas.config"] = (
+            f"{JAVA_LOGIN_MODULES[mechanism]} required "
+            f"username={json.dumps(kafka.username)} password={json.dumps(kafka.password or '')};"
+        )
+    return properties
 
 
 def kafka_bootstrap_hint(kafka: KafkaSettings) -> str:

@@ -157,7 +157,9 @@ class SparkSettings:
     (metastore_dir is then None). `local_ip`: the driver's address, where executors of a cluster connect back to it.
     `cores_max`: the cores one job may take from a standalone cluster (`spark.cores.max`; None: all of them), which also
     sizes the shuffle partitions of a cluster job. `lineage_classpath`: the OpenLineage Spark listener's jars on the
-    submitting host (ml.preprocess.lineage; empty: jobs send no OpenLineage events)."""
+    submitting host (ml.preprocess.lineage; empty: jobs send no OpenLineage events). `kafka_source_classpath`: the jars
+    of Spark's Kafka source on the submitting host (the streaming drift monitor hands them to Spark, which ships them
+    to the executors)."""
 
     master: str = "local[*]"
     extra_classpath: str = ""
@@ -167,6 +169,7 @@ class SparkSettings:
     executor_classpath: str = ""
     cores_max: int | None = None
     lineage_classpath: str = ""
+    kafka_source_classpath: str = ""
 
     def __post_init__(self) -> None:
         if self.metastore_uri:
@@ -237,7 +240,9 @@ class Settings:
         # The Spark additions: given explicitly, or found in the local stack's folder (`make tools` writes the s3a
         # classpath there; the embedded metastore lives there too, unless a networked metastore is configured).
         stack_dir = Path(env.get("MLOPS_STACK_DIR") or PROJECT_ROOT / ".stack")
-        classpath, lineage_classpath = (_classpath_in(stack_dir, name) for name in ("spark-s3a", "spark-lineage"))
+        classpath, lineage_classpath, kafka_source_classpath = (
+            _classpath_in(stack_dir, name) for name in ("spark-s3a", "spark-lineage", "spark-kafka")
+        )
         metastore_uri = env.get("MLOPS_HIVE_METASTORE_URI") or None
         embedded_metastore = None if metastore_uri else str(stack_dir / "data" / "hive")
         return cls(
@@ -273,6 +278,7 @@ class Settings:
                 executor_classpath=env.get("MLOPS_SPARK_EXECUTOR_CLASSPATH", ""),
                 cores_max=_positive_int(env, "MLOPS_SPARK_CORES_MAX"),
                 lineage_classpath=env.get("MLOPS_SPARK_LINEAGE_CLASSPATH", lineage_classpath),
+                kafka_source_classpath=env.get("MLOPS_SPARK_KAFKA_CLASSPATH", kafka_source_classpath),
             ),
             ray=RaySettings(
                 env.get("RAY_ADDRESS") or None,
@@ -306,6 +312,7 @@ class Settings:
             "MLOPS_SPARK_EXECUTOR_CLASSPATH": self.spark.executor_classpath,
             "MLOPS_SPARK_CORES_MAX": str(self.spark.cores_max) if self.spark.cores_max else None,
             "MLOPS_SPARK_LINEAGE_CLASSPATH": self.spark.lineage_classpath,
+            "MLOPS_SPARK_KAFKA_CLASSPATH": self.spark.kafka_source_classpath,
         }
         written = {key: value for key, value in {**values, **spark_additions}.items() if value}
         return {**self.s3.subprocess_env(), **written}

@@ -128,6 +128,11 @@ def lake_root(lake: LakeSettings) -> S3Uri:
     return S3Uri(lake.lake_bucket, "")
 
 
+def drift_checkpoint_uri(lake: LakeSettings) -> S3Uri:
+    """The streaming drift monitor's checkpoint (Spark's offsets and window state, ml.drift.stream)."""
+    return lake_root(lake).join("monitor", "drift.v1", "checkpoint")
+
+
 def snapshot_uri(lake: LakeSettings, dataset: str, snapshot_id: str) -> S3Uri:
     return lake_root(lake).join("datasets", dataset, "snapshots", snapshot_id)
 

@@ -22,6 +22,8 @@ PIPELINE_EVENTS = Topic("mlops.pipeline.events.v1", "pipeline_event.v1", partiti
 MODEL_PROMOTED = Topic("mlops.model.promoted.v1", "model_promoted.v1", partitions=1, retention_ms=365 * DAY_MS)
 # One message per prediction request (ml.serve.telemetry), keyed by model and request: spread over the partitions.
 SERVING_METRICS = Topic("mlops.serving.metrics.v1", "serving_metrics.v1", partitions=3, retention_ms=7 * DAY_MS)
+# One message per model version and window of live requests (ml.drift): the streaming drift monitor's verdicts.
+DRIFT = Topic("mlops.drift.v1", "drift.v1", partitions=1, retention_ms=30 * DAY_MS)
 # The pipeline's own events, each an envelope of ml.events.envelope validated against its schema.
 ALL_TOPICS: tuple[Topic, ...] = (
     TRAINING_METRICS,
@@ -29,6 +31,7 @@ ALL_TOPICS: tuple[Topic, ...] = (
     PIPELINE_EVENTS,
     MODEL_PROMOTED,
     SERVING_METRICS,
+    DRIFT,
 )
 # The S3 server's bucket notifications (AWS's event format, not an envelope: ml.events.s3_notifications reads them).
 S3_EVENTS = Topic("mlops.s3.events.v1", "aws_s3_event", partitions=1, retention_ms=7 * DAY_MS)

@@ -97,6 +97,10 @@ class StackPaths:
         return self.jars / "spark-lineage.classpath"
 
     @property
+    def spark_kafka_classpath_file(self) -> Path:
+        return self.jars / "spark-kafka.classpath"
+
+    @property
     def versitygw(self) -> Path:
         return self.bin / "versitygw"
 

@@ -100,5 +100,6 @@ def fetch_all(paths: StackPaths) -> list[str]:
         fetch_classpath(MAVEN_DIR / "kafka-pom.xml", paths.kafka_classpath_file),
         fetch_classpath(MAVEN_DIR / "spark-s3a-pom.xml", paths.spark_s3a_classpath_file),
         fetch_classpath(MAVEN_DIR / "spark-lineage-pom.xml", paths.spark_lineage_classpath_file),
+        fetch_classpath(MAVEN_DIR / "spark-kafka-pom.xml", paths.spark_kafka_classpath_file),
         fetch_classpath(MAVEN_DIR / "postgresql-pom.xml", paths.postgresql_classpath_file),
     ]

@@ -7,6 +7,7 @@ field and the rule.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -73,12 +74,18 @@ def producer_id() -> str:
 
 
 def make_envelope(
-    topic: Topic, payload: Mapping[str, Any], dag_run_id: str | None = None, *, clock: Clock = SYSTEM_CLOCK
+    topic: Topic,
+    payload: Mapping[str, Any],
+    dag_run_id: str | None = None,
+    *,
+    clock: Clock = SYSTEM_CLOCK,
+    event_id: str | None = None,
 ) -> dict[str, Any]:
-    """Wrap `payload` in the versioned envelope of `topic` and validate it against the topic's JSON Schema."""
+    """Wrap `payload` in the versioned envelope of `topic` and validate it against the topic's JSON Schema.
+    `event_id`: the id of a message that may be sent again (`derived_event_id`); a fresh uuid4 by default."""
     envelope = {
         "schema": topic.schema,
-        "event_id": str(uuid.uuid4()),
+        "event_id": event_id or str(uuid.uuid4()),
         "event_time": utc_now_iso(clock),
         "dag_run_id": dag_run_id,
         "producer": producer_id(),
@@ -98,6 +105,17 @@ def pipeline_event_key(dag_id: str, dag_run_id: str | None, task_id: str | None,
 
 def serving_metrics_key(model_name: str, request_id: str) -> str:
     return f"{model_name}:{request_id}"
+
+
+def drift_key(model_name: str, model_version: str, window_start: str) -> str:
+    return f"{model_name}:{model_version}:{window_start}"
+
+
+def derived_event_id(topic: Topic, key: str) -> str:
+    """A uuid4-shaped event id that is a function of the topic and the message key: a message computed and sent
+    again (a window recomputed after a restart) keeps its id, so consumers can drop the copy."""
+    digest = hashlib.sha256(f"{topic.name}\0{key}".encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
 
 
 def topic_by_name(name: str) -> Topic | None:

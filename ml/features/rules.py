@@ -21,6 +21,26 @@ NUMBER_PATTERN = rf"^{_SPACE}[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?{_
 NON_FINITE_WORDS = frozenset(f"{sign}{word}" for sign in ("", "+", "-") for word in ("inf", "infinity", "nan"))
 # An integral decimal written with a fraction ("3.0", "3."): the same category as "3".
 INTEGRAL_DECIMAL_PATTERN = r"^([+-]?[0-9]+)\.0*$"
+# Strings that mean "no value" (pyarrow's CSV defaults, which the ingest check used): missing in a categorical column,
+# never a category (in the Spark job and the drift monitor alike).
+NULL_TOKENS = (
+    "#N/A",
+    "#N/A N/A",
+    "#NA",
+    "-1.#IND",
+    "-1.#QNAN",
+    "-NaN",
+    "-nan",
+    "1.#IND",
+    "1.#QNAN",
+    "N/A",
+    "NA",
+    "NULL",
+    "NaN",
+    "n/a",
+    "nan",
+    "null",
+)
 # Boolean spellings (those pyarrow reads as booleans): one category each, as Spark writes a boolean as a string.
 BOOLEAN_SPELLINGS = {"True": "true", "TRUE": "true", "False": "false", "FALSE": "false"}
 

@@ -9,10 +9,14 @@ and the `ml` package through `--py-files` (ml.preprocess.submit)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from ml.settings import LakeSettings, S3Settings, SparkSettings
+
+log = logging.getLogger(__name__)
 
 # The initial shuffle partitions of a job on a cluster whose size the settings do not give (no cores_max): adaptive
 # execution coalesces them to what the data needs, and 64 keeps a cluster of up to 32 cores busy.
@@ -103,6 +107,18 @@ def s3a_credentials(s3: S3Settings) -> dict[str, str]:
             "fs.s3a.aws.credentials.provider": TEMPORARY_CREDENTIALS,
         }
     return {**values, "fs.s3a.aws.credentials.provider": SIMPLE_CREDENTIALS}
+
+
+def apply_s3a_credentials(spark: Any, s3: S3Settings) -> None:
+    """Put the S3 credentials into the session's Hadoop configuration. Spark builds each job's Hadoop configuration
+    from it and ships that with the tasks, so executors authenticate with these keys instead of whatever their own
+    environment holds (on a cluster: nothing). Spark's UI and event log redact the keys (spark.redaction.regex)."""
+    credentials = s3a_credentials(s3)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    for key, value in credentials.items():
+        hadoop.set(key, value)
+    provider = credentials.get("fs.s3a.aws.credentials.provider", "s3a's default chain")
+    log.info("s3a credentials for the executors: %s", provider.rsplit(".", 1)[-1])
 
 
 def spark_submit_env(spark: SparkSettings, s3: S3Settings) -> dict[str, str]:

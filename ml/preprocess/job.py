@@ -22,10 +22,10 @@ from typing import Any
 
 from ml.features import SPLITS, FeatureSpec
 from ml.preprocess import steps
-from ml.preprocess.conf import s3a_credentials
+from ml.preprocess.conf import apply_s3a_credentials
 from ml.preprocess.distributions import fit_distributions
 from ml.preprocess.hive import hive_table_name, register_hive_table
-from ml.settings import LakeSettings, S3Settings, Settings
+from ml.settings import LakeSettings, Settings
 from ml.storage import (
     DataError,
     S3Uri,
@@ -144,18 +144,6 @@ def _write_splits(spark: Any, encoded: Any, out: S3Uri, counts: dict[str, int]) 
         split_frame = encoded.where(F.col(steps.SPLIT) == name).drop(steps.SPLIT).coalesce(files)
         split_frame.write.mode("overwrite").parquet(target_uri.s3a)
         log.info("wrote %s split (%d rows) to %s", name, counts.get(name, 0), target_uri)
-
-
-def apply_s3a_credentials(spark: Any, s3: S3Settings) -> None:
-    """Put the S3 credentials into the session's Hadoop configuration. Spark builds each job's Hadoop configuration
-    from it and ships that with the tasks, so executors authenticate with these keys instead of whatever their own
-    environment holds (on a cluster: nothing). Spark's UI and event log redact the keys (spark.redaction.regex)."""
-    credentials = s3a_credentials(s3)
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    for key, value in credentials.items():
-        hadoop.set(key, value)
-    provider = credentials.get("fs.s3a.aws.credentials.provider", "s3a's default chain")
-    log.info("s3a credentials for the executors: %s", provider.rsplit(".", 1)[-1])
 
 
 def _summary(spec: FeatureSpec, out: S3Uri, spec_uri: S3Uri, table: str, *, skipped: bool) -> dict[str, Any]:

@@ -12,15 +12,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ml.clients import java_kafka_properties
 from ml.settings import KafkaSettings, SparkSettings
 
 LISTENER = "io.openlineage.spark.agent.OpenLineageSparkListener"
 STRING_SERIALIZER = "org.apache.kafka.common.serialization.StringSerializer"
-LOGIN_MODULES = {
-    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
-    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
-    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
-}
 
 
 @dataclass(frozen=True)
@@ -48,20 +44,11 @@ def listener_conf(spark: SparkSettings, lineage: SparkLineage) -> dict[str, str]
 def listener_env(lineage: SparkLineage) -> dict[str, str]:
     """The driver's environment variable that configures the listener's Kafka transport (OpenLineage's Java client:
     `topicName`, and the producer's `properties` in Kafka's Java names, the login as a JAAS entry)."""
-    kafka = lineage.kafka
     properties = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "security.protocol": str(kafka.security_protocol),
+        **java_kafka_properties(lineage.kafka),
         "acks": "all",
         "key.serializer": STRING_SERIALIZER,
         "value.serializer": STRING_SERIALIZER,
     }
-    if kafka.uses_sasl:
-        mechanism = str(kafka.sasl_mechanism)
-        properties["sasl.mechanism"] = mechanism
-        properties["sasl.jaas.config"] = (
-            f"{LOGIN_MODULES[mechanism]} required "
-            f"username={json.dumps(kafka.username)} password={json.dumps(kafka.password or '')};"
-        )
     transport = {"type": "kafka", "topicName": lineage.topic, "properties": properties}
     return {"OPENLINEAGE__TRANSPORT": json.dumps(transport)}

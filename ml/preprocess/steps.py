@@ -15,6 +15,7 @@ from ml.features import (
     BOOLEAN_SPELLINGS,
     INTEGRAL_DECIMAL_PATTERN,
     LABEL_COLUMN,
+    NULL_TOKENS,
     NUMBER_PATTERN,
     CategoricalFeature,
     NumericFeature,
@@ -24,25 +25,6 @@ from ml.storage import S3Uri
 TARGET = "__target"  # the cleaned target while preprocessing (the label column is derived from it at the end)
 COPIES = "__copies"  # how many input rows one deduplicated row stands for
 SPLIT = "split"
-# Strings that mean "no value" (pyarrow's CSV defaults, which the ingest check used): missing, never a category.
-NULL_TOKENS = (
-    "#N/A",
-    "#N/A N/A",
-    "#NA",
-    "-1.#IND",
-    "-1.#QNAN",
-    "-NaN",
-    "-nan",
-    "1.#IND",
-    "1.#QNAN",
-    "N/A",
-    "NA",
-    "NULL",
-    "NaN",
-    "n/a",
-    "nan",
-    "null",
-)
 SPLIT_BUCKETS = 10_000
 
 

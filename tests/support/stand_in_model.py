@@ -151,3 +151,34 @@ def upload_stand_in(
         "mlflow_parent_run_id": None,
         "num_trials": 1,
     }
+
+
+def training_distributions(spec: FeatureSpec, rows: list[dict[str, Any]]) -> Any:
+    """What preprocessing would record of `rows` as the training split (ml.features.distributions): deciles of each
+    numeric column, shares of the spec's categories then `__other__`, missing shares. numpy's exact quantiles stand in
+    for Spark's approximate ones."""
+    from ml.drift import bin_counts, category_counts
+    from ml.features import CategoricalDistribution, NumericDistribution, TrainingDistributions
+
+    def numeric(name: str) -> NumericDistribution:
+        values = np.array([np.nan if row[name] is None else row[name] for row in rows], dtype=np.float64)
+        present = values[np.isfinite(values)]
+        edges = sorted(set(np.quantile(present, np.linspace(0.1, 0.9, 9)).tolist()))
+        counts = bin_counts(present, edges)
+        return NumericDistribution(
+            name, edges, (counts / counts.sum()).tolist(), len(present), 1 - len(present) / len(rows)
+        )
+
+    def categorical(name: str, categories: list[str]) -> CategoricalDistribution:
+        keys = [row[name] for row in rows]
+        counts = category_counts(keys, categories)
+        present = int(counts.sum())
+        return CategoricalDistribution(name, categories, (counts / present).tolist(), present, 1 - present / len(rows))
+
+    return TrainingDistributions(
+        dataset=spec.dataset,
+        snapshot_id=spec.snapshot_id,
+        rows=len(rows),
+        numeric=[numeric(feature.name) for feature in spec.numeric],
+        categorical=[categorical(feature.name, list(feature.categories)) for feature in spec.categorical],
+    )

@@ -27,6 +27,7 @@ STAGES = {
     "promote",
     "events",
     "serve",
+    "monitor",
     "run-all",
 }
 

@@ -36,6 +36,7 @@ def stack_dir(tmp_path: Path) -> Path:
     (tmp_path / "jars").mkdir()
     (tmp_path / "jars" / "spark-s3a.classpath").write_text("/jars/hadoop-aws.jar:/jars/bundle.jar\n")
     (tmp_path / "jars" / "spark-lineage.classpath").write_text("/jars/openlineage-spark.jar:/jars/kafka-clients.jar\n")
+    (tmp_path / "jars" / "spark-kafka.classpath").write_text("/jars/spark-sql-kafka.jar:/jars/kafka-clients-3.jar\n")
     return tmp_path
 
 
@@ -100,6 +101,7 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
             executor_classpath="/opt/spark/extra-jars/*",
             cores_max=2,
             lineage_classpath="/jars/openlineage-spark.jar:/jars/kafka-clients.jar",
+            kafka_source_classpath="/jars/spark-sql-kafka.jar:/jars/kafka-clients-3.jar",
         ),
         ray=RaySettings(
             "ray://head:10001",

@@ -118,6 +118,7 @@ def test_topics_are_created_with_their_partitions_and_retention(fake_admin: list
         "mlops.training.metrics.v1",
         "mlops.training.metrics.v2",
         "mlops.serving.metrics.v1",
+        "mlops.drift.v1",
         "mlops.s3.events.v1",
         "openlineage",
     ]

@@ -26,6 +26,7 @@ from ml.events.envelope import (
 )
 from ml.topics import (
     ALL_TOPICS,
+    DRIFT,
     MODEL_PROMOTED,
     PIPELINE_EVENTS,
     S3_EVENTS,
@@ -35,6 +36,7 @@ from ml.topics import (
     Topic,
 )
 from tests.support.fake_clock import FakeClock
+from tests.unit.ml.events.samples import DRIFT as DRIFT_SAMPLE
 from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED, SERVING
 
 PAYLOADS = {
@@ -43,6 +45,7 @@ PAYLOADS = {
     PIPELINE_EVENTS: PIPELINE,
     MODEL_PROMOTED: PROMOTED,
     SERVING_METRICS: SERVING,
+    DRIFT: DRIFT_SAMPLE,
 }
 
 
@@ -60,7 +63,9 @@ def test_every_topic_has_a_valid_json_schema() -> None:
     jsonschema.validators.validator_for(notifications).check_schema(notifications)
     routes = load_schema("event_routes")  # not an event: the routes file of event-driven runs (ml.events.routes)
     jsonschema.validators.validator_for(routes).check_schema(routes)
-    with pytest.raises(EventValidationError, match=r"unknown event schema 'nope\.v9' \(known: aws_s3_event, event_ro"):
+    with pytest.raises(
+        EventValidationError, match=r"unknown event schema 'nope\.v9' \(known: aws_s3_event, drift\.v1, event_ro"
+    ):
         load_schema("nope.v9")
 
 
@@ -270,3 +275,14 @@ def test_the_reference_with_format_checks_agrees_on_what_the_run_time_validator_
     stricter_reference = [envelope for envelope in accepted if not reference.is_valid(envelope)]
     assert stricter_reference == [], stricter_reference[:2]
     assert accepted  # some corruptions are still valid events (another number, another string)
+
+
+def test_a_derived_event_id_is_a_uuid4_that_only_the_topic_and_key_decide() -> None:
+    from ml.events.envelope import derived_event_id, drift_key
+
+    key = drift_key("toy-classification", "3", "2026-12-03T10:00:00Z")
+    assert key == "toy-classification:3:2026-12-03T10:00:00Z"
+    first = derived_event_id(DRIFT, key)
+    assert derived_event_id(DRIFT, key) == first  # a window sent again keeps its id
+    assert uuid.UUID(first).version == 4
+    assert derived_event_id(DRIFT, key + "x") != first and derived_event_id(SERVING_METRICS, key) != first

@@ -6,11 +6,13 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ml.preprocess.conf import (
     CLUSTER_SHUFFLE_PARTITIONS,
+    apply_s3a_credentials,
     s3a_credentials,
     shuffle_partitions_for,
     spark_conf,
@@ -183,3 +185,23 @@ def test_long_lived_keys_use_the_simple_provider_and_no_keys_leave_s3as_chain() 
     assert credentials["fs.s3a.aws.credentials.provider"] == "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
     assert "fs.s3a.session.token" not in credentials
     assert s3a_credentials(S3Settings()) == {}, "no keys: the workers' own chain (an instance role, say)"
+
+
+def test_the_credentials_reach_the_hadoop_configuration_each_job_ships(spark: Any) -> None:
+    """Set on a live session, they are in the configuration Spark builds for each file scan and write (and sends to
+    the executors with the tasks), not only in the driver's environment."""
+    s3 = S3Settings(access_key_id=uuid.uuid4().hex, secret_access_key=uuid.uuid4().hex, session_token=uuid.uuid4().hex)
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    keys = ("fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token", "fs.s3a.aws.credentials.provider")
+    try:
+        apply_s3a_credentials(spark, s3)
+        per_job = spark._jsparkSession.sessionState().newHadoopConf()
+        assert [per_job.get(key) for key in keys] == [
+            s3.access_key_id,
+            s3.secret_access_key,
+            s3.session_token,
+            "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
+        ]
+    finally:
+        for key in keys:  # the session is shared by the module's tests
+            hadoop.unset(key)

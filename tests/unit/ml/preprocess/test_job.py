@@ -192,28 +192,6 @@ def test_no_training_rows_is_a_data_error(spark: Any, moto_client: Any, outputs:
     assert outputs.splits == {} and outputs.registered == []
 
 
-def test_the_credentials_reach_the_hadoop_configuration_each_job_ships(spark: Any) -> None:
-    """Set on a live session, they are in the configuration Spark builds for each file scan and write (and sends to
-    the executors with the tasks), not only in the driver's environment."""
-    from ml.settings import S3Settings
-
-    s3 = S3Settings(access_key_id=uuid.uuid4().hex, secret_access_key=uuid.uuid4().hex, session_token=uuid.uuid4().hex)
-    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
-    keys = ("fs.s3a.access.key", "fs.s3a.secret.key", "fs.s3a.session.token", "fs.s3a.aws.credentials.provider")
-    try:
-        job.apply_s3a_credentials(spark, s3)
-        per_job = spark._jsparkSession.sessionState().newHadoopConf()
-        assert [per_job.get(key) for key in keys] == [
-            s3.access_key_id,
-            s3.secret_access_key,
-            s3.session_token,
-            "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider",
-        ]
-    finally:
-        for key in keys:  # the session is shared by the module's tests
-            hadoop.unset(key)
-
-
 # main: the spark-submit entry point's contract with ml.preprocess.submit (a result line, or an `error:` line)
 
 

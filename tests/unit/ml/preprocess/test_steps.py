@@ -15,6 +15,7 @@ import pytest
 
 from ml.features import (
     LABEL_COLUMN,
+    NULL_TOKENS,
     OTHER,
     CategoricalFeature,
     FeatureSpec,
@@ -24,7 +25,7 @@ from ml.features import (
 )
 from ml.ingest.read import read_table
 from ml.preprocess import steps
-from ml.preprocess.steps import COPIES, NULL_TOKENS, SPLIT, TARGET
+from ml.preprocess.steps import COPIES, SPLIT, TARGET
 
 
 def frame(spark: Any, rows: list[tuple[Any, ...]], *fields: tuple[str, str]) -> Any:
