@@ -1,6 +1,7 @@
-"""The local profile's long-running services (S3 server, Kafka, MLflow, Airflow), each a plain process bound to
-127.0.0.1 and run by stack.process. The cluster profile reuses S3 and Kafka and adds its own (stack.cluster). The Kafka
-broker, with its SASL logins and ACLs, has a module of its own (stack.kafka_broker, stack.kafka_auth)."""
+"""The local profile's long-running services (S3 server, Kafka, MLflow, the drift monitor, Airflow), each a plain
+process bound to 127.0.0.1 and run by stack.process. The cluster profile reuses S3, Kafka and the drift monitor and
+adds its own (stack.cluster). The Kafka broker, with its SASL logins and ACLs, has a module of its own
+(stack.kafka_broker, stack.kafka_auth)."""
 
 from __future__ import annotations
 
@@ -245,8 +246,48 @@ AIRFLOW = Service(
     url="http://127.0.0.1:8080 (login: admin, password in .stack/airflow/simple_auth_manager_passwords.json.generated)",
 )
 
+# --- the streaming drift monitor: `python -m ml monitor` (ml.drift), a Spark driver with its UI on 4041 -----------
+
+DRIFT_MONITOR_UI_PORT = 4041  # Spark's UI of the monitor (4040 stays the default of other Spark drivers)
+
+
+def _drift_monitor_healthy(env: dict[str, str]) -> bool:
+    """Its streaming query runs: the Structured Streaming tab of its Spark UI lists it among the active queries."""
+    try:
+        url = f"http://127.0.0.1:{DRIFT_MONITOR_UI_PORT}/StreamingQuery/"
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return "Active Streaming Queries (1)" in response.read().decode(errors="replace")
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _drift_monitor_prepare(paths: StackPaths, env: dict[str, str]) -> None:
+    # A local Spark in both profiles: a streaming query holds its executors' cores for as long as it runs, and the
+    # cluster profile's few standalone cores are the batch jobs'. (On a real cluster, give it SPARK_MASTER and
+    # MLOPS_SPARK_CORES_MAX.)
+    env["SPARK_MASTER"] = "local[2]"
+
+
+DRIFT_MONITOR = Service(
+    name="drift-monitor",
+    port=DRIFT_MONITOR_UI_PORT,
+    command=lambda paths, env: [
+        str(REPO_ROOT / ".venv" / "bin" / "python"),
+        "-m",
+        "ml",
+        "monitor",
+        "--ui-port",
+        str(DRIFT_MONITOR_UI_PORT),
+    ],
+    prepare=_drift_monitor_prepare,
+    is_healthy=_drift_monitor_healthy,
+    start_timeout_s=180,
+    url=f"http://127.0.0.1:{DRIFT_MONITOR_UI_PORT}/StreamingQuery/ (mlops.serving.metrics.v1 -> mlops.drift.v1)",
+)
+
 # Start order matters: the S3 server sends a test notification when it starts and refuses to start when Kafka (or the
 # notifications topic, which `up` creates right after starting Kafka) is not there; MLflow writes artifacts into the S3
-# server. Airflow is started on demand (`up --airflow`).
-SERVICES: tuple[Service, ...] = (KAFKA, S3, MLFLOW)
+# server; the drift monitor reads Kafka, keeps its checkpoint in S3 and asks MLflow for model versions. Airflow is
+# started on demand (`up --airflow`).
+SERVICES: tuple[Service, ...] = (KAFKA, S3, MLFLOW, DRIFT_MONITOR)
 ALL_SERVICES: tuple[Service, ...] = (*SERVICES, AIRFLOW)

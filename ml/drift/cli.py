@@ -24,6 +24,7 @@ def _cli_monitor(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         once=args.once,
         starting_offsets=args.starting_offsets,
         thresholds=DriftThresholds(psi=args.psi_threshold, min_rows=args.min_rows),
+        ui_port=args.ui_port,
     )
     return run_monitor(settings, config)
 
@@ -46,4 +47,5 @@ def register_cli(subparsers: Any) -> None:
         "--psi-threshold", type=float, default=DEFAULT_PSI_THRESHOLD, help="PSI at which a feature drifts"
     )
     parser.add_argument("--min-rows", type=int, default=DEFAULT_MIN_ROWS, help="rows a window needs for a verdict")
+    parser.add_argument("--ui-port", type=int, default=None, help="Spark's UI port (default: 4040 or the next free)")
     parser.set_defaults(handler=_cli_monitor)

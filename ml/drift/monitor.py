@@ -35,7 +35,7 @@ def kafka_source_options(kafka: KafkaSettings, config: MonitorConfig) -> dict[st
     }
 
 
-def monitor_spark_conf(settings: Settings) -> dict[str, str]:
+def monitor_spark_conf(settings: Settings, config: MonitorConfig) -> dict[str, str]:
     """The pipeline's Spark configuration (s3a for the checkpoint) without the Hive catalog (the monitor writes no
     table, and the local embedded metastore admits one driver at a time: the preprocessing job's), plus the Kafka
     source's jars as `spark.jars`, which Spark also ships to a cluster's executors."""
@@ -53,6 +53,8 @@ def monitor_spark_conf(settings: Settings) -> dict[str, str]:
     conf["spark.jars"] = ",".join(path for path in settings.spark.kafka_source_classpath.split(":") if path)
     # One partition per core for the small aggregation, not the batch jobs' count.
     conf["spark.sql.shuffle.partitions"] = "4"
+    if config.ui_port is not None:
+        conf["spark.ui.port"] = str(config.ui_port)
     return conf
 
 
@@ -113,8 +115,10 @@ def run_monitor(settings: Settings, config: MonitorConfig) -> dict[str, Any]:
 
     from ml.preprocess.conf import apply_s3a_credentials
 
+    # py4j logs each micro-batch's callback into Python at INFO: two lines every trigger of a long-lived monitor.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     builder = SparkSession.builder.appName(APP_NAME).master(settings.spark.master)
-    for key, value in monitor_spark_conf(settings).items():
+    for key, value in monitor_spark_conf(settings, config).items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     try:

@@ -53,6 +53,9 @@ class MonitorConfig:
     once: bool = False
     starting_offsets: str = "earliest"
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
+    ui_port: int | None = (
+        None  # Spark's UI (its Structured Streaming tab); None: Spark's default, 4040 or the next free
+    )
 
 
 def parse_serving_events(spark: Any, raw: Any, watermark: str) -> Any:

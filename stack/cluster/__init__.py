@@ -22,7 +22,7 @@ from stack.cluster.postgres import DATABASES, POSTGRES, create_databases, postgr
 from stack.cluster.ray import RAY_HEAD, RAY_WORKER, ray_state
 from stack.cluster.spark import SPARK_MASTER, SPARK_WORKERS, spark_master_state, spark_worker_state
 from stack.process import Service
-from stack.services import KAFKA, S3
+from stack.services import DRIFT_MONITOR, KAFKA, S3
 
 # What the rest of the repository imports from stack.cluster (stack.profiles, stack.__main__, the tests).
 __all__ = [
@@ -43,12 +43,13 @@ __all__ = [
 ]
 
 # Start order: Kafka before S3 (the S3 server's notifications: stack.services.SERVICES); the metastore needs
-# PostgreSQL and S3; MLflow needs both; Spark workers need their master.
+# PostgreSQL and S3; MLflow needs both; the drift monitor needs Kafka, S3 and MLflow; Spark workers need their master.
 CLUSTER_SERVICES: tuple[Service, ...] = (
     KAFKA,
     S3,
     POSTGRES,
     MLFLOW_CLUSTER,
+    DRIFT_MONITOR,
     METASTORE,
     SPARK_MASTER,
     *SPARK_WORKERS,

@@ -145,3 +145,17 @@ def test_ray_starts_and_runs_a_task() -> None:
             assert ray.get([square.remote(i) for i in range(8)]) == [i * i for i in range(8)]
         finally:
             ray.shutdown()
+
+
+def test_the_drift_monitor_streams_the_serving_topic_with_its_checkpoint_in_s3(
+    s3_client: Any, settings: Settings
+) -> None:
+    """`up` started it: its Spark UI lists the streaming query as active, and the query keeps its checkpoint (the
+    metadata written when it started, the offsets of its micro-batches) in the lake."""
+    from ml.storage import drift_checkpoint_uri, exists, list_keys
+    from stack.services import DRIFT_MONITOR
+
+    assert DRIFT_MONITOR.is_healthy({}), "no active streaming query in the drift monitor's Spark UI"
+    checkpoint = drift_checkpoint_uri(settings.lake)
+    assert exists(checkpoint.join("metadata"), s3_client)
+    assert list_keys(checkpoint.join("offsets"), s3_client), "the monitor ran no micro-batch"

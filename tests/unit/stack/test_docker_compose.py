@@ -669,7 +669,8 @@ def test_airflow_connections_give_the_tasks_what_the_other_services_use(
     # Spark: the same master, jars, networked metastore and cores per job; tasks fix no driver address (the Spark
     # connection test in test_docker_compose_cluster.py), a project container names its own.
     spark = spark_settings("spark_default")
-    assert spark == dataclasses.replace(project.spark, local_ip=None)
+    # (Spark's Kafka source is the drift monitor's, a project container's; no task streams.)
+    assert spark == dataclasses.replace(project.spark, local_ip=None, kafka_source_classpath="")
     assert project.spark.metastore_uri and project.spark.metastore_dir is None, "the networked metastore, no Derby"
     # Ray: the head's client port, with the cluster's token.
     ray = RayHook().settings

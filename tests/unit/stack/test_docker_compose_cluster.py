@@ -401,11 +401,14 @@ def test_the_jars_match_what_the_project_pins() -> None:
     from stack.config import KAFKA_VERSION
 
     assert pinned("spark-lineage-pom.xml", "kafka-clients") == KAFKA_VERSION
+    # Spark's Kafka source (the drift monitor) at the Spark that loads it.
+    assert pinned("spark-kafka-pom.xml", "spark-sql-kafka-0-10_2.13") == pyspark.__version__
     copies = dockerfile_copies("jars")
     assert copies == {
         "/jars/spark-s3a/": "/opt/mlops/jars/spark-s3a/",
         "/jars/postgresql/": "/opt/mlops/jars/postgresql/",
         "/jars/spark-lineage/": "/opt/mlops/jars/spark-lineage/",
+        "/jars/spark-kafka/": "/opt/mlops/jars/spark-kafka/",
     }
 
 

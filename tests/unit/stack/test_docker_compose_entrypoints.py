@@ -50,6 +50,7 @@ MAVEN_JAR_FOLDERS = {
     "/opt/mlops/jars/spark-s3a": "stack/maven/spark-s3a-pom.xml",
     "/opt/mlops/jars/postgresql": "stack/maven/postgresql-pom.xml",
     "/opt/mlops/jars/spark-lineage": "stack/maven/spark-lineage-pom.xml",
+    "/opt/mlops/jars/spark-kafka": "stack/maven/spark-kafka-pom.xml",
 }
 SPARK_JARS = "/opt/mlops/jars/spark"  # the pyspark wheel's jars folder (a link the Dockerfile makes)
 
@@ -279,7 +280,9 @@ RESOLVERS: dict[str, Callable[[list[str]], list[str]]] = {
     "mlflow": click_problems,
 }
 # Shell builtins and programs of the base image: nothing of the project's to resolve.
-SYSTEM_PROGRAMS = frozenset({"curl", "set", "if", "[[", "then", "fi", "echo", "mkdir", "chmod", "chown", "trap"})
+SYSTEM_PROGRAMS = frozenset(
+    {"curl", "grep", "set", "if", "[[", "then", "fi", "echo", "mkdir", "chmod", "chown", "trap"}
+)
 PROJECT_IMAGE = load_compose()["x-project-image"]["image"]
 
 

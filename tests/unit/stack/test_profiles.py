@@ -17,7 +17,8 @@ def _names(services: tuple[object, ...]) -> list[str]:
 def test_the_local_profile() -> None:
     local = profile_named("local")
     assert local.name == "local"
-    assert _names(local.services) == ["kafka", "s3", "mlflow"], "the S3 server needs Kafka up for its notifications"
+    # the S3 server needs Kafka up for its notifications; the drift monitor needs all three
+    assert _names(local.services) == ["kafka", "s3", "mlflow", "drift-monitor"]
     assert _names(local.airflow) == ["airflow"]
     assert local.all_services == (*local.services, *local.airflow)
 
@@ -30,6 +31,7 @@ def test_the_cluster_profile() -> None:
         "s3",
         "postgres",
         "mlflow",
+        "drift-monitor",
         "metastore",
         "spark-master",
         "spark-worker-1",
@@ -56,6 +58,8 @@ DEPENDENCIES = [
     ("spark-master", "spark-worker-1"),
     ("spark-master", "spark-worker-2"),
     ("ray-head", "ray-worker"),
+    ("mlflow", "drift-monitor"),  # it finds a model version's training distributions through the registry
+    ("s3", "drift-monitor"),  # its checkpoint
 ]
 
 

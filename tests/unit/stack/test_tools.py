@@ -48,20 +48,3 @@ def test_the_s3_connector_matches_the_pyspark_wheel() -> None:
     check_spark_hadoop_version(HADOOP_AWS_VERSION)
     with pytest.raises(StackError, match="update HADOOP_AWS_VERSION"):
         check_spark_hadoop_version("0.0.1")
-
-
-def test_sparks_kafka_source_is_fetched_at_pysparks_version() -> None:
-    """spark-sql-kafka must match the Spark that loads it (its classes use Spark's internal APIs)."""
-    import xml.etree.ElementTree as ElementTree
-
-    import pyspark
-
-    from stack.tools import MAVEN_DIR
-
-    namespace = {"m": "http://maven.apache.org/POM/4.0.0"}
-    pom = ElementTree.parse(MAVEN_DIR / "spark-kafka-pom.xml")
-    versions = {
-        d.findtext("m:artifactId", namespaces=namespace): d.findtext("m:version", namespaces=namespace)
-        for d in pom.getroot().iterfind("m:dependencies/m:dependency", namespace)
-    }
-    assert versions == {"spark-sql-kafka-0-10_2.13": pyspark.__version__}

@@ -46,7 +46,7 @@ def test_the_spark_conf_ships_the_kafka_jars_and_opens_no_metastore() -> None:
         metastore_dir="/stack/data/hive",
         kafka_source_classpath="/m2/spark-sql-kafka.jar:/m2/kafka-clients.jar",
     )
-    conf = monitor_spark_conf(settings_with(spark))
+    conf = monitor_spark_conf(settings_with(spark), CONFIG)
     assert conf["spark.jars"] == "/m2/spark-sql-kafka.jar,/m2/kafka-clients.jar"
     assert conf["spark.sql.catalogImplementation"] == "in-memory"
     assert not any("derby" in value or "jdo" in key for key, value in conf.items())
@@ -56,7 +56,7 @@ def test_the_spark_conf_ships_the_kafka_jars_and_opens_no_metastore() -> None:
 
 def test_without_the_kafka_jars_the_monitor_says_what_to_do() -> None:
     with pytest.raises(ValueError, match=r"MLOPS_SPARK_KAFKA_CLASSPATH.*make tools"):
-        monitor_spark_conf(settings_with(SparkSettings()))
+        monitor_spark_conf(settings_with(SparkSettings()), CONFIG)
 
 
 class Registry:
