@@ -347,6 +347,8 @@ class RegisterModelOperator(lineage.OpenLineageDatasets, BaseOperator):
             is_backfill=is_backfill,
             allow_backfill_promotion=as_bool(self.allow_backfill_promotion),
             task_id=self.task_id,
+            # What started the run (raw_data_events, drift_retraining), recorded in the version's tags.
+            trigger_event=(context.get("params") or {}).get("event") or None,
         )
         version = lineage.model_version_asset(decision["model_name"], decision["version"])
         made_from = lineage.features_name(evaluation["dataset"], evaluation["snapshot_id"])

@@ -1,4 +1,5 @@
-"""The asset watcher's trigger: S3 upload notifications from Kafka (ml.topics.S3_EVENTS) become asset events.
+"""The asset watchers' triggers: S3 upload notifications (ml.topics.S3_EVENTS) and the drift monitor's drifted
+windows (ml.topics.DRIFT) become asset events.
 
 It is the Kafka provider's KafkaSharedStreamTrigger (Airflow 3.3's shared-stream ack channel: a message's offset is
 committed only after the asset events derived from it are stored, so a triggerer killed in between loses nothing;
@@ -22,7 +23,34 @@ from airflow.triggers.shared_stream import reject_shared_stream_event
 log = logging.getLogger(__name__)
 
 
-class S3NotificationTrigger(KafkaSharedStreamTrigger):
+class MalformedMessage(ValueError):
+    """A message the trigger cannot read: logged and rejected (committed past; it would fail again)."""
+
+
+class MessageTrigger(KafkaSharedStreamTrigger):
+    """One asset event per message that `payload_of` turns into a payload (None: the message is skipped, a
+    MalformedMessage: logged and rejected). The serialized class path is the subclass's own."""
+
+    def payload_of(self, value: Any) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        _, kwargs = super().serialize()
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+
+    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
+        async for value in shared_stream:
+            try:
+                payload = self.payload_of(value)
+            except MalformedMessage as error:
+                log.warning("%s: skipped a malformed message: %s", self.topics, error)
+                reject_shared_stream_event()
+                continue
+            if payload:
+                yield TriggerEvent(payload)
+
+
+class S3NotificationTrigger(MessageTrigger):
     """Fires one event per S3 notification that created objects in `buckets`; its payload: {"objects": [...]}, each
     ml.events.s3_notifications.CreatedObject.as_dict().
 
@@ -43,33 +71,39 @@ class S3NotificationTrigger(KafkaSharedStreamTrigger):
         self.url_encoded_keys = url_encoded_keys
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        _, kwargs = super().serialize()
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {**kwargs, "buckets": self.buckets, "url_encoded_keys": self.url_encoded_keys},
-        )
+        classpath, kwargs = super().serialize()
+        return classpath, {**kwargs, "buckets": self.buckets, "url_encoded_keys": self.url_encoded_keys}
 
-    def objects_of(self, value: Any) -> list[dict[str, Any]] | None:
-        """The watched created objects of one message as dicts; None for a message that is not a notification."""
+    def payload_of(self, value: Any) -> dict[str, Any] | None:
+        """The watched created objects of one notification; None when it names none (a removal, another bucket)."""
         from ml.events.s3_notifications import NotificationError, created_objects
 
         try:
             objects = created_objects(value or b"", url_encoded_keys=self.url_encoded_keys)
         except NotificationError as error:
-            log.warning("%s: skipped a malformed message: %s", self.topics, error)
-            return None
+            raise MalformedMessage(error) from None
         watched = []
         for obj in objects:
             if obj.bucket in self.buckets:
                 watched.append(obj.as_dict())
             else:
                 log.info("skipped %s: bucket %r is not watched (%s)", obj.uri, obj.bucket, ", ".join(self.buckets))
-        return watched
+        return {"objects": watched} if watched else None
 
-    async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
-        async for value in shared_stream:
-            objects = self.objects_of(value)
-            if objects is None:
-                reject_shared_stream_event()
-            elif objects:
-                yield TriggerEvent({"objects": objects})
+
+class DriftEventTrigger(MessageTrigger):
+    """Fires one event per drift.v1 message whose window drifted; its payload: ml.drift.retraining.DriftSignal as a
+    dict. A window that did not drift is skipped; a message that is not a valid drift.v1 envelope is rejected. Its
+    offset is committed only once the asset event is stored, as above."""
+
+    def payload_of(self, value: Any) -> dict[str, Any] | None:
+        import json
+
+        from ml.drift.retraining import drift_signal
+        from ml.events.envelope import EventValidationError
+
+        try:
+            signal = drift_signal(json.loads(value or b""))
+        except (ValueError, EventValidationError) as error:  # JSONDecodeError is a ValueError
+            raise MalformedMessage(error) from None
+        return signal.as_dict() if signal is not None else None

@@ -779,7 +779,10 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
 
     connections("aws_default", "mlflow_default", "kafka_default")  # and no other
     operator = _register_operator(metric="", margin="0.05", allow_backfill_promotion="False")
-    context = lineage_context(run_id=RUN_ID, dag_run=SimpleNamespace(run_type=DagRunType.MANUAL))
+    drift = {"source": "drift", "model_name": "toy-classification", "model_version": "2"}
+    context = lineage_context(
+        run_id=RUN_ID, dag_run=SimpleNamespace(run_type=DagRunType.MANUAL), params={"event": drift}
+    )
     with environment_unchanged():
         result = operator.execute(context)
     [(version, extra)] = context["outlet_events"].added["mlops_model_versions"]
@@ -812,6 +815,7 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
         "is_backfill": False,
         "allow_backfill_promotion": False,
         "task_id": "register",
+        "trigger_event": drift,  # the run's `event` param: what started it, for the version's tags
     }
     assert result == {"evaluation": EVALUATION, **DECISION}
 

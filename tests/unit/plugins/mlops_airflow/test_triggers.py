@@ -85,3 +85,38 @@ def test_one_event_per_notification_of_watched_created_objects(caplog: pytest.Lo
     logged = caplog.text
     assert logged.count("skipped a malformed message") == 3  # not JSON, not a notification, the tombstone
     assert "s3://lake/datasets/x.parquet: bucket 'lake' is not watched" in logged
+
+
+def drift_trigger() -> Any:
+    from mlops_airflow.triggers import DriftEventTrigger
+
+    return DriftEventTrigger(topics=["mlops.drift.v1"], kafka_config_id="kafka_drift_events")
+
+
+def test_the_drift_trigger_serializes_and_runs_in_ack_mode() -> None:
+    from airflow.providers.apache.kafka.triggers.shared_stream import KafkaSharedStreamProducer
+    from airflow.providers.common.compat.module_loading import import_string
+
+    classpath, kwargs = drift_trigger().serialize()
+    rebuilt = import_string(classpath)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs) and classpath.endswith("DriftEventTrigger")
+    assert isinstance(type(rebuilt).create_shared_stream_producer(kwargs), KafkaSharedStreamProducer)
+
+
+def test_one_event_per_drifted_window(caplog: pytest.LogCaptureFixture) -> None:
+    from ml.events.envelope import make_envelope
+    from ml.topics import DRIFT
+    from tests.unit.ml.events.samples import DRIFT as DRIFT_SAMPLE
+
+    drifted = make_envelope(DRIFT, DRIFT_SAMPLE)
+    quiet = make_envelope(DRIFT, {**DRIFT_SAMPLE, "drifted": False, "drifted_features": []})
+    values = [json.dumps(quiet).encode(), b"not json", json.dumps({"schema": "drift.v1"}).encode(), None]
+    values.append(json.dumps(drifted).encode())
+
+    async def collect() -> list[Any]:
+        return [event.payload async for event in drift_trigger().filter_shared_stream(_stream(*values))]
+
+    [payload] = asyncio.run(collect())
+    assert payload["event_id"] == drifted["event_id"] and payload["dataset"] == "penguins"
+    assert payload["drifted_features"] == ["bill_length_mm"]
+    assert caplog.text.count("skipped a malformed message") == 3  # not JSON, not valid, the tombstone
