@@ -9,6 +9,8 @@ never a skip.
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,6 +28,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         tier = Path(str(item.fspath)).resolve().relative_to(TESTS_DIR).parts[0]
         if tier in TIERS:
             item.add_marker(getattr(pytest.mark, tier))
+
+
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's own status once pytest is done (every fixture torn down, the report
+    written), skipping the interpreter's finalization. The stack suite loads native libraries in this process (Ray's
+    core worker, pyarrow's S3 client, torch) and leaves library threads behind (kafka-python closes unclosed producers
+    from an atexit handler, logging into streams pytest has closed): a CI run crashed there with SIGSEGV after all 184
+    tests had passed, and exit status 139 is what CI read. Nothing a test checks happens after this point."""
+    if _EXIT_STATUS:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
 
 
 @pytest.fixture(scope="session")
