@@ -95,3 +95,18 @@ def test_a_version_without_training_distributions_is_skipped(caplog: pytest.LogC
     payloads = list(drift_events(windows, lambda n, v: found.get((n, v)), DriftThresholds()))
     assert [(p["model_name"], p["model_version"]) for p in payloads] == [("m", "1"), ("m", "2")]  # window order
     assert "no training distributions for old version 1" in caplog.text
+
+
+def test_window_bounds_are_utc_whatever_the_machines_time_zone(spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyspark hands back timestamps in the Python process's local time: the bounds must not depend on it."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        events = [serving_event("m", "1", {"x": [1.5]}, at=T0 + 5)]
+        counted = window_counts(parse_serving_events(spark, records(spark, events), CONFIG.watermark), CONFIG)
+        assert list(group_windows(counted.collect())) == [("m", "1", "2027-01-15T08:00:00Z", "2027-01-15T08:01:00Z")]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
