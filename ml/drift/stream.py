@@ -60,7 +60,7 @@ class MonitorConfig:
     )
 
 
-def parse_serving_events(spark: Any, raw: Any, watermark: str) -> Any:
+def parse_serving_events(raw: Any) -> Any:
     """Kafka records of the serving topic -> one row per sampled input value: event_time, model_name, model_version,
     feature, value (the value's JSON text; null for a missing value). Refused requests and unsampled ones have no
     inputs; a record that is not a serving_metrics.v1 envelope parses to nulls and is dropped."""
@@ -201,7 +201,7 @@ def running_query(
 ) -> Iterator[Any]:
     """Start the monitor's streaming query on `spark`; yields the StreamingQuery and stops it on exit."""
     raw = spark.readStream.format("kafka").options(**kafka_source).load()
-    counts = window_counts(parse_serving_events(spark, raw, config.watermark), config)
+    counts = window_counts(parse_serving_events(raw), config)
     writer = (
         counts.writeStream.outputMode("append")
         .option("checkpointLocation", spark_path(config.checkpoint_uri))

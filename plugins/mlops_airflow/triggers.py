@@ -14,17 +14,63 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, cast
 
-from airflow.providers.apache.kafka.triggers.shared_stream import KafkaSharedStreamTrigger
+from airflow.providers.apache.kafka.hooks.consume import KafkaConsumerHook
+from airflow.providers.apache.kafka.triggers.shared_stream import (
+    KafkaBrokerPayload,
+    KafkaSharedStreamProducer,
+    KafkaSharedStreamTrigger,
+)
 from airflow.triggers.base import TriggerEvent
 from airflow.triggers.shared_stream import reject_shared_stream_event
+from asgiref.sync import sync_to_async
 
 log = logging.getLogger(__name__)
 
 
 class MalformedMessage(ValueError):
     """A message the trigger cannot read: logged and rejected (committed past; it would fail again)."""
+
+
+CONSUME_BATCH = 500  # messages one read may return: a backlog drains in batches, not one message per read
+
+
+class BatchingStreamProducer(KafkaSharedStreamProducer):
+    """The provider's shared-stream producer (ack mode, the same offsets committed), reading in batches off the
+    triggerer's event loop thread.
+
+    Why: the provider polls one message per `sync_to_async(consumer.poll)` call, and asgiref runs every such
+    thread-sensitive call on one shared thread. With two shared streams in one triggerer (the upload and the drift
+    watchers), each idle stream's poll holds that thread for its whole `poll_timeout`, so the other stream got one
+    message per second: measured, 300 notifications of the lake bucket took five minutes to skip, and the drift
+    monitor's checkpoint writes alone come at about that rate. Here a read takes up to CONSUME_BATCH messages and
+    runs in the loop's thread pool (confluent-kafka's consumer is thread-safe), leaving the shared thread to the
+    commits."""
+
+    async def open_stream(self) -> AsyncIterator[tuple[Any, KafkaBrokerPayload]]:
+        hook = KafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id)
+        await self._ensure_manual_commit(hook)
+        consumer = await sync_to_async(hook.get_consumer)()
+        self._consumer = consumer
+        consume = sync_to_async(consumer.consume, thread_sensitive=False)
+        keep_for_dlq = self.dlq_topic is not None
+        while True:
+            for message in await consume(num_messages=CONSUME_BATCH, timeout=self.poll_timeout):
+                if message.error():
+                    raise RuntimeError(f"Kafka consumer error: {message.error()}")
+                value = message.value()
+                yield (
+                    value,
+                    KafkaBrokerPayload(
+                        # set on every message without an error
+                        topic=cast("str", message.topic()),
+                        partition=cast("int", message.partition()),
+                        offset=cast("int", message.offset()),
+                        value=value if keep_for_dlq else None,
+                        key=message.key() if keep_for_dlq else None,
+                    ),
+                )
 
 
 class MessageTrigger(KafkaSharedStreamTrigger):
@@ -37,6 +83,15 @@ class MessageTrigger(KafkaSharedStreamTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
+
+    @classmethod
+    def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> KafkaSharedStreamProducer:
+        return BatchingStreamProducer(
+            topics=kwargs["topics"],
+            kafka_config_id=kwargs["kafka_config_id"],
+            poll_timeout=kwargs["poll_timeout"],
+            dlq_topic=kwargs.get("dlq_topic"),
+        )
 
     async def filter_shared_stream(self, shared_stream: AsyncIterator[Any]) -> AsyncIterator[TriggerEvent]:
         async for value in shared_stream:
