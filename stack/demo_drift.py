@@ -32,9 +32,9 @@ SHIFT_MM = 25.0  # penguins' bills are 32-60 mm long: every shifted one lies bey
 ROWS_PER_REQUEST = 20
 
 
-def start_service(port: int) -> subprocess.Popen[bytes]:
+def start_service(model: str, port: int) -> subprocess.Popen[bytes]:
     env = {**stack_environment(identity="serving"), "MLOPS_SERVE_PAYLOAD_SAMPLE_RATE": "1"}
-    command = [sys.executable, "-m", "ml", "serve", "--model", MODEL, "--port", str(port)]
+    command = [sys.executable, "-m", "ml", "serve", "--model", model, "--port", str(port)]
     return subprocess.Popen(
         command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -68,13 +68,13 @@ def request_rows(shift: float) -> list[dict[str, Any]]:
     return rows
 
 
-def verdicts(follower: Any) -> list[dict[str, Any]]:
-    """The penguins model's drift events polled since the last call."""
+def verdicts(follower: Any, model: str) -> list[dict[str, Any]]:
+    """`model`'s drift events polled since the last call."""
     found = []
     for batch in follower.poll(timeout_ms=500).values():
         for record in batch:
             payload = json.loads(record.value)["payload"]
-            if payload["model_name"] == MODEL:
+            if payload["model_name"] == model:
                 found.append(payload)
     return found
 
@@ -86,41 +86,46 @@ def print_verdict(payload: dict[str, Any]) -> None:
     print(f"  window {payload['window_start']}: {payload['rows']} rows, {state}{detail}", flush=True)
 
 
-def main(argv: list[str] | None = None, clock: Clock = SYSTEM_CLOCK) -> int:
-    parser = argparse.ArgumentParser(prog="python -m stack.demo_drift", description=__doc__)
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--normal-s", type=float, default=75, help="seconds of unshifted traffic first")
-    parser.add_argument("--timeout-s", type=float, default=600, help="for the drift event, then for the run")
-    args = parser.parse_args(argv)
+def drift_step(
+    api: AirflowApi,
+    settings: Settings,
+    *,
+    model: str = MODEL,
+    port: int = 8000,
+    normal_s: float = 75,
+    timeout_s: float = 600,
+    clock: Clock = SYSTEM_CLOCK,
+) -> str:
+    """Serve `model`, send normal then shifted traffic until the monitor reports drift, then follow the retraining
+    run drift_retraining starts; returns that run's final state."""
     from ml.clients import close_quietly
     from ml.events.consumer import open_topic
     from ml.topics import DRIFT
 
-    settings = Settings.from_env(apply_stack_environment())
-    url = f"http://127.0.0.1:{args.port}"
-    service = start_service(args.port)
+    url = f"http://127.0.0.1:{port}"
+    service = start_service(model, port)
     follower = open_topic(settings.kafka, DRIFT.name)  # at the topic's end
     try:
         deadline = clock.monotonic() + 120
         while not healthy(url):
             if service.poll() is not None or clock.monotonic() > deadline:
-                raise RuntimeError(f"the prediction service for {MODEL} did not start (is there a champion?)")
+                raise RuntimeError(f"the prediction service for {model} did not start (is there a champion?)")
             clock.sleep(1)
         normal, shifted = request_rows(0.0), request_rows(SHIFT_MM)
         print(
-            f"sending penguins rows to {url}/predict: as they are for {args.normal_s:g} s, then with bill_length_mm "
-            f"+{SHIFT_MM:g} mm; the drift monitor's verdicts per window:",
+            f"\nsending penguins rows to {model} at {url}/predict: as they are for {normal_s:g} s, then with "
+            f"bill_length_mm +{SHIFT_MM:g} mm; the drift monitor's verdicts per window:",
             flush=True,
         )
         started, drifted, index = clock.monotonic(), None, 0
         while drifted is None:
             elapsed = clock.monotonic() - started
-            if elapsed > args.normal_s + args.timeout_s:
+            if elapsed > normal_s + timeout_s:
                 raise RuntimeError("no drift event within the timeout: is the drift monitor running (stack status)?")
-            rows = normal if elapsed < args.normal_s else shifted
+            rows = normal if elapsed < normal_s else shifted
             post(url, [rows[(index + i) % len(rows)] for i in range(ROWS_PER_REQUEST)])
             index += ROWS_PER_REQUEST
-            for payload in verdicts(follower):
+            for payload in verdicts(follower, model):
                 print_verdict(payload)
                 drifted = drifted or (payload if payload["drifted"] else None)
             clock.sleep(0.25)
@@ -130,16 +135,30 @@ def main(argv: list[str] | None = None, clock: Clock = SYSTEM_CLOCK) -> int:
         service.wait(timeout=60)
 
     hour = datetime.fromisoformat(drifted["window_start"].replace("Z", "+00:00")).astimezone(UTC)
-    run_id = f"drift__penguins__{hour.strftime('%Y%m%dT%H')}"
-    api = AirflowApi(AIRFLOW, "admin", admin_password())
-    deadline = clock.monotonic() + args.timeout_s
+    run_id = f"drift__{drifted['dataset']}__{hour.strftime('%Y%m%dT%H')}"
+    deadline = clock.monotonic() + timeout_s
     while not any(run["dag_run_id"] == run_id for run in _runs(api)):
         if clock.monotonic() > deadline:
             raise RuntimeError(f"drift_retraining started no run {run_id}")
         clock.sleep(3)
     print(f"\ndrift_retraining started {DAG_ID} run {run_id}:", flush=True)
-    state = follow(api, [run_id], args.timeout_s, clock)[run_id]
+    state = follow(api, [run_id], timeout_s, clock)[run_id]
     print(f"\nrun {run_id}: {state} (the drift is in its conf and, when it registers a version, in its tags)")
+    return state
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stack.demo_drift", description=__doc__)
+    parser.add_argument("--model", default=MODEL, help="a registered model of penguins with a champion")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--normal-s", type=float, default=75, help="seconds of unshifted traffic first")
+    parser.add_argument("--timeout-s", type=float, default=600, help="for the drift event, then for the run")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env(apply_stack_environment())
+    api = AirflowApi(AIRFLOW, "admin", admin_password())
+    state = drift_step(
+        api, settings, model=args.model, port=args.port, normal_s=args.normal_s, timeout_s=args.timeout_s
+    )
     return 0 if state == "success" else 1
 
 
