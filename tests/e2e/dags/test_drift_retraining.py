@@ -110,3 +110,25 @@ def test_drift_retrains_the_dataset_whose_route_says_so_once_per_hour(
     finally:
         # Nothing to train on under s3://raw/penguins/ in this suite: free the run's seat for the other tests.
         drift_api.request("PATCH", f"/api/v2/dags/{TRAINING_DAG}/dagRuns/{quote(run_id)}", {"state": "failed"})
+
+
+def test_the_monitoring_page_shows_a_published_drift_window_behind_the_login(
+    drift_api: AirflowApi, settings: Settings
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    from stack.demo import AIRFLOW
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    # not drifted: no retraining run (the watcher skips it), but the page shows every window
+    window = drift("penguins", now.replace(minute=0), min(now.minute, 58), drifted=False)
+    publish(settings, window)
+    url = f"{AIRFLOW}/mlops/monitoring?model={quote(window['model_name'])}&hours=2"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=60)
+    assert refused.value.code == 401, "the monitoring page is behind Airflow's login"
+    request = urllib.request.Request(url, headers={"Authorization": drift_api.headers["Authorization"]})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        page = response.read().decode()
+    assert window["model_name"] in page and "bill_length_mm" in page and "<svg" in page
