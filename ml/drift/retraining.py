@@ -6,10 +6,12 @@ its model version was trained on; its route in dags/event_routes.yaml (ml.events
 `retrain` starts one run with the route's params and the reason in its `event` param (so the new version's tags
 record it: ml.registry.register), `alert` only logs a warning. A dataset no route names is logged and left alone.
 
-A dataset retrains at most once per hour of drifted windows: the run id is the dataset and the hour of its first
+A dataset retrains at most once per hour of drifted windows: the run id is the dataset and the hour of its latest
 drifted window in the batch, and the DAG starts it with `skip_when_already_exists`, so a second event for that hour
 (another feature, another window, or the same event delivered again after a triggerer restart) finds the run
-started. A drift that persists past the hour starts the next retraining.
+started. A drift that persists past the hour starts the next retraining. A batch spanning several hours (a backlog
+after a pause) starts one run, for the latest: retraining once on today's data answers the older drift too, and an
+hour that had its run already must not hide a newer one.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def plan_drift_runs(signals: Iterable[DriftSignal], routes: Routes) -> tuple[lis
             "drift_event_ids": [signal.event_id for signal in found][:MAX_LISTED],
         }
         planned.append(
-            PlannedRun(f"drift__{dataset}__{_hour(found[0].window_start)}", {**route.run_conf(), "event": event})
+            PlannedRun(f"drift__{dataset}__{_hour(latest.window_start)}", {**route.run_conf(), "event": event})
         )
     for dataset, reason in not_run.items():
         log.warning("dataset %s: %s", dataset, reason)

@@ -89,3 +89,11 @@ def test_the_same_hour_of_drift_names_the_same_run() -> None:
     again, _ = plan_drift_runs([signal("p", "2026-12-03T10:59:00Z", "e9")], ROUTES)
     later, _ = plan_drift_runs([signal("p", "2026-12-03T11:00:00Z", "e10")], ROUTES)
     assert first[0].run_id == again[0].run_id != later[0].run_id
+
+
+def test_a_batch_over_several_hours_starts_the_latest_hours_run() -> None:
+    """An older hour's run may exist already (the demo's drift, say): the newer drift in the same batch must not be
+    folded into it and skipped."""
+    signals = [signal("p", "2026-12-03T19:08:00Z", "e1"), signal("p", "2031-01-01T01:10:00Z", "e2")]
+    [run], _ = plan_drift_runs(signals, ROUTES)
+    assert run.run_id == "drift__p__20310101T01" and run.conf["event"]["window_count"] == 2
