@@ -5,7 +5,6 @@ message, and a re-run of the same date replaces its partition (the row count sta
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import json
@@ -37,12 +36,12 @@ def upload_csv(s3_client: Any, uri: S3Uri, rows: list[dict[str, Any]]) -> None:
 
 
 def read_partition(table: str, version: str, stack_env: dict[str, str]) -> list[dict[str, Any]]:
-    """The partition's rows (as JSON, base64: hive_scalar's answer is one word)."""
+    """The partition's rows, read through Hive as one JSON document."""
     sql = (
-        f"SELECT base64(to_json(collect_list(struct(*)))) FROM {table} "
+        f"SELECT to_json(collect_list(struct(*))) FROM {table} "
         f"WHERE score_date = '{DATE}' AND model_version = '{version}'"
     )
-    rows: list[dict[str, Any]] = json.loads(base64.b64decode(hive_scalar(sql, stack_env)))
+    rows: list[dict[str, Any]] = json.loads(hive_scalar(sql, stack_env) or "[]")
     return rows
 
 
