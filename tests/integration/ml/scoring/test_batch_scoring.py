@@ -94,7 +94,10 @@ def test_batch_scores_equal_the_service_answers_and_a_rerun_replaces_the_partiti
             answer = response.get_json()
             assert response.status_code == 200 and out.get("error") is None
             assert out["prediction"] == answer["predictions"][0]
-            assert out["probabilities"] == dict(zip(answer["classes"], answer["probabilities"][0], strict=True))
+            # The model computes in float32, and a row scored in a batch of many goes through other BLAS blocking
+            # than a one-row request: the same class, probabilities equal to float32 rounding.
+            expected = dict(zip(answer["classes"], answer["probabilities"][0], strict=True))
+            assert out["probabilities"] == pytest.approx(expected, rel=1e-5, abs=1e-6)
     finally:
         hive_scalar(f"DROP TABLE IF EXISTS {table}", stack_env)
         delete_prefix(raw, s3_client)
