@@ -76,7 +76,8 @@ def batch_scoring() -> None:
         task_id="score_with_spark",
         dataset="{{ '%r' | format(params.dataset) }}",  # repr: native rendering keeps the name a string
         model=model,
-        score_date="{{ '%r' | format(ds) }}",  # the logical date, never the wall clock
+        # The logical date, never the wall clock; a run triggered without one (Airflow 3's manual runs): its run_after.
+        score_date="{{ '%r' | format(ds if ds is defined else dag_run.run_after.strftime('%Y-%m-%d')) }}",
         table="{{ '%r' | format(params.table or '') }}",
         raw_uri="{{ '%r' | format(params.raw_uri or 's3://raw/' ~ params.dataset ~ '/') }}",
         lake_bucket=LAKE_BUCKET_TEMPLATE,

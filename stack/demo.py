@@ -93,16 +93,18 @@ def wait_for_dag(api: AirflowApi, timeout_s: float = 120) -> None:
     raise RuntimeError(f"{DAG_ID} did not appear in Airflow within {timeout_s:.0f} s (see .stack/logs/airflow.log)")
 
 
-def trigger(api: AirflowApi, conf: dict[str, Any]) -> str:
+def trigger(api: AirflowApi, conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
     """Unpause the DAG and trigger a run with `conf`; returns its run id."""
-    api.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    run = api.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    api.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    run = api.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
     run_id: str = run["dag_run_id"]
-    print(f"triggered {DAG_ID} run {run_id}", flush=True)
+    print(f"triggered {dag_id} run {run_id}", flush=True)
     return run_id
 
 
-def follow(api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> dict[str, str]:
+def follow(
+    api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock = SYSTEM_CLOCK, dag_id: str = DAG_ID
+) -> dict[str, str]:
     """Print each task's state changes of the given runs until all have ended; returns {run_id: state}."""
     from urllib.parse import quote
 
@@ -111,7 +113,7 @@ def follow(api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock =
     deadline = clock.monotonic() + timeout_s
     while clock.monotonic() < deadline:
         for run_id in [r for r in run_ids if r not in ended]:
-            path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}"
+            path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}"
             tis = api.request("GET", f"{path}/taskInstances")["task_instances"]
             for ti in sorted(tis, key=lambda t: t.get("start_date") or "9999"):
                 if ti["state"] and seen.get((run_id, ti["task_id"])) != ti["state"]:
