@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, task
 
 from mlops_airflow import callbacks
-from mlops_airflow.operators import BatchScoreOperator
+from mlops_airflow.scoring import BatchScoreOperator
 from mlops_airflow.templating import LAKE_BUCKET_TEMPLATE
 
 default_args = {

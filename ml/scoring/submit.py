@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ml.scoring.model import ScoringModel
 from ml.settings import LakeSettings, S3Settings, SparkSettings
+
+if TYPE_CHECKING:  # its module imports ml.predictor (numpy): not at DAG parse time, when the operator reads APPLICATION
+    from ml.scoring.model import ScoringModel
 
 log = logging.getLogger(__name__)
 
