@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B9 one after another; summarise.
+"""`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B10 one after another; summarise.
 
 This runner is the entry point: it builds the settings (endpoints, buckets, credentials: ml.settings.Settings) once
 from its environment and passes them to every benchmark (`MLOPS_BENCH_SETTINGS`, see bench.common). Each benchmark
@@ -64,6 +64,7 @@ BENCHMARKS = (
         secondary="single_row_ratio",
     ),
     Benchmark("B9", "b9_scale", ("--rows", "20000,100000"), secondary="wall_per_row_ratio"),
+    Benchmark("B10", "b10_serving_metrics", ("--rounds", "1", "--seconds", "3"), secondary="broker_down_ratio"),
 )
 
 

@@ -231,10 +231,12 @@ def free_port() -> int:
     raise RuntimeError("no free port outside the stack's and Ray's")
 
 
-def start_server(factory: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start_server(
+    factory: str, port: int, env: dict[str, str], module: str = "bench.b8_predict_path"
+) -> subprocess.Popen[bytes]:
     gunicorn = Path(sys.executable).parent / "gunicorn"
     command = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"]
-    command += ["--log-level", "warning", f"bench.b8_predict_path:{factory}"]
+    command += ["--log-level", "warning", f"{module}:{factory}"]
     server = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env})
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ STAGE_MODULES = (
     "ml.datasets",
     "ml.ingest.cli",
     "ml.preprocess.cli",
+    "ml.scoring.cli",
     "ml.tune.cli",
     "ml.evaluate",
     "ml.registry.cli",

@@ -80,6 +80,22 @@ def output_frame(outputs: Sequence[Any], probabilities: np.ndarray | None, class
     return frame
 
 
+def answer_fields(
+    outputs: Sequence[Any], probabilities: np.ndarray | None, classes: list[str] | None
+) -> dict[str, Any]:
+    """The prediction fields of the service's /predict answer: `predictions`, plus `probabilities` (one list per row,
+    in `classes` order) and `classes` for classification. Batch scoring writes the same values, so they agree."""
+    from ml.json_values import json_safe
+
+    if probabilities is not None:
+        return {
+            "predictions": list(outputs),
+            "probabilities": [[float(p) for p in row] for row in probabilities],
+            "classes": classes,
+        }
+    return {"predictions": json_safe([float(v) for v in outputs])}
+
+
 def download_checkpoint(uri: str | S3Uri, directory: str | Path, s3_client: Any) -> Path:
     """Copy every object under a checkpoint prefix into `directory` (flat: checkpoints hold a few small files)."""
     prefix = uri if isinstance(uri, S3Uri) else S3Uri.parse(uri)

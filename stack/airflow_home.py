@@ -81,6 +81,10 @@ def connections_from_environment(
             "conn_type": "kafka",
             "extra": json.dumps({**kafka_connection_extra(settings.kafka), **S3_EVENTS_CONSUMER}),
         },
+        "kafka_drift_events": {
+            "conn_type": "kafka",
+            "extra": json.dumps({**kafka_connection_extra(settings.kafka), **DRIFT_EVENTS_CONSUMER}),
+        },
         "openlineage_default": openlineage_connection(settings.kafka),
         "mlflow_default": _mlflow_connection(settings),
         **(
@@ -98,6 +102,8 @@ S3_EVENTS_CONSUMER = {
     "auto.offset.reset": "earliest",
     "session.timeout.ms": "10000",
 }
+# The drift watcher's consumer (the same settings, a group of its own).
+DRIFT_EVENTS_CONSUMER = {**S3_EVENTS_CONSUMER, "group.id": "mlops-airflow-drift-events"}
 
 
 def kafka_connection_extra(kafka: KafkaSettings) -> dict[str, str]:

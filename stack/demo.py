@@ -4,7 +4,9 @@ Unpauses `mlops_training` and uploads the demo dataset to the raw bucket: the up
 server notifies it through Kafka, Airflow's asset watcher and raw_data_events start the dataset's training with its
 params from dags/event_routes.yaml), which the demo follows, then prints a summary with where to look. Then it uploads
 a second dataset and follows the run that upload starts. A dataset no route covers is triggered through the REST API
-instead. Assumes `python -m stack up --airflow` ran (the Makefile does it).
+instead. Last, the speed layer (stack.demo_drift, `--no-drift` skips it): the penguins champion serves live requests,
+drift injected into them gives a drift event, and drift_retraining retrains penguins. Assumes `python -m stack up
+--airflow` ran (the Makefile does it).
 """
 
 from __future__ import annotations
@@ -91,16 +93,18 @@ def wait_for_dag(api: AirflowApi, timeout_s: float = 120) -> None:
     raise RuntimeError(f"{DAG_ID} did not appear in Airflow within {timeout_s:.0f} s (see .stack/logs/airflow.log)")
 
 
-def trigger(api: AirflowApi, conf: dict[str, Any]) -> str:
+def trigger(api: AirflowApi, conf: dict[str, Any], dag_id: str = DAG_ID) -> str:
     """Unpause the DAG and trigger a run with `conf`; returns its run id."""
-    api.request("PATCH", f"/api/v2/dags/{DAG_ID}", {"is_paused": False})
-    run = api.request("POST", f"/api/v2/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": conf})
+    api.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    run = api.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})
     run_id: str = run["dag_run_id"]
-    print(f"triggered {DAG_ID} run {run_id}", flush=True)
+    print(f"triggered {dag_id} run {run_id}", flush=True)
     return run_id
 
 
-def follow(api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock = SYSTEM_CLOCK) -> dict[str, str]:
+def follow(
+    api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock = SYSTEM_CLOCK, dag_id: str = DAG_ID
+) -> dict[str, str]:
     """Print each task's state changes of the given runs until all have ended; returns {run_id: state}."""
     from urllib.parse import quote
 
@@ -109,7 +113,7 @@ def follow(api: AirflowApi, run_ids: list[str], timeout_s: float, clock: Clock =
     deadline = clock.monotonic() + timeout_s
     while clock.monotonic() < deadline:
         for run_id in [r for r in run_ids if r not in ended]:
-            path = f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(run_id)}"
+            path = f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id)}"
             tis = api.request("GET", f"{path}/taskInstances")["task_instances"]
             for ti in sorted(tis, key=lambda t: t.get("start_date") or "9999"):
                 if ti["state"] and seen.get((run_id, ti["task_id"])) != ti["state"]:
@@ -185,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
         "--second-dataset", default=None, choices=["penguins", "cars", "none"], help="default: the other one"
     )
     parser.add_argument("--timeout-s", type=float, default=1800, help="for each run")
+    parser.add_argument(
+        "--drift",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after a successful penguins run: serve it, inject drift into live requests, follow the retraining",
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env(apply_stack_environment())
     second = args.second_dataset or ("cars" if args.dataset == "penguins" else "penguins")
@@ -202,14 +212,20 @@ def main(argv: list[str] | None = None) -> int:
         second_run, second_state, _ = _run_dataset(api, settings, second, args.timeout_s)
         print(f"\nrun {second_run} (started by the upload of {second}): {second_state}")
         states.append(second_state)
+    trained = dict(zip([args.dataset, second], states, strict=False))
+    if args.drift and trained.get("penguins") == "success":
+        from stack.demo_drift import drift_step
+
+        states.append(drift_step(api, settings, timeout_s=min(args.timeout_s, 900)))
     print(f"""
 Where to look:
   Airflow UI        {AIRFLOW}  (user admin, password in {admin_password_file()}, readable by you only)
-                    DAGs mlops_training and raw_data_events; Assets: raw_uploads
+                    DAGs mlops_training, raw_data_events, drift_retraining; Assets: raw_uploads, model_drift
   tuning report     {AIRFLOW}/mlops/tuning-report?run_id={run_id}
   MLflow            http://127.0.0.1:5000  (experiment {args.dataset}, model {args.dataset}-{task})
   object store      http://127.0.0.1:9001  (versitygw console; keys in .stack/credentials.json)
   Kafka events      make tail-metrics   /   python -m ml events tail mlops.pipeline.events.v1 --from-beginning
+  drift monitor     http://127.0.0.1:4041/StreamingQuery/  /  python -m ml events tail mlops.drift.v1
   predictions       make serve, then POST http://127.0.0.1:8000/predict""")
     return 0 if all(s == "success" for s in states) else 1
 

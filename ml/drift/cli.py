@@ -37,7 +37,7 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--topic", default=SERVING_METRICS.name, help="the serving-metrics topic to read")
     parser.add_argument("--window", default="1 minute", help="event-time window per verdict (a Spark duration)")
     parser.add_argument("--watermark", default="30 seconds", help="how late a request may arrive and still count")
-    parser.add_argument("--trigger", default="10 seconds", help="how often a micro-batch runs")
+    parser.add_argument("--trigger", default="1 minute", help="how often a micro-batch runs")
     parser.add_argument("--once", action="store_true", help="process what is on the topic, then stop")
     parser.add_argument("--checkpoint-uri", default=None, help="S3 URI of the checkpoint (default: s3://LAKE/monitor/)")
     parser.add_argument(

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any
 
 from ml.drift.stream import APP_NAME, GROUP_ID_PREFIX, MonitorConfig, running_query
@@ -18,6 +17,7 @@ from ml.topics import DRIFT
 log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 30.0
+FOUND_DISTRIBUTIONS_KEPT = 256
 
 
 def kafka_source_options(kafka: KafkaSettings, config: MonitorConfig) -> dict[str, str]:
@@ -61,21 +61,28 @@ def monitor_spark_conf(settings: Settings, config: MonitorConfig) -> dict[str, s
 def distributions_finder(settings: Settings) -> Callable[[str, str], TrainingDistributions | None]:
     """(model name, version) -> the version's training distributions: its `features_uri` tag names the features
     folder, which holds `training_distributions.json` (ml.storage). None when the version, the tag or the file is
-    missing or unreadable (logged); answers are kept, a version's never change."""
+    missing or unreadable (logged; asked again for the next window, as the error may pass); distributions found are
+    kept, a version's never change."""
     from ml.clients import mlflow_client, s3_client
     from ml.storage import read_json, training_distributions_uri
 
     client, s3 = mlflow_client(settings.mlflow), s3_client(settings.s3)
+    found: dict[tuple[str, str], TrainingDistributions] = {}
 
-    @lru_cache(maxsize=256)
     def find(model_name: str, model_version: str) -> TrainingDistributions | None:
+        if (model_name, model_version) in found:
+            return found[model_name, model_version]
         try:
             tags = client.get_model_version(model_name, model_version).tags
             uri = training_distributions_uri(tags["features_uri"])
-            return TrainingDistributions.from_dict(read_json(uri, s3))
+            distributions = TrainingDistributions.from_dict(read_json(uri, s3))
         except Exception as error:  # a registry or S3 error, a missing tag or file: the window is skipped, logged
             log.warning("training distributions of %s version %s: %s", model_name, model_version, error)
             return None
+        if len(found) >= FOUND_DISTRIBUTIONS_KEPT:
+            found.pop(next(iter(found)))  # the oldest: a long-lived monitor sees versions come and go
+        found[model_name, model_version] = distributions
+        return distributions
 
     return find
 
@@ -85,28 +92,16 @@ def drift_publisher(kafka: KafkaSettings) -> Iterator[Callable[[dict[str, Any]],
     """A function that sends one drift payload and waits for the broker's acknowledgement (an error raises: the
     micro-batch fails and runs again after a restart). The key is the model version and window; the event id is
     derived from it."""
-    from kafka.serializer import JsonSerializer
-
-    from ml.clients import close_quietly, kafka_producer
     from ml.events.envelope import derived_event_id, drift_key, make_envelope
+    from ml.events.publisher import sync_publisher
 
-    producer = kafka_producer(
-        kafka,
-        client_id=APP_NAME,
-        acks="all",
-        enable_idempotence=True,
-        value_serializer=JsonSerializer(),
-    )
+    with sync_publisher(kafka, timeout_s=PUBLISH_TIMEOUT_S, client_id=APP_NAME) as publisher:
 
-    def publish(payload: dict[str, Any]) -> None:
-        key = drift_key(payload["model_name"], payload["model_version"], payload["window_start"])
-        envelope = make_envelope(DRIFT, payload, event_id=derived_event_id(DRIFT, key))
-        producer.send(DRIFT.name, key=key.encode(), value=envelope).get(timeout=PUBLISH_TIMEOUT_S)
+        def publish(payload: dict[str, Any]) -> None:
+            key = drift_key(payload["model_name"], payload["model_version"], payload["window_start"])
+            publisher.send(DRIFT, make_envelope(DRIFT, payload, event_id=derived_event_id(DRIFT, key)), key)
 
-    try:
         yield publish
-    finally:
-        close_quietly(producer, timeout=5.0)
 
 
 def run_monitor(settings: Settings, config: MonitorConfig) -> dict[str, Any]:

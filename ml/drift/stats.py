@@ -18,23 +18,30 @@ import numpy as np
 DEFAULT_EPSILON = 1e-4  # an empty bin's share, for the logarithm (the usual 1e-4 .. 1e-6; smaller weighs it more)
 
 
-def bin_counts(values: Any, edges: Sequence[float]) -> np.ndarray:
-    """How many of `values` fall in each of the len(edges) + 1 bins. NaN and +-inf are missing and not counted: the
-    job read non-finite training values as missing, and serving imputes them like missing ones."""
+def bin_counts(values: Any, edges: Sequence[float], weights: Any = None) -> np.ndarray:
+    """How many of `values` fall in each of the len(edges) + 1 bins (each value counted `weights[i]` times when
+    given: the monitor counts each distinct live value once, with how often it came). NaN and +-inf are missing and
+    not counted: the job read non-finite training values as missing, and serving imputes them like missing ones."""
     array = np.asarray(values, dtype=np.float64)
-    array = array[np.isfinite(array)]
-    return np.bincount(
-        np.searchsorted(np.asarray(edges, dtype=np.float64), array, side="left"), minlength=len(edges) + 1
-    )
+    present = np.isfinite(array)
+    counted = None if weights is None else np.asarray(weights, dtype=np.int64)[present]
+    bins = np.searchsorted(np.asarray(edges, dtype=np.float64), array[present], side="left")
+    return np.bincount(bins, weights=counted, minlength=len(edges) + 1).astype(np.int64)
 
 
-def category_counts(keys: Sequence[str | None], categories: Sequence[str]) -> np.ndarray:
+def category_counts(
+    keys: Sequence[str | None], categories: Sequence[str], weights: Sequence[int] | None = None
+) -> np.ndarray:
     """How many of `keys` (categories keyed like `normalise_category`; None is missing and not counted) fall in each
-    category's bin, the last bin (`__other__`) taking every other key."""
+    category's bin, the last bin (`__other__`) taking every other key; each key counted `weights[i]` times when
+    given."""
     index = {category: position for position, category in enumerate(categories)}
     other = len(categories)
-    positions = np.fromiter((index.get(key, other) for key in keys if key is not None), dtype=np.intp)
-    return np.bincount(positions, minlength=other + 1)
+    counted = [1] * len(keys) if weights is None else weights
+    present = [(index.get(key, other), weight) for key, weight in zip(keys, counted, strict=True) if key is not None]
+    positions = np.fromiter((position for position, _ in present), dtype=np.intp, count=len(present))
+    weighted = np.fromiter((weight for _, weight in present), dtype=np.int64, count=len(present))
+    return np.bincount(positions, weights=weighted, minlength=other + 1).astype(np.int64)
 
 
 def with_missing(fractions: Sequence[float], missing: float) -> np.ndarray:

@@ -42,14 +42,16 @@ GROUP_ID_PREFIX = "mlops-drift-monitor"
 class MonitorConfig:
     """What the monitor watches and how: `checkpoint_uri` (S3) holds its offsets and window state; `window` and
     `watermark` are Spark durations ("1 minute"): a window is final once events `watermark` later than its end have
-    arrived; `trigger`: how often a micro-batch runs (`once`: process what is on the topic, then stop); `topic`: the
+    arrived; `trigger`: how often a micro-batch runs (`once`: process what is on the topic, then stop): no more
+    often than a window closes, since each batch with data writes about ten checkpoint objects, and the local S3
+    server notifies every write to Kafka, where the raw-uploads watcher reads them all; `topic`: the
     serving-metrics topic to read (another deployment's, or a test's)."""
 
     checkpoint_uri: str
     topic: str = SERVING_METRICS.name
     window: str = "1 minute"
     watermark: str = "30 seconds"
-    trigger: str = "10 seconds"
+    trigger: str = "1 minute"
     once: bool = False
     starting_offsets: str = "earliest"
     thresholds: DriftThresholds = field(default_factory=DriftThresholds)
@@ -58,7 +60,7 @@ class MonitorConfig:
     )
 
 
-def parse_serving_events(spark: Any, raw: Any, watermark: str) -> Any:
+def parse_serving_events(raw: Any) -> Any:
     """Kafka records of the serving topic -> one row per sampled input value: event_time, model_name, model_version,
     feature, value (the value's JSON text; null for a missing value). Refused requests and unsampled ones have no
     inputs; a record that is not a serving_metrics.v1 envelope parses to nulls and is dropped."""
@@ -105,23 +107,34 @@ def window_counts(rows: Any, config: MonitorConfig) -> Any:
     passes the window (append mode emits each window once)."""
     from pyspark.sql import functions as F
 
-    return (
+    counted = (
         rows.withWatermark("event_time", config.watermark)
         .groupBy(F.window("event_time", config.window), "model_name", "model_version", "feature", "value")
         .count()
     )
+    # The bounds as epoch seconds: pyspark turns a timestamp into a naive datetime in the Python process's local
+    # time zone, whatever the session's, so a datetime would carry the machine's offset into the event.
+    return counted.select(
+        F.col("window.start").cast("long").alias("window_start"),
+        F.col("window.end").cast("long").alias("window_end"),
+        "model_name",
+        "model_version",
+        "feature",
+        "value",
+        "count",
+    )
 
 
-def _iso(moment: datetime) -> str:
-    """A window bound as the schema's ISO-8601 UTC (Spark hands back naive UTC datetimes: the session is in UTC)."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat().replace("+00:00", "Z")
+def _iso(epoch_seconds: int) -> str:
+    """A window bound as the schema's ISO-8601 UTC."""
+    return datetime.fromtimestamp(epoch_seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
 def group_windows(rows: list[Any]) -> dict[tuple[str, str, str, str], dict[str, dict[str | None, int]]]:
     """A batch's rows -> {(model, version, window start, window end): {feature: {value: count}}}."""
     windows: dict[tuple[str, str, str, str], dict[str, dict[str | None, int]]] = {}
     for row in rows:
-        key = (row["model_name"], row["model_version"], _iso(row["window"]["start"]), _iso(row["window"]["end"]))
+        key = (row["model_name"], row["model_version"], _iso(row["window_start"]), _iso(row["window_end"]))
         values = windows.setdefault(key, {}).setdefault(row["feature"], {})
         values[row["value"]] = values.get(row["value"], 0) + int(row["count"])
     return windows
@@ -188,7 +201,7 @@ def running_query(
 ) -> Iterator[Any]:
     """Start the monitor's streaming query on `spark`; yields the StreamingQuery and stops it on exit."""
     raw = spark.readStream.format("kafka").options(**kafka_source).load()
-    counts = window_counts(parse_serving_events(spark, raw, config.watermark), config)
+    counts = window_counts(parse_serving_events(raw), config)
     writer = (
         counts.writeStream.outputMode("append")
         .option("checkpointLocation", spark_path(config.checkpoint_uri))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.drift.stats import chi_square, ks, psi, with_missing
+from ml.drift.stats import bin_counts, category_counts, chi_square, ks, psi, with_missing
 from ml.features import NULL_TOKENS, normalise_category, parse_number
 from ml.features.distributions import CategoricalDistribution, NumericDistribution, TrainingDistributions
 
@@ -65,26 +65,18 @@ def _numeric_drift(
 ) -> dict[str, Any]:
     numbers = np.array([numeric_value(text) for text in values], dtype=np.float64)  # None -> NaN
     weights = np.array(list(values.values()), dtype=np.int64)
-    present = np.isfinite(numbers)
-    bins = np.searchsorted(np.asarray(distribution.edges, dtype=np.float64), numbers[present], side="left")
-    # bin_counts' bins, each distinct value weighted by how often it came
-    counts = np.bincount(bins, weights=weights[present], minlength=len(distribution.edges) + 1).astype(np.int64)
+    counts = bin_counts(numbers, distribution.edges, weights)
+    missing = int(weights[~np.isfinite(numbers)].sum())
     statistic = ks(distribution.fractions, counts.tolist()) if counts.sum() else None
-    return _feature_result(distribution, counts, int(weights[~present].sum()), statistic, "ks", thresholds)
+    return _feature_result(distribution, counts, missing, statistic, "ks", thresholds)
 
 
 def _categorical_drift(
     distribution: CategoricalDistribution, values: Mapping[str | None, int], thresholds: DriftThresholds
 ) -> dict[str, Any]:
-    position = {category: index for index, category in enumerate(distribution.categories)}
-    counts = np.zeros(len(distribution.categories) + 1, dtype=np.int64)  # category_counts' bins, weighted
-    missing = 0
-    for text, weight in values.items():
-        key = category_key(text)
-        if key is None:
-            missing += weight
-        else:
-            counts[position.get(key, len(distribution.categories))] += weight
+    keys = [category_key(text) for text in values]
+    counts = category_counts(keys, distribution.categories, list(values.values()))
+    missing = sum(weight for key, weight in zip(keys, values.values(), strict=True) if key is None)
     statistic = chi_square(distribution.fractions, counts.tolist()) if counts.sum() else None
     return _feature_result(distribution, counts, missing, statistic, "chi_square", thresholds)
 

@@ -2,7 +2,8 @@
 
 `EventPublisher` suits training loops and serving: `publish()` validates and appends to a bounded buffer; one
 background thread owns the KafkaProducer, reconnects while the broker is down and delivers what waited.
-`publish_event()` is the synchronous one-off form that fails loudly (Airflow tasks, the registry).
+`publish_event()` is the synchronous one-off form that fails loudly (Airflow tasks, the registry); `sync_publisher()`
+opens one producer for several such sends (the drift monitor).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,26 +297,39 @@ class EventPublisher:
                 self._cond.wait(remaining)
 
 
-def publish_event(
-    kafka: KafkaSettings,
-    topic: Topic,
-    payload: Mapping[str, Any],
-    key: str,
-    dag_run_id: str | None = None,
-    timeout_s: float = 10,
-) -> dict[str, Any]:
-    """Send one event and wait for the broker's acknowledgement; returns the envelope sent.
-    Raises EventPublishError naming the bootstrap servers when Kafka is unreachable or rejects it."""
+class SyncPublisher:
+    """Sends events one at a time, each waiting for the broker's acknowledgement, over one producer (acks="all",
+    idempotent); a failure raises EventPublishError naming the bootstrap servers. Open it with `sync_publisher`."""
+
+    def __init__(self, kafka: KafkaSettings, producer: Any, timeout_s: float) -> None:
+        self.kafka, self._producer, self.timeout_s = kafka, producer, timeout_s
+
+    def send(self, topic: Topic, envelope: dict[str, Any], key: str) -> None:
+        """Send an envelope (`make_envelope`) and wait for the acknowledgement."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._producer.send(topic.name, key=key.encode(), value=envelope).get(timeout=self.timeout_s)
+        except KafkaError as error:
+            raise EventPublishError(
+                f"Kafka at {self.kafka.bootstrap_servers} did not take the {topic.schema} event on {topic.name}: "
+                f"{error}"
+            ) from error
+
+
+@contextmanager
+def sync_publisher(
+    kafka: KafkaSettings, *, timeout_s: float = 10, client_id: str = "mlops-events-sync"
+) -> Iterator[SyncPublisher]:
+    """A SyncPublisher for the block; raises EventPublishError when Kafka is unreachable (no answer in `timeout_s`)."""
     from kafka.errors import KafkaError
     from kafka.serializer import JsonSerializer
 
-    envelope = make_envelope(topic, payload, dag_run_id)
-    servers = kafka.bootstrap_servers
     timeout_ms = max(int(timeout_s * 1000), 1000)
     try:
         producer = kafka_producer(
             kafka,
-            client_id="mlops-events-sync",
+            client_id=client_id,
             acks="all",
             # Explicit, not kafka-python's default: a retried send is never written twice, and a setting that would
             # silently turn that off raises instead.
@@ -327,14 +342,25 @@ def publish_event(
         )
     except KafkaError as error:
         raise EventPublishError(
-            f"Kafka is unreachable at {servers} (no answer within {timeout_s:g} s): {error}"
+            f"Kafka is unreachable at {kafka.bootstrap_servers} (no answer within {timeout_s:g} s): {error}"
         ) from error
     try:
-        producer.send(topic.name, key=key.encode(), value=envelope).get(timeout=timeout_s)
-    except KafkaError as error:
-        raise EventPublishError(
-            f"Kafka at {servers} did not take the {topic.schema} event on {topic.name}: {error}"
-        ) from error
+        yield SyncPublisher(kafka, producer, timeout_s)
     finally:
         close_quietly(producer, timeout=min(timeout_s, 5.0))
+
+
+def publish_event(
+    kafka: KafkaSettings,
+    topic: Topic,
+    payload: Mapping[str, Any],
+    key: str,
+    dag_run_id: str | None = None,
+    timeout_s: float = 10,
+) -> dict[str, Any]:
+    """Send one event and wait for the broker's acknowledgement; returns the envelope sent.
+    Raises EventPublishError naming the bootstrap servers when Kafka is unreachable or rejects it."""
+    envelope = make_envelope(topic, payload, dag_run_id)  # an invalid payload fails before any connection
+    with sync_publisher(kafka, timeout_s=timeout_s) as publisher:
+        publisher.send(topic, envelope, key)
     return envelope

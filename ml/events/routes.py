@@ -1,9 +1,11 @@
 """Which training an upload starts: the per-dataset routes of event-driven runs (dags/event_routes.yaml).
 
 A route names a raw prefix and the mlops_training params of the runs its new objects start (dataset, target, task and,
-optionally, the search settings). The file is small and validated as a whole (ml/schemas/event_routes.json, then the
-names with ml.ingest.config's rules, unique prefixes and datasets): a bad file is a RoutesError naming the entry and
-what is wrong, never a run with defaults. An object under no route's prefix starts nothing (the caller logs it).
+optionally, the search settings), and what a drift event of the dataset's models does (`on_drift`: `retrain`, a run
+with the same params, or `alert`, a logged warning only; the default). The file is small and validated as a whole
+(ml/schemas/event_routes.json, then the names with ml.ingest.config's rules, unique prefixes and datasets): a bad
+file is a RoutesError naming the entry and what is wrong, never a run with defaults. An object under no route's
+prefix starts nothing (the caller logs it).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from ml.events.s3_notifications import CreatedObject
 
 ROUTES_SCHEMA = "event_routes"
+ON_DRIFT_RETRAIN, ON_DRIFT_ALERT = "retrain", "alert"
 
 
 class RoutesError(ValueError):
@@ -32,6 +35,7 @@ class DatasetRoute:
     target: str
     task: str
     params: Mapping[str, Any] = field(default_factory=dict)
+    on_drift: str = ON_DRIFT_ALERT
 
     def covers(self, obj: CreatedObject) -> bool:
         return obj.uri.startswith(self.prefix)
@@ -55,6 +59,10 @@ class Routes:
         """The route with the longest prefix covering the object; None when no route does."""
         covering = [route for route in self.routes if route.covers(obj)]
         return max(covering, key=lambda route: len(route.prefix)) if covering else None
+
+    def for_dataset(self, dataset: str) -> DatasetRoute | None:
+        """The route of a dataset (datasets are unique across routes); None when no route names it."""
+        return next((route for route in self.routes if route.dataset == dataset), None)
 
 
 @cache
@@ -85,7 +93,14 @@ def parse_routes(document: object, source: str) -> Routes:
         except ValueError as error:
             raise RoutesError(f"{where}: {error}") from None
         routes.append(
-            DatasetRoute(entry["prefix"], entry["dataset"], entry["target"], entry["task"], entry.get("params", {}))
+            DatasetRoute(
+                entry["prefix"],
+                entry["dataset"],
+                entry["target"],
+                entry["task"],
+                entry.get("params", {}),
+                entry.get("on_drift", ON_DRIFT_ALERT),
+            )
         )
     _check_unique(routes, source)
     return Routes(tuple(routes))

@@ -18,8 +18,9 @@ MAX_HIVE_NAME = 256  # the metastore's TBLS.TBL_NAME is a VARCHAR(256) (Hive 2.3
 _PLAIN = re.compile(r"[a-z0-9][a-z0-9_]*")
 
 
-def hive_table_name(dataset: str) -> str:
-    """`mlops.<name>_features`, one table per dataset name: distinct names never share a table.
+def hive_table_name(dataset: str, kind: str = "features") -> str:
+    """`mlops.<name>_<kind>` (`features`, `predictions`), one table per dataset name and kind: distinct names never
+    share a table.
 
     A name of lowercase letters, digits and underscores that starts with a letter or digit is kept as it is (its table
     exists already: renaming it would orphan it). Any other name is escaped behind a leading `_`, which no kept name
@@ -30,7 +31,7 @@ def hive_table_name(dataset: str) -> str:
     if not dataset or any(ord(char) < 32 for char in dataset):  # NUL's code point, 0, would also read as `-`
         raise ValueError(f"dataset {dataset!r} is empty or has control characters: no Hive table name for it")
     name = dataset if _PLAIN.fullmatch(dataset) else "_" + "".join(_escape(char) for char in dataset)
-    table = f"{name}_features"
+    table = f"{name}_{kind}"
     if len(table) > MAX_HIVE_NAME:
         raise ValueError(
             f"dataset {dataset!r} makes a Hive table name of {len(table)} characters, over the metastore's "
@@ -52,11 +53,16 @@ def _escape(char: str) -> str:
     return f"_{ord(char)}_"
 
 
-def register_hive_table(spark: Any, table: str, spec: FeatureSpec, features: S3Uri) -> None:
-    """Add the snapshot's splits as partitions; a schema change recreates the (external) table, the data stays."""
+def create_database(spark: Any, table: str) -> None:
+    """The database of `mlops.<table>`, in the warehouse (the lake bucket), unless it exists."""
     database = table.split(".")[0]
     warehouse = spark.conf.get("spark.sql.warehouse.dir")
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {database} LOCATION '{warehouse}/{database}.db'")
+
+
+def register_hive_table(spark: Any, table: str, spec: FeatureSpec, features: S3Uri) -> None:
+    """Add the snapshot's splits as partitions; a schema change recreates the (external) table, the data stays."""
+    create_database(spark, table)
     label_type = "INT" if spec.task == "classification" else "DOUBLE"
     wanted = [(c, "float") for c in spec.feature_columns] + [(LABEL_COLUMN, label_type.lower())]
     if spark.catalog.tableExists(table):

@@ -50,8 +50,11 @@ def application_args(
 
 
 def application_env(spark: SparkSettings, s3: S3Settings) -> dict[str, str]:
-    """Environment of the spark-submit process: credentials, and `ml` importable by the driver."""
-    return {**spark_submit_env(spark, s3), "PYTHONPATH": str(PROJECT_ROOT)}
+    """Environment of the spark-submit process: credentials, and `ml` importable by the driver. On a local master
+    the Python workers (batch scoring's mapInPandas) run this interpreter, which has numpy and torch; a cluster's
+    workers use their own (their PYSPARK_PYTHON)."""
+    env = {**spark_submit_env(spark, s3), "PYTHONPATH": str(PROJECT_ROOT)}
+    return {**env, "PYSPARK_PYTHON": sys.executable} if spark.is_local else env
 
 
 def write_ml_zip(folder: Path) -> Path:
@@ -105,36 +108,60 @@ def run_preprocess(
     """spark-submit the application; Spark's log streams to this process's stderr; returns the job's summary.
     `job_options` are application_args' (seed, max_categories, force)."""
     from ml.preprocess.job import RESULT_MARKER
+
+    log.info("spark-submit %s for %s snapshot %s", APPLICATION.name, dataset, snapshot_id)
+    return run_spark_job(
+        APPLICATION,
+        application_args(dataset, snapshot_id, lake, **job_options),
+        name=f"preprocess-{dataset}",
+        result_marker=RESULT_MARKER,
+        what=f"Spark preprocessing of {dataset} snapshot {snapshot_id}",
+        s3=s3,
+        lake=lake,
+        spark=spark,
+        driver_memory=driver_memory,
+    )
+
+
+def run_spark_job(
+    application: Path,
+    args: list[str],
+    *,
+    name: str,
+    result_marker: str,
+    what: str,
+    s3: S3Settings,
+    lake: LakeSettings,
+    spark: SparkSettings,
+    driver_memory: str = "2g",
+) -> dict[str, Any]:
+    """spark-submit one of the pipeline's Spark applications (preprocessing, batch scoring) with the pipeline's conf,
+    environment and `ml` zip; returns the JSON of its last `result_marker` line. A job that fails raises
+    RuntimeError naming `what` and the job's own `error: ...` reason when it printed one."""
     from ml.preprocess.preflight import require_cluster_services
 
     require_cluster_services(spark)
-    command = [spark_submit_binary(), "--master", spark.master, "--driver-memory", driver_memory]
-    command += ["--name", f"preprocess-{dataset}"]
+    command = [spark_submit_binary(), "--master", spark.master, "--driver-memory", driver_memory, "--name", name]
     for key, value in spark_conf(spark, s3, lake).items():
         command += ["--conf", f"{key}={value}"]
-    log.info("spark-submit %s for %s snapshot %s", APPLICATION.name, dataset, snapshot_id)
     # spark-submit sends the Python driver's stdout and stderr to its stdout: pass the log on, keep the result line.
     results = []
     reasons = []  # the job's own `error: ...` lines (bad input): the exception carries them, not only the log
     env = {**_inherited_environment(), **application_env(spark, s3)}
     with ml_package_zip() as package:
-        command += ["--py-files", str(package)]
-        command += [str(APPLICATION), *application_args(dataset, snapshot_id, lake, **job_options)]
+        command += ["--py-files", str(package), str(application), *args]
         with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
             assert process.stdout is not None
             for line in process.stdout:
-                if line.startswith(RESULT_MARKER):
-                    results.append(line[len(RESULT_MARKER) :])
+                if line.startswith(result_marker):
+                    results.append(line[len(result_marker) :])
                 else:
                     if line.startswith("error: "):
                         reasons.append(line[len("error: ") :].strip())
                     sys.stderr.write(line)
     if process.returncode != 0 or not results:
         reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
-        raise RuntimeError(
-            f"Spark preprocessing of {dataset} snapshot {snapshot_id} failed "
-            f"(spark-submit exit code {process.returncode}){reason}"
-        )
+        raise RuntimeError(f"{what} failed (spark-submit exit code {process.returncode}){reason}")
     result: dict[str, Any] = json.loads(results[-1])
     return result
 

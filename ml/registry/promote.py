@@ -229,8 +229,10 @@ def register_and_promote(
     is_backfill: bool = False,
     allow_backfill_promotion: bool = False,
     task_id: str | None = None,
+    trigger_event: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """`register_model` then `promote`: what the pipeline's register task runs. Returns both results in one dict."""
+    """`register_model` then `promote`: what the pipeline's register task runs. Returns both results in one dict.
+    `trigger_event`: what started the DAG run (its `event` param), recorded in the version's tags."""
     registered = register_model(
         evaluation,
         context,
@@ -239,6 +241,7 @@ def register_and_promote(
         code_version=code_version,
         is_backfill=is_backfill,
         task_id=task_id,
+        trigger_event=trigger_event,
     )
     if higher_is_better is None and metric is None and isinstance(evaluation.get("higher_is_better"), bool):
         higher_is_better = evaluation["higher_is_better"]  # what evaluation decided for its metric

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EVALUATION_KEYS = ("dataset", "snapshot_id", "task", "metric", "test_metrics", "checkpoint_uri", "feature_spec_uri")
+# MLflow keeps a tag value of up to 8000 characters; a longer trigger event is replaced by its source.
+TRIGGER_EVENT_MAX_CHARS = 4000
 
 
 def load_evaluation(location: str, s3_client: Any) -> dict[str, Any]:
@@ -83,9 +85,18 @@ def metric_value(metrics: Mapping[str, Any], metric: str) -> float | None:
 
 
 def version_tags(
-    evaluation: Mapping[str, Any], *, dag_id: str, dag_run_id: str, code_version: str, git_sha: str, is_backfill: bool
+    evaluation: Mapping[str, Any],
+    *,
+    dag_id: str,
+    dag_run_id: str,
+    code_version: str,
+    git_sha: str,
+    is_backfill: bool,
+    trigger_event: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """The tags of a new version: lineage, test and baseline metrics (`test.X`, `baseline_test.X`), and
+    """The tags of a new version: lineage, test and baseline metrics (`test.X`, `baseline_test.X`), what started the
+    DAG run (`trigger`: the event's source, e.g. `drift` or `s3_notification`, and `trigger_event`: the event as
+    JSON, or only its source when longer than TRIGGER_EVENT_MAX_CHARS; none for a scheduled or manual run), and
     `mlops.registration=pending` (set to complete once the version is aliased)."""
     from ml.models import base_metric_name
 
@@ -99,6 +110,12 @@ def version_tags(
         "metric": base_metric_name(str(evaluation["metric"])),
     }
     tags = {key: _tag_value(value) for key, value in values.items() if value is not None}
+    if trigger_event:
+        source = str(trigger_event.get("source") or "event")
+        text = json.dumps(trigger_event, sort_keys=True, separators=(",", ":"))
+        if len(text) > TRIGGER_EVENT_MAX_CHARS:  # still JSON, saying what it left out
+            text = json.dumps({"source": source, "truncated": True, "length": len(text)})
+        tags["trigger"], tags["trigger_event"] = source, text
     baseline = evaluation.get("baseline_test_metrics")
     for prefix, metrics in ((TEST_METRIC_TAG_PREFIX, evaluation["test_metrics"]), ("baseline_test.", baseline)):
         for name, value in (metrics or {}).items():
@@ -207,6 +224,7 @@ def register_model(
     experiment_name: str | None = None,
     task_id: str | None = None,
     publish_events: bool = True,
+    trigger_event: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Register the evaluated model as a new version (alias `challenger`) with lineage tags; idempotent per DAG run.
 
@@ -234,6 +252,7 @@ def register_model(
         code_version=code_version or model_code_version(),
         git_sha=git_sha(),
         is_backfill=is_backfill,
+        trigger_event=trigger_event,
     )
     parent_run_id = evaluation.get("mlflow_parent_run_id") or None
     experiment_id = get_or_create_experiment(client, experiment_name or str(evaluation["dataset"]))

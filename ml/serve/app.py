@@ -41,8 +41,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ml.clock import SYSTEM_CLOCK, Clock
-from ml.json_values import json_safe
-from ml.predictor import LoadedModel, load_version, resolve_version
+from ml.predictor import LoadedModel, answer_fields, load_version, resolve_version
 from ml.registry.conventions import CHAMPION
 from ml.serve.prometheus import ServingMetrics
 from ml.serve.reload import ModelHolder, PromotionWatcher
@@ -216,12 +215,8 @@ def build_app(
         except ValueError as error:  # a value the spec cannot transform: the client's data, not a server fault
             raise RequestError(str(error), 422) from None
         record.outputs = outputs
-        body: dict[str, Any] = {"model": state.holder.name, "version": model.version, "predictions": outputs}
-        if probabilities is not None:
-            body["probabilities"] = [[float(p) for p in row] for row in probabilities]
-            body["classes"] = model.predictor.classes
-        else:
-            body["predictions"] = json_safe([float(v) for v in outputs])
+        body: dict[str, Any] = {"model": state.holder.name, "version": model.version}
+        body.update(answer_fields(outputs, probabilities, model.predictor.classes))
         return jsonify(body)
 
     @app.get("/health")

@@ -209,3 +209,15 @@ def _standardises_within_float32(value: float, mean: float, std: float) -> bool:
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def row_refusal(row: dict[str, Any], spec: FeatureSpec) -> str | None:
+    """The service's error message for this one row sent alone (`{"rows": [row]}`), or None when it would predict:
+    what batch scoring records for a row instead of failing the whole table."""
+    body = {"rows": [row]}
+    try:
+        _check_values(body)
+        validate_rows(body, spec, 1)
+    except RequestError as error:
+        return error.message
+    return None

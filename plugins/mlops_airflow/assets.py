@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetWatcher
 
-from mlops_airflow.triggers import S3NotificationTrigger
+from mlops_airflow.triggers import DriftEventTrigger, S3NotificationTrigger
 
 RAW_BUCKET = "raw"
 # The Kafka connection of the watcher: the pipeline's login, a consumer group of its own and no auto-commit (the
@@ -26,6 +26,20 @@ RAW_UPLOADS = Asset(
                 kafka_config_id=S3_EVENTS_CONNECTION,
                 url_encoded_keys=False,  # Versity S3 Gateway sends keys as they are (AWS: True)
             ),
+        )
+    ],
+)
+
+# The drift monitor's verdicts (ml.drift): each window that drifted is an asset event (the drifted window in its
+# payload) and schedules drift_retraining, which retrains the dataset or only alerts, as its route says.
+DRIFT_EVENTS_CONNECTION = "kafka_drift_events"
+DRIFT_TOPIC = "mlops.drift.v1"  # ml.topics.DRIFT (a unit test checks it)
+MODEL_DRIFT = Asset(
+    name="model_drift",
+    watchers=[
+        AssetWatcher(
+            name="drift_monitor",
+            trigger=DriftEventTrigger(topics=[DRIFT_TOPIC], kafka_config_id=DRIFT_EVENTS_CONNECTION),
         )
     ],
 )

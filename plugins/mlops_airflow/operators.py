@@ -26,7 +26,7 @@ from mlops_airflow.hooks import (
 from mlops_airflow.templating import DEFAULT_LAKE_BUCKET, as_bool, lake_settings
 
 if TYPE_CHECKING:
-    from ml.settings import SparkSettings
+    from ml.settings import LakeSettings, S3Settings, SparkSettings
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,37 @@ class IngestOperator(lineage.OpenLineageDatasets, BaseOperator):
         return result.to_dict()
 
 
+def submit_ml_job(
+    operator: SparkSubmitOperator,
+    context: Any,
+    args: list[str],
+    *,
+    spark: SparkSettings,
+    s3: S3Settings,
+    lake: LakeSettings,
+    conf: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run one of ml's Spark applications through the operator's spark-submit: the pipeline's conf, the environment
+    that carries the credentials (never the command line) and the `ml` zip (`--py-files`) resolved now, at run time,
+    as `python -m ml preprocess|score` resolve them (ml.preprocess.submit)."""
+    from ml.preprocess.conf import spark_conf
+    from ml.preprocess.preflight import require_cluster_services
+    from ml.preprocess.submit import application_env, ml_package_zip
+
+    require_cluster_services(spark)
+    operator.conf = {**spark_conf(spark, s3, lake), **(conf or {}), **(operator.conf or {})}
+    operator.env_vars = {**application_env(spark, s3), **(env or {}), **(operator.env_vars or {})}
+    operator.application_args = args
+    authored, operator._hook = operator.py_files, None  # (the provider builds its hook from these attributes)
+    with ml_package_zip() as package:  # the same zip as the CLI ships, removed afterwards
+        operator.py_files = ",".join([str(package), *([authored] if authored else [])])
+        try:
+            SparkSubmitOperator.execute(operator, context)
+        finally:
+            operator.py_files = authored
+
+
 class FeaturePreprocessOperator(lineage.OpenLineageDatasets, SparkSubmitOperator):
     """SparkSubmitOperator for the Spark job of `ml.preprocess`: its configuration, arguments, environment and `ml`
     zip (`--py-files`) are resolved at run time, not parse time; returns the summary read from `feature_spec.json`."""
@@ -112,25 +143,13 @@ class FeaturePreprocessOperator(lineage.OpenLineageDatasets, SparkSubmitOperator
     def execute(self, context: Any) -> dict[str, Any]:  # type: ignore[override]  # the parent returns None
         from ml.clients import s3_client
         from ml.features import FeatureSpec
-        from ml.preprocess.conf import spark_conf
-        from ml.preprocess.preflight import require_cluster_services
-        from ml.preprocess.submit import application_args, application_env, ml_package_zip
+        from ml.preprocess.submit import application_args
         from ml.storage import feature_spec_uri, features_uri, read_json, snapshot_uri
 
         s3, spark, lake = s3_settings(self.aws_conn_id), spark_settings(self._conn_id), lake_settings(self.lake_bucket)
-        require_cluster_services(spark)
-        # The spark-submit subprocess gets the credentials through its environment (env_vars), never the worker.
         lineage_conf, lineage_env = self._openlineage_listener(spark)
-        self.conf = {**spark_conf(spark, s3, lake), **lineage_conf, **(self.conf or {})}
-        self.env_vars = {**application_env(spark, s3), **lineage_env, **(self.env_vars or {})}
-        self.application_args = application_args(str(self.dataset), str(self.snapshot_id), lake)
-        authored, self._hook = self.py_files, None  # (the provider builds its hook from these attributes)
-        with ml_package_zip() as package:  # the same zip as `python -m ml preprocess` ships, removed afterwards
-            self.py_files = ",".join([str(package), *([authored] if authored else [])])
-            try:
-                super().execute(context)
-            finally:
-                self.py_files = authored
+        args = application_args(str(self.dataset), str(self.snapshot_id), lake)
+        submit_ml_job(self, context, args, spark=spark, s3=s3, lake=lake, conf=lineage_conf, env=lineage_env)
         out = features_uri(lake, str(self.dataset), str(self.snapshot_id))
         spec = FeatureSpec.from_dict(read_json(feature_spec_uri(out), s3_client(s3)))
         dataset, snapshot_id = str(self.dataset), str(self.snapshot_id)
@@ -347,6 +366,8 @@ class RegisterModelOperator(lineage.OpenLineageDatasets, BaseOperator):
             is_backfill=is_backfill,
             allow_backfill_promotion=as_bool(self.allow_backfill_promotion),
             task_id=self.task_id,
+            # What started the run (raw_data_events, drift_retraining), recorded in the version's tags.
+            trigger_event=(context.get("params") or {}).get("event") or None,
         )
         version = lineage.model_version_asset(decision["model_name"], decision["version"])
         made_from = lineage.features_name(evaluation["dataset"], evaluation["snapshot_id"])

@@ -10,34 +10,17 @@ from typing import Any
 
 from ml.clock import SYSTEM_CLOCK, Clock
 from ml.events.uploads import DispatchState, PlannedRun, Upload, plan_runs, quiet_since, uploads_from_events
+from mlops_airflow import asset_events
 
 STATE_VARIABLE = "mlops_raw_uploads_state"
-# Read the asset's events from a little before the last handled one: ids, not timestamps, decide what is new, and two
-# events stored at once may carry timestamps out of id order.
-READ_MARGIN = timedelta(minutes=1)
 
 
 def load_state() -> DispatchState:
-    from airflow.sdk import Variable
-
-    return DispatchState.from_json(Variable.get(STATE_VARIABLE, default=None, deserialize_json=True))
+    return asset_events.load_state(STATE_VARIABLE)
 
 
 def save_state(state: DispatchState) -> None:
-    from airflow.sdk import Variable
-
-    Variable.set(STATE_VARIABLE, state.to_json(), serialize_json=True, description="raw_data_events: handled uploads")
-
-
-def _events(context: Mapping[str, Any], asset: Any, state: DispatchState, through_event_id: int | None) -> list[Any]:
-    events = context["inlet_events"][asset]
-    if state.last_received:
-        events = events.after((datetime.fromisoformat(state.last_received) - READ_MARGIN).isoformat())
-    return [
-        event
-        for event in events
-        if event.id > state.last_event_id and (through_event_id is None or event.id <= through_event_id)
-    ]
+    asset_events.save_state(STATE_VARIABLE, state, "raw_data_events: handled uploads")
 
 
 def pending_uploads(
@@ -45,7 +28,7 @@ def pending_uploads(
 ) -> tuple[DispatchState, list[Any], list[Upload]]:
     """The state, the asset's unhandled events (up to `through_event_id`) and their uploads not acted on yet."""
     state = load_state()
-    events = _events(context, asset, state, through_event_id)
+    events = asset_events.unhandled_events(context, asset, state, through_event_id)
     return state, events, state.pending(uploads_from_events(events))
 
 

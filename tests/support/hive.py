@@ -8,6 +8,7 @@ standalone cluster, and `hive_session` keeps one open while a test does somethin
 
 from __future__ import annotations
 
+import json
 import select
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _SCRIPT = """
+import json
 import os
 import sys
 from pyspark.sql import SparkSession
@@ -29,7 +31,10 @@ for key, value in s3a_credentials(settings.s3).items():  # a cluster's executors
     builder = builder.config("spark.hadoop." + key, value)
 spark = builder.enableHiveSupport().getOrCreate()
 try:
-    print("HIVE_RESULT", spark.sql(sys.argv[1]).first()[0], spark.sparkContext.applicationId, flush=True)
+    row = spark.sql(sys.argv[1]).first()  # None for a statement (DROP TABLE)
+    value = None if row is None or row[0] is None else str(row[0])
+    # One line whatever the value holds (spaces, line breaks): the application's id, then the value as JSON.
+    print("HIVE_RESULT", spark.sparkContext.applicationId, json.dumps(value), flush=True)
     if sys.argv[3] == "hold":
         sys.stdin.readline()  # the session stays open until the test closes stdin
 finally:
@@ -37,14 +42,15 @@ finally:
 """
 
 
-def hive_scalar(sql: str, stack_env: dict[str, str], timeout_s: float = 300) -> str:
-    """The first column of the first row of `sql`, as text (the child runs in the stack's environment)."""
+def hive_scalar(sql: str, stack_env: dict[str, str], timeout_s: float = 300) -> str | None:
+    """The first column of the first row of `sql`, as text; None when it answers no row or NULL (the child runs in
+    the stack's environment)."""
     return hive_query(sql, stack_env, timeout_s=timeout_s)[0]
 
 
 def hive_query(
     sql: str, stack_env: dict[str, str], app_name: str = "tests-hive-query", timeout_s: float = 300
-) -> tuple[str, str]:
+) -> tuple[str | None, str]:
     """The first column of the first row of `sql` as text, and the Spark application's id."""
     completed = subprocess.run(
         [sys.executable, "-c", _SCRIPT, sql, app_name, "once"],
@@ -55,14 +61,20 @@ def hive_query(
     )
     lines = [line for line in completed.stdout.splitlines() if line.startswith("HIVE_RESULT ")]
     assert completed.returncode == 0 and lines, f"Hive query failed: {sql}\n{completed.stderr[-3000:]}"
-    _, value, app_id = lines[-1].split(" ")
-    return value, app_id
+    return _parse_result(lines[-1])
+
+
+def _parse_result(line: str) -> tuple[str | None, str]:
+    """`HIVE_RESULT <application id> <value as JSON>` -> (value as text, None without a row; application id)."""
+    _, app_id, value = line.split(" ", 2)
+    text: str | None = json.loads(value)
+    return text, app_id
 
 
 @contextmanager
 def hive_session(
     sql: str, stack_env: dict[str, str], app_name: str, timeout_s: float = 300
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[str | None, str]]:
     """A Spark application that ran `sql` and stays open (its session held) until the block ends: yields the
     answer's first value and the application's id."""
     process = subprocess.Popen(
@@ -75,9 +87,7 @@ def hive_session(
     )
     assert process.stdin is not None and process.stdout is not None
     try:
-        line = _first_result(process, timeout_s)
-        _, value, app_id = line.split(" ")
-        yield value, app_id
+        yield _parse_result(_first_result(process, timeout_s))
     finally:
         process.stdin.close()
         try:

@@ -6,7 +6,6 @@ variables and S3 are doubles here; tests/e2e/dags/test_raw_data_events.py runs t
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ml.events.s3_notifications import CreatedObject
+from tests.support.asset_events import Events
 from tests.support.fake_clock import FakeClock
 
 ROUTES = Path(__file__).resolve().parents[3] / "dags" / "event_routes.yaml"
@@ -58,19 +58,6 @@ def test_every_route_gives_params_mlops_training_accepts(dagbag: Any) -> None:
         merged.update(run.conf)  # resolves each value against its param's schema: raises on one the DAG refuses
         merged.validate()
         assert merged["dataset"] == route.dataset and merged["event"]["objects"] == [obj.uri]
-
-
-class Events:
-    """inlet_events[asset] as the Task SDK gives it: iterable, `.after(iso)` keeps events at or after that time."""
-
-    def __init__(self, events: list[Any]) -> None:
-        self.events = events
-
-    def after(self, when: str) -> Events:
-        return Events([event for event in self.events if event.timestamp >= datetime.fromisoformat(when)])
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.events)
 
 
 class FakeS3:

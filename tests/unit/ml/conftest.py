@@ -4,6 +4,7 @@ no web UI. Started by the first test that asks for it."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,6 +32,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         .getOrCreate()
     )
     session.sparkContext.setLogLevel("ERROR")
+    # Python workers (mapInPandas: batch scoring) run this interpreter, with its numpy and torch, not PATH's python3
+    # (pyspark reads only PYSPARK_PYTHON, when the context starts; this leaves the process environment alone).
+    session.sparkContext.pythonExec = sys.executable
     try:
         yield session
     finally:

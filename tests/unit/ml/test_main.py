@@ -29,6 +29,7 @@ STAGES = {
     "serve",
     "monitor",
     "run-all",
+    "score",
 }
 
 

@@ -59,6 +59,7 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "spark_default",
         "kafka_default",
         "kafka_s3_events",
+        "kafka_drift_events",
         "openlineage_default",
         "mlflow_default",
     }
@@ -86,6 +87,12 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "enable.auto.commit": "false",
         "auto.offset.reset": "earliest",
         "session.timeout.ms": "10000",
+    }
+    # The drift watcher's: the same, a group of its own.
+    drift_watcher = json.loads(connections["kafka_drift_events"]["extra"])
+    assert drift_watcher == {
+        **json.loads(connections["kafka_s3_events"]["extra"]),
+        "group.id": "mlops-airflow-drift-events",
     }
     assert connections["mlflow_default"] == {"conn_type": "http", "host": "http://127.0.0.1:5000"}
 

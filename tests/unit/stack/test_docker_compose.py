@@ -83,6 +83,7 @@ EXPECTED_CONNECTIONS = {
     "AIRFLOW_CONN_SPARK_DEFAULT": "spark",
     "AIRFLOW_CONN_KAFKA_DEFAULT": "kafka",
     "AIRFLOW_CONN_KAFKA_S3_EVENTS": "kafka",
+    "AIRFLOW_CONN_KAFKA_DRIFT_EVENTS": "kafka",
     "AIRFLOW_CONN_OPENLINEAGE_DEFAULT": "generic",
     "AIRFLOW_CONN_MLFLOW_DEFAULT": "http",
     "AIRFLOW_CONN_RAY_DEFAULT": "generic",
@@ -604,10 +605,13 @@ def test_airflow_connections_are_json_of_the_expected_types(compose: dict[str, A
     spark = connection(compose, "AIRFLOW_CONN_SPARK_DEFAULT")
     assert (spark["host"], spark["port"]) == ("spark://spark-master", 7077)
     # The asset watcher's connection: kafka_default's login plus the consumer settings the local stack gives it.
-    from stack.airflow_home import S3_EVENTS_CONSUMER
+    from stack.airflow_home import DRIFT_EVENTS_CONSUMER, S3_EVENTS_CONSUMER
 
+    kafka_default = connection(compose, "AIRFLOW_CONN_KAFKA_DEFAULT")["extra"]
     watcher = connection(compose, "AIRFLOW_CONN_KAFKA_S3_EVENTS")["extra"]
-    assert watcher == {**connection(compose, "AIRFLOW_CONN_KAFKA_DEFAULT")["extra"], **S3_EVENTS_CONSUMER}
+    assert watcher == {**kafka_default, **S3_EVENTS_CONSUMER}
+    drift_watcher = connection(compose, "AIRFLOW_CONN_KAFKA_DRIFT_EVENTS")["extra"]
+    assert drift_watcher == {**kafka_default, **DRIFT_EVENTS_CONSUMER}
     # OpenLineage's transport: what the local stack writes, on compose's broker and login.
     from stack.airflow_home import openlineage_connection
 

@@ -101,3 +101,5 @@ def test_distributions_are_found_through_the_versions_features_uri(
     assert find("toy", "1") is found and len(reads) == 1, "a version's distributions are read once"
     assert find("toy", "2") is None and "features_uri" in caplog.text  # no tag
     assert find("toy", "3") is None and "no version 3 of toy" in caplog.text
+    registry.tags["toy:2"] = {"features_uri": "s3://lake/datasets/toy/features/snap"}  # the tag came later
+    assert find("toy", "2") is not None, "a version not found is asked again: the error may pass"

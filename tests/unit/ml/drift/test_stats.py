@@ -34,6 +34,17 @@ def test_bin_counts_agree_with_a_loop() -> None:
     assert bin_counts(values, edges).tolist() == expected
 
 
+def test_weighted_counts_equal_the_counts_of_the_repeated_values() -> None:
+    edges = [0.0, 1.0]
+    values, weights = [0.5, np.nan, 2.0, -1.0], [3, 5, 2, 1]
+    repeated = np.repeat(values, weights)
+    assert bin_counts(values, edges, weights).tolist() == bin_counts(repeated, edges).tolist() == [1, 3, 2]
+    keys, key_weights = ["a", None, "zzz", "b"], [4, 7, 2, 1]
+    repeated_keys = [key for key, weight in zip(keys, key_weights, strict=True) for _ in range(weight)]
+    assert category_counts(keys, ["a", "b"], key_weights).tolist() == [4, 1, 2]
+    assert category_counts(repeated_keys, ["a", "b"]).tolist() == [4, 1, 2]
+
+
 def test_category_counts_put_unknown_keys_in_other_and_skip_missing() -> None:
     keys = ["a", "b", "a", "zzz", None, "", "__other__"]
     assert category_counts(keys, ["a", "b"]).tolist() == [2, 1, 3]

@@ -45,7 +45,7 @@ def test_sampled_answered_requests_become_one_row_per_value(spark: Any) -> None:
         {"schema": "training_metrics.v1", "payload": {"inputs": {"x": [9]}}},  # another topic's envelope
         b"not json at all",
     ]
-    rows = parse_serving_events(spark, records(spark, events), "10 seconds").collect()
+    rows = parse_serving_events(records(spark, events)).collect()
     seen = sorted((r["feature"], str(r["value"])) for r in rows)
     # numbers keep their JSON text, nulls stay null
     assert seen == sorted(
@@ -62,7 +62,7 @@ def test_values_are_counted_per_window_and_version(spark: Any) -> None:
         serving_event("m", "1", {"x": [1.5]}, at=T0 + 60),  # the next window
         serving_event("m", "2", {"x": [1.5]}, at=T0 + 10),  # another version
     ]
-    counted = window_counts(parse_serving_events(spark, records(spark, events), CONFIG.watermark), CONFIG).collect()
+    counted = window_counts(parse_serving_events(records(spark, events)), CONFIG).collect()
     windows = group_windows(counted)
     start, next_start = "2027-01-15T08:00:00Z", "2027-01-15T08:01:00Z"
     assert windows == {
@@ -75,7 +75,7 @@ def test_values_are_counted_per_window_and_version(spark: Any) -> None:
 def test_a_closed_window_is_published_with_its_verdict(spark: Any) -> None:
     shifted = {"x": [5.0] * 60, "colour": ["red"] * 54 + ["blue"] * 6}
     events = [serving_event("m", "1", shifted, at=T0 + 1)]
-    batch = window_counts(parse_serving_events(spark, records(spark, events), CONFIG.watermark), CONFIG)
+    batch = window_counts(parse_serving_events(records(spark, events)), CONFIG)
     published: list[dict[str, Any]] = []
     handle = _publish_batch(published.append, lambda name, version: DISTRIBUTIONS, DriftThresholds(min_rows=50))
     handle(batch, 0)
@@ -95,3 +95,18 @@ def test_a_version_without_training_distributions_is_skipped(caplog: pytest.LogC
     payloads = list(drift_events(windows, lambda n, v: found.get((n, v)), DriftThresholds()))
     assert [(p["model_name"], p["model_version"]) for p in payloads] == [("m", "1"), ("m", "2")]  # window order
     assert "no training distributions for old version 1" in caplog.text
+
+
+def test_window_bounds_are_utc_whatever_the_machines_time_zone(spark: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyspark hands back timestamps in the Python process's local time: the bounds must not depend on it."""
+    import time
+
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        events = [serving_event("m", "1", {"x": [1.5]}, at=T0 + 5)]
+        counted = window_counts(parse_serving_events(records(spark, events)), CONFIG)
+        assert list(group_windows(counted.collect())) == [("m", "1", "2027-01-15T08:00:00Z", "2027-01-15T08:01:00Z")]
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

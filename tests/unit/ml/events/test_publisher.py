@@ -379,6 +379,26 @@ def test_publish_event_errors_name_the_brokers(monkeypatch: pytest.MonkeyPatch) 
     assert refusing.closed  # closed on the error path too
 
 
+def test_a_sync_publisher_sends_each_event_over_one_producer_and_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.events.envelope import make_envelope
+    from ml.events.publisher import sync_publisher
+
+    producer, options = SyncProducer(), []
+    monkeypatch.setattr("ml.events.publisher.kafka_producer", lambda kafka, **kw: options.append(kw) or producer)
+    envelopes = [
+        make_envelope(PIPELINE_EVENTS, PIPELINE, event_id=f"00000000-0000-4000-8000-00000000000{n}") for n in (1, 2)
+    ]
+    with sync_publisher(KAFKA, timeout_s=4, client_id="monitor") as publisher:
+        for n, envelope in enumerate(envelopes):
+            publisher.send(PIPELINE_EVENTS, envelope, f"k{n}")
+        assert not producer.closed
+    assert [(key, value["event_id"]) for _, key, value in producer.sent] == [
+        (b"k0", envelopes[0]["event_id"]),
+        (b"k1", envelopes[1]["event_id"]),
+    ]
+    assert [kw["client_id"] for kw in options] == ["monitor"] and producer.closed == [4]
+
+
 def test_publish_event_refuses_an_invalid_payload_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
     connected: list[Any] = []
     monkeypatch.setattr("ml.events.publisher.kafka_producer", lambda kafka, **kw: connected.append(kw))

@@ -42,6 +42,14 @@ def test_the_repository_routes_penguins_and_cars_with_their_targets_and_tasks() 
     assert routes.route_for(created("s3://raw/unknown/x.csv")) is None
     assert routes.route_for(created("s3://other/cars/x.csv")) is None, "another bucket"
     assert routes.route_for(created("s3://raw/carsales/x.csv")) is None, "a prefix ends at its /"
+    # drift retrains penguins; for cars it only alerts
+    assert (penguins.on_drift, cars.on_drift) == ("retrain", "alert")
+    assert routes.for_dataset("cars") is cars and routes.for_dataset("boats") is None
+
+
+def test_drift_only_alerts_unless_a_route_says_retrain() -> None:
+    (route,) = parse_routes(_document(CARS), "routes.yaml").routes
+    assert route.on_drift == "alert"
 
 
 def test_the_longest_prefix_wins() -> None:
@@ -59,6 +67,7 @@ def test_the_longest_prefix_wins() -> None:
         (_document({**CARS, "task": "ranking"}), "task"),
         (_document({**CARS, "params": {"num_sample": 3}}), "num_sample"),  # a typo is no silent default
         (_document({**CARS, "params": {"num_samples": 0}}), "num_samples"),
+        (_document({**CARS, "on_drift": "panic"}), "on_drift"),
         (_document({**CARS, "dataset": "1cars"}), r"datasets\[0\] \(s3://raw/cars/\).*dataset '1cars'"),
         (
             _document(CARS, {**CARS, "dataset": "other"}),

@@ -348,7 +348,14 @@ def test_register_and_promote_gates_the_registered_version(registry: Registry, m
     evaluation = {"metric": "val_loss", "higher_is_better": False}
     result = register_and_promote(evaluation, registry.context, dag_id="d", dag_run_id="r", task_id="t", margin=0.1)
     assert registered == [
-        {"dag_id": "d", "dag_run_id": "r", "code_version": None, "is_backfill": False, "task_id": "t"}
+        {
+            "dag_id": "d",
+            "dag_run_id": "r",
+            "code_version": None,
+            "is_backfill": False,
+            "task_id": "t",
+            "trigger_event": None,
+        }
     ]
     assert (result["version"], result["created"], result["decision"], result["metric"]) == (
         "1",

@@ -108,6 +108,20 @@ def test_version_tags_carry_lineage_metrics_and_a_pending_state() -> None:
     assert all(isinstance(value, str) for value in tags.values())
     backfill = version_tags(evaluation(), dag_id="d", dag_run_id="r", code_version="c", git_sha="g", is_backfill=True)
     assert backfill["is_backfill"] == "true"
+    assert "trigger" not in tags and "trigger_event" not in tags  # a scheduled or manual run
+
+
+def test_the_event_that_started_the_run_is_recorded() -> None:
+    drift = {"source": "drift", "model_name": "m", "model_version": "3", "drifted_features": ["x1"]}
+    tags = version_tags(
+        evaluation(), dag_id="d", dag_run_id="r", code_version="c", git_sha="g", is_backfill=False, trigger_event=drift
+    )
+    assert tags["trigger"] == "drift" and json.loads(tags["trigger_event"]) == drift
+    huge = {"source": "s3_notification", "objects": ["s3://raw/x/" + "k" * 50] * 100}
+    tags = version_tags(
+        evaluation(), dag_id="d", dag_run_id="r", code_version="c", git_sha="g", is_backfill=False, trigger_event=huge
+    )
+    assert json.loads(tags["trigger_event"]) == {"source": "s3_notification", "truncated": True, "length": 6440}
 
 
 def test_structured_lineage_values_become_json() -> None:

@@ -296,6 +296,36 @@ def test_preprocess_operator_resolves_spark_configuration_at_run_time(
     assert feature_spec_in_s3 == [(CONNECTION_S3, "unit-lake", "datasets/d/features/abc/feature_spec.json")]
 
 
+def test_batch_score_operator_submits_the_scoring_job_with_the_resolved_version(
+    connections: Define, spark_submit: SubmittedJob
+) -> None:
+    import json
+
+    from mlops_airflow.scoring import BatchScoreOperator
+
+    model = {"name": "m", "version": "3", "checkpoint_uri": "s3://l/c", "feature_spec_uri": "s3://l/f.json"}
+    operator = BatchScoreOperator(
+        task_id="score",
+        dataset="d",
+        model=model,
+        score_date="2026-12-03",
+        raw_uri="s3://raw/d/",
+        conn_id="spark_default",
+    )
+    assert (operator.conf, operator.env_vars, operator.application_args) == (None, None, None)
+    connections("aws_default", "spark_default")
+    with environment_unchanged():
+        result = operator.execute({})
+    command = spark_submit.command
+    application = command.index(str(REPO / "ml" / "scoring" / "job.py"))
+    args = command[application + 1 :]
+    assert json.loads(args[args.index("--model-json") + 1]) == model
+    assert args[args.index("--date") + 1] == "2026-12-03" and args[args.index("--raw-uri") + 1] == "s3://raw/d/"
+    assert "--table" not in args and _conf(command)["spark.sql.catalogImplementation"] == "hive"
+    assert spark_submit.py_files_seen is not None, "the ml zip ships with the job"
+    assert result == {"table": "mlops.d_predictions", "score_date": "2026-12-03", "model": "m", "model_version": "3"}
+
+
 def test_preprocess_operator_checks_the_clusters_services_before_it_submits(
     connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -779,7 +809,10 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
 
     connections("aws_default", "mlflow_default", "kafka_default")  # and no other
     operator = _register_operator(metric="", margin="0.05", allow_backfill_promotion="False")
-    context = lineage_context(run_id=RUN_ID, dag_run=SimpleNamespace(run_type=DagRunType.MANUAL))
+    drift = {"source": "drift", "model_name": "toy-classification", "model_version": "2"}
+    context = lineage_context(
+        run_id=RUN_ID, dag_run=SimpleNamespace(run_type=DagRunType.MANUAL), params={"event": drift}
+    )
     with environment_unchanged():
         result = operator.execute(context)
     [(version, extra)] = context["outlet_events"].added["mlops_model_versions"]
@@ -812,6 +845,7 @@ def test_register_operator_passes_its_connections_to_evaluation_and_registry(
         "is_backfill": False,
         "allow_backfill_promotion": False,
         "task_id": "register",
+        "trigger_event": drift,  # the run's `event` param: what started it, for the version's tags
     }
     assert result == {"evaluation": EVALUATION, **DECISION}
 

@@ -1,6 +1,7 @@
-"""plugins/mlops_airflow/plugin.py: what the plugin registers with Airflow, and the tuning-report page it serves
-under /mlops, rendered from MLflow metadata (an MlflowClient double answering as the tracking server would) that
-the page reads through the mlflow_default connection."""
+"""plugins/mlops_airflow/plugin.py: what the plugin registers with Airflow, and the pages it serves under /mlops: the
+tuning report, rendered from MLflow metadata (an MlflowClient double answering as the tracking server would) that the
+page reads through the mlflow_default connection, and the monitoring page, whose Kafka reading is replaced (the
+reading itself: tests/unit/ml/test_monitoring.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from ml.settings import MlflowSettings
-from tests.support.airflow_connections import MLFLOW_URI
+from ml.settings import KafkaSettings, MlflowSettings
+from tests.support.airflow_connections import KAFKA_SERVERS, MLFLOW_URI
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
@@ -112,7 +113,70 @@ def test_the_plugin_registers_the_link_and_the_report_app() -> None:
     assert [type(link) for link in MlopsPlugin.operator_extra_links] == [TuningReportLink]
     [app] = MlopsPlugin.fastapi_apps
     assert app["url_prefix"] == "/mlops" and app["name"]
-    assert "/tuning-report" in {route.path for route in app["app"].routes}
+    assert {"/tuning-report", "/monitoring"} <= {route.path for route in app["app"].routes}
+
+
+def test_the_monitoring_page_is_in_the_navigation_bar() -> None:
+    from ml.monitoring import MAX_HOURS
+    from mlops_airflow.plugin import MONITORING_MAX_HOURS, MlopsPlugin
+
+    [view] = MlopsPlugin.external_views
+    assert view["href"] == "/mlops/monitoring" and view["destination"] == "nav" and view["url_route"]
+    assert MONITORING_MAX_HOURS == MAX_HOURS
+
+
+@pytest.fixture
+def topics(connections: Define, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """ml.monitoring.monitoring_page's reading replaced: what each page build asked for, and a page naming it."""
+    import ml.monitoring
+
+    connections("kafka_default")
+    asked: list[dict[str, Any]] = []
+
+    def fake_page(kafka: KafkaSettings, *, model: str | None, hours: int) -> str:
+        asked.append({"kafka": kafka, "model": model, "hours": hours})
+        return f"<html>monitoring {hours} h</html>"
+
+    monkeypatch.setattr(ml.monitoring, "monitoring_page", fake_page)
+    return asked
+
+
+def test_the_monitoring_page_reads_the_topics_through_kafka_default(
+    topics: list[dict[str, Any]], report_client: Any
+) -> None:
+    response = report_client.get("/monitoring", params={"model": "cars-regression", "hours": 12})
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert response.text == "<html>monitoring 12 h</html>"
+    assert topics == [{"kafka": KafkaSettings(KAFKA_SERVERS), "model": "cars-regression", "hours": 12}]
+    report_client.get("/monitoring")
+    assert topics[-1]["model"] is None and topics[-1]["hours"] == 6, "every model, the last 6 hours by default"
+
+
+@pytest.mark.parametrize("hours", ["0", "49", "six"])
+def test_the_monitoring_page_bounds_its_hours(hours: str, topics: list[dict[str, Any]], report_client: Any) -> None:
+    assert report_client.get("/monitoring", params={"hours": hours}).status_code == 422
+    assert topics == []
+
+
+def test_the_monitoring_page_is_for_readers_of_the_training_dag(
+    topics: list[dict[str, Any]], auth: FakeAuthManager
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlops_airflow.plugin import _report_app
+
+    client = TestClient(_report_app())
+    assert client.get("/monitoring").status_code == 401  # no token at all
+    assert client.get("/monitoring", headers={"Authorization": "Bearer forged"}).status_code == 403
+    auth.readable["stranger"] = {"other_dag"}
+    stranger = {"Authorization": "Bearer stranger-token"}
+    assert client.get("/monitoring", headers=stranger).status_code == 403
+    # another DAG's reader cannot name that DAG to get in: the page is always about mlops_training
+    assert client.get("/monitoring", params={"dag_id": "other_dag"}, headers=stranger).status_code == 403
+    assert ("stranger", "GET", "other_dag") not in auth.asked
+    client.cookies.set("_token", "reader-token")
+    assert client.get("/monitoring").status_code == 200
+    assert len(topics) == 1, "Kafka is read only for the authorized request"
 
 
 def test_the_tuning_report_shows_the_trials_of_the_run(tracking: FakeTracking, report_client: Any) -> None:

@@ -85,3 +85,132 @@ def test_one_event_per_notification_of_watched_created_objects(caplog: pytest.Lo
     logged = caplog.text
     assert logged.count("skipped a malformed message") == 3  # not JSON, not a notification, the tombstone
     assert "s3://lake/datasets/x.parquet: bucket 'lake' is not watched" in logged
+
+
+def drift_trigger() -> Any:
+    from mlops_airflow.triggers import DriftEventTrigger
+
+    return DriftEventTrigger(topics=["mlops.drift.v1"], kafka_config_id="kafka_drift_events")
+
+
+def test_the_drift_trigger_serializes_and_runs_in_ack_mode() -> None:
+    from airflow.providers.apache.kafka.triggers.shared_stream import KafkaSharedStreamProducer
+    from airflow.providers.common.compat.module_loading import import_string
+
+    classpath, kwargs = drift_trigger().serialize()
+    rebuilt = import_string(classpath)(**kwargs)
+    assert rebuilt.serialize() == (classpath, kwargs) and classpath.endswith("DriftEventTrigger")
+    assert isinstance(type(rebuilt).create_shared_stream_producer(kwargs), KafkaSharedStreamProducer)
+
+
+def test_one_event_per_drifted_window(caplog: pytest.LogCaptureFixture) -> None:
+    from ml.events.envelope import make_envelope
+    from ml.topics import DRIFT
+    from tests.unit.ml.events.samples import DRIFT as DRIFT_SAMPLE
+
+    drifted = make_envelope(DRIFT, DRIFT_SAMPLE)
+    quiet = make_envelope(DRIFT, {**DRIFT_SAMPLE, "drifted": False, "drifted_features": []})
+    values = [json.dumps(quiet).encode(), b"not json", json.dumps({"schema": "drift.v1"}).encode(), None]
+    values.append(json.dumps(drifted).encode())
+
+    async def collect() -> list[Any]:
+        return [event.payload async for event in drift_trigger().filter_shared_stream(_stream(*values))]
+
+    [payload] = asyncio.run(collect())
+    assert payload["event_id"] == drifted["event_id"] and payload["dataset"] == "penguins"
+    assert payload["drifted_features"] == ["bill_length_mm"]
+    assert caplog.text.count("skipped a malformed message") == 3  # not JSON, not valid, the tombstone
+
+
+class FakeMessage:
+    def __init__(self, offset: int, value: bytes | None, error: str | None = None) -> None:
+        self._offset, self._value, self._error = offset, value, error
+
+    def error(self) -> str | None:
+        return self._error
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def topic(self) -> str:
+        return "mlops.s3.events.v1"
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+
+class FakeConsumer:
+    def __init__(self, batches: list[list[FakeMessage]]) -> None:
+        import threading
+
+        self.batches: list[list[FakeMessage]] = batches
+        self.calls: list[tuple[int, float]] = []
+        self.threads: list[str] = []
+        self.shared_thread = ""
+        self._threading = threading
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        self.calls.append((num_messages, timeout))
+        self.threads.append(self._threading.current_thread().name)
+        return self.batches.pop(0) if self.batches else []
+
+
+def _read(producer: Any, consumer: FakeConsumer, count: int, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    class Hook:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        def get_consumer(self) -> FakeConsumer:
+            return consumer
+
+    async def manual_commit(hook: Any) -> None:
+        return None
+
+    monkeypatch.setattr("mlops_airflow.triggers.KafkaConsumerHook", Hook)
+    monkeypatch.setattr(producer, "_ensure_manual_commit", manual_commit)
+
+    async def collect() -> list[Any]:
+        import threading
+
+        from asgiref.sync import sync_to_async
+
+        # asgiref's one shared thread, where thread-sensitive calls (the provider's polls, the commits) run
+        consumer.shared_thread = await sync_to_async(lambda: threading.current_thread().name)()
+        stream, read = producer.open_stream(), []
+        while len(read) < count:
+            read.append(await anext(stream))
+        await stream.aclose()
+        return read
+
+    return asyncio.run(collect())
+
+
+def test_the_stream_reads_batches_off_the_event_loop_and_keeps_each_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from mlops_airflow.triggers import CONSUME_BATCH
+
+    _, kwargs = trigger().serialize()
+    producer = type(trigger()).create_shared_stream_producer({**kwargs, "poll_timeout": 0.5})
+    consumer = FakeConsumer([[FakeMessage(7, b"a"), FakeMessage(8, b"b")], [], [FakeMessage(9, None)]])
+    read = _read(producer, consumer, 3, monkeypatch)
+    assert [(value, payload.offset) for value, payload in read] == [(b"a", 7), (b"b", 8), (None, 9)]
+    assert {(payload.topic, payload.partition, payload.value) for _, payload in read} == {
+        ("mlops.s3.events.v1", 0, None)  # the value is kept only for a dead-letter topic
+    }
+    assert consumer.calls == [(CONSUME_BATCH, 0.5)] * 3, "up to CONSUME_BATCH messages a read, not one"
+    # Not on the loop's thread nor on asgiref's one shared thread, where another stream's idle poll would hold it.
+    assert threading.main_thread().name not in consumer.threads and consumer.shared_thread not in consumer.threads
+
+
+def test_a_consumer_error_ends_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, kwargs = trigger().serialize()
+    producer = type(trigger()).create_shared_stream_producer(kwargs)
+    with pytest.raises(RuntimeError, match="Kafka consumer error: broker down"):
+        _read(producer, FakeConsumer([[FakeMessage(1, None, error="broker down")]]), 1, monkeypatch)
