@@ -53,7 +53,8 @@ def test_a_prepared_airflow_home_gives_the_hooks_the_stacks_settings(stack_env: 
         "aws_tune",
         "spark_default",
         "kafka_default",
-        "kafka_s3_events",  # the asset watcher's (plugins/mlops_airflow/assets.py)
+        "kafka_s3_events",  # the asset watchers' (plugins/mlops_airflow/assets.py): uploads
+        "kafka_drift_events",  # and drift
         "openlineage_default",  # the OpenLineage provider's transport ([openlineage] config_conn_id)
         "mlflow_default",
         "ray_default",
