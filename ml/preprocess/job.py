@@ -14,18 +14,16 @@ workers).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from typing import Any
 
 from ml.features import SPLITS, FeatureSpec
 from ml.preprocess import steps
-from ml.preprocess.conf import apply_s3a_credentials
+from ml.preprocess.application import run_spark_application
 from ml.preprocess.distributions import fit_distributions
 from ml.preprocess.hive import hive_table_name, register_hive_table
-from ml.settings import LakeSettings, Settings
+from ml.settings import LakeSettings, S3Settings
 from ml.storage import (
     DataError,
     S3Uri,
@@ -172,18 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-category-count", type=int, default=1)
     parser.add_argument("--force", action="store_true", help="recompute even if the features exist")
     args = parser.parse_args(argv)
-    # force: pyspark may have configured the root logger already.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
-    from pyspark.sql import SparkSession
+    def work(spark: Any, s3: S3Settings) -> dict[str, Any]:
+        from ml.clients import s3_client
 
-    from ml.clients import s3_client
-
-    s3 = Settings.from_env(os.environ).s3
-    spark = SparkSession.builder.appName(f"preprocess-{args.dataset}-{args.snapshot}").enableHiveSupport().getOrCreate()
-    try:
-        apply_s3a_credentials(spark, s3)
-        result = preprocess(
+        return preprocess(
             spark,
             args.dataset,
             args.snapshot,
@@ -194,13 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             min_category_count=args.min_category_count,
             force=args.force,
         )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(RESULT_MARKER + json.dumps(result, sort_keys=True), flush=True)
-    return 0
+
+    return run_spark_application(f"preprocess-{args.dataset}-{args.snapshot}", RESULT_MARKER, work)
 
 
 if __name__ == "__main__":

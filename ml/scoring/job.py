@@ -15,19 +15,18 @@ import argparse
 import functools
 import json
 import logging
-import os
 import re
 import sys
 from typing import Any
 
 from ml.clock import utc_now_iso
 from ml.features import FeatureSpec
-from ml.preprocess.conf import apply_s3a_credentials
+from ml.preprocess.application import run_spark_application
 from ml.preprocess.hive import create_database, hive_table_name
 from ml.preprocess.steps import quote, spark_path
 from ml.scoring.model import ScoringModel
 from ml.scoring.score import ERROR, PREDICTION, PROBABILITIES, SCORE_COLUMNS, batch_scorer, load_from_s3
-from ml.settings import S3Settings, Settings
+from ml.settings import S3Settings
 from ml.storage import DataError, S3Uri, read_json
 
 log = logging.getLogger("ml.scoring.job")
@@ -190,18 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--table", help="Hive table to score")
     source.add_argument("--raw-uri", help="raw CSV/Parquet prefix to score, e.g. s3://raw/penguins/")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-
-    from pyspark.sql import SparkSession
-
-    from ml.clients import s3_client
-
-    s3 = Settings.from_env(os.environ).s3
     model = ScoringModel.from_dict(json.loads(args.model_json))
-    spark = SparkSession.builder.appName(f"score-{args.dataset}-{args.date}").enableHiveSupport().getOrCreate()
-    try:
-        apply_s3a_credentials(spark, s3)
-        result = run(
+
+    def work(spark: Any, s3: S3Settings) -> dict[str, Any]:
+        from ml.clients import s3_client
+
+        return run(
             spark,
             dataset=args.dataset,
             model=model,
@@ -211,13 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             table=args.table,
             raw_uri=args.raw_uri,
         )
-    except DataError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(RESULT_MARKER + json.dumps(result, sort_keys=True), flush=True)
-    return 0
+
+    return run_spark_application(f"score-{args.dataset}-{args.date}", RESULT_MARKER, work)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ ENVIRONMENT_READERS = {
     "ml/serve/__init__.py",
     "ml/serve/cli.py",
     "ml/serve/gunicorn_conf.py",  # gunicorn's configuration, run in its master: PROMETHEUS_MULTIPROC_DIR
-    "ml/preprocess/job.py",
-    "ml/scoring/job.py",  # spark-submit's application: its entry point
+    "ml/preprocess/application.py",  # the entry of spark-submit's applications (preprocessing, batch scoring)
     "ml/preprocess/submit.py",
     "ml/process_env.py",  # Ray's token around ray.init, MLflow's login: the libraries read them nowhere else
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,36 @@ def test_a_champion_must_have_passed_the_gate_and_carry_its_locations() -> None:
     assert scoring_model_from_version("m", version({**tags, "gate.decision": "rejected"}), "4").version == "4"
     with pytest.raises(NoModelToScore, match="checkpoint_uri"):
         scoring_model_from_version("m", version({"gate.decision": "promoted"}), "champion")
+
+
+def test_the_job_runs_its_work_through_the_shared_application_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ml.scoring.job.main hands its work to ml.preprocess.application (whose session, credentials, result line and
+    error line are tested with the preprocessing job): named after the dataset and date, the scoring job's marker,
+    and a work that scores with the parsed arguments."""
+    import ml.scoring.job as job
+    from ml.settings import S3Settings
+
+    calls: list[tuple[str, str]] = []
+    scored: dict[str, Any] = {}
+
+    def application(app_name: str, marker: str, work: Any) -> int:
+        calls.append((app_name, marker))
+        return 0 if work("spark", S3Settings(endpoint_url="http://s3.example:9000")) == {"rows": 1} else 1
+
+    def run(spark: Any, **kwargs: Any) -> dict[str, Any]:
+        scored.update(spark=spark, **kwargs)
+        return {"rows": 1}
+
+    monkeypatch.setattr(job, "run_spark_application", application)
+    monkeypatch.setattr(job, "run", run)
+    model_json = json.dumps(MODEL.to_dict())
+    assert job.main(["--dataset", "p", "--model-json", model_json, "--date", "2026-12-03", "--table", "t"]) == 0
+    assert calls == [("score-p-2026-12-03", job.RESULT_MARKER)]
+    assert (scored["spark"], scored["dataset"], scored["model"], scored["score_date"]) == (
+        "spark",
+        "p",
+        MODEL,
+        "2026-12-03",
+    )
+    assert (scored["table"], scored["raw_uri"]) == ("t", None)
+    assert scored["s3_client"].meta.endpoint_url == "http://s3.example:9000"
