@@ -2,7 +2,9 @@
 
 The schema files are the only definition of what a valid event is. They are compiled once with fastjsonschema
 (a few microseconds a message, so the per-epoch metrics stream validates every message); a refusal names the
-field and the rule.
+field and the rule. One message is sent per served request, where the generic path costs ~35 us of the request
+threads' CPU (B10): for it, `ml.events.shapes` holds a check written to the schema's shape that proves a payload valid
+and JSON-safe as it is; whatever it cannot prove goes through the generic path, which names what is wrong.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.clock import SYSTEM_CLOCK, Clock, utc_now_iso
+from ml.events.shapes import SHAPE_CHECKS
 from ml.json_values import json_safe
 from ml.topics import ALL_TOPICS, Topic
 
@@ -89,8 +92,13 @@ def make_envelope(
         "event_time": utc_now_iso(clock),
         "dag_run_id": dag_run_id,
         "producer": producer_id(),
-        "payload": json_safe(payload),
+        "payload": payload,
     }
+    shape_check = SHAPE_CHECKS.get(topic.schema)
+    if shape_check is not None and event_id is None and dag_run_id is None and shape_check(payload):
+        envelope["payload"] = dict(payload)  # proven valid and JSON-safe as it is: a copy, not a conversion
+        return envelope
+    envelope["payload"] = json_safe(payload)
     validate_envelope(envelope, topic)
     return envelope
 

@@ -68,7 +68,7 @@ class ServeSettings:
     max_bytes: int = DEFAULT_MAX_BYTES
     alias_poll_s: float = DEFAULT_ALIAS_POLL_S
     metrics_enabled: bool = True  # publish each /predict request to mlops.serving.metrics.v1 (/metrics is always on)
-    metrics_buffer: int = DEFAULT_METRICS_BUFFER  # messages waiting for Kafka before the oldest is dropped
+    metrics_buffer: int = DEFAULT_METRICS_BUFFER  # messages waiting for Kafka; a full queue drops new ones
     payload_sample_rate: float = 0.0  # the fraction of requests whose validated inputs go into their message
     max_logged_rows: int = DEFAULT_MAX_LOGGED_ROWS  # rows of a sampled request logged, at most
     prometheus_multiproc_dir: str | None = None  # gunicorn's workers share their metrics there (ml.serve.prometheus)
@@ -160,8 +160,8 @@ def build_app(
 ) -> Flask:
     """The Flask app serving `config.model_name`'s champion (loaded from MLflow unless `loaded` injects one, as tests
     do). The promotion watcher runs by default only when the app loads its model from the registry itself.
-    `publisher_factory` (default: an EventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests inject
-    them); with `config.metrics_enabled` off nothing is published."""
+    `publisher_factory` (default: a NativeEventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests
+    inject them); with `config.metrics_enabled` off nothing is published."""
     name = config.model_name or (loaded.name if loaded else None)
     if not name:
         raise ValueError("no model to serve: set the model name (MLOPS_SERVE_MODEL, e.g. DATASET-classification)")
@@ -282,9 +282,9 @@ def build_app(
 
 def _event_publisher(kafka: KafkaSettings, buffer_size: int) -> Callable[[], Publisher]:
     def factory() -> Publisher:
-        from ml.events.publisher import EventPublisher
+        from ml.events.native_publisher import NativeEventPublisher
 
-        return EventPublisher(kafka, buffer_size=buffer_size)
+        return NativeEventPublisher(kafka, buffer_size=buffer_size, client_id="mlops-serve")
 
     return factory
 

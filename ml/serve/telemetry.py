@@ -2,10 +2,11 @@
 
 Each request gets a `RequestRecord` when it starts (its id, its start on the injected clock, the model that answers
 it); the /predict view adds its validated rows and predictions; `ServingTelemetry.finish` (Flask's after_request, see
-ml.serve.app) turns the record into a message and hands it to an `ml.events.publisher.EventPublisher`, whose
-`publish()` only validates and appends to a bounded buffer: Kafka never delays or fails a request. While the broker is
-down the buffer drops its oldest messages (counted: `EventPublisher.stats()`, shown on /metrics) and the publisher's
-thread reconnects by itself, so publishing resumes when the broker returns.
+ml.serve.app) turns the record into a message and hands it to an `ml.events.native_publisher.NativeEventPublisher`,
+whose `publish()` only validates and appends to librdkafka's bounded queue: Kafka never delays or fails a request.
+While the broker is down the queue fills and then refuses new messages, and messages waiting longer than the delivery
+timeout expire (both counted as dropped: `stats()`, shown on /metrics); the client reconnects by itself, so publishing
+resumes when the broker returns.
 
 The message carries what a drift monitor needs: a summary of the request's predictions (count per class, or
 mean/min/max), and, for a sampled request only (`payload_sample_rate`, 0 by default: request data stays out of Kafka
@@ -40,7 +41,7 @@ MAX_LOGGED_STRING = 256  # the schema's maxLength for a logged value
 
 
 class Publisher(Protocol):
-    """What telemetry needs of `EventPublisher` (tests inject a fake)."""
+    """What telemetry needs of a publisher (`NativeEventPublisher`; tests inject a fake)."""
 
     def publish(self, topic: Topic, payload: dict[str, Any], key: str) -> None: ...
 
@@ -100,7 +101,7 @@ def _bounded(value: Any) -> Any:
 
 
 class ServingTelemetry:
-    """Builds each /predict request's message and publishes it through one EventPublisher per process.
+    """Builds each /predict request's message and publishes it through one publisher per process.
 
     The publisher (its thread, its connection) is created on the first message of a process, not with the app: gunicorn
     forks its workers after importing, and threads do not survive a fork (hence the pid check, as for the promotion

@@ -5,9 +5,7 @@ stopped). Assertions are on what was delivered and counted, never on durations."
 from __future__ import annotations
 
 import json
-import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -17,8 +15,8 @@ from ml.events.envelope import training_metrics_key, validate_envelope
 from ml.events.publisher import EventPublisher, EventPublishError, PublishStats, publish_event
 from ml.settings import KafkaSettings
 from ml.topics import PIPELINE_EVENTS, TRAINING_METRICS, Topic
-from tests.integration.ml.events.support import read_all
-from tests.support.probes import free_port
+from tests.integration.ml.events.support import Relay, read_all
+from tests.support.probes import free_port, wait_until
 
 
 def metrics_payload(run_name: str, epoch: int) -> dict[str, Any]:
@@ -29,16 +27,6 @@ def metrics_payload(run_name: str, epoch: int) -> dict[str, Any]:
         "metrics": {"val_loss": 1.0 / (epoch + 1)},
         "params": {"lr": 0.01},
     }
-
-
-def wait_until(condition: Any, what: str, timeout_s: float = 30.0) -> None:
-    """A bounded poll for an observable condition."""
-    pause = threading.Event()
-    for _ in range(int(timeout_s / 0.05)):
-        if condition():
-            return
-        pause.wait(0.05)
-    assert condition(), f"not within {timeout_s:g} s: {what}"
 
 
 def test_publisher_round_trip_delivers_schema_valid_envelopes(kafka_topic: str, settings: Any) -> None:
@@ -66,66 +54,6 @@ def test_publisher_with_an_unreachable_broker_buffers_counts_and_never_raises() 
     assert publisher.stats() == PublishStats(sent=0, delivered=0, failed=0, dropped=3, pending=5)
     stats = publisher.close(timeout_s=1.0)
     assert stats == PublishStats(sent=0, delivered=0, failed=0, dropped=3, pending=5)
-
-
-class Relay:
-    """A TCP relay on a free port to the shared broker, that can be switched on later (the broker 'comes back')."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = free_port()
-        self._server: Any = None
-
-    def start(self) -> None:
-        import socket
-
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen()
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-
-    def _accept(self, server: Any) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    @staticmethod
-    def _pipe(source: Any, sink: Any) -> None:
-        import socket
-
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
-@pytest.fixture
-def relay(kafka_service: None, settings: Any) -> Iterator[Relay]:
-    host, port = settings.kafka.servers[0].rsplit(":", 1)
-    relay = Relay((host, int(port)))
-    yield relay
-    relay.stop()
 
 
 def test_publisher_delivers_what_waited_once_the_broker_is_reachable(

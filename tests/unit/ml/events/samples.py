@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from ml.topics import ALL_TOPICS
+
 METRICS = {
     "run_name": "tune-1",
     "trial_id": "t0001",
@@ -77,3 +83,72 @@ DRIFT = {
         },
     ],
 }
+
+
+# Values of every JSON type, edge cases of the schemas' rules included.
+PROBES: list[Any] = [
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1,
+    1.0,
+    1.5,
+    -0.0,
+    "",
+    "x",
+    "3",
+    "03",
+    "3\n",
+    "two",
+    "champion",
+    "task_succeeded",
+    "task_succeeded ",
+    "TASK_SUCCEEDED",
+    [],
+    ["x"],
+    {},
+    {"a": 1},
+    {"": 1.0},
+    {"a": "b"},
+    {"a": None},
+    {"a": True},
+    {"a": 1.0},
+    {"a": [1]},
+    {"a": {"b": 1}},
+    "2026-01-01T10:00:00Z",
+    "2026-01-01T10:00:00.123456+00:00",
+    "2026-01-01T10:00:00+02:00",
+    "2026-13-45T25:61:61Z",
+    "2026-01-01 10:00:00Z",
+    "2026-01-01T10:00:00Z\n",
+    str(uuid.uuid4()),
+    str(uuid.uuid4()).upper(),
+    str(uuid.uuid1()),
+    "00000000-0000-4000-8000-00000000000",
+    str(uuid.uuid4()) + "\n",
+]
+ENVELOPE_FIELDS = ("schema", "event_id", "event_time", "dag_run_id", "producer", "payload")
+
+
+def corrupted(envelope: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The envelope with each field (and each payload field, and each value inside those) replaced by every probe,
+    removed, or joined by an unknown field; and other topics' schema names."""
+    for field in ENVELOPE_FIELDS:
+        for probe in PROBES:
+            yield {**envelope, field: probe}
+        yield {k: v for k, v in envelope.items() if k != field}
+    yield {**envelope, "extra": 1}
+    for topic in ALL_TOPICS:
+        yield {**envelope, "schema": topic.schema}
+    payload = envelope["payload"]
+    for key, value in payload.items():
+        for probe in PROBES:
+            yield {**envelope, "payload": {**payload, key: probe}}
+        yield {**envelope, "payload": {k: v for k, v in payload.items() if k != key}}
+        if isinstance(value, dict):
+            for inner_key in [*value, "new"]:
+                for probe in PROBES:
+                    yield {**envelope, "payload": {**payload, key: {**value, inner_key: probe}}}
+    yield {**envelope, "payload": {**payload, "extra": 1}}

@@ -8,7 +8,6 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ from ml.topics import (
 )
 from tests.support.fake_clock import FakeClock
 from tests.unit.ml.events.samples import DRIFT as DRIFT_SAMPLE
-from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED, SERVING
+from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED, SERVING, corrupted
 
 PAYLOADS = {
     TRAINING_METRICS: METRICS,
@@ -163,74 +162,6 @@ def test_topics_are_found_by_name_or_schema() -> None:
 
 
 # --- fastjsonschema (run time) refuses everything jsonschema (the reference) refuses ----------------------------------
-
-# Values of every JSON type, edge cases of the schemas' rules included.
-PROBES: list[Any] = [
-    None,
-    True,
-    False,
-    0,
-    -1,
-    1,
-    1.0,
-    1.5,
-    -0.0,
-    "",
-    "x",
-    "3",
-    "03",
-    "3\n",
-    "two",
-    "champion",
-    "task_succeeded",
-    "task_succeeded ",
-    "TASK_SUCCEEDED",
-    [],
-    ["x"],
-    {},
-    {"a": 1},
-    {"": 1.0},
-    {"a": "b"},
-    {"a": None},
-    {"a": True},
-    {"a": 1.0},
-    {"a": [1]},
-    {"a": {"b": 1}},
-    "2026-01-01T10:00:00Z",
-    "2026-01-01T10:00:00.123456+00:00",
-    "2026-01-01T10:00:00+02:00",
-    "2026-13-45T25:61:61Z",
-    "2026-01-01 10:00:00Z",
-    "2026-01-01T10:00:00Z\n",
-    str(uuid.uuid4()),
-    str(uuid.uuid4()).upper(),
-    str(uuid.uuid1()),
-    "00000000-0000-4000-8000-00000000000",
-    str(uuid.uuid4()) + "\n",
-]
-ENVELOPE_FIELDS = ("schema", "event_id", "event_time", "dag_run_id", "producer", "payload")
-
-
-def corrupted(envelope: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """The envelope with each field (and each payload field, and each value inside those) replaced by every probe,
-    removed, or joined by an unknown field; and other topics' schema names."""
-    for field in ENVELOPE_FIELDS:
-        for probe in PROBES:
-            yield {**envelope, field: probe}
-        yield {k: v for k, v in envelope.items() if k != field}
-    yield {**envelope, "extra": 1}
-    for topic in ALL_TOPICS:
-        yield {**envelope, "schema": topic.schema}
-    payload = envelope["payload"]
-    for key, value in payload.items():
-        for probe in PROBES:
-            yield {**envelope, "payload": {**payload, key: probe}}
-        yield {**envelope, "payload": {k: v for k, v in payload.items() if k != key}}
-        if isinstance(value, dict):
-            for inner_key in [*value, "new"]:
-                for probe in PROBES:
-                    yield {**envelope, "payload": {**payload, key: {**value, inner_key: probe}}}
-    yield {**envelope, "payload": {**payload, "extra": 1}}
 
 
 @pytest.mark.parametrize("topic", ALL_TOPICS, ids=lambda t: t.schema)

@@ -1,0 +1,207 @@
+"""`NativeEventPublisher`: EventPublisher's non-blocking contract on librdkafka (confluent-kafka), for the prediction
+service's request threads.
+
+Why a second publisher: in the prediction service every microsecond of Python per request is taken from the request
+threads, which share one GIL with the publisher (B10, bench/README.md). kafka-python does its serializing, batching
+and I/O in Python (~71 us of CPU a message on this machine, and a thread woken for each message); librdkafka does them
+in C threads that do not hold the GIL (~7 us a message, all threads counted). `publish()` builds the envelope, encodes
+it and hands it to librdkafka's own bounded queue (`produce()`, which never blocks: a full queue raises BufferError
+at once). A background thread serves the delivery reports (`poll`) and the client's errors. Training keeps
+`EventPublisher` (B5 met its target there; the epoch loop publishes a few messages a second): both keep the same
+`publish` / `stats` / `close` contract and the same PublishStats.
+
+Delivery: acks=all, idempotent (a retry never duplicates or reorders a partition's messages), 20 ms linger.
+While the broker is down librdkafka keeps the messages queued and reconnects by itself (back-off capped at 10 s), so
+publishing resumes when the broker returns. Two differences from EventPublisher, both counted as `dropped`:
+  * a full queue refuses the NEW message (EventPublisher drops the oldest): librdkafka cannot take back what it holds;
+  * a message still undelivered `delivery_timeout_ms` after it was published expires (librdkafka's
+    message.timeout.ms), which makes room for newer ones during a long outage, so the latest traffic is what gets
+    through once the broker is back, as with EventPublisher.
+Every other delivery error is `failed` (logged with its key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+from ml.events.envelope import make_envelope
+from ml.events.publisher import PublishStats
+from ml.settings import KafkaSettings
+from ml.topics import Topic
+
+log = logging.getLogger(__name__)
+
+
+def librdkafka_options(kafka: KafkaSettings) -> dict[str, Any]:
+    """librdkafka's connection properties for these settings: the bootstrap servers and, for SASL, the login."""
+    options: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "security.protocol": str(kafka.security_protocol).lower(),
+    }
+    if kafka.uses_sasl:
+        if not kafka.password:
+            raise ValueError(
+                f"Kafka settings for user {kafka.username!r} at {kafka.bootstrap_servers} carry no password (a "
+                "pickled copy never does): give the password again"
+            )
+        options.update(
+            {"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.username, "sasl.password": kafka.password}
+        )
+    return options
+
+
+class NativeEventPublisher:
+    """Publish events without ever blocking the caller, through librdkafka (see the module's docstring)."""
+
+    # Class attributes so that tests can shorten them in a subclass.
+    delivery_timeout_ms = 60000
+    linger_ms = 20
+    reconnect_backoff_max_ms = 10000
+    poll_interval_s = 0.2
+    drop_log_each = 10
+    drop_log_interval_s = 5.0
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        *,
+        buffer_size: int = 10000,
+        dag_run_id: str | None = None,
+        client_id: str = "mlops-events-native",
+    ) -> None:
+        from confluent_kafka import Producer
+
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, got {buffer_size}")
+        self.kafka = kafka
+        self.bootstrap_servers = kafka.bootstrap_servers
+        self.buffer_size = buffer_size
+        self.dag_run_id = dag_run_id
+        self._lock = threading.Lock()
+        self._published = self._delivered = self._failed = self._dropped = 0
+        self._refused = 0  # dropped because librdkafka's queue was full: never sent
+        self._drops_since_log = 0
+        self._last_drop_log = 0.0
+        self._last_error: str | None = None
+        self._closing = threading.Event()
+        self._closed = False
+        self._producer = Producer(
+            {
+                **librdkafka_options(kafka),
+                "client.id": client_id,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": self.linger_ms,
+                "queue.buffering.max.messages": buffer_size,
+                "message.timeout.ms": self.delivery_timeout_ms,
+                "reconnect.backoff.max.ms": self.reconnect_backoff_max_ms,
+                "error_cb": self._on_client_error,
+                "logger": log,
+            }
+        )
+        self._thread = threading.Thread(target=self._serve_reports, name="event-publisher-native", daemon=True)
+        self._thread.start()
+
+    # -- the caller's side
+
+    def publish(self, topic: Topic, payload: dict[str, Any], key: str) -> None:
+        """Validate, hand to librdkafka's queue and return at once (a full queue: counted as dropped)."""
+        envelope = make_envelope(topic, payload, self.dag_run_id)
+        value = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+        if self._closed:
+            raise RuntimeError("NativeEventPublisher.publish() after close()")
+        with self._lock:
+            self._published += 1
+        try:
+            self._producer.produce(topic.name, value, key.encode(), on_delivery=self._on_delivery)
+        except BufferError:
+            self._count_drop(f"the queue is full ({self.buffer_size})", key, topic.name)
+
+    def stats(self) -> PublishStats:
+        with self._lock:
+            # What librdkafka took is `sent`; what it refused is dropped without having been sent.
+            settled = self._delivered + self._failed + self._dropped
+            return PublishStats(
+                sent=self._published - self._refused,
+                delivered=self._delivered,
+                failed=self._failed,
+                dropped=self._dropped,
+                pending=self._published - settled,
+            )
+
+    def close(self, timeout_s: float = 30.0) -> PublishStats:
+        """Deliver what is queued, waiting at most `timeout_s`; what is still pending then is reported and logged."""
+        if not self._closed:
+            self._closed = True
+            self._closing.set()
+            self._thread.join()
+            self._producer.flush(max(timeout_s, 0.0))
+        stats = self.stats()
+        if stats.dropped or stats.failed or stats.pending:
+            log.warning(
+                "event publisher to %s closed with %d delivered, %d dropped, %d failed, %d undelivered%s",
+                self.bootstrap_servers,
+                stats.delivered,
+                stats.dropped,
+                stats.failed,
+                stats.pending,
+                f" (last error: {self._last_error})" if self._last_error else "",
+            )
+        return stats
+
+    def __enter__(self) -> NativeEventPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- librdkafka's callbacks, served by the background thread (and by flush() at close)
+
+    def _serve_reports(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._producer.poll(self.poll_interval_s)  # waits in C, without the GIL
+            except Exception:
+                log.exception("event publisher: serving delivery reports failed")
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        if error is None:
+            with self._lock:
+                self._delivered += 1
+            return
+        key = (message.key() or b"").decode(errors="replace")
+        if error.code() == KafkaError._MSG_TIMED_OUT:
+            self._count_drop(f"undelivered after {self.delivery_timeout_ms} ms", key, message.topic(), sent=True)
+            return
+        with self._lock:
+            self._failed += 1
+        log.error("event key=%s to %s failed: %s", key, message.topic(), error)
+
+    def _on_client_error(self, error: Any) -> None:
+        text = f"Kafka at {self.bootstrap_servers}: {error.str()}"
+        if text != self._last_error:
+            log.warning("%s (messages wait in the queue)", text)
+        self._last_error = text
+
+    def _count_drop(self, why: str, key: str, topic: str, *, sent: bool = False) -> None:
+        with self._lock:
+            self._dropped += 1
+            if not sent:
+                self._refused += 1
+            self._drops_since_log += 1
+            dropped, since = self._dropped, self._drops_since_log
+            now = time.monotonic()
+            if dropped <= self.drop_log_each or now - self._last_drop_log >= self.drop_log_interval_s:
+                self._drops_since_log, self._last_drop_log = 0, now
+            else:
+                since = 0
+        if since:
+            log.warning(
+                "%s: dropped %d message(s) up to key=%s on %s, %d dropped in total", why, since, key, topic, dropped
+            )

@@ -1,0 +1,139 @@
+"""ml.events.native_publisher: librdkafka's settings from KafkaSettings, what is handed to the client (a compact
+schema-valid envelope, its key, acks=all and idempotence), the counts of every outcome (delivered, failed, expired
+and refused: dropped), with librdkafka itself and nothing listening. Against the broker:
+tests/integration/ml/events/test_native_publisher.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError
+
+from ml.events import native_publisher
+from ml.events.envelope import validate_envelope
+from ml.events.native_publisher import NativeEventPublisher, librdkafka_options
+from ml.events.publisher import PublishStats
+from ml.settings import KafkaSettings
+from ml.topics import SERVING_METRICS
+from tests.support.probes import free_port
+from tests.unit.ml.events.samples import SERVING
+
+PAYLOAD = {**SERVING, "rows_logged": 0, "inputs": None}
+
+
+def test_librdkafka_options_carry_the_login() -> None:
+    assert librdkafka_options(KafkaSettings("a:1,b:2")) == {
+        "bootstrap.servers": "a:1,b:2",
+        "security.protocol": "plaintext",
+    }
+    scram = KafkaSettings("a:1", username="serving", password="pw")
+    assert librdkafka_options(scram) == {
+        "bootstrap.servers": "a:1",
+        "security.protocol": "sasl_plaintext",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "serving",
+        "sasl.password": "pw",
+    }
+    with pytest.raises(ValueError, match="carry no password"):
+        librdkafka_options(KafkaSettings("a:1", username="serving"))
+
+
+class RecordingProducer:
+    """The calls the publisher makes to confluent_kafka.Producer, recorded; `full`: produce() refuses, as when full."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.produced: list[tuple[str, bytes, bytes, Any]] = []
+        self.full = False
+        self.flushed: list[float] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        if self.full:
+            raise BufferError("Local: Queue full")
+        self.produced.append((topic, value, key, on_delivery))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        self.flushed.append(timeout)
+        return 0
+
+
+class Delivered:
+    """The message object of a delivery report."""
+
+    def __init__(self, topic: str, key: bytes) -> None:
+        self._topic, self._key = topic, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes:
+        return self._key
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> list[RecordingProducer]:
+    import confluent_kafka
+
+    made: list[RecordingProducer] = []
+
+    def producer(config: dict[str, Any]) -> RecordingProducer:
+        made.append(RecordingProducer(config))
+        return made[-1]
+
+    monkeypatch.setattr(confluent_kafka, "Producer", producer)
+    return made
+
+
+def test_each_publish_hands_a_compact_valid_envelope_and_its_key_to_the_client(
+    recording: list[RecordingProducer],
+) -> None:
+    publisher = NativeEventPublisher(KafkaSettings("k:9092", username="serving", password="pw"), buffer_size=7)
+    [client] = recording
+    assert client.config["acks"] == "all" and client.config["enable.idempotence"] is True
+    assert client.config["queue.buffering.max.messages"] == 7 and client.config["sasl.username"] == "serving"
+    publisher.publish(SERVING_METRICS, PAYLOAD, key="m:1")
+    [(topic, value, key, _)] = client.produced
+    envelope = json.loads(value)
+    validate_envelope(envelope, SERVING_METRICS)
+    assert (topic, key, envelope["payload"]) == (SERVING_METRICS.name, b"m:1", PAYLOAD)
+    assert b" " not in value.replace(b"penguins-classification", b"")  # compact separators
+    assert publisher.close(timeout_s=1.5) == PublishStats(sent=1, delivered=0, failed=0, dropped=0, pending=1)
+    assert client.flushed == [1.5]
+    with pytest.raises(RuntimeError, match="after close"):
+        publisher.publish(SERVING_METRICS, PAYLOAD, key="m:2")
+
+
+def test_every_outcome_is_counted_once(recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture) -> None:
+    publisher = NativeEventPublisher(KafkaSettings("k:9092"), buffer_size=3)
+    [client] = recording
+    for n in range(4):
+        publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")
+    client.full = True
+    publisher.publish(SERVING_METRICS, PAYLOAD, key="m:refused")
+    reports = [produced[3] for produced in client.produced]
+    message = Delivered(SERVING_METRICS.name, b"m:x")
+    with caplog.at_level(logging.WARNING, logger=native_publisher.__name__):
+        reports[0](None, message)
+        reports[1](KafkaError(KafkaError._MSG_TIMED_OUT), message)
+        reports[2](KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), message)
+    # refused (never sent) and expired (sent) are the two kinds of dropped; the fourth one still waits.
+    assert publisher.stats() == PublishStats(sent=4, delivered=1, failed=1, dropped=2, pending=1)
+    logged = caplog.text
+    assert "the queue is full (3): dropped 1 message(s) up to key=m:refused" in logged
+    assert "undelivered after 60000 ms: dropped 1 message(s) up to key=m:x" in logged
+    assert "event key=m:x to mlops.serving.metrics.v1 failed" in logged
+    publisher.close(timeout_s=0)
+
+
+def test_with_nothing_listening_messages_wait_and_the_full_queue_refuses_new_ones() -> None:
+    publisher = NativeEventPublisher(KafkaSettings(f"127.0.0.1:{free_port()}"), buffer_size=2)
+    for n in range(5):
+        publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")  # never blocks, never raises
+    assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=3, pending=2)
+    assert publisher.close(timeout_s=0) == PublishStats(sent=2, delivered=0, failed=0, dropped=3, pending=2)
