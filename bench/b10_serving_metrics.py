@@ -1,14 +1,14 @@
 """B10: /predict throughput with run-time metrics published to Kafka / with publishing off, broker up and broker down.
 
-Each /predict request of the prediction service puts one message on `mlops.serving.metrics.v1` through a bounded
-buffer and a background producer per worker (ml.serve.telemetry, ml.events.publisher), so that a request never waits
+Each /predict request of the prediction service puts one message on `mlops.serving.metrics.v1` through librdkafka's
+bounded queue, one producer per worker (ml.serve.telemetry, ml.events.native_publisher), so that a request never waits
 for Kafka. This measures what that costs a request: B8's server (gunicorn, `python -m ml serve`'s settings: 1 worker,
 4 threads; B8's model and single-row requests from 8 client processes on 127.0.0.1, a connection per request) run
 three times, side by side in one run, phases alternating:
 
   off    metrics publishing off (MLOPS_SERVE_METRICS=0): the baseline
   up     publishing to the stack's broker (the settings' Kafka login), payload sampling off (the default)
-  down   publishing to a broker that is down (a port of 127.0.0.1 nothing listens on): the buffer fills and drops
+  down   publishing to a broker that is down (a port of 127.0.0.1 nothing listens on): the queue fills and drops
 
 `ratio` = up / off requests/s (target >= 0.95); `broker_down_ratio` = down / off (target >= 0.95 too: a dead broker
 must not slow requests). The messages' delivery is counted from each server's /metrics at the end (delivered,
@@ -132,11 +132,11 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         "phases": phases,
         "notes": [
             "up: every request's message was delivered to the stack's broker (kafka_events.up.delivered), payload "
-            "sampling off as by default; down: the broker's port is closed, the buffer drops (kafka_events.down).",
+            "sampling off as by default; down: the broker's port is closed, the queue drops (kafka_events.down).",
             "Clients and servers share this machine's cores: requests/s are this machine's, the ratios the comparison.",
         ],
     }
-    return report("b10_serving_metrics", result, packages=("flask", "gunicorn", "kafka-python", "torch"))
+    return report("b10_serving_metrics", result, packages=("flask", "gunicorn", "confluent-kafka", "torch"))
 
 
 if __name__ == "__main__":
