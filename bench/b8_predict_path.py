@@ -234,15 +234,13 @@ def batch_throughput(folder: Path, rows: int, rounds: int, seconds: float) -> di
         expected = json.loads(json.dumps(answer_fields(*predictor.predict_rows(batches[0]), predictor.classes)))
         if {key: served.get(key) for key in expected} != expected:
             raise AssertionError(f"{rows} rows: /predict's answer differs from the in-process prediction's")
-        measured = abba(
-            {
-                "http": partial(http_phase, ports["predict"], bodies, seconds),
-                "in_process": in_process,
-                "model_only": model_only,
-            },
-            rounds,
-        )
-    phases: list[dict[str, Any]] = measured["http"]  # type: ignore[assignment]
+        sides: dict[str, Callable[[], Any]] = {
+            "http": partial(http_phase, ports["predict"], bodies, seconds),
+            "in_process": in_process,
+            "model_only": model_only,
+        }
+        measured = abba(sides, rounds)
+    phases: list[dict[str, Any]] = measured["http"]
     http_rows = statistics.median(p["requests_per_s"] * rows for p in phases)
     local, model = statistics.median(measured["in_process"]), statistics.median(measured["model_only"])
     return {
