@@ -31,17 +31,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.b8_predict_path import (
-    CLIENTS,
-    MODEL_DIR_VARIABLE,
-    bench_spec,
-    client_rows,
-    free_port,
-    http_phase,
-    start_server,
-    write_model,
-)
+from bench.b8_predict_path import bench_spec, client_rows, write_model
 from bench.common import argument_parser, benchmark_settings, ratio, report
+from bench.http_load import CLIENTS, MODEL_DIR_VARIABLE, free_port, http_phase, start_server
 from ml.settings import Settings
 
 KAFKA_VARIABLE = "MLOPS_B10_KAFKA"  # "off", "up" (the benchmark's settings) or "down" (a closed port)

@@ -1,4 +1,5 @@
-"""B8: the prediction path: FeatureSpec.transform column by column / row by row; /predict / a bare endpoint.
+"""B8: the prediction path: FeatureSpec.transform column by column / row by row; /predict / a bare endpoint; 1000-row
+/predict / the same rows predicted in process.
 
 (a) Transform. `FeatureSpec.transform` (ml.features.columnar: numpy, `normalise_category` once per distinct value)
 against the row-wise rule it replaced (tests/support/rowwise_transform.py: `to_float` and `normalise_category` per
@@ -18,45 +19,49 @@ Each server listens on a free port of 127.0.0.1 picked here. 8 client processes,
 keep-alive, gthread starved the clients beyond its threads), send single-row requests for `--http-seconds` per phase
 after 1 s of warm-up, phases alternating between the servers;
 requests/s and p50/p99 latency. `http_ratio` = /predict requests/s (columnar) / the bare endpoint's.
+(The servers and clients: bench.http_load, which B10 shares.)
+
+(d) Batches through gunicorn (skipped by `--transform-only` too): the same /predict server (columnar) and 8 clients
+sending `--rows`-row bodies (4 bodies of B9-shaped rows in turn), against the same rows predicted in process, in one
+thread, without HTTP: `TabularPredictor.predict_rows` (transform + `ml.models.predict` + the class labels), what a
+user of the registered model calls (its pyfunc runs it) when they hold the rows already; the model's call alone on
+the already-transformed matrix is reported beside it (`model_only`), for reference, as the floor no service reaches.
+The server's answer to one body is first checked against the in-process prediction of the same rows. Phases of
+`--http-seconds` alternate with in-process rounds of as long; rows/s, and p50/p99 latency per request.
+`batch_http_ratio` = /predict rows/s / in-process rows/s (target >= 0.5).
 No stack needed: nothing here talks to S3, MLflow or Kafka.
 
     .venv/bin/python -m bench.b8_predict_path --transform-only     # (a) and (b): a minute
-    .venv/bin/python -m bench.b8_predict_path                      # and (c)
+    .venv/bin/python -m bench.b8_predict_path                      # and (c), (d)
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import multiprocessing
-import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from functools import partial
+from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REPO_ROOT, argument_parser, benchmark_settings, ensure_repo_on_path, ratio, report
+from bench.common import argument_parser, benchmark_settings, ensure_repo_on_path, ratio, report
+from bench.http_load import CLIENTS, MODEL_DIR_VARIABLE, TRANSFORM_VARIABLE, http_phase, running_servers
 from ml.features import CategoricalFeature, FeatureSpec, NumericFeature
 from ml.settings import Settings
 
 ensure_repo_on_path()  # tests.support (the row-wise oracle) lives at the repository root
 
 NUMERIC, CATEGORICAL, LEVELS = 26, 4, 10
-CLIENTS = 8
-MODEL_DIR_VARIABLE = "MLOPS_B8_MODEL_DIR"  # the gunicorn app factory's model folder (checkpoint + feature_spec.json)
-TRANSFORM_VARIABLE = "MLOPS_B8_TRANSFORM"  # "rowwise": serve with the row-wise transform
-# Ports this benchmark must not take (the shared stack's and Ray's), should the kernel offer one.
-AVOID = {5000, 8000, 8080, 6379, 8265, 10001, 52365, 52366, *range(9000, 9095), *range(10002, 20000)}
+T = TypeVar("T")
 
 
 def bench_spec() -> FeatureSpec:
@@ -94,14 +99,20 @@ def rows_per_second(function: Callable[[], Any], rows: int, seconds: float) -> f
     return calls * rows / elapsed
 
 
-def alternating(sides: dict[str, Callable[[], Any]], rows: int, rounds: int, seconds: float) -> dict[str, list[float]]:
-    """rows/s of each side, rounds in ABBA order (a drift of the machine's load weighs on both sides alike)."""
-    names = list(sides)
-    measured: dict[str, list[float]] = {name: [] for name in names}
+def abba(measures: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """Each side's measurement per round, rounds in ABBA order (a drift of the machine's load weighs on all sides
+    alike)."""
+    names = list(measures)
+    measured: dict[str, list[T]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
-            measured[name].append(rows_per_second(sides[name], rows, seconds))
+            measured[name].append(measures[name]())
     return measured
+
+
+def alternating(sides: dict[str, Callable[[], Any]], rows: int, rounds: int, seconds: float) -> dict[str, list[float]]:
+    """rows/s of each side, alternating rounds (`abba`)."""
+    return abba({name: partial(rows_per_second, side, rows, seconds) for name, side in sides.items()}, rounds)
 
 
 def columnar_vs_rowwise(
@@ -178,158 +189,16 @@ def request_path(
     return results
 
 
-# --- (c) gunicorn ------------------------------------------------------------------------------------------------
-
-
-def served_app() -> Any:
-    """gunicorn's factory for /predict: the model in $MLOPS_B8_MODEL_DIR injected, no registry, no Kafka (no watcher,
-    no metrics messages)."""
-    from ml.predictor import LoadedModel, TabularPredictor
-    from ml.serve.app import ServeSettings, build_app
-    from ml.settings import KafkaSettings, MlflowSettings
-
-    folder = Path(os.environ[MODEL_DIR_VARIABLE])
-    predictor = TabularPredictor.from_files(folder / "checkpoint", folder / "feature_spec.json")
-    if os.environ.get(TRANSFORM_VARIABLE) == "rowwise":
-        from tests.support.rowwise_transform import rowwise_transform
-
-        predictor.spec.__class__.transform = rowwise_transform  # type: ignore[method-assign,assignment]  # here only
-    return build_app(
-        ServeSettings("b8-local", metrics_enabled=False),  # /predict itself: publishing's cost is B10's to measure
-        mlflow=MlflowSettings("http://mlflow.invalid"),  # never called: the model is injected, no watcher
-        kafka=KafkaSettings("kafka.invalid:9092"),
-        loaded=LoadedModel("b8-local", "1", predictor, {"gate.decision": "first_model"}),
-        watch_promotions=False,
-    )
-
-
-def bare_app() -> Any:
-    """gunicorn's factory for the baseline: Flask answering a constant."""
-    from flask import Flask, jsonify
-
-    app = Flask(__name__)
-    answer = {"model": "bare", "version": "1", "predictions": ["a"], "probabilities": [[0.2, 0.3, 0.5]]}
-
-    @app.post("/predict")
-    def predict() -> Any:
-        return jsonify(answer)
-
-    @app.get("/health")
-    def health() -> Any:
-        return jsonify({"status": "ok"})
-
-    return app
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in AVOID:
-            return port
-    raise RuntimeError("no free port outside the stack's and Ray's")
-
-
-def start_server(
-    factory: str, port: int, env: dict[str, str], module: str = "bench.b8_predict_path"
-) -> subprocess.Popen[bytes]:
-    gunicorn = Path(sys.executable).parent / "gunicorn"
-    command = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"]
-    command += ["--log-level", "warning", f"{module}:{factory}"]
-    server = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env})
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"gunicorn {factory} exited with {server.returncode}")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            connection.request("GET", "/health")
-            if connection.getresponse().status == 200:
-                return server
-        except OSError:
-            time.sleep(0.2)
-    server.terminate()
-    raise RuntimeError(f"gunicorn {factory} did not answer on port {port}")
-
-
-def client(port: int, bodies: list[bytes], seconds: float, ready: Any, go: Any, start: Any, out: Any) -> None:
-    """One client: single-row requests, one connection each (gunicorn's gthread worker starved keep-alive clients
-    beyond its 4 threads: a bare phase fell to ~15 requests/s with 30-s stalls), from the start the parent sets once
-    every client is ready: 1 s of warm-up, then `seconds` measured. Latency includes the connection's set-up."""
-    latencies: list[float] = []
-    failures = index = 0
-    try:
-        ready.put(True)
-        go.wait()
-        measure_from = start.value + 1.0
-        end = measure_from + seconds
-        while (began := time.monotonic()) < end:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-            try:
-                connection.request(
-                    "POST",
-                    "/predict",
-                    body=bodies[index % len(bodies)],
-                    headers={"Content-Type": "application/json", "Connection": "close"},
-                )
-                response = connection.getresponse()
-                response.read()
-            finally:
-                connection.close()
-            index += 1
-            finished = time.monotonic()
-            failures += response.status != 200
-            if began >= measure_from and finished <= end:
-                latencies.append(finished - began)
-    finally:
-        out.put((latencies, failures))
-
-
-def http_phase(port: int, bodies: list[bytes], seconds: float) -> dict[str, Any]:
-    # fork: the clients start at once, without importing anything (they use sockets only, never torch).
-    context = multiprocessing.get_context("fork")
-    ready, out, go, start = context.Queue(), context.Queue(), context.Event(), context.Value("d", 0.0)
-    arguments = (port, bodies, seconds, ready, go, start, out)
-    clients = [context.Process(target=client, args=arguments) for _ in range(CLIENTS)]
-    for process in clients:
-        process.start()
-    for _ in clients:
-        ready.get(timeout=60)
-    start.value = time.monotonic()
-    go.set()
-    results = [out.get(timeout=seconds + 120) for _ in clients]
-    for process in clients:
-        process.join()
-    latencies = sorted(x for found, _ in results for x in found)
-    return {
-        "requests_per_s": round(len(latencies) / seconds, 1),
-        "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 2) if latencies else None,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 2) if latencies else None,
-        "failures": sum(failed for _, failed in results),
-    }
-
-
 def http_throughput(folder: Path, rounds: int, seconds: float) -> dict[str, Any]:
+    """(c): single-row requests to /predict (either transform) and to the bare endpoint, phases alternating."""
     bodies = [json.dumps({"rows": [row]}).encode() for row in client_rows(64, seed=7)]
     servers = {
         "predict": ("served_app()", {MODEL_DIR_VARIABLE: str(folder)}),
         "predict_rowwise": ("served_app()", {MODEL_DIR_VARIABLE: str(folder), TRANSFORM_VARIABLE: "rowwise"}),
         "bare": ("bare_app()", {}),
     }
-    ports = {name: free_port() for name in servers}
-    running = {}
-    try:
-        for name, (factory, env) in servers.items():
-            running[name] = start_server(factory, ports[name], env)
-        phases: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-        for round_ in range(rounds):
-            for name in list(servers) if round_ % 2 == 0 else list(servers)[::-1]:
-                phases[name].append(http_phase(ports[name], bodies, seconds))
-    finally:
-        for server in running.values():
-            server.terminate()
-            server.wait(timeout=30)
+    with running_servers(servers) as ports:
+        phases = abba({name: partial(http_phase, port, bodies, seconds) for name, port in ports.items()}, rounds)
     medians = {name: statistics.median(p["requests_per_s"] for p in runs) for name, runs in phases.items()}
     return {
         "method": f"gunicorn 1 worker x 4 threads per server, {CLIENTS} client processes on 127.0.0.1, "
@@ -342,14 +211,65 @@ def http_throughput(folder: Path, rounds: int, seconds: float) -> dict[str, Any]
     }
 
 
+def batch_throughput(folder: Path, rows: int, rounds: int, seconds: float) -> dict[str, Any]:
+    """(d): `rows`-row requests to /predict (columnar) / the same rows predicted in process, rounds alternating."""
+    from ml.predictor import TabularPredictor, answer_fields
+
+    predictor = TabularPredictor.from_files(folder / "checkpoint", folder / "feature_spec.json")
+    batches = [client_rows(rows, seed=100 + index) for index in range(4)]
+    bodies = [json.dumps({"rows": batch}).encode() for batch in batches]
+    matrices = [predictor.spec.transform(batch) for batch in batches]
+    turns = count()  # the in-process sides take the batches in turn, as the clients do
+
+    def in_process() -> float:
+        return rows_per_second(lambda: predictor.predict_rows(batches[next(turns) % len(batches)]), rows, seconds)
+
+    def model_only() -> float:
+        return rows_per_second(lambda: predictor.predict_matrix(matrices[next(turns) % len(batches)]), rows, seconds)
+
+    with running_servers({"predict": ("served_app()", {MODEL_DIR_VARIABLE: str(folder)})}) as ports:
+        connection = http.client.HTTPConnection("127.0.0.1", ports["predict"], timeout=60)
+        connection.request("POST", "/predict", body=bodies[0], headers={"Content-Type": "application/json"})
+        served = json.loads(connection.getresponse().read())
+        expected = json.loads(json.dumps(answer_fields(*predictor.predict_rows(batches[0]), predictor.classes)))
+        if {key: served.get(key) for key in expected} != expected:
+            raise AssertionError(f"{rows} rows: /predict's answer differs from the in-process prediction's")
+        sides: dict[str, Callable[[], Any]] = {
+            "http": partial(http_phase, ports["predict"], bodies, seconds),
+            "in_process": in_process,
+            "model_only": model_only,
+        }
+        measured = abba(sides, rounds)
+    phases: list[dict[str, Any]] = measured["http"]
+    http_rows = statistics.median(p["requests_per_s"] * rows for p in phases)
+    local, model = statistics.median(measured["in_process"]), statistics.median(measured["model_only"])
+    return {
+        "method": f"gunicorn 1 worker x 4 threads, {CLIENTS} client processes on 127.0.0.1, a connection per request, "
+        f"{rows}-row requests (4 bodies in turn, {len(bodies[0]) // 1024} KiB each), {seconds:g} s per phase after "
+        "1 s of warm-up; in process, one thread, the same 4 batches in turn for as long; rounds alternating; medians",
+        "baseline": "in_process: TabularPredictor.predict_rows on the parsed rows (FeatureSpec.transform + "
+        "ml.models.predict + the class labels), what the registered model's pyfunc runs and a user without the "
+        "service would call; model_only: ml.models.predict on the already-transformed matrix, for reference",
+        "rows_per_s": {"http": round(http_rows), "in_process": round(local), "model_only": round(model)},
+        "ratio": ratio(http_rows, local),
+        "ratio_vs_model_only": ratio(http_rows, model),
+        "p50_ms": statistics.median(p["p50_ms"] for p in phases),
+        "p99_ms": statistics.median(p["p99_ms"] for p in phases),
+        "in_process_ms_per_call": round(rows / local * 1e3, 2),
+        "model_only_ms_per_call": round(rows / model * 1e3, 3),
+        "phases": phases,
+        "rounds_rows_per_s": {name: [round(x) for x in measured[name]] for name in ("in_process", "model_only")},
+    }
+
+
 def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     parser = argument_parser(__doc__)
     parser.add_argument("--rows", type=int, default=1000, help="rows of the large input (the service's max_rows)")
     parser.add_argument("--rounds", type=int, default=6, help="(a, b) alternating rounds per size")
     parser.add_argument("--seconds", type=float, default=1.0, help="(a, b) seconds per round and side")
-    parser.add_argument("--transform-only", action="store_true", help="skip (c), the gunicorn servers")
-    parser.add_argument("--http-rounds", type=int, default=2, help="(c) phases per server")
-    parser.add_argument("--http-seconds", type=float, default=10.0, help="(c) seconds measured per phase")
+    parser.add_argument("--transform-only", action="store_true", help="skip (c) and (d), the gunicorn servers")
+    parser.add_argument("--http-rounds", type=int, default=2, help="(c, d) phases per server")
+    parser.add_argument("--http-seconds", type=float, default=10.0, help="(c, d) seconds measured per phase")
     args = parser.parse_args(argv)
     del settings  # nothing here uses the stack
 
@@ -360,15 +280,21 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         folder = write_model(spec, Path(temporary))
         in_process = request_path(spec, folder, sizes, args.rounds, args.seconds)
         served = None if args.transform_only else http_throughput(folder, args.http_rounds, args.http_seconds)
+        batch = (
+            None if args.transform_only else batch_throughput(folder, args.rows, args.http_rounds, args.http_seconds)
+        )
     large, single = transform[1], transform[0]
     result = {
         "name": "B8 FeatureSpec.transform rows/s, column by column / row by row (same spec, same rows); "
-        "/predict requests/s through gunicorn / a bare Flask endpoint",
+        "/predict requests/s through gunicorn / a bare Flask endpoint; 1000-row /predict rows/s / in-process predict",
         "ratio": large["ratio"],
         "target": f">= 3 at {args.rows} rows",
         "single_row_ratio": single["ratio"],
         "single_row_target": ">= 1.0 (no slower for the 1-row requests most clients send)",
         "http_ratio": served["predict_vs_bare"] if served else None,
+        "http_target": ">= 0.7",
+        "batch_http_ratio": batch["ratio"] if batch else None,
+        "batch_http_target": ">= 0.5",
         "spec": f"{NUMERIC} numeric + {CATEGORICAL} categorical columns ({LEVELS} levels + OTHER): "
         f"{len(spec.feature_columns)} model inputs",
         "transform": transform,
@@ -378,14 +304,15 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
             "runs": in_process,
         },
         "http": served,
+        "batch_http": batch,
         "notes": [
             "Both transforms are checked to give the same bytes on the timed rows before timing.",
             "The columnar transform remembers up to 10k raw category strings per feature across calls: after the "
             "first call, a known category costs a dictionary look-up; the row-wise rule calls normalise_category "
             "for every value.",
-            "(c) skipped: --transform-only"
+            "(c) and (d) skipped: --transform-only"
             if served is None
-            else "(c) ran on this machine's loopback, clients and "
+            else "(c) and (d) ran on this machine's loopback, clients and "
             "servers sharing its cores: requests/s are this machine's, the ratio is the comparison.",
         ],
     }

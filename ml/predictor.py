@@ -55,7 +55,7 @@ class TabularPredictor:
         """Raw rows -> (class labels or values, probabilities or None), exactly FeatureSpec.transform + predict."""
         outputs, probabilities = self.predict_matrix(self.spec.transform(rows))
         if self.classes:
-            return self.spec.decode_labels(int(i) for i in outputs), probabilities
+            return self.spec.decode_labels(outputs.tolist()), probabilities  # tolist: Python ints, in C
         return [float(v) for v in outputs], None
 
     def example_rows(self, count: int = 2) -> list[dict[str, Any]]:
@@ -90,7 +90,7 @@ def answer_fields(
     if probabilities is not None:
         return {
             "predictions": list(outputs),
-            "probabilities": [[float(p) for p in row] for row in probabilities],
+            "probabilities": probabilities.tolist(),  # Python floats, as float() of each gives, in C
             "classes": classes,
         }
     return {"predictions": json_safe([float(v) for v in outputs])}

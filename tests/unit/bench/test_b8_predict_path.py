@@ -4,6 +4,7 @@ servers started)."""
 from __future__ import annotations
 
 from bench import b8_predict_path as b8
+from bench import http_load
 
 
 def test_rows_carry_every_input_column_and_transform_alike() -> None:
@@ -27,5 +28,5 @@ def test_rounds_alternate_the_order_of_the_sides() -> None:
 
 
 def test_ports_avoid_the_stack_and_ray() -> None:
-    assert {5000, 8000, 8080, 6379, 8265, 10001, 9092} <= b8.AVOID
-    assert b8.free_port() not in b8.AVOID
+    assert {5000, 8000, 8080, 6379, 8265, 10001, 9092} <= http_load.AVOID
+    assert http_load.free_port() not in http_load.AVOID

@@ -17,6 +17,7 @@ from ml.predictor import (
     TabularPredictor,
     UngatedVersion,
     alias_version,
+    answer_fields,
     download_checkpoint,
     load_version,
     output_frame,
@@ -88,6 +89,21 @@ def test_output_frame_has_a_probability_column_per_class() -> None:
 
 
 # --- download_checkpoint ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_answer_fields_write_the_probabilities_as_float_of_each_did(dtype: type) -> None:
+    """tolist() in C, where a loop called float() per value: the same Python floats, so the same JSON bytes."""
+    import json
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet([0.1, 1.0, 5.0], size=500).astype(dtype)
+    probabilities[:3] = [[1e-300 if dtype is np.float64 else 1e-40, 0.5, 0.5], [0.0, 1.0, -0.0], [1 / 3, 1 / 3, 1 / 3]]
+    outputs = ["a"] * len(probabilities)
+    fields = answer_fields(outputs, probabilities, ["a", "b", "c"])
+    by_value = [[float(p) for p in row] for row in probabilities]  # what the loop gave
+    assert json.dumps(fields["probabilities"]) == json.dumps(by_value)
+    assert all(type(p) is float for row in fields["probabilities"] for p in row)
 
 
 def test_download_checkpoint_copies_every_object_of_the_prefix(tmp_path: Path) -> None:
