@@ -22,7 +22,6 @@ Every other delivery error is `failed` (logged with its key).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -73,6 +72,7 @@ class NativeEventPublisher:
         dag_run_id: str | None = None,
         client_id: str = "mlops-events-native",
     ) -> None:
+        import msgspec
         from confluent_kafka import Producer
 
         if buffer_size < 1:
@@ -87,6 +87,10 @@ class NativeEventPublisher:
         self._drops_since_log = 0
         self._last_drop_log = 0.0
         self._last_error: str | None = None
+        self._errors_reported: set[int] = set()  # error codes logged since the last delivery (the reports' thread)
+        # msgspec's encoder: ~0.6 us an envelope against json.dumps' ~7 (an envelope holds JSON values only:
+        # make_envelope proved or made them so, non-finite floats included).
+        self._encoder = msgspec.json.Encoder()
         self._closing = threading.Event()
         self._closed = False
         self._producer = Producer(
@@ -100,7 +104,9 @@ class NativeEventPublisher:
                 "message.timeout.ms": self.delivery_timeout_ms,
                 "reconnect.backoff.max.ms": self.reconnect_backoff_max_ms,
                 "error_cb": self._on_client_error,
+                # librdkafka's own log repeats what error_cb reports, at every reconnect: only its critical lines.
                 "logger": log,
+                "log_level": 2,
             }
         )
         self._thread = threading.Thread(target=self._serve_reports, name="event-publisher-native", daemon=True)
@@ -110,8 +116,7 @@ class NativeEventPublisher:
 
     def publish(self, topic: Topic, payload: dict[str, Any], key: str) -> None:
         """Validate, hand to librdkafka's queue and return at once (a full queue: counted as dropped)."""
-        envelope = make_envelope(topic, payload, self.dag_run_id)
-        value = json.dumps(envelope, separators=(",", ":"), allow_nan=False).encode()
+        value = self._encoder.encode(make_envelope(topic, payload, self.dag_run_id))
         if self._closed:
             raise RuntimeError("NativeEventPublisher.publish() after close()")
         with self._lock:
@@ -174,6 +179,8 @@ class NativeEventPublisher:
         if error is None:
             with self._lock:
                 self._delivered += 1
+            if self._errors_reported:
+                self._errors_reported.clear()
             return
         key = (message.key() or b"").decode(errors="replace")
         if error.code() == KafkaError._MSG_TIMED_OUT:
@@ -184,10 +191,12 @@ class NativeEventPublisher:
         log.error("event key=%s to %s failed: %s", key, message.topic(), error)
 
     def _on_client_error(self, error: Any) -> None:
-        text = f"Kafka at {self.bootstrap_servers}: {error.str()}"
-        if text != self._last_error:
-            log.warning("%s (messages wait in the queue)", text)
-        self._last_error = text
+        # Logged once per kind of error until a message gets through: a broker that stays down alternates between
+        # "connection refused" and "all brokers down" at every reconnect.
+        self._last_error = f"Kafka at {self.bootstrap_servers}: {error.str()}"
+        if error.code() not in self._errors_reported:
+            self._errors_reported.add(error.code())
+            log.warning("%s (messages wait in the queue)", self._last_error)
 
     def _count_drop(self, why: str, key: str, topic: str, *, sent: bool = False) -> None:
         with self._lock:

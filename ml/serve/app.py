@@ -298,7 +298,8 @@ def _record_metrics(state: ServeState, record: RequestRecord, status: int) -> No
         state.metrics.observe_request(endpoint, status, record.model.version, latency_s, rows)
         if endpoint == "/predict":
             state.telemetry.publish(record, state.holder.name, status, latency_s)
-        state.metrics.sync_publisher(state.telemetry.stats(), state.telemetry.errors)
+        if state.metrics.publisher_sync_due(state.telemetry.clock.monotonic()):
+            state.metrics.sync_publisher(state.telemetry.stats(), state.telemetry.errors)
     except Exception:
         log.exception("recording the metrics of %s %s failed (the request is answered)", request.method, request.path)
 

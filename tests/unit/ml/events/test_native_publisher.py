@@ -137,3 +137,18 @@ def test_with_nothing_listening_messages_wait_and_the_full_queue_refuses_new_one
         publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")  # never blocks, never raises
     assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=3, pending=2)
     assert publisher.close(timeout_s=0) == PublishStats(sent=2, delivered=0, failed=0, dropped=3, pending=2)
+
+
+def test_client_errors_are_logged_once_per_kind_until_a_message_gets_through(
+    recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = NativeEventPublisher(KafkaSettings("k:9092"))
+    refused, all_down = KafkaError(KafkaError._TRANSPORT), KafkaError(KafkaError._ALL_BROKERS_DOWN)
+    with caplog.at_level(logging.WARNING, logger=native_publisher.__name__):
+        for error in (refused, all_down) * 5:  # a broker that stays down, reconnect after reconnect
+            publisher._on_client_error(error)
+        assert len(caplog.records) == 2
+        publisher._on_delivery(None, Delivered(SERVING_METRICS.name, b"m:1"))  # back: the next outage is logged again
+        publisher._on_client_error(refused)
+    assert len(caplog.records) == 3 and "k:9092" in caplog.records[-1].getMessage()
+    publisher.close(timeout_s=0)

@@ -204,3 +204,13 @@ def test_the_gunicorn_hook_is_a_valid_setting_and_a_no_op_without_the_folder(mon
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent/prometheus")
     gunicorn_conf.child_exit(None, Worker())
     assert marked == [(4242, "/nonexistent/prometheus")]
+
+
+def test_requests_sync_the_publishers_counts_at_most_every_interval() -> None:
+    from ml.serve.prometheus import PUBLISHER_SYNC_INTERVAL_S, ServingMetrics
+
+    metrics = ServingMetrics()
+    assert metrics.publisher_sync_due(100.0)  # the first request syncs
+    assert not metrics.publisher_sync_due(100.0 + PUBLISHER_SYNC_INTERVAL_S / 2)
+    assert metrics.publisher_sync_due(100.0 + PUBLISHER_SYNC_INTERVAL_S)
+    assert not metrics.publisher_sync_due(100.0 + PUBLISHER_SYNC_INTERVAL_S * 1.5)
