@@ -24,6 +24,7 @@ from stack.config.addresses import (
     SPARK_MASTER_PORT,
 )
 from stack.config.credentials import (
+    as_s3_user,
     cluster_secrets,
     kafka_user_settings,
     local_credentials,
@@ -34,10 +35,11 @@ from stack.config.credentials import (
 from stack.config.paths import REPO_ROOT, StackPaths, stack_paths, write_private
 from stack.config.users import (
     IDENTITIES,
+    IDENTITY_S3_USERS,
     KAFKA_CLIENT_USERS,
+    KEYLESS_IDENTITIES,
     MLFLOW_CLIENT_USERS,
     PIPELINE_IDENTITY,
-    SERVING_IDENTITY,
 )
 
 PROFILES = ("local", "cluster")
@@ -102,8 +104,9 @@ def stack_environment(
     base: dict[str, str] | None = None, profile: str | None = None, identity: str = PIPELINE_IDENTITY
 ) -> dict[str, str]:
     """The environment shared by the stack, the tests, Airflow and `python -m ml`: the profile's defaults under
-    `base` (variables already set win). `identity`: whom its clients act as on the stack's Kafka broker and MLflow
-    server (IDENTITIES: the pipeline; `serving` for the prediction service, which also gets no S3 key)."""
+    `base` (variables already set win). `identity`: whom its clients act as on the stack's Kafka broker, MLflow
+    server and S3 server (as_identity: the pipeline; `serving` for the prediction service, which gets no S3 key;
+    `monitor` for the streaming drift monitor)."""
     if identity not in IDENTITIES:
         raise ValueError(f"{identity!r} is not an identity of the stack's clients ({', '.join(IDENTITIES)})")
     base = dict(os.environ if base is None else base)
@@ -147,17 +150,30 @@ def stack_environment(
     env.setdefault("MLFLOW_S3_ENDPOINT_URL", env["AWS_ENDPOINT_URL"])
     if "MLOPS_TUNE_STATE_KEY" not in base:
         env["MLOPS_TUNE_STATE_KEY"] = tune_state_key(paths)
-    # The local broker's login as the identity's user, unless the caller's Kafka is another broker or a login of its
-    # own (one of the stack's users, as an `eval` of `python -m stack env` exports, is the stack's: replaced).
+    return as_identity(paths, env, identity)
+
+
+def as_identity(paths: StackPaths, env: dict[str, str], identity: str) -> dict[str, str]:
+    """Make `env` (the stack environment, or a service's copy of it) log in as `identity` (IDENTITIES) on the stack's
+    own services: its user on the local Kafka broker and MLflow server, and on the local S3 server its user's key
+    (IDENTITY_S3_USERS), no key (KEYLESS_IDENTITIES) or the root key. A login of the stack's (as an `eval` of
+    `python -m stack env` exports) is replaced; another broker, server or S3, or a login of the caller's own, is left
+    as it is. Returns `env`."""
+    if identity not in IDENTITIES:
+        raise ValueError(f"{identity!r} is not an identity of the stack's clients ({', '.join(IDENTITIES)})")
     users = IDENTITIES[identity]
-    on_stack_broker = base.get("KAFKA_BOOTSTRAP_SERVERS", KAFKA_BOOTSTRAP) == KAFKA_BOOTSTRAP
-    if on_stack_broker and base.get("MLOPS_KAFKA_USERNAME", users["kafka"]) in KAFKA_CLIENT_USERS:
+    # The local broker's login as the identity's user, unless `env`'s Kafka is another broker or a login of its own.
+    on_stack_broker = env.get("KAFKA_BOOTSTRAP_SERVERS", KAFKA_BOOTSTRAP) == KAFKA_BOOTSTRAP
+    if on_stack_broker and env.get("MLOPS_KAFKA_USERNAME", users["kafka"]) in KAFKA_CLIENT_USERS:
         env.update(kafka_user_settings(paths, users["kafka"]).to_env())
     # The same for the local MLflow server's login.
-    on_stack_mlflow = base.get("MLFLOW_TRACKING_URI", MLFLOW_URI) == MLFLOW_URI
-    if on_stack_mlflow and base.get("MLFLOW_TRACKING_USERNAME", users["mlflow"]) in MLFLOW_CLIENT_USERS:
+    on_stack_mlflow = env.get("MLFLOW_TRACKING_URI", MLFLOW_URI) == MLFLOW_URI
+    if on_stack_mlflow and env.get("MLFLOW_TRACKING_USERNAME", users["mlflow"]) in MLFLOW_CLIENT_USERS:
         env.update(mlflow_user_settings(paths, users["mlflow"]).to_env())
-    if identity == SERVING_IDENTITY:
+    # The local S3 server's key: the identity's user's instead of the root key (as_s3_user leaves another S3's alone).
+    if identity in IDENTITY_S3_USERS:
+        as_s3_user(paths, env, IDENTITY_S3_USERS[identity])
+    if identity in KEYLESS_IDENTITIES:
         # The prediction service reads models through MLflow's artifact proxy: it holds no S3 key at all.
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
             env.pop(key, None)

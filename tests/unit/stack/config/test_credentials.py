@@ -83,14 +83,12 @@ def test_postgres_url_of_a_database_the_stack_does_not_have_fails(stack_dir: Sta
         postgres_url(stack_dir, "postgres")  # the superuser has no URL: the stack connects to it with psycopg2
 
 
-KAFKA_SECRET_NAMES = {f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving")}
-
-
-S3_KEY_NAMES = {f"s3_{user}_{kind}_key" for user in ("pipeline", "tune", "mlflow") for kind in ("access", "secret")}
-
-
+KAFKA_SECRET_NAMES = {f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving", "monitor")}
+S3_KEY_NAMES = {
+    f"s3_{user}_{kind}_key" for user in ("pipeline", "tune", "mlflow", "monitor") for kind in ("access", "secret")
+}
 MLFLOW_SECRET_NAMES = {
-    *(f"mlflow_{user}_password" for user in ("admin", "pipeline", "serving")),
+    *(f"mlflow_{user}_password" for user in ("admin", "pipeline", "serving", "monitor")),
     "mlflow_flask_secret_key",
 }
 
@@ -114,6 +112,44 @@ def test_a_secret_an_older_file_lacks_is_added_and_the_others_kept(stack_dir: St
     assert (secrets["kafka_admin_password"], secrets["something_else"]) == ("kept", "kept too")
     assert KAFKA_SECRET_NAMES <= set(secrets) and json.loads(stack_dir.stack_secrets_file.read_text()) == secrets
     assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
+
+
+# The secrets a stack folder made before the drift monitor had users of its own holds (the commit before them).
+SECRETS_BEFORE_THE_MONITOR = {
+    *(f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving")),
+    "tune_state_key",
+    *(f"s3_{user}_{kind}_key" for user in ("pipeline", "tune", "mlflow") for kind in ("access", "secret")),
+    *(f"mlflow_{user}_password" for user in ("admin", "pipeline", "serving")),
+    "mlflow_flask_secret_key",
+}
+
+
+def test_a_stack_folder_from_before_the_monitor_gets_the_monitors_secrets_and_keeps_its_own(
+    stack_dir: StackPaths,
+) -> None:
+    """`.stack/` made before the monitor's users existed: reading its secrets generates the monitor's Kafka and MLflow
+    passwords and S3 keys (no KeyError anywhere that asks for them), keeps every other secret as it was, and writes
+    them back (0600), so that the broker, the S3 server and MLflow get the same ones on the next `up`."""
+    from stack.config import kafka_user_settings, mlflow_user_settings
+
+    old = {name: f"old-{name}" for name in SECRETS_BEFORE_THE_MONITOR}
+    stack_dir.root.mkdir(parents=True)
+    stack_dir.stack_secrets_file.write_text(json.dumps(old))
+    assert kafka_user_settings(stack_dir, "monitor").password  # the first reader of a monitor secret: no KeyError
+    secrets = stack_secrets(stack_dir)
+    added = set(secrets) - set(old)
+    assert added == {
+        "kafka_monitor_password",
+        "mlflow_monitor_password",
+        "s3_monitor_access_key",
+        "s3_monitor_secret_key",
+    }
+    assert {name: secrets[name] for name in old} == old, "every secret the folder had is kept"
+    assert json.loads(stack_dir.stack_secrets_file.read_text()) == secrets
+    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
+    assert re.fullmatch(r"mlops-monitor-[0-9a-f]{12}", s3_user_keys(stack_dir, "monitor")["access_key"])
+    assert mlflow_user_settings(stack_dir, "monitor").password == secrets["mlflow_monitor_password"]
+    assert stack_secrets(stack_dir) == secrets, "generated once"
 
 
 def test_the_s3_users_keys_are_generated_once_per_stack_and_name_their_user(

@@ -278,3 +278,31 @@ def test_a_callers_own_kafka_gets_no_stack_login(stack_dir: StackPaths, own: dic
     assert env.get("MLOPS_KAFKA_PASSWORD") in (None, own.get("MLOPS_KAFKA_PASSWORD"))
     kafka_passwords = [value for name, value in stack_secrets(stack_dir).items() if name.startswith("kafka_")]
     assert not [v for v in kafka_passwords if v in env.values()], "no stack Kafka password leaks in"
+
+
+def test_the_monitor_identity_logs_in_as_the_monitor_everywhere(stack_dir: StackPaths) -> None:
+    """`monitor` (the streaming drift monitor, `python -m stack run --as monitor`): the monitor's Kafka and MLflow
+    logins and, on the stack's own S3 server, the monitor's S3 key instead of the root key."""
+    from stack.config import local_credentials, s3_user_keys
+
+    env = stack_environment({"PATH": "/usr/bin"}, identity="monitor")
+    settings, stored = Settings.from_env(env), stack_secrets(stack_dir)
+    assert (settings.kafka.username, settings.kafka.password) == ("monitor", stored["kafka_monitor_password"])
+    assert (settings.mlflow.username, settings.mlflow.password) == ("monitor", stored["mlflow_monitor_password"])
+    keys = s3_user_keys(stack_dir, "monitor")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (keys["access_key"], keys["secret_key"])
+    assert local_credentials(stack_dir)["secret_key"] not in env.values()
+    # Another S3's keys are the operator's: kept.
+    assert stack_environment(dict(GIVEN_KEYS), identity="monitor")["AWS_ACCESS_KEY_ID"] == "given-id"
+
+
+def test_as_identity_turns_the_pipelines_environment_into_the_monitors(stack_dir: StackPaths) -> None:
+    """What a service's preparation does with its copy of the stack environment (stack.services.DRIFT_MONITOR)."""
+    from stack.config import as_identity
+
+    pipeline = stack_environment({"PATH": "/usr/bin"})
+    monitor = as_identity(stack_dir, dict(pipeline), "monitor")
+    assert monitor == stack_environment({"PATH": "/usr/bin"}, identity="monitor")
+    assert as_identity(stack_dir, dict(pipeline), "pipeline") == pipeline
+    with pytest.raises(ValueError, match="not an identity"):
+        as_identity(stack_dir, dict(pipeline), "admin")
