@@ -61,10 +61,12 @@ SECRETS: dict[str, Callable[[], str]] = {
     "MLOPS_KAFKA_CONTROLLER_PASSWORD": lambda: secrets.token_urlsafe(30),
     "MLOPS_KAFKA_PIPELINE_PASSWORD": lambda: secrets.token_urlsafe(30),
     "MLOPS_KAFKA_SERVING_PASSWORD": lambda: secrets.token_urlsafe(30),
+    "MLOPS_KAFKA_MONITOR_PASSWORD": lambda: secrets.token_urlsafe(30),
     # The MLflow server's users (stack.mlflow_auth) and its basic-auth app's CSRF key, as stack_secrets makes them.
     "MLOPS_MLFLOW_ADMIN_PASSWORD": lambda: secrets.token_urlsafe(30),
     "MLOPS_MLFLOW_PIPELINE_PASSWORD": lambda: secrets.token_urlsafe(30),
     "MLOPS_MLFLOW_SERVING_PASSWORD": lambda: secrets.token_urlsafe(30),
+    "MLOPS_MLFLOW_MONITOR_PASSWORD": lambda: secrets.token_urlsafe(30),
     "MLOPS_MLFLOW_FLASK_SECRET_KEY": lambda: secrets.token_urlsafe(32),
     "_AIRFLOW_WWW_USER_PASSWORD": lambda: secrets.token_urlsafe(16),  # the Airflow admin's
     "AIRFLOW_JWT_SECRET": lambda: secrets.token_urlsafe(32),  # [api_auth] jwt_secret, shared by every component

@@ -1,8 +1,8 @@
 """Create the buckets and Kafka topics the pipeline expects, and on a broker that takes logins the Kafka users and
 their ACLs (stack.kafka_auth); all idempotent. Used by `make stack-up` and compose (`python -m stack.init_resources`,
 which runs as the broker's admin: MLOPS_KAFKA_USERNAME/MLOPS_KAFKA_PASSWORD, with the client users' passwords in
-MLOPS_KAFKA_PIPELINE_PASSWORD and MLOPS_KAFKA_SERVING_PASSWORD; and as the S3 server's root, which with the S3 users'
-keys in MLOPS_S3_{PIPELINE,TUNE,MLFLOW}_{ACCESS,SECRET}_KEY also makes those users and the buckets' policies:
+MLOPS_KAFKA_{PIPELINE,SERVING,MONITOR}_PASSWORD; and as the S3 server's root, which with the S3 users' keys in
+MLOPS_S3_{PIPELINE,TUNE,MLFLOW,MONITOR}_{ACCESS,SECRET}_KEY also makes those users and the buckets' policies:
 stack.s3_users)."""
 
 from __future__ import annotations

@@ -17,11 +17,14 @@ ACL allows (`allow.everyone.if.no.acl.found=false`). Its users, each with a pass
   serving     the prediction service: READ and DESCRIBE on mlops.model.promoted.v1 (it follows the topic with
               assign(), without a consumer group), WRITE and DESCRIBE on mlops.serving.metrics.v1 (its per-request
               metrics); nothing else.
+  monitor     the streaming drift monitor (ml.drift): READ and DESCRIBE on mlops.serving.metrics.v1, READ on the
+              consumer groups of its Spark Kafka source (ids starting with ml.drift.stream.GROUP_ID_PREFIX), WRITE
+              and DESCRIBE on mlops.drift.v1 (its verdicts); nothing else.
   ANONYMOUS   (no user: the S3 server on the notifications listener) WRITE and DESCRIBE on mlops.s3.events.v1 only.
 
 `ensure_users_and_acls` (run by `python -m stack up` and `python -m stack.init_resources` as admin) creates or updates
-the SCRAM credentials of pipeline and serving and adds their ACLs; both are idempotent, so a second `up` changes
-nothing. kafka-python reports a refused login only as a bootstrap KafkaTimeoutError (ml.clients says so).
+the SCRAM credentials of pipeline, serving and monitor and adds their ACLs; both are idempotent, so a second `up`
+changes nothing. kafka-python reports a refused login only as a bootstrap KafkaTimeoutError (ml.clients says so).
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from ml.drift.stream import GROUP_ID_PREFIX as MONITOR_GROUP_ID_PREFIX
 from ml.settings import KafkaSettings
-from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS, SERVING_METRICS
+from ml.topics import BROKER_TOPICS, DRIFT, MODEL_PROMOTED, S3_EVENTS, SERVING_METRICS
 from stack.config import (
     KAFKA_ADMIN_USER,
     KAFKA_BOOTSTRAP,
+    KAFKA_CLIENT_USERS,
     KAFKA_CONTROLLER_USER,
+    KAFKA_MONITOR_USER,
     KAFKA_PIPELINE_USER,
     KAFKA_SERVING_USER,
     StackPaths,
@@ -68,14 +74,18 @@ class Grant:
 def stack_grants() -> tuple[Grant, ...]:
     """What the stack's client users may do (admin and controller are super users and need no ACL). The pipeline
     writes and reads every topic (it writes the S3 notifications topic too, to replay notifications the S3 server
-    could not send); serving reads promotions and writes its own metrics; ANONYMOUS, the principal of the S3 server's
-    login-less listener (stack.kafka_broker), may only write that topic."""
+    could not send); serving reads promotions and writes its own metrics; the drift monitor reads serving's metrics
+    (with its Spark Kafka source's consumer groups) and writes drift verdicts; ANONYMOUS, the principal of the S3
+    server's login-less listener (stack.kafka_broker), may only write that topic."""
     topics = tuple(topic.name for topic in BROKER_TOPICS)
     return (
         *(Grant(KAFKA_PIPELINE_USER, "topic", name, ("WRITE", "READ", "DESCRIBE")) for name in topics),
         Grant(KAFKA_PIPELINE_USER, "group", CONSUMER_GROUP_PREFIX, ("READ",), prefixed=True),
         Grant(KAFKA_SERVING_USER, "topic", MODEL_PROMOTED.name, ("READ", "DESCRIBE")),
         Grant(KAFKA_SERVING_USER, "topic", SERVING_METRICS.name, ("WRITE", "DESCRIBE")),
+        Grant(KAFKA_MONITOR_USER, "topic", SERVING_METRICS.name, ("READ", "DESCRIBE")),
+        Grant(KAFKA_MONITOR_USER, "group", MONITOR_GROUP_ID_PREFIX, ("READ",), prefixed=True),
+        Grant(KAFKA_MONITOR_USER, "topic", DRIFT.name, ("WRITE", "DESCRIBE")),
         Grant(KAFKA_NOTIFIER_PRINCIPAL, "topic", S3_EVENTS.name, ("WRITE", "DESCRIBE")),
     )
 
@@ -220,7 +230,7 @@ def ensure_users_and_acls(admin_kafka: KafkaSettings, passwords: Mapping[str, st
 def client_passwords(paths: StackPaths) -> dict[str, str]:
     """The stack's client users and their generated passwords."""
     stored = stack_secrets(paths)
-    return {user: stored[f"kafka_{user}_password"] for user in (KAFKA_PIPELINE_USER, KAFKA_SERVING_USER)}
+    return {user: stored[f"kafka_{user}_password"] for user in KAFKA_CLIENT_USERS}
 
 
 # --- throwaway topics (tests, benchmarks) ----------------------------------------------------------------------------
@@ -229,7 +239,7 @@ def client_passwords(paths: StackPaths) -> dict[str, str]:
 def administrator(kafka: KafkaSettings, paths: StackPaths) -> KafkaSettings:
     """The login that administers `kafka`'s broker: the stack's admin when `kafka` is one of the stack's users on the
     stack's broker; else `kafka` itself (a broker of your own, with or without logins)."""
-    if kafka.bootstrap_servers == KAFKA_BOOTSTRAP and kafka.username in (KAFKA_PIPELINE_USER, KAFKA_SERVING_USER):
+    if kafka.bootstrap_servers == KAFKA_BOOTSTRAP and kafka.username in KAFKA_CLIENT_USERS:
         return admin_settings(paths)
     return kafka
 

@@ -14,6 +14,8 @@ generated per stack folder (stack.config.stack_secrets):
   serving   the prediction service: role `serving-reader`, READ on every experiment (the model's artifacts come
             through the server's artifact proxy, which checks the experiment) and registered model. It cannot move an
             alias, tag or register anything.
+  monitor   the streaming drift monitor (ml.drift): role `monitor-reader`, READ on every registered model (it reads
+            a model version's tags, which name its training distributions); no experiment, no artifact, no write.
 
 `ensure_users_and_roles` (run by `python -m stack up` and `python -m stack.init_resources` as admin) creates the
 users or sets their passwords to the stack's, creates the roles with their grants and assigns them; idempotent, so
@@ -34,6 +36,7 @@ from typing import Any
 from stack.config import (
     MLFLOW_ADMIN_USER,
     MLFLOW_CLIENT_USERS,
+    MLFLOW_MONITOR_USER,
     MLFLOW_PIPELINE_USER,
     MLFLOW_SERVING_USER,
     MLFLOW_URI,
@@ -71,6 +74,7 @@ ROLES = (
         (MLFLOW_SERVING_USER,),
         (("experiment", "*", "READ"), ("registered_model", "*", "READ")),
     ),
+    RoleGrant("monitor-reader", (MLFLOW_MONITOR_USER,), (("registered_model", "*", "READ"),)),
 )
 
 

@@ -9,6 +9,9 @@ keys generated per stack folder (stack.config.stack_secrets), all of role `user`
   tune      Airflow's aws_tune (the tune task and its Ray workers): reads raw (a search space may be an object there)
             and the lake, writes lake/tune/ only.
   mlflow    the MLflow server's artifact store: reads and writes the mlflow bucket, nothing else.
+  monitor   the streaming drift monitor (ml.drift): reads the training distributions beside each features folder
+            (lake/datasets/*/features/*/training_distributions.json) and reads and writes lake/monitor/ (its
+            checkpoint: ml.storage.drift_checkpoint_uri), nothing else.
 
 Serving has no S3 key: it loads models through MLflow's artifact proxy. The buckets belong to root (the users own
 none, so none may change a bucket's policy or ACL). A bucket with a policy is decided by its policy alone (the
@@ -36,11 +39,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from ml.settings import LakeSettings, S3Settings
-from stack.config import MLFLOW_BUCKET, S3_MLFLOW_USER, S3_PIPELINE_USER, S3_TUNE_USER, S3_USERS, StackPaths
+from ml.storage import TRAINING_DISTRIBUTIONS_FILE
+from stack.config import (
+    MLFLOW_BUCKET,
+    S3_MLFLOW_USER,
+    S3_MONITOR_USER,
+    S3_PIPELINE_USER,
+    S3_TUNE_USER,
+    S3_USERS,
+    StackPaths,
+)
 from stack.config import s3_user_keys as _stored_keys
 
 USER_ROLE = "user"  # the gateway's least role: no admin API, no CreateBucket; access only by policy or ACL
 TUNE_PREFIX = "tune/"  # ml.storage.tune_uri: Ray Tune's storage in the lake
+MONITOR_PREFIX = "monitor/"  # ml.storage.drift_checkpoint_uri: the drift monitor's checkpoint in the lake
+# The training distributions of every features folder (ml.storage.training_distributions_uri): what the drift monitor
+# reads of the lake (a policy's `*` matches any characters, `/` included).
+TRAINING_DISTRIBUTIONS_OBJECTS = f"datasets/*/features/*/{TRAINING_DISTRIBUTIONS_FILE}"
 
 # The actions each kind of access takes (versitygw's names). HeadBucket and the listings are s3:ListBucket; HeadObject
 # is s3:GetObject; multipart uploads and copies are s3:PutObject on the destination.
@@ -87,10 +103,14 @@ def bucket_policies(
 ) -> dict[str, dict[str, Any]]:
     """Each bucket's policy, the users named by their access keys (`access_keys`: user -> access key)."""
     raw, lake_bucket = lake.raw_bucket, lake.lake_bucket
-    pipeline, tune, mlflow = (access_keys[user] for user in (S3_PIPELINE_USER, S3_TUNE_USER, S3_MLFLOW_USER))
+    pipeline, tune, mlflow, monitor = (
+        access_keys[user] for user in (S3_PIPELINE_USER, S3_TUNE_USER, S3_MLFLOW_USER, S3_MONITOR_USER)
+    )
     # lake/tune/ and everything under it. The folder's own marker object (`tune/`, which pyarrow's create_dir writes
     # for Ray Tune) is matched as `lake/tune`: the gateway normalises a key's trailing slash away.
     tune_objects = (f"{lake_bucket}/{TUNE_PREFIX.rstrip('/')}", f"{lake_bucket}/{TUNE_PREFIX}*")
+    # lake/monitor/ likewise (s3a's folder markers, and the HEAD probes of each parent of the checkpoint).
+    monitor_objects = (f"{lake_bucket}/{MONITOR_PREFIX.rstrip('/')}", f"{lake_bucket}/{MONITOR_PREFIX}*")
     return {
         raw: {
             "Version": "2012-10-17",
@@ -108,6 +128,12 @@ def bucket_policies(
                 _statement("Allow", tune, LIST_ACTIONS, lake_bucket),
                 _statement("Allow", tune, READ_ACTIONS, f"{lake_bucket}/*"),
                 _statement("Allow", tune, WRITE_ACTIONS, *tune_objects),
+                # s3a lists the checkpoint's folders (a listing cannot be narrowed to a prefix by policy here).
+                _statement("Allow", monitor, LIST_ACTIONS, lake_bucket),
+                _statement(
+                    "Allow", monitor, READ_ACTIONS, f"{lake_bucket}/{TRAINING_DISTRIBUTIONS_OBJECTS}", *monitor_objects
+                ),
+                _statement("Allow", monitor, WRITE_ACTIONS, *monitor_objects),
             ],
         },
         mlflow_bucket: {

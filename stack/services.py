@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ml.settings import LakeSettings
 from ml.topics import S3_EVENTS
-from stack.config import MLFLOW_BUCKET, REPO_ROOT, S3_MLFLOW_USER, StackPaths, as_s3_user
+from stack.config import MLFLOW_BUCKET, MONITOR_IDENTITY, REPO_ROOT, S3_MLFLOW_USER, StackPaths, as_identity, as_s3_user
 from stack.kafka_broker import (  # noqa: F401 - re-exported: the local profile's Kafka broker (stack.kafka_broker)
     KAFKA,
     KAFKA_NOTIFIER_PORT,
@@ -262,6 +262,9 @@ def _drift_monitor_healthy(env: dict[str, str]) -> bool:
 
 
 def _drift_monitor_prepare(paths: StackPaths, env: dict[str, str]) -> None:
+    # Its own identity, not the pipeline's: the `monitor` user of Kafka (reads the serving metrics, writes the drift
+    # topic), of MLflow (reads registered models) and of S3 (reads the training distributions, writes lake/monitor/).
+    as_identity(paths, env, MONITOR_IDENTITY)
     # A local Spark in both profiles: a streaming query holds its executors' cores for as long as it runs, and the
     # cluster profile's few standalone cores are the batch jobs'. (On a real cluster, give it SPARK_MASTER and
     # MLOPS_SPARK_CORES_MAX.)
@@ -287,7 +290,7 @@ DRIFT_MONITOR = Service(
 
 # Start order matters: the S3 server sends a test notification when it starts and refuses to start when Kafka (or the
 # notifications topic, which `up` creates right after starting Kafka) is not there; MLflow writes artifacts into the S3
-# server; the drift monitor reads Kafka, keeps its checkpoint in S3 and asks MLflow for model versions. Airflow is
-# started on demand (`up --airflow`).
+# server; the drift monitor reads Kafka, keeps its checkpoint in S3 and asks MLflow for model versions (as its own
+# users: stack.config.users' monitor). Airflow is started on demand (`up --airflow`).
 SERVICES: tuple[Service, ...] = (KAFKA, S3, MLFLOW, DRIFT_MONITOR)
 ALL_SERVICES: tuple[Service, ...] = (*SERVICES, AIRFLOW)

@@ -85,7 +85,7 @@ def check_spark_hadoop_version(expected: str) -> None:
     if found != [f"hadoop-client-api-{expected}.jar"]:
         raise StackError(
             f"pyspark ships {found} but the S3 connector is hadoop-aws {expected}: update HADOOP_AWS_VERSION "
-            "in stack/config.py and stack/maven/spark-s3a-pom.xml together with pyspark"
+            "in stack/config/versions.py and stack/maven/spark-s3a-pom.xml together with pyspark"
         )
 
 

@@ -33,8 +33,8 @@ from ml.topics import SERVING_METRICS
 log = logging.getLogger(__name__)
 
 APP_NAME = "mlops-drift-monitor"
-# Spark's Kafka source names its consumers' groups with this prefix (the pipeline's Kafka user may read groups whose
-# names start with "mlops-").
+# Spark's Kafka source names its consumers' groups with this prefix (ml.drift.monitor.kafka_source_options; Spark adds
+# a query's id): the stack's Kafka user `monitor` may read exactly the groups whose names start with it.
 GROUP_ID_PREFIX = "mlops-drift-monitor"
 
 

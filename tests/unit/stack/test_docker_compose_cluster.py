@@ -331,7 +331,8 @@ def test_the_cluster_checks_can_fail(compose: dict[str, Any], case: str) -> None
 
 
 def test_the_cluster_has_the_cluster_profiles_shape(compose: dict[str, Any]) -> None:
-    """The ports, cores and pool of stack/config.py and stack/profiles.py: one architecture, two ways to run it."""
+    """The ports, cores and pool of stack/config/addresses.py and stack/profiles.py: one architecture, two ways to
+    run it."""
     from stack import config
     from stack.profiles import profile_named
 
@@ -381,8 +382,8 @@ def test_the_spark_connection_fits_the_image_and_the_network(compose: dict[str, 
 
 
 def test_the_jars_match_what_the_project_pins() -> None:
-    """hadoop-aws at the pyspark wheel's Hadoop version (stack/config.py HADOOP_AWS_VERSION), the PostgreSQL JDBC
-    driver the notes name, both from the stack's Maven projects, which docker/Dockerfile builds."""
+    """hadoop-aws at the pyspark wheel's Hadoop version (stack/config/versions.py HADOOP_AWS_VERSION), the PostgreSQL
+    JDBC driver the notes name, both from the stack's Maven projects, which docker/Dockerfile builds."""
     import pyspark
 
     from stack.config import HADOOP_AWS_VERSION

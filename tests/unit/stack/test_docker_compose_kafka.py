@@ -159,10 +159,28 @@ def test_every_kafka_client_logs_in_as_its_own_user(compose: dict[str, Any]) -> 
             "SASL_PLAINTEXT",
             "SCRAM-SHA-512",
         )
-    init_env = environment(compose["services"]["stack-init"])
-    for user in ("pipeline", "serving"):
-        variable = f"MLOPS_KAFKA_{user.upper()}_PASSWORD"
-        assert interpolate(init_env[variable]) == COMPOSE_ENV[variable]
+    monitor = kafka_of("drift-monitor")
+    assert (monitor.username, monitor.password) == ("monitor", COMPOSE_ENV["MLOPS_KAFKA_MONITOR_PASSWORD"])
+    assert monitor.bootstrap_servers == "kafka:29092" and monitor.sasl_mechanism == "SCRAM-SHA-512"
+    for init_service in ("stack-init", "kafka-init"):
+        init_env = environment(compose["services"][init_service])
+        for user in ("pipeline", "serving", "monitor"):
+            variable = f"MLOPS_KAFKA_{user.upper()}_PASSWORD"
+            assert interpolate(init_env[variable]) == COMPOSE_ENV[variable], (init_service, user)
     broker = environment(compose["services"]["kafka"])
     assert interpolate(broker["KAFKA_ADMIN_PASSWORD"]) == COMPOSE_ENV["MLOPS_KAFKA_ADMIN_PASSWORD"]
     assert interpolate(broker["KAFKA_CONTROLLER_PASSWORD"]) == COMPOSE_ENV["MLOPS_KAFKA_CONTROLLER_PASSWORD"]
+
+
+def test_the_drift_monitor_holds_its_own_users_credentials_and_none_of_the_pipelines(compose: dict[str, Any]) -> None:
+    """Its S3 key is the monitor user's (lake/monitor/ and the training distributions only: stack.s3_users), its
+    Kafka and MLflow logins the monitor's; no pipeline or root credential is in its environment."""
+    env = {key: interpolate(value) for key, value in environment(compose["services"]["drift-monitor"]).items()}
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+        COMPOSE_ENV["MLOPS_S3_MONITOR_ACCESS_KEY"],
+        COMPOSE_ENV["MLOPS_S3_MONITOR_SECRET_KEY"],
+    )
+    assert (env["MLOPS_KAFKA_USERNAME"], env["MLFLOW_TRACKING_USERNAME"]) == ("monitor", "monitor")
+    assert env["MLFLOW_TRACKING_PASSWORD"] == COMPOSE_ENV["MLOPS_MLFLOW_MONITOR_PASSWORD"]
+    others = {name: value for name, value in COMPOSE_ENV.items() if "MONITOR" not in name}
+    assert not [name for name, value in others.items() if value in env.values()]

@@ -72,3 +72,8 @@ def test_every_mlflow_client_logs_in_as_its_own_user(compose: dict[str, Any]) ->
         COMPOSE_ENV["MLOPS_MLFLOW_SERVING_PASSWORD"],
     )
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(serve)
+    monitor = {key: interpolate(value) for key, value in environment(compose["services"]["drift-monitor"]).items()}
+    assert (monitor["MLFLOW_TRACKING_USERNAME"], monitor["MLFLOW_TRACKING_PASSWORD"]) == (
+        "monitor",
+        COMPOSE_ENV["MLOPS_MLFLOW_MONITOR_PASSWORD"],
+    )

@@ -208,7 +208,7 @@ def test_compose_stack_init_logs_in_as_admin_and_needs_the_users_passwords(
     monkeypatch.setattr(
         stack.init_resources, "ensure_users_and_acls", lambda kafka, passwords: made.append((kafka, passwords)) or {}
     )
-    made_up = {user: uuid.uuid4().hex for user in ("admin", "pipeline", "serving")}  # never real ones
+    made_up = {user: uuid.uuid4().hex for user in ("admin", "pipeline", "serving", "monitor")}  # never real ones
     for name, value in {
         "KAFKA_BOOTSTRAP_SERVERS": "kafka:29092",
         "MLOPS_KAFKA_USERNAME": "admin",
@@ -217,15 +217,17 @@ def test_compose_stack_init_logs_in_as_admin_and_needs_the_users_passwords(
     }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("MLOPS_KAFKA_SERVING_PASSWORD", raising=False)
-    with pytest.raises(SystemExit, match="MLOPS_KAFKA_SERVING_PASSWORD not set"):
+    monkeypatch.delenv("MLOPS_KAFKA_MONITOR_PASSWORD", raising=False)
+    with pytest.raises(SystemExit, match="MLOPS_KAFKA_SERVING_PASSWORD, MLOPS_KAFKA_MONITOR_PASSWORD not set"):
         stack.init_resources.main([])
     monkeypatch.setenv("MLOPS_KAFKA_SERVING_PASSWORD", made_up["serving"])
+    monkeypatch.setenv("MLOPS_KAFKA_MONITOR_PASSWORD", made_up["monitor"])
     fake_s3.append(FakeS3({"raw", "lake", "mlflow"}))
     fake_admin.append((None, FakeAdmin({topic.name for topic in BROKER_TOPICS})))
     assert stack.init_resources.main([]) == 0
     [(admin, passwords)] = made
     assert (admin.bootstrap_servers, admin.username, admin.password) == ("kafka:29092", "admin", made_up["admin"])
-    assert passwords == {"pipeline": made_up["pipeline"], "serving": made_up["serving"]}
+    assert passwords == {user: made_up[user] for user in ("pipeline", "serving", "monitor")}
     assert not [value for value in made_up.values() if value in capsys.readouterr().out]
 
 
@@ -244,7 +246,8 @@ def test_with_the_s3_users_keys_main_makes_the_users_and_policies_as_root(
         lambda root, lake, users, bucket: made.append((root, users, bucket)) or {"s3_users_created": sorted(users)},
     )
     keys = {
-        user: (f"mlops-{user}-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex) for user in ("pipeline", "tune", "mlflow")
+        user: (f"mlops-{user}-{uuid.uuid4().hex[:12]}", uuid.uuid4().hex)
+        for user in ("pipeline", "tune", "mlflow", "monitor")
     }
     for user, (access, secret) in keys.items():
         monkeypatch.setenv(f"MLOPS_S3_{user.upper()}_ACCESS_KEY", access)
@@ -259,5 +262,5 @@ def test_with_the_s3_users_keys_main_makes_the_users_and_policies_as_root(
     [(_, users, bucket)] = made
     assert users == {user: S3User(user, *pair) for user, pair in keys.items()} and bucket == "mlflow"
     out = capsys.readouterr().out
-    assert json.loads(out)["s3_users_created"] == ["mlflow", "pipeline", "tune"]
+    assert json.loads(out)["s3_users_created"] == ["mlflow", "monitor", "pipeline", "tune"]
     assert not [secret for _, secret in keys.values() if secret in out]

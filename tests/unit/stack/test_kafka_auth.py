@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from ml.drift.monitor import kafka_source_options
+from ml.drift.stream import GROUP_ID_PREFIX, MonitorConfig
 from ml.settings import KafkaSettings
-from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, S3_EVENTS, SERVING_METRICS
+from ml.topics import BROKER_TOPICS, DRIFT, MODEL_PROMOTED, S3_EVENTS, SERVING_METRICS
 from stack.config import StackPaths, stack_secrets
 from stack.kafka_auth import (
     Grant,
@@ -56,8 +58,32 @@ def test_the_pipeline_writes_and_reads_its_topics_and_serving_reads_promotions_a
         ("ANONYMOUS", "topic", S3_EVENTS.name, "WRITE", False),
         ("ANONYMOUS", "topic", S3_EVENTS.name, "DESCRIBE", False),
     }, "the S3 server's login-less listener writes its notifications and nothing else"
-    assert {rule[0] for rule in rules} == {"pipeline", "serving", "ANONYMOUS"}, "admin and controller: super users"
+    assert {rule[0] for rule in rules} == {"pipeline", "serving", "monitor", "ANONYMOUS"}, (
+        "admin and controller: super users"
+    )
     assert not [rule for rule in rules if rule[3] in ("ALL", "ALTER", "CREATE", "DELETE", "ALTER_CONFIGS")]
+
+
+def test_the_drift_monitor_reads_the_serving_metrics_and_writes_drift_verdicts_only() -> None:
+    """The monitor's Spark Kafka source reads serving's metrics (its consumers' groups are named by the prefix the
+    source is given, ml.drift.monitor.kafka_source_options), and its publisher writes mlops.drift.v1: nothing else."""
+    rules = _rules(stack_grants())
+    monitor = {rule for rule in rules if rule[0] == "monitor"}
+    assert monitor == {
+        ("monitor", "topic", SERVING_METRICS.name, "READ", False),
+        ("monitor", "topic", SERVING_METRICS.name, "DESCRIBE", False),
+        ("monitor", "group", GROUP_ID_PREFIX, "READ", True),
+        ("monitor", "topic", DRIFT.name, "WRITE", False),
+        ("monitor", "topic", DRIFT.name, "DESCRIBE", False),
+    }
+    assert GROUP_ID_PREFIX == "mlops-drift-monitor"
+    assert kafka_source_options(KafkaSettings("127.0.0.1:9092"), MonitorConfig("s3://lake/c"))["groupIdPrefix"] == (
+        GROUP_ID_PREFIX
+    ), "the source names its groups with the prefix the ACL allows"
+    # It may not write the serving topic (serving's), read any other topic, or touch the pipeline's groups.
+    assert not [rule for rule in monitor if rule[2] == SERVING_METRICS.name and rule[3] == "WRITE"]
+    assert {rule[2] for rule in monitor if rule[1] == "topic"} == {SERVING_METRICS.name, DRIFT.name}
+    assert not [rule for rule in monitor if rule[1] == "group" and rule[2] == "mlops-"]
 
 
 def test_grants_become_allow_acls_for_the_users_principal() -> None:
@@ -181,7 +207,7 @@ def test_the_stack_users_passwords_are_generated_per_stack(tmp_path: Any) -> Non
     assert broker_secrets(paths).admin_password == admin.password
     assert admin.password not in repr(broker_secrets(paths)) and admin.password not in repr(admin)
     passwords = client_passwords(paths)
-    assert set(passwords) == {"pipeline", "serving"} and len(set(passwords.values())) == 2
+    assert set(passwords) == {"pipeline", "serving", "monitor"} and len(set(passwords.values())) == 3
 
 
 def test_tests_and_benchmarks_administer_the_stacks_broker_as_admin(tmp_path: Any) -> None:

@@ -354,5 +354,5 @@ def test_up_gives_the_local_broker_its_users_and_acls_as_admin(
     assert stack_main.main(["up", "--profile", "local", "--no-airflow"]) == 0
     assert prepared == [(admin_settings(stack_dir), client_passwords(stack_dir))]
     out = capsys.readouterr().out
-    assert "users: pipeline, serving; ACL rules: 12" in out and "topics created: none (all exist)" in out
+    assert "users: monitor, pipeline, serving; ACL rules: 12" in out and "topics created: none (all exist)" in out
     assert not [password for password in client_passwords(stack_dir).values() if password in out]

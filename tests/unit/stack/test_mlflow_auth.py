@@ -47,6 +47,17 @@ def test_serving_may_only_read_and_the_pipeline_manages() -> None:
     assert {permission for _, _, permission in grants["pipeline"]} == {"MANAGE"}
 
 
+def test_the_monitor_may_only_read_registered_models() -> None:
+    """The drift monitor asks the registry for a model version's tags (ml.drift.monitor.distributions_finder): READ
+    on registered models, nothing on experiments (no run, no artifact), no write."""
+    grants = {user: role.grants for role in mlflow_auth.ROLES for user in role.users}
+    assert grants["monitor"] == (("registered_model", "*", "READ"),)
+    [role] = [role for role in mlflow_auth.ROLES if "monitor" in role.users]
+    assert (role.name, role.users) == ("monitor-reader", ("monitor",))
+    assert set(grants) == {"pipeline", "serving", "monitor"}, "every client user has one role"
+    assert mlflow_auth.PASSWORD_VARIABLES["monitor"] == "MLOPS_MLFLOW_MONITOR_PASSWORD"
+
+
 def test_the_compose_set_up_refuses_to_run_without_its_passwords(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     for name in mlflow_auth.PASSWORD_VARIABLES.values():

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ml.settings import LakeSettings, S3Settings
-from stack.config import S3_MLFLOW_USER, S3_PIPELINE_USER, S3_TUNE_USER, S3_USERS, StackPaths
+from stack.config import S3_MLFLOW_USER, S3_MONITOR_USER, S3_PIPELINE_USER, S3_TUNE_USER, S3_USERS, StackPaths
 from stack.s3_users import READ_ACTIONS, WRITE_ACTIONS, S3User, bucket_policies, stack_users
 
 LAKE = LakeSettings(raw_bucket="raw-b", lake_bucket="lake-b")
@@ -84,6 +84,77 @@ def test_raw_is_read_only_and_mlflows_bucket_is_the_mlflow_users_alone() -> None
     for resource in ("raw-b/d/part-0.csv", "lake-b/tune/x", "lake-b/datasets/x"):
         assert not _may(S3_MLFLOW_USER, "s3:GetObject", resource)
     assert not _may(S3_MLFLOW_USER, "s3:ListBucket", "lake-b")
+
+
+def test_the_monitors_statements_are_exactly_its_checkpoint_and_the_training_distributions() -> None:
+    """What the drift monitor may do, all of it: list the lake (s3a's probes), read the training distributions beside
+    each features folder, and read and write lake/monitor/ (its checkpoint); no statement of the raw or mlflow
+    bucket names it."""
+    policies = bucket_policies(LAKE, KEYS, "mlflow-b")
+    monitor = KEYS[S3_MONITOR_USER]
+    statements = {
+        bucket: [
+            (statement["Effect"], tuple(statement["Action"]), tuple(statement["Resource"]))
+            for statement in policy["Statement"]
+            if monitor in statement["Principal"]["AWS"]
+        ]
+        for bucket, policy in policies.items()
+    }
+    assert statements == {
+        "raw-b": [],
+        "mlflow-b": [],
+        "lake-b": [
+            ("Allow", ("s3:ListBucket",), ("arn:aws:s3:::lake-b",)),
+            (
+                "Allow",
+                READ_ACTIONS,
+                (
+                    "arn:aws:s3:::lake-b/datasets/*/features/*/training_distributions.json",
+                    "arn:aws:s3:::lake-b/monitor",
+                    "arn:aws:s3:::lake-b/monitor/*",
+                ),
+            ),
+            ("Allow", WRITE_ACTIONS, ("arn:aws:s3:::lake-b/monitor", "arn:aws:s3:::lake-b/monitor/*")),
+        ],
+    }
+
+
+def test_the_monitor_writes_its_checkpoint_and_reads_the_training_distributions_and_nothing_else() -> None:
+    from ml.storage import drift_checkpoint_uri, features_uri, training_distributions_uri
+
+    checkpoint = drift_checkpoint_uri(LAKE)
+    distributions = training_distributions_uri(features_uri(LAKE, "penguins", "snap-1"))
+    assert checkpoint.bucket == distributions.bucket == "lake-b"
+    for key in (checkpoint.key, f"{checkpoint.key}/offsets/7", f"{checkpoint.key}/state/0/1/1.delta", "monitor"):
+        assert all(_may(S3_MONITOR_USER, action, f"lake-b/{key}") for action in READ_ACTIONS + WRITE_ACTIONS), key
+    assert _may(S3_MONITOR_USER, "s3:GetObject", f"lake-b/{distributions.key}")
+    assert _may(S3_MONITOR_USER, "s3:ListBucket", "lake-b")
+    # It writes nothing outside lake/monitor/: not the training distributions it reads, not the pipeline's objects.
+    elsewhere = (
+        distributions.key,
+        "datasets/penguins/features/snap-1/feature_spec.json",
+        "datasets/penguins/snapshots/snap-1/part-0.csv",
+        "warehouse/x",
+        "tune/d/s/run/tuner.pkl",
+        "monitoring/x",  # a prefix that merely starts like its folder
+        "locks/registry/m.lock",
+    )
+    for key in elsewhere:
+        assert not any(_may(S3_MONITOR_USER, action, f"lake-b/{key}") for action in WRITE_ACTIONS), key
+    # ... and reads only the distributions: not the features, the snapshots, the searches, raw data or artifacts.
+    for resource in (
+        "lake-b/datasets/penguins/features/snap-1/feature_spec.json",
+        "lake-b/datasets/penguins/features/snap-1/train/part-0.parquet",
+        "lake-b/datasets/penguins/snapshots/snap-1/part-0.csv",
+        "lake-b/tune/d/s/run/tuner.pkl",
+        "lake-b/evaluations/d/s/run/evaluation.json",
+        "raw-b/d/part-0.csv",
+        "mlflow-b/artifacts/1/model.pt",
+    ):
+        assert not _may(S3_MONITOR_USER, "s3:GetObject", resource), resource
+    assert not _may(S3_MONITOR_USER, "s3:ListBucket", "raw-b") and not _may(
+        S3_MONITOR_USER, "s3:ListBucket", "mlflow-b"
+    )
 
 
 @pytest.mark.parametrize(

@@ -198,3 +198,29 @@ def test_airflow_gets_the_lake_bucket_the_stack_was_told(stack_dir: StackPaths) 
     env = stack_environment({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": S3_KEY, "MLOPS_LAKE_BUCKET": "lake2"})
     AIRFLOW.prepare(stack_dir, env)
     assert env["AIRFLOW_VAR_MLOPS_LAKE_BUCKET"] == "lake2"
+
+
+@pytest.mark.parametrize("profile", ["local", "cluster"])
+def test_the_drift_monitor_runs_as_its_own_users_in_both_profiles(stack_dir: StackPaths, profile: str) -> None:
+    """The monitor's process gets the monitor's Kafka and MLflow logins and S3 key (stack.config.users), none of the
+    pipeline's credentials and not the S3 root key, whichever profile started it."""
+    from ml.settings import Settings
+    from stack.config import local_credentials, s3_user_keys, stack_environment, stack_secrets
+    from stack.profiles import profile_named
+
+    [monitor] = [service for service in profile_named(profile).services if service.name == "drift-monitor"]
+    env = stack_environment({"PATH": "/usr/bin"}, profile=profile)
+    monitor.prepare(stack_dir, env)
+    settings, secrets = Settings.from_env(env), stack_secrets(stack_dir)
+    assert (settings.kafka.username, settings.kafka.password) == ("monitor", secrets["kafka_monitor_password"])
+    assert (settings.mlflow.username, settings.mlflow.password) == ("monitor", secrets["mlflow_monitor_password"])
+    keys = s3_user_keys(stack_dir, "monitor")
+    assert (settings.s3.access_key_id, settings.s3.secret_access_key) == (keys["access_key"], keys["secret_key"])
+    pipeline = [
+        secrets["kafka_pipeline_password"],
+        secrets["mlflow_pipeline_password"],
+        secrets["s3_pipeline_secret_key"],
+        local_credentials(stack_dir)["secret_key"],
+    ]
+    assert not [value for value in pipeline if value in env.values()], "a pipeline or root credential leaked in"
+    assert env["SPARK_MASTER"] == "local[2]"

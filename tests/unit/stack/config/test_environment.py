@@ -1,5 +1,5 @@
-"""stack/config.py: where the stack lives, its generated keys, and the one environment every process shares (the
-endpoints are ml.settings' defaults, written down once; anything the caller sets wins)."""
+"""stack/config/environment.py: the one environment every process shares, per profile and identity (the endpoints
+are ml.settings' defaults, written down once; anything the caller sets wins)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,8 @@ import secrets
 import stat
 import uuid
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
-from cryptography.fernet import Fernet
 
 from ml.settings import Settings
 from stack.config import (
@@ -22,15 +20,15 @@ from stack.config import (
     StackPaths,
     active_profile,
     cluster_secrets,
-    local_credentials,
     postgres_url,
     stack_environment,
-    stack_paths,
     stack_secrets,
     tune_state_key,
 )
 
 GIVEN_KEY = "given-key-value"
+
+
 GIVEN_KEYS = {"AWS_ACCESS_KEY_ID": "given-id", "AWS_SECRET_ACCESS_KEY": GIVEN_KEY}
 
 
@@ -39,22 +37,6 @@ def _loopback(address: str) -> bool:
     host = re.sub(r"^[a-z][a-z0-9+.-]*://", "", address).split("/")[0]
     host = host.rsplit(":", 1)[0] if host.count(":") == 1 or host.startswith("[") else host
     return host in ("127.0.0.1", "localhost")
-
-
-def test_the_stack_folder_is_configurable(stack_dir: StackPaths, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert stack_paths() == stack_dir
-    assert stack_dir.spark_s3a_classpath_file == stack_dir.root / "jars" / "spark-s3a.classpath"
-    monkeypatch.delenv("MLOPS_STACK_DIR")
-    assert stack_paths().root == (REPO_ROOT / ".stack").resolve()
-
-
-def test_local_credentials_are_generated_once_and_private(stack_dir: StackPaths, tmp_path: Path) -> None:
-    first = local_credentials(stack_dir)
-    assert stack_dir.credentials_file.stat().st_mode & 0o077 == 0, "credentials.json is readable by others"
-    assert local_credentials(stack_dir) == first == json.loads(stack_dir.credentials_file.read_text())
-    assert first["access_key"].startswith("mlops-") and len(first["secret_key"]) >= 30
-    other = local_credentials(StackPaths(tmp_path / "other"))
-    assert other["secret_key"] != first["secret_key"], "each stack folder has keys of its own"
 
 
 def test_the_environment_takes_the_endpoints_from_ml_settings(stack_dir: StackPaths) -> None:
@@ -142,9 +124,6 @@ def test_airflow_spark_and_client_defaults_are_loopback(stack_dir: StackPaths) -
         assert _loopback(env[key]), (key, env[key])
 
 
-# --- profiles ---------------------------------------------------------------------------------------------------------
-
-
 def _record_profile(paths: StackPaths, name: str) -> None:
     paths.run.mkdir(parents=True, exist_ok=True)
     paths.profile_file.write_text(name + "\n")
@@ -172,54 +151,6 @@ def test_an_unknown_profile_names_the_profiles(stack_dir: StackPaths, where: str
         _record_profile(stack_dir, "kubernetes")
     with pytest.raises(ValueError, match=r"unknown stack profile 'kubernetes'; the profiles are local, cluster"):
         active_profile(stack_dir, base)
-
-
-# --- the cluster profile's secrets ------------------------------------------------------------------------------------
-
-SECRET_NAMES = {
-    "postgres_password",
-    "airflow_db_password",
-    "mlflow_db_password",
-    "metastore_db_password",
-    "airflow_jwt_secret",
-    "airflow_api_secret_key",
-    "airflow_fernet_key",
-    "ray_auth_token",
-}
-
-
-def test_cluster_secrets_are_generated_once_private_and_stable(stack_dir: StackPaths, tmp_path: Path) -> None:
-    assert not stack_dir.cluster_secrets_file.exists()
-    first = cluster_secrets(stack_dir)
-    assert set(first) == SECRET_NAMES
-    assert stat.S_IMODE(stack_dir.cluster_secrets_file.stat().st_mode) == 0o600
-    assert cluster_secrets(stack_dir) == first == json.loads(stack_dir.cluster_secrets_file.read_text())
-    assert len(set(first.values())) == len(first), "every secret is a value of its own"
-    assert all(len(value) >= 32 for value in first.values()), first.keys()
-    other = cluster_secrets(StackPaths(tmp_path / "other"))
-    assert not set(other.values()) & set(first.values()), "each stack folder has secrets of its own"
-
-
-def test_the_generated_keys_have_the_formats_their_readers_need(stack_dir: StackPaths) -> None:
-    secrets = cluster_secrets(stack_dir)
-    Fernet(secrets["airflow_fernet_key"].encode())  # raises for a key Airflow could not use
-    assert re.fullmatch(r"[0-9a-f]{64}", secrets["ray_auth_token"]), "Ray's own generator: 32 bytes in hex"
-    for name in SECRET_NAMES - {"airflow_fernet_key", "ray_auth_token"}:
-        assert re.fullmatch(r"[A-Za-z0-9_-]+", secrets[name]), f"{name} must need no quoting in a URL"
-
-
-@pytest.mark.parametrize("database", ["airflow", "mlflow", "metastore"])
-def test_postgres_url_names_the_databases_own_role_and_password(stack_dir: StackPaths, database: str) -> None:
-    url = urlsplit(postgres_url(stack_dir, database))
-    assert url.scheme == "postgresql+psycopg2"
-    assert (url.username, url.password) == (database, cluster_secrets(stack_dir)[f"{database}_db_password"])
-    assert (url.hostname, url.port, url.path) == ("127.0.0.1", 5432, f"/{database}")
-    assert postgres_url(stack_dir, database, driver="postgresql").startswith(f"postgresql://{database}:")
-
-
-def test_postgres_url_of_a_database_the_stack_does_not_have_fails(stack_dir: StackPaths) -> None:
-    with pytest.raises(KeyError):
-        postgres_url(stack_dir, "postgres")  # the superuser has no URL: the stack connects to it with psycopg2
 
 
 def test_the_cluster_environment(stack_dir: StackPaths) -> None:
@@ -287,57 +218,6 @@ def test_the_local_profile_has_no_cluster_settings(stack_dir: StackPaths) -> Non
     assert not stack_dir.cluster_secrets_file.exists() and not stack_dir.ray_token_file.exists()
 
 
-def test_write_private_never_lets_others_read_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stack import config
-
-    modes: list[int] = []
-    real_write = os.write
-
-    def write(descriptor: int, data: bytes) -> int:
-        modes.append(stat.S_IMODE(os.fstat(descriptor).st_mode))  # the mode when the first byte is written
-        return real_write(descriptor, data)
-
-    monkeypatch.setattr(config.os, "write", write)
-    loose = tmp_path / "secret.json"
-    loose.write_text("old")
-    loose.chmod(0o644)  # a file left readable by an older version is tightened before it is rewritten
-    for path in (tmp_path / "new" / "secret.json", loose):
-        config.write_private(path, "s3cret")
-        assert path.read_text() == "s3cret" and stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert modes == [0o600, 0o600]
-
-
-# --- the local Kafka broker's users ----------------------------------------------------------------------------------
-
-KAFKA_SECRET_NAMES = {f"kafka_{user}_password" for user in ("admin", "controller", "pipeline", "serving")}
-S3_KEY_NAMES = {f"s3_{user}_{kind}_key" for user in ("pipeline", "tune", "mlflow") for kind in ("access", "secret")}
-MLFLOW_SECRET_NAMES = {
-    *(f"mlflow_{user}_password" for user in ("admin", "pipeline", "serving")),
-    "mlflow_flask_secret_key",
-}
-
-
-def test_the_stack_secrets_are_generated_once_private_and_per_stack(stack_dir: StackPaths, tmp_path: Path) -> None:
-    assert not stack_dir.stack_secrets_file.exists()
-    first = stack_secrets(stack_dir)
-    assert set(first) == {*KAFKA_SECRET_NAMES, *MLFLOW_SECRET_NAMES, *S3_KEY_NAMES, "tune_state_key"}
-    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
-    assert stack_secrets(stack_dir) == first == json.loads(stack_dir.stack_secrets_file.read_text())
-    secret = [value for name, value in first.items() if not name.endswith("_access_key")]  # access keys name users
-    assert len(set(first.values())) == len(first) and all(len(value) >= 32 for value in secret)
-    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", value) for value in first.values()), "JAAS- and JSON-safe"
-    assert not set(stack_secrets(StackPaths(tmp_path / "other")).values()) & set(first.values())
-
-
-def test_a_secret_an_older_file_lacks_is_added_and_the_others_kept(stack_dir: StackPaths) -> None:
-    stack_dir.root.mkdir(parents=True)
-    stack_dir.stack_secrets_file.write_text(json.dumps({"kafka_admin_password": "kept", "something_else": "kept too"}))
-    secrets = stack_secrets(stack_dir)
-    assert (secrets["kafka_admin_password"], secrets["something_else"]) == ("kept", "kept too")
-    assert KAFKA_SECRET_NAMES <= set(secrets) and json.loads(stack_dir.stack_secrets_file.read_text()) == secrets
-    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
-
-
 def test_the_environment_logs_in_to_the_local_broker_as_the_pipeline(stack_dir: StackPaths) -> None:
     env = stack_environment(dict(GIVEN_KEYS))
     kafka = Settings.from_env(env).kafka
@@ -396,46 +276,33 @@ def test_a_callers_own_kafka_gets_no_stack_login(stack_dir: StackPaths, own: dic
     env = stack_environment({**GIVEN_KEYS, **own})
     assert {key: env.get(key) for key in own} == own
     assert env.get("MLOPS_KAFKA_PASSWORD") in (None, own.get("MLOPS_KAFKA_PASSWORD"))
-    kafka_passwords = [value for name, value in stack_secrets(stack_dir).items() if name in KAFKA_SECRET_NAMES]
+    kafka_passwords = [value for name, value in stack_secrets(stack_dir).items() if name.startswith("kafka_")]
     assert not [v for v in kafka_passwords if v in env.values()], "no stack Kafka password leaks in"
 
 
-# --- the S3 server's users -------------------------------------------------------------------------------------------
+def test_the_monitor_identity_logs_in_as_the_monitor_everywhere(stack_dir: StackPaths) -> None:
+    """`monitor` (the streaming drift monitor, `python -m stack run --as monitor`): the monitor's Kafka and MLflow
+    logins and, on the stack's own S3 server, the monitor's S3 key instead of the root key."""
+    from stack.config import local_credentials, s3_user_keys
+
+    env = stack_environment({"PATH": "/usr/bin"}, identity="monitor")
+    settings, stored = Settings.from_env(env), stack_secrets(stack_dir)
+    assert (settings.kafka.username, settings.kafka.password) == ("monitor", stored["kafka_monitor_password"])
+    assert (settings.mlflow.username, settings.mlflow.password) == ("monitor", stored["mlflow_monitor_password"])
+    keys = s3_user_keys(stack_dir, "monitor")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (keys["access_key"], keys["secret_key"])
+    assert local_credentials(stack_dir)["secret_key"] not in env.values()
+    # Another S3's keys are the operator's: kept.
+    assert stack_environment(dict(GIVEN_KEYS), identity="monitor")["AWS_ACCESS_KEY_ID"] == "given-id"
 
 
-def test_the_s3_users_keys_are_generated_once_per_stack_and_name_their_user(
-    stack_dir: StackPaths, tmp_path: Path
-) -> None:
-    from stack.config import S3_USERS, s3_user_keys
+def test_as_identity_turns_the_pipelines_environment_into_the_monitors(stack_dir: StackPaths) -> None:
+    """What a service's preparation does with its copy of the stack environment (stack.services.DRIFT_MONITOR)."""
+    from stack.config import as_identity
 
-    keys = {user: s3_user_keys(stack_dir, user) for user in S3_USERS}
-    assert stat.S_IMODE(stack_dir.stack_secrets_file.stat().st_mode) == 0o600
-    assert keys == {user: s3_user_keys(stack_dir, user) for user in S3_USERS}, "a second call changed them"
-    other = StackPaths(tmp_path / "other-stack")
-    for user, pair in keys.items():
-        assert re.fullmatch(rf"mlops-{user}-[0-9a-f]{{12}}", pair["access_key"]), pair["access_key"]
-        assert re.fullmatch(r"[A-Za-z0-9_-]{40}", pair["secret_key"])  # URL- and JSON-safe: it goes into connections
-        assert s3_user_keys(other, user) != pair, "two stacks share a key"
-    assert len({pair["secret_key"] for pair in keys.values()}) == len(S3_USERS)
-    assert local_credentials(stack_dir)["secret_key"] not in {pair["secret_key"] for pair in keys.values()}
-
-
-def test_an_unknown_s3_user_has_no_keys(stack_dir: StackPaths) -> None:
-    from stack.config import s3_user_keys
-
-    with pytest.raises(ValueError, match="not an S3 user"):
-        s3_user_keys(stack_dir, "serving")  # serving loads models through MLflow: it has no S3 key
-
-
-def test_a_service_signs_as_its_s3_user_on_the_stacks_server_only(stack_dir: StackPaths) -> None:
-    from stack.config import as_s3_user, on_stack_s3, s3_user_keys
-
-    root = local_credentials(stack_dir)
-    env = {"AWS_ACCESS_KEY_ID": root["access_key"], "AWS_SECRET_ACCESS_KEY": root["secret_key"]}
-    assert on_stack_s3(stack_dir, env)
-    as_s3_user(stack_dir, env, "mlflow")
-    mlflow = s3_user_keys(stack_dir, "mlflow")
-    assert env == {"AWS_ACCESS_KEY_ID": mlflow["access_key"], "AWS_SECRET_ACCESS_KEY": mlflow["secret_key"]}
-    own = {"AWS_ACCESS_KEY_ID": "own-id", "AWS_SECRET_ACCESS_KEY": GIVEN_KEY, "AWS_SESSION_TOKEN": uuid.uuid4().hex}
-    assert not on_stack_s3(stack_dir, own)
-    assert as_s3_user(stack_dir, dict(own), "mlflow") == own, "another S3's keys are the operator's: kept"
+    pipeline = stack_environment({"PATH": "/usr/bin"})
+    monitor = as_identity(stack_dir, dict(pipeline), "monitor")
+    assert monitor == stack_environment({"PATH": "/usr/bin"}, identity="monitor")
+    assert as_identity(stack_dir, dict(pipeline), "pipeline") == pipeline
+    with pytest.raises(ValueError, match="not an identity"):
+        as_identity(stack_dir, dict(pipeline), "admin")
