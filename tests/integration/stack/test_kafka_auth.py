@@ -1,6 +1,7 @@
 """The stack's Kafka security against a real broker (stack/kafka_broker.py, stack/kafka_auth.py): anonymous clients
 and wrong passwords are refused, the pipeline's user publishes promotion events, the serving user follows them with
-assign() and may write only its metrics, and preparing the broker again (a second `make stack-up`, a restart) changes
+assign() and may write only its metrics, the drift monitor's reads the serving metrics in its own consumer groups and
+writes drift events only, and preparing the broker again (a second `make stack-up`, a restart) changes
 nothing.
 
 The broker is a private one (tests/support/private_services.py: the stack's own properties and storage preparation,
@@ -22,10 +23,11 @@ from ml.clients import close_quietly, kafka_admin, kafka_consumer, kafka_produce
 from ml.events.consumer import open_topic
 from ml.events.publisher import EventPublishError, publish_event
 from ml.settings import KafkaSettings
-from ml.topics import BROKER_TOPICS, MODEL_PROMOTED, PIPELINE_EVENTS, SERVING_METRICS, TRAINING_METRICS
+from ml.topics import BROKER_TOPICS, DRIFT, MODEL_PROMOTED, PIPELINE_EVENTS, SERVING_METRICS, TRAINING_METRICS
 from stack.kafka_broker import kafka_properties
 from tests.integration.ml.events.support import read_all
 from tests.support.private_services import PrivateKafka, running_private_kafka
+from tests.unit.ml.events.samples import DRIFT as DRIFT_PAYLOAD
 
 FAST = {"bootstrap_timeout_ms": 4000, "request_timeout_ms": 4000}  # a refused login shows as a bootstrap timeout
 PROMOTED = {
@@ -124,6 +126,38 @@ def test_serving_sees_no_other_topic(broker: PrivateKafka) -> None:
         open_topic(broker.settings("serving"), PIPELINE_EVENTS.name, **FAST)
 
 
+def test_the_monitor_reads_the_serving_metrics_in_its_groups_and_writes_drift_only(broker: PrivateKafka) -> None:
+    """The drift monitor's user: it reads mlops.serving.metrics.v1 in consumer groups named like Spark's Kafka source
+    names them (GROUP_ID_PREFIX), writes mlops.drift.v1, and may neither write the serving metrics nor see the
+    pipeline's topics."""
+    from ml.drift.stream import GROUP_ID_PREFIX
+
+    monitor = broker.settings("monitor")
+    publish_event(monitor, DRIFT, DRIFT_PAYLOAD, key="m:4:w", timeout_s=10)
+    with pytest.raises(EventPublishError, match="TopicAuthorizationFailedError"):
+        publish_event(monitor, SERVING_METRICS, SERVED, key="m:" + SERVED["request_id"], timeout_s=10)
+    with pytest.raises(LookupError, match="does not exist or user 'monitor' may not describe it"):
+        open_topic(monitor, PIPELINE_EVENTS.name, **FAST)
+    for group, allowed in (
+        (f"{GROUP_ID_PREFIX}-{uuid.uuid4().hex[:6]}", True),
+        (f"mlops-{uuid.uuid4().hex[:6]}", False),
+    ):
+        consumer = kafka_consumer(monitor, group_id=group, auto_offset_reset="earliest", **FAST)
+        try:
+            consumer.subscribe([SERVING_METRICS.name])
+            if allowed:
+                deadline = time.monotonic() + 30
+                while not consumer.assignment() and time.monotonic() < deadline:
+                    consumer.poll(timeout_ms=500)
+                assert consumer.assignment(), f"group {group} got no partition"
+            else:
+                with pytest.raises(GroupAuthorizationFailedError):
+                    for _ in range(20):
+                        consumer.poll(timeout_ms=500)
+        finally:
+            close_quietly(consumer)
+
+
 def test_the_pipeline_writes_its_topics_and_administers_nothing(broker: PrivateKafka) -> None:
     from kafka.admin import NewTopic
 
@@ -168,7 +202,7 @@ def test_preparing_again_and_restarting_changes_nothing(
     """A second `make stack-up`: users and ACLs are set again (the same), no topic is created, and a restart keeps
     the storage (no new format), its users and its ACLs."""
     again = broker.prepare()
-    assert again["topics_created"] == [] and again["users"] == ["pipeline", "serving"]
+    assert again["topics_created"] == [] and again["users"] == ["monitor", "pipeline", "serving"]
     fingerprint = (broker.paths.data / "kafka" / "sasl-storage").read_text()
     meta = (broker.paths.data / "kafka" / "logs" / "meta.properties").read_text()
     broker.stop()
