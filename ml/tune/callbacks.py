@@ -1,4 +1,5 @@
-"""Ray Tune callbacks of a search: per-epoch metrics to Kafka, nested MLflow runs per trial, progress in the log.
+"""Ray Tune callbacks of a search: per-epoch metrics to Kafka, nested MLflow runs per trial, progress in the log, the
+fit's phases (ml.tune.phases).
 
 They run in the Tune driver. Tune pickles them into the experiment state (`tuner.pkl`) and brings them back on
 restore, so they hold configuration only (endpoints, ids: no secrets; the Kafka and MLflow passwords are left out of
@@ -18,6 +19,7 @@ from typing import Any
 
 from ray import tune
 
+from ml.clock import SYSTEM_CLOCK, Clock
 from ml.events.envelope import training_metrics_key
 from ml.experiments import TRIAL_RUN_KIND, quoted
 from ml.settings import KafkaSettings, MlflowSettings
@@ -385,3 +387,56 @@ class ProgressLogCallback(PipelineCallback):
 
 def _fmt(value: Any) -> str:
     return f"{value:.5g}" if isinstance(value, int | float) else str(value)
+
+
+class FitPhasesCallback(PipelineCallback):
+    """Timestamps, on the driver's clock, of the moments that split a Tune fit: `setup` (Tune starts the experiment),
+    the first trial's start, the last trial's end (finished or errored) and `on_experiment_end` (Tune's final state
+    sync done; the callbacks after this one in the list still drain). Holds no secrets; Tune pickles it with the
+    experiment state like the other callbacks, and a resumed search makes a fresh one."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+        self.setup_at: float | None = None
+        self.first_trial_start: float | None = None
+        self.last_trial_end: float | None = None
+        self.experiment_end: float | None = None
+
+    def setup(self, *args: Any, **info: Any) -> None:
+        self.setup_at = self.clock.monotonic()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        if self.first_trial_start is None:
+            self.first_trial_start = self.clock.monotonic()
+
+    def _ended(self) -> None:
+        self.last_trial_end = self.clock.monotonic()
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended()
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._ended()
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self.experiment_end = self.clock.monotonic()
+
+    def split(self, fit_started: float, fit_ended: float) -> dict[str, float]:
+        """The fit from `fit_started` to `fit_ended` (the same clock) in phases: `tune_setup` (the Tuner made, its
+        state written, until Tune sets its callbacks up), `tune_start` (to the first trial's start: its actor up),
+        `trials` (to the last trial's end), `tune_end` (to on_experiment_end), `callbacks_end` (the callbacks after
+        this one, and Tune's return). A moment never seen (no trial ran) leaves its phase out; its time goes to the
+        next phase seen."""
+        phases: dict[str, float] = {}
+        previous = fit_started
+        for name, moment in (
+            ("tune_setup", self.setup_at),
+            ("tune_start", self.first_trial_start),
+            ("trials", self.last_trial_end),
+            ("tune_end", self.experiment_end),
+            ("callbacks_end", fit_ended),
+        ):
+            if moment is not None:
+                phases[name] = max(0.0, moment - previous)
+                previous = moment
+        return phases

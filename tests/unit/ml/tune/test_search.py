@@ -341,11 +341,13 @@ def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: An
     assert fakes.calls[1] == ("parent", "mlflow-client")
     assert fakes.calls[2] == (
         "start",
-        ["ProgressLogCallback", "MlflowTrialCallback", "KafkaMetricsCallback", "CallersCallback"],
+        ["FitPhasesCallback", "ProgressLogCallback", "MlflowTrialCallback", "KafkaMetricsCallback", "CallersCallback"],
     )
     assert fakes.calls[3] == ("finish", "parent-1")
     assert (result.best_trial_id, result.mlflow_parent_run_id, result.mlflow_experiment_id) == ("b", "parent-1", "7")
     assert result.wall_time_s is not None and result.wall_time_s >= 0
+    assert result.phases_s is not None
+    assert {"read_spec", "start_ray", "mlflow_parent_run", "read_splits", "summarise", "other"} <= set(result.phases_s)
     assert fakes.read(SEARCH_RESULT_FILE) == result.to_dict()
     assert fakes.read(SEARCH_MANIFEST_FILE) == _config().manifest("regression")
 
@@ -391,7 +393,7 @@ def test_an_interrupted_search_resumes_with_fresh_callbacks_only(lake: Any, fake
     fakes.write(SEARCH_MANIFEST_FILE, _config().manifest("regression"))
     fakes.restorable = True
     result = _run(kafka=KAFKA, callbacks=[CallersCallback()])  # new extra callbacks are not added on resume
-    assert ("resume", ["ProgressLogCallback", "KafkaMetricsCallback"]) in fakes.calls
+    assert ("resume", ["FitPhasesCallback", "ProgressLogCallback", "KafkaMetricsCallback"]) in fakes.calls
     assert result.mlflow_parent_run_id is None and fakes.exists(SEARCH_RESULT_FILE)
 
 
@@ -411,7 +413,7 @@ def test_a_search_recorded_before_data_parallel_trials_resumes_with_one_worker(l
     fakes.write(SEARCH_MANIFEST_FILE, manifest)
     fakes.restorable = True
     _run()
-    assert ("resume", ["ProgressLogCallback"]) in fakes.calls
+    assert ("resume", ["FitPhasesCallback", "ProgressLogCallback"]) in fakes.calls
 
 
 def test_an_interruption_marks_the_parent_run_killed(lake: Any, fakes: Recorder) -> None:
