@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
 from ml.clock import SYSTEM_CLOCK, Clock
 from ml.events.envelope import training_metrics_key
@@ -440,3 +441,24 @@ class FitPhasesCallback(PipelineCallback):
                 phases[name] = max(0.0, moment - previous)
                 previous = moment
         return phases
+
+
+# Tune adds its default loggers (CSV, JSON, TensorBoard) unless this is "1". Its TensorBoard logger imports tensorboardX
+# and with it torch into the driver: 2 to 2.5 s of a search's start on the benchmark machine (B2), for event files that
+# nothing of the pipeline reads (the metrics go to MLflow and Kafka). The search switches the defaults off for its fit
+# and passes the two loggers it keeps (`result_loggers`).
+DEFAULT_LOGGERS_OFF = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+class ResultJsonLogger(JsonLoggerCallback, PipelineCallback):
+    """Tune's `result.json` per trial (what ExperimentAnalysis and a restore read), as one of the search's own
+    callbacks (made afresh on restore)."""
+
+
+class ResultCsvLogger(CSVLoggerCallback, PipelineCallback):
+    """Tune's `progress.csv` per trial, as one of the search's own callbacks."""
+
+
+def result_loggers() -> list[Any]:
+    """The trial result files the search writes: Tune's defaults without TensorBoard's event files."""
+    return [ResultCsvLogger(), ResultJsonLogger()]

@@ -39,6 +39,7 @@ from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client
 from ml.clock import SYSTEM_CLOCK, Clock
 from ml.features import FeatureSpec
 from ml.json_values import is_finite_number
+from ml.process_env import scoped_environment
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
 from ml.storage import S3Uri, feature_spec_uri
 from ml.train import trial_params
@@ -79,7 +80,7 @@ def run_search(
     The result's `phases_s` says where the wall time went (ml.tune.phases; `clock`: the one they are read on).
     """
     from ml.data import load_feature_spec, training_data
-    from ml.tune.callbacks import FitPhasesCallback
+    from ml.tune.callbacks import DEFAULT_LOGGERS_OFF, FitPhasesCallback, result_loggers
     from ml.tune.signing import share_key_with_ray, signed_filesystem
 
     timer = PhaseTimer(clock)
@@ -110,7 +111,8 @@ def run_search(
         experiment_path = f"{experiment.bucket}/{experiment.key}"
         restoring = restorable(experiment_path, filesystem)  # checks the signatures of what a restore would read
 
-    tracking = mlflow_client(mlflow) if mlflow is not None else None
+    with timer.phase("mlflow_client"):  # imports mlflow
+        tracking = mlflow_client(mlflow) if mlflow is not None else None
     parent_run_id = experiment_id = None
     with timer.phase("start_ray"):
         route_library_logs()
@@ -148,7 +150,10 @@ def run_search(
             )
         trials = _Trials(config, data, metric, mode, experiment, filesystem, parallelism)
         fit_started = clock.monotonic()
-        with without_driver_s3_keys():  # the trials get the search's S3 keys, never this process's environment's
+        # Tune's result files: result.json and progress.csv, without its TensorBoard logger (ml.tune.callbacks).
+        own_callbacks += result_loggers()
+        # The trials get the search's S3 keys, never this process's environment's.
+        with without_driver_s3_keys(), scoped_environment(DEFAULT_LOGGERS_OFF):
             if restoring:
                 results = _resume(trials, own_callbacks)
             else:

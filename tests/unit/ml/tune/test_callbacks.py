@@ -19,6 +19,7 @@ from ml.experiments import TRIAL_RUN_KIND
 from ml.settings import KafkaSettings, MlflowSettings
 from ml.topics import TRAINING_METRICS, TRAINING_METRICS_V2
 from ml.tune.callbacks import (
+    DEFAULT_LOGGERS_OFF,
     FitPhasesCallback,
     KafkaMetricsCallback,
     MetricsSubject,
@@ -26,6 +27,7 @@ from ml.tune.callbacks import (
     PipelineCallback,
     ProgressLogCallback,
     result_epoch,
+    result_loggers,
     result_metrics,
 )
 from tests.support.fake_clock import FakeClock
@@ -85,6 +87,16 @@ def test_result_epoch_prefers_our_epoch() -> None:
 def test_the_pipeline_callbacks_are_marked() -> None:
     for cls in (KafkaMetricsCallback, MlflowTrialCallback, ProgressLogCallback, FitPhasesCallback):
         assert issubclass(cls, PipelineCallback)
+
+
+def test_the_search_keeps_tunes_result_files_and_drops_tensorboards() -> None:
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+
+    loggers = result_loggers()
+    # Tune adds none of its own when these are there (ray.tune.utils.callback), and a restore makes them afresh.
+    assert [isinstance(c, (CSVLoggerCallback, JsonLoggerCallback)) for c in loggers] == [True, True]
+    assert all(isinstance(c, PipelineCallback) and not isinstance(c, TBXLoggerCallback) for c in loggers)
+    assert DEFAULT_LOGGERS_OFF == {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 # -- Kafka
