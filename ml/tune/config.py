@@ -184,6 +184,7 @@ class SearchResult:
     mlflow_experiment_id: str | None = None
     dag_run_id: str | None = None
     wall_time_s: float | None = None
+    phases_s: dict[str, float] | None = None  # where wall_time_s went (ml.tune.phases)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))

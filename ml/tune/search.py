@@ -31,19 +31,21 @@ calling task fails and its retry resumes. Ray is imported inside functions: impo
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client, s3_client
+from ml.clock import SYSTEM_CLOCK, Clock
 from ml.features import FeatureSpec
 from ml.json_values import is_finite_number
+from ml.process_env import scoped_environment
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
 from ml.storage import S3Uri, feature_spec_uri
 from ml.train import trial_params
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
 from ml.tune.parallel import Parallelism, cluster_resources, concurrent_trials, resolve_parallelism
+from ml.tune.phases import PhaseTimer, format_phases
 from ml.tune.runtime import ensure_ray, route_library_logs, without_driver_s3_keys
 from ml.tune.space import to_tune_space, validate_search_space
 from ml.tune.state import record_or_check_manifest, restorable, store_result, stored_result
@@ -65,6 +67,7 @@ def run_search(
     mlflow: MlflowSettings | None = None,
     kafka: KafkaSettings | None = None,
     callbacks: Sequence[Any] = (),
+    clock: Clock = SYSTEM_CLOCK,
 ) -> SearchResult:
     """Run (or resume, or return the stored result of) the search named by `config.run_name`.
 
@@ -73,22 +76,27 @@ def run_search(
     ones (its own callbacks are made afresh for the current settings). Raises SearchIncomplete when interrupted,
     RuntimeError when every trial failed, ValueError when a resumed run's settings differ from the stored ones or no
     state signing key is configured, TamperedTuneState when the state to resume is not signed by this stack.
+
+    The result's `phases_s` says where the wall time went (ml.tune.phases; `clock`: the one they are read on).
     """
     from ml.data import load_feature_spec, training_data
+    from ml.tune.callbacks import DEFAULT_LOGGERS_OFF, FitPhasesCallback, result_loggers
     from ml.tune.signing import share_key_with_ray, signed_filesystem
 
-    started = time.perf_counter()
+    timer = PhaseTimer(clock)
     # Tune's storage, for the whole folder of the search: signed with the stack's key (a ValueError without one),
     # keyless (Tune pickles its filesystem into the state it stores in S3; the signing key is not pickled either).
-    filesystem = signed_filesystem(keyless_arrow_filesystem(s3), ray.state_signing_key)
-    client = s3_client(s3)
-    features = config.resolved_features_uri(lake)
-    spec = load_feature_spec(features, client)
-    metric, mode = config.objective(spec.task)
-    experiment = config.experiment_uri(lake)
-    manifest = config.manifest(spec.task)
+    with timer.phase("read_spec"):
+        filesystem = signed_filesystem(keyless_arrow_filesystem(s3), ray.state_signing_key)
+        client = s3_client(s3)
+        features = config.resolved_features_uri(lake)
+        spec = load_feature_spec(features, client)
+        metric, mode = config.objective(spec.task)
+        experiment = config.experiment_uri(lake)
+        manifest = config.manifest(spec.task)
 
-    stored = stored_result(experiment, manifest, filesystem)
+    with timer.phase("check_stored_state"):
+        stored = stored_result(experiment, manifest, filesystem)
     if stored is not None:
         log.info(
             "search %s already completed: best trial %s, %s=%s (%s)",
@@ -99,56 +107,77 @@ def run_search(
             stored.best_checkpoint_uri,
         )
         return stored
+    with timer.phase("check_stored_state"):
+        experiment_path = f"{experiment.bucket}/{experiment.key}"
+        restoring = restorable(experiment_path, filesystem)  # checks the signatures of what a restore would read
 
-    experiment_path = f"{experiment.bucket}/{experiment.key}"
-    restoring = restorable(experiment_path, filesystem)  # checks the signatures of what a restore would read
-
-    tracking = mlflow_client(mlflow) if mlflow is not None else None
+    with timer.phase("mlflow_client"):  # imports mlflow
+        tracking = mlflow_client(mlflow) if mlflow is not None else None
     parent_run_id = experiment_id = None
-    route_library_logs()
-    started_ray = ensure_ray(ray, s3, state_api=config.workers_per_trial > 1)
+    with timer.phase("start_ray"):
+        route_library_logs()
+        started_ray = ensure_ray(ray, s3, state_api=config.workers_per_trial > 1)
     try:
         # Before anything is recorded: a trial the cluster can never place is an error now, not a search that hangs.
         # The cluster is read once: the trials' resources and how many run at once come from the same figures.
-        cluster = cluster_resources()
-        parallelism = resolve_parallelism(
-            config.workers_per_trial, config.cpus_per_trial, config.gpus_per_worker, cluster
-        )
-        record_or_check_manifest(experiment, manifest, restoring, filesystem)
+        with timer.phase("record_manifest"):
+            cluster = cluster_resources()
+            parallelism = resolve_parallelism(
+                config.workers_per_trial, config.cpus_per_trial, config.gpus_per_worker, cluster
+            )
+            record_or_check_manifest(experiment, manifest, restoring, filesystem)
         if tracking is not None:
             from ml.tune.tracking import start_parent_run
 
-            experiment_id, parent_run_id = start_parent_run(
-                tracking, config, spec, str(features), str(experiment), manifest
+            with timer.phase("mlflow_parent_run"):
+                experiment_id, parent_run_id = start_parent_run(
+                    tracking, config, spec, str(features), str(experiment), manifest
+                )
+        with timer.phase("make_callbacks"):
+            share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
+            fit_phases = FitPhasesCallback(clock)
+            own_callbacks = [
+                fit_phases,
+                *_pipeline_callbacks(config, spec.task, mlflow, kafka, parent_run_id, experiment_id),
+            ]
+        with timer.phase("read_splits"):
+            data = training_data(
+                features,
+                spec,
+                arrow_filesystem(s3),
+                trial_filesystem=keyless_arrow_filesystem(s3),
+                cache_bytes=int(config.cache_mb * 2**20),
             )
-        share_key_with_ray(ray.state_signing_key)  # Tune's workers sign their checkpoints and check them on resume
-        own_callbacks = _pipeline_callbacks(config, spec.task, mlflow, kafka, parent_run_id, experiment_id)
-        data = training_data(
-            features,
-            spec,
-            arrow_filesystem(s3),
-            trial_filesystem=keyless_arrow_filesystem(s3),
-            cache_bytes=int(config.cache_mb * 2**20),
-        )
         trials = _Trials(config, data, metric, mode, experiment, filesystem, parallelism)
-        with without_driver_s3_keys():  # the trials get the search's S3 keys, never this process's environment's
+        fit_started = clock.monotonic()
+        # Tune's result files: result.json and progress.csv, without its TensorBoard logger (ml.tune.callbacks).
+        own_callbacks += result_loggers()
+        # The trials get the search's S3 keys, never this process's environment's.
+        with without_driver_s3_keys(), scoped_environment(DEFAULT_LOGGERS_OFF):
             if restoring:
                 results = _resume(trials, own_callbacks)
             else:
                 at_once = concurrent_trials(parallelism, config.max_concurrent_trials, cluster)
                 results = _start(trials, [*own_callbacks, *callbacks], at_once)
-        result = _summarise(results, trials, spec, features, manifest["search_space_hash"])
-        result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
-        result.wall_time_s = time.perf_counter() - started
+        fit_ended = clock.monotonic()
+        for name, seconds in fit_phases.split(fit_started, fit_ended).items():
+            timer.add(f"fit_{name}", seconds)
+        with timer.phase("summarise"):
+            result = _summarise(results, trials, spec, features, manifest["search_space_hash"])
+            result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
+        # The result (stored, in MLflow, returned: the same) times the search up to its storing; the log line below
+        # has the parent run's finishing too.
+        result.wall_time_s, result.phases_s = timer.elapsed(), timer.summary()
         store_result(result, filesystem)
         if tracking is not None and parent_run_id:
             from ml.tune.tracking import finish_parent_run
 
-            finish_parent_run(tracking, parent_run_id, result)
+            with timer.phase("mlflow_finish_parent_run"):
+                finish_parent_run(tracking, parent_run_id, result)
         log.info(
             "search %s done in %.1fs: %d trials (%d errored); best trial %s at epoch %d, %s=%s -> %s",
             config.run_name,
-            result.wall_time_s,
+            timer.elapsed(),
             result.num_trials,
             result.num_errored,
             result.best_trial_id,
@@ -157,6 +186,7 @@ def run_search(
             result.best_validation_metrics.get(metric),
             result.best_checkpoint_uri,
         )
+        log.info("search %s phases (s): %s", config.run_name, format_phases(timer.summary()))
         return result
     except BaseException as error:
         if tracking is not None and parent_run_id:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import secrets
 import uuid
 from collections.abc import Iterator
@@ -250,6 +251,7 @@ class Recorder:
         self.cluster = ClusterResources({"CPU": 8.0}, ({"CPU": 8.0},))  # what a fake Ray cluster has
         self.cluster_reads = 0
         self.at_once: int | None = None
+        self.default_loggers_off: str | None = None
 
     def cluster_resources(self) -> ClusterResources:
         self.cluster_reads += 1
@@ -258,6 +260,7 @@ class Recorder:
     def fit(self, kind: str, callbacks: list[Any], at_once: int | None = None) -> Any:
         self.calls.append((kind, [type(c).__name__ for c in callbacks]))
         self.at_once = at_once
+        self.default_loggers_off = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
         if self.fit_error is not None:
             raise self.fit_error
         return self.grid
@@ -329,6 +332,9 @@ def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Recorder:
     return recorder
 
 
+LOGGERS = ["ResultCsvLogger", "ResultJsonLogger"]  # Tune's result files, without TensorBoard's
+
+
 def _run(config: SearchConfig | None = None, **kwargs: Any) -> SearchResult:
     return search.run_search(config or _config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RAY, **kwargs)
 
@@ -341,13 +347,26 @@ def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: An
     assert fakes.calls[1] == ("parent", "mlflow-client")
     assert fakes.calls[2] == (
         "start",
-        ["ProgressLogCallback", "MlflowTrialCallback", "KafkaMetricsCallback", "CallersCallback"],
+        [
+            "FitPhasesCallback",
+            "ProgressLogCallback",
+            "MlflowTrialCallback",
+            "KafkaMetricsCallback",
+            "ResultCsvLogger",
+            "ResultJsonLogger",
+            "CallersCallback",
+        ],
     )
     assert fakes.calls[3] == ("finish", "parent-1")
     assert (result.best_trial_id, result.mlflow_parent_run_id, result.mlflow_experiment_id) == ("b", "parent-1", "7")
     assert result.wall_time_s is not None and result.wall_time_s >= 0
+    assert result.phases_s is not None
+    assert {"read_spec", "start_ray", "mlflow_parent_run", "read_splits", "summarise", "other"} <= set(result.phases_s)
     assert fakes.read(SEARCH_RESULT_FILE) == result.to_dict()
     assert fakes.read(SEARCH_MANIFEST_FILE) == _config().manifest("regression")
+    # Tune's TensorBoard logger is off for the fit (ml.tune.callbacks.DEFAULT_LOGGERS_OFF), and only for the fit.
+    assert fakes.default_loggers_off == "1"
+    assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
 
 
 @pytest.mark.parametrize("workers,at_once", [(1, 3), (2, 2), (4, 1)])
@@ -391,7 +410,7 @@ def test_an_interrupted_search_resumes_with_fresh_callbacks_only(lake: Any, fake
     fakes.write(SEARCH_MANIFEST_FILE, _config().manifest("regression"))
     fakes.restorable = True
     result = _run(kafka=KAFKA, callbacks=[CallersCallback()])  # new extra callbacks are not added on resume
-    assert ("resume", ["ProgressLogCallback", "KafkaMetricsCallback"]) in fakes.calls
+    assert ("resume", ["FitPhasesCallback", "ProgressLogCallback", "KafkaMetricsCallback", *LOGGERS]) in fakes.calls
     assert result.mlflow_parent_run_id is None and fakes.exists(SEARCH_RESULT_FILE)
 
 
@@ -411,7 +430,7 @@ def test_a_search_recorded_before_data_parallel_trials_resumes_with_one_worker(l
     fakes.write(SEARCH_MANIFEST_FILE, manifest)
     fakes.restorable = True
     _run()
-    assert ("resume", ["ProgressLogCallback"]) in fakes.calls
+    assert ("resume", ["FitPhasesCallback", "ProgressLogCallback", *LOGGERS]) in fakes.calls
 
 
 def test_an_interruption_marks_the_parent_run_killed(lake: Any, fakes: Recorder) -> None:
