@@ -1,4 +1,4 @@
-"""Where a search's wall time goes: `PhaseTimer` times `run_search`'s own steps (ml.tune.callbacks.FitPhasesCallback
+"""Where a search's wall time goes: `PhaseTimer` times `run_search`'s own steps (ml.tune.fit_callbacks.FitPhasesCallback
 splits Ray Tune's fit further).
 
 Both read an injected `ml.clock.Clock` (monotonic), so tests drive them with a fake one. The search logs the phases at

@@ -37,18 +37,16 @@ from typing import Any
 
 from ml.clients import arrow_filesystem, keyless_arrow_filesystem, mlflow_client, s3_client
 from ml.clock import SYSTEM_CLOCK, Clock
-from ml.features import FeatureSpec
-from ml.json_values import is_finite_number
 from ml.process_env import scoped_environment
 from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings, S3Settings
-from ml.storage import S3Uri, feature_spec_uri
-from ml.train import trial_params
+from ml.storage import S3Uri
 from ml.tune.config import SearchConfig, SearchIncomplete, SearchResult
 from ml.tune.parallel import Parallelism, cluster_resources, concurrent_trials, resolve_parallelism
 from ml.tune.phases import PhaseTimer, format_phases
 from ml.tune.runtime import ensure_ray, route_library_logs, without_driver_s3_keys
-from ml.tune.space import to_tune_space, validate_search_space
+from ml.tune.space import to_tune_space
 from ml.tune.state import record_or_check_manifest, restorable, store_result, stored_result
+from ml.tune.summary import summarise
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ def run_search(
     The result's `phases_s` says where the wall time went (ml.tune.phases; `clock`: the one they are read on).
     """
     from ml.data import load_feature_spec, training_data
-    from ml.tune.callbacks import DEFAULT_LOGGERS_OFF, FitPhasesCallback, result_loggers
+    from ml.tune.fit_callbacks import DEFAULT_LOGGERS_OFF, FitPhasesCallback, result_loggers
     from ml.tune.signing import share_key_with_ray, signed_filesystem
 
     timer = PhaseTimer(clock)
@@ -148,7 +146,7 @@ def run_search(
                 trial_filesystem=keyless_arrow_filesystem(s3),
                 cache_bytes=int(config.cache_mb * 2**20),
             )
-        trials = _Trials(config, data, metric, mode, experiment, filesystem, parallelism)
+        trials = Trials(config, data, metric, mode, experiment, filesystem, parallelism)
         fit_started = clock.monotonic()
         # Tune's result files: result.json and progress.csv, without its TensorBoard logger (ml.tune.callbacks).
         own_callbacks += result_loggers()
@@ -163,7 +161,7 @@ def run_search(
         for name, seconds in fit_phases.split(fit_started, fit_ended).items():
             timer.add(f"fit_{name}", seconds)
         with timer.phase("summarise"):
-            result = _summarise(results, trials, spec, features, manifest["search_space_hash"])
+            result = summarise(results, trials, spec, features, manifest["search_space_hash"])
             result.mlflow_parent_run_id, result.mlflow_experiment_id = parent_run_id, experiment_id
         # The result (stored, in MLflow, returned: the same) times the search up to its storing; the log line below
         # has the parent run's finishing too.
@@ -225,7 +223,7 @@ def _pipeline_callbacks(
 
 
 @dataclass(frozen=True)
-class _Trials:
+class Trials:
     """What every trial of the search is made of."""
 
     config: SearchConfig
@@ -279,7 +277,7 @@ class _Trials:
         return tune.with_resources(trainable, parallelism.trial_resources()), param_space
 
 
-def _resume(trials: _Trials, own_callbacks: list[Any]) -> Any:
+def _resume(trials: Trials, own_callbacks: list[Any]) -> Any:
     from ray import tune
 
     log.info("resuming search %s from %s", trials.config.run_name, trials.experiment_path)
@@ -298,7 +296,7 @@ def _resume(trials: _Trials, own_callbacks: list[Any]) -> Any:
     return tuner.fit()
 
 
-def _start(trials: _Trials, callbacks: list[Any], max_concurrent: int) -> Any:
+def _start(trials: Trials, callbacks: list[Any], max_concurrent: int) -> Any:
     from optuna.samplers import TPESampler
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -364,65 +362,3 @@ def _replace_pipeline_callbacks(tuner: Any, fresh: list[Any]) -> None:
     run_config = local.get_run_config()
     kept = [callback for callback in run_config.callbacks or [] if not isinstance(callback, PipelineCallback)]
     run_config.callbacks = [*fresh, *kept]
-
-
-def _summarise(results: Any, trials: _Trials, spec: FeatureSpec, features: S3Uri, space_hash: str) -> SearchResult:
-    from ml.tune.callbacks import result_epoch, result_metrics
-
-    config, metric, mode, experiment = trials.config, trials.metric, trials.mode, trials.experiment
-    total = len(results)
-    errored = results.num_errors
-    unfinished = total - results.num_terminated - errored
-    if unfinished or total < config.num_samples:
-        raise SearchIncomplete(
-            f"search {config.run_name} stopped with {results.num_terminated} of "
-            f"{config.num_samples} trials finished ({unfinished} unfinished, {errored} errored); "
-            "run it again with the same run name to resume"
-        )
-    if errored == total:
-        raise RuntimeError(f"search {config.run_name}: all {total} trials failed; first error: {results.errors[0]}")
-    if errored:
-        log.warning("search %s: %d of %d trials failed", config.run_name, errored, total)
-
-    # The best kept checkpoint of the trials that finished: an errored trial's scores (Ray's get_best_result ranks
-    # them too) and a killed attempt's scores without a kept checkpoint are no basis for a model.
-    candidates = [
-        (trial, path, m)
-        for trial in results
-        if trial.error is None
-        for path, m in _kept_checkpoints(trial, trials)
-        if is_finite_number(m.get(metric))
-    ]
-    if not candidates:
-        raise RuntimeError(f"search {config.run_name}: no finished trial has a checkpoint with a finite {metric}")
-    best, checkpoint, metrics = (max if mode == "max" else min)(candidates, key=lambda item: item[2][metric])
-    return SearchResult(
-        dataset=config.dataset,
-        snapshot_id=config.snapshot_id,
-        run_name=config.run_name,
-        task=spec.task,
-        metric=metric,
-        mode=mode,
-        best_trial_id=str(best.metrics.get("trial_id") or metrics.get("trial_id")),
-        best_params=trial_params(best.config),
-        best_epoch=result_epoch(metrics),
-        best_validation_metrics={k: v for k, v in result_metrics(metrics).items() if k.startswith("val_")},
-        best_checkpoint_uri=f"s3://{checkpoint.lstrip('/')}",
-        num_trials=total,
-        num_errored=errored,
-        experiment_uri=str(experiment),
-        features_uri=str(features),
-        feature_spec_uri=str(feature_spec_uri(features)),
-        search_space=validate_search_space(config.search_space),
-        search_space_hash=space_hash,
-        dag_run_id=config.dag_run_id,
-    )
-
-
-def _kept_checkpoints(trial: Any, trials: _Trials) -> list[tuple[str, dict[str, Any]]]:
-    """(path, metrics) of a finished trial's kept checkpoints: Tune's, or a data-parallel trial's Train run's."""
-    if trials.parallelism.data_parallel:
-        from ml.tune.parallel import kept_checkpoints
-
-        return kept_checkpoints(trial.path, trials.filesystem)
-    return [(checkpoint.path, metrics) for checkpoint, metrics in (trial.best_checkpoints or [])]

@@ -8,8 +8,8 @@ What this file proves, against the real local stack (S3 for Tune's storage and t
   `search_result.json`, ends its MLflow parent run FAILED, and every way into registration (the stored result that
   `ml evaluate` reads, the evaluation that `ml.registry` consumes) finds nothing to register;
 * killed past its retry next to a healthy trial: the search completes with one errored trial and the healthy trial as
-  the best one, also when the killed trial had the better scores before it died (`_summarise` in ml/tune/search.py
-  once took Ray's best trial over all trials, errored ones included; tests/unit/ml/tune/test_search.py checks the
+  the best one, also when the killed trial had the better scores before it died (`summarise` in ml/tune/summary.py
+  once took Ray's best trial over all trials, errored ones included; tests/unit/ml/tune/test_summary.py checks the
   choice on fake results).
 
 Small on purpose (2 cores shared with other tests): 300 training rows, at most 2 trials of 3 epochs, no Kafka.

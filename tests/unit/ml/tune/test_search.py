@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import secrets
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +21,8 @@ from pyarrow import fs
 import ml.data
 import ml.tune.search as search
 import ml.tune.tracking as tracking
-from ml.settings import KafkaSettings, LakeSettings, MlflowSettings, RaySettings
-from ml.storage import DataError, S3Uri
+from ml.settings import KafkaSettings, RaySettings
+from ml.storage import DataError
 from ml.tune.callbacks import (
     KafkaMetricsCallback,
     MetricsSubject,
@@ -33,138 +31,31 @@ from ml.tune.callbacks import (
     ProgressLogCallback,
 )
 from ml.tune.config import SEARCH_MANIFEST_FILE, SEARCH_RESULT_FILE, SearchConfig, SearchIncomplete, SearchResult
-from ml.tune.parallel import ClusterResources, Parallelism
+from ml.tune.parallel import ClusterResources
 from ml.tune.signing import signed_filesystem
-from ml.tune.space import search_space_hash, validate_search_space
 from tests.support.synthetic_features import IN_MEMORY_S3, in_memory_s3, make_spec
-
-LAKE = LakeSettings()
-RAY = RaySettings(state_signing_key=secrets.token_urlsafe(32))
-KAFKA = KafkaSettings("kafka.invalid:9092")
-MLFLOW = MlflowSettings("http://mlflow.invalid:5000")
-SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}, "hidden_size": 16}
-EXPERIMENT = S3Uri("lake", "tune/d/snap/run-1")
-FEATURES = S3Uri("lake", "datasets/d/features/snap")
-
-
-def _config(**values: Any) -> SearchConfig:
-    defaults: dict[str, Any] = {
-        "dataset": "d",
-        "snapshot_id": "snap",
-        "run_name": "run-1",
-        "search_space": SPACE,
-        "num_samples": 3,
-        "max_epochs": 3,
-        "dag_run_id": "manual__1",
-    }
-    return SearchConfig(**{**defaults, **values})
-
-
-# -- fake Tune results
-
-
-def _trial(trial_id: str, scores: list[float], *, error: Exception | None = None, lr: float = 0.01) -> Any:
-    """A Tune Result: the trial's kept checkpoints with the metrics they were saved with (epoch i+1: scores[i])."""
-    checkpoints = [
-        (
-            SimpleNamespace(path=f"lake/tune/d/snap/run-1/trial_{trial_id}/checkpoint_{epoch:06d}"),
-            {"epoch": epoch + 1, "val_loss": score, "val_r2": 1 - score, "train_loss": 2 * score, "trial_id": trial_id},
-        )
-        for epoch, score in enumerate(scores)
-    ]
-    last = checkpoints[-1][1] if checkpoints else {}
-    return SimpleNamespace(
-        error=error,
-        best_checkpoints=checkpoints,
-        metrics={**last, "trial_id": trial_id},
-        config={"lr": lr, "hidden_size": 16, "max_epochs": 3, "seed": 0, "metric": "val_loss", "mode": "min"},
-    )
-
-
-class FakeResultGrid(list):
-    """What Tuner.fit() returns, as far as _summarise reads it."""
-
-    def __init__(self, trials: list[Any], unfinished: int = 0) -> None:
-        super().__init__(trials)
-        self.num_errors = sum(1 for trial in trials if trial.error is not None)
-        self.num_terminated = len(trials) - self.num_errors - unfinished
-        self.errors = [trial.error for trial in trials if trial.error is not None]
-
-
-def _summarise(grid: FakeResultGrid, config: SearchConfig | None = None, mode: str = "min") -> SearchResult:
-    config = config or _config()
-    spec = make_spec("d", "snap", "regression", 1)
-    trials = search._Trials(config, None, "val_loss", mode, EXPERIMENT, None, Parallelism())
-    return search._summarise(grid, trials, spec, FEATURES, search_space_hash(SPACE))
+from tests.unit.ml.tune.support import (
+    EXPERIMENT,
+    FEATURES,
+    KAFKA,
+    LAKE,
+    MLFLOW,
+    RAY,
+    FakeResultGrid,
+    fake_trial,
+    make_config,
+)
 
 
 def test_trial_names_are_short_and_stable() -> None:
     assert search.trial_name(SimpleNamespace(trial_id="ab12cd34")) == "trial_ab12cd34"
 
 
-def test_the_best_kept_checkpoint_of_the_finished_trials_is_the_result() -> None:
-    grid = FakeResultGrid([_trial("a", [0.9, 0.5, 0.6]), _trial("b", [0.8, 0.4], lr=0.05), _trial("c", [0.7])])
-    result = _summarise(grid)
-    assert (result.best_trial_id, result.best_epoch) == ("b", 2)
-    assert result.best_checkpoint_uri == "s3://lake/tune/d/snap/run-1/trial_b/checkpoint_000001"
-    assert result.best_params == {"lr": 0.05, "hidden_size": 16}  # hyper-parameters only
-    assert result.best_validation_metrics == {"val_loss": 0.4, "val_r2": pytest.approx(0.6)}  # validation only
-    assert (result.num_trials, result.num_errored) == (3, 0)
-    assert (result.task, result.metric, result.mode) == ("regression", "val_loss", "min")
-    assert result.experiment_uri == str(EXPERIMENT) and result.features_uri == str(FEATURES)
-    assert result.feature_spec_uri == str(FEATURES.join("feature_spec.json"))
-    assert result.search_space == validate_search_space(SPACE) and result.search_space_hash == search_space_hash(SPACE)
-    assert result.dag_run_id == "manual__1"
-
-
-def test_max_mode_takes_the_highest_score() -> None:
-    grid = FakeResultGrid([_trial("a", [0.9, 0.5]), _trial("b", [0.8]), _trial("c", [0.3])])
-    result = _summarise(grid, mode="max")
-    assert (result.best_trial_id, result.best_epoch) == ("a", 1)
-
-
-def test_an_errored_trial_that_scored_best_is_never_chosen(caplog: pytest.LogCaptureFixture) -> None:
-    # Ray's get_best_result ranks errored trials too: the killed trial's 0.1 would win there.
-    grid = FakeResultGrid(
-        [
-            _trial("healthy", [0.6, 0.5]),
-            _trial("killed", [0.2, 0.1], error=RuntimeError("worker died")),
-            _trial("c", [0.7]),
-        ]
-    )
-    with caplog.at_level(logging.WARNING, "ml.tune.search"):
-        result = _summarise(grid)
-    assert result.best_trial_id == "healthy" and "/trial_healthy/" in result.best_checkpoint_uri
-    assert (result.num_trials, result.num_errored) == (3, 1)
-    assert "1 of 3 trials failed" in caplog.text
-
-
-def test_checkpoints_without_a_finite_score_are_no_candidates() -> None:
-    grid = FakeResultGrid([_trial("a", [math.nan, 0.7]), _trial("b", [math.inf]), _trial("c", [])])
-    result = _summarise(grid)
-    assert (result.best_trial_id, result.best_epoch) == ("a", 2)
-    with pytest.raises(RuntimeError, match="no finished trial has a checkpoint with a finite val_loss"):
-        _summarise(FakeResultGrid([_trial("b", [math.nan]), _trial("c", []), _trial("d", [math.inf])]))
-
-
-def test_an_interrupted_search_is_incomplete() -> None:
-    with pytest.raises(SearchIncomplete, match=r"2 of 3 trials finished \(1 unfinished, 0 errored\).*run it again"):
-        _summarise(FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4]), _trial("c", [0.6])], unfinished=1))
-    with pytest.raises(SearchIncomplete, match="2 of 3 trials finished"):  # the searcher had not created the 3rd
-        _summarise(FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4])]))
-
-
-def test_a_search_whose_trials_all_failed_fails() -> None:
-    grid = FakeResultGrid([_trial(t, [0.1], error=RuntimeError(f"boom {t}")) for t in "abc"])
-    with pytest.raises(RuntimeError, match="search run-1: all 3 trials failed; first error: boom a"):
-        _summarise(grid)
-
-
 # -- callbacks: made for the current settings, replaced on restore
 
 
 def test_a_search_makes_the_callbacks_its_settings_ask_for() -> None:
-    config = _config()
+    config = make_config()
     (progress,) = search._pipeline_callbacks(config, "classification", None, None, None, None)
     assert isinstance(progress, ProgressLogCallback)
     assert (progress.run_name, progress.metric, progress.mode, progress.num_samples) == ("run-1", "val_loss", "min", 3)
@@ -194,7 +85,7 @@ def test_a_restored_search_gets_fresh_callbacks_and_keeps_the_callers() -> None:
     old_mlflow = MlflowTrialCallback("1", "old-parent", "run-1", None)
     callers = CallersCallback()
     tuner = FakeTuner([ProgressLogCallback("run-1", "val_loss", "min", 3), old_mlflow, old_kafka, callers])
-    fresh = search._pipeline_callbacks(_config(), "classification", MLFLOW, KAFKA, "parent-2", "7")
+    fresh = search._pipeline_callbacks(make_config(), "classification", MLFLOW, KAFKA, "parent-2", "7")
     search._replace_pipeline_callbacks(tuner, fresh)
     assert tuner.run_config.callbacks == [*fresh, callers]
     assert not any(c in tuner.run_config.callbacks for c in (old_kafka, old_mlflow))
@@ -214,7 +105,7 @@ def test_a_restored_search_gives_the_kafka_password_again() -> None:
     assert restored.kafka.password is None
     tuner = FakeTuner([restored])
     search._replace_pipeline_callbacks(
-        tuner, search._pipeline_callbacks(_config(), "classification", None, login, None, None)
+        tuner, search._pipeline_callbacks(make_config(), "classification", None, login, None, None)
     )
     [kafka_callback] = [c for c in tuner.run_config.callbacks if isinstance(c, KafkaMetricsCallback)]
     assert kafka_callback.kafka == login and kafka_callback.kafka.password == password
@@ -246,7 +137,7 @@ class Recorder:
         self.storage = fs.SubTreeFileSystem(str(storage), fs.LocalFileSystem())  # stands in for S3 (bucket/key)
         self.calls: list[tuple[Any, ...]] = []
         self.restorable = False
-        self.grid: Any = FakeResultGrid([_trial("a", [0.5]), _trial("b", [0.4]), _trial("c", [0.6])])
+        self.grid: Any = FakeResultGrid([fake_trial("a", [0.5]), fake_trial("b", [0.4]), fake_trial("c", [0.6])])
         self.fit_error: BaseException | None = None
         self.cluster = ClusterResources({"CPU": 8.0}, ({"CPU": 8.0},))  # what a fake Ray cluster has
         self.cluster_reads = 0
@@ -336,7 +227,7 @@ LOGGERS = ["ResultCsvLogger", "ResultJsonLogger"]  # Tune's result files, withou
 
 
 def _run(config: SearchConfig | None = None, **kwargs: Any) -> SearchResult:
-    return search.run_search(config or _config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RAY, **kwargs)
+    return search.run_search(config or make_config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RAY, **kwargs)
 
 
 def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: Any, fakes: Recorder) -> None:
@@ -363,7 +254,7 @@ def test_a_new_search_starts_records_its_manifest_and_stores_its_result(lake: An
     assert result.phases_s is not None
     assert {"read_spec", "start_ray", "mlflow_parent_run", "read_splits", "summarise", "other"} <= set(result.phases_s)
     assert fakes.read(SEARCH_RESULT_FILE) == result.to_dict()
-    assert fakes.read(SEARCH_MANIFEST_FILE) == _config().manifest("regression")
+    assert fakes.read(SEARCH_MANIFEST_FILE) == make_config().manifest("regression")
     # Tune's TensorBoard logger is off for the fit (ml.tune.callbacks.DEFAULT_LOGGERS_OFF), and only for the fit.
     assert fakes.default_loggers_off == "1"
     assert "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS" not in os.environ
@@ -376,7 +267,7 @@ def test_the_cluster_is_read_once_for_the_trials_resources_and_how_many_run_at_o
     fakes.cluster = ClusterResources({"CPU": 4.0}, ({"CPU": 2.0}, {"CPU": 2.0}))
     fakes.fit_error = RuntimeError("stopped after the start")  # the trials' results are not the point here
     with pytest.raises(RuntimeError, match="stopped after the start"):
-        _run(_config(workers_per_trial=workers, max_concurrent_trials=3))
+        _run(make_config(workers_per_trial=workers, max_concurrent_trials=3))
     assert fakes.cluster_reads == 1
     assert fakes.at_once == at_once  # 4 CPUs: 2 groups of 2 workers, 1 of 4; single-process trials as asked
 
@@ -384,7 +275,7 @@ def test_the_cluster_is_read_once_for_the_trials_resources_and_how_many_run_at_o
 def test_a_trial_the_cluster_cannot_place_fails_before_anything_is_recorded(lake: Any, fakes: Recorder) -> None:
     fakes.cluster = ClusterResources({"CPU": 4.0}, ({"CPU": 2.0}, {"CPU": 2.0}))
     with pytest.raises(ValueError, match="no node has 3 CPU for one worker"):
-        _run(_config(cpus_per_trial=3.0), mlflow=MLFLOW)
+        _run(make_config(cpus_per_trial=3.0), mlflow=MLFLOW)
     assert [call[0] for call in fakes.calls] == ["ensure_ray"] and not fakes.exists(SEARCH_MANIFEST_FILE)
 
 
@@ -403,11 +294,11 @@ def test_a_completed_search_returns_its_stored_result_without_running(lake: Any,
 def test_a_completed_search_refuses_other_settings(lake: Any, fakes: Recorder, change: dict, field: str) -> None:
     _run()
     with pytest.raises(ValueError, match=rf"run 'run-1' was started with other settings.*{field}"):
-        _run(_config(**change))
+        _run(make_config(**change))
 
 
 def test_an_interrupted_search_resumes_with_fresh_callbacks_only(lake: Any, fakes: Recorder) -> None:
-    fakes.write(SEARCH_MANIFEST_FILE, _config().manifest("regression"))
+    fakes.write(SEARCH_MANIFEST_FILE, make_config().manifest("regression"))
     fakes.restorable = True
     result = _run(kafka=KAFKA, callbacks=[CallersCallback()])  # new extra callbacks are not added on resume
     assert ("resume", ["FitPhasesCallback", "ProgressLogCallback", "KafkaMetricsCallback", *LOGGERS]) in fakes.calls
@@ -415,17 +306,17 @@ def test_an_interrupted_search_resumes_with_fresh_callbacks_only(lake: Any, fake
 
 
 def test_an_interrupted_search_refuses_other_settings(lake: Any, fakes: Recorder) -> None:
-    fakes.write(SEARCH_MANIFEST_FILE, _config().manifest("regression"))
+    fakes.write(SEARCH_MANIFEST_FILE, make_config().manifest("regression"))
     fakes.restorable = True
     with pytest.raises(ValueError, match="max_epochs"):
-        _run(_config(max_epochs=4))
+        _run(make_config(max_epochs=4))
     assert [call[0] for call in fakes.calls] == ["ensure_ray"]  # no parent run, no Tuner
     with pytest.raises(ValueError, match="workers_per_trial"):
-        _run(_config(workers_per_trial=2))
+        _run(make_config(workers_per_trial=2))
 
 
 def test_a_search_recorded_before_data_parallel_trials_resumes_with_one_worker(lake: Any, fakes: Recorder) -> None:
-    manifest = _config().manifest("regression")
+    manifest = make_config().manifest("regression")
     del manifest["workers_per_trial"], manifest["gpus_per_worker"]
     fakes.write(SEARCH_MANIFEST_FILE, manifest)
     fakes.restorable = True
@@ -434,7 +325,7 @@ def test_a_search_recorded_before_data_parallel_trials_resumes_with_one_worker(l
 
 
 def test_an_interruption_marks_the_parent_run_killed(lake: Any, fakes: Recorder) -> None:
-    fakes.grid = FakeResultGrid([_trial("a", [0.5])], unfinished=0)  # 1 of 3 trials: interrupted
+    fakes.grid = FakeResultGrid([fake_trial("a", [0.5])], unfinished=0)  # 1 of 3 trials: interrupted
     with pytest.raises(SearchIncomplete):
         _run(mlflow=MLFLOW)
     assert fakes.calls[-1] == ("status", "parent-1", "KILLED")
@@ -464,13 +355,13 @@ def test_ray_started_by_the_search_is_shut_down(lake: Any, fakes: Recorder, monk
 
 def test_features_without_a_spec_fail_clearly(fakes: Recorder) -> None:
     with in_memory_s3("lake"), pytest.raises(DataError, match="no feature spec"):
-        _run(_config(dataset="missing"))
+        _run(make_config(dataset="missing"))
     assert fakes.calls == []
 
 
 def test_no_search_runs_without_a_state_signing_key(lake: Any, fakes: Recorder) -> None:
     with pytest.raises(ValueError, match="no Tune state signing key configured"):
-        search.run_search(_config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RaySettings(), mlflow=MLFLOW)
+        search.run_search(make_config(), s3=IN_MEMORY_S3, lake=LAKE, ray=RaySettings(), mlflow=MLFLOW)
     assert fakes.calls == [] and not fakes.exists(SEARCH_MANIFEST_FILE)  # no parent run, no Ray, nothing written
 
 
