@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from ml.events.envelope import make_envelope
-from ml.events.publisher import PublishStats
+from ml.events.publisher import PublishStats, report_close
 from ml.settings import KafkaSettings
 from ml.topics import Topic
 
@@ -145,18 +145,7 @@ class NativeEventPublisher:
             self._closing.set()
             self._thread.join()
             self._producer.flush(max(timeout_s, 0.0))
-        stats = self.stats()
-        if stats.dropped or stats.failed or stats.pending:
-            log.warning(
-                "event publisher to %s closed with %d delivered, %d dropped, %d failed, %d undelivered%s",
-                self.bootstrap_servers,
-                stats.delivered,
-                stats.dropped,
-                stats.failed,
-                stats.pending,
-                f" (last error: {self._last_error})" if self._last_error else "",
-            )
-        return stats
+        return report_close(self.bootstrap_servers, self.stats(), self._last_error)
 
     def __enter__(self) -> NativeEventPublisher:
         return self

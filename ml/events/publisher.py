@@ -42,6 +42,21 @@ class PublishStats:
     pending: int  # still in the buffer or in flight
 
 
+def report_close(bootstrap_servers: str, stats: PublishStats, last_error: str | None) -> PublishStats:
+    """A closed publisher's counts, logged when anything was not delivered; returned as they are."""
+    if stats.dropped or stats.failed or stats.pending:
+        log.warning(
+            "event publisher to %s closed with %d delivered, %d dropped, %d failed, %d undelivered%s",
+            bootstrap_servers,
+            stats.delivered,
+            stats.dropped,
+            stats.failed,
+            stats.pending,
+            f" (last error: {last_error})" if last_error else "",
+        )
+    return stats
+
+
 @dataclass
 class _Message:
     topic: str
@@ -126,18 +141,7 @@ class EventPublisher:
             with self._cond:
                 self._abandon = True
                 self._cond.notify_all()
-        stats = self.stats()
-        if stats.dropped or stats.failed or stats.pending:
-            log.warning(
-                "event publisher to %s closed with %d delivered, %d dropped, %d failed, %d undelivered%s",
-                self.bootstrap_servers,
-                stats.delivered,
-                stats.dropped,
-                stats.failed,
-                stats.pending,
-                f" (last error: {self._last_error})" if self._last_error else "",
-            )
-        return stats
+        return report_close(self.bootstrap_servers, self.stats(), self._last_error)
 
     def __enter__(self) -> EventPublisher:
         return self
