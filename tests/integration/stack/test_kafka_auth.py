@@ -60,6 +60,24 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateKafka]:
         yield server
 
 
+def check_group_access(user: KafkaSettings, topic: str, group: str, *, allowed: bool) -> None:
+    """`user` subscribing to `topic` in consumer group `group` gets a partition (allowed) or a group refusal."""
+    consumer = kafka_consumer(user, group_id=group, auto_offset_reset="earliest", **FAST)
+    try:
+        consumer.subscribe([topic])
+        if allowed:
+            deadline = time.monotonic() + 30
+            while not consumer.assignment() and time.monotonic() < deadline:
+                consumer.poll(timeout_ms=500)
+            assert consumer.assignment(), f"group {group} got no partition"
+        else:
+            with pytest.raises(GroupAuthorizationFailedError):
+                for _ in range(20):
+                    consumer.poll(timeout_ms=500)
+    finally:
+        close_quietly(consumer)
+
+
 def test_the_broker_runs_the_stacks_own_configuration(broker: PrivateKafka) -> None:
     assert broker.broker_secrets is not None
     kafka_dir = broker.paths.data / "kafka"
@@ -138,24 +156,8 @@ def test_the_monitor_reads_the_serving_metrics_in_its_groups_and_writes_drift_on
         publish_event(monitor, SERVING_METRICS, SERVED, key="m:" + SERVED["request_id"], timeout_s=10)
     with pytest.raises(LookupError, match="does not exist or user 'monitor' may not describe it"):
         open_topic(monitor, PIPELINE_EVENTS.name, **FAST)
-    for group, allowed in (
-        (f"{GROUP_ID_PREFIX}-{uuid.uuid4().hex[:6]}", True),
-        (f"mlops-{uuid.uuid4().hex[:6]}", False),
-    ):
-        consumer = kafka_consumer(monitor, group_id=group, auto_offset_reset="earliest", **FAST)
-        try:
-            consumer.subscribe([SERVING_METRICS.name])
-            if allowed:
-                deadline = time.monotonic() + 30
-                while not consumer.assignment() and time.monotonic() < deadline:
-                    consumer.poll(timeout_ms=500)
-                assert consumer.assignment(), f"group {group} got no partition"
-            else:
-                with pytest.raises(GroupAuthorizationFailedError):
-                    for _ in range(20):
-                        consumer.poll(timeout_ms=500)
-        finally:
-            close_quietly(consumer)
+    check_group_access(monitor, SERVING_METRICS.name, f"{GROUP_ID_PREFIX}-{uuid.uuid4().hex[:6]}", allowed=True)
+    check_group_access(monitor, SERVING_METRICS.name, f"mlops-{uuid.uuid4().hex[:6]}", allowed=False)
 
 
 def test_the_pipeline_writes_its_topics_and_administers_nothing(broker: PrivateKafka) -> None:
@@ -179,21 +181,8 @@ def test_the_pipeline_writes_its_topics_and_administers_nothing(broker: PrivateK
 
 def test_the_pipeline_reads_in_consumer_groups_named_mlops_only(broker: PrivateKafka) -> None:
     pipeline = broker.settings("pipeline")
-    for group, allowed in ((f"mlops-test-{uuid.uuid4().hex[:6]}", True), (f"other-{uuid.uuid4().hex[:6]}", False)):
-        consumer = kafka_consumer(pipeline, group_id=group, auto_offset_reset="earliest", **FAST)
-        try:
-            consumer.subscribe([MODEL_PROMOTED.name])
-            if allowed:
-                deadline = time.monotonic() + 30
-                while not consumer.assignment() and time.monotonic() < deadline:
-                    consumer.poll(timeout_ms=500)
-                assert consumer.assignment(), f"group {group} got no partition"
-            else:
-                with pytest.raises(GroupAuthorizationFailedError):
-                    for _ in range(20):
-                        consumer.poll(timeout_ms=500)
-        finally:
-            close_quietly(consumer)
+    check_group_access(pipeline, MODEL_PROMOTED.name, f"mlops-test-{uuid.uuid4().hex[:6]}", allowed=True)
+    check_group_access(pipeline, MODEL_PROMOTED.name, f"other-{uuid.uuid4().hex[:6]}", allowed=False)
 
 
 def test_preparing_again_and_restarting_changes_nothing(
