@@ -2,9 +2,9 @@
 
 Each /predict request of the prediction service puts one message on `mlops.serving.metrics.v1` through librdkafka's
 bounded queue, one producer per worker (ml.serve.telemetry, ml.events.native_publisher), so that a request never waits
-for Kafka. This measures what that costs a request: B8's server (gunicorn, `python -m ml serve`'s settings: 1 worker,
-4 threads; B8's model and single-row requests from 8 client processes on 127.0.0.1, a connection per request) run
-three times, side by side in one run, phases alternating:
+for Kafka. This measures what that costs a request: B8's server (gunicorn, by default `python -m ml serve`'s settings:
+1 worker, 4 threads; `--shape 2x1` for another) with B8's model and single-row requests from 8 client processes on
+127.0.0.1, a connection per request, run three times, side by side in one run, phases alternating:
 
   off    metrics publishing off (MLOPS_SERVE_METRICS=0): the baseline
   up     publishing to the stack's broker (the settings' Kafka login), payload sampling off (the default)
@@ -31,9 +31,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.b8_predict_path import bench_spec, client_rows, write_model
+from bench.b8_predict_path import bench_spec, client_rows, parse_shape, write_model
 from bench.common import argument_parser, benchmark_settings, ratio, report
-from bench.http_load import CLIENTS, MODEL_DIR_VARIABLE, free_port, http_phase, start_server
+from bench.http_load import CLIENTS, MODEL_DIR_VARIABLE, SERVICE_SHAPE, free_port, http_phase, start_server
 from ml.settings import Settings
 
 KAFKA_VARIABLE = "MLOPS_B10_KAFKA"  # "off", "up" (the benchmark's settings) or "down" (a closed port)
@@ -82,7 +82,14 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     parser = argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3, help="phases per server")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds measured per phase")
+    parser.add_argument(
+        "--shape",
+        type=parse_shape,
+        default=SERVICE_SHAPE,
+        help="gunicorn's WORKERSxTHREADS (default: the service's, %(default)s)",
+    )
     args = parser.parse_args(argv)
+    workers, threads = args.shape
 
     spec = bench_spec()
     bodies = [json.dumps({"rows": [row]}).encode() for row in client_rows(64, seed=7)]
@@ -96,7 +103,9 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
             for mode in modes:
                 # The worker finds the Kafka settings as this process did (the runner's settings, or the environment).
                 env = {MODEL_DIR_VARIABLE: str(folder), KAFKA_VARIABLE: mode, DOWN_PORT_VARIABLE: str(down_port)}
-                running[mode] = start_server("served_app()", ports[mode], env, module="bench.b10_serving_metrics")
+                running[mode] = start_server(
+                    "served_app()", ports[mode], env, module="bench.b10_serving_metrics", shape=args.shape
+                )
             phases: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for round_ in range(args.rounds):
                 for mode in modes if round_ % 2 == 0 else modes[::-1]:
@@ -114,8 +123,9 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         "target": ">= 0.95",
         "broker_down_ratio": ratio(medians["down"], medians["off"]),
         "broker_down_target": ">= 0.95",
-        "method": f"B8's gunicorn server (1 worker x 4 threads) and model, {CLIENTS} client processes on 127.0.0.1, a "
-        f"connection per request, single-row requests, {args.seconds:g} s per phase after 1 s of warm-up, "
+        "method": f"B8's gunicorn server ({workers} worker(s) x {threads} threads) and model, {CLIENTS} client "
+        f"processes on 127.0.0.1, a connection per request, single-row requests, {args.seconds:g} s per phase after "
+        "1 s of warm-up, "
         f"{args.rounds} phases per server alternating; medians",
         "requests_per_s": {mode: round(value, 1) for mode, value in medians.items()},
         "p50_ms": {mode: statistics.median(p["p50_ms"] for p in runs) for mode, runs in phases.items()},

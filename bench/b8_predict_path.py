@@ -54,7 +54,15 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import argument_parser, benchmark_settings, ensure_repo_on_path, ratio, report
-from bench.http_load import CLIENTS, MODEL_DIR_VARIABLE, TRANSFORM_VARIABLE, http_phase, running_servers
+from bench.http_load import (
+    CLIENTS,
+    MODEL_DIR_VARIABLE,
+    SERVICE_SHAPE,
+    TRANSFORM_VARIABLE,
+    Shape,
+    http_phase,
+    running_servers,
+)
 from ml.features import CategoricalFeature, FeatureSpec, NumericFeature
 from ml.settings import Settings
 
@@ -189,25 +197,43 @@ def request_path(
     return results
 
 
-def http_throughput(folder: Path, rounds: int, seconds: float) -> dict[str, Any]:
-    """(c): single-row requests to /predict (either transform) and to the bare endpoint, phases alternating."""
+def http_throughput(folder: Path, rounds: int, seconds: float, shapes: list[Shape]) -> dict[str, Any]:
+    """(c): single-row requests to /predict and to the bare endpoint, phases alternating, per gunicorn shape (workers,
+    threads); the service's shape (first) also with the row-wise transform."""
     bodies = [json.dumps({"rows": [row]}).encode() for row in client_rows(64, seed=7)]
-    servers = {
-        "predict": ("served_app()", {MODEL_DIR_VARIABLE: str(folder)}),
-        "predict_rowwise": ("served_app()", {MODEL_DIR_VARIABLE: str(folder), TRANSFORM_VARIABLE: "rowwise"}),
-        "bare": ("bare_app()", {}),
-    }
-    with running_servers(servers) as ports:
-        phases = abba({name: partial(http_phase, port, bodies, seconds) for name, port in ports.items()}, rounds)
-    medians = {name: statistics.median(p["requests_per_s"] for p in runs) for name, runs in phases.items()}
+    measured = []
+    for shape in shapes:
+        servers = {"predict": ("served_app()", {MODEL_DIR_VARIABLE: str(folder)})}
+        if shape == SERVICE_SHAPE:
+            servers["predict_rowwise"] = (
+                "served_app()",
+                {MODEL_DIR_VARIABLE: str(folder), TRANSFORM_VARIABLE: "rowwise"},
+            )
+        servers["bare"] = ("bare_app()", {})
+        with running_servers(servers, shape) as ports:
+            phases = abba({name: partial(http_phase, port, bodies, seconds) for name, port in ports.items()}, rounds)
+        medians = {name: statistics.median(p["requests_per_s"] for p in runs) for name, runs in phases.items()}
+        measured.append(
+            {
+                "workers": shape[0],
+                "threads": shape[1],
+                "requests_per_s": {name: round(value, 1) for name, value in medians.items()},
+                "predict_vs_bare": ratio(medians["predict"], medians["bare"]),
+                **(
+                    {"columnar_vs_rowwise": ratio(medians["predict"], medians["predict_rowwise"])}
+                    if shape == SERVICE_SHAPE
+                    else {}
+                ),
+                "phases": phases,
+            }
+        )
+    service = next(entry for entry in measured if (entry["workers"], entry["threads"]) == SERVICE_SHAPE)
     return {
-        "method": f"gunicorn 1 worker x 4 threads per server, {CLIENTS} client processes on 127.0.0.1, "
-        "a connection per request, "
-        f"single-row requests, {seconds:g} s per phase after 1 s of warm-up, phases alternating; medians",
-        "requests_per_s": {name: round(value, 1) for name, value in medians.items()},
-        "predict_vs_bare": ratio(medians["predict"], medians["bare"]),
-        "columnar_vs_rowwise": ratio(medians["predict"], medians["predict_rowwise"]),
-        "phases": phases,
+        "method": f"gunicorn per shape (workers x threads; the service's {SERVICE_SHAPE[0]} x {SERVICE_SHAPE[1]} is "
+        f"the headline), {CLIENTS} client processes on 127.0.0.1, a connection per request, single-row requests, "
+        f"{seconds:g} s per phase after 1 s of warm-up, phases alternating; medians",
+        **{key: service[key] for key in ("requests_per_s", "predict_vs_bare", "columnar_vs_rowwise", "phases")},
+        "shapes": [{key: value for key, value in entry.items() if key != "phases"} for entry in measured],
     }
 
 
@@ -262,6 +288,14 @@ def batch_throughput(folder: Path, rows: int, rounds: int, seconds: float) -> di
     }
 
 
+def parse_shape(text: str) -> Shape:
+    """'2x1' -> (2, 1): gunicorn's workers and threads per worker."""
+    workers, _, threads = text.strip().partition("x")
+    if not (workers.isdigit() and threads.isdigit() and int(workers) > 0 and int(threads) > 0):
+        raise ValueError(f"a shape is WORKERSxTHREADS, e.g. 2x1: got {text!r}")
+    return int(workers), int(threads)
+
+
 def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     parser = argument_parser(__doc__)
     parser.add_argument("--rows", type=int, default=1000, help="rows of the large input (the service's max_rows)")
@@ -270,7 +304,13 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     parser.add_argument("--transform-only", action="store_true", help="skip (c) and (d), the gunicorn servers")
     parser.add_argument("--http-rounds", type=int, default=2, help="(c, d) phases per server")
     parser.add_argument("--http-seconds", type=float, default=10.0, help="(c, d) seconds measured per phase")
+    parser.add_argument(
+        "--shapes",
+        default="2x1,2x2",
+        help="(c) gunicorn shapes WORKERSxTHREADS measured beside the service's own (1x4), comma-separated",
+    )
     args = parser.parse_args(argv)
+    shapes = [SERVICE_SHAPE] + [parse_shape(text) for text in args.shapes.split(",") if text.strip()]
     del settings  # nothing here uses the stack
 
     spec = bench_spec()
@@ -279,7 +319,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="b8-model-") as temporary:
         folder = write_model(spec, Path(temporary))
         in_process = request_path(spec, folder, sizes, args.rounds, args.seconds)
-        served = None if args.transform_only else http_throughput(folder, args.http_rounds, args.http_seconds)
+        served = None if args.transform_only else http_throughput(folder, args.http_rounds, args.http_seconds, shapes)
         batch = (
             None if args.transform_only else batch_throughput(folder, args.rows, args.http_rounds, args.http_seconds)
         )

@@ -1,8 +1,9 @@
 """gunicorn servers on free ports of 127.0.0.1 and concurrent client processes: what B8 and B10 measure /predict with.
 
-`start_server` runs a factory of this module (or another's) under `python -m ml serve`'s gunicorn settings (1 worker,
-4 threads); `running_servers` starts several and stops them after the block; `http_phase` sends POST /predict from
-`CLIENTS` forked client processes for a number of seconds and returns requests/s and p50/p99 latency.
+`start_server` runs a factory of this module (or another's) under gunicorn, by default with `python -m ml serve`'s
+settings (1 worker, 4 threads); `running_servers` starts several and stops them after the block; `http_phase` sends
+POST /predict from `CLIENTS` forked client processes for a number of seconds and returns requests/s and p50/p99
+latency.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO_ROOT
+from ml.serve.cli import DEFAULT_THREADS, DEFAULT_WORKERS
 
 CLIENTS = 8
+Shape = tuple[int, int]  # gunicorn's (workers, threads per worker)
+SERVICE_SHAPE: Shape = (DEFAULT_WORKERS, DEFAULT_THREADS)  # `python -m ml serve`'s
 MODEL_DIR_VARIABLE = "MLOPS_B8_MODEL_DIR"  # the gunicorn app factory's model folder (checkpoint + feature_spec.json)
 TRANSFORM_VARIABLE = "MLOPS_B8_TRANSFORM"  # "rowwise": serve with the row-wise transform
 # Ports this benchmark must not take (the shared stack's and Ray's), should the kernel offer one.
@@ -79,10 +83,11 @@ def free_port() -> int:
 
 
 def start_server(
-    factory: str, port: int, env: dict[str, str], module: str = "bench.http_load"
+    factory: str, port: int, env: dict[str, str], module: str = "bench.http_load", shape: Shape = SERVICE_SHAPE
 ) -> subprocess.Popen[bytes]:
     gunicorn = Path(sys.executable).parent / "gunicorn"
-    command = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "4"]
+    workers, threads = shape
+    command = [str(gunicorn), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads", str(threads)]
     command += ["--log-level", "warning", f"{module}:{factory}"]
     server = subprocess.Popen(command, cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env})
     deadline = time.monotonic() + 90
@@ -101,13 +106,16 @@ def start_server(
 
 
 @contextmanager
-def running_servers(servers: Mapping[str, tuple[str, dict[str, str]]]) -> Iterator[dict[str, int]]:
-    """Start each named (factory, environment) server on a free port; yield the ports by name; stop them all after."""
+def running_servers(
+    servers: Mapping[str, tuple[str, dict[str, str]]], shape: Shape = SERVICE_SHAPE
+) -> Iterator[dict[str, int]]:
+    """Start each named (factory, environment) server on a free port, `shape` = (workers, threads); yield the ports by
+    name; stop them all after."""
     ports = {name: free_port() for name in servers}
     running = []
     try:
         for name, (factory, env) in servers.items():
-            running.append(start_server(factory, ports[name], env))
+            running.append(start_server(factory, ports[name], env, shape=shape))
         yield ports
     finally:
         for server in running:
@@ -117,7 +125,7 @@ def running_servers(servers: Mapping[str, tuple[str, dict[str, str]]]) -> Iterat
 
 def client(port: int, bodies: list[bytes], seconds: float, ready: Any, go: Any, start: Any, out: Any) -> None:
     """One client: POST /predict with `bodies` in turn, one connection each (gunicorn's gthread worker starved
-    keep-alive clients beyond its 4 threads: a bare phase fell to ~15 requests/s with 30-s stalls), from the start the
+    keep-alive clients beyond its threads: a bare phase fell to ~15 requests/s with 30-s stalls), from the start the
     parent sets once every client is ready: 1 s of warm-up, then `seconds` measured. Latency includes the connection's
     set-up."""
     latencies: list[float] = []

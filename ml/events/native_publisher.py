@@ -71,6 +71,7 @@ class NativeEventPublisher:
         buffer_size: int = 10000,
         dag_run_id: str | None = None,
         client_id: str = "mlops-events-native",
+        linger_ms: int | None = None,
     ) -> None:
         import msgspec
         from confluent_kafka import Producer
@@ -99,7 +100,7 @@ class NativeEventPublisher:
                 "client.id": client_id,
                 "acks": "all",
                 "enable.idempotence": True,
-                "linger.ms": self.linger_ms,
+                "linger.ms": self.linger_ms if linger_ms is None else linger_ms,
                 "queue.buffering.max.messages": buffer_size,
                 "message.timeout.ms": self.delivery_timeout_ms,
                 "reconnect.backoff.max.ms": self.reconnect_backoff_max_ms,
@@ -156,9 +157,11 @@ class NativeEventPublisher:
     # -- librdkafka's callbacks, served by the background thread (and by flush() at close)
 
     def _serve_reports(self) -> None:
-        while not self._closing.is_set():
+        # Every poll_interval_s, whatever reports have come in, in one go: poll(timeout) would wake this thread at
+        # each batch the broker acknowledges (tens a second), and each wake takes the GIL from the request threads.
+        while not self._closing.wait(self.poll_interval_s):
             try:
-                self._producer.poll(self.poll_interval_s)  # waits in C, without the GIL
+                self._producer.poll(0)
             except Exception:
                 log.exception("event publisher: serving delivery reports failed")
 

@@ -2,8 +2,8 @@
 
 `EventPublisher` suits training loops and serving: `publish()` validates and appends to a bounded buffer; one
 background thread owns the KafkaProducer, reconnects while the broker is down and delivers what waited.
-`publish_event()` is the synchronous one-off form that fails loudly (Airflow tasks, the registry); `sync_publisher()`
-opens one producer for several such sends (the drift monitor).
+`publish_event()` is the synchronous form that fails loudly (Airflow tasks, the registry), over a producer kept per
+process; `sync_publisher()` opens one producer for several such sends (the drift monitor). Both are `ml.events.sync`'s.
 """
 
 from __future__ import annotations
@@ -13,22 +13,18 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ml.clients import close_quietly, kafka_producer
 from ml.clock import Backoff
 from ml.events.envelope import make_envelope
+from ml.events.sync import EventPublishError, SyncPublisher, send_from_process, sync_publisher
 from ml.settings import KafkaSettings
 from ml.topics import Topic
 
 log = logging.getLogger(__name__)
-
-
-class EventPublishError(RuntimeError):
-    """Kafka could not take an event; the message names the bootstrap servers."""
 
 
 @dataclass(frozen=True)
@@ -301,59 +297,6 @@ class EventPublisher:
                 self._cond.wait(remaining)
 
 
-class SyncPublisher:
-    """Sends events one at a time, each waiting for the broker's acknowledgement, over one producer (acks="all",
-    idempotent); a failure raises EventPublishError naming the bootstrap servers. Open it with `sync_publisher`."""
-
-    def __init__(self, kafka: KafkaSettings, producer: Any, timeout_s: float) -> None:
-        self.kafka, self._producer, self.timeout_s = kafka, producer, timeout_s
-
-    def send(self, topic: Topic, envelope: dict[str, Any], key: str) -> None:
-        """Send an envelope (`make_envelope`) and wait for the acknowledgement."""
-        from kafka.errors import KafkaError
-
-        try:
-            self._producer.send(topic.name, key=key.encode(), value=envelope).get(timeout=self.timeout_s)
-        except KafkaError as error:
-            raise EventPublishError(
-                f"Kafka at {self.kafka.bootstrap_servers} did not take the {topic.schema} event on {topic.name}: "
-                f"{error}"
-            ) from error
-
-
-@contextmanager
-def sync_publisher(
-    kafka: KafkaSettings, *, timeout_s: float = 10, client_id: str = "mlops-events-sync"
-) -> Iterator[SyncPublisher]:
-    """A SyncPublisher for the block; raises EventPublishError when Kafka is unreachable (no answer in `timeout_s`)."""
-    from kafka.errors import KafkaError
-    from kafka.serializer import JsonSerializer
-
-    timeout_ms = max(int(timeout_s * 1000), 1000)
-    try:
-        producer = kafka_producer(
-            kafka,
-            client_id=client_id,
-            acks="all",
-            # Explicit, not kafka-python's default: a retried send is never written twice, and a setting that would
-            # silently turn that off raises instead.
-            enable_idempotence=True,
-            bootstrap_timeout_ms=timeout_ms,
-            max_block_ms=timeout_ms,
-            request_timeout_ms=timeout_ms,
-            delivery_timeout_ms=timeout_ms,
-            value_serializer=JsonSerializer(),
-        )
-    except KafkaError as error:
-        raise EventPublishError(
-            f"Kafka is unreachable at {kafka.bootstrap_servers} (no answer within {timeout_s:g} s): {error}"
-        ) from error
-    try:
-        yield SyncPublisher(kafka, producer, timeout_s)
-    finally:
-        close_quietly(producer, timeout=min(timeout_s, 5.0))
-
-
 def publish_event(
     kafka: KafkaSettings,
     topic: Topic,
@@ -362,9 +305,20 @@ def publish_event(
     dag_run_id: str | None = None,
     timeout_s: float = 10,
 ) -> dict[str, Any]:
-    """Send one event and wait for the broker's acknowledgement; returns the envelope sent.
+    """Send one event and wait for the broker's acknowledgement; returns the envelope sent. The producer is this
+    process's for `kafka` (`ml.events.sync.send_from_process`), so a task's second event does not log in again.
     Raises EventPublishError naming the bootstrap servers when Kafka is unreachable or rejects it."""
     envelope = make_envelope(topic, payload, dag_run_id)  # an invalid payload fails before any connection
-    with sync_publisher(kafka, timeout_s=timeout_s) as publisher:
-        publisher.send(topic, envelope, key)
+    send_from_process(kafka, topic, envelope, key, timeout_s)
     return envelope
+
+
+__all__ = [
+    "EventPublishError",
+    "EventPublisher",
+    "PublishStats",
+    "SyncPublisher",
+    "publish_event",
+    "report_close",
+    "sync_publisher",
+]

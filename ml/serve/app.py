@@ -280,11 +280,18 @@ def build_app(
     return app
 
 
+SERVING_LINGER_MS = 100
+
+
 def _event_publisher(kafka: KafkaSettings, buffer_size: int) -> Callable[[], Publisher]:
     def factory() -> Publisher:
         from ml.events.native_publisher import NativeEventPublisher
 
-        return NativeEventPublisher(kafka, buffer_size=buffer_size, client_id="mlops-serve")
+        # Batches of up to 100 ms: a request's metrics may wait that long, and the broker takes a few requests a
+        # second instead of one per 20 ms, on the machine that may also run the service (B10, bench/README.md).
+        return NativeEventPublisher(
+            kafka, buffer_size=buffer_size, client_id="mlops-serve", linger_ms=SERVING_LINGER_MS
+        )
 
     return factory
 

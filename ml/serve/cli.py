@@ -18,6 +18,12 @@ from typing import Any
 
 from ml.settings import Settings
 
+# gunicorn's defaults here. The service is CPU-bound Python under one GIL per worker: on N cores, `--workers N
+# --threads 1` or `2` answers about twice the single-row requests of 1 x 4 (bench/README.md, B8's shapes), at a
+# model (and a promotion watcher) per worker; a client then sees a promotion per worker, not once for the service.
+DEFAULT_WORKERS = 1
+DEFAULT_THREADS = 4
+
 
 def _cli_serve(args: argparse.Namespace, settings: Settings) -> int:
     from ml.serve.app import ServeSettings, build_app
@@ -64,7 +70,9 @@ def register_cli(subparsers: Any) -> None:
     parser.add_argument("--model", default=None, help="registered model name (default: $MLOPS_SERVE_MODEL)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--workers", type=int, default=1, help="gunicorn worker processes (each loads the model)")
-    parser.add_argument("--threads", type=int, default=4, help="gunicorn threads per worker")
+    parser.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS, help="gunicorn worker processes (each loads the model)"
+    )
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="gunicorn threads per worker")
     parser.add_argument("--dev", action="store_true", help="Werkzeug's development server instead of gunicorn")
     parser.set_defaults(handler=_cli_serve)

@@ -30,3 +30,23 @@ def test_rounds_alternate_the_order_of_the_sides() -> None:
 def test_ports_avoid_the_stack_and_ray() -> None:
     assert {5000, 8000, 8080, 6379, 8265, 10001, 9092} <= http_load.AVOID
     assert http_load.free_port() not in http_load.AVOID
+
+
+def test_shapes_parse_as_workers_by_threads_and_refuse_anything_else() -> None:
+    import pytest
+
+    assert b8.parse_shape(" 2x1 ") == (2, 1)
+    for text in ("2", "x1", "0x4", "2x0", "2x-1", "twoxone"):
+        with pytest.raises(ValueError, match="WORKERSxTHREADS"):
+            b8.parse_shape(text)
+
+
+def test_the_default_shape_is_the_services() -> None:
+    import argparse
+
+    from ml.serve.cli import register_cli
+
+    parser = argparse.ArgumentParser()
+    register_cli(parser.add_subparsers(dest="stage"))
+    args = parser.parse_args(["serve"])
+    assert http_load.SERVICE_SHAPE == (args.workers, args.threads)

@@ -124,6 +124,15 @@ def test_predict_returns_labels_and_probabilities() -> None:
     assert model.training  # predict restores the mode it found
 
 
+def test_predict_leaves_a_model_in_eval_mode_without_walking_its_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service's model stays in eval mode: predict must not toggle it per request (train() walks every module)."""
+    model = build_model(ModelConfig(input_dim=4, output_dim=3, task="classification", dropout=0.5)).eval()
+    calls: list[bool] = []
+    monkeypatch.setattr(type(model), "train", lambda self, mode=True: calls.append(mode) or self)
+    predict(model, np.zeros((2, 4), np.float32))
+    assert calls == [] and not model.training
+
+
 def test_regression_output_is_in_target_units() -> None:
     config = ModelConfig(input_dim=2, output_dim=1, task="regression", num_layers=0, target_mean=100.0, target_std=20.0)
     model = build_model(config)

@@ -109,6 +109,16 @@ def test_each_publish_hands_a_compact_valid_envelope_and_its_key_to_the_client(
         publisher.publish(SERVING_METRICS, PAYLOAD, key="m:2")
 
 
+def test_the_serving_publisher_batches_longer_than_the_default(recording: list[RecordingProducer]) -> None:
+    """The service's messages may wait up to 100 ms for a batch: fewer produce requests for the broker (B10)."""
+    from ml.serve.app import SERVING_LINGER_MS, _event_publisher
+
+    NativeEventPublisher(KafkaSettings("k:9092")).close(timeout_s=0)
+    _event_publisher(KafkaSettings("k:9092"), 5)().close(timeout_s=0)
+    assert [client.config["linger.ms"] for client in recording] == [NativeEventPublisher.linger_ms, SERVING_LINGER_MS]
+    assert recording[1].config["client.id"] == "mlops-serve" and SERVING_LINGER_MS > NativeEventPublisher.linger_ms
+
+
 def test_every_outcome_is_counted_once(recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture) -> None:
     publisher = NativeEventPublisher(KafkaSettings("k:9092"), buffer_size=3)
     [client] = recording

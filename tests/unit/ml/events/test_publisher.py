@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -347,14 +347,28 @@ class SyncProducer:
         self.closed.append(timeout)
 
 
+@pytest.fixture(autouse=True)
+def no_process_publishers() -> Iterator[None]:
+    """publish_event keeps a producer per process and settings: none outlives a test."""
+    from ml.events.sync import close_process_publishers
+
+    yield
+    close_process_publishers()
+
+
 def test_publish_event_sends_one_validated_event_and_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.events.sync import close_process_publishers
+
     producer, options = SyncProducer(), []
-    monkeypatch.setattr(
-        "ml.events.publisher.kafka_producer", lambda kafka, **kw: options.append((kafka, kw)) or producer
-    )
+    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: options.append((kafka, kw)) or producer)
     envelope = publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "dag:r:-:run_succeeded", dag_run_id="r", timeout_s=3)
     assert producer.sent == [(PIPELINE_EVENTS.name, b"dag:r:-:run_succeeded", envelope)]
-    assert envelope["dag_run_id"] == "r" and producer.closed == [3]
+    assert envelope["dag_run_id"] == "r" and producer.closed == []
+    # The process's second event goes over the same producer (no new login); it is closed at exit.
+    second = publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "dag:r:-:run_failed", dag_run_id="r", timeout_s=3)
+    assert [sent[2] for sent in producer.sent] == [envelope, second] and len(options) == 1
+    close_process_publishers()
+    assert producer.closed == [3]
     [(kafka, kw)] = options
     assert kafka == KAFKA and kw["acks"] == "all" and kw["bootstrap_timeout_ms"] == 3000
     # the producer's own retries never write an event twice (and a setting that would disable that raises instead)
@@ -368,15 +382,19 @@ def test_publish_event_errors_name_the_brokers(monkeypatch: pytest.MonkeyPatch) 
     def unreachable(kafka: KafkaSettings, **kw: Any) -> Any:
         raise KafkaConnectionError("no broker answered")
 
-    monkeypatch.setattr("ml.events.publisher.kafka_producer", unreachable)
+    monkeypatch.setattr("ml.events.sync.kafka_producer", unreachable)
     with pytest.raises(EventPublishError, match=r"Kafka is unreachable at fake:9092 \(no answer within 2 s\)"):
         publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "k", timeout_s=2)
 
     refusing = SyncProducer(KafkaTimeoutError("no ack"))
-    monkeypatch.setattr("ml.events.publisher.kafka_producer", lambda kafka, **kw: refusing)
+    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: refusing)
     with pytest.raises(EventPublishError, match=r"Kafka at fake:9092 did not take the pipeline_event\.v1 event on"):
         publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "k")
-    assert refusing.closed  # closed on the error path too
+    assert refusing.closed  # closed on the error path too, and forgotten: the next event starts a new producer
+    working = SyncProducer()
+    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: working)
+    envelope = publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "k")
+    assert [sent[2] for sent in working.sent] == [envelope] and len(refusing.sent) == 1
 
 
 def test_a_sync_publisher_sends_each_event_over_one_producer_and_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,7 +402,7 @@ def test_a_sync_publisher_sends_each_event_over_one_producer_and_closes_it(monke
     from ml.events.publisher import sync_publisher
 
     producer, options = SyncProducer(), []
-    monkeypatch.setattr("ml.events.publisher.kafka_producer", lambda kafka, **kw: options.append(kw) or producer)
+    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: options.append(kw) or producer)
     envelopes = [
         make_envelope(PIPELINE_EVENTS, PIPELINE, event_id=f"00000000-0000-4000-8000-00000000000{n}") for n in (1, 2)
     ]
@@ -401,7 +419,7 @@ def test_a_sync_publisher_sends_each_event_over_one_producer_and_closes_it(monke
 
 def test_publish_event_refuses_an_invalid_payload_before_connecting(monkeypatch: pytest.MonkeyPatch) -> None:
     connected: list[Any] = []
-    monkeypatch.setattr("ml.events.publisher.kafka_producer", lambda kafka, **kw: connected.append(kw))
+    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: connected.append(kw))
     with pytest.raises(EventValidationError):
         publish_event(KAFKA, PIPELINE_EVENTS, {"dag_id": "d"}, "k")
     assert connected == []
