@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 from ml.events.envelope import make_envelope
-from ml.events.publisher import PublishStats, report_close
+from ml.events.publisher import DropLog, PublishStats, report_close
 from ml.settings import KafkaSettings
 from ml.topics import Topic
 
@@ -85,8 +84,7 @@ class NativeEventPublisher:
         self._lock = threading.Lock()
         self._published = self._delivered = self._failed = self._dropped = 0
         self._refused = 0  # dropped because librdkafka's queue was full: never sent
-        self._drops_since_log = 0
-        self._last_drop_log = 0.0
+        self._drops = DropLog(self.drop_log_each, self.drop_log_interval_s)
         self._last_error: str | None = None
         self._errors_reported: set[int] = set()  # error codes logged since the last delivery (the reports' thread)
         # msgspec's encoder: ~0.6 us an envelope against json.dumps' ~7 (an envelope holds JSON values only:
@@ -195,13 +193,7 @@ class NativeEventPublisher:
             self._dropped += 1
             if not sent:
                 self._refused += 1
-            self._drops_since_log += 1
-            dropped, since = self._dropped, self._drops_since_log
-            now = time.monotonic()
-            if dropped <= self.drop_log_each or now - self._last_drop_log >= self.drop_log_interval_s:
-                self._drops_since_log, self._last_drop_log = 0, now
-            else:
-                since = 0
+            dropped, since = self._dropped, self._drops.count()
         if since:
             log.warning(
                 "%s: dropped %d message(s) up to key=%s on %s, %d dropped in total", why, since, key, topic, dropped

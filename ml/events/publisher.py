@@ -60,6 +60,28 @@ class _Message:
     envelope: dict[str, Any]
 
 
+class DropLog:
+    """When a publisher that drops messages says so: each of the first `each` drops, then one line per `interval_s`
+    with the number dropped since the last line, so that a broker down for an hour does not flood the log. Not
+    thread-safe: the publisher calls it under its own lock."""
+
+    def __init__(self, each: int, interval_s: float) -> None:
+        self.each, self.interval_s = each, interval_s
+        self.dropped = 0
+        self._since_line = 0
+        self._last_line = 0.0
+
+    def count(self) -> int:
+        """Count one drop; the number to report now (0: not yet)."""
+        self.dropped += 1
+        self._since_line += 1
+        now = time.monotonic()
+        if self.dropped <= self.each or now - self._last_line >= self.interval_s:
+            since, self._since_line, self._last_line = self._since_line, 0, now
+            return since
+        return 0
+
+
 class EventPublisher:
     """Publish events without ever blocking the caller.
 
@@ -95,8 +117,7 @@ class EventPublisher:
         self._closing = False
         self._abandon = False
         self._deadline = math.inf
-        self._last_drop_log = 0.0
-        self._drops_since_log = 0
+        self._drops = DropLog(self.drop_log_each, self.drop_log_interval_s)
         self._last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="event-publisher", daemon=True)
         self._thread.start()
@@ -268,19 +289,16 @@ class EventPublisher:
     def _drop(self, message: _Message) -> None:
         # Caller holds the lock: count and log every drop, without flooding the log while the broker is down.
         self._dropped += 1
-        self._drops_since_log += 1
-        now = time.monotonic()
-        if self._dropped <= self.drop_log_each or now - self._last_drop_log >= self.drop_log_interval_s:
+        since = self._drops.count()
+        if since:
             log.warning(
                 "event buffer full (%d): dropped %d message(s) up to key=%s on %s, %d dropped in total",
                 self.buffer_size,
-                self._drops_since_log,
+                since,
                 message.key.decode(),
                 message.topic,
                 self._dropped,
             )
-            self._drops_since_log = 0
-            self._last_drop_log = now
         else:
             log.debug("event buffer full: dropped key=%s on %s", message.key.decode(), message.topic)
 

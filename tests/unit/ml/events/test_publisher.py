@@ -423,3 +423,15 @@ def test_publish_event_refuses_an_invalid_payload_before_connecting(monkeypatch:
     with pytest.raises(EventValidationError):
         publish_event(KAFKA, PIPELINE_EVENTS, {"dag_id": "d"}, "k")
     assert connected == []
+
+
+def test_a_drop_log_reports_the_first_drops_then_one_line_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ml.events import publisher
+
+    now = [100.0]
+    monkeypatch.setattr(publisher.time, "monotonic", lambda: now[0])
+    drops = publisher.DropLog(each=2, interval_s=5.0)
+    reported = [drops.count() for _ in range(4)]  # two one by one, then nothing until the interval has passed
+    now[0] += 5.0
+    reported.append(drops.count())  # the three since the last line
+    assert reported == [1, 1, 0, 0, 3] and drops.dropped == 5
