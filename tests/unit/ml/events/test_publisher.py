@@ -435,3 +435,20 @@ def test_a_drop_log_reports_the_first_drops_then_one_line_per_interval(monkeypat
     now[0] += 5.0
     reported.append(drops.count())  # the three since the last line
     assert reported == [1, 1, 0, 0, 3] and drops.dropped == 5
+
+
+def test_a_forked_process_opens_its_own_producer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A producer's threads do not survive fork: a child (another pid) must not send over its parent's producer."""
+    import os
+
+    made: list[SyncProducer] = []
+    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: made.append(SyncProducer()) or made[-1])
+    publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "parent")
+    parent = os.getpid()
+    monkeypatch.setattr(os, "getpid", lambda: parent + 1)
+    publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "child")
+    assert [[key for _, key, _ in producer.sent] for producer in made] == [[b"parent"], [b"child"]]
+    from ml.events.sync import close_process_publishers
+
+    close_process_publishers()  # the child's own (the fixture closes the parent's)
+    assert made[1].closed and not made[0].closed
