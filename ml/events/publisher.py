@@ -2,8 +2,8 @@
 
 `EventPublisher` suits training loops and serving: `publish()` validates and appends to a bounded buffer; one
 background thread owns the KafkaProducer, reconnects while the broker is down and delivers what waited.
-`publish_event()` is the synchronous form that fails loudly (Airflow tasks, the registry), over a producer kept per
-process; `sync_publisher()` opens one producer for several such sends (the drift monitor). Both are `ml.events.sync`'s.
+`publish_event()` is the synchronous one-off form that fails loudly (Airflow tasks, the registry); `sync_publisher()`
+(`ml.events.sync`) opens one producer for several such sends (the drift monitor).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from ml.clients import close_quietly, kafka_producer
 from ml.clock import Backoff
 from ml.events.envelope import make_envelope
-from ml.events.sync import EventPublishError, SyncPublisher, send_from_process, sync_publisher
+from ml.events.sync import EventPublishError, SyncPublisher, sync_publisher
 from ml.settings import KafkaSettings
 from ml.topics import Topic
 
@@ -323,11 +323,11 @@ def publish_event(
     dag_run_id: str | None = None,
     timeout_s: float = 10,
 ) -> dict[str, Any]:
-    """Send one event and wait for the broker's acknowledgement; returns the envelope sent. The producer is this
-    process's for `kafka` (`ml.events.sync.send_from_process`), so a task's second event does not log in again.
+    """Send one event and wait for the broker's acknowledgement; returns the envelope sent.
     Raises EventPublishError naming the bootstrap servers when Kafka is unreachable or rejects it."""
     envelope = make_envelope(topic, payload, dag_run_id)  # an invalid payload fails before any connection
-    send_from_process(kafka, topic, envelope, key, timeout_s)
+    with sync_publisher(kafka, timeout_s=timeout_s) as publisher:
+        publisher.send(topic, envelope, key)
     return envelope
 
 

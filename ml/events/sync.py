@@ -1,18 +1,12 @@
 """Synchronous sends: each event waits for the broker's acknowledgement, and a failure raises EventPublishError.
 
-`sync_publisher()` opens a producer for a block (the drift monitor's windows); `send_from_process()` keeps one per
-process and Kafka settings, opened on first use and closed at exit, for callers that send a few events over a
-process's life: an Airflow task's callbacks and its registry events (`ml.events.publisher.publish_event`). Each new
-producer logs in (SCRAM), fetches metadata and an idempotent producer id: ~0.1 s of every event it spared.
+`sync_publisher()` opens a producer for a block: the drift monitor's windows, and each `publish_event` (one event).
 """
 
 from __future__ import annotations
 
-import atexit
-import os
-import threading
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Any
 
 from ml.clients import close_quietly, kafka_producer
@@ -75,42 +69,3 @@ def sync_publisher(
         yield SyncPublisher(kafka, producer, timeout_s)
     finally:
         close_quietly(producer, timeout=min(timeout_s, 5.0))
-
-
-_process_publishers: dict[tuple[int, KafkaSettings, float], tuple[ExitStack, SyncPublisher]] = {}
-_process_lock = threading.Lock()
-
-
-def send_from_process(kafka: KafkaSettings, topic: Topic, envelope: dict[str, Any], key: str, timeout_s: float) -> None:
-    """Send over this process's SyncPublisher for `kafka` (see the module's docstring), opened on first use. One
-    whose send failed is closed and forgotten: the next event starts from a new connection rather than a client in
-    an unknown state."""
-    slot = (os.getpid(), kafka, timeout_s)  # a forked child opens its own: a producer's threads do not survive fork
-    with _process_lock:
-        found = _process_publishers.get(slot)
-        if found is None:
-            stack = ExitStack()
-            publisher = stack.enter_context(sync_publisher(kafka, timeout_s=timeout_s))
-            if not _process_publishers:
-                atexit.register(close_process_publishers)
-            found = _process_publishers[slot] = (stack, publisher)
-    try:
-        found[1].send(topic, envelope, key)
-    except EventPublishError:
-        _forget(slot)
-        raise
-
-
-def _forget(key: tuple[int, KafkaSettings, float]) -> None:
-    with _process_lock:
-        found = _process_publishers.pop(key, None)
-    if found is not None:
-        found[0].close()
-
-
-def close_process_publishers() -> None:
-    """Close this process's publishers (at exit; tests call it too)."""
-    with _process_lock:
-        mine = [key for key in _process_publishers if key[0] == os.getpid()]
-    for key in mine:
-        _forget(key)

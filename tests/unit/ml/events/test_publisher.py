@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -347,28 +347,12 @@ class SyncProducer:
         self.closed.append(timeout)
 
 
-@pytest.fixture(autouse=True)
-def no_process_publishers() -> Iterator[None]:
-    """publish_event keeps a producer per process and settings: none outlives a test."""
-    from ml.events.sync import close_process_publishers
-
-    yield
-    close_process_publishers()
-
-
 def test_publish_event_sends_one_validated_event_and_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.events.sync import close_process_publishers
-
     producer, options = SyncProducer(), []
     monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: options.append((kafka, kw)) or producer)
     envelope = publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "dag:r:-:run_succeeded", dag_run_id="r", timeout_s=3)
     assert producer.sent == [(PIPELINE_EVENTS.name, b"dag:r:-:run_succeeded", envelope)]
-    assert envelope["dag_run_id"] == "r" and producer.closed == []
-    # The process's second event goes over the same producer (no new login); it is closed at exit.
-    second = publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "dag:r:-:run_failed", dag_run_id="r", timeout_s=3)
-    assert [sent[2] for sent in producer.sent] == [envelope, second] and len(options) == 1
-    close_process_publishers()
-    assert producer.closed == [3]
+    assert envelope["dag_run_id"] == "r" and producer.closed == [3]
     [(kafka, kw)] = options
     assert kafka == KAFKA and kw["acks"] == "all" and kw["bootstrap_timeout_ms"] == 3000
     # the producer's own retries never write an event twice (and a setting that would disable that raises instead)
@@ -390,11 +374,7 @@ def test_publish_event_errors_name_the_brokers(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: refusing)
     with pytest.raises(EventPublishError, match=r"Kafka at fake:9092 did not take the pipeline_event\.v1 event on"):
         publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "k")
-    assert refusing.closed  # closed on the error path too, and forgotten: the next event starts a new producer
-    working = SyncProducer()
-    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: working)
-    envelope = publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "k")
-    assert [sent[2] for sent in working.sent] == [envelope] and len(refusing.sent) == 1
+    assert refusing.closed  # closed on the error path too
 
 
 def test_a_sync_publisher_sends_each_event_over_one_producer_and_closes_it(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -435,20 +415,3 @@ def test_a_drop_log_reports_the_first_drops_then_one_line_per_interval(monkeypat
     now[0] += 5.0
     reported.append(drops.count())  # the three since the last line
     assert reported == [1, 1, 0, 0, 3] and drops.dropped == 5
-
-
-def test_a_forked_process_opens_its_own_producer(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A producer's threads do not survive fork: a child (another pid) must not send over its parent's producer."""
-    import os
-
-    made: list[SyncProducer] = []
-    monkeypatch.setattr("ml.events.sync.kafka_producer", lambda kafka, **kw: made.append(SyncProducer()) or made[-1])
-    publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "parent")
-    parent = os.getpid()
-    monkeypatch.setattr(os, "getpid", lambda: parent + 1)
-    publish_event(KAFKA, PIPELINE_EVENTS, PIPELINE, "child")
-    assert [[key for _, key, _ in producer.sent] for producer in made] == [[b"parent"], [b"child"]]
-    from ml.events.sync import close_process_publishers
-
-    close_process_publishers()  # the child's own (the fixture closes the parent's)
-    assert made[1].closed and not made[0].closed
