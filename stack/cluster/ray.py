@@ -11,6 +11,10 @@ from stack.cluster.paths import VENV_BIN, env_paths
 from stack.config import RAY_CLIENT_PORT, RAY_DASHBOARD_PORT, RAY_GCS_PORT, StackPaths
 from stack.process import Service
 
+# Ray's GCS forgets a finished job's actors 5 minutes after the job ends; a run's trials stay visible in the dashboard
+# and the state API for an hour instead (a run's later tasks, and whoever inspects it, come after its tune task).
+FINISHED_JOB_ACTORS_KEPT_MS = 60 * 60 * 1000
+
 
 def _ray_env(paths: StackPaths, env: dict[str, str]) -> None:
     env["RAY_AUTH_MODE"] = "token"
@@ -20,6 +24,7 @@ def _ray_env(paths: StackPaths, env: dict[str, str]) -> None:
         env.pop(key)
     env["PYTHONPATH"] = ""
     env["OMP_NUM_THREADS"] = "1"
+    env["RAY_gcs_actor_table_min_duration_ms"] = str(FINISHED_JOB_ACTORS_KEPT_MS)
 
 
 def _ray_node_command(paths: StackPaths, head: bool) -> list[str]:

@@ -170,7 +170,10 @@ def database_problems(compose: dict[str, Any]) -> list[str]:
 def ray_problems(compose: dict[str, Any]) -> list[str]:
     """Token authentication on every Ray node with one token, which ray_default carries too (Airflow's components
     have no token of their own: the tune task connects with the connection's); the worker joins the head's GCS port;
-    ray_default and the project clients use the head's client port."""
+    ray_default and the project clients use the head's client port; the head keeps a finished run's actors as long as
+    the local cluster does."""
+    from stack.cluster.ray import FINISHED_JOB_ACTORS_KEPT_MS
+
     services = compose["services"]
     head = command(compose, "ray-head")
     problems = []
@@ -183,6 +186,8 @@ def ray_problems(compose: dict[str, Any]) -> list[str]:
         if env.get("RAY_AUTH_MODE") != "token":
             problems.append(f"{name}: RAY_AUTH_MODE is {env.get('RAY_AUTH_MODE')!r}, not token")
         tokens[name] = env.get("RAY_AUTH_TOKEN")
+    if environment(services["ray-head"]).get("RAY_gcs_actor_table_min_duration_ms") != str(FINISHED_JOB_ACTORS_KEPT_MS):
+        problems.append("ray-head: a finished job's actors are not kept as long as on the local cluster")
     ray_default = connection(compose, "AIRFLOW_CONN_RAY_DEFAULT")
     token = interpolate(str(tokens.get("ray-head")))
     if not token or _password_variable(str(tokens.get("ray-head"))) is None:

@@ -73,6 +73,7 @@ def test_the_ray_nodes_environment(stack: StackPaths) -> None:
     assert env["RAY_AUTH_TOKEN_PATH"] == str(stack.ray_token_file)
     assert env["PYTHONPATH"] == "", "Ray's workers get the code from each job's runtime_env"
     assert env["KEEP"] == "me"
+    assert int(env["RAY_gcs_actor_table_min_duration_ms"]) >= 30 * 60 * 1000, "a run's trials outlive its tune task"
     assert RAY_HEAD.prepare is ray._ray_env and RAY_WORKER.prepare is ray._ray_env
 
 
