@@ -33,6 +33,8 @@ from ml.topics import Topic
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LINGER_MS = 20  # how long a message may wait for others to fill a batch
+
 
 def librdkafka_options(kafka: KafkaSettings) -> dict[str, Any]:
     """librdkafka's connection properties for these settings: the bootstrap servers and, for SASL, the login."""
@@ -57,7 +59,6 @@ class NativeEventPublisher:
 
     # Class attributes so that tests can shorten them in a subclass.
     delivery_timeout_ms = 60000
-    linger_ms = 20
     reconnect_backoff_max_ms = 10000
     poll_interval_s = 0.2
     drop_log_each = 10
@@ -70,7 +71,7 @@ class NativeEventPublisher:
         buffer_size: int = 10000,
         dag_run_id: str | None = None,
         client_id: str = "mlops-events-native",
-        linger_ms: int | None = None,
+        linger_ms: int = DEFAULT_LINGER_MS,
     ) -> None:
         import msgspec
         from confluent_kafka import Producer
@@ -82,7 +83,7 @@ class NativeEventPublisher:
         self.buffer_size = buffer_size
         self.dag_run_id = dag_run_id
         self._lock = threading.Lock()
-        self._published = self._delivered = self._failed = self._dropped = 0
+        self._published = self._delivered = self._failed = 0
         self._refused = 0  # dropped because librdkafka's queue was full: never sent
         self._drops = DropLog(self.drop_log_each, self.drop_log_interval_s)
         self._last_error: str | None = None
@@ -98,7 +99,7 @@ class NativeEventPublisher:
                 "client.id": client_id,
                 "acks": "all",
                 "enable.idempotence": True,
-                "linger.ms": self.linger_ms if linger_ms is None else linger_ms,
+                "linger.ms": linger_ms,
                 "queue.buffering.max.messages": buffer_size,
                 "message.timeout.ms": self.delivery_timeout_ms,
                 "reconnect.backoff.max.ms": self.reconnect_backoff_max_ms,
@@ -128,12 +129,12 @@ class NativeEventPublisher:
     def stats(self) -> PublishStats:
         with self._lock:
             # What librdkafka took is `sent`; what it refused is dropped without having been sent.
-            settled = self._delivered + self._failed + self._dropped
+            settled = self._delivered + self._failed + self._drops.dropped
             return PublishStats(
                 sent=self._published - self._refused,
                 delivered=self._delivered,
                 failed=self._failed,
-                dropped=self._dropped,
+                dropped=self._drops.dropped,
                 pending=self._published - settled,
             )
 
@@ -190,10 +191,9 @@ class NativeEventPublisher:
 
     def _count_drop(self, why: str, key: str, topic: str, *, sent: bool = False) -> None:
         with self._lock:
-            self._dropped += 1
             if not sent:
                 self._refused += 1
-            dropped, since = self._dropped, self._drops.count()
+            since, dropped = self._drops.count(), self._drops.dropped
         if since:
             log.warning(
                 "%s: dropped %d message(s) up to key=%s on %s, %d dropped in total", why, since, key, topic, dropped

@@ -61,9 +61,9 @@ class _Message:
 
 
 class DropLog:
-    """When a publisher that drops messages says so: each of the first `each` drops, then one line per `interval_s`
-    with the number dropped since the last line, so that a broker down for an hour does not flood the log. Not
-    thread-safe: the publisher calls it under its own lock."""
+    """A publisher's dropped messages: how many (`dropped`, the count its stats report) and when to say so: each of
+    the first `each` drops, then one line per `interval_s` with the number dropped since the last line, so that a
+    broker down for an hour does not flood the log. Not thread-safe: the publisher calls it under its own lock."""
 
     def __init__(self, each: int, interval_s: float) -> None:
         self.each, self.interval_s = each, interval_s
@@ -113,7 +113,7 @@ class EventPublisher:
         self.dag_run_id = dag_run_id
         self._buffer: deque[_Message] = deque()
         self._cond = threading.Condition()
-        self._sent = self._delivered = self._failed = self._dropped = self._in_flight = 0
+        self._sent = self._delivered = self._failed = self._in_flight = 0
         self._closing = False
         self._abandon = False
         self._deadline = math.inf
@@ -142,7 +142,7 @@ class EventPublisher:
                 sent=self._sent,
                 delivered=self._delivered,
                 failed=self._failed,
-                dropped=self._dropped,
+                dropped=self._drops.dropped,
                 pending=len(self._buffer) + self._in_flight,
             )
 
@@ -288,7 +288,6 @@ class EventPublisher:
 
     def _drop(self, message: _Message) -> None:
         # Caller holds the lock: count and log every drop, without flooding the log while the broker is down.
-        self._dropped += 1
         since = self._drops.count()
         if since:
             log.warning(
@@ -297,7 +296,7 @@ class EventPublisher:
                 since,
                 message.key.decode(),
                 message.topic,
-                self._dropped,
+                self._drops.dropped,
             )
         else:
             log.debug("event buffer full: dropped key=%s on %s", message.key.decode(), message.topic)

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaError
 
 from ml.events import native_publisher
 from ml.events.envelope import validate_envelope
-from ml.events.native_publisher import NativeEventPublisher, librdkafka_options
+from ml.events.native_publisher import DEFAULT_LINGER_MS, NativeEventPublisher, librdkafka_options
 from ml.events.publisher import PublishStats
 from ml.settings import KafkaSettings
 from ml.topics import SERVING_METRICS
@@ -115,8 +115,8 @@ def test_the_serving_publisher_batches_longer_than_the_default(recording: list[R
 
     NativeEventPublisher(KafkaSettings("k:9092")).close(timeout_s=0)
     _event_publisher(KafkaSettings("k:9092"), 5)().close(timeout_s=0)
-    assert [client.config["linger.ms"] for client in recording] == [NativeEventPublisher.linger_ms, SERVING_LINGER_MS]
-    assert recording[1].config["client.id"] == "mlops-serve" and SERVING_LINGER_MS > NativeEventPublisher.linger_ms
+    assert [client.config["linger.ms"] for client in recording] == [DEFAULT_LINGER_MS, SERVING_LINGER_MS]
+    assert recording[1].config["client.id"] == "mlops-serve" and SERVING_LINGER_MS > DEFAULT_LINGER_MS
 
 
 def test_every_outcome_is_counted_once(recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture) -> None:
