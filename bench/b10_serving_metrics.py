@@ -109,7 +109,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
             phases: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
             for round_ in range(args.rounds):
                 for mode in modes if round_ % 2 == 0 else modes[::-1]:
-                    phases[mode].append(http_phase(ports[mode], bodies, args.seconds))
+                    phases[mode].append(http_phase(ports[mode], bodies, args.seconds, running[mode].pid))
             delivery = {mode: kafka_counts(ports[mode]) for mode in modes}
         finally:
             for server in running.values():
@@ -130,6 +130,10 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         "requests_per_s": {mode: round(value, 1) for mode, value in medians.items()},
         "p50_ms": {mode: statistics.median(p["p50_ms"] for p in runs) for mode, runs in phases.items()},
         "p99_ms": {mode: statistics.median(p["p99_ms"] for p in runs) for mode, runs in phases.items()},
+        # Less noisy than requests/s on a machine the clients share: what a request costs the server itself.
+        "server_cpu_ms_per_request": {
+            mode: statistics.median(p["server_cpu_ms_per_request"] for p in runs) for mode, runs in phases.items()
+        },
         "kafka_events": delivery,
         "phases": phases,
         "notes": [

@@ -157,7 +157,26 @@ def client(port: int, bodies: list[bytes], seconds: float, ready: Any, go: Any, 
         out.put((latencies, failures))
 
 
-def http_phase(port: int, bodies: list[bytes], seconds: float) -> dict[str, Any]:
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process and its living descendants have used so far, from /proc (Linux)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            # After the command's closing parenthesis: state is field 3, utime and stime fields 14 and 15.
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it ended meanwhile
+    return total
+
+
+def http_phase(port: int, bodies: list[bytes], seconds: float, server_pid: int | None = None) -> dict[str, Any]:
+    """One phase; with `server_pid`, also the server's CPU per answered request over the measured seconds (its
+    gunicorn master and workers: what /predict costs the machine apart from the clients)."""
     # fork: the clients start at once, without importing anything (they use sockets only, never torch).
     context = multiprocessing.get_context("fork")
     ready, out, go, start = context.Queue(), context.Queue(), context.Event(), context.Value("d", 0.0)
@@ -169,6 +188,12 @@ def http_phase(port: int, bodies: list[bytes], seconds: float) -> dict[str, Any]
         ready.get(timeout=60)
     start.value = time.monotonic()
     go.set()
+    server_cpu_s = None
+    if server_pid is not None:
+        time.sleep(max(0.0, start.value + 1.0 - time.monotonic()))  # the clients' warm-up
+        before = process_tree_cpu_s(server_pid)
+        time.sleep(max(0.0, start.value + 1.0 + seconds - time.monotonic()))
+        server_cpu_s = process_tree_cpu_s(server_pid) - before
     results = [out.get(timeout=seconds + 120) for _ in clients]
     for process in clients:
         process.join()
@@ -178,4 +203,9 @@ def http_phase(port: int, bodies: list[bytes], seconds: float) -> dict[str, Any]
         "p50_ms": round(latencies[len(latencies) // 2] * 1e3, 2) if latencies else None,
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1e3, 2) if latencies else None,
         "failures": sum(failed for _, failed in results),
+        **(
+            {"server_cpu_ms_per_request": round(server_cpu_s * 1e3 / len(latencies), 3) if latencies else None}
+            if server_cpu_s is not None
+            else {}
+        ),
     }

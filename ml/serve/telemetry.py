@@ -1,9 +1,10 @@
 """Run-time metrics of the prediction service: one `mlops.serving.metrics.v1` message per /predict request.
 
 Each request gets a `RequestRecord` when it starts (its id, its start on the injected clock, the model that answers
-it); the /predict view adds its validated rows and predictions; `ServingTelemetry.finish` (Flask's after_request, see
-ml.serve.app) turns the record into a message and hands it to an `ml.events.native_publisher.NativeEventPublisher`,
-whose `publish()` only validates and appends to librdkafka's bounded queue: Kafka never delays or fails a request.
+it); the /predict view adds its validated rows and predictions; `ServingTelemetry.publish` (Flask's after_request, see
+ml.serve.app) hands the finished record to an `ml.events.native_publisher.NativeEventPublisher`, whose
+`publish_later()` only queues it: the publisher's own thread builds the message, validates it and appends it to
+librdkafka's bounded queue. Kafka never delays or fails a request.
 While the broker is down the queue fills and then refuses new messages, and messages waiting longer than the delivery
 timeout expire (both counted as dropped: `stats()`, shown on /metrics); the client reconnects by itself, so publishing
 resumes when the broker returns.
@@ -24,8 +25,9 @@ import random
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from ml.clock import SYSTEM_CLOCK, Clock
@@ -43,7 +45,7 @@ MAX_LOGGED_STRING = 256  # the schema's maxLength for a logged value
 class Publisher(Protocol):
     """What telemetry needs of a publisher (`NativeEventPublisher`; tests inject a fake)."""
 
-    def publish(self, topic: Topic, payload: dict[str, Any], key: str) -> None: ...
+    def publish_later(self, topic: Topic, build: Callable[[], Mapping[str, Any]], key: str) -> None: ...
 
     def stats(self) -> PublishStats: ...
 
@@ -182,8 +184,9 @@ class ServingTelemetry:
             publisher = self.publisher()
             if publisher is None:
                 return
-            payload = self.payload(record, model_name, status, latency_s)
-            publisher.publish(SERVING_METRICS, payload, serving_metrics_key(model_name, record.request_id))
+            # The payload is built off the request thread (the publisher's), from the finished record.
+            build = partial(self.payload, record, model_name, status, latency_s)
+            publisher.publish_later(SERVING_METRICS, build, serving_metrics_key(model_name, record.request_id))
         except Exception:
             with self._lock:
                 self.errors += 1

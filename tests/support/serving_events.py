@@ -8,7 +8,6 @@ from typing import Any
 
 from ml.events.envelope import make_envelope
 from ml.topics import SERVING_METRICS
-from tests.support.fake_clock import FakeClock
 
 
 def serving_event(
@@ -36,4 +35,4 @@ def serving_event(
         "rows_logged": rows if inputs else 0,
         "inputs": inputs,
     }
-    return make_envelope(SERVING_METRICS, payload, clock=FakeClock(wall=at))
+    return make_envelope(SERVING_METRICS, payload, event_time=at)

@@ -61,7 +61,7 @@ def serving_payload(model: str, version: str, latency_ms: float, status: int = 2
 
 
 def message(topic: Topic, payload: Any, at: float) -> bytes:
-    return json.dumps(make_envelope(topic, payload, clock=FakeClock(wall=at))).encode()
+    return json.dumps(make_envelope(topic, payload, event_time=at)).encode()
 
 
 class FakeConsumer:

@@ -7,12 +7,14 @@ import copy
 import json
 import math
 import re
+import time
 import uuid
 from typing import Any
 
 import numpy as np
 import pytest
 
+from ml.clock import utc_iso
 from ml.events.envelope import (
     EventValidationError,
     load_schema,
@@ -34,7 +36,6 @@ from ml.topics import (
     TRAINING_METRICS_V2,
     Topic,
 )
-from tests.support.fake_clock import FakeClock
 from tests.unit.ml.events.samples import DRIFT as DRIFT_SAMPLE
 from tests.unit.ml.events.samples import METRICS, METRICS_V2, PIPELINE, PROMOTED, SERVING, corrupted
 
@@ -82,9 +83,11 @@ def test_make_envelope_is_valid_and_complete(topic: Topic) -> None:
     validate_envelope(json.loads(json.dumps(envelope)), topic)  # survives the JSON round trip
 
 
-def test_the_event_time_comes_from_the_clock() -> None:
-    envelope = make_envelope(PIPELINE_EVENTS, PIPELINE, clock=FakeClock(wall=1_767_225_600.5))
+def test_the_event_time_is_the_one_given_or_now() -> None:
+    envelope = make_envelope(PIPELINE_EVENTS, PIPELINE, event_time=1_767_225_600.5)
     assert envelope["event_time"] == "2026-01-01T00:00:00.500Z"
+    before = utc_iso(time.time())
+    assert before <= make_envelope(PIPELINE_EVENTS, PIPELINE)["event_time"] <= utc_iso(time.time())
     assert make_envelope(PIPELINE_EVENTS, PIPELINE)["dag_run_id"] is None
 
 

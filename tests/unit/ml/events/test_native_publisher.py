@@ -18,6 +18,7 @@ from ml.events.native_publisher import DEFAULT_LINGER_MS, NativeEventPublisher, 
 from ml.events.publisher import PublishStats
 from ml.settings import KafkaSettings
 from ml.topics import SERVING_METRICS
+from tests.support.fake_clock import FakeClock
 from tests.support.probes import free_port
 from tests.unit.ml.events.samples import SERVING
 
@@ -161,4 +162,67 @@ def test_client_errors_are_logged_once_per_kind_until_a_message_gets_through(
         publisher._on_delivery(None, Delivered(SERVING_METRICS.name, b"m:1"))  # back: the next outage is logged again
         publisher._on_client_error(refused)
     assert len(caplog.records) == 3 and "k:9092" in caplog.records[-1].getMessage()
+    publisher.close(timeout_s=0)
+
+
+class Unhurried(NativeEventPublisher):
+    """Its thread never comes round during a test: what waits is built when the test says (or at close)."""
+
+    poll_interval_s = 3600.0
+
+
+def test_publish_later_builds_the_message_on_the_publishers_thread_stamped_when_it_was_queued(
+    recording: list[RecordingProducer],
+) -> None:
+    clock = FakeClock(wall=1_767_225_600.5)
+    publisher = Unhurried(KafkaSettings("k:9092"), clock=clock)
+    [client] = recording
+    built: list[str] = []
+
+    def build() -> dict[str, Any]:
+        built.append("payload")
+        return PAYLOAD
+
+    publisher.publish_later(SERVING_METRICS, build, key="m:1")
+    clock.advance(5)
+    assert built == [] and client.produced == [], "the caller pays for a tuple, not for the message"
+    assert publisher.stats() == PublishStats(sent=1, delivered=0, failed=0, dropped=0, pending=1)
+    publisher._build_waiting()
+    [(topic, value, key, _)] = client.produced
+    envelope = json.loads(value)
+    validate_envelope(envelope, SERVING_METRICS)
+    assert (topic, key, envelope["payload"], built) == (SERVING_METRICS.name, b"m:1", PAYLOAD, ["payload"])
+    assert envelope["event_time"] == "2026-01-01T00:00:00.500Z", "the time it was queued, not built"
+    publisher.close(timeout_s=0)
+
+
+def test_what_waits_to_be_built_is_bounded_and_built_at_close(recording: list[RecordingProducer]) -> None:
+    publisher = Unhurried(KafkaSettings("k:9092"), buffer_size=2)
+    [client] = recording
+    for n in range(3):
+        publisher.publish_later(SERVING_METRICS, lambda: PAYLOAD, key=f"m:{n}")
+    assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=1, pending=2)
+    assert publisher.close(timeout_s=0) == PublishStats(sent=2, delivered=0, failed=0, dropped=1, pending=2)
+    assert [key for _, _, key, _ in client.produced] == [b"m:0", b"m:1"], "built and handed over before the flush"
+    with pytest.raises(RuntimeError, match="after close"):
+        publisher.publish_later(SERVING_METRICS, lambda: PAYLOAD, key="m:3")
+
+
+def test_a_message_that_cannot_be_built_is_failed_and_the_others_still_go(
+    recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = Unhurried(KafkaSettings("k:9092"))
+    [client] = recording
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("outputs")
+
+    publisher.publish_later(SERVING_METRICS, broken, key="m:broken")
+    publisher.publish_later(SERVING_METRICS, lambda: {**PAYLOAD, "status": "ok"}, key="m:invalid")  # the schema's
+    publisher.publish_later(SERVING_METRICS, lambda: PAYLOAD, key="m:good")
+    with caplog.at_level(logging.ERROR, logger=native_publisher.__name__):
+        publisher._build_waiting()
+    assert [key for _, _, key, _ in client.produced] == [b"m:good"]
+    assert publisher.stats() == PublishStats(sent=3, delivered=0, failed=2, dropped=0, pending=1)
+    assert "event key=m:broken to mlops.serving.metrics.v1 could not be built (1 failed so far)" in caplog.text
     publisher.close(timeout_s=0)

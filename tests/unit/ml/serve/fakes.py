@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ml.events.envelope import make_envelope
@@ -11,8 +11,8 @@ from ml.topics import Topic
 
 
 class FakePublisher:
-    """EventPublisher's interface: keeps what is published, each one validated into its envelope as the real one does
-    (a payload the schema refuses raises here too)."""
+    """NativeEventPublisher's interface as telemetry uses it: keeps what is published, each one validated into its
+    envelope as the real one does (a payload the schema refuses raises here, at once)."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[Topic, dict[str, Any], str]] = []
@@ -20,9 +20,11 @@ class FakePublisher:
         self.closed = False
         self.counts = PublishStats(0, 0, 0, 0, 0)
 
-    def publish(self, topic: Topic, payload: dict[str, Any], key: str) -> None:
+    def publish_later(self, topic: Topic, build: Callable[[], Mapping[str, Any]], key: str) -> None:
+        """Builds the payload at once (the real one builds it on its thread, later)."""
         if self.closed:
-            raise RuntimeError("EventPublisher.publish() after close()")
+            raise RuntimeError("NativeEventPublisher.publish_later() after close()")
+        payload = dict(build())
         self.envelopes.append(make_envelope(topic, payload))
         self.messages.append((topic, payload, key))
 
