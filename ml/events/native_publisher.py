@@ -190,7 +190,16 @@ class NativeEventPublisher:
     def _build_waiting(self) -> None:
         with self._lock:
             waiting, self._waiting = self._waiting, deque()
+            # What librdkafka holds: handed over and not settled yet (its own len() counts its error events too).
+            held = self._published - self._delivered - self._failed - self._drops.dropped - len(waiting)
+        # What librdkafka's full queue would refuse is dropped unbuilt: a broker down costs the serving process nothing
+        # more than the queueing.
+        room = self.buffer_size - held
         for topic, build, key, stamp in waiting:
+            if room <= 0:
+                self._count_drop(f"the queue is full ({self.buffer_size})", key, topic.name)
+                continue
+            room -= 1
             try:
                 value = self._encoder.encode(make_envelope(topic, build(), self.dag_run_id, event_time=stamp))
             except Exception:

@@ -226,3 +226,26 @@ def test_a_message_that_cannot_be_built_is_failed_and_the_others_still_go(
     assert publisher.stats() == PublishStats(sent=3, delivered=0, failed=2, dropped=0, pending=1)
     assert "event key=m:broken to mlops.serving.metrics.v1 could not be built (1 failed so far)" in caplog.text
     publisher.close(timeout_s=0)
+
+
+def test_what_the_full_queue_would_refuse_is_dropped_unbuilt(recording: list[RecordingProducer]) -> None:
+    publisher = Unhurried(KafkaSettings("k:9092"), buffer_size=2)
+    [client] = recording
+    built: list[str] = []
+
+    def build() -> dict[str, Any]:
+        built.append("payload")
+        return PAYLOAD
+
+    for n in range(2):  # the broker is down: librdkafka holds as many as it may
+        publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")
+    publisher.publish_later(SERVING_METRICS, build, key="m:2")
+    publisher._build_waiting()
+    assert built == [] and len(client.produced) == 2
+    assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=1, pending=2)
+    client.produced[0][3](None, Delivered(SERVING_METRICS.name, b"m:0"))  # back: one delivered, room for one
+    publisher.publish_later(SERVING_METRICS, build, key="m:3")
+    publisher._build_waiting()
+    assert built == ["payload"] and client.produced[-1][2] == b"m:3"
+    assert publisher.stats() == PublishStats(sent=3, delivered=1, failed=0, dropped=1, pending=2)
+    publisher.close(timeout_s=0)
