@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from ml.settings import Settings
 from stack.demo import AirflowApi
+
+
+def is_class(actor: dict[str, Any], name: str) -> bool:
+    """Whether a state API actor is of class `name`: Ray names it by its qualified name or not, from one job to the
+    next (the same Tune trial was `ImplicitFunc` in one run, `wrap_function.<locals>.ImplicitFunc` in the next)."""
+    return str(actor["class_name"]).rsplit(".", 1)[-1] == name
 
 
 def test_the_run_succeeds_on_the_clusters(cluster_run: dict[str, Any]) -> None:
@@ -30,23 +37,26 @@ def test_spark_ran_the_preprocessing_on_both_workers(cluster_run: dict[str, Any]
         )
 
 
-def test_ray_ran_the_trials_on_both_nodes(cluster_run: dict[str, Any]) -> None:
+def test_ray_ran_the_trials_on_both_nodes(cluster_run: dict[str, Any], airflow_api: AirflowApi) -> None:
     from stack.cluster import ray_state
     from stack.config import stack_paths
 
     paths = stack_paths()
     nodes = {node["node_id"] for node in ray_state(paths, "nodes") if node["state"] == "ALIVE"}
     assert len(nodes) == 2
-    # The tune task is a Ray driver job of its own (its entrypoint names the Airflow task instance).
-    drivers = {
-        job["job_id"] for job in ray_state(paths, "jobs", detail=True) if job["start_time"] >= cluster_run["started_ms"]
+    # The tune task is a Ray driver job of its own, whose entrypoint names the Airflow task instance.
+    run = quote(cluster_run["run_id"])
+    tune = airflow_api.request("GET", f"/api/v2/dags/mlops_training/dagRuns/{run}/taskInstances/tune_models")
+    jobs = ray_state(paths, "jobs", detail=True)
+    drivers = {job["job_id"] for job in jobs if str(tune["id"]) in str(job.get("entrypoint"))}
+    actors = ray_state(paths, "actors", detail=True)
+    trials = [actor for actor in actors if is_class(actor, "ImplicitFunc") and actor["job_id"] in drivers]
+    seen = {
+        "tune task instance": (tune["id"], tune.get("try_number")),
+        "jobs": [(job["job_id"], job.get("start_time"), job.get("end_time"), job.get("entrypoint")) for job in jobs],
+        "actors": sorted({(actor["class_name"], actor["job_id"], actor["state"]) for actor in actors}),
     }
-    trials = [
-        actor
-        for actor in ray_state(paths, "actors", detail=True)
-        if actor["class_name"] == "ImplicitFunc" and actor["job_id"] in drivers
-    ]
-    assert trials, "no trial actor of this run in Ray's state API"
+    assert trials, f"no trial actor of this run in Ray's state API: {seen}"
     assert {actor["node_id"] for actor in trials} == nodes
 
 
@@ -133,7 +143,7 @@ def test_a_data_parallel_trial_spans_both_ray_nodes(cluster_stack: dict[str, str
         workers = [
             actor
             for actor in ray_state(paths, "actors", detail=True)
-            if actor["class_name"] == "RayTrainWorker" and actor["job_id"] in drivers
+            if is_class(actor, "RayTrainWorker") and actor["job_id"] in drivers
         ]
         assert len(workers) == 2 and {actor["node_id"] for actor in workers} == nodes, workers
     finally:
