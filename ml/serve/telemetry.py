@@ -126,9 +126,9 @@ class ServingTelemetry:
         # SystemRandom by default: os.urandom, so forked workers do not draw the same samples.
         self.sampler: Sampler = sampler if sampler is not None else random.SystemRandom()
         self.clock = clock
-        self.errors = (
-            0  # messages that could not be built or buffered (a bug, or a publisher closed): never the request's
-        )
+        # Messages that could not be queued (a publisher closed or broken): never the request's. A payload that
+        # fails to build does so on the publisher's thread and is counted there, as `failed`.
+        self.errors = 0
         self._publisher: Publisher | None = None
         self._pid: int | None = None
         self._lock = threading.Lock()
