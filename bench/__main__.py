@@ -1,5 +1,7 @@
 """`python -m bench [--quick] [--only B1,B5]`: run the ratio benchmarks B1..B10 one after another; summarise.
 
+B3b is B3 again at 50M rows (its own results file), for the memory the pandas baseline needs at that size.
+
 This runner is the entry point: it builds the settings (endpoints, buckets, credentials: ml.settings.Settings) once
 from its environment and passes them to every benchmark (`MLOPS_BENCH_SETTINGS`, see bench.common). Each benchmark
 runs as its own subprocess (`python -m bench.bN_...`, a fresh interpreter: no Spark JVM, Ray or Torch state carried
@@ -42,12 +44,27 @@ class Benchmark:
     quick: tuple[str, ...]  # arguments under --quick
     full: tuple[str, ...] = ()  # arguments otherwise (the module's defaults are the full size)
     secondary: str | None = None  # a second ratio in the result, with its own target
+    report_as: str | None = None  # results file bench/results/<report_as>.json when the module runs twice
 
+    @property
+    def results_name(self) -> str:
+        return self.report_as or self.name
+
+
+B3B_RESULTS = "b3_spark_vs_pandas_50m"
 
 BENCHMARKS = (
     Benchmark("B1", "b1_asha_vs_grid", ("--rows", "5000", "--epochs", "9")),
     Benchmark("B2", "b2_tune_overhead", ("--rows", "10000", "--trials", "4", "--epochs", "4")),
-    Benchmark("B3", "b3_spark_vs_pandas", ("--rows", "1000000")),
+    Benchmark("B3", "b3_spark_vs_pandas", ("--rows", "1000000"), secondary="memory_ratio"),
+    Benchmark(
+        "B3b",
+        "b3_spark_vs_pandas",
+        ("--rows", "3000000", "--spark-runs", "1", "--pandas-memory-gib", "1", "--report-as", B3B_RESULTS),
+        ("--rows", "50000000", "--spark-runs", "1", "--report-as", B3B_RESULTS),
+        secondary="memory_ratio",
+        report_as=B3B_RESULTS,
+    ),
     Benchmark("B4", "b4_loader_throughput", ("--rows", "50000", "--epochs", "2")),
     Benchmark(
         "B5",
@@ -93,7 +110,7 @@ def last_json_object(text: str) -> dict[str, Any] | None:
 
 
 def run_one(benchmark: Benchmark, quick: bool, timeout_s: float, settings: Settings) -> dict[str, Any]:
-    path = RESULTS_DIR / f"{benchmark.name}.json"
+    path = RESULTS_DIR / f"{benchmark.results_name}.json"
     before = path.stat().st_mtime if path.exists() else None
     command = [sys.executable, "-m", f"bench.{benchmark.name}", *(benchmark.quick if quick else benchmark.full)]
     print(f"== {benchmark.id}: {' '.join(command[1:])}", file=sys.stderr, flush=True)
@@ -121,7 +138,7 @@ def run_one(benchmark: Benchmark, quick: bool, timeout_s: float, settings: Setti
         if "benchmark" in printed and "name" not in printed:  # report() names the file under "benchmark"
             printed["name"] = printed.pop("benchmark")
         with contextlib.redirect_stdout(io.StringIO()):  # report() prints; the runner prints only the summary
-            document = report(benchmark.name, printed)
+            document = report(benchmark.results_name, printed)
     elif status == "ok":
         status = "failed (no JSON result)"
     entry: dict[str, Any] = {
@@ -163,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{benchmark.id}  bench.{benchmark.name}  quick: {' '.join(benchmark.quick) or '(defaults)'}")
         return 0
     wanted = {part.strip().upper() for part in args.only.split(",") if part.strip()}
-    unknown = wanted - {b.id for b in BENCHMARKS}
+    unknown = wanted - {b.id.upper() for b in BENCHMARKS}
     if unknown:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(b.id for b in BENCHMARKS)}")
-    chosen = [b for b in BENCHMARKS if not wanted or b.id in wanted]
+    chosen = [b for b in BENCHMARKS if not wanted or b.id.upper() in wanted]
     settings = Settings.from_env(os.environ)
     entries = [run_one(benchmark, args.quick, args.timeout_s, settings) for benchmark in chosen]
     machine = machine_info(())

@@ -91,8 +91,9 @@ def parse_values(raw: Any, numeric: Sequence[str], categorical: Sequence[str], t
             # 3.0 is category "3", as in Python (the bound keeps the cast exact and clear of overflow).
             integral = (F.abs(column) < 1e15) & (column == F.floor(column))
             text = F.when(integral, column.cast("bigint").cast("string")).otherwise(text)
-        # "3.0" and "3" are the same category, as in `normalise_category`.
-        return F.regexp_replace(text, INTEGRAL_DECIMAL_PATTERN, "$1")
+        # "3.0" and "3" are the same category, as in `normalise_category`. The pattern needs a ".": a text without
+        # one (most categories) is left as it is without running the regular expression.
+        return F.when(text.contains("."), F.regexp_replace(text, INTEGRAL_DECIMAL_PATTERN, "$1")).otherwise(text)
 
     return raw.select(
         *[parse_number(name).alias(name) for name in numeric],

@@ -169,3 +169,16 @@ def test_a_large_split_takes_its_edges_from_a_sample_and_still_counts_every_row(
     for decile, edge in enumerate(x.edges, start=1):  # a sample of ~1,000: ranks within a few percent
         assert abs(np.mean(values <= edge) - decile / 10) < 0.05
     assert x.fractions == pytest.approx(list(bin_counts(values, x.edges) / ROWS), abs=0)  # exact all the same
+
+
+@pytest.mark.parametrize("fields", [1, 4, 9])
+def test_bins_counted_over_several_aggregations_are_the_same_counts(
+    spark: Any, data: pd.DataFrame, fitted: TrainingDistributions, monkeypatch: pytest.MonkeyPatch, fields: int
+) -> None:
+    """A wide dataset's conditional counts take several passes (CODEGEN_FIELDS each); a pass boundary inside a
+    column's edges or categories must not move a count."""
+    monkeypatch.setattr(distributions, "CODEGEN_FIELDS", fields)
+    categories = [CategoricalFeature("c", ["a", "b"]), CategoricalFeature("all gone", [])]
+    numeric = ["x", "ties", "sp.arse`", "flat", "none"]
+    again = fit_distributions(spark_frame(spark, data), numeric, categories, dataset="d", snapshot_id="s")
+    assert again == fitted

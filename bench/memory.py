@@ -1,0 +1,117 @@
+"""Peak resident memory of processes, and a function run in a child process under a resident-memory cap (Linux).
+
+A baseline that reads its whole input into memory (B3's pandas) can take the machine down at large sizes; run under
+`run_capped`, it is stopped when its resident set passes the cap, and what it reached is reported instead of a figure.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+
+
+def _status_kib(pid: int, field: str) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return None  # ended (a zombie has no memory lines), or not a process
+
+
+def rss_bytes(pid: int) -> int | None:
+    """The process's resident set now."""
+    kib = _status_kib(pid, "VmRSS")
+    return None if kib is None else kib * 1024
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """The largest resident set the process has had so far (the kernel's high-water mark, not a sample)."""
+    kib = _status_kib(pid, "VmHWM")
+    return None if kib is None else kib * 1024
+
+
+def memory_total_bytes() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("/proc/meminfo has no MemTotal")
+
+
+@dataclass(frozen=True)
+class CappedRun:
+    """What a capped child did: its result (None unless it finished), its own seconds in the function (the wall
+    clock until it was stopped otherwise), its peak resident set, and whether it was stopped at the cap or failed."""
+
+    result: Any
+    seconds: float
+    peak_bytes: int
+    cap_bytes: int
+    stopped_at_cap: bool = False
+    error: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return not self.stopped_at_cap and self.error is None
+
+
+def _child(function: Callable[..., Any], args: tuple[Any, ...], send: Any) -> None:
+    started = time.perf_counter()
+    try:
+        result = function(*args)
+    except BaseException as error:  # reported to the parent, which decides what it means
+        outcome: tuple[str, Any] = ("error", f"{type(error).__name__}: {error}")
+    else:
+        outcome = ("ok", result)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    send.send((*outcome, time.perf_counter() - started, peak))
+    send.close()
+
+
+def run_capped(
+    function: Callable[..., Any], args: tuple[Any, ...], cap_bytes: int, *, poll_s: float = 0.05
+) -> CappedRun:
+    """`function(*args)` in a fresh (spawned) interpreter, killed as soon as its resident set passes `cap_bytes`.
+
+    `function` and `args` must pickle (a module-level function; settings, not clients). The child's peak comes from
+    its own rusage when it finishes, from the kernel's high-water mark read while it ran otherwise."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(function, args, send), name="capped", daemon=True)
+    started = time.perf_counter()
+    process.start()
+    send.close()  # the child holds the only writing end: a child that dies unannounced gives EOF
+    peak, answer = 0, None
+    try:
+        while True:
+            peak = max(peak, peak_rss_bytes(process.pid) or 0)
+            if (rss_bytes(process.pid) or 0) > cap_bytes:
+                process.kill()
+                process.join()
+                return CappedRun(None, time.perf_counter() - started, peak, cap_bytes, stopped_at_cap=True)
+            if receive.poll(poll_s):
+                try:
+                    answer = receive.recv()
+                except EOFError:
+                    answer = None
+                break
+    finally:
+        receive.close()
+    process.join()
+    if answer is None:
+        return CappedRun(
+            None, time.perf_counter() - started, peak, cap_bytes, error=f"the child exited with {process.exitcode}"
+        )
+    status, value, seconds, child_peak = answer
+    peak = max(peak, child_peak)
+    if status == "ok":
+        return CappedRun(value, seconds, peak, cap_bytes)
+    return CappedRun(None, seconds, peak, cap_bytes, error=value)
