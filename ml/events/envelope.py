@@ -15,14 +15,13 @@ import json
 import os
 import socket
 import sys
-import time
 import uuid
 from collections.abc import Mapping
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
-from ml.clock import utc_iso
+from ml.clock import utc_iso, utc_now_iso
 from ml.events.shapes import SHAPE_CHECKS
 from ml.json_values import json_safe
 from ml.topics import ALL_TOPICS, Topic
@@ -92,7 +91,7 @@ def make_envelope(
     envelope = {
         "schema": topic.schema,
         "event_id": event_id or str(uuid.uuid4()),
-        "event_time": utc_iso(time.time() if event_time is None else event_time),
+        "event_time": utc_now_iso() if event_time is None else utc_iso(event_time),
         "dag_run_id": dag_run_id,
         "producer": producer_id(),
         "payload": payload,

@@ -94,7 +94,8 @@ class NativeEventPublisher:
         self.dag_run_id = dag_run_id
         self.clock = clock  # stamps publish_later's messages
         self._lock = threading.Lock()
-        self._published = self._delivered = self._failed = 0
+        self._published = self._delivered = self._failed = 0  # failed: deliveries refused and payloads not built
+        self._unbuilt = 0  # of those failed, the payloads that could not be built (what their log line counts)
         self._refused = 0  # dropped because librdkafka's queue was full: never sent
         self._waiting: deque[tuple[Topic, Callable[[], Mapping[str, Any]], str, float]] = deque()  # publish_later's
         self._drops = DropLog(self.drop_log_each, self.drop_log_interval_s)
@@ -205,9 +206,10 @@ class NativeEventPublisher:
             except Exception:
                 with self._lock:
                     self._failed += 1
-                    failed = self._failed
-                if failed == 1 or failed % 1000 == 0:  # a payload that never builds would log every message
-                    log.exception("event key=%s to %s could not be built (%d failed so far)", key, topic.name, failed)
+                    self._unbuilt += 1
+                    unbuilt = self._unbuilt
+                if unbuilt == 1 or unbuilt % 1000 == 0:  # a payload that never builds would log every message
+                    log.exception("event key=%s to %s could not be built (%d so far)", key, topic.name, unbuilt)
                 continue
             self._produce(topic, value, key)
 

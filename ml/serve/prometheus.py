@@ -73,7 +73,8 @@ class ServingMetrics:
         )
         self.publish_errors = Counter(
             "mlops_serve_kafka_publish_errors",
-            "serving metrics messages that could not be built or buffered",
+            "serving metrics messages that could not be queued for publishing (a closed or broken publisher); a "
+            'payload that fails to build is counted in mlops_serve_kafka_events_total{outcome="failed"}',
             registry=self.registry,
         )
         for outcome in KAFKA_OUTCOMES:  # the series exist (at 0) before the first message
