@@ -37,6 +37,15 @@ def test_a_finished_child_returns_its_result_time_and_peak() -> None:
     assert 5 * MIB < run.peak_bytes < GIB
 
 
+def test_a_child_does_not_count_its_parents_memory() -> None:
+    held = b"x" * (512 * MIB)  # resident in this process while the child is spawned and runs
+
+    run = run_capped(sum_of_squares, (10,), cap_bytes=GIB)
+
+    assert len(held) == 512 * MIB
+    assert run.finished and run.peak_bytes < 256 * MIB
+
+
 def test_a_child_that_passes_the_cap_is_stopped_and_reported() -> None:
     run = run_capped(grow_without_end, (16, 4096), cap_bytes=200 * MIB, poll_s=0.01)
 
