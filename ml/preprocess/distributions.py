@@ -86,7 +86,7 @@ def fit_distributions(
 
     numeric_distributions = []
     for i, (name, column_edges) in enumerate(zip(numeric, edges, strict=True)):
-        count = int(stats[f"n{i}_count"])
+        count = present[i]
         numeric_distributions.append(
             NumericDistribution(
                 name=name,
@@ -102,7 +102,7 @@ def fit_distributions(
         )
     categorical_distributions = []
     for i, feature in enumerate(categorical):
-        count = int(stats[f"c{i}_count"])
+        count = present[len(numeric) + i]
         categorical_distributions.append(
             CategoricalDistribution(
                 name=feature.name,
