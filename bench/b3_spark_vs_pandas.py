@@ -185,14 +185,17 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     parser.add_argument(
         "--spark-runs", type=int, default=2, help="the last one is compared (default 2: a cold run, then the warm one)"
     )
+    total = memory_total_bytes()
     parser.add_argument(
         "--pandas-memory-gib",
         type=float,
-        default=round(0.6 * memory_total_bytes() / GIB, 1),
+        default=round(0.6 * total / GIB, 1) if total else None,
         help="the pandas baseline is stopped when its resident set passes this (default: 60%% of the machine's)",
     )
     parser.add_argument("--report-as", default="b3_spark_vs_pandas", help="the results file's name (bench/results)")
     args = parser.parse_args(argv)
+    if args.pandas_memory_gib is None:
+        parser.error("--pandas-memory-gib is needed: this machine's memory is unknown (no /proc/meminfo)")
 
     from ml.clients import s3_client
     from ml.ingest.config import IngestConfig

@@ -26,6 +26,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from bench.memory import memory_total_bytes
+
 if TYPE_CHECKING:
     from ml.settings import S3Settings, Settings
     from ml.tune.config import SearchConfig
@@ -183,16 +185,6 @@ def delete_run_outputs(settings: Settings, dataset: str, task: str, *, model: bo
     return problems
 
 
-def _memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def _java_version() -> str | None:
     try:
         completed = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30)
@@ -233,7 +225,7 @@ def machine_info(packages: tuple[str, ...] = DEFAULT_PACKAGES) -> dict[str, Any]
         except metadata.PackageNotFoundError:
             versions[package] = None
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    memory = _memory_bytes()
+    memory = memory_total_bytes()
     return {
         "cpu_count": os.cpu_count(),
         "usable_cores": usable,

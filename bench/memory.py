@@ -39,11 +39,15 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None if kib is None else kib * 1024
 
 
-def memory_total_bytes() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/meminfo has no MemTotal")
+def memory_total_bytes() -> int | None:
+    """The machine's memory (None where /proc/meminfo does not say)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 @dataclass(frozen=True)
