@@ -4,6 +4,8 @@ it needs (every stage replaced by a recording stand-in: no service, no Spark, no
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from types import SimpleNamespace
 from typing import Any
 
@@ -231,3 +233,18 @@ def test_the_command_requires(missing: str, capsys: pytest.CaptureFixture[str]) 
     with pytest.raises(SystemExit):
         parse(*[part for pair in argv.items() for part in pair])
     assert missing in capsys.readouterr().err
+
+
+def test_the_peak_logged_is_this_process_s_own_not_its_parent_s() -> None:
+    """A run-all started by a large process (B9's benchmark) reports its own peak: Linux carries rusage's ru_maxrss
+    across fork and exec, so that figure would be at least the parent's size."""
+    held = b"x" * (512 * 2**20)  # resident in this process while the child is started
+    printed = subprocess.run(
+        [sys.executable, "-c", "from ml.pipeline import peak_rss_mib; print(peak_rss_mib())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    assert len(held) == 512 * 2**20
+    assert 5 < float(printed) < 256
