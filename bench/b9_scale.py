@@ -315,7 +315,7 @@ class LogWatch:
     split_path: str | None = None
     split_line: str | None = None
     stage_ends: dict[str, float] = field(default_factory=dict)
-    driver_peak_after_mib: dict[str, float] = field(default_factory=dict)  # run-all's own ru_maxrss at each stage end
+    driver_peak_after_mib: dict[str, float] = field(default_factory=dict)  # run-all's own VmHWM per stage end
     tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
 
     def feed(self, line: str, now: float) -> None:
