@@ -45,6 +45,10 @@ def spark_conf(
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.shuffle.partitions": str(shuffle_partitions or shuffle_partitions_for(spark)),
         "spark.sql.session.timeZone": "UTC",
+        # The job caches its cleaned rows and reads them ~10 times (statistics, distributions, three splits).
+        # Compressing the cache only pays for strings (doubles are stored as they are) and building it cost ~4 s of
+        # 73 at 10M rows (bench/README.md, B3); the categories' strings are short.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
         "spark.ui.showConsoleProgress": "false",
         # s3a against the configured endpoint (path-style for S3-compatible servers).
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",

@@ -43,6 +43,7 @@ def test_conf_points_s3a_at_the_endpoint_and_hive_at_the_lake() -> None:
     assert conf["spark.sql.catalogImplementation"] == "hive"
     assert conf["spark.sql.warehouse.dir"] == "s3a://my-lake/warehouse"
     assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.sql.inMemoryColumnarStorage.compressed"] == "false"  # the job's cache: built faster (B3)
     # a dead object store fails the job in seconds, not minutes: Airflow's retry is the recovery
     assert int(conf["spark.hadoop.fs.s3a.retry.limit"]) <= 3 and int(conf["spark.hadoop.fs.s3a.attempts.maximum"]) <= 2
     assert all(isinstance(value, str) for value in conf.values())

@@ -155,6 +155,8 @@ NUMBER_SPELLINGS = [
     *["1e400", "-1e400", "nan", "NaN", "Infinity", "-inf", "", " "],  # no finite value: missing
     *["3D", "1f", "0x10", "1_000", "١٢", "--1", "1e", "e1", "1,5", "5 5"],  # not plain decimals
     *["\xa05", "5\xa0", "\u20035", "5\u2028", "\u00a0"],  # Unicode spaces: Spark does not trim them
+    *["\x015", "5\x1f", "\x00 5", "5\x08"],  # control characters: Java's parseDouble trims them, the rule does not
+    *["0X1p3", "-0x1.8p1", "5d ", " 3F", "+Infinity", "1.5e3d", "5.", "+5.", "-.5", "x5", "5x", "1e5x"],
 ]
 
 
@@ -173,6 +175,26 @@ def test_numbers_are_what_parse_number_accepts(spark: Any) -> None:
         (value, s, p) for value, s, p in zip(NUMBER_SPELLINGS, spark_values, python_values, strict=True) if s != p
     ]
     assert dict(cleaned.dtypes)["x"] == "double"
+
+
+def test_random_texts_are_numbers_exactly_when_parse_number_says_so(spark: Any) -> None:
+    # Short texts over the characters where Java's parseDouble (Spark's cast) and the rule part ways: type suffixes,
+    # hex, words, control characters, spaces. The job must agree with the rule on every one.
+    alphabet = "0123456789+-.eExXpPdDfFnNaIy \t\x01\x1f\xa0"
+    generator = np.random.default_rng(17)
+    texts = sorted(
+        {"".join(generator.choice(list(alphabet), size=int(generator.integers(1, 7)))) for _ in range(4000)}
+        | {"".join(generator.choice(list("0123456789.e+- "), size=int(generator.integers(1, 7)))) for _ in range(4000)}
+    )
+    df = frame(
+        spark, [(i, value, "a") for i, value in enumerate(texts)], ("i", "int"), ("x", "string"), ("y", "string")
+    )
+    spark_values = column(parsed(df.orderBy("i"), ["x"], []), "x")
+    python_values = [finite_or_none(parse_number(value)) for value in texts]
+    assert sum(value is not None for value in python_values) > 500  # the comparison covers many numbers
+    assert spark_values == python_values, [
+        (value, s, p) for value, s, p in zip(texts, spark_values, python_values, strict=True) if s != p
+    ][:10]
 
 
 def test_typed_numbers_keep_their_values_and_non_finite_ones_are_missing(spark: Any) -> None:
