@@ -11,43 +11,29 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from ml.procfs import proc_field_kib, status_kib
 
 GIB = 1024**3
 
 
-def _status_kib(pid: int, field: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return None  # ended (a zombie has no memory lines), or not a process
-
-
 def rss_bytes(pid: int) -> int | None:
     """The process's resident set now."""
-    kib = _status_kib(pid, "VmRSS")
+    kib = status_kib(pid, "VmRSS")
     return None if kib is None else kib * 1024
 
 
 def peak_rss_bytes(pid: int) -> int | None:
     """The largest resident set the process has had so far (the kernel's high-water mark, not a sample)."""
-    kib = _status_kib(pid, "VmHWM")
+    kib = status_kib(pid, "VmHWM")
     return None if kib is None else kib * 1024
 
 
 def memory_total_bytes() -> int | None:
     """The machine's memory (None where /proc/meminfo does not say)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+    kib = proc_field_kib("/proc/meminfo", "MemTotal")
+    return None if kib is None else kib * 1024
 
 
 @dataclass(frozen=True)

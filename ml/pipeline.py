@@ -9,9 +9,9 @@ import argparse
 import logging
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
+from ml.procfs import status_kib
 from ml.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -21,13 +21,8 @@ def peak_rss_mib() -> float:
     """This process's peak resident memory since it started: logged after each stage, so that the stage that raised
     it shows (benchmark B9 reads it). The kernel's VmHWM where there is one: rusage's ru_maxrss (the fallback) is
     carried across fork and exec on Linux, so a run-all started by a large process would report that process's size."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # KiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kib = status_kib("self", "VmHWM")
+    return (kib if kib is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) / 1024
 
 
 def run_pipeline(
