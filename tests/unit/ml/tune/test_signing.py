@@ -2,7 +2,8 @@
 filesystem gets a signature, every file read through it is checked before a byte is returned (changed content, a
 changed or missing signature, a file moved from another path, another stack's key: TamperedTuneState naming it), the
 signatures stay out of listings, copies and moves are signed for their new place, a task killed between the two
-uploads of a file leaves it readable, and the filesystem pickles without its key."""
+uploads of a file leaves it readable, a snapshot of Tune's folder uploads only the files that changed since this
+filesystem object wrote them, and the filesystem pickles without its key."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pickle
 import secrets
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pyarrow import fs
 
+from ml.arrow_handler import DelegatingHandler
 from ml.tune import signing
 from ml.tune.signing import SIGNATURE_SUFFIX, TamperedTuneState, sign_tree, signed_filesystem
 
@@ -202,6 +205,94 @@ def test_sign_tree_signs_what_a_folder_holds(storage: Any, signed: Any, signing_
     _write(storage, f"{RUN}/tuner.pkl", b"changed after signing")
     with pytest.raises(TamperedTuneState):
         signed.open_input_stream(f"{RUN}/tuner.pkl")
+
+
+# -- Tune's snapshots: the unchanged files of a folder are not uploaded again
+
+
+class _CountingHandler(DelegatingHandler):
+    """The plain filesystem, counting the files opened for writing per path (content and signatures alike) and
+    failing the next content upload when told to."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes: Counter[str] = Counter()
+        self.fail_next_content = False
+
+    def __eq__(self, other: object) -> bool:
+        return other is self
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def get_type_name(self) -> str:
+        return "counting"
+
+    def open_output_stream(self, path: str, metadata: Any) -> Any:
+        self.writes[path] += 1
+        if self.fail_next_content and not path.endswith(SIGNATURE_SUFFIX):
+            self.fail_next_content = False
+            raise OSError(f"upload of {path} failed")
+        return self.inner.open_output_stream(path, metadata=metadata)
+
+
+@pytest.fixture
+def counted(storage: Any) -> _CountingHandler:
+    return _CountingHandler(storage)
+
+
+def test_a_snapshot_uploads_only_what_changed_since_this_filesystem_wrote_it(
+    storage: Any, counted: _CountingHandler, signing_key: str, tmp_path: Path
+) -> None:
+    """Tune syncs its whole driver folder at every snapshot (pyarrow.fs.copy_files): what this filesystem object
+    wrote before with the same content is neither signed nor uploaded again; a changed file is, and reads back."""
+    signed = signed_filesystem(fs.PyFileSystem(counted), signing_key)
+    folder = tmp_path / "driver_artifacts"
+    (folder / "trial_a").mkdir(parents=True)
+    (folder / "trial_a" / "params.json").write_text('{"lr": 0.1}')
+    (folder / "experiment_state.json").write_text('{"snapshot": 1}')
+    fs.copy_files(str(folder), RUN, destination_filesystem=signed)
+    first = dict(counted.writes)
+    assert sum(first.values()) == 4  # two files, each with its signature
+
+    (folder / "experiment_state.json").write_text('{"snapshot": 2}')
+    fs.copy_files(str(folder), RUN, destination_filesystem=signed)
+    changed = {path: count - first.get(path, 0) for path, count in counted.writes.items() if count != first.get(path)}
+    state = f"{RUN}/experiment_state.json"
+    assert changed == {state: 1, f"{state}{SIGNATURE_SUFFIX}": 1}
+    assert _read(signed, state) == b'{"snapshot": 2}' and _read(signed, f"{RUN}/trial_a/params.json") == b'{"lr": 0.1}'
+
+    # Another filesystem object (another process's: a pickled copy starts empty too) knows nothing of these uploads.
+    again = signed_filesystem(fs.PyFileSystem(counted), signing_key)
+    before = sum(counted.writes.values())
+    _write(again, state, b'{"snapshot": 2}')
+    assert sum(counted.writes.values()) == before + 2
+
+
+def test_a_deleted_moved_or_failed_file_is_uploaded_again(
+    storage: Any, counted: _CountingHandler, signing_key: str
+) -> None:
+    signed = signed_filesystem(fs.PyFileSystem(counted), signing_key)
+    path = f"{RUN}/trial_a/result.json"
+    for forget in (
+        lambda: signed.delete_file(path),
+        lambda: signed.delete_dir(f"{RUN}/trial_a"),
+        lambda: signed.delete_dir_contents(RUN),
+        lambda: signed.move(f"{RUN}/trial_a", f"{RUN}/trial_b"),
+    ):
+        _write(signed, path, b"{}")
+        forget()
+        storage.create_dir(f"{RUN}/trial_a")  # S3 needs no folders; the local filesystem under the test does
+        before = counted.writes[path]
+        _write(signed, path, b"{}")
+        assert counted.writes[path] == before + 1
+        assert _read(signed, path) == b"{}"
+
+    counted.fail_next_content = True
+    with pytest.raises(OSError, match="failed"):
+        _write(signed, path, b'{"epoch": 2}')
+    _write(signed, path, b'{"epoch": 2}')  # uploaded this time: a failed upload is not remembered as done
+    assert _read(signed, path) == b'{"epoch": 2}'
 
 
 # -- the key
