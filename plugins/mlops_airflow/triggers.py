@@ -12,6 +12,7 @@ dispatcher, so that a bad routes file fails a task (and is mended) instead of dr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
@@ -23,7 +24,7 @@ from airflow.providers.apache.kafka.triggers.shared_stream import (
     KafkaSharedStreamTrigger,
 )
 from airflow.triggers.base import TriggerEvent
-from airflow.triggers.shared_stream import reject_shared_stream_event
+from airflow.triggers.shared_stream import AdvanceItem, reject_shared_stream_event
 from asgiref.sync import sync_to_async
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,16 @@ class MalformedMessage(ValueError):
 CONSUME_BATCH = 500  # messages one read may return: a backlog drains in batches, not one message per read
 
 
+def in_flight_limit(subscriber_queue_size: int) -> int:
+    """How many messages the producer may have handed out and not yet seen advanced: half the subscribers' queue
+    (`[triggerer] shared_stream_subscriber_queue_size`), at most a read's worth, at least two: a subscriber moves
+    past a message only when it takes the next one, so with one the stream would wait for itself."""
+    return max(2, min(CONSUME_BATCH, subscriber_queue_size // 2))
+
+
 class BatchingStreamProducer(KafkaSharedStreamProducer):
     """The provider's shared-stream producer (ack mode, the same offsets committed), reading in batches off the
-    triggerer's event loop thread.
+    triggerer's event loop thread, and never more than `in_flight` messages ahead of the subscribers.
 
     Why: the provider polls one message per `sync_to_async(consumer.poll)` call, and asgiref runs every such
     thread-sensitive call on one shared thread. With two shared streams in one triggerer (the upload and the drift
@@ -46,7 +54,28 @@ class BatchingStreamProducer(KafkaSharedStreamProducer):
     message per second: measured, 300 notifications of the lake bucket took five minutes to skip, and the drift
     monitor's checkpoint writes alone come at about that rate. Here a read takes up to CONSUME_BATCH messages and
     runs in the loop's thread pool (confluent-kafka's consumer is thread-safe), leaving the shared thread to the
-    commits."""
+    commits.
+
+    Back-pressure: Airflow's shared stream puts each message into every subscriber's queue without waiting, and fails
+    a subscriber whose queue is full; the restarted trigger reads again from the last committed offset. With a
+    backlog larger than the queue (the drift monitor's checkpoint files notify about one object a second, so an hour
+    with Airflow down is enough) the watcher overflowed, restarted and overflowed again for good, and every restart
+    turned the same first notifications into new asset events (raw_data_events ran every 2 s; seen on the dev stack).
+    So a message is handed out only while fewer than `in_flight` are waiting for their advance (the subscribers
+    moved past them: `advance`), which keeps every queue below half full."""
+
+    def __init__(self, *, in_flight: int = CONSUME_BATCH, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.in_flight = in_flight
+        self._room: asyncio.Semaphore | None = None
+
+    async def advance(self, batch: Sequence[AdvanceItem]) -> None:
+        try:
+            await super().advance(batch)
+        finally:
+            if self._room is not None:
+                for _ in batch:
+                    self._room.release()
 
     async def open_stream(self) -> AsyncIterator[tuple[Any, KafkaBrokerPayload]]:
         hook = KafkaConsumerHook(topics=self.topics, kafka_config_id=self.kafka_config_id)
@@ -55,10 +84,12 @@ class BatchingStreamProducer(KafkaSharedStreamProducer):
         self._consumer = consumer
         consume = sync_to_async(consumer.consume, thread_sensitive=False)
         keep_for_dlq = self.dlq_topic is not None
+        room = self._room = asyncio.Semaphore(self.in_flight)
         while True:
             for message in await consume(num_messages=CONSUME_BATCH, timeout=self.poll_timeout):
                 if message.error():
                     raise RuntimeError(f"Kafka consumer error: {message.error()}")
+                await room.acquire()  # released by advance, once the subscribers have moved past it
                 value = message.value()
                 yield (
                     value,
@@ -86,7 +117,10 @@ class MessageTrigger(KafkaSharedStreamTrigger):
 
     @classmethod
     def create_shared_stream_producer(cls, kwargs: dict[str, Any]) -> KafkaSharedStreamProducer:
+        from airflow.configuration import conf
+
         return BatchingStreamProducer(
+            in_flight=in_flight_limit(conf.getint("triggerer", "shared_stream_subscriber_queue_size")),
             topics=kwargs["topics"],
             kafka_config_id=kwargs["kafka_config_id"],
             poll_timeout=kwargs["poll_timeout"],
@@ -142,7 +176,8 @@ class S3NotificationTrigger(MessageTrigger):
             if obj.bucket in self.buckets:
                 watched.append(obj.as_dict())
             else:
-                log.info("skipped %s: bucket %r is not watched (%s)", obj.uri, obj.bucket, ", ".join(self.buckets))
+                # At debug: the drift monitor's checkpoint files alone notify about one object a second.
+                log.debug("skipped %s: bucket %r is not watched (%s)", obj.uri, obj.bucket, ", ".join(self.buckets))
         return {"objects": watched} if watched else None
 
 

@@ -57,7 +57,7 @@ def _filtered(*values: Any) -> list[Any]:
 
 
 def test_one_event_per_notification_of_watched_created_objects(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="mlops_airflow.triggers")  # an unwatched bucket's object: at debug
     values = [
         _message(_record(key="cars/a b+c.csv"), _record(key="cars/b.csv")),  # one upload notified with two records
         b"not json",
@@ -214,3 +214,97 @@ def test_a_consumer_error_ends_the_stream(monkeypatch: pytest.MonkeyPatch) -> No
     producer = type(trigger()).create_shared_stream_producer(kwargs)
     with pytest.raises(RuntimeError, match="Kafka consumer error: broker down"):
         _read(producer, FakeConsumer([[FakeMessage(1, None, error="broker down")]]), 1, monkeypatch)
+
+
+def test_the_in_flight_limit_keeps_a_subscribers_queue_half_empty() -> None:
+    from mlops_airflow.triggers import CONSUME_BATCH, in_flight_limit
+
+    assert in_flight_limit(1024) == CONSUME_BATCH  # Airflow's default queue: one read's worth
+    assert [in_flight_limit(size) for size in (64, 5, 3, 1)] == [32, 2, 2, 2]
+
+
+class BacklogConsumer:
+    """A partition holding `backlog` notifications: it serves reads from its position, commits and seeks back as the
+    provider's producer asks (what confluent-kafka's consumer does for one partition)."""
+
+    def __init__(self, backlog: list[bytes]) -> None:
+        self.backlog, self.position, self.committed = backlog, 0, 0
+
+    def consume(self, num_messages: int, timeout: float) -> list[FakeMessage]:
+        start, self.position = self.position, min(len(self.backlog), self.position + num_messages)
+        return [FakeMessage(offset, self.backlog[offset]) for offset in range(start, self.position)]
+
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        self.committed = max(self.committed, offsets[0].offset)
+
+    def seek(self, partition: Any) -> None:
+        self.position = partition.offset
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_backlog_larger_than_the_subscribers_queue_drains_without_overflowing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Airflow's shared stream fails a subscriber whose queue fills (the triggerer then restarts the watcher from the
+    last committed offset). A backlog of 25 queues' worth of notifications, the upload among them, goes through
+    Airflow's own manager in ack mode: one asset event for the upload, every offset committed, no overflow."""
+    from airflow.configuration import conf
+    from airflow.triggers.shared_stream import SharedStreamManager
+
+    queue = 16
+    lake = [_message(_record(bucket="lake", key=f"checkpoints/{n}")) for n in range(200)]
+    consumer = BacklogConsumer([*lake, _message(_record(key="penguins/p.csv")), *lake])
+
+    class Hook:
+        def __init__(self, **kwargs: Any) -> None:
+            pass
+
+        def get_consumer(self) -> BacklogConsumer:
+            return consumer
+
+    async def manual_commit(self: Any, hook: Any) -> None:
+        return None
+
+    from mlops_airflow.triggers import BatchingStreamProducer
+
+    monkeypatch.setattr("mlops_airflow.triggers.KafkaConsumerHook", Hook)
+    monkeypatch.setattr(BatchingStreamProducer, "_ensure_manual_commit", manual_commit)
+    real_getint = conf.getint
+    monkeypatch.setattr(
+        conf,
+        "getint",
+        lambda section, key, **kw: (
+            queue
+            if (section, key) == ("triggerer", "shared_stream_subscriber_queue_size")
+            else real_getint(section, key, **kw)
+        ),
+    )
+
+    async def run() -> list[Any]:
+        watcher = trigger()
+        key = watcher.shared_stream_key()
+        manager = SharedStreamManager(max_subscriber_queue=queue)
+        events = []
+
+        async def subscriber() -> None:  # the triggerer's side: each event stored, then confirmed
+            async for event in watcher.filter_shared_stream(manager.subscribe(trigger_id=1, trigger=watcher, key=key)):
+                events.append(event.payload)
+                manager.confirm_persisted([manager.bind_pending_event(trigger_id=1, key=key)])
+
+        task = asyncio.create_task(subscriber())
+        try:
+            async with asyncio.timeout(60):
+                while consumer.committed < len(consumer.backlog) and not task.done():
+                    await asyncio.sleep(0.01)
+        finally:
+            await manager.stop_all()
+        if task.done():
+            task.result()  # an overflow fails the subscription: raise it here
+        task.cancel()
+        return events
+
+    events = asyncio.run(run())
+    assert [[o["key"] for o in event["objects"]] for event in events] == [["penguins/p.csv"]]
+    assert consumer.committed == len(consumer.backlog)  # the next offset to read: all of them consumed
