@@ -88,12 +88,15 @@ def wait_until_idle(api: Any, timeout_s: float) -> float:
 
 
 def overlapping(api: Any, start: datetime, end: datetime, exclude: str | None = None) -> list[str]:
-    """Other mlops_training runs that were active during [start, end]."""
+    """Other mlops_training runs that were active during [start, end] (a run without an end date counts only while it
+    is queued or running: a run failed before it started has none)."""
     out = []
     for run in runs(api):
         if run["dag_run_id"] == exclude:
             continue
         began, ended = _time(run.get("start_date") or run.get("queued_at")), _time(run.get("end_date"))
+        if ended is None and run.get("state") not in ("queued", "running"):
+            continue
         if began and began < end and (ended is None or ended > start):
             out.append(run["dag_run_id"])
     return out
