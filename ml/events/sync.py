@@ -13,6 +13,9 @@ from ml.clients import close_quietly, kafka_producer
 from ml.settings import KafkaSettings
 from ml.topics import Topic
 
+# How long the producer's metadata waits before it may be fetched again (see `_prompt_metadata`).
+METADATA_RETRY_BACKOFF_MS = 10
+
 
 class EventPublishError(RuntimeError):
     """Kafka could not take an event; the message names the bootstrap servers."""
@@ -65,7 +68,20 @@ def sync_publisher(
         raise EventPublishError(
             f"Kafka is unreachable at {kafka.bootstrap_servers} (no answer within {timeout_s:g} s): {error}"
         ) from error
+    _prompt_metadata(producer)
     try:
         yield SyncPublisher(kafka, producer, timeout_s)
     finally:
         close_quietly(producer, timeout=min(timeout_s, 5.0))
+
+
+def _prompt_metadata(producer: Any) -> None:
+    """Let the first send fetch its topic's metadata at once. kafka-python 3.0 counts the bootstrap's metadata fetch as
+    a refresh and waits its metadata backoff, 100 ms whatever `retry_backoff_ms` the producer was given (its
+    ClusterMetadata is built without it), before asking for the topic the first send names: ~90 of a one-shot event's
+    ~105 ms on the local broker, paid twice by every Airflow task (its started and succeeded events). Failed refreshes
+    still back off exponentially (the connection manager's own delay). Nothing happens when a kafka-python release
+    lays its producer out differently (tests/integration/ml/events/test_publisher.py checks the pinned one)."""
+    config = getattr(getattr(producer, "_metadata", None), "config", None)
+    if isinstance(config, dict) and "retry_backoff_ms" in config:
+        config["retry_backoff_ms"] = METADATA_RETRY_BACKOFF_MS

@@ -83,6 +83,21 @@ def test_publisher_delivers_what_waited_once_the_broker_is_reachable(
     assert [r.key.decode() for r in read_all(settings.kafka, kafka_topic, 5)] == [f"back:t0:{e}" for e in range(5)]
 
 
+def test_a_sync_publishers_first_send_does_not_wait_out_the_metadata_backoff(kafka_topic: str, settings: Any) -> None:
+    """kafka-python 3.0.12 builds its producer's metadata without the producer's retry_backoff_ms and waits 100 ms
+    after the bootstrap before fetching a new topic's metadata; the sync publisher sets that backoff on the pinned
+    release's producer (ml.events.sync._prompt_metadata), and its sends go through as before."""
+    from ml.events.envelope import make_envelope
+    from ml.events.sync import METADATA_RETRY_BACKOFF_MS, sync_publisher
+
+    topic = Topic(kafka_topic, PIPELINE_EVENTS.schema, partitions=1, retention_ms=60000)
+    payload = {"dag_id": "mlops_training", "task_id": "t", "event": "task_started", "details": {}}
+    with sync_publisher(settings.kafka) as publisher:
+        assert publisher._producer._metadata.config["retry_backoff_ms"] == METADATA_RETRY_BACKOFF_MS
+        publisher.send(topic, make_envelope(topic, payload, None), "k")
+    assert len(read_all(settings.kafka, kafka_topic, 1)) == 1
+
+
 def test_publish_event_sync_and_its_clear_error(kafka_topic: str, settings: Any) -> None:
     topic = Topic(kafka_topic, PIPELINE_EVENTS.schema, partitions=1, retention_ms=60000)
     payload = {"dag_id": "mlops_training", "task_id": None, "event": "run_succeeded", "details": {"rows": 3}}
