@@ -161,19 +161,26 @@ class FakeConsumer:
         return self.batches.pop(0) if self.batches else []
 
 
-def _read(producer: Any, consumer: FakeConsumer, count: int, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+def _serve(consumer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every producer's consumer is `consumer`, and the connection's auto-commit check passes."""
+    from mlops_airflow.triggers import BatchingStreamProducer
+
     class Hook:
         def __init__(self, **kwargs: Any) -> None:
             pass
 
-        def get_consumer(self) -> FakeConsumer:
+        def get_consumer(self) -> Any:
             return consumer
 
-    async def manual_commit(hook: Any) -> None:
+    async def manual_commit(self: Any, hook: Any) -> None:
         return None
 
     monkeypatch.setattr("mlops_airflow.triggers.KafkaConsumerHook", Hook)
-    monkeypatch.setattr(producer, "_ensure_manual_commit", manual_commit)
+    monkeypatch.setattr(BatchingStreamProducer, "_ensure_manual_commit", manual_commit)
+
+
+def _read(producer: Any, consumer: FakeConsumer, count: int, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    _serve(consumer, monkeypatch)
 
     async def collect() -> list[Any]:
         import threading
@@ -257,20 +264,7 @@ def test_a_backlog_larger_than_the_subscribers_queue_drains_without_overflowing(
     lake = [_message(_record(bucket="lake", key=f"checkpoints/{n}")) for n in range(200)]
     consumer = BacklogConsumer([*lake, _message(_record(key="penguins/p.csv")), *lake])
 
-    class Hook:
-        def __init__(self, **kwargs: Any) -> None:
-            pass
-
-        def get_consumer(self) -> BacklogConsumer:
-            return consumer
-
-    async def manual_commit(self: Any, hook: Any) -> None:
-        return None
-
-    from mlops_airflow.triggers import BatchingStreamProducer
-
-    monkeypatch.setattr("mlops_airflow.triggers.KafkaConsumerHook", Hook)
-    monkeypatch.setattr(BatchingStreamProducer, "_ensure_manual_commit", manual_commit)
+    _serve(consumer, monkeypatch)
     real_getint = conf.getint
     monkeypatch.setattr(
         conf,
