@@ -60,6 +60,8 @@ compose-env: ## .env for docker-compose.yaml: fresh random credentials, mode 060
 lint: venv ## ruff format + ruff check (with Airflow's AIR rules), mypy, and a dependency audit (pip-audit)
 	$(VENV)/bin/ruff format --check ml plugins dags stack tests bench
 	$(VENV)/bin/ruff check ml plugins dags stack tests bench
+	@# A full disk makes mypy report an INTERNAL ERROR (and the services fail mid-write): say so first.
+	$(STACKCTL) disk
 	$(VENV)/bin/mypy ml plugins stack
 	@# Dependency audit of what .venv has installed, by pip-audit from its own small venv (.venv-tools; never .venv).
 	@# Known vulnerabilities fail the build unless security/pip-audit-ignore.txt lists their ID with a reason. When the

@@ -6,6 +6,7 @@ import argparse
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from ml.settings import Settings
 from stack.config import (
@@ -23,6 +24,7 @@ from stack.config import (
     stack_environment,
     stack_paths,
 )
+from stack.disk import SUITE_NEEDS_GIB, require_free_space
 from stack.profiles import every_service, profile_named
 from stack.services import StackError, port_in_use
 
@@ -45,6 +47,7 @@ def _up(args: argparse.Namespace) -> int:
             f"the {recorded or 'other'} profile is up ({', '.join(running)}); run `make stack-down` before starting "
             f"the {profile.name} profile"
         )
+    require_free_space(paths.root, SUITE_NEEDS_GIB)
     env = apply_stack_environment(profile.name)
     for line in fetch_all(paths):
         print(f"  {line}")
@@ -164,6 +167,12 @@ def _secret(args: argparse.Namespace) -> int:
     return 0
 
 
+def _disk(args: argparse.Namespace) -> int:
+    free_gib = require_free_space(args.path, args.need_gib)
+    print(f"{free_gib:.1f} GiB free on the filesystem of {args.path} (at least {args.need_gib:g} needed)")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if not args.command:
         raise StackError("usage: python -m stack run -- COMMAND [ARGS...]")
@@ -224,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     secret.add_argument("name")
     secret.set_defaults(func=_secret)
+    disk = sub.add_parser("disk", help="exit 1, saying so, when the disk is too full for the suite")
+    disk.add_argument("--need-gib", type=float, default=SUITE_NEEDS_GIB, help=f"default {SUITE_NEEDS_GIB:g}")
+    disk.add_argument("--path", type=Path, default=REPO_ROOT, help="a folder on the filesystem to check")
+    disk.set_defaults(func=_disk)
     run = sub.add_parser("run", parents=[common, identity], help="run a command in the stack's environment")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=_run)

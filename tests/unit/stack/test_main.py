@@ -356,3 +356,24 @@ def test_up_gives_the_local_broker_its_users_and_acls_as_admin(
     out = capsys.readouterr().out
     assert "users: monitor, pipeline, serving; ACL rules: 12" in out and "topics created: none (all exist)" in out
     assert not [password for password in client_passwords(stack_dir).values() if password in out]
+
+
+def test_disk_exits_1_saying_how_full_the_disk_is(stack_dir: StackPaths, tmp_path: Path) -> None:
+    """`make lint` runs it before mypy, which reports a full disk as an INTERNAL ERROR."""
+    enough = _stack(stack_dir, "disk", "--need-gib", "0", "--path", str(tmp_path))
+    assert enough.returncode == 0 and f"GiB free on the filesystem of {tmp_path}" in enough.stdout
+    too_little = _stack(stack_dir, "disk", "--need-gib", "1e9", "--path", str(tmp_path))
+    assert too_little.returncode == 1
+    assert f"free on the filesystem of {tmp_path}; this needs 1e+09 GiB" in too_little.stderr
+
+
+def test_up_refuses_to_start_on_a_full_disk(
+    in_process: StackPaths, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import stack.disk
+
+    _running(monkeypatch)
+    monkeypatch.setattr(stack.disk, "_free_bytes", lambda path: 0)
+    assert stack_main.main(["up", "--profile", "local"]) == 1, "refused before the environment (which would start)"
+    error = capsys.readouterr().err
+    assert "only 0.0 GiB free on the filesystem of " in error and "this needs 3 GiB" in error
