@@ -159,7 +159,8 @@ class SparkSettings:
     sizes the shuffle partitions of a cluster job. `lineage_classpath`: the OpenLineage Spark listener's jars on the
     submitting host (ml.preprocess.lineage; empty: jobs send no OpenLineage events). `kafka_source_classpath`: the jars
     of Spark's Kafka source on the submitting host (the streaming drift monitor hands them to Spark, which ships them
-    to the executors)."""
+    to the executors). `class_archive_dir`: a folder on the submitting host for the driver's class archives
+    (ml.preprocess.class_archive; None: the driver loads its classes from the jars every time)."""
 
     master: str = "local[*]"
     extra_classpath: str = ""
@@ -170,6 +171,7 @@ class SparkSettings:
     cores_max: int | None = None
     lineage_classpath: str = ""
     kafka_source_classpath: str = ""
+    class_archive_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.metastore_uri:
@@ -245,6 +247,7 @@ class Settings:
         )
         metastore_uri = env.get("MLOPS_HIVE_METASTORE_URI") or None
         embedded_metastore = None if metastore_uri else str(stack_dir / "data" / "hive")
+        class_archives = str(stack_dir / "data" / "spark" / "class-archives")
         return cls(
             s3=S3Settings(
                 endpoint_url=env.get("AWS_ENDPOINT_URL", s3.endpoint_url) or None,
@@ -279,6 +282,7 @@ class Settings:
                 cores_max=_positive_int(env, "MLOPS_SPARK_CORES_MAX"),
                 lineage_classpath=env.get("MLOPS_SPARK_LINEAGE_CLASSPATH", lineage_classpath),
                 kafka_source_classpath=env.get("MLOPS_SPARK_KAFKA_CLASSPATH", kafka_source_classpath),
+                class_archive_dir=env.get("MLOPS_SPARK_CLASS_ARCHIVE_DIR", class_archives) or None,
             ),
             ray=RaySettings(
                 env.get("RAY_ADDRESS") or None,
@@ -313,6 +317,7 @@ class Settings:
             "MLOPS_SPARK_CORES_MAX": str(self.spark.cores_max) if self.spark.cores_max else None,
             "MLOPS_SPARK_LINEAGE_CLASSPATH": self.spark.lineage_classpath,
             "MLOPS_SPARK_KAFKA_CLASSPATH": self.spark.kafka_source_classpath,
+            "MLOPS_SPARK_CLASS_ARCHIVE_DIR": self.spark.class_archive_dir,
         }
         written = {key: value for key, value in {**values, **spark_additions}.items() if value}
         return {**self.s3.subprocess_env(), **written}

@@ -73,6 +73,7 @@ def connections_from_environment(
                     "cores-max": spark.cores_max,
                     "local-ip": spark.local_ip,
                     "lineage-classpath": spark.lineage_classpath,
+                    "class-archive-dir": spark.class_archive_dir,
                 }
             ),
         },

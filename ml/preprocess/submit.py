@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ml.preprocess.class_archive import driver_class_archive
 from ml.preprocess.conf import spark_conf, spark_submit_env
 from ml.settings import ML_PACKAGE, LakeSettings, S3Settings, SparkSettings
 
@@ -142,13 +143,14 @@ def run_spark_job(
 
     require_cluster_services(spark)
     command = [spark_submit_binary(), "--master", spark.master, "--driver-memory", driver_memory, "--name", name]
-    for key, value in spark_conf(spark, s3, lake).items():
-        command += ["--conf", f"{key}={value}"]
     # spark-submit sends the Python driver's stdout and stderr to its stdout: pass the log on, keep the result line.
     results = []
     reasons = []  # the job's own `error: ...` lines (bad input): the exception carries them, not only the log
     env = {**_inherited_environment(), **application_env(spark, s3)}
-    with ml_package_zip() as package:
+    archived = driver_class_archive(spark.class_archive_dir, spark_conf(spark, s3, lake), env)
+    with ml_package_zip() as package, archived as conf:
+        for key, value in conf.items():
+            command += ["--conf", f"{key}={value}"]
         command += ["--py-files", str(package), str(application), *args]
         with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) as process:
             assert process.stdout is not None
@@ -159,9 +161,9 @@ def run_spark_job(
                     if line.startswith("error: "):
                         reasons.append(line[len("error: ") :].strip())
                     sys.stderr.write(line)
-    if process.returncode != 0 or not results:
-        reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
-        raise RuntimeError(f"{what} failed (spark-submit exit code {process.returncode}){reason}")
+        if process.returncode != 0 or not results:  # inside: a failed job's class archive is not kept
+            reason = f": {reasons[-1]}" if reasons else "; see the Spark log above"
+            raise RuntimeError(f"{what} failed (spark-submit exit code {process.returncode}){reason}")
     result: dict[str, Any] = json.loads(results[-1])
     return result
 

@@ -55,7 +55,8 @@ def spark_settings(spark_conn_id: str) -> SparkSettings:
     cluster"): `extra-classpath` (jars on this host for the driver, such as the s3a connector),
     `executor-extra-classpath` (jars that exist on a cluster's workers), `metastore-uri` (a networked Hive metastore)
     or `metastore-dir` (an embedded Derby metastore's folder), `local-ip` (the driver's address), `cores-max` (the
-    cores one job may take) and `lineage-classpath` (the OpenLineage Spark listener's jars on this host). The master
+    cores one job may take), `lineage-classpath` (the OpenLineage Spark listener's jars on this host) and
+    `class-archive-dir` (a folder for the driver's class archives: ml.preprocess.class_archive). The master
     is the one SparkSubmitHook submits to (host, and port when there is one)."""
     from ml.settings import SparkSettings
 
@@ -73,6 +74,7 @@ def spark_settings(spark_conn_id: str) -> SparkSettings:
         executor_classpath=str(extra.get("executor-extra-classpath") or ""),
         cores_max=int(cores_max) if cores_max not in (None, "") else None,
         lineage_classpath=str(extra.get("lineage-classpath") or ""),
+        class_archive_dir=extra.get("class-archive-dir") or None,
     )
 
 

@@ -8,6 +8,7 @@ call. Nothing here writes the worker's environment. The run's branch and summary
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -96,16 +97,19 @@ def submit_ml_job(
     """Run one of ml's Spark applications through the operator's spark-submit: the pipeline's conf, the environment
     that carries the credentials (never the command line) and the `ml` zip (`--py-files`) resolved now, at run time,
     as `python -m ml preprocess|score` resolve them (ml.preprocess.submit)."""
+    from ml.preprocess.class_archive import driver_class_archive
     from ml.preprocess.conf import spark_conf
     from ml.preprocess.preflight import require_cluster_services
     from ml.preprocess.submit import application_env, ml_package_zip
 
     require_cluster_services(spark)
-    operator.conf = {**spark_conf(spark, s3, lake), **(conf or {}), **(operator.conf or {})}
+    authored_conf = {**spark_conf(spark, s3, lake), **(conf or {}), **(operator.conf or {})}
     operator.env_vars = {**application_env(spark, s3), **(env or {}), **(operator.env_vars or {})}
     operator.application_args = args
     authored, operator._hook = operator.py_files, None  # (the provider builds its hook from these attributes)
-    with ml_package_zip() as package:  # the same zip as the CLI ships, removed afterwards
+    # SparkSubmitHook runs spark-submit with this process's environment plus env_vars: the java it finds there.
+    archived = driver_class_archive(spark.class_archive_dir, authored_conf, {**os.environ, **operator.env_vars})
+    with ml_package_zip() as package, archived as operator.conf:  # the same zip as the CLI ships, removed afterwards
         operator.py_files = ",".join([str(package), *([authored] if authored else [])])
         try:
             SparkSubmitOperator.execute(operator, context)

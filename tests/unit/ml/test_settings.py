@@ -102,6 +102,7 @@ def test_from_env_reads_every_variable(stack_dir: Path) -> None:
             cores_max=2,
             lineage_classpath="/jars/openlineage-spark.jar:/jars/kafka-clients.jar",
             kafka_source_classpath="/jars/spark-sql-kafka.jar:/jars/kafka-clients-3.jar",
+            class_archive_dir=str(stack_dir / "data" / "spark" / "class-archives"),
         ),
         ray=RaySettings(
             "ray://head:10001",
@@ -126,6 +127,15 @@ def test_unset_variables_keep_the_defaults(tmp_path: Path) -> None:
     # no classpath file: nothing added to Spark's classpath
     assert settings.spark.extra_classpath == "" and settings.spark.metastore_dir == str(tmp_path / "data" / "hive")
     assert Settings.from_env({}).spark.metastore_dir == str(PROJECT_ROOT / ".stack" / "data" / "hive")
+    # the driver's class archives in the stack folder; Settings() (no stack) keeps none
+    assert settings.spark.class_archive_dir == str(tmp_path / "data" / "spark" / "class-archives")
+    assert Settings().spark.class_archive_dir is None
+
+
+def test_the_class_archive_folder_is_configurable_and_an_empty_one_turns_archives_off(tmp_path: Path) -> None:
+    folder = str(tmp_path / "archives")
+    assert Settings.from_env({"MLOPS_SPARK_CLASS_ARCHIVE_DIR": folder}).spark.class_archive_dir == folder
+    assert Settings.from_env({"MLOPS_SPARK_CLASS_ARCHIVE_DIR": ""}).spark.class_archive_dir is None
 
 
 def test_empty_values_mean_none() -> None:

@@ -78,6 +78,7 @@ def test_the_connections_carry_the_endpoints_keys_and_spark_extras(stack_dir: St
         "cores-max": None,
         "local-ip": "127.0.0.1",
         "lineage-classpath": LINEAGE_JARS,
+        "class-archive-dir": str(stack_dir.data / "spark" / "class-archives"),
     }
     assert json.loads(connections["kafka_default"]["extra"]) == {"bootstrap.servers": "127.0.0.1:9092"}
     # The asset watcher's: no auto-commit (the shared-stream trigger refuses to start otherwise), a group of its own.

@@ -101,6 +101,7 @@ def test_spark_settings_of_a_cluster_connection(connections: Define, tmp_path: P
         "metastore-dir": str(tmp_path / "hive"),
         "local-ip": "10.1.2.3",
         "cores-max": cores,
+        "class-archive-dir": "/var/cache/mlops/class-archives",
     }
     connections(spark_cluster={"conn_type": "spark", "host": "spark://spark.unit.test", "port": 7077, "extra": extra})
     assert spark_settings("spark_cluster") == SparkSettings(
@@ -111,6 +112,7 @@ def test_spark_settings_of_a_cluster_connection(connections: Define, tmp_path: P
         metastore_uri="thrift://metastore.unit.test:9083",
         executor_classpath="/opt/spark/extra-jars/*",
         cores_max=2,
+        class_archive_dir="/var/cache/mlops/class-archives",
     )
 
 

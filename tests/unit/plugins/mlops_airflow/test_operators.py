@@ -442,6 +442,37 @@ def test_preprocess_operator_adds_no_listener_without_its_jars_or_without_openli
     assert "spark.extraListeners" not in _conf(spark_submit.command), "OpenLineage is off"
 
 
+def test_preprocess_operator_gives_the_driver_its_class_archive(
+    connections: Define,
+    spark_submit: SubmittedJob,
+    feature_spec_in_s3: list[Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With `class-archive-dir` in the Spark connection, the first job's driver writes the archive (of the classpath
+    it runs with, the listener's jars included) and a later job's maps it (ml.preprocess.class_archive)."""
+    from ml.preprocess import class_archive
+    from mlops_airflow.operators import FeaturePreprocessOperator
+
+    java = tmp_path / "java"
+    java.write_text("")
+    monkeypatch.setattr(class_archive, "java_binary", lambda env: java)
+    archives = tmp_path / "archives"
+    spark = {**connection_documents(tmp_path / "hive")["spark_default"]}
+    spark["extra"] = {**spark["extra"], "class-archive-dir": str(archives)}
+    connections("aws_default", spark_default=spark)
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute(lineage_context())
+    options = _conf(spark_submit.command)["spark.driver.extraJavaOptions"].split()
+    assert options[0].startswith("-Dderby.system.home="), "the embedded metastore's options stay"
+    [written] = [Path(part.split("=", 1)[1]) for part in options if part.startswith("-XX:ArchiveClassesAtExit=")]
+    assert written.parent == archives and not written.exists(), "the JVM (not started here) wrote none: none kept"
+    archive = archives / f"{written.name.split('.')[0]}.jsa"
+    archive.write_bytes(b"an archive")
+    FeaturePreprocessOperator(task_id="pre", dataset="d", snapshot_id="abc").execute(lineage_context())
+    options = _conf(spark_submit.command)["spark.driver.extraJavaOptions"].split()
+    assert f"-XX:SharedArchiveFile={archive}" in options
+
+
 def test_preprocess_operator_keeps_the_dag_authors_conf_and_env(
     connections: Define, spark_submit: SubmittedJob, feature_spec_in_s3: list[Any]
 ) -> None:
