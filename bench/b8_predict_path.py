@@ -22,13 +22,16 @@ requests/s and p50/p99 latency. `http_ratio` = /predict requests/s (columnar) / 
 (The servers and clients: bench.http_load, which B10 shares.)
 
 (d) Batches through gunicorn (skipped by `--transform-only` too): the same /predict server (columnar) and 8 clients
-sending `--rows`-row bodies (4 bodies of B9-shaped rows in turn), against the same rows predicted in process, in one
-thread, without HTTP: `TabularPredictor.predict_rows` (transform + `ml.models.predict` + the class labels), what a
-user of the registered model calls (its pyfunc runs it) when they hold the rows already; the model's call alone on
-the already-transformed matrix is reported beside it (`model_only`), for reference, as the floor no service reaches.
-The server's answer to one body is first checked against the in-process prediction of the same rows. Phases of
-`--http-seconds` alternate with in-process rounds of as long; rows/s, and p50/p99 latency per request.
-`batch_http_ratio` = /predict rows/s / in-process rows/s (target >= 0.5).
+sending `--rows`-row bodies (4 bodies of B9-shaped rows in turn), as JSON and as Arrow IPC streams
+(ml.serve.arrow_body), against the same rows predicted in process, in one thread, without HTTP: the faster of
+`TabularPredictor.predict_rows` (transform + `ml.models.predict` + the class labels), what a user of the registered
+model calls (its pyfunc runs it) when they hold the rows already, and `predict_columns` on the rows already split
+into columns (their conversion not counted: the least work that predicts them); the model's call alone on the
+already-transformed matrix is reported beside them (`model_only`), for reference, as the floor no service reaches.
+The server's answer to one body of each kind is first checked against the in-process prediction of the same rows.
+Phases of `--http-seconds` alternate with in-process rounds of as long; rows/s, and p50/p99 latency per request.
+`batch_http_ratio` = /predict rows/s from JSON bodies / in-process rows/s, `batch_arrow_ratio` the same from Arrow
+bodies (target >= 0.5).
 No stack needed: nothing here talks to S3, MLflow or Kafka.
 
     .venv/bin/python -m bench.b8_predict_path --transform-only     # (a) and (b): a minute
@@ -49,6 +52,8 @@ from functools import partial
 from itertools import count
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -238,53 +243,79 @@ def http_throughput(folder: Path, rounds: int, seconds: float, shapes: list[Shap
 
 
 def batch_throughput(folder: Path, rows: int, rounds: int, seconds: float) -> dict[str, Any]:
-    """(d): `rows`-row requests to /predict (columnar) / the same rows predicted in process, rounds alternating."""
+    """(d): `rows`-row requests to /predict, as JSON and as Arrow bodies / the same rows predicted in process,
+    rounds alternating."""
     from ml.predictor import TabularPredictor, answer_fields
+    from ml.serve.arrow_body import ARROW_STREAM
+    from tests.support.arrow_stream import arrow_stream
 
     predictor = TabularPredictor.from_files(folder / "checkpoint", folder / "feature_spec.json")
+    spec = predictor.spec
     batches = [client_rows(rows, seed=100 + index) for index in range(4)]
     bodies = [json.dumps({"rows": batch}).encode() for batch in batches]
-    matrices = [predictor.spec.transform(batch) for batch in batches]
+    arrow_bodies = [arrow_stream(batch) for batch in batches]
+    columns = [
+        (
+            np.array([[row[f.name] for f in spec.numeric] for row in batch], dtype=np.float64),
+            [[row[f.name] for row in batch] for f in spec.categorical],
+        )
+        for batch in batches
+    ]
+    matrices = [spec.transform(batch) for batch in batches]
     turns = count()  # the in-process sides take the batches in turn, as the clients do
 
     def in_process() -> float:
         return rows_per_second(lambda: predictor.predict_rows(batches[next(turns) % len(batches)]), rows, seconds)
 
+    def in_process_columns() -> float:
+        return rows_per_second(lambda: predictor.predict_columns(*columns[next(turns) % len(batches)]), rows, seconds)
+
     def model_only() -> float:
         return rows_per_second(lambda: predictor.predict_matrix(matrices[next(turns) % len(batches)]), rows, seconds)
 
+    expected = json.loads(json.dumps(answer_fields(*predictor.predict_rows(batches[0]), predictor.classes)))
     with running_servers({"predict": ("served_app()", {MODEL_DIR_VARIABLE: str(folder)})}) as ports:
-        connection = http.client.HTTPConnection("127.0.0.1", ports["predict"], timeout=60)
-        connection.request("POST", "/predict", body=bodies[0], headers={"Content-Type": "application/json"})
-        served = json.loads(connection.getresponse().read())
-        expected = json.loads(json.dumps(answer_fields(*predictor.predict_rows(batches[0]), predictor.classes)))
-        if {key: served.get(key) for key in expected} != expected:
-            raise AssertionError(f"{rows} rows: /predict's answer differs from the in-process prediction's")
+        for body, content_type in ((bodies[0], "application/json"), (arrow_bodies[0], ARROW_STREAM)):
+            connection = http.client.HTTPConnection("127.0.0.1", ports["predict"], timeout=60)
+            connection.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+            served = json.loads(connection.getresponse().read())
+            if {key: served.get(key) for key in expected} != expected:
+                raise AssertionError(f"{rows} rows as {content_type}: /predict's answer differs from in process")
         sides: dict[str, Callable[[], Any]] = {
             "http": partial(http_phase, ports["predict"], bodies, seconds),
+            "http_arrow": partial(http_phase, ports["predict"], arrow_bodies, seconds, content_type=ARROW_STREAM),
             "in_process": in_process,
+            "in_process_columns": in_process_columns,
             "model_only": model_only,
         }
         measured = abba(sides, rounds)
-    phases: list[dict[str, Any]] = measured["http"]
-    http_rows = statistics.median(p["requests_per_s"] * rows for p in phases)
-    local, model = statistics.median(measured["in_process"]), statistics.median(measured["model_only"])
+    served_rows = {
+        side: statistics.median(p["requests_per_s"] * rows for p in measured[side]) for side in ("http", "http_arrow")
+    }
+    local = {side: statistics.median(measured[side]) for side in ("in_process", "in_process_columns", "model_only")}
+    fastest = max(local["in_process"], local["in_process_columns"])
     return {
         "method": f"gunicorn 1 worker x 4 threads, {CLIENTS} client processes on 127.0.0.1, a connection per request, "
-        f"{rows}-row requests (4 bodies in turn, {len(bodies[0]) // 1024} KiB each), {seconds:g} s per phase after "
-        "1 s of warm-up; in process, one thread, the same 4 batches in turn for as long; rounds alternating; medians",
-        "baseline": "in_process: TabularPredictor.predict_rows on the parsed rows (FeatureSpec.transform + "
-        "ml.models.predict + the class labels), what the registered model's pyfunc runs and a user without the "
-        "service would call; model_only: ml.models.predict on the already-transformed matrix, for reference",
-        "rows_per_s": {"http": round(http_rows), "in_process": round(local), "model_only": round(model)},
-        "ratio": ratio(http_rows, local),
-        "ratio_vs_model_only": ratio(http_rows, model),
-        "p50_ms": statistics.median(p["p50_ms"] for p in phases),
-        "p99_ms": statistics.median(p["p99_ms"] for p in phases),
-        "in_process_ms_per_call": round(rows / local * 1e3, 2),
-        "model_only_ms_per_call": round(rows / model * 1e3, 3),
-        "phases": phases,
-        "rounds_rows_per_s": {name: [round(x) for x in measured[name]] for name in ("in_process", "model_only")},
+        f"{rows}-row requests (4 bodies in turn: JSON {len(bodies[0]) // 1024} KiB, Arrow IPC "
+        f"{len(arrow_bodies[0]) // 1024} KiB each), {seconds:g} s per phase after 1 s of warm-up; in process, one "
+        "thread, the same 4 batches in turn for as long; rounds alternating; medians",
+        "baseline": "the faster of in_process (TabularPredictor.predict_rows on the parsed rows: FeatureSpec.transform "
+        "+ ml.models.predict + the class labels, what the registered model's pyfunc runs) and in_process_columns "
+        "(predict_columns on the same rows already split into columns, their conversion not counted: the transform "
+        "from columns + the model + labels, the least work that predicts them); model_only: ml.models.predict on the "
+        "already-transformed matrix, for reference",
+        "rows_per_s": {name: round(value) for name, value in {**served_rows, **local}.items()},
+        "ratio": ratio(served_rows["http"], fastest),
+        "arrow_ratio": ratio(served_rows["http_arrow"], fastest),
+        "ratio_vs_model_only": ratio(served_rows["http_arrow"], local["model_only"]),
+        **{
+            f"{side}_{key}_ms": statistics.median(p[f"{key}_ms"] for p in measured[side])
+            for side in ("http", "http_arrow")
+            for key in ("p50", "p99")
+        },
+        "in_process_ms_per_call": {name: round(rows / value * 1e3, 3) for name, value in local.items()},
+        "phases": {side: measured[side] for side in ("http", "http_arrow")},
+        "rounds_rows_per_s": {name: [round(x) for x in measured[name]] for name in local},
     }
 
 
@@ -337,6 +368,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         "http_ratio": served["predict_vs_bare"] if served else None,
         "http_target": ">= 0.7",
         "batch_http_ratio": batch["ratio"] if batch else None,
+        "batch_arrow_ratio": batch["arrow_ratio"] if batch else None,
         "batch_http_target": ">= 0.5",
         "spec": f"{NUMERIC} numeric + {CATEGORICAL} categorical columns ({LEVELS} levels + OTHER): "
         f"{len(spec.feature_columns)} model inputs",

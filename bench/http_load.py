@@ -123,11 +123,13 @@ def running_servers(
             server.wait(timeout=30)
 
 
-def client(port: int, bodies: list[bytes], seconds: float, ready: Any, go: Any, start: Any, out: Any) -> None:
-    """One client: POST /predict with `bodies` in turn, one connection each (gunicorn's gthread worker starved
-    keep-alive clients beyond its threads: a bare phase fell to ~15 requests/s with 30-s stalls), from the start the
-    parent sets once every client is ready: 1 s of warm-up, then `seconds` measured. Latency includes the connection's
-    set-up."""
+def client(
+    port: int, bodies: list[bytes], seconds: float, ready: Any, go: Any, start: Any, out: Any, content_type: str
+) -> None:
+    """One client: POST /predict with `bodies` (of `content_type`) in turn, one connection each (gunicorn's gthread
+    worker starved keep-alive clients beyond its threads: a bare phase fell to ~15 requests/s with 30-s stalls), from
+    the start the parent sets once every client is ready: 1 s of warm-up, then `seconds` measured. Latency includes
+    the connection's set-up."""
     latencies: list[float] = []
     failures = index = 0
     try:
@@ -142,7 +144,7 @@ def client(port: int, bodies: list[bytes], seconds: float, ready: Any, go: Any, 
                     "POST",
                     "/predict",
                     body=bodies[index % len(bodies)],
-                    headers={"Content-Type": "application/json", "Connection": "close"},
+                    headers={"Content-Type": content_type, "Connection": "close"},
                 )
                 response = connection.getresponse()
                 response.read()
@@ -174,13 +176,19 @@ def process_tree_cpu_s(pid: int) -> float:
     return total
 
 
-def http_phase(port: int, bodies: list[bytes], seconds: float, server_pid: int | None = None) -> dict[str, Any]:
+def http_phase(
+    port: int,
+    bodies: list[bytes],
+    seconds: float,
+    server_pid: int | None = None,
+    content_type: str = "application/json",
+) -> dict[str, Any]:
     """One phase; with `server_pid`, also the server's CPU per answered request over the measured seconds (its
     gunicorn master and workers: what /predict costs the machine apart from the clients)."""
     # fork: the clients start at once, without importing anything (they use sockets only, never torch).
     context = multiprocessing.get_context("fork")
     ready, out, go, start = context.Queue(), context.Queue(), context.Event(), context.Value("d", 0.0)
-    arguments = (port, bodies, seconds, ready, go, start, out)
+    arguments = (port, bodies, seconds, ready, go, start, out, content_type)
     clients = [context.Process(target=client, args=arguments) for _ in range(CLIENTS)]
     for process in clients:
         process.start()

@@ -53,7 +53,15 @@ class TabularPredictor:
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> tuple[list[Any], np.ndarray | None]:
         """Raw rows -> (class labels or values, probabilities or None), exactly FeatureSpec.transform + predict."""
-        outputs, probabilities = self.predict_matrix(self.spec.transform(rows))
+        return self._answers(*self.predict_matrix(self.spec.transform(rows)))
+
+    def predict_columns(
+        self, numeric: np.ndarray, categorical: Sequence[Sequence[Any]]
+    ) -> tuple[list[Any], np.ndarray | None]:
+        """`predict_rows` of rows given as columns (FeatureSpec.transform_columns): the same answers."""
+        return self._answers(*self.predict_matrix(self.spec.transform_columns(numeric, categorical)))
+
+    def _answers(self, outputs: np.ndarray, probabilities: np.ndarray | None) -> tuple[list[Any], np.ndarray | None]:
         if self.classes:
             return self.spec.decode_labels(outputs.tolist()), probabilities  # tolist: Python ints, in C
         return [float(v) for v in outputs], None

@@ -99,18 +99,37 @@ class _Encoder:
 
 def transform(plan: Plan, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
     columns, failed = _columns(records, plan.names)
-    matrix = np.zeros((len(columns[0]) if plan.names else len(records), plan.width), dtype=np.float32)
-    errors = [failed] if failed else []
     count = len(plan.numeric)
-    if count:
-        raw, numeric_errors = _numbers(plan, columns[:count])
-        errors += numeric_errors
+    raw, errors = _numbers(plan, columns[:count]) if count else (None, [])
+    rows = len(columns[0]) if plan.names else len(records)
+    return _matrix(plan, rows, raw, columns[count:], ([failed] if failed else []) + errors)
+
+
+def transform_columns(plan: Plan, numeric: np.ndarray, categorical: Sequence[Sequence[Any]]) -> np.ndarray:
+    """`transform` of rows already split into columns: `numeric` the numeric features' values as float64, one column
+    per feature in spec order (NaN: missing), `categorical` each categorical feature's values in spec order."""
+    if numeric.shape != (numeric.shape[0], len(plan.numeric)) or len(categorical) != len(plan.encoders):
+        raise ValueError(
+            f"expected {len(plan.numeric)} numeric and {len(plan.encoders)} categorical columns, got "
+            f"{numeric.shape[1] if numeric.ndim == 2 else numeric.shape} and {len(categorical)}"
+        )
+    return _matrix(plan, numeric.shape[0], numeric if plan.numeric else None, categorical, [])
+
+
+def _matrix(
+    plan: Plan, rows: int, raw: np.ndarray | None, categorical: Sequence[Sequence[Any]], errors: list[Error]
+) -> np.ndarray:
+    """The float32 feature matrix: numeric values standardised (missing ones filled), categorical ones one-hot; the
+    first error in row, then column order raised (a row-wise transform meets it first)."""
+    matrix = np.zeros((rows, plan.width), dtype=np.float32)
+    count = len(plan.numeric)
+    if raw is not None:
         with np.errstate(all="ignore"):  # beyond float32 is inf, as it was row by row
             matrix[:, :count] = np.where(np.isfinite(raw), (raw - plan.mean) / plan.scale, plan.filled)
     offset = count
-    for position, (encoder, values) in enumerate(zip(plan.encoders, columns[count:], strict=True)):
-        rows, error = encoder.encode(values)
-        matrix[:, offset : offset + encoder.width] = encoder.rows[rows]
+    for position, (encoder, values) in enumerate(zip(plan.encoders, categorical, strict=True)):
+        codes, error = encoder.encode(values)
+        matrix[:, offset : offset + encoder.width] = encoder.rows[codes]
         offset += encoder.width
         if error:
             errors.append((error[0], count + position, error[1]))

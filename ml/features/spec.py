@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.features.columnar import Plan, transform
+from ml.features.columnar import Plan, transform, transform_columns
 from ml.features.rules import OTHER, SPEC_VERSION
 
 
@@ -92,6 +92,12 @@ class FeatureSpec:
         the row-by-row rule gives: `rules.to_float` and standardisation per numeric value, `normalise_category` and
         one-hot per categorical value (tests/support/rowwise_transform.py keeps that rule as the tests' oracle)."""
         return transform(self._plan, records)
+
+    def transform_columns(self, numeric: np.ndarray, categorical: Sequence[Sequence[Any]]) -> np.ndarray:
+        """`transform` of rows given as columns (an Arrow request's): `numeric` a float64 matrix, one column per
+        numeric feature in spec order (NaN: missing), `categorical` each categorical feature's raw values in spec
+        order. The same arithmetic and one-hot as `transform` of the same rows."""
+        return transform_columns(self._plan, numeric, categorical)
 
     @cached_property
     def _plan(self) -> Plan:

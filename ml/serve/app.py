@@ -1,7 +1,8 @@
 """The Flask prediction service: validation, prediction, and hot reload of the champion.
 
 Endpoints
-  POST /predict  {"rows": [{feature: value, ...}, ...]}
+  POST /predict  {"rows": [{feature: value, ...}, ...]}, or an Arrow IPC stream of the input columns
+                 (Content-Type application/vnd.apache.arrow.stream: ml.serve.arrow_body)
                  -> {"model", "version", "predictions": [...], "probabilities": [[...]], "classes": [...]}
                  (probabilities and classes for classification only)
   GET  /health   liveness plus the version served and the watcher's state
@@ -35,6 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cache, partial
 from typing import Any
 
 from flask import Flask, Response, g, jsonify, request
@@ -43,6 +45,7 @@ from werkzeug.exceptions import HTTPException
 from ml.clock import SYSTEM_CLOCK, Clock
 from ml.predictor import LoadedModel, answer_fields, load_version, resolve_version
 from ml.registry.conventions import CHAMPION
+from ml.serve.arrow_body import ARROW_STREAM, read_arrow_rows
 from ml.serve.prometheus import ServingMetrics
 from ml.serve.reload import ModelHolder, PromotionWatcher
 from ml.serve.telemetry import MAX_LOGGED_ROWS_CAP, Publisher, RequestRecord, Sampler, ServingTelemetry
@@ -208,16 +211,23 @@ def build_app(
     def predict() -> Response:
         record: RequestRecord = g.serve_request
         model = record.model  # one model for the whole request, even if a reload swaps it meanwhile
-        rows = validate_rows(parse_body(request.get_data(cache=False)), model.spec, config.max_rows)
-        record.rows = rows
+        raw = request.get_data(cache=False)
+        if request.mimetype == ARROW_STREAM:
+            columns = read_arrow_rows(raw, model.spec, config.max_rows)
+            record.rows = columns
+            predicting = partial(model.predictor.predict_columns, columns.numeric, columns.categorical)
+        else:
+            record.rows = validate_rows(parse_body(raw), model.spec, config.max_rows)
+            predicting = partial(model.predictor.predict_rows, record.rows)
         try:
-            outputs, probabilities = model.predictor.predict_rows(rows)
+            outputs, probabilities = predicting()
         except ValueError as error:  # a value the spec cannot transform: the client's data, not a server fault
             raise RequestError(str(error), 422) from None
         record.outputs = outputs
         body: dict[str, Any] = {"model": state.holder.name, "version": model.version}
         body.update(answer_fields(outputs, probabilities, model.predictor.classes))
-        return jsonify(body)
+        # msgspec: the same JSON values as json.dumps (shortest round-trip floats), ~8x faster on a 1000-row answer.
+        return Response(_json_encoder().encode(body), mimetype="application/json")
 
     @app.get("/health")
     def health() -> Response:
@@ -281,6 +291,13 @@ def build_app(
 
 
 SERVING_LINGER_MS = 100
+
+
+@cache
+def _json_encoder() -> Any:
+    import msgspec
+
+    return msgspec.json.Encoder()
 
 
 def _event_publisher(kafka: KafkaSettings, buffer_size: int) -> Callable[[], Publisher]:

@@ -67,7 +67,7 @@ class RequestRecord:
     request_id: str
     started: float  # the clock's monotonic seconds
     model: LoadedModel  # the model that answers it (taken once, even if a reload swaps it meanwhile)
-    rows: list[dict[str, Any]] | None = None  # validated inputs
+    rows: Sequence[dict[str, Any]] | None = None  # validated inputs (a JSON body's rows, or ml.serve.arrow_body's)
     outputs: list[Any] | None = field(default=None, repr=False)  # the predictions, once made
 
 

@@ -132,7 +132,7 @@ def _scalar_problem(value: Any) -> str | None:
         return f"{value.literal} is not a finite number (send null for a missing value)"
     if isinstance(value, int | float) and not isinstance(value, bool) and not _within_float32(value):
         return (
-            f"number out of range ({_number_text(value)}; the model's float32 inputs take magnitudes up to "
+            f"number out of range ({number_text(value)}; the model's float32 inputs take magnitudes up to "
             f"{FLOAT32_MAX:.8g})"
         )
     return None
@@ -144,7 +144,7 @@ def _within_float32(value: float) -> bool:
     return math.isfinite(value) and abs(value) <= FLOAT32_MAX  # 1e400 parses as inf
 
 
-def _number_text(value: float) -> str:
+def number_text(value: float) -> str:
     if isinstance(value, float) and math.isinf(value):  # what the parser made of e.g. 1e400
         return "beyond even float64"
     if isinstance(value, int) and abs(value) > 10**20:  # a huge integer would flood the message
@@ -209,7 +209,7 @@ def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str,
                 )
             elif value is not None and not _standardises_within_float32(value, feature.mean, feature.std):
                 problems.append(
-                    f"row {index}, column {name!r}: {_number_text(value)} is beyond the model's range (standardised "
+                    f"row {index}, column {name!r}: {number_text(value)} is beyond the model's range (standardised "
                     f"with mean {feature.mean:.6g} and std {feature.std:.6g}, it overflows float32)"
                 )
         for name in categorical:

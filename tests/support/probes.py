@@ -24,10 +24,13 @@ def free_port() -> int:
             return port
 
 
-def http(method: str, url: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
-    """(status, decoded JSON body) of one request; an HTTP error status is returned, not raised."""
+def http(
+    method: str, url: str, body: Any = None, raw: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, Any]:
+    """(status, decoded JSON body) of one request (`raw` sent as is, else `body` as JSON); an HTTP error status is
+    returned, not raised."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": content_type})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return response.status, json.loads(response.read())

@@ -337,3 +337,24 @@ def test_no_other_code_point_lowers_into_an_inf_or_nan_spelling() -> None:
     letters = set("".join(NON_FINITE_WORDS))
     lowering = [c for c in map(chr, range(128, sys.maxunicode + 1)) if any(ch in letters for ch in c.lower())]
     assert lowering == ["\u0130"]  # İ lowers to i + a combining dot: never a whole spelling
+
+
+def test_rows_given_as_columns_give_the_same_bytes() -> None:
+    """transform_columns (an Arrow request's path): numeric columns as float64, categorical values as Arrow's
+    to_pylist gives them (str, int, float, bool, None)."""
+    rng = random.Random(23)
+    plain = [None, -0.0, 2**64 + 1, 1e300, float("nan"), 7]
+    typed = (str, int, float, bool, type(None))
+    rows = []
+    for _ in range(2000):
+        row: dict[str, Any] = {name: rng.choice([rng.gauss(5, 3), *plain]) for name in NUMERIC}
+        for name in CATEGORICAL:
+            while type(value := category(rng)) not in typed or value == "absent":
+                pass
+            row[name] = value
+        rows.append(row)
+    numeric = np.array([[row[name] for name in NUMERIC] for row in rows], dtype=np.float64)
+    categorical = [[row[name] for row in rows] for name in CATEGORICAL]
+    assert SPEC.transform_columns(numeric, categorical).tobytes() == rowwise_transform(SPEC, rows).tobytes()
+    with pytest.raises(ValueError, match="expected 5 numeric and 3 categorical columns, got 4 and 3"):
+        SPEC.transform_columns(numeric[:, :4], categorical)
