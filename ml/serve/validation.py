@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.features import FeatureSpec
+from ml.features import FeatureSpec, NumericFeature
 
 MAX_ERRORS_REPORTED = 10
 MAX_JSON_DEPTH = 32  # a good body nests 4 levels ({"rows": [{column: value}]}); the parser recurses per level
@@ -129,13 +129,31 @@ def _check_values(body: Any) -> None:
 
 def _scalar_problem(value: Any) -> str | None:
     if isinstance(value, _NonFinite):
-        return f"{value.literal} is not a finite number (send null for a missing value)"
+        return non_finite(value.literal)
     if isinstance(value, int | float) and not isinstance(value, bool) and not _within_float32(value):
-        return (
-            f"number out of range ({number_text(value)}; the model's float32 inputs take magnitudes up to "
-            f"{FLOAT32_MAX:.8g})"
-        )
+        return out_of_range(value)
     return None
+
+
+def non_finite(literal: str) -> str:
+    """Why a NaN or an infinity sent as a value is refused."""
+    return f"{literal} is not a finite number (send null for a missing value)"
+
+
+def out_of_range(value: float) -> str:
+    """Why a number beyond float32's range is refused."""
+    return (
+        f"number out of range ({number_text(value)}; the model's float32 inputs take magnitudes up to "
+        f"{FLOAT32_MAX:.8g})"
+    )
+
+
+def overflows_once_standardised(value: float, feature: NumericFeature) -> str:
+    """Why a number float32 holds, but not once standardised with the training mean and std, is refused."""
+    return (
+        f"{number_text(value)} is beyond the model's range (standardised with mean {feature.mean:.6g} and std "
+        f"{feature.std:.6g}, it overflows float32)"
+    )
 
 
 def _within_float32(value: float) -> bool:
@@ -208,10 +226,7 @@ def validate_rows(body: Any, spec: FeatureSpec, max_rows: int) -> list[dict[str,
                     f"row {index}, column {name!r}: expected a number or null, got {_type_name(value)} {_short(value)}"
                 )
             elif value is not None and not _standardises_within_float32(value, feature.mean, feature.std):
-                problems.append(
-                    f"row {index}, column {name!r}: {number_text(value)} is beyond the model's range (standardised "
-                    f"with mean {feature.mean:.6g} and std {feature.std:.6g}, it overflows float32)"
-                )
+                problems.append(f"row {index}, column {name!r}: {overflows_once_standardised(value, feature)}")
         for name in categorical:
             value = row.get(name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, str | int | float)):
