@@ -1,7 +1,7 @@
 """B10: /predict throughput with run-time metrics published to Kafka / with publishing off, broker up and broker down.
 
 Each /predict request of the prediction service puts one message on `mlops.serving.metrics.v1` through librdkafka's
-bounded queue, one producer per worker (ml.serve.telemetry, ml.events.native_publisher), so that a request never waits
+bounded queue, one producer per worker (ml.serve.telemetry, ml.events.publisher), so that a request never waits
 for Kafka. This measures what that costs a request: B8's server (gunicorn, by default `python -m ml serve`'s settings:
 1 worker, 4 threads; `--shape 2x1` for another) with B8's model and single-row requests from 8 client processes on
 127.0.0.1, a connection per request, run three times, side by side in one run, phases alternating:

@@ -1,31 +1,32 @@
-"""B5: our Kafka publisher's msgs/s / a bare KafkaProducer's; training throughput with publishing on / off (>= 0.98).
+"""B5: our Kafka publisher's msgs/s / a bare librdkafka Producer's; training throughput with publishing on / off
+(>= 0.98).
 
 (a) Publisher throughput. N training-metrics events (the real envelope and payload shape, ~0.7 kB of JSON each) go to
 a throwaway topic (3 partitions, created here and deleted at the end) on the stack's broker, acks=all on every side,
 each side timed from its first send until the broker has acknowledged all N:
-  ours          `ml.events.publisher.EventPublisher.publish()` (builds + validates the envelope, appends to the
-                buffer; the background thread sends); the buffer holds all N, so nothing is dropped (the JSON reports
-                drops);
-  bare          `kafka.KafkaProducer(acks="all", value_serializer=JSON)` with kafka-python's defaults, `send()` of the
-                same envelope (built per message as a plain dict, no validation), then `flush()`;
-  bare_tuned    the same bare loop with our producer settings (idempotence, linger 20 ms, 64 kB batches), which
+  ours          `ml.events.publisher.EventPublisher.publish()` (builds, validates and encodes the envelope, hands it
+                to librdkafka's queue; librdkafka's threads send); the queue holds all N, so nothing is dropped (the
+                JSON reports drops);
+  bare          `confluent_kafka.Producer({"acks": "all"})` with librdkafka's defaults, `produce()` of the same
+                envelope (built per message as a plain dict, no validation, `json.dumps`), then `flush()`;
+  bare_tuned    the same bare loop with our producer settings (idempotence, linger 20 ms, murmur2 partitioner), which
                 separates the client's configuration from the publisher's own cost.
 Each producer is connected and has the topic's metadata before its clock starts (one acknowledged warm-up message).
 Rounds interleave the sides; medians are compared. Ratio = ours / bare.
 
 (b) Training throughput with publishing on / off, measured where publishing costs the trainer the most:
 `ml.train.train_model` (the trainable's loop: AdamW steps, validation, a checkpoint written per epoch) in this process
-with a per-epoch `report` that calls the pipeline's `ml.tune.callbacks.KafkaMetricsCallback.on_trial_result` (on: a
-real EventPublisher, redirected to the throwaway topic) or does nothing (off). Here the publisher's threads share the
-trainer's GIL and cores, so every CPU millisecond an event costs is taken from training (in a Tune search the callback
-runs in the driver process instead). Rounds alternate on/off (ABBA); median samples/s are compared. The headline
-(`training_ratio`) uses B2's training size (40000 rows, ~0.2 s epochs); short 4000-row epochs (~30 ms) show the cost
-at its largest (`training_in_process_worst`), and the extra CPU per event explains both (ratio ~ 1 - cost / epoch).
-`--tune-rounds N` adds `tune_search`: the same small `ml.tune.search.run_search` (2 concurrent trials, fixed
-architecture, no early stopping, S3 checkpoints, MLflow off on both sides) with metrics published vs not, wall time of
-each, alternating rounds after a warm-up search. It is the pipeline's own configuration, but its run-to-run spread is
-far wider than the 2% being measured (on the shared 2-core machine, three runs of 3-5 rounds gave 0.96, 0.86 and
-1.25), so it is off by default and never the headline.
+with a per-epoch `report` that calls the pipeline's `ml.tune.callbacks.KafkaMetricsCallback.on_trial_result` (on: the
+pipeline's own publisher, `default_publisher_factory`'s, redirected to the throwaway topic) or does nothing (off). Here
+the publisher's threads share the trainer's GIL and cores, so every CPU millisecond an event costs is taken from
+training (in a Tune search the callback runs in the driver process instead). Rounds alternate on/off (ABBA); median
+samples/s are compared. The headline (`training_ratio`) uses B2's training size (40000 rows, ~0.2 s epochs); short
+4000-row epochs (~30 ms) show the cost at its largest (`training_in_process_worst`), and the extra CPU per event
+explains both (ratio ~ 1 - cost / epoch). `--tune-rounds N` adds `tune_search`: the same small
+`ml.tune.search.run_search` (2 concurrent trials, fixed architecture, no early stopping, S3 checkpoints, MLflow off on
+both sides) with metrics published vs not, wall time of each, alternating rounds after a warm-up search. It is the
+pipeline's own configuration, but its run-to-run spread is far wider than the 2% being measured (on the shared 2-core
+machine, three runs of 3-5 rounds gave 0.96, 0.86 and 1.25), so it is off by default and never the headline.
 
     python -m stack run -- .venv/bin/python -m bench.b5_kafka_publisher [--messages 20000] [--tune-rounds 0]
 """
@@ -69,7 +70,7 @@ PARAMS = {
     "dropout": 0.1,
     "weight_decay": 0.0001,
 }
-BARE_TUNED = {"enable_idempotence": True, "linger_ms": 20, "batch_size": 64 * 1024}
+BARE_TUNED = {"enable.idempotence": True, "linger.ms": 20, "partitioner": "murmur2_random"}
 
 
 def payload(epoch: int) -> dict[str, Any]:
@@ -153,21 +154,20 @@ class TopicRedirect:
 
 
 class ToTopic:
-    """A `publisher_factory` for KafkaMetricsCallback: EventPublishers redirected to `topic` (picklable, for Tune)."""
+    """A `publisher_factory` for KafkaMetricsCallback: the pipeline's publishers (`default_publisher_factory`'s),
+    redirected to `topic` (picklable, for Tune)."""
 
-    def __init__(self, topic: Any, buffer_size: int = 10000) -> None:
-        self.topic, self.buffer_size = topic, buffer_size
+    def __init__(self, topic: Any) -> None:
+        self.topic = topic
         self.created: list[TopicRedirect] = []
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "created": []}
 
     def __call__(self, kafka: KafkaSettings, dag_run_id: str | None) -> TopicRedirect:
-        from ml.events.publisher import EventPublisher
+        from ml.tune.callbacks import default_publisher_factory
 
-        publisher = TopicRedirect(
-            EventPublisher(kafka, buffer_size=self.buffer_size, dag_run_id=dag_run_id), self.topic
-        )
+        publisher = TopicRedirect(default_publisher_factory(kafka, dag_run_id), self.topic)
         self.created.append(publisher)
         return publisher
 
@@ -181,7 +181,7 @@ def _wait_delivered(publisher: Any, count: int, timeout_s: float = 120.0) -> Non
     while (stats := publisher.stats()).delivered + stats.failed + stats.dropped < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"EventPublisher: {stats} after {timeout_s:.0f} s, expected {count}")
-        time.sleep(0.0005)
+        time.sleep(0.001)
 
 
 def run_ours(kafka: KafkaSettings, topic: Any, messages: int) -> dict[str, Any]:
@@ -195,10 +195,11 @@ def run_ours(kafka: KafkaSettings, topic: Any, messages: int) -> dict[str, Any]:
         for epoch in range(1, messages + 1):
             publisher.publish(topic, payload(epoch), f"bench-b5:1a2b3c4d:{epoch}")
         handed_over = time.perf_counter() - started
-        _wait_delivered(publisher, messages + 1)
+        # close() flushes, as the bare side's flush(): its thread serves delivery reports only every 0.2 s otherwise.
+        stats = publisher.close(timeout_s=120)
         seconds = time.perf_counter() - started
     finally:
-        stats = publisher.close(timeout_s=30)
+        stats = publisher.close(timeout_s=30)  # a second close returns the same counts
     return {
         "seconds": seconds,
         "caller_seconds": handed_over,
@@ -210,30 +211,29 @@ def run_ours(kafka: KafkaSettings, topic: Any, messages: int) -> dict[str, Any]:
 
 
 def run_bare(kafka: KafkaSettings, topic: Any, messages: int, options: dict[str, Any]) -> dict[str, Any]:
-    from kafka.serializer import JsonSerializer
+    from confluent_kafka import Producer
 
-    from ml.clients import kafka_producer
+    from ml.events.publisher import librdkafka_options
 
-    # kafka_producer is kafka.KafkaProducer(bootstrap_servers=..., **options), nothing added.
-    producer = kafka_producer(
-        kafka, client_id="bench-b5-bare", acks="all", value_serializer=JsonSerializer(), **options
-    )
-    try:
-        producer.send(topic.name, key=b"bench-b5:warmup:0", value=plain_envelope(0, topic)).get(timeout=30)
-        acknowledged = [0]
+    # The bootstrap servers and the login, then librdkafka's defaults but for `options`.
+    producer = Producer({**librdkafka_options(kafka), "client.id": "bench-b5-bare", "acks": "all", **options})
+    acknowledged = [0]
 
-        def count(_metadata: Any) -> None:
+    def count(error: Any, _message: Any) -> None:
+        if error is None:
             acknowledged[0] += 1
 
-        started = time.perf_counter()
-        for epoch in range(1, messages + 1):
-            key = f"bench-b5:1a2b3c4d:{epoch}".encode()
-            producer.send(topic.name, key=key, value=plain_envelope(epoch, topic)).add_callback(count)
-        handed_over = time.perf_counter() - started
-        producer.flush(timeout=120)
-        seconds = time.perf_counter() - started
-    finally:
-        producer.close(timeout=10)
+    producer.produce(topic.name, json.dumps(plain_envelope(0, topic)).encode(), b"bench-b5:warmup:0")
+    if producer.flush(30):
+        raise TimeoutError(f"the bare producer's warm-up message was not acknowledged by {kafka.bootstrap_servers}")
+    started = time.perf_counter()
+    for epoch in range(1, messages + 1):
+        key = f"bench-b5:1a2b3c4d:{epoch}".encode()
+        producer.produce(topic.name, json.dumps(plain_envelope(epoch, topic)).encode(), key, on_delivery=count)
+        producer.poll(0)  # serves the delivery reports, as a real caller's loop would
+    handed_over = time.perf_counter() - started
+    producer.flush(120)
+    seconds = time.perf_counter() - started
     return {"seconds": seconds, "caller_seconds": handed_over, "delivered": acknowledged[0]}
 
 
@@ -273,10 +273,10 @@ def publisher_throughput(kafka: KafkaSettings, topic: Any, messages: int, repeat
         "rounds": repeat,
         "envelope_bytes": envelope_bytes,
         **results,
-        "ours_config": "EventPublisher: acks=all, idempotent, linger 20 ms, 64 kB batches, buffer N+10, "
-        "envelope built + validated per message",
-        "bare_config": "KafkaProducer(acks='all', JsonSerializer), kafka-python defaults (linger 0, 16 kB batches)",
-        "bare_tuned_config": f"KafkaProducer(acks='all', JsonSerializer, {BARE_TUNED})",
+        "ours_config": "EventPublisher (librdkafka): acks=all, idempotent, linger 20 ms, murmur2, queue N+10, "
+        "envelope built + validated + encoded (msgspec) per message",
+        "bare_config": "confluent_kafka.Producer(acks=all), librdkafka defaults (linger 5 ms), json.dumps per message",
+        "bare_tuned_config": f"confluent_kafka.Producer(acks=all, {BARE_TUNED}), json.dumps per message",
         "all_delivered": all(d == messages for r in results.values() for d in r["delivered"]),
     }
 
@@ -300,7 +300,7 @@ def training_throughput(
     )
     # patience = epochs: every run trains every epoch (same work on both sides)
     train_config = TrainConfig(lr=1e-3, batch_size=128, max_epochs=epochs, patience=epochs, seed=0, threads=1)
-    factory = ToTopic(topic, buffer_size=10000)
+    factory = ToTopic(topic)
     callback = KafkaMetricsCallback(f"bench-b5-train-{rows}", kafka, publisher_factory=factory)
     callback.setup()  # as Tune does at the start of a search
     trial = SimpleNamespace(trial_id="b5trial1", config={**PARAMS, "hidden_size": hidden})
@@ -451,7 +451,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     finally:
         deleted = delete_topic(kafka, topic.name)
     result = {
-        "name": "B5 our Kafka publisher msgs/s / a bare KafkaProducer's (same broker, topic, acks=all, payload); "
+        "name": "B5 our Kafka publisher msgs/s / a bare librdkafka Producer's (same broker, topic, acks=all, payload); "
         "training throughput with publishing on / off",
         "ratio": publisher["ratio"],
         "target": "none (DESIGN.md sets no bound on the publisher ratio; reported)",
@@ -466,7 +466,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         "tune_search": tune,
         "training_in_process": {
             "method": "ml.train.train_model in this process, per-epoch report calling KafkaMetricsCallback."
-            "on_trial_result (EventPublisher to the throwaway topic) vs the same report without it; "
+            "on_trial_result (the pipeline's EventPublisher, to the throwaway topic) vs the same report without it; "
             "alternating rounds (ABBA), median samples/s. The publisher's threads share this process's "
             "GIL and cores with the training loop: an upper bound of the cost, largest for short epochs",
             "hidden_size": args.hidden,
@@ -476,7 +476,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
         "broker": kafka.bootstrap_servers,
         "topic": {"name": topic.name, "partitions": topic.partitions, "deleted_after": deleted},
     }
-    return report("b5_kafka_publisher", result, packages=("kafka-python", "torch", "ray", "fastjsonschema"))
+    return report("b5_kafka_publisher", result, packages=("confluent-kafka", "torch", "ray", "fastjsonschema"))
 
 
 if __name__ == "__main__":

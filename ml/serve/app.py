@@ -163,7 +163,7 @@ def build_app(
 ) -> Flask:
     """The Flask app serving `config.model_name`'s champion (loaded from MLflow unless `loaded` injects one, as tests
     do). The promotion watcher runs by default only when the app loads its model from the registry itself.
-    `publisher_factory` (default: a NativeEventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests
+    `publisher_factory` (default: a EventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests
     inject them); with `config.metrics_enabled` off nothing is published."""
     name = config.model_name or (loaded.name if loaded else None)
     if not name:
@@ -302,13 +302,11 @@ def _json_encoder() -> Any:
 
 def _event_publisher(kafka: KafkaSettings, buffer_size: int) -> Callable[[], Publisher]:
     def factory() -> Publisher:
-        from ml.events.native_publisher import NativeEventPublisher
+        from ml.events.publisher import EventPublisher
 
         # Batches of up to 100 ms: a request's metrics may wait that long, and the broker takes a few requests a
         # second instead of one per 20 ms, on the machine that may also run the service (B10, bench/README.md).
-        return NativeEventPublisher(
-            kafka, buffer_size=buffer_size, client_id="mlops-serve", linger_ms=SERVING_LINGER_MS
-        )
+        return EventPublisher(kafka, buffer_size=buffer_size, client_id="mlops-serve", linger_ms=SERVING_LINGER_MS)
 
     return factory
 

@@ -2,7 +2,7 @@
 
 Each request gets a `RequestRecord` when it starts (its id, its start on the injected clock, the model that answers
 it); the /predict view adds its validated rows and predictions; `ServingTelemetry.publish` (Flask's after_request, see
-ml.serve.app) hands the finished record to an `ml.events.native_publisher.NativeEventPublisher`, whose
+ml.serve.app) hands the finished record to an `ml.events.publisher.EventPublisher`, whose
 `publish_later()` only queues it: the publisher's own thread builds the message, validates it and appends it to
 librdkafka's bounded queue. Kafka never delays or fails a request.
 While the broker is down the queue fills and then refuses new messages, and messages waiting longer than the delivery
@@ -43,7 +43,7 @@ MAX_LOGGED_STRING = 256  # the schema's maxLength for a logged value
 
 
 class Publisher(Protocol):
-    """What telemetry needs of a publisher (`NativeEventPublisher`; tests inject a fake)."""
+    """What telemetry needs of a publisher (`EventPublisher`; tests inject a fake)."""
 
     def publish_later(self, topic: Topic, build: Callable[[], Mapping[str, Any]], key: str) -> None: ...
 

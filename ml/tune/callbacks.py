@@ -56,10 +56,12 @@ def result_epoch(result: Mapping[str, Any]) -> int:
 
 
 def default_publisher_factory(kafka: KafkaSettings, dag_run_id: str | None) -> Any:
-    """The project's non-blocking Kafka publisher."""
+    """The project's non-blocking Kafka publisher, keeping each message until it is delivered: a search publishes a
+    few a second, so a broker outage of any length fits the queue, and every trial-epoch gets through once the broker
+    is back (or is counted as undelivered when the search ends first: `close_timeout_s`)."""
     from ml.events.publisher import EventPublisher
 
-    return EventPublisher(kafka, dag_run_id=dag_run_id)
+    return EventPublisher(kafka, dag_run_id=dag_run_id, client_id="mlops-training", delivery_timeout_ms=0)
 
 
 @dataclass(frozen=True)

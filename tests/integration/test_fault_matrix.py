@@ -614,8 +614,8 @@ def tune_kafka_stopped_then_back(walk: Walk, monkeypatch: pytest.MonkeyPatch, ca
     from ml.events.publisher import EventPublisher, PublishStats
     from ml.tune.runtime import ray_auth_scope
 
-    # The publisher finds the broker soon after it is back (its own back-off caps at 10 s otherwise).
-    monkeypatch.setattr(EventPublisher, "reconnect_backoff_s", (0.2, 2.0))
+    # The publisher finds the broker soon after it is back (librdkafka's reconnect back-off caps at 10 s otherwise).
+    monkeypatch.setattr(EventPublisher, "reconnect_backoff_max_ms", 1000)
     caplog.set_level(logging.INFO, logger="ml.tune")
     if not ray.is_initialized():  # a local Ray of this module's, as tests/conftest.py's local_ray starts one
         temp_dir = walk.resources.enter_context(tempfile.TemporaryDirectory(prefix="ray-", dir="/tmp"))

@@ -1,6 +1,9 @@
-"""ml.events.publisher against the real Kafka broker: round trips with schema-valid envelopes, an unreachable broker,
-and a broker that becomes reachable (a TCP relay in front of the shared broker plays the part; the shared one is never
-stopped). Assertions are on what was delivered and counted, never on durations."""
+"""ml.events.publisher against the real Kafka broker (SCRAM login): EventPublisher's round trip of schema-valid
+envelopes, and messages published while the broker is unreachable delivered once it is back (a TCP relay in front of
+the shared broker plays the part; the shared one is never stopped); publish_event and sync publishers. Assertions are
+on what was delivered and counted, never on durations. With nothing listening at all: the unit tests
+(tests/unit/ml/events/test_publisher.py); the service's own use, as the `serving` user:
+tests/integration/ml/serve/test_serving_metrics.py."""
 
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ def metrics_payload(run_name: str, epoch: int) -> dict[str, Any]:
     }
 
 
-def test_publisher_round_trip_delivers_schema_valid_envelopes(kafka_topic: str, settings: Any) -> None:
+def test_round_trip_delivers_schema_valid_envelopes_in_order(kafka_topic: str, settings: Any) -> None:
     topic = replace(TRAINING_METRICS, name=kafka_topic)
     run_name = f"it-{uuid.uuid4().hex[:6]}"
     publisher = EventPublisher(settings.kafka, dag_run_id="manual__it")
@@ -46,40 +49,22 @@ def test_publisher_round_trip_delivers_schema_valid_envelopes(kafka_topic: str, 
         assert envelope["dag_run_id"] == "manual__it" and envelope["payload"]["run_name"] == run_name
 
 
-def test_publisher_with_an_unreachable_broker_buffers_counts_and_never_raises() -> None:
-    publisher = EventPublisher(KafkaSettings(f"127.0.0.1:{free_port()}"), buffer_size=5)  # nothing listens there
-    for epoch in range(8):
-        publisher.publish(TRAINING_METRICS, metrics_payload("down", epoch), key=f"down:t0:{epoch}")
-    # Every publish returned with nothing sent: the caller never waits for Kafka.
-    assert publisher.stats() == PublishStats(sent=0, delivered=0, failed=0, dropped=3, pending=5)
-    stats = publisher.close(timeout_s=1.0)
-    assert stats == PublishStats(sent=0, delivered=0, failed=0, dropped=3, pending=5)
-
-
-def test_publisher_delivers_what_waited_once_the_broker_is_reachable(
+def test_a_training_publisher_delivers_what_waited_once_the_broker_is_back(
     kafka_topic: str, relay: Relay, settings: Any
 ) -> None:
+    """The search's publisher (no time limit on a message) through a broker that is unreachable at first: every
+    message waits in librdkafka's queue, the client keeps reconnecting, and all of them go out once it is back."""
+    from ml.tune.callbacks import default_publisher_factory
+
     # Bootstrap goes through the relay (down at first); the broker's metadata then points clients at the broker itself.
-    attempts: list[str] = []
-
-    class QuickReconnect(EventPublisher):
-        bootstrap_timeout_ms = 1000
-        reconnect_backoff_s = (0.2, 0.5)
-
-        def _new_producer(self) -> Any:
-            attempts.append("connect")
-            return super()._new_producer()
-
     topic = replace(TRAINING_METRICS, name=kafka_topic)
-    publisher = QuickReconnect(replace(settings.kafka, bootstrap_servers=f"127.0.0.1:{relay.port}"))  # same login
+    publisher = default_publisher_factory(replace(settings.kafka, bootstrap_servers=f"127.0.0.1:{relay.port}"), None)
     for epoch in range(5):
         publisher.publish(topic, metrics_payload("back", epoch), key=f"back:t0:{epoch}")
-    wait_until(lambda: len(attempts) >= 2, "a second connection attempt")  # the first one failed: it keeps trying
-    assert publisher.stats() == PublishStats(sent=0, delivered=0, failed=0, dropped=0, pending=5)
+    assert publisher.stats() == PublishStats(sent=5, delivered=0, failed=0, dropped=0, pending=5)
     relay.start()
     wait_until(lambda: publisher.stats().delivered == 5, "delivery once the broker is reachable")
-    stats = publisher.close(timeout_s=10)
-    assert stats == PublishStats(sent=5, delivered=5, failed=0, dropped=0, pending=0)
+    assert publisher.close(timeout_s=10) == PublishStats(sent=5, delivered=5, failed=0, dropped=0, pending=0)
     assert [r.key.decode() for r in read_all(settings.kafka, kafka_topic, 5)] == [f"back:t0:{e}" for e in range(5)]
 
 

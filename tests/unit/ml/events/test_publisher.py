@@ -1,326 +1,289 @@
-"""ml.events.publisher with a fake Kafka producer: EventPublisher buffers without blocking its caller, delivers in
-order, re-sends what timed out, drops the oldest when full, and gives up at close()'s deadline; publish_event sends
-one event and fails loudly. Assertions are on counts, order and state, never on how long something took; waits are
-bounded polls for an observable state."""
+"""ml.events.publisher: EventPublisher's librdkafka settings from KafkaSettings, what is handed to the client (a
+compact schema-valid envelope, its key, acks=all and idempotence), the counts of every outcome (delivered, failed,
+expired and refused: dropped), with librdkafka itself and nothing listening; publish_event sends one event and fails
+loudly. Against the broker: tests/integration/ml/events/test_publisher.py."""
 
 from __future__ import annotations
 
+import json
 import logging
-import threading
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 
+from ml.events import publisher as publisher_module
 from ml.events.envelope import EventValidationError, validate_envelope
-from ml.events.publisher import EventPublisher, EventPublishError, PublishStats, publish_event
+from ml.events.publisher import (
+    DEFAULT_LINGER_MS,
+    EventPublisher,
+    EventPublishError,
+    PublishStats,
+    librdkafka_options,
+    publish_event,
+)
 from ml.settings import KafkaSettings
-from ml.topics import PIPELINE_EVENTS, TRAINING_METRICS
-from tests.unit.ml.events.samples import METRICS, PIPELINE
+from ml.topics import PIPELINE_EVENTS, SERVING_METRICS, TRAINING_METRICS
+from tests.support.fake_clock import FakeClock
+from tests.support.probes import free_port
+from tests.unit.ml.events.samples import METRICS, PIPELINE, SERVING
 
+PAYLOAD = {**SERVING, "rows_logged": 0, "inputs": None}
 KAFKA = KafkaSettings("fake:9092")
 
 
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    """A bounded poll for an observable condition."""
-    pause = threading.Event()
-    for _ in range(int(timeout_s / 0.01)):
-        if predicate():
-            return True
-        pause.wait(0.01)
-    return predicate()
+def test_librdkafka_options_carry_the_login() -> None:
+    assert librdkafka_options(KafkaSettings("a:1,b:2")) == {
+        "bootstrap.servers": "a:1,b:2",
+        "security.protocol": "plaintext",
+    }
+    scram = KafkaSettings("a:1", username="serving", password="pw")
+    assert librdkafka_options(scram) == {
+        "bootstrap.servers": "a:1",
+        "security.protocol": "sasl_plaintext",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "serving",
+        "sasl.password": "pw",
+    }
+    with pytest.raises(ValueError, match="carry no password"):
+        librdkafka_options(KafkaSettings("a:1", username="serving"))
 
 
-class FakeFuture:
-    """Like kafka-python's Future: a callback added after the outcome runs at once."""
+class RecordingProducer:
+    """The calls the publisher makes to confluent_kafka.Producer, recorded; `full`: produce() refuses, as when full."""
 
-    def __init__(self) -> None:
-        self.callbacks: list[Any] = []
-        self.errbacks: list[Any] = []
-        self.outcome: tuple[str, Any] | None = None
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.produced: list[tuple[str, bytes, bytes, Any]] = []
+        self.full = False
+        self.flushed: list[float] = []
 
-    def add_callback(self, fn: Any, *args: Any) -> FakeFuture:
-        self.callbacks.append(lambda value: fn(*args, value))
-        self._run()
-        return self
+    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Any) -> None:
+        if self.full:
+            raise BufferError("Local: Queue full")
+        self.produced.append((topic, value, key, on_delivery))
 
-    def add_errback(self, fn: Any, *args: Any) -> FakeFuture:
-        self.errbacks.append(lambda error: fn(*args, error))
-        self._run()
-        return self
+    def poll(self, timeout: float) -> int:
+        return 0
 
-    def succeed(self) -> None:
-        self.outcome = ("ok", "metadata")
-        self._run()
-
-    def fail(self, error: BaseException) -> None:
-        self.outcome = ("error", error)
-        self._run()
-
-    def _run(self) -> None:
-        if self.outcome is None:
-            return
-        kind, value = self.outcome
-        handlers, self.callbacks, self.errbacks = (self.callbacks if kind == "ok" else self.errbacks), [], []
-        for handler in handlers:
-            handler(value)
+    def flush(self, timeout: float) -> int:
+        self.flushed.append(timeout)
+        return 0
 
 
-class RetriableTimeout(Exception):
-    retriable = True
+class Delivered:
+    """The message object of a delivery report."""
+
+    def __init__(self, topic: str, key: bytes) -> None:
+        self._topic, self._key = topic, key
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> bytes:
+        return self._key
 
 
-class FakeProducer:
-    """Acknowledges on flush (or at once with auto_ack); `fail_next` makes the next deliveries fail with an error."""
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> list[RecordingProducer]:
+    import confluent_kafka
 
-    def __init__(self, broker: FakeBroker) -> None:
-        self.broker = broker
-        self.unacked: list[tuple[FakeFuture, str, bytes, dict[str, Any]]] = []
+    made: list[RecordingProducer] = []
 
-    def send(self, topic: str, key: bytes, value: dict[str, Any]) -> FakeFuture:
-        if self.broker.send_error is not None:
-            raise self.broker.send_error
-        future = FakeFuture()
-        self.unacked.append((future, topic, key, value))
-        if self.broker.auto_ack:
-            self._settle()
-        return future
+    def producer(config: dict[str, Any]) -> RecordingProducer:
+        made.append(RecordingProducer(config))
+        return made[-1]
 
-    def _settle(self) -> None:
-        pending, self.unacked = self.unacked, []
-        for future, topic, key, value in pending:
-            if self.broker.fail_next:
-                self.broker.fail_next -= 1
-                future.fail(self.broker.failure)
-            else:
-                self.broker.received.append((topic, key.decode(), value))
-                future.succeed()
-
-    def flush(self, timeout: float | None = None) -> None:
-        self._settle()
-
-    def close(self, timeout: float | None = None) -> None:
-        self.broker.closed += 1
+    monkeypatch.setattr(confluent_kafka, "Producer", producer)
+    return made
 
 
-class FakeBroker:
-    def __init__(self) -> None:
-        self.up = threading.Event()
-        self.up.set()
-        self.connects = 0
-        self.connect_attempts = 0
-        self.closed = 0
-        self.auto_ack = True
-        self.fail_next = 0
-        self.failure: BaseException = RetriableTimeout("delivery timed out")
-        self.send_error: BaseException | None = None
-        self.received: list[tuple[str, str, dict[str, Any]]] = []
-        self.hold_connect: threading.Event | None = None  # set: connect() waits for it
-        self.connecting = threading.Event()
-        self.producers: list[FakeProducer] = []
-
-    def connect(self) -> FakeProducer:
-        self.connect_attempts += 1
-        self.connecting.set()
-        if self.hold_connect is not None:
-            assert self.hold_connect.wait(30)
-        if not self.up.is_set():
-            raise TimeoutError("KafkaTimeoutError: bootstrap timed out (fake)")
-        self.connects += 1
-        self.producers.append(FakeProducer(self))
-        return self.producers[-1]
-
-
-def publisher(broker: FakeBroker, **kwargs: Any) -> EventPublisher:
-    class Fake(EventPublisher):
-        reconnect_backoff_s = (0.01, 0.05)
-        drop_log_each = 3
-        drop_log_interval_s = 3600.0  # the summary never comes due within a test
-
-        def _new_producer(self) -> Any:
-            return broker.connect()
-
-    return Fake(KAFKA, **kwargs)
-
-
-def metrics_payload(epoch: int) -> dict[str, Any]:
-    return {**METRICS, "epoch": epoch}
-
-
-def test_publisher_delivers_in_order_and_counts() -> None:
-    broker = FakeBroker()
-    pub = publisher(broker, dag_run_id="run-1")
-    for epoch in range(20):
-        pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"tune-1:t0001:{epoch}")
-    stats = pub.close(timeout_s=10)
-    assert stats == PublishStats(sent=20, delivered=20, failed=0, dropped=0, pending=0)
-    assert [key for _, key, _ in broker.received] == [f"tune-1:t0001:{e}" for e in range(20)]
-    topic, _, envelope = broker.received[0]
-    assert topic == TRAINING_METRICS.name and envelope["dag_run_id"] == "run-1"
-    validate_envelope(envelope, TRAINING_METRICS)
-    assert broker.closed == 1 and pub.bootstrap_servers == "fake:9092"
-
-
-def test_publish_returns_while_the_connection_is_still_being_made() -> None:
-    """The caller never waits for Kafka: 25 publishes complete while the only thread that can connect is stuck."""
-    broker = FakeBroker()
-    broker.hold_connect = threading.Event()
-    pub = publisher(broker, buffer_size=100)
-    pub.publish(TRAINING_METRICS, metrics_payload(0), key="r:t:0")
-    assert broker.connecting.wait(10)  # the background thread is inside connect(), and stays there
-    caller = threading.Thread(
-        target=lambda: [pub.publish(TRAINING_METRICS, metrics_payload(e), key=f"r:t:{e}") for e in range(1, 25)]
-    )
-    caller.start()
-    caller.join(10)
-    assert not caller.is_alive(), "publish() waited for the connection"
-    assert pub.stats() == PublishStats(sent=0, delivered=0, failed=0, dropped=0, pending=25)
-    broker.hold_connect.set()
-    assert pub.close(timeout_s=10) == PublishStats(sent=25, delivered=25, failed=0, dropped=0, pending=0)
-
-
-def test_while_the_broker_is_down_the_buffer_is_bounded_and_drops_are_logged(caplog: pytest.LogCaptureFixture) -> None:
-    broker = FakeBroker()
-    broker.up.clear()
-    pub = publisher(broker, buffer_size=10)
-    with caplog.at_level(logging.WARNING, logger="ml.events"):
-        for epoch in range(25):
-            pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"r:t:{epoch}")
-        assert wait_for(lambda: broker.connect_attempts >= 2)  # it keeps trying
-        stats = pub.stats()
-        assert (stats.sent, stats.delivered, stats.dropped, stats.pending) == (0, 0, 15, 10)
-    drops = [r.getMessage() for r in caplog.records if "event buffer full" in r.getMessage()]
-    assert len(drops) == 3  # the first ones one by one (drop_log_each), then no more than a summary per interval
-    assert "up to key=r:t:0 on mlops.training.metrics.v1, 1 dropped in total" in drops[0]
-    assert "key=r:t:2" in drops[2]
-
-    # The broker comes back: the 10 newest messages (the oldest were dropped) are delivered, in order.
-    broker.up.set()
-    assert wait_for(lambda: pub.stats().delivered == 10)
-    with caplog.at_level(logging.WARNING, logger="ml.events"):
-        stats = pub.close(timeout_s=10)
-    assert stats == PublishStats(sent=10, delivered=10, failed=0, dropped=15, pending=0)
-    assert [key for _, key, _ in broker.received] == [f"r:t:{e}" for e in range(15, 25)]
-    assert "closed with 10 delivered, 15 dropped, 0 failed, 0 undelivered" in caplog.text
-
-
-def test_close_gives_up_at_its_deadline_when_the_broker_stays_down(caplog: pytest.LogCaptureFixture) -> None:
-    broker = FakeBroker()
-    broker.up.clear()
-    pub = publisher(broker)
-    for epoch in range(3):
-        pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"r:t:{epoch}")
-    assert wait_for(lambda: broker.connect_attempts >= 1)
-    before = broker.connect_attempts
-    with caplog.at_level(logging.WARNING, logger="ml.events"):
-        stats = pub.close(timeout_s=0.3)
-    assert (stats.pending, stats.delivered, stats.sent) == (3, 0, 0)
-    assert "3 undelivered (last error: cannot connect to Kafka at fake:9092" in caplog.text
-    # It kept its back-off until the deadline and then stopped: no burst of attempts, no thread left behind.
-    assert broker.connect_attempts - before < 100
-    assert wait_for(lambda: not pub._thread.is_alive())
+def test_each_publish_hands_a_compact_valid_envelope_and_its_key_to_the_client(
+    recording: list[RecordingProducer],
+) -> None:
+    publisher = EventPublisher(KafkaSettings("k:9092", username="serving", password="pw"), buffer_size=7)
+    [client] = recording
+    assert client.config["acks"] == "all" and client.config["enable.idempotence"] is True
+    assert client.config["queue.buffering.max.messages"] == 7 and client.config["sasl.username"] == "serving"
+    publisher.publish(SERVING_METRICS, PAYLOAD, key="m:1")
+    [(topic, value, key, _)] = client.produced
+    envelope = json.loads(value)
+    validate_envelope(envelope, SERVING_METRICS)
+    assert (topic, key, envelope["payload"]) == (SERVING_METRICS.name, b"m:1", PAYLOAD)
+    assert b" " not in value.replace(b"penguins-classification", b"")  # compact separators
+    assert publisher.close(timeout_s=1.5) == PublishStats(sent=1, delivered=0, failed=0, dropped=0, pending=1)
+    assert client.flushed == [1.5]
     with pytest.raises(RuntimeError, match="after close"):
-        pub.publish(TRAINING_METRICS, metrics_payload(9), key="late")
+        publisher.publish(SERVING_METRICS, PAYLOAD, key="m:2")
 
 
-def test_timed_out_deliveries_go_back_to_the_buffer_and_are_redelivered() -> None:
-    broker = FakeBroker()
-    broker.fail_next = 3  # the first three deliveries time out (retriable)
-    pub = publisher(broker)
-    for epoch in range(5):
-        pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"r:t:{epoch}")
-    stats = pub.close(timeout_s=10)
-    assert (stats.delivered, stats.failed, stats.dropped, stats.pending) == (5, 0, 0, 0)
-    assert stats.sent == 8  # three were sent twice
-    assert sorted(key for _, key, _ in broker.received) == [f"r:t:{e}" for e in range(5)]
-    # A re-delivered message keeps its event id: consumers recognise duplicates.
-    assert len({envelope["event_id"] for _, _, envelope in broker.received}) == 5
+def test_the_serving_publisher_batches_longer_than_the_default(recording: list[RecordingProducer]) -> None:
+    """The service's messages may wait up to 100 ms for a batch: fewer produce requests for the broker (B10)."""
+    from ml.serve.app import SERVING_LINGER_MS, _event_publisher
+
+    EventPublisher(KafkaSettings("k:9092")).close(timeout_s=0)
+    _event_publisher(KafkaSettings("k:9092"), 5)().close(timeout_s=0)
+    assert [client.config["linger.ms"] for client in recording] == [DEFAULT_LINGER_MS, SERVING_LINGER_MS]
+    assert recording[1].config["client.id"] == "mlops-serve" and SERVING_LINGER_MS > DEFAULT_LINGER_MS
 
 
-def test_a_timed_out_delivery_is_dropped_when_the_buffer_filled_up_meanwhile() -> None:
-    broker = FakeBroker()
-    broker.auto_ack = False
-    pub = publisher(broker, buffer_size=2)
-    pub.publish(TRAINING_METRICS, metrics_payload(0), key="r:t:0")
-    assert wait_for(lambda: pub.stats().sent == 1)  # r:t:0 is in flight, not acknowledged
-    broker.send_error = TimeoutError("metadata timeout")
-    broker.hold_connect = threading.Event()
-    pub.publish(TRAINING_METRICS, metrics_payload(1), key="r:t:1")  # its send fails: the thread reconnects ...
-    assert wait_for(lambda: broker.connect_attempts == 2)  # ... and stays inside connect()
-    pub.publish(TRAINING_METRICS, metrics_payload(2), key="r:t:2")  # the buffer is full now
-    [(future, _, key, _)] = broker.producers[0].unacked
-    assert key == b"r:t:0"
-    future.fail(RetriableTimeout("delivery timed out"))  # it would go back to the front: it is the oldest, dropped
-    assert pub.stats() == PublishStats(sent=1, delivered=0, failed=0, dropped=1, pending=2)
-    broker.send_error = None
-    broker.hold_connect.set()
-    broker.auto_ack = True
-    assert pub.close(timeout_s=10) == PublishStats(sent=3, delivered=2, failed=0, dropped=1, pending=0)
-    assert [key for _, key, _ in broker.received] == ["r:t:1", "r:t:2"]
+def test_every_outcome_is_counted_once(recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture) -> None:
+    publisher = EventPublisher(KafkaSettings("k:9092"), buffer_size=3)
+    [client] = recording
+    for n in range(4):
+        publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")
+    client.full = True
+    publisher.publish(SERVING_METRICS, PAYLOAD, key="m:refused")
+    reports = [produced[3] for produced in client.produced]
+    message = Delivered(SERVING_METRICS.name, b"m:x")
+    with caplog.at_level(logging.WARNING, logger=publisher_module.__name__):
+        reports[0](None, message)
+        reports[1](KafkaError(KafkaError._MSG_TIMED_OUT), message)
+        reports[2](KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), message)
+    # refused (never sent) and expired (sent) are the two kinds of dropped; the fourth one still waits.
+    assert publisher.stats() == PublishStats(sent=4, delivered=1, failed=1, dropped=2, pending=1)
+    logged = caplog.text
+    assert "the queue is full (3): dropped 1 message(s) up to key=m:refused" in logged
+    assert "undelivered after 60000 ms: dropped 1 message(s) up to key=m:x" in logged
+    assert "event key=m:x to mlops.serving.metrics.v1 failed" in logged
+    publisher.close(timeout_s=0)
 
 
-def test_non_retriable_failures_are_counted_not_retried(caplog: pytest.LogCaptureFixture) -> None:
-    broker = FakeBroker()
-    broker.fail_next = 2
-    broker.failure = ValueError("MessageSizeTooLarge")
-    pub = publisher(broker)
-    with caplog.at_level(logging.ERROR, logger="ml.events"):
-        for epoch in range(4):
-            pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"r:t:{epoch}")
-        stats = pub.close(timeout_s=10)
-    assert (stats.sent, stats.delivered, stats.failed, stats.pending) == (4, 2, 2, 0)
-    assert "MessageSizeTooLarge" in caplog.text and "r:t:0" in caplog.text
+def test_with_nothing_listening_messages_wait_and_the_full_queue_refuses_new_ones() -> None:
+    publisher = EventPublisher(KafkaSettings(f"127.0.0.1:{free_port()}"), buffer_size=2)
+    for n in range(5):
+        publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")  # never blocks, never raises
+    assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=3, pending=2)
+    assert publisher.close(timeout_s=0) == PublishStats(sent=2, delivered=0, failed=0, dropped=3, pending=2)
 
 
-def test_a_send_error_reconnects_and_keeps_the_order() -> None:
-    broker = FakeBroker()
-    broker.send_error = TimeoutError("metadata timeout")
-    pub = publisher(broker)
-    for epoch in range(4):
-        pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"r:t:{epoch}")
-    assert wait_for(lambda: broker.connects >= 2)
-    assert pub.stats().pending == 4
-    broker.send_error = None
-    stats = pub.close(timeout_s=10)
-    assert (stats.delivered, stats.pending) == (4, 0)
-    assert [key for _, key, _ in broker.received] == [f"r:t:{e}" for e in range(4)]
+def test_client_errors_are_logged_once_per_kind_until_a_message_gets_through(
+    recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = EventPublisher(KafkaSettings("k:9092"))
+    refused, all_down = KafkaError(KafkaError._TRANSPORT), KafkaError(KafkaError._ALL_BROKERS_DOWN)
+    with caplog.at_level(logging.WARNING, logger=publisher_module.__name__):
+        for error in (refused, all_down) * 5:  # a broker that stays down, reconnect after reconnect
+            publisher._on_client_error(error)
+        assert len(caplog.records) == 2
+        publisher._on_delivery(None, Delivered(SERVING_METRICS.name, b"m:1"))  # back: the next outage is logged again
+        publisher._on_client_error(refused)
+    assert len(caplog.records) == 3 and "k:9092" in caplog.records[-1].getMessage()
+    publisher.close(timeout_s=0)
 
 
-def test_an_invalid_payload_fails_at_the_call_site_and_is_not_buffered() -> None:
-    broker = FakeBroker()
-    pub = publisher(broker)
+class Unhurried(EventPublisher):
+    """Its thread never comes round during a test: what waits is built when the test says (or at close)."""
+
+    poll_interval_s = 3600.0
+
+
+def test_publish_later_builds_the_message_on_the_publishers_thread_stamped_when_it_was_queued(
+    recording: list[RecordingProducer],
+) -> None:
+    clock = FakeClock(wall=1_767_225_600.5)
+    publisher = Unhurried(KafkaSettings("k:9092"), clock=clock)
+    [client] = recording
+    built: list[str] = []
+
+    def build() -> dict[str, Any]:
+        built.append("payload")
+        return PAYLOAD
+
+    publisher.publish_later(SERVING_METRICS, build, key="m:1")
+    clock.advance(5)
+    assert built == [] and client.produced == [], "the caller pays for a tuple, not for the message"
+    assert publisher.stats() == PublishStats(sent=1, delivered=0, failed=0, dropped=0, pending=1)
+    publisher._build_waiting()
+    [(topic, value, key, _)] = client.produced
+    envelope = json.loads(value)
+    validate_envelope(envelope, SERVING_METRICS)
+    assert (topic, key, envelope["payload"], built) == (SERVING_METRICS.name, b"m:1", PAYLOAD, ["payload"])
+    assert envelope["event_time"] == "2026-01-01T00:00:00.500Z", "the time it was queued, not built"
+    publisher.close(timeout_s=0)
+
+
+def test_what_waits_to_be_built_is_bounded_and_built_at_close(recording: list[RecordingProducer]) -> None:
+    publisher = Unhurried(KafkaSettings("k:9092"), buffer_size=2)
+    [client] = recording
+    for n in range(3):
+        publisher.publish_later(SERVING_METRICS, lambda: PAYLOAD, key=f"m:{n}")
+    assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=1, pending=2)
+    assert publisher.close(timeout_s=0) == PublishStats(sent=2, delivered=0, failed=0, dropped=1, pending=2)
+    assert [key for _, _, key, _ in client.produced] == [b"m:0", b"m:1"], "built and handed over before the flush"
+    with pytest.raises(RuntimeError, match="after close"):
+        publisher.publish_later(SERVING_METRICS, lambda: PAYLOAD, key="m:3")
+
+
+def test_a_message_that_cannot_be_built_is_failed_and_the_others_still_go(
+    recording: list[RecordingProducer], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher = Unhurried(KafkaSettings("k:9092"))
+    [client] = recording
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("outputs")
+
+    publisher.publish_later(SERVING_METRICS, broken, key="m:broken")
+    publisher.publish_later(SERVING_METRICS, lambda: {**PAYLOAD, "status": "ok"}, key="m:invalid")  # the schema's
+    publisher.publish_later(SERVING_METRICS, lambda: PAYLOAD, key="m:good")
+    with caplog.at_level(logging.ERROR, logger=publisher_module.__name__):
+        publisher._build_waiting()
+    assert [key for _, _, key, _ in client.produced] == [b"m:good"]
+    assert publisher.stats() == PublishStats(sent=3, delivered=0, failed=2, dropped=0, pending=1)
+    assert "event key=m:broken to mlops.serving.metrics.v1 could not be built (1 so far)" in caplog.text
+    publisher.close(timeout_s=0)
+
+
+def test_what_the_full_queue_would_refuse_is_dropped_unbuilt(recording: list[RecordingProducer]) -> None:
+    publisher = Unhurried(KafkaSettings("k:9092"), buffer_size=2)
+    [client] = recording
+    built: list[str] = []
+
+    def build() -> dict[str, Any]:
+        built.append("payload")
+        return PAYLOAD
+
+    for n in range(2):  # the broker is down: librdkafka holds as many as it may
+        publisher.publish(SERVING_METRICS, PAYLOAD, key=f"m:{n}")
+    publisher.publish_later(SERVING_METRICS, build, key="m:2")
+    publisher._build_waiting()
+    assert built == [] and len(client.produced) == 2
+    assert publisher.stats() == PublishStats(sent=2, delivered=0, failed=0, dropped=1, pending=2)
+    client.produced[0][3](None, Delivered(SERVING_METRICS.name, b"m:0"))  # back: one delivered, room for one
+    publisher.publish_later(SERVING_METRICS, build, key="m:3")
+    publisher._build_waiting()
+    assert built == ["payload"] and client.produced[-1][2] == b"m:3"
+    assert publisher.stats() == PublishStats(sent=3, delivered=1, failed=0, dropped=1, pending=2)
+    publisher.close(timeout_s=0)
+
+
+def test_the_training_publisher_keeps_each_message_until_it_is_delivered(recording: list[RecordingProducer]) -> None:
+    """A search's metrics wait out a broker outage of any length (librdkafka's message.timeout.ms 0: no limit)."""
+    from ml.tune.callbacks import default_publisher_factory
+
+    default_publisher_factory(KafkaSettings("k:9092"), "manual__r").close(timeout_s=0)
+    EventPublisher(KafkaSettings("k:9092")).close(timeout_s=0)
+    assert [client.config["message.timeout.ms"] for client in recording] == [0, EventPublisher.delivery_timeout_ms]
+    assert recording[0].config["client.id"] == "mlops-training" and EventPublisher.delivery_timeout_ms > 0
+    with pytest.raises(ValueError, match="delivery_timeout_ms must be 0"):
+        EventPublisher(KafkaSettings("k:9092"), delivery_timeout_ms=-1)
+
+
+def test_an_invalid_payload_fails_at_the_call_site_and_is_not_handed_over(recording: list[RecordingProducer]) -> None:
+    publisher = EventPublisher(KAFKA)
+    [client] = recording
     with pytest.raises(EventValidationError):
-        pub.publish(TRAINING_METRICS, {"run_name": "r"}, key="r")
-    assert pub.close(timeout_s=2) == PublishStats(0, 0, 0, 0, 0)
+        publisher.publish(TRAINING_METRICS, {**METRICS, "epoch": "one"}, key="r:t:1")
+    publisher.publish(TRAINING_METRICS, METRICS, key="r:t:1")
+    assert [key for _, _, key, _ in client.produced] == [b"r:t:1"]
+    assert publisher.close(timeout_s=0) == PublishStats(sent=1, delivered=0, failed=0, dropped=0, pending=1)
 
 
-def test_unacknowledged_messages_are_flushed_at_close() -> None:
-    broker = FakeBroker()
-    broker.auto_ack = False  # acknowledged only by flush()
-    pub = publisher(broker)
-    for epoch in range(3):
-        pub.publish(PIPELINE_EVENTS, {**PIPELINE, "details": {"n": epoch}}, key=f"k{epoch}")
-    assert wait_for(lambda: pub.stats().sent == 3)
-    assert pub.stats().pending == 3
-    # close() leaves in-flight deliveries to the producer until its deadline (a timed-out one may come back to be sent
-    # again), then flushes: this producer acknowledges only then.
-    assert pub.close(timeout_s=0.2) == PublishStats(3, 3, 0, 0, 0)
-
-
-def test_every_message_ends_in_exactly_one_count() -> None:
-    broker = FakeBroker()
-    broker.fail_next = 4
-    broker.failure = ValueError("rejected")
-    with publisher(broker, buffer_size=5) as pub:
-        for epoch in range(30):
-            pub.publish(TRAINING_METRICS, metrics_payload(epoch), key=f"r:t:{epoch}")
-    stats = pub.stats()
-    assert stats.delivered + stats.failed + stats.dropped + stats.pending == 30 and stats.pending == 0
-
-
-def test_buffer_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="buffer_size"):
+def test_buffer_size_must_be_positive(recording: list[RecordingProducer]) -> None:
+    with pytest.raises(ValueError, match="buffer_size must be at least 1"):
         EventPublisher(KAFKA, buffer_size=0)
+    assert recording == []
 
 
 # --- publish_event ---------------------------------------------------------------------------------------------------
@@ -406,11 +369,9 @@ def test_publish_event_refuses_an_invalid_payload_before_connecting(monkeypatch:
 
 
 def test_a_drop_log_reports_the_first_drops_then_one_line_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ml.events import publisher
-
     now = [100.0]
-    monkeypatch.setattr(publisher.time, "monotonic", lambda: now[0])
-    drops = publisher.DropLog(each=2, interval_s=5.0)
+    monkeypatch.setattr(publisher_module.time, "monotonic", lambda: now[0])
+    drops = publisher_module.DropLog(each=2, interval_s=5.0)
     reported = [drops.count() for _ in range(4)]  # two one by one, then nothing until the interval has passed
     now[0] += 5.0
     reported.append(drops.count())  # the three since the last line

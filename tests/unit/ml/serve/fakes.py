@@ -11,7 +11,7 @@ from ml.topics import Topic
 
 
 class FakePublisher:
-    """NativeEventPublisher's interface as telemetry uses it: keeps what is published, each one validated into its
+    """EventPublisher's interface as telemetry uses it: keeps what is published, each one validated into its
     envelope as the real one does (a payload the schema refuses raises here, at once)."""
 
     def __init__(self) -> None:
@@ -23,7 +23,7 @@ class FakePublisher:
     def publish_later(self, topic: Topic, build: Callable[[], Mapping[str, Any]], key: str) -> None:
         """Builds the payload at once (the real one builds it on its thread, later)."""
         if self.closed:
-            raise RuntimeError("NativeEventPublisher.publish_later() after close()")
+            raise RuntimeError("EventPublisher.publish_later() after close()")
         payload = dict(build())
         self.envelopes.append(make_envelope(topic, payload))
         self.messages.append((topic, payload, key))

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ml.events.native_publisher import NativeEventPublisher
-from ml.events.publisher import PublishStats
+from ml.events.publisher import EventPublisher, PublishStats
 from ml.serve.app import ServeSettings, build_app, serve_state
 from ml.settings import KafkaSettings
 from tests.support.probes import free_port
@@ -124,7 +123,7 @@ def test_model_loads_are_timed_at_start_and_at_each_reload(tmp_path: Path, monke
 
 def test_with_kafka_unreachable_requests_succeed_and_drops_are_counted(tmp_path: Path) -> None:
     # The service's own publisher (librdkafka) with nothing listening on the broker's port, and room for 2 messages.
-    publisher = NativeEventPublisher(KafkaSettings(f"127.0.0.1:{free_port()}"), buffer_size=2)
+    publisher = EventPublisher(KafkaSettings(f"127.0.0.1:{free_port()}"), buffer_size=2)
     app = app_with(tmp_path, publisher)
     telemetry = serve_state(app).telemetry
     telemetry.close_timeout_s = 0.0
