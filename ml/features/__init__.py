@@ -14,7 +14,7 @@ Categorical values are keyed by `normalise_category`, which the Spark job mirror
 
 from __future__ import annotations
 
-from ml.features.columnar import PYTHON_WHITESPACE
+from ml.features.columnar import PYTHON_WHITESPACE, CodedColumn
 from ml.features.distributions import (
     CategoricalDistribution,
     NumericDistribution,
@@ -48,6 +48,7 @@ __all__ = [
     "SPLITS",
     "CategoricalDistribution",
     "CategoricalFeature",
+    "CodedColumn",
     "FeatureSpec",
     "NumericDistribution",
     "NumericFeature",

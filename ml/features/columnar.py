@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -49,6 +49,30 @@ class Plan:
         self.encoders = [_Encoder(feature) for feature in spec.categorical]
 
 
+class CodedColumn(Sequence[Any]):
+    """A categorical column as its distinct values and, per row, the index of its value among them (what pyarrow's
+    `dictionary_encode` gives): `normalise_category` then runs once per distinct value and the rows are one take,
+    without a Python object per row. As a sequence it is the column's values."""
+
+    def __init__(self, distinct: Sequence[str | None], codes: np.ndarray) -> None:
+        self.distinct = distinct  # pairwise different, in the order of their first row
+        self.codes = codes  # intp, one per row, indexing `distinct`
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self.distinct[code] for code in self.codes[index]]
+        return self.distinct[self.codes[index]]
+
+
 class _Encoder:
     """One categorical feature's one-hot rows (one per distinct option) and the raw strings already keyed."""
 
@@ -68,20 +92,27 @@ class _Encoder:
     def encode(self, values: Sequence[Any]) -> tuple[np.ndarray, tuple[int, BaseException] | None]:
         """Each value's one-hot row (an index into `rows`), `normalise_category` applied once per distinct value
         not yet remembered, and the first value it raises for (str() of an int with too many digits) with its row."""
+        if isinstance(values, CodedColumn):
+            return self._encode_distinct(values.distinct, values.codes, remembered=True)
         kinds = set(map(type, values))
+        if not kinds <= _CATEGORY_KINDS:  # equal values of other types may key differently (Decimal 1E+1 and 10)
+            return self._encode_distinct(list(values), None, remembered=False)  # or not hash: one by one
         codes: np.ndarray | None = None  # value -> its distinct value; None: every value is its own
-        if kinds <= _CATEGORY_KINDS:
-            typed = len(kinds & _MIXABLE) > 1
-            keys = list(zip(map(type, values), values, strict=True)) if typed else values
-            first_seen = dict.fromkeys(keys)
-            if len(first_seen) < len(values):
-                index = dict(zip(first_seen, range(len(first_seen)), strict=False))
-                codes = np.fromiter(map(index.__getitem__, keys), dtype=np.intp, count=len(values))
-            distinct = [key[1] for key in first_seen] if typed else list(first_seen)
-            # Only strings are remembered, and no value of these types equals a string: no false hit.
-            found = list(map(self.known.get, distinct, repeat(-1)))
-        else:  # equal values of other types may key differently (Decimal 1E+1 and 10), or not hash: one by one
-            distinct, found = list(values), [-1] * len(values)
+        typed = len(kinds & _MIXABLE) > 1
+        keys = list(zip(map(type, values), values, strict=True)) if typed else values
+        first_seen = dict.fromkeys(keys)
+        if len(first_seen) < len(values):
+            index = dict(zip(first_seen, range(len(first_seen)), strict=False))
+            codes = np.fromiter(map(index.__getitem__, keys), dtype=np.intp, count=len(values))
+        return self._encode_distinct([key[1] for key in first_seen] if typed else list(first_seen), codes, True)
+
+    def _encode_distinct(
+        self, distinct: Sequence[Any], codes: np.ndarray | None, remembered: bool
+    ) -> tuple[np.ndarray, tuple[int, BaseException] | None]:
+        """`encode` of values given as their distinct values (in the order of their first row) and each row's index
+        among them (None: each value is its own row); `remembered`: look the distinct values up in `known` first
+        (only strings are remembered, and no value of the category kinds equals a string: no false hit)."""
+        found = list(map(self.known.get, distinct, repeat(-1))) if remembered else [-1] * len(distinct)
         for position, row in enumerate(found):
             if row >= 0:
                 continue
@@ -90,7 +121,7 @@ class _Encoder:
                 found[position] = self.row(raw)
             except Exception as error:  # the first distinct value to fail is the first failing row's (first seen)
                 first = position if codes is None else int(np.argmax(codes == position))
-                return np.zeros(len(values), dtype=np.intp), (first, error)
+                return np.zeros(len(distinct) if codes is None else len(codes), dtype=np.intp), (first, error)
             if type(raw) is str and len(self.known) < _MEMO_LIMIT:
                 self.known[raw] = found[position]
         rows = np.array(found, dtype=np.intp)
@@ -116,6 +147,13 @@ def transform_columns(plan: Plan, numeric: np.ndarray, categorical: Sequence[Seq
     return _matrix(plan, numeric.shape[0], numeric if plan.numeric else None, categorical, [])
 
 
+def standardise(plan: Plan, raw: np.ndarray) -> np.ndarray:
+    """(value - mean) / std of each numeric column in spec order, in float64 as the row-wise rule computes it (beyond
+    float64: inf; missing values stay NaN: the fill is `_matrix`'s). numpy warns of the overflow: callers silence it
+    (np.errstate costs a 1-row transform more than this arithmetic)."""
+    return (raw - plan.mean) / plan.scale
+
+
 def _matrix(
     plan: Plan, rows: int, raw: np.ndarray | None, categorical: Sequence[Sequence[Any]], errors: list[Error]
 ) -> np.ndarray:
@@ -125,7 +163,7 @@ def _matrix(
     count = len(plan.numeric)
     if raw is not None:
         with np.errstate(all="ignore"):  # beyond float32 is inf, as it was row by row
-            matrix[:, :count] = np.where(np.isfinite(raw), (raw - plan.mean) / plan.scale, plan.filled)
+            matrix[:, :count] = np.where(np.isfinite(raw), standardise(plan, raw), plan.filled)
     offset = count
     for position, (encoder, values) in enumerate(zip(plan.encoders, categorical, strict=True)):
         codes, error = encoder.encode(values)

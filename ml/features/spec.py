@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ml.features.columnar import Plan, transform, transform_columns
+from ml.features.columnar import Plan, standardise, transform, transform_columns
 from ml.features.rules import OTHER, SPEC_VERSION
 
 
@@ -98,6 +98,13 @@ class FeatureSpec:
         numeric feature in spec order (NaN: missing), `categorical` each categorical feature's raw values in spec
         order. The same arithmetic and one-hot as `transform` of the same rows."""
         return transform_columns(self._plan, numeric, categorical)
+
+    def standardised(self, numeric: np.ndarray) -> np.ndarray:
+        """The numeric features' values as `transform` standardises them, (value - mean) / std in float64, before
+        the cast to float32 (beyond float64: inf; NaN stays NaN): `numeric` one column per numeric feature in spec
+        order. What the service's checks compare with float32's range."""
+        with np.errstate(all="ignore"):
+            return standardise(self._plan, numeric)
 
     @cached_property
     def _plan(self) -> Plan:

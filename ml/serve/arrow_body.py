@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
+from ml.features import CodedColumn
 from ml.serve.validation import (
     FLOAT32_MAX,
     MAX_ERRORS_REPORTED,
@@ -44,7 +45,7 @@ class ArrowRows(Sequence[dict[str, Any]]):
     values, both in spec order, ready for `TabularPredictor.predict_columns`. As a sequence it gives the rows as dicts,
     built only when asked (the sampled inputs of the serving metrics)."""
 
-    def __init__(self, table: pa.Table, numeric: np.ndarray, categorical: list[list[Any]]) -> None:
+    def __init__(self, table: pa.Table, numeric: np.ndarray, categorical: list[Sequence[Any]]) -> None:
         self.table = table
         self.numeric = numeric
         self.categorical = categorical
@@ -192,10 +193,8 @@ def _validated(table: pa.Table, spec: FeatureSpec) -> ArrowRows:
             ),
         )
     numeric = np.ascontiguousarray(values[:, : len(numeric_names)])
-    mean = np.array([float(feature.mean) for feature in spec.numeric])
-    scale = np.array([float(feature.std or 1.0) for feature in spec.numeric])
-    with np.errstate(all="ignore"):
-        overflowing = np.isfinite(numeric) & ~(np.abs((numeric - mean) / scale) <= FLOAT32_MAX)
+    with np.errstate(invalid="ignore"):
+        overflowing = np.isfinite(numeric) & ~(np.abs(spec.standardised(numeric)) <= FLOAT32_MAX)
     if overflowing.any():  # 422, like validate_rows'
         features = spec.numeric
         raise _refusal(
@@ -207,7 +206,20 @@ def _validated(table: pa.Table, spec: FeatureSpec) -> ArrowRows:
                 + overflows_once_standardised(float(numeric[row, column]), features[column])
             ),
         )
-    return ArrowRows(table, numeric, [table.column(name).to_pylist() for name in categorical_names])
+    return ArrowRows(table, numeric, [_categorical(table.column(name)) for name in categorical_names])
+
+
+def _categorical(column: pa.ChunkedArray) -> Sequence[Any]:
+    """A categorical column's values for the transform: a string column dictionary-encoded (a null is the last
+    distinct value, None), so that no Python object is made per row; a numeric one as Python numbers."""
+    import pyarrow.compute as pc
+
+    if not _holds_strings(column.type):
+        return column.to_pylist()
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    distinct = [*encoded.dictionary.to_pylist(), None]
+    codes = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+    return CodedColumn(distinct, codes)
 
 
 def _holds_strings(kind: pa.DataType) -> bool:

@@ -259,16 +259,12 @@ def _valid_columnwise(rows: list[Any], spec: FeatureSpec, expected: set[str]) ->
     values = _values(rows, numeric)
     if not set(map(type, values)) <= _NUMBERS:
         return False
-    mean = np.array([float(f.mean) for f in spec.numeric])
-    scale = np.array([float(f.std or 1.0) for f in spec.numeric])
     try:
         raw = np.array(values, dtype=np.float64).reshape(len(rows), len(numeric))  # null: NaN
     except OverflowError:  # an integer beyond float64: the loop refuses it
         return False
-    with np.errstate(all="ignore"):
-        standardised = (raw - mean) / scale
     # A non-finite input (NaN: null) is imputed, never standardised: it passes, as in the loop.
-    return bool((~np.isfinite(raw) | (np.abs(standardised) <= FLOAT32_MAX)).all())
+    return bool((~np.isfinite(raw) | (np.abs(spec.standardised(raw)) <= FLOAT32_MAX)).all())
 
 
 def _values(rows: list[dict[str, Any]], names: list[str]) -> list[Any]:

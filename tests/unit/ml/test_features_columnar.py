@@ -5,6 +5,7 @@ then column order)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -20,6 +21,7 @@ from ml.features import (
     OTHER,
     PYTHON_WHITESPACE,
     CategoricalFeature,
+    CodedColumn,
     FeatureSpec,
     NumericFeature,
 )
@@ -358,3 +360,30 @@ def test_rows_given_as_columns_give_the_same_bytes() -> None:
     assert SPEC.transform_columns(numeric, categorical).tobytes() == rowwise_transform(SPEC, rows).tobytes()
     with pytest.raises(ValueError, match="expected 5 numeric and 3 categorical columns, got 4 and 3"):
         SPEC.transform_columns(numeric[:, :4], categorical)
+
+
+def test_a_dictionary_encoded_column_gives_the_same_bytes() -> None:
+    """A categorical column as its distinct values and each row's index (an Arrow request's string columns, through
+    pyarrow's dictionary_encode) is encoded as the same values given one per row; as a sequence it is those values."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = random.Random(29)
+    rows = []
+    for _ in range(500):
+        row: dict[str, Any] = dict.fromkeys(NUMERIC, 1.0)
+        for name in CATEGORICAL:
+            while not isinstance(value := category(rng), str | None) or value == "absent":
+                pass
+            row[name] = value
+        rows.append(row)
+    numeric = np.ones((len(rows), len(NUMERIC)))
+    coded = []
+    for name in CATEGORICAL:
+        encoded = pc.dictionary_encode(pa.array([row[name] for row in rows], pa.string()))
+        distinct = [*encoded.dictionary.to_pylist(), None]
+        coded.append(CodedColumn(distinct, encoded.indices.fill_null(len(distinct) - 1).to_numpy().astype(np.intp)))
+        assert list(coded[-1]) == [row[name] for row in rows] and coded[-1][3:6] == [row[name] for row in rows[3:6]]
+    fresh = dataclasses.replace(SPEC)  # a plan of its own: nothing remembered yet
+    assert fresh.transform_columns(numeric, coded).tobytes() == rowwise_transform(SPEC, rows).tobytes()
+    assert fresh.transform_columns(numeric, coded).tobytes() == rowwise_transform(SPEC, rows).tobytes()  # remembered

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ml.features import CategoricalFeature, FeatureSpec, NumericFeature
+from ml.features import CategoricalFeature, CodedColumn, FeatureSpec, NumericFeature
 from ml.serve.app import ServeSettings
 from ml.serve.arrow_body import ARROW_STREAM, ArrowRows, read_arrow_rows
 from ml.serve.telemetry import logged_inputs
@@ -52,6 +52,8 @@ def test_an_arrow_body_gives_the_json_bodys_feature_matrix_byte_for_byte() -> No
     columns = read_arrow_rows(arrow_stream(rows, chunk=7), SPEC, 1000)
     from_json = SPEC.transform(validate_rows(parse_body(json.dumps({"rows": rows}).encode()), SPEC, 1000))
     assert SPEC.transform_columns(columns.numeric, columns.categorical).tobytes() == from_json.tobytes()
+    [colour] = columns.categorical  # a string column: its distinct values, not a Python string per row
+    assert isinstance(colour, CodedColumn) and list(colour) == [row["color"] for row in rows]
     assert len(columns) == 40 and list(columns) == rows and columns[3] == rows[3] and columns[-1] == rows[-1]
     assert columns[1:3] == rows[1:3]
 
