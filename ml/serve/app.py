@@ -163,7 +163,7 @@ def build_app(
 ) -> Flask:
     """The Flask app serving `config.model_name`'s champion (loaded from MLflow unless `loaded` injects one, as tests
     do). The promotion watcher runs by default only when the app loads its model from the registry itself.
-    `publisher_factory` (default: a EventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests
+    `publisher_factory` (default: an EventPublisher to `kafka`), `sampler` and `clock` are the metrics' (tests
     inject them); with `config.metrics_enabled` off nothing is published."""
     name = config.model_name or (loaded.name if loaded else None)
     if not name:

@@ -29,6 +29,7 @@ from ml.serve.validation import (
     non_finite,
     out_of_range,
     overflows_once_standardised,
+    standardised_overflow,
 )
 
 if TYPE_CHECKING:
@@ -193,8 +194,7 @@ def _validated(table: pa.Table, spec: FeatureSpec) -> ArrowRows:
             ),
         )
     numeric = np.ascontiguousarray(values[:, : len(numeric_names)])
-    with np.errstate(invalid="ignore"):
-        overflowing = np.isfinite(numeric) & ~(np.abs(spec.standardised(numeric)) <= FLOAT32_MAX)
+    overflowing = standardised_overflow(numeric, spec)
     if overflowing.any():  # 422, like validate_rows'
         features = spec.numeric
         raise _refusal(

@@ -156,6 +156,12 @@ def overflows_once_standardised(value: float, feature: NumericFeature) -> str:
     )
 
 
+def standardised_overflow(numeric: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Where a finite number (`numeric`: one column per numeric feature, in spec order) overflows float32 once
+    standardised as `FeatureSpec.transform` does it; a non-finite one is imputed, never standardised."""
+    return np.isfinite(numeric) & ~(np.abs(spec.standardised(numeric)) <= FLOAT32_MAX)
+
+
 def _within_float32(value: float) -> bool:
     if isinstance(value, int):  # int against float compares exactly, without float(huge int)'s OverflowError
         return abs(value) <= FLOAT32_MAX
@@ -263,8 +269,7 @@ def _valid_columnwise(rows: list[Any], spec: FeatureSpec, expected: set[str]) ->
         raw = np.array(values, dtype=np.float64).reshape(len(rows), len(numeric))  # null: NaN
     except OverflowError:  # an integer beyond float64: the loop refuses it
         return False
-    # A non-finite input (NaN: null) is imputed, never standardised: it passes, as in the loop.
-    return bool((~np.isfinite(raw) | (np.abs(spec.standardised(raw)) <= FLOAT32_MAX)).all())
+    return not standardised_overflow(raw, spec).any()  # NaN (null) is imputed: it passes, as in the loop
 
 
 def _values(rows: list[dict[str, Any]], names: list[str]) -> list[Any]:
