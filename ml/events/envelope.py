@@ -3,9 +3,9 @@
 The schema files are the only definition of what a valid event is. They are compiled once with fastjsonschema
 (a few microseconds a message, so the per-epoch metrics stream validates every message); a refusal names the
 field and the rule. One message is sent per served request, where the generic path cost ~35 us of the serving
-process's CPU, which its request threads share through one GIL (B10): for it, `ml.events.shapes` holds a check
-written to the schema's shape that proves a payload valid and JSON-safe as it is; whatever it cannot prove goes
-through the generic path, which names what is wrong.
+process's CPU, which its request threads share through one GIL (B10): for it and the training metrics,
+`ml.events.shapes` holds checks written to the schemas' shapes that prove a payload valid and JSON-safe as it is;
+whatever they cannot prove goes through the generic path, which names what is wrong.
 """
 
 from __future__ import annotations
@@ -97,7 +97,12 @@ def make_envelope(
         "payload": payload,
     }
     shape_check = SHAPE_CHECKS.get(topic.schema)
-    if shape_check is not None and event_id is None and dag_run_id is None and shape_check(payload):
+    if (
+        shape_check is not None
+        and event_id is None  # a given id goes through the schema's uuid4 pattern
+        and (dag_run_id is None or type(dag_run_id) is str)
+        and shape_check(payload)
+    ):
         envelope["payload"] = dict(payload)  # proven valid and JSON-safe as it is: a copy, not a conversion
         return envelope
     envelope["payload"] = json_safe(payload)
