@@ -36,6 +36,19 @@ def memory_total_bytes() -> int | None:
     return None if kib is None else kib * 1024
 
 
+def memory_available_bytes() -> int | None:
+    """What the kernel estimates it can give a new process now, page cache included (MemAvailable)."""
+    kib = proc_field_kib("/proc/meminfo", "MemAvailable")
+    return None if kib is None else kib * 1024
+
+
+def cap_within_available(cap_bytes: int, available_bytes: int | None, share: float = 0.9) -> int:
+    """`cap_bytes`, or `share` of the memory available now if that is less: with the machine's other processes
+    holding the rest, a child allowed up to a share of the total can be killed by the kernel's OOM killer (an
+    error, no figure) before it reaches its cap, where it should have been stopped and reported."""
+    return cap_bytes if available_bytes is None else min(cap_bytes, int(share * available_bytes))
+
+
 @dataclass(frozen=True)
 class CappedRun:
     """What a capped child did: its result (None unless it finished), its own seconds in the function (the wall

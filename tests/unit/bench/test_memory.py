@@ -6,7 +6,15 @@ import os
 
 import pytest
 
-from bench.memory import GIB, memory_total_bytes, peak_rss_bytes, rss_bytes, run_capped
+from bench.memory import (
+    GIB,
+    cap_within_available,
+    memory_available_bytes,
+    memory_total_bytes,
+    peak_rss_bytes,
+    rss_bytes,
+    run_capped,
+)
 
 MIB = 2**20
 
@@ -75,3 +83,21 @@ def test_this_process_memory_as_the_kernel_counts_it() -> None:
 @pytest.mark.parametrize("reader", [rss_bytes, peak_rss_bytes])
 def test_a_process_that_does_not_exist_has_no_memory(reader) -> None:
     assert reader(2**22 + 12345) is None  # above the kernel's largest pid
+
+
+def test_the_memory_available_now_is_part_of_the_machines() -> None:
+    available = memory_available_bytes()
+
+    assert available is not None and 0 < available <= memory_total_bytes()
+
+
+@pytest.mark.parametrize(
+    ("cap", "available", "expected"),
+    [
+        (14 * GIB, 20 * GIB, 14 * GIB),  # room for the whole cap
+        (14 * GIB, 10 * GIB, 9 * GIB),  # other processes hold the rest: 90% of what is left
+        (14 * GIB, None, 14 * GIB),  # unknown: the cap as given
+    ],
+)
+def test_a_cap_never_asks_for_more_than_the_machine_has_free(cap: int, available: int | None, expected: int) -> None:
+    assert cap_within_available(cap, available) == expected
