@@ -82,7 +82,7 @@ def run(
     return {
         "name": "B2 tune overhead",
         "ratio": wall / ideal,
-        "target": "<= 1.2",
+        "target": "<= 1.15 (issue 17; DESIGN.md: <= 1.2)",
         "wall_s": wall,
         "sum_trial_s": sum(times),
         "trial_s": times,

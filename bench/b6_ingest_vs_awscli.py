@@ -137,6 +137,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
     result = {
         "name": "B6 our S3 ingest MB/s / the AWS CLI's MB/s (same server, same objects)",
         "ratio": ratio(ours_rate, copy_rate),
+        "target": ">= 0.8 (issue 17)",
         "baseline": baseline,
         "aws_cli": aws,
         "aws_cli_version": aws_version,

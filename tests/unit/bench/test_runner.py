@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.__main__ import BENCHMARKS, main, meets
+from bench.__main__ import BENCHMARKS, main, meets, summary_table
 
 
 def test_every_benchmark_has_a_results_file_of_its_own() -> None:
@@ -33,3 +33,23 @@ def test_ids_are_chosen_whatever_their_case(capsys: pytest.CaptureFixture[str]) 
 )
 def test_meets_reads_the_first_bound(value: float, target: str | None, expected: bool | None) -> None:
     assert meets(value, target) is expected
+
+
+def test_the_table_has_a_line_per_ratio_with_its_target_and_says_which_failed() -> None:
+    entries = [
+        {"id": "B8", "status": "ok", "ratio": 6.3, "target": ">= 3", "meets_target": True}
+        | {"http_ratio": 0.44, "http_target": ">= 0.7", "batch_arrow_ratio": None, "batch_arrow_target": ">= 0.5"},
+        {"id": "B3b", "status": "failed (exit 1)"},
+        {"id": "B5", "status": "ok", "ratio": 0.66, "target": None},
+    ]
+
+    lines = summary_table(entries).splitlines()[2:]
+
+    assert [line.split()[:4] for line in lines] == [
+        ["B8", "ratio", "6.300", "yes"],
+        ["B8", "http_ratio", "0.440", "NO"],
+        ["B8", "batch_arrow_ratio", "-", "-"],
+        ["B3b", "failed", "(exit", "1)"],
+        ["B5", "ratio", "0.660", "-"],
+    ]
+    assert lines[1].endswith(">= 0.7") and lines[4].endswith("none")
