@@ -30,16 +30,20 @@ def peak_rss_bytes(pid: int) -> int | None:
     return None if kib is None else kib * 1024
 
 
+def _meminfo_bytes(field: str) -> int | None:
+    """A /proc/meminfo field in bytes (None where it does not say)."""
+    kib = proc_field_kib("/proc/meminfo", field)
+    return None if kib is None else kib * 1024
+
+
 def memory_total_bytes() -> int | None:
     """The machine's memory (None where /proc/meminfo does not say)."""
-    kib = proc_field_kib("/proc/meminfo", "MemTotal")
-    return None if kib is None else kib * 1024
+    return _meminfo_bytes("MemTotal")
 
 
 def memory_available_bytes() -> int | None:
     """What the kernel estimates it can give a new process now, page cache included (MemAvailable)."""
-    kib = proc_field_kib("/proc/meminfo", "MemAvailable")
-    return None if kib is None else kib * 1024
+    return _meminfo_bytes("MemAvailable")
 
 
 def cap_within_available(cap_bytes: int, available_bytes: int | None, share: float = 0.9) -> int:
