@@ -107,6 +107,13 @@ def test_a_value_over_several_lines_is_refused(body: str, row: int) -> None:
         csv(body)
 
 
+@pytest.mark.parametrize("body", ["x,text\r1,a\r2,b\r", "x,text\r\n1,a\n2,b\r\n", "x,text\n1,a\r\r\n2,b"])
+def test_without_quotes_no_value_holds_a_line_break(body: str) -> None:
+    # read_table checks for multi-line values only where the CSV has a quote: pyarrow ends a row at any line break
+    table = csv(body)
+    assert table.column("text").to_pylist() == ["a", "b"]
+
+
 def test_row_length_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(read, "MAX_ROW_BYTES", 1024**2)  # the parse block; 16 MiB in production
     long_text = "z" * (1024**2 // 2)
