@@ -138,7 +138,7 @@ serve: stack-up ## the prediction service for MODEL's champion on http://127.0.0
 tail-metrics: venv ## follow the training-metrics topic in the terminal
 	$(STACKCTL) run --profile $(STACK) -- $(PY) -m ml events tail mlops.training.metrics.v1
 
-bench: airflow-up ## ratio benchmarks B1-B10 and B3b (stack + Airflow up: B7 triggers the DAG), JSON into bench/results/
+bench: stack-up ## ratio benchmarks B1-B10 and B3b, JSON into bench/results/ (Airflow is started for B7 only)
 	$(STACKCTL) run --profile $(STACK) -- $(PY) -m bench
 
 lock: ## re-resolve requirements.txt into constraints.txt (in a scratch venv)

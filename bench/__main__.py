@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Benchmark:
     full: tuple[str, ...] = ()  # arguments otherwise (the module's defaults are the full size)
     secondaries: tuple[str, ...] = ()  # more ratios in the result, each with its own target (X_ratio: X_target)
     report_as: str | None = None  # results file bench/results/<report_as>.json when the module runs twice
+    needs_airflow: bool = False  # started for it when not running, and stopped again after (airflow_for)
 
     @property
     def results_name(self) -> str:
@@ -74,7 +76,7 @@ BENCHMARKS = (
         secondaries=("training_ratio",),
     ),
     Benchmark("B6", "b6_ingest_vs_awscli", ("--files", "4", "--mb-per-file", "8", "--repeat", "1")),
-    Benchmark("B7", "b7_airflow_overhead", ("--pairs", "1")),
+    Benchmark("B7", "b7_airflow_overhead", ("--pairs", "1"), needs_airflow=True),
     Benchmark(
         "B8",
         "b8_predict_path",
@@ -108,6 +110,33 @@ def last_json_object(text: str) -> dict[str, Any] | None:
         if isinstance(value, dict):
             found = value
     return found
+
+
+@contextlib.contextmanager
+def airflow_for(benchmark: Benchmark) -> Iterator[bool]:
+    """Airflow up for a benchmark that needs it (B7): started here when it is not running, and stopped again after,
+    so that the other benchmarks do not share the cores with its scheduler, DAG processor and API server (an idle
+    `airflow standalone` took ~14% of one core here, its scheduler ~10%). Yields whether Airflow runs while the
+    benchmark does (each summary entry's `airflow_running`); one already running is left as it is."""
+    from stack.config import active_profile, stack_environment, stack_paths
+    from stack.profiles import profile_named
+
+    paths = stack_paths()
+    profile = profile_named(active_profile(paths))
+    down = [service for service in profile.airflow if service.running_pid(paths) is None]
+    if not benchmark.needs_airflow or not down:
+        yield len(down) < len(profile.airflow)
+        return
+    env = stack_environment(profile=profile.name)
+    for service in down:
+        print(
+            f"== {benchmark.id} needs Airflow: {service.name} {service.start(paths, env)}", file=sys.stderr, flush=True
+        )
+    try:
+        yield True
+    finally:
+        for service in reversed(down):
+            print(f"== {service.name} {service.stop(paths)}", file=sys.stderr, flush=True)
 
 
 def run_one(benchmark: Benchmark, quick: bool, timeout_s: float, settings: Settings) -> dict[str, Any]:
@@ -198,7 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(b.id for b in BENCHMARKS)}")
     chosen = [b for b in BENCHMARKS if not wanted or b.id.upper() in wanted]
     settings = Settings.from_env(os.environ)
-    entries = [run_one(benchmark, args.quick, args.timeout_s, settings) for benchmark in chosen]
+    entries = []
+    for benchmark in chosen:
+        with airflow_for(benchmark) as airflow_running:
+            entries.append(
+                {**run_one(benchmark, args.quick, args.timeout_s, settings), "airflow_running": airflow_running}
+            )
     machine = machine_info(())
     summary = {
         "quick": args.quick,
