@@ -38,6 +38,7 @@ from bench.common import argument_parser, benchmark_settings, ratio, report, tim
 from bench.memory import (
     GIB,
     cap_within_available,
+    keep_freed_memory,
     memory_available_bytes,
     memory_total_bytes,
     peak_rss_bytes,
@@ -165,11 +166,21 @@ def pandas_preprocess(
 
 
 def pandas_in_child(
-    s3: S3Settings, sources: list[Any], out: Any, columns: dict[str, str], target: str
+    s3: S3Settings,
+    sources: list[Any],
+    out: Any,
+    columns: dict[str, str],
+    target: str,
+    keep_freed: bool = True,
 ) -> dict[str, int]:
-    """`pandas_preprocess` as `bench.memory.run_capped` runs it: in a child of its own, with a client of its own."""
+    """`pandas_preprocess` as `bench.memory.run_capped` runs it: in a child of its own, with a client of its own,
+    its malloc keeping the memory it frees (`keep_freed`; bench.memory.keep_freed_memory), as Spark's JVM keeps its
+    heap: pandas makes a new array for most steps, and on this machine their page faults are dear (10M rows: 177 s
+    with glibc's defaults, 129 and 114 s keeping freed memory, 2026-12-06)."""
     from ml.clients import s3_client
 
+    if keep_freed and not keep_freed_memory():
+        raise RuntimeError("could not set malloc's options (mallopt): not glibc?")
     return pandas_preprocess(s3_client(s3), sources, out, columns, target)
 
 
@@ -299,6 +310,7 @@ def main(argv: list[str] | None, settings: Settings) -> dict[str, Any]:
             "memory_cap_gib": gib(cap),  # --pandas-memory-gib, or 90% of the memory available when it started
             "memory_cap_requested_gib": args.pandas_memory_gib,
             "read_csv_engine": "c (default)",
+            "malloc": "keeps freed memory (bench.memory.keep_freed_memory)",
         },
         "same_rows_kept": spark_kept == pandas_kept if pandas.finished else None,
         "ingest_seconds": round(ingest_seconds, 2),
