@@ -36,7 +36,6 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO_ROOT, RESULTS_DIR, SETTINGS_VARIABLE, machine_info, report, settings_json
-from bench.memory import GIB, prefault_memory
 from ml.settings import Settings
 
 
@@ -217,11 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated ids, e.g. B1,B5 (default: all)")
     parser.add_argument("--timeout-s", type=float, default=3600, help="per benchmark")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
-    parser.add_argument(
-        "--no-prefault",
-        action="store_true",
-        help="skip touching the machine's available memory once before the benchmarks (bench.memory.prefault_memory)",
-    )
     args = parser.parse_args(argv)
     if args.list:
         for benchmark in BENCHMARKS:
@@ -233,8 +227,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {sorted(unknown)}; known: {', '.join(b.id for b in BENCHMARKS)}")
     chosen = [b for b in BENCHMARKS if not wanted or b.id.upper() in wanted]
     settings = Settings.from_env(os.environ)
-    touched, seconds = (0, 0.0) if args.no_prefault else prefault_memory()
-    print(f"== memory touched once before the benchmarks: {touched / GIB:.1f} GiB in {seconds:.1f} s", file=sys.stderr)
     entries = []
     for benchmark in chosen:
         with airflow_for(benchmark) as airflow_running:
@@ -246,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "benchmarks": entries,
         "failed": [e["id"] for e in entries if e["status"] != "ok"],
-        "memory_prefault": {"gib": round(touched / GIB, 1), "seconds": round(seconds, 1)},
         "machine_short": f"{machine['usable_cores']} cores, {machine['memory_gib']} GiB, {machine['cpu_model']}",
     }
     report("summary", summary, packages=())

@@ -1,5 +1,5 @@
-"""Peak resident memory of processes, a function run in a child process under a resident-memory cap, and the
-machine's memory touched once before benchmarks (Linux).
+"""Peak resident memory of processes, a function run in a child process under a resident-memory cap, and malloc told
+to keep what it frees (Linux).
 
 A baseline that reads its whole input into memory (B3's pandas) can take the machine down at large sizes; run under
 `run_capped`, it is stopped when its resident set passes the cap, and what it reached is reported instead of a figure.
@@ -124,33 +124,6 @@ def run_capped(
     if status == "ok":
         return CappedRun(value, seconds, peak, cap_bytes)
     return CappedRun(None, seconds, peak, cap_bytes, error=value)
-
-
-def touch_memory(total_bytes: int, chunk_bytes: int = 256 * 1024**2) -> int:
-    """Write one byte in every page of `total_bytes` of fresh memory (held until all of it is touched); returns the
-    bytes touched."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    held = []
-    for _ in range(total_bytes // chunk_bytes):
-        block = bytearray(chunk_bytes)  # calloc'd: pages the kernel maps on their first write, not before
-        block[::page] = b"\1" * len(range(0, chunk_bytes, page))
-        held.append(block)
-    return len(held) * chunk_bytes
-
-
-def prefault_memory(share: float = 0.85, chunk_bytes: int = 256 * 1024**2) -> tuple[int, float]:
-    """Touch `share` of the memory available now, once, in a child process that then exits; (bytes, seconds).
-
-    On a virtual machine whose memory the host backs lazily, the first write to a page the guest has never used costs
-    far more than a later one: here (2026-12-06) 18 GiB took 164 s the first time and 13.6 s the second. The pages
-    stay backed once the child frees them, so every benchmark finds the same kind of memory, whichever ran before it
-    (a Spark job or a pandas baseline allocates gigabytes)."""
-    available = memory_available_bytes()
-    if not available:
-        return 0, 0.0
-    started = time.perf_counter()
-    outcome = run_capped(touch_memory, (int(share * available), chunk_bytes), available)
-    return (outcome.result or 0), time.perf_counter() - started
 
 
 def keep_freed_memory(top_pad_bytes: int = GIB) -> bool:

@@ -104,21 +104,6 @@ def test_a_cap_never_asks_for_more_than_the_machine_has_free(cap: int, available
     assert cap_within_available(cap, available) == expected
 
 
-def test_touching_memory_maps_every_page() -> None:
-    # calloc'd and never written, 64 MiB would not show in the resident set; written once a page, it does
-    run = memory.run_capped(memory.touch_memory, (64 * MIB, 8 * MIB), 1024 * MIB)
-    assert run.finished and run.result == 64 * MIB
-    assert run.peak_bytes >= 64 * MIB
-
-
-def test_prefaulting_touches_a_share_of_the_available_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(memory, "memory_available_bytes", lambda: 300 * MIB)
-    touched, seconds = memory.prefault_memory(0.85, chunk_bytes=32 * MIB)
-    assert touched == 224 * MIB and seconds > 0  # 255 MiB asked, in whole chunks
-    monkeypatch.setattr(memory, "memory_available_bytes", lambda: None)
-    assert memory.prefault_memory() == (0, 0.0)
-
-
 def test_malloc_can_be_told_to_keep_freed_memory() -> None:
     # in a child: the options last for the process's life
     run = memory.run_capped(memory.keep_freed_memory, (), 1024 * MIB)
