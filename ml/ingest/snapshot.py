@@ -2,14 +2,12 @@
 
 The snapshot id is a hash of the source objects' names, ETags and sizes and of the target (and task, when given), so
 unchanged input gives the same id and copies nothing, while the same files ingested for another target get their own
-snapshot. Objects are copied server-side into a folder of this attempt's own (`data/attempt-ID/`), each as soon as it
-passed its own checks (so the copies overlap the reading of the next objects), and `manifest.json` is created last,
-once the checks across objects passed, with a conditional put (`If-None-Match: *`): the snapshot is complete once it
-exists, and it is never replaced. Two runs on the same content (say `max_active_runs=2`) may both be copying; the
-first to create the manifest wins, the other keeps the winner's snapshot and removes only its own copies. A failed
-attempt removes only its own folder, never a prefix that a manifest names, so it cannot delete the data another run
-is reading. After a commit, copies of attempts that will never be committed (crashed ones, or a loser still copying)
-are removed.
+snapshot. Objects are copied server-side into a folder of this attempt's own (`data/attempt-ID/`), and
+`manifest.json` is created last with a conditional put (`If-None-Match: *`): the snapshot is complete once it exists,
+and it is never replaced. Two runs on the same content (say `max_active_runs=2`) may both be copying; the first to
+create the manifest wins, the other keeps the winner's snapshot and removes only its own copies. A failed attempt
+removes only its own folder, never a prefix that a manifest names, so it cannot delete the data another run is reading.
+After a commit, copies of attempts that will never be committed (crashed ones, or a loser still copying) are removed.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -85,11 +83,23 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
         log.info("snapshot %s of %s already exists: nothing copied", snapshot_id, config.dataset)
         return _existing(config, target_root, manifest_uri, read_json(manifest_uri, client))
 
+    # Objects are read and checked a few at a time, each table dropped once summarised (memory: READ_THREADS objects,
+    # not the dataset); errors still name the first bad object in key order (map yields in order).
+    pool = ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects)))
+    try:
+        summaries = list(pool.map(lambda obj: _check_object(client, raw.bucket, obj, config), objects))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # a bad object stops the reading of those not yet started
+    kinds, task, rows, warnings = validate(summaries, config)
+    warnings += check_drift(lake, config.dataset, kinds, config, client)
+    for warning in warnings:
+        log.warning(warning)
+
     # This attempt's own folder: a failure (or losing the commit to a concurrent run) removes this folder only.
     attempt = target_root.join("data", f"attempt-{uuid.uuid4().hex[:16]}")
 
-    def copy(index: int, summary: ObjectSummary) -> dict[str, Any]:
-        obj = objects[index]
+    def copy(index: int) -> dict[str, Any]:
+        obj, summary = objects[index], summaries[index]
         suffix = next(s for s in SUPPORTED if obj["Key"].lower().endswith(s))
         destination = attempt.join(f"part-{index:05d}{suffix}")
         # A managed copy: server-side, multipart above 5 GB (where one CopyObject is refused), and only of the
@@ -113,30 +123,13 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
             "types": summary.types,
         }
 
-    # Objects are read and checked a few at a time, each table dropped once summarised (memory: READ_THREADS objects,
-    # not the dataset), and an object's server-side copy starts as soon as it passed its own checks, so that the
-    # copies run while the next objects are read; the checks across objects come after, and nothing is committed
-    # before they pass. Errors still name the first bad object in key order (map yields in order).
-    readers = ThreadPoolExecutor(max_workers=min(READ_THREADS, len(objects)))
-    copiers = ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(objects)))
-
-    def check_then_copy(index: int) -> tuple[ObjectSummary, Future[dict[str, Any]]]:
-        summary = _check_object(client, raw.bucket, objects[index], config)
-        return summary, copiers.submit(copy, index, summary)
-
     try:
+        pool = ThreadPoolExecutor(max_workers=min(COPY_THREADS, len(objects)))
         try:
-            checked = list(readers.map(check_then_copy, range(len(objects))))
-            kinds, task, rows, warnings = validate([summary for summary, _ in checked], config)
-            warnings += check_drift(lake, config.dataset, kinds, config, client)
-            copied = [pending.result() for _, pending in checked]
+            copied = list(pool.map(copy, range(len(objects))))
         finally:
-            # A bad object stops the reading of those not yet started; the copies in flight are waited for, so
-            # that none lands after the clean-up below.
-            readers.shutdown(wait=True, cancel_futures=True)
-            copiers.shutdown(wait=True, cancel_futures=True)
-        for warning in warnings:
-            log.warning(warning)
+            # Wait for copies in flight, so that none lands after the clean-up below.
+            pool.shutdown(wait=True, cancel_futures=True)
         manifest = {
             "version": MANIFEST_VERSION,
             "dataset": config.dataset,
@@ -157,8 +150,7 @@ def ingest(config: IngestConfig, *, s3: S3Settings, lake: LakeSettings) -> Inges
         # attempt's objects, so they are never trusted; the next committed attempt removes them.
         try:
             removed = delete_prefix(attempt, client)
-            if removed:
-                log.error("ingest failed; removed %d partial object(s) under %s", removed, attempt)
+            log.error("ingest failed; removed %d partial object(s) under %s", removed, attempt)
         except Exception as cleanup_error:
             log.error(
                 "ingest failed, and removing its partial copies under %s failed too (%s); no manifest names "

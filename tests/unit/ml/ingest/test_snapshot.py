@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import io
 import re
-import threading
 from typing import Any
 
 import pandas as pd
@@ -264,34 +263,3 @@ def test_an_object_changed_between_read_and_copy_is_not_snapshotted(
     with pytest.raises(RuntimeError, match=r"s3://raw/toy/a\.csv changed while it was being ingested"):
         run(s3, lake)
     assert lake_listing(client) == []
-
-
-class CopiesWhileReading:
-    """The real client, where reading the last object waits (10 s at most) for the first object's copy to start."""
-
-    def __init__(self, real: Any, last_key: str) -> None:
-        self.real, self.last_key, self.first_copy_started = real, last_key, threading.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.real, name)
-
-    def copy(self, *args: Any, **kwargs: Any) -> None:
-        self.first_copy_started.set()
-        self.real.copy(*args, **kwargs)
-
-    def get_object(self, **kwargs: Any) -> Any:
-        if kwargs["Key"] == self.last_key:
-            assert self.first_copy_started.wait(timeout=10), "no copy started while objects were still being read"
-        return self.real.get_object(**kwargs)
-
-
-def test_copies_start_while_later_objects_are_read(
-    s3: S3Settings, lake: LakeSettings, client: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    for name in ("a", "b", "c"):
-        put(client, f"toy/{name}.csv", f"x,target\n1,{name}\n2,z\n".encode())
-    copying = CopiesWhileReading(client, "toy/c.csv")
-    monkeypatch.setattr(ml.clients, "s3_client", lambda settings: copying)
-    monkeypatch.setattr(snapshot, "READ_THREADS", 1)
-    result = run(s3, lake)
-    assert result.created and result.rows == 6
