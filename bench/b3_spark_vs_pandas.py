@@ -171,15 +171,14 @@ def pandas_in_child(
     out: Any,
     columns: dict[str, str],
     target: str,
-    keep_freed: bool = True,
 ) -> dict[str, int]:
     """`pandas_preprocess` as `bench.memory.run_capped` runs it: in a child of its own, with a client of its own,
-    its malloc keeping the memory it frees (`keep_freed`; bench.memory.keep_freed_memory), as Spark's JVM keeps its
+    its malloc keeping the memory it frees (bench.memory.keep_freed_memory), as Spark's JVM keeps its
     heap: pandas makes a new array for most steps, and on this machine their page faults are dear (10M rows: 177 s
     with glibc's defaults, 129 and 114 s keeping freed memory, 2026-12-06)."""
     from ml.clients import s3_client
 
-    if keep_freed and not keep_freed_memory():
+    if not keep_freed_memory():
         raise RuntimeError("could not set malloc's options (mallopt): not glibc?")
     return pandas_preprocess(s3_client(s3), sources, out, columns, target)
 

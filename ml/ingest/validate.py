@@ -36,7 +36,7 @@ def column_kinds(table: Any, where: str, max_bad_share: float) -> tuple[dict[str
         # Each distinct text is checked once: a feature's texts repeat (categories, a few spellings of missing), and
         # the regular expression over every row was most of an ingest's checking time.
         texts, times = pc.value_counts(strings).flatten()
-        present = int(pc.sum(pc.if_else(pc.is_valid(texts), times, 0)).as_py() or 0)
+        present = len(strings) - strings.null_count
         parsed = int(pc.sum(pc.if_else(_is_number(texts), times, 0)).as_py() or 0)
         not_numbers = present - parsed
         if parsed and not_numbers <= max_bad_share * present:
